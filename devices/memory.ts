@@ -1,0 +1,69 @@
+/**
+ * Guest physical memory as seen from a host process.
+ *
+ * Guest RAM is one memfd held by the supervisor; each component maps it and
+ * describes the mapping as a list of regions (guest physical address ->
+ * host bytes). Every access from device code goes through `slice`, which
+ * bounds-checks against the regions, so a guest-supplied address or length
+ * can never reach outside guest RAM.
+ */
+
+/** One contiguous guest-physical range backed by host memory. */
+export interface MemoryRegion {
+  /** Guest physical address of the first byte. */
+  gpa: number;
+  /** Host bytes (a view over the memfd mapping, not a copy). */
+  bytes: Uint8Array;
+}
+
+/** Thrown when the guest names memory it does not have. */
+export class GuestMemoryError extends Error {
+  constructor(readonly gpa: number, readonly length: number) {
+    super(`guest address range 0x${gpa.toString(16)}+0x${length.toString(16)} is outside guest RAM`);
+    this.name = 'GuestMemoryError';
+  }
+}
+
+export class GuestMemory {
+  readonly regions: readonly MemoryRegion[];
+
+  constructor(regions: MemoryRegion[]) {
+    this.regions = [...regions].sort((a, b) => a.gpa - b.gpa);
+  }
+
+  /** Total bytes of RAM. */
+  get size(): number {
+    return this.regions.reduce((n, r) => n + r.bytes.length, 0);
+  }
+
+  /** True when [gpa, gpa+length) lies entirely inside one region. */
+  contains(gpa: number, length: number): boolean {
+    return this.find(gpa, length) !== undefined;
+  }
+
+  /**
+   * A view (no copy) of [gpa, gpa+length). Throws GuestMemoryError when the
+   * range is not entirely inside one region (ranges never straddle regions:
+   * the layout leaves a hole between them).
+   */
+  slice(gpa: number, length: number): Uint8Array {
+    const r = this.find(gpa, length);
+    if (!r) throw new GuestMemoryError(gpa, length);
+    const off = gpa - r.gpa;
+    return r.bytes.subarray(off, off + length);
+  }
+
+  /** A DataView over [gpa, gpa+length), bounds-checked like `slice`. */
+  view(gpa: number, length: number): DataView {
+    const s = this.slice(gpa, length);
+    return new DataView(s.buffer, s.byteOffset, s.byteLength);
+  }
+
+  private find(gpa: number, length: number): MemoryRegion | undefined {
+    if (!Number.isSafeInteger(gpa) || !Number.isSafeInteger(length) || gpa < 0 || length < 0) return undefined;
+    for (const r of this.regions) {
+      if (gpa >= r.gpa && gpa + length <= r.gpa + r.bytes.length) return r;
+    }
+    return undefined;
+  }
+}

@@ -1,0 +1,64 @@
+/**
+ * The typed face of the native addon (native/kvm/addon.cc). Nothing here
+ * adds behaviour: it names the functions and the ABI constants the addon
+ * exports from <linux/kvm.h>.
+ */
+import * as path from 'path';
+
+export interface NativeKvm {
+  open(path: string, flags: number): number;
+  close(fd: number): void;
+  /** ioctl with an integer argument or a pointer to the bytes of a view. */
+  ioctl(fd: number, request: number, arg?: number | bigint | ArrayBufferView | ArrayBuffer): number;
+  /** KVM_RUN: 0 on an exit, -errno on failure or a kick (-EINTR). */
+  run(vcpuFd: number): number;
+  mmap(fd: number, length: number, offset: number, writable?: boolean): ArrayBuffer;
+  address(view: ArrayBufferView | ArrayBuffer): bigint;
+  memfdCreate(name: string, size: number): number;
+  eventfd(initval: number, nonblock?: boolean): number;
+  fdSize(fd: number): number;
+  gettid(): number;
+  installKick(): number;
+  kick(tid: number): void;
+  constants: Record<string, number>;
+}
+
+function load(): NativeKvm {
+  const root = path.resolve(__dirname, '..', '..', '..');
+  // dist/native/kvm -> repo root; also works when run from the source tree.
+  for (const candidate of [root, path.resolve(__dirname, '..', '..')]) {
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-var-requires
+      return require(path.join(candidate, 'build', 'Release', 'tsvmm_kvm.node')) as NativeKvm;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw e;
+    }
+  }
+  throw new Error('the native addon build/Release/tsvmm_kvm.node is missing: run `npm install`');
+}
+
+export const native: NativeKvm = load();
+
+/** An ABI constant from <linux/kvm.h>; throws if the addon does not export it. */
+export function abi(name: string): number {
+  const v = native.constants[name];
+  if (v === undefined) throw new Error(`native addon does not export ${name}`);
+  return v;
+}
+
+/** True for errors thrown by the addon, with their errno name. */
+export function errnoCode(e: unknown): string | undefined {
+  return typeof e === 'object' && e !== null && 'code' in e ? String((e as { code: unknown }).code) : undefined;
+}
+
+/** ioctl by ABI name; a failure names the ioctl (e.g. "KVM_SET_SREGS: Invalid argument") and keeps `code`. */
+export function ioctl(fd: number, name: string, arg?: number | bigint | ArrayBufferView | ArrayBuffer): number {
+  try {
+    return native.ioctl(fd, abi(name), arg);
+  } catch (e) {
+    const err = e as Error & { code?: string };
+    const wrapped = new Error(`${name}: ${err.message.replace(/^ioctl: /, '')}`) as Error & { code?: string };
+    wrapped.code = err.code;
+    throw wrapped;
+  }
+}

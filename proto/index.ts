@@ -1,0 +1,44 @@
+/**
+ * The protobuf schemas (proto/tsvmm.proto), loaded once with protobufjs,
+ * and typed encode/decode helpers for the messages tsvmm exchanges.
+ */
+import * as path from 'path';
+import * as fs from 'fs';
+import * as protobuf from 'protobufjs';
+
+function protoPath(): string {
+  for (const p of [path.resolve(__dirname, 'tsvmm.proto'), path.resolve(__dirname, '..', '..', 'proto', 'tsvmm.proto')]) {
+    if (fs.existsSync(p)) return p;
+  }
+  throw new Error('proto/tsvmm.proto not found');
+}
+
+const root = protobuf.loadSync(protoPath());
+
+export interface DiskConfig { path: string; readOnly: boolean }
+export interface NetConfig { tap: string; mac: string }
+export interface VmConfig {
+  name: string; kernel: string; cmdline: string; memBytes: number; cpus: number; serialPath: string;
+  disks: DiskConfig[]; nets: NetConfig[];
+}
+export type ComponentMessage =
+  | { ready: { component: string; pid: number } }
+  | { guestExit: { code: number; reason: string } }
+  | { fatal: { message: string } };
+
+function codec<T>(name: string) {
+  const type = root.lookupType(name);
+  return {
+    encode(msg: T): Uint8Array {
+      const err = type.verify(msg as { [k: string]: unknown });
+      if (err) throw new Error(`${name}: ${err}`);
+      return type.encode(type.fromObject(msg as { [k: string]: unknown })).finish();
+    },
+    decode(bytes: Uint8Array): T {
+      return type.toObject(type.decode(bytes), { longs: Number, defaults: true, arrays: true, oneofs: false }) as T;
+    },
+  };
+}
+
+export const VmConfigCodec = codec<VmConfig>('tsvmm.VmConfig');
+export const ComponentMessageCodec = codec<ComponentMessage>('tsvmm.ComponentMessage');

@@ -1,0 +1,26 @@
+/**
+ * Maps the supervisor's guest-RAM memfd into this process, one mapping per
+ * RAM slot (the memfd is laid out slot after slot), and describes it as a
+ * GuestMemory. Used by the vmm (which also registers the slots with KVM)
+ * and by the driver-domain (which only reads and writes guest memory).
+ */
+import { native } from '../native/kvm';
+import { GuestMemory } from '../devices/memory';
+import { ramRegions } from './boot/layout';
+
+export interface MappedRam {
+  memory: GuestMemory;
+  slots: { gpa: number; host: ArrayBuffer }[];
+}
+
+export function mapGuestRam(ramFd: number, memBytes: number): MappedRam {
+  const size = native.fdSize(ramFd);
+  if (size !== memBytes) throw new Error(`guest RAM memfd is ${size} bytes, expected ${memBytes}`);
+  let offset = 0;
+  const slots = ramRegions(memBytes).map((r) => {
+    const host = native.mmap(ramFd, r.size, offset, true);
+    offset += r.size;
+    return { gpa: r.gpa, host };
+  });
+  return { memory: new GuestMemory(slots.map((s) => ({ gpa: s.gpa, bytes: new Uint8Array(s.host) }))), slots };
+}

@@ -1,0 +1,73 @@
+/**
+ * The platform page: the vmm's device registers (16550 UART, serial input
+ * ring) in shared memory, first page of the state memfd the supervisor
+ * holds. A restarted vmm rebuilds its UART from here instead of the JS heap.
+ *
+ * Layout v1 (all little-endian u32 slots, index = byte offset / 4):
+ *   0 magic 'TSPL'   1 version   2..9 UART registers (ier lcr mcr scr dll dlm fcr thre_pending)
+ *   16 rx_head  17 rx_tail   (ring of RX_SIZE bytes at byte offset RX_DATA)
+ *   32 guest exit code + 1 (0 = still running)
+ */
+export const PLATFORM_MAGIC = 0x4c505354; // 'TSPL'
+export const PLATFORM_VERSION = 1;
+export const PLATFORM_PAGE_SIZE = 4096;
+export const RX_DATA = 1024;
+export const RX_SIZE = 2048;
+
+export const enum Uart {
+  IER = 2, LCR, MCR, SCR, DLL, DLM, FCR, THRE_PENDING,
+}
+const RX_HEAD = 16;
+const RX_TAIL = 17;
+
+export class PlatformPage {
+  readonly u32: Int32Array;
+  readonly bytes: Uint8Array;
+
+  constructor(buf: ArrayBuffer, offset = 0) {
+    this.u32 = new Int32Array(buf, offset, PLATFORM_PAGE_SIZE / 4);
+    this.bytes = new Uint8Array(buf, offset, PLATFORM_PAGE_SIZE);
+  }
+
+  /** Formats a fresh page (supervisor, at VM creation). */
+  init(): void {
+    this.bytes.fill(0);
+    this.reg(Uart.LCR, 0x03);
+    Atomics.store(this.u32, 1, PLATFORM_VERSION);
+    Atomics.store(this.u32, 0, PLATFORM_MAGIC);
+  }
+
+  /** Throws if the page is not a v1 platform page. */
+  check(): void {
+    if (Atomics.load(this.u32, 0) !== PLATFORM_MAGIC || Atomics.load(this.u32, 1) !== PLATFORM_VERSION) {
+      throw new Error('platform state page has a bad magic or version');
+    }
+  }
+
+  reg(r: Uart, value?: number): number {
+    if (value !== undefined) Atomics.store(this.u32, r, value & 0xff);
+    return Atomics.load(this.u32, r);
+  }
+
+  /** Serial input: the producer (terminal reader) side. Returns bytes queued. */
+  rxPush(data: Uint8Array): number {
+    let n = 0;
+    for (const b of data) {
+      const head = Atomics.load(this.u32, RX_HEAD);
+      const tail = Atomics.load(this.u32, RX_TAIL);
+      if (((head + 1) % RX_SIZE) === tail) break; // full
+      this.bytes[RX_DATA + head] = b;
+      Atomics.store(this.u32, RX_HEAD, (head + 1) % RX_SIZE);
+      n++;
+    }
+    return n;
+  }
+  rxReady(): boolean { return Atomics.load(this.u32, RX_HEAD) !== Atomics.load(this.u32, RX_TAIL); }
+  rxPop(): number {
+    const tail = Atomics.load(this.u32, RX_TAIL);
+    if (tail === Atomics.load(this.u32, RX_HEAD)) return 0;
+    const b = this.bytes[RX_DATA + tail];
+    Atomics.store(this.u32, RX_TAIL, (tail + 1) % RX_SIZE);
+    return b;
+  }
+}

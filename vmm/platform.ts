@@ -1,0 +1,64 @@
+/**
+ * The vmm's platform devices and the port/MMIO dispatch a vCPU exit goes
+ * through: COM1, the power-off port, the test port, and the i8042 reset
+ * line. Virtio-mmio registers are dispatched here too once attached.
+ */
+import { COM1_BASE, Serial } from './serial';
+
+/** `out` of a 32-bit status here powers the guest off with that exit status (same port as QEMU's isa-debug-exit). */
+export const POWER_PORT = 0xf4;
+/** Writes here are counted and ignored: the guest's exit-latency workload uses it. */
+export const TEST_PORT = 0x510;
+/** i8042 command port: 0xfe is a CPU reset request. */
+export const I8042_PORT = 0x64;
+
+export type PlatformEvent = { kind: 'poweroff'; code: number } | { kind: 'reset' };
+
+export interface MmioDevice {
+  base: number;
+  size: number;
+  read(offset: number, len: number): number;
+  write(offset: number, len: number, value: number): void;
+}
+
+export class Platform {
+  readonly mmio: MmioDevice[] = [];
+  unhandledPio = 0;
+  unhandledMmio = 0;
+
+  constructor(private readonly serial: Serial, private readonly onEvent: (e: PlatformEvent) => void) {}
+
+  pioRead(port: number, size: number): number {
+    if (port >= COM1_BASE && port < COM1_BASE + 8) return this.serial.read(port - COM1_BASE);
+    if (port === I8042_PORT) return 0; // status: output buffer empty, input buffer empty
+    this.unhandledPio++;
+    return size === 1 ? 0xff : size === 2 ? 0xffff : 0xffffffff;
+  }
+
+  pioWrite(port: number, size: number, value: number): void {
+    if (port >= COM1_BASE && port < COM1_BASE + 8) { this.serial.write(port - COM1_BASE, value); return; }
+    if (port === POWER_PORT) { this.onEvent({ kind: 'poweroff', code: value | 0 }); return; }
+    if (port === TEST_PORT) return;
+    if (port === I8042_PORT && (value & 0xff) === 0xfe) { this.onEvent({ kind: 'reset' }); return; }
+    this.unhandledPio++;
+    void size;
+  }
+
+  mmioRead(addr: number, len: number): number {
+    const d = this.find(addr);
+    if (d) return d.read(addr - d.base, len);
+    this.unhandledMmio++;
+    return 0xffffffff;
+  }
+
+  mmioWrite(addr: number, len: number, value: number): void {
+    const d = this.find(addr);
+    if (d) { d.write(addr - d.base, len, value); return; }
+    this.unhandledMmio++;
+  }
+
+  private find(addr: number): MmioDevice | undefined {
+    for (const d of this.mmio) if (addr >= d.base && addr < d.base + d.size) return d;
+    return undefined;
+  }
+}

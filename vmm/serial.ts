@@ -1,0 +1,88 @@
+/**
+ * A 16550A UART (COM1 at 0x3f8, IRQ 4). Its registers live in the platform
+ * page (shared memory), so any vCPU thread, and a restarted vmm, sees the
+ * same device. Output bytes go to `sink`; interrupts are pulsed on `irq`.
+ */
+import { PlatformPage, Uart } from './platform-page';
+
+export const COM1_BASE = 0x3f8;
+export const COM1_IRQ = 4;
+
+const LCR_DLAB = 0x80;
+const IER_RDA = 0x01;
+const IER_THRE = 0x02;
+const LSR_DR = 0x01;
+const LSR_THRE = 0x20;
+const LSR_TEMT = 0x40;
+const IIR_NONE = 0x01;
+const IIR_THRE = 0x02;
+const IIR_RDA = 0x04;
+const IIR_FIFO = 0xc0;
+const MSR_DEFAULT = 0xb0; // DCD, DSR, CTS
+
+export class Serial {
+  constructor(
+    private readonly page: PlatformPage,
+    private readonly sink: (byte: number) => void,
+    private readonly irq: () => void,
+  ) {}
+
+  read(offset: number): number {
+    const p = this.page;
+    const dlab = (p.reg(Uart.LCR) & LCR_DLAB) !== 0;
+    switch (offset) {
+      case 0:
+        if (dlab) return p.reg(Uart.DLL);
+        return p.rxPop();
+      case 1: return dlab ? p.reg(Uart.DLM) : p.reg(Uart.IER);
+      case 2: {
+        const fifo = p.reg(Uart.FCR) & 1 ? IIR_FIFO : 0;
+        const ier = p.reg(Uart.IER);
+        if (ier & IER_RDA && p.rxReady()) return IIR_RDA | fifo;
+        if (ier & IER_THRE && p.reg(Uart.THRE_PENDING)) {
+          p.reg(Uart.THRE_PENDING, 0); // reading IIR acknowledges THRE
+          return IIR_THRE | fifo;
+        }
+        return IIR_NONE | fifo;
+      }
+      case 3: return p.reg(Uart.LCR);
+      case 4: return p.reg(Uart.MCR);
+      case 5: return LSR_THRE | LSR_TEMT | (p.rxReady() ? LSR_DR : 0);
+      case 6: return MSR_DEFAULT;
+      case 7: return p.reg(Uart.SCR);
+      default: return 0xff;
+    }
+  }
+
+  write(offset: number, value: number): void {
+    const p = this.page;
+    const dlab = (p.reg(Uart.LCR) & LCR_DLAB) !== 0;
+    switch (offset) {
+      case 0:
+        if (dlab) { p.reg(Uart.DLL, value); return; }
+        this.sink(value & 0xff);
+        p.reg(Uart.THRE_PENDING, 1);
+        break;
+      case 1:
+        if (dlab) { p.reg(Uart.DLM, value); return; }
+        if ((value & IER_THRE) && !(p.reg(Uart.IER) & IER_THRE)) p.reg(Uart.THRE_PENDING, 1);
+        p.reg(Uart.IER, value & 0x0f);
+        break;
+      case 2: p.reg(Uart.FCR, value); return;
+      case 3: p.reg(Uart.LCR, value); return;
+      case 4: p.reg(Uart.MCR, value); return;
+      case 7: p.reg(Uart.SCR, value); return;
+      default: return;
+    }
+    this.update();
+  }
+
+  /** Input arrived (from the terminal): raise RDA if enabled. */
+  inputArrived(): void { this.update(); }
+
+  private update(): void {
+    const p = this.page;
+    const ier = p.reg(Uart.IER);
+    if ((ier & IER_RDA && p.rxReady()) || (ier & IER_THRE && p.reg(Uart.THRE_PENDING))) this.irq();
+  }
+}

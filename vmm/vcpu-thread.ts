@@ -1,0 +1,155 @@
+/**
+ * One vCPU: a worker thread that creates its vCPU, sets it up, and runs the
+ * hot loop KVM_RUN -> handle exit -> KVM_RUN. Exits that end the VM (power
+ * off, triple fault, internal error) are reported to the vmm main thread.
+ */
+import * as fs from 'fs';
+import { parentPort, workerData } from 'worker_threads';
+import { native } from '../native/kvm';
+import { Vcpu } from './kvm/vcpu';
+import { Vm } from './kvm/vm';
+import { EXIT, EXIT_NAME, INTERNAL_SUBERROR, RUN, SYSTEM_EVENT } from './kvm/run';
+import { CpuidEntry, Regs, Sregs } from './kvm/structs';
+import { PLATFORM_PAGE_SIZE, PlatformPage } from './platform-page';
+import { COM1_IRQ, Serial } from './serial';
+import { Platform, PlatformEvent } from './platform';
+import { describeVcpu } from './vcpu-report';
+import { vcpuCpuid } from './cpuid';
+
+export interface VcpuThreadData {
+  vmFd: number;
+  id: number;
+  mmapSize: number;
+  supportedCpuid: CpuidEntry[];
+  cpus: number;
+  /** The BSP's entry state; APs wait for INIT/SIPI. */
+  boot?: { regs: Partial<Regs>; sregs: Partial<Sregs> };
+  stateFd: number;
+  outFd: number;
+  /** Shared exit counters: [reason] += 1 (Float64 slots). */
+  counters: SharedArrayBuffer;
+}
+
+export type VcpuThreadMessage =
+  | { kind: 'started'; id: number; tid: number }
+  | { kind: 'exit'; code: number; reason: string }
+  | { kind: 'fatal'; message: string };
+
+const EINTR = 4;
+const EAGAIN = 11;
+
+function main(d: VcpuThreadData): void {
+  const post = (m: VcpuThreadMessage) => parentPort!.postMessage(m);
+  const vm = new Vm(d.vmFd);
+  const vcpu = new Vcpu(vm.createVcpu(d.id), d.id, d.mmapSize);
+  vcpu.setCpuid(vcpuCpuid(d.supportedCpuid, d.id, d.cpus, vcpu.tscKhz()));
+  if (d.boot) {
+    vcpu.setSregs(d.boot.sregs);
+    vcpu.setRegs(d.boot.regs);
+  }
+  native.installKick();
+  post({ kind: 'started', id: d.id, tid: native.gettid() });
+
+  const page = new PlatformPage(native.mmap(d.stateFd, PLATFORM_PAGE_SIZE, 0, true));
+  let line: number[] = [];
+  const flush = () => {
+    if (line.length) { fs.writeSync(d.outFd, Buffer.from(line)); line = []; }
+  };
+  const serial = new Serial(page, (b) => {
+    line.push(b);
+    if (b === 10 || line.length >= 4096) flush();
+  }, () => { vm.irqLine(COM1_IRQ, 1); vm.irqLine(COM1_IRQ, 0); });
+
+  let stop: PlatformEvent | undefined;
+  const platform = new Platform(serial, (e) => { stop = e; });
+  const counters = new Float64Array(d.counters);
+  const run = vcpu.run;
+  const bytes = vcpu.runBytes;
+
+  for (;;) {
+    const r = native.run(vcpu.fd);
+    if (r < 0) {
+      if (-r === EINTR || -r === EAGAIN) { run.setUint8(RUN.immediateExit, 0); continue; }
+      flush();
+      post({ kind: 'fatal', message: `vCPU ${d.id}: KVM_RUN failed with errno ${-r}` });
+      return;
+    }
+    const reason = run.getUint32(RUN.exitReason, true);
+    if (reason < counters.length) counters[reason]++;
+    switch (reason) {
+      case EXIT.IO: {
+        const port = run.getUint16(RUN.ioPort, true);
+        const size = run.getUint8(RUN.ioSize);
+        const count = run.getUint32(RUN.ioCount, true);
+        let off = Number(run.getBigUint64(RUN.ioDataOffset, true));
+        const isIn = run.getUint8(RUN.ioDirection) === RUN.IO_IN;
+        for (let i = 0; i < count; i++, off += size) {
+          if (isIn) {
+            const v = platform.pioRead(port, size);
+            if (size === 1) bytes[off] = v; else if (size === 2) run.setUint16(off, v, true); else run.setUint32(off, v >>> 0, true);
+          } else {
+            const v = size === 1 ? bytes[off] : size === 2 ? run.getUint16(off, true) : run.getUint32(off, true);
+            platform.pioWrite(port, size, v);
+          }
+        }
+        break;
+      }
+      case EXIT.MMIO: {
+        const addr = Number(run.getBigUint64(RUN.mmioPhysAddr, true));
+        const len = run.getUint32(RUN.mmioLen, true);
+        if (run.getUint8(RUN.mmioIsWrite)) {
+          const v = len >= 4 ? run.getUint32(RUN.mmioData, true) : len === 2 ? run.getUint16(RUN.mmioData, true) : run.getUint8(RUN.mmioData);
+          platform.mmioWrite(addr, len, v);
+        } else {
+          const v = platform.mmioRead(addr, len);
+          for (let i = 0; i < 8; i++) bytes[RUN.mmioData + i] = i < len && i < 4 ? (v >>> (8 * i)) & 0xff : 0;
+        }
+        break;
+      }
+      case EXIT.HLT:
+        flush();
+        post({ kind: 'exit', code: 0, reason: `vCPU ${d.id} halted` });
+        return;
+      case EXIT.SHUTDOWN:
+        flush();
+        post({ kind: 'fatal', message: `vCPU ${d.id}: guest triple fault (KVM_EXIT_SHUTDOWN); ${describeVcpu(vcpu)}` });
+        return;
+      case EXIT.INTERNAL_ERROR: {
+        flush();
+        const sub = run.getUint32(RUN.internalSuberror, true);
+        const n = Math.min(run.getUint32(RUN.internalNdata, true), 16);
+        const data = Array.from({ length: n }, (_, i) => '0x' + run.getBigUint64(RUN.internalData + 8 * i, true).toString(16));
+        post({ kind: 'fatal', message: `vCPU ${d.id}: KVM internal error, suberror ${sub} (${INTERNAL_SUBERROR[sub] ?? 'unknown'}), data [${data.join(' ')}]; ${describeVcpu(vcpu)}` });
+        return;
+      }
+      case EXIT.FAIL_ENTRY: {
+        flush();
+        const hw = run.getBigUint64(RUN.failEntryReason, true);
+        post({ kind: 'fatal', message: `vCPU ${d.id}: KVM entry failed, hardware entry failure reason 0x${hw.toString(16)}; ${describeVcpu(vcpu)}` });
+        return;
+      }
+      case EXIT.SYSTEM_EVENT: {
+        flush();
+        const t = run.getUint32(RUN.systemEventType, true);
+        if (t === SYSTEM_EVENT.SHUTDOWN) post({ kind: 'exit', code: 0, reason: 'guest shut down' });
+        else if (t === SYSTEM_EVENT.RESET) post({ kind: 'exit', code: 0, reason: 'guest requested a reset (tsvmm does not reboot guests)' });
+        else post({ kind: 'fatal', message: `vCPU ${d.id}: guest crashed (system event ${t})` });
+        return;
+      }
+      case EXIT.INTR:
+        break;
+      default:
+        flush();
+        post({ kind: 'fatal', message: `vCPU ${d.id}: unexpected KVM exit ${EXIT_NAME[reason] ?? reason}; ${describeVcpu(vcpu)}` });
+        return;
+    }
+    if (stop) {
+      flush();
+      if (stop.kind === 'poweroff') post({ kind: 'exit', code: stop.code, reason: `guest powered off with status ${stop.code}` });
+      else post({ kind: 'exit', code: 0, reason: 'guest requested a reset (tsvmm does not reboot guests)' });
+      return;
+    }
+  }
+}
+
+main(workerData as VcpuThreadData);
