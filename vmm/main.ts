@@ -15,6 +15,7 @@ import { e820 } from './boot/layout';
 import { loadPvh, writeStartInfo } from './boot/pvh';
 import { pvhCpuState, writeBootGdt, SegmentDescriptor } from './boot/cpu-state';
 import { mapGuestRam } from './guest-ram';
+import { buildAcpi } from './acpi';
 import { FD } from './fds';
 import { PLATFORM_PAGE_SIZE, PlatformPage } from './platform-page';
 import { Serial } from './serial';
@@ -58,8 +59,9 @@ export function buildAndRun(cfg: VmConfig): void {
   const kernel = fs.readFileSync(cfg.kernel);
   const { entry } = loadPvh(ram.memory, kernel);
   writeBootGdt(ram.memory);
-  const cmdline = `${cfg.cmdline} cpus=${cfg.cpus}`.trim();
-  const startInfo = writeStartInfo(ram.memory, { cmdline, memmap: e820(cfg.memBytes), rsdp: 0 });
+  // The guest learns its CPUs and devices from ACPI, as Linux does.
+  const rsdp = buildAcpi(ram.memory, { cpus: cfg.cpus, virtio: [] });
+  const startInfo = writeStartInfo(ram.memory, { cmdline: cfg.cmdline, memmap: e820(cfg.memBytes), rsdp });
 
   const page = new PlatformPage(native.mmap(FD.STATE, PLATFORM_PAGE_SIZE, 0, true));
   page.check();
@@ -74,9 +76,10 @@ export function buildAndRun(cfg: VmConfig): void {
     // Give the IPC message a moment to flush, then stop every vCPU thread with the process.
     setTimeout(() => process.exit(code), 20);
   };
+  const vcpuFds = Array.from({ length: cfg.cpus }, (_, id) => vm.createVcpu(id));
   for (let id = 0; id < cfg.cpus; id++) {
     const data: VcpuThreadData = {
-      vmFd: vm.fd, id, mmapSize: kvm.vcpuMmapSize(), supportedCpuid: supported, cpus: cfg.cpus,
+      vmFd: vm.fd, vcpuFd: vcpuFds[id], id, mmapSize: kvm.vcpuMmapSize(), supportedCpuid: supported, cpus: cfg.cpus,
       boot: id === 0 ? bootState(entry, startInfo) : undefined,
       stateFd: FD.STATE, outFd: FD.SERIAL_OUT, counters,
     };

@@ -18,6 +18,8 @@ import { vcpuCpuid } from './cpuid';
 
 export interface VcpuThreadData {
   vmFd: number;
+  /** Created by the vmm main thread before any vCPU runs, so no INIT/SIPI can target a missing vCPU. */
+  vcpuFd: number;
   id: number;
   mmapSize: number;
   supportedCpuid: CpuidEntry[];
@@ -41,7 +43,7 @@ const EAGAIN = 11;
 function main(d: VcpuThreadData): void {
   const post = (m: VcpuThreadMessage) => parentPort!.postMessage(m);
   const vm = new Vm(d.vmFd);
-  const vcpu = new Vcpu(vm.createVcpu(d.id), d.id, d.mmapSize);
+  const vcpu = new Vcpu(d.vcpuFd, d.id, d.mmapSize);
   vcpu.setCpuid(vcpuCpuid(d.supportedCpuid, d.id, d.cpus, vcpu.tscKhz()));
   if (d.boot) {
     vcpu.setSregs(d.boot.sregs);

@@ -1,0 +1,77 @@
+/* serial.c: 16550 UART output at 0x3f8 (polling LSR.THRE), whole-line output under a CPL3
+ * spinlock, power-off through port 0xf4, and the CPL3 exception reporter. */
+#include "guest.h"
+
+#define COM1 0x3f8
+static volatile u32 line_lock;
+
+void serial_putc(char c)
+{
+    /* bounded wait: a VMM whose UART never reports THRE must not hang the guest */
+    for (int i = 0; i < 1000 && !(inb(COM1 + 5) & 0x20); i++)
+        cpu_relax();
+    outb(COM1, (u8)c);
+}
+
+static void lock(void)
+{
+    while (__atomic_exchange_n(&line_lock, 1, __ATOMIC_ACQUIRE))
+        while (__atomic_load_n(&line_lock, __ATOMIC_RELAXED))
+            cpu_relax();
+}
+
+static void unlock(void) { __atomic_store_n(&line_lock, 0, __ATOMIC_RELEASE); }
+
+static void put_line(const char *s)
+{
+    lock();
+    while (*s)
+        serial_putc(*s++);
+    serial_putc('\n');
+    unlock();
+}
+
+void out_line(const char *fmt, ...)
+{
+    char buf[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vformat(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    put_line(buf);
+}
+
+NORETURN void poweroff(u32 status)
+{
+    outl(0xf4, status);
+    spin_forever();
+}
+
+/* Prints "@error what=WHAT <detail>" and powers off with status 1. */
+NORETURN void fail(const char *what, const char *fmt, ...)
+{
+    char buf[256];
+    int n = format(buf, sizeof buf, "@error what=%s ", what);
+    va_list ap;
+    va_start(ap, fmt);
+    vformat(buf + n, sizeof buf - n, fmt, ap);
+    va_end(ap);
+    put_line(buf);
+    poweroff(1);
+}
+
+/* Entered from start.S's exc_common by iretq (CPL3, IF=0, own stack). The faulting CPU may hold
+ * the line lock, so wait for it only a bounded time. */
+NORETURN void exc_report(u64 vector, u64 err, u64 rip, u64 cr2)
+{
+    char buf[200];
+    for (u64 t0 = rdtsc(); line_lock && rdtsc() - t0 < 1000000000ul;)
+        cpu_relax();
+    line_lock = 1;
+    format(buf, sizeof buf, "@error what=exception vector=%lu err=0x%lx rip=0x%lx cr2=0x%lx apic=%u",
+           vector, err, rip, cr2, lapic_id());
+    for (const char *s = buf; *s; s++)
+        serial_putc(*s);
+    serial_putc('\n');
+    poweroff(2);
+}

@@ -1,0 +1,150 @@
+/* workloads.c: counter (every CPU; register+memory counter with a hash chain), exits (PIO and
+ * MMIO exit round trips), irq (LAPIC one-shot timer round trips), idle. All at CPL3. */
+#include "guest.h"
+
+#define FNV_OFFSET 0xcbf29ce484222325ul
+#define FNV_PRIME  0x100000001b3ul
+
+struct percpu {
+    u64 counter;                /* the in-memory copy of the counter */
+    u64 hash;
+} __attribute__((aligned(64)));
+static struct percpu pcpu[MAX_CPUS];
+static volatile u32 counter_done;
+
+static int streq(const char *a, const char *b)
+{
+    while (*a && *a == *b)
+        a++, b++;
+    return *a == *b;
+}
+
+/* Runs `steps` increments. The counter lives in rbx (callee-saved) for the whole loop and in
+ * memory; each step increments both, compares them and extends the hash chain. Returns the
+ * number of steps not done (nonzero only on a register/memory mismatch). */
+static u64 counter_steps(struct percpu *p, u64 *reg, u64 steps)
+{
+    register u64 c __asm__("rbx") = *reg;
+    u64 h = p->hash, left = steps;
+    if (!left)
+        return 0;
+    __asm__ volatile(
+        "1:\n\t"
+        "incq %[c]\n\t"
+        "incq %[m]\n\t"
+        "cmpq %[m], %[c]\n\t"
+        "jne 2f\n\t"
+        "xorq %[c], %[h]\n\t"
+        "imulq %[prime], %[h]\n\t"
+        "decq %[left]\n\t"
+        "jnz 1b\n"
+        "2:"
+        : [c] "+b"(c), [m] "+m"(p->counter), [h] "+r"(h), [left] "+r"(left)
+        : [prime] "r"(FNV_PRIME)
+        : "cc");
+    *reg = c;
+    p->hash = h;
+    return left;
+}
+
+static void counter(u32 cpu)
+{
+    struct percpu *p = &pcpu[cpu];
+    u64 n = boot.n, report = boot.report ? boot.report : 500000000, reg = 0, last = 0;
+    p->counter = 0;
+    p->hash = FNV_OFFSET;
+    for (;;) {
+        u64 chunk = report;
+        if (n && n - reg < chunk)
+            chunk = n - reg;
+        u64 left = counter_steps(p, &reg, chunk);
+        u64 mem = p->counter;
+        if (left || mem != reg)
+            fail("counter", "cpu=%u detail=mismatch reg=%lu mem=%lu", cpu, reg, mem);
+        if (reg != last + chunk)
+            fail("counter", "cpu=%u detail=backwards last=%lu now=%lu", cpu, last, reg);
+        last = reg;
+        out_line("@counter cpu=%u n=%lu hash=%016lx ok", cpu, reg, p->hash);
+        if (n && reg >= n)
+            break;
+    }
+    __atomic_add_fetch(&counter_done, 1, __ATOMIC_ACQ_REL);
+    if (cpu != 0)
+        spin_forever();
+    while (__atomic_load_n(&counter_done, __ATOMIC_ACQUIRE) != boot.cpus)
+        cpu_relax();
+    out_line("@done ok");
+    poweroff(0);
+}
+
+static void report_time(const char *line, u64 n, u64 cycles, const char *unit)
+{
+    u64 per = n ? cycles / n : 0;
+    if (boot.tsc_khz) {
+        u64 ns = cycles * 1000000ul / boot.tsc_khz;
+        out_line("%s n=%lu cycles=%lu cycles_per_%s=%lu ns_per_%s=%lu", line, n, cycles, unit, per,
+                 unit, n ? ns / n : 0);
+    } else {
+        out_line("%s n=%lu cycles=%lu cycles_per_%s=%lu", line, n, cycles, unit, per);
+    }
+}
+
+static void exits(void)
+{
+    u64 n = boot.n_set ? boot.n : 100000;
+    u64 t0 = rdtsc();
+    for (u64 i = 0; i < n; i++)
+        outb(0x510, (u8)i);
+    u64 t1 = rdtsc();
+    report_time("@exits kind=pio", n, t1 - t0, "exit");
+    volatile u32 *mmio = (volatile u32 *)0xC0000000ul;
+    t0 = rdtsc();
+    for (u64 i = 0; i < n; i++)
+        *mmio = (u32)i;
+    t1 = rdtsc();
+    report_time("@exits kind=mmio", n, t1 - t0, "exit");
+    out_line("@done ok");
+    poweroff(0);
+}
+
+static void irq(void)
+{
+    u64 n = boot.n_set ? boot.n : 10000, total = 0, min = ~0ul, max = 0;
+    u64 khz = boot.tsc_khz ? boot.tsc_khz : 3000000;
+    lapic_write(0x3E0, 0xB);                    /* divide by 1 */
+    lapic_write(0x320, VEC_TIMER);              /* LVT timer: one-shot, unmasked */
+    for (u64 i = 0; i < n; i++) {
+        u64 before = irq_count;
+        u64 t0 = rdtsc();
+        lapic_write(0x380, 16);                 /* initial count: fire almost at once */
+        while (irq_count == before)
+            if (rdtsc() - t0 > khz * 1000)      /* 1 s */
+                fail("irq", "detail=timeout i=%lu count=%lu other=%lu", i, irq_count,
+                     irq_other_count);
+        u64 d = rdtsc() - t0;
+        total += d;
+        min = d < min ? d : min;
+        max = d > max ? d : max;
+    }
+    lapic_write(0x320, 1u << 16);               /* mask the timer again */
+    report_time("@irq", n, total, "irq");
+    out_line("@irq-stats min_cycles=%lu max_cycles=%lu other=%lu", n ? min : 0, max,
+             irq_other_count);
+    out_line("@done ok");
+    poweroff(0);
+}
+
+void workload_run(u32 cpu)
+{
+    if (!boot.n_set)
+        boot.n = 2000000000;   /* ~3 s at native speed (7e8 steps/s measured) */
+    if (streq(boot.workload, "counter"))
+        counter(cpu);
+    else if (cpu == 0 && streq(boot.workload, "exits"))
+        exits();
+    else if (cpu == 0 && streq(boot.workload, "irq"))
+        irq();
+    else if (cpu == 0 && streq(boot.workload, "fault"))
+        *(volatile u32 *)0x100000000ul = 1;     /* unmapped: #PF -> @error what=exception */
+    spin_forever();
+}

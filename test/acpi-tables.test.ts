@@ -1,0 +1,178 @@
+/*
+ * ACPI table tests. The disassembly checks need Debian's acpica-tools:
+ *   apt-get install -y acpica-tools
+ * Without `iasl` on PATH those checks are skipped (the byte-level checks still run).
+ */
+import * as assert from 'assert';
+import { execFileSync } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { buildAcpi, encodeAcpi, AcpiTables } from '../vmm/acpi';
+import * as aml from '../vmm/acpi/aml';
+import { checksum } from '../vmm/acpi/sdt';
+import { MiB, virtioMmioWindow, ACPI_START, ACPI_END, VIRTIO_MMIO_MAX } from '../vmm/boot/layout';
+import { makeMemory } from './boot-fixtures';
+
+const sum8 = (b: Uint8Array): number => b.reduce((s, x) => (s + x) & 0xff, 0);
+
+function haveIasl(): boolean {
+  try {
+    execFileSync('iasl', ['-v'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Disassemble one table with `iasl -d`; returns the .dsl text and iasl's output. */
+function disassemble(name: string, table: Buffer): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvmm-acpi-'));
+  try {
+    const f = path.join(dir, `${name}.dat`);
+    fs.writeFileSync(f, table);
+    execFileSync('iasl', ['-d', f], { cwd: dir, stdio: 'pipe' });
+    return fs.readFileSync(path.join(dir, `${name}.dsl`), 'utf8');
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+describe('acpi/tables', () => {
+  const virtio = [0, 1, 2].map(virtioMmioWindow);
+  const tables: AcpiTables = encodeAcpi({ cpus: 4, virtio });
+
+  it('encodes AML primitives as the spec says', () => {
+    assert.deepStrictEqual([...aml.pkgLength(0x3e)], [0x3f]);
+    assert.deepStrictEqual([...aml.pkgLength(0x3f)], [0x41, 0x04]); // 0x41 total: 2-byte form
+    assert.deepStrictEqual([...aml.pkgLength(0x1000)], [0x83, 0x00, 0x01]); // 0x1003 total needs 3 bytes
+    assert.deepStrictEqual([...aml.eisaId('PNP0501')], [0x0c, 0x41, 0xd0, 0x05, 0x01]);
+    assert.deepStrictEqual([...aml.integer(0)], [0]);
+    assert.deepStrictEqual([...aml.integer(1)], [1]);
+    assert.deepStrictEqual([...aml.integer(0x1234)], [0x0b, 0x34, 0x12]);
+    assert.deepStrictEqual([...aml.integer(0xd0000000)], [0x0c, 0, 0, 0, 0xd0]);
+    assert.deepStrictEqual([...aml.nameString('\\_SB_.COM1')], [0x5c, 0x2e, ...Buffer.from('_SB_COM1')]);
+    assert.deepStrictEqual([...aml.nameString('\\_SB')], [0x5c, ...Buffer.from('_SB_')]);
+    assert.throws(() => aml.eisaId('pnp0501'), /invalid EISA id/);
+  });
+
+  it('gets every checksum right', () => {
+    for (const k of ['xsdt', 'fadt', 'madt', 'dsdt'] as const) {
+      assert.strictEqual(sum8(tables[k]), 0, `${k} checksum`);
+      assert.strictEqual(tables[k].readUInt32LE(4), tables[k].length, `${k} length`);
+    }
+    assert.strictEqual(sum8(tables.rsdp.subarray(0, 20)), 0, 'RSDP v1 checksum');
+    assert.strictEqual(sum8(tables.rsdp), 0, 'RSDP extended checksum');
+    assert.strictEqual(checksum(Buffer.from([1, 2, 3])), 0xfa);
+  });
+
+  it('links RSDP -> XSDT -> FADT, MADT and FADT -> DSDT', () => {
+    const r = tables.rsdp;
+    assert.strictEqual(r.toString('ascii', 0, 8), 'RSD PTR ');
+    assert.strictEqual(r[15], 2, 'revision 2');
+    assert.strictEqual(r.readUInt32LE(20), 36, 'length');
+    assert.strictEqual(Number(r.readBigUInt64LE(24)), tables.addr.xsdt);
+    const x = tables.xsdt;
+    assert.deepStrictEqual([Number(x.readBigUInt64LE(36)), Number(x.readBigUInt64LE(44))], [tables.addr.fadt, tables.addr.madt]);
+    assert.strictEqual(tables.fadt.toString('ascii', 0, 4), 'FACP');
+    assert.strictEqual(Number(tables.fadt.readBigUInt64LE(140)), tables.addr.dsdt);
+    assert.strictEqual(tables.fadt.readUInt32LE(112) & (1 << 20), 1 << 20, 'HW_REDUCED_ACPI');
+    assert.strictEqual(tables.addr.rsdp, 0xe0000);
+  });
+
+  it('writes the tables into guest memory at their addresses', () => {
+    const mem = makeMemory(32 * MiB);
+    mem.slice(ACPI_START, ACPI_END - ACPI_START).fill(0xcc);
+    const rsdp = buildAcpi(mem, { cpus: 2, virtio });
+    assert.strictEqual(rsdp, 0xe0000);
+    const t = encodeAcpi({ cpus: 2, virtio });
+    for (const k of ['rsdp', 'xsdt', 'fadt', 'madt', 'dsdt'] as const) {
+      assert.deepStrictEqual(Buffer.from(mem.slice(t.addr[k], t[k].length)), t[k], k);
+    }
+    // The guest finds the MADT the way guest/acpi.c does: RSDP -> XSDT -> "APIC".
+    const xsdt = Number(mem.view(rsdp + 24, 8).getBigUint64(0, true));
+    const n = (mem.view(xsdt + 4, 4).getUint32(0, true) - 36) / 8;
+    const sigs = [...Array(n).keys()].map((i) => Buffer.from(mem.slice(Number(mem.view(xsdt + 36 + 8 * i, 8).getBigUint64(0, true)), 4)).toString());
+    assert.deepStrictEqual(sigs, ['FACP', 'APIC']);
+    assert.strictEqual(mem.slice(ACPI_END - 1, 1)[0], 0, 'stale bytes cleared');
+  });
+
+  it('rejects impossible configurations', () => {
+    assert.throws(() => encodeAcpi({ cpus: 0, virtio: [] }), /0 vCPUs is out of range/);
+    assert.throws(() => encodeAcpi({ cpus: 255, virtio: [] }), /255 vCPUs is out of range \(1\.\.254\)/);
+    const many = [...Array(3000).keys()].map((i) => ({ base: 0xd0000000 + i * 0x1000, gsi: 5 }));
+    assert.throws(() => encodeAcpi({ cpus: 1, virtio: many }), /ACPI tables need \d+ bytes; only 131072 fit/);
+  });
+
+  describe('iasl -d', function () {
+    before(function () {
+      if (!haveIasl()) {
+        console.log('      (skipped: iasl not found; install it with: apt-get install -y acpica-tools)');
+        this.skip();
+      }
+    });
+
+    it('disassembles the DSDT with COM1 and one LNRO0005 per virtio window', () => {
+      const dsl = disassemble('dsdt', tables.dsdt);
+      assert.ok(!/Incorrect checksum/.test(dsl), 'checksum');
+      assert.match(dsl, /DefinitionBlock \("", "DSDT", 2, "TSVMM ",/);
+      assert.match(dsl, /Scope \(\\_SB\)/);
+      assert.match(dsl, /Device \(COM1\)\s*\{\s*Name \(_HID, EisaId \("PNP0501"\)/);
+      assert.match(dsl, /IO \(Decode16,\s*0x03F8,\s*\/\/ Range Minimum\s*0x03F8,\s*\/\/ Range Maximum\s*0x00,\s*\/\/ Alignment\s*0x08,/);
+      assert.match(dsl, /IRQNoFlags \(\)\s*\{4\}/);
+      const devs = [...dsl.matchAll(/Device \((V\d{3})\)\s*\{\s*Name \(_HID, "LNRO0005"\)[^]*?Name \(_UID, (\w+)\)[^]*?Memory32Fixed \(ReadWrite,\s*0x([0-9A-F]+),\s*\/\/ Address Base\s*0x([0-9A-F]+),[^]*?Interrupt \(ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, \)\s*\{\s*0x([0-9A-F]+),/g)];
+      assert.deepStrictEqual(devs.map((m) => [m[1], m[2], parseInt(m[3], 16), parseInt(m[4], 16), parseInt(m[5], 16)]), [
+        ['V000', 'Zero', 0xd0000000, 0x1000, 5],
+        ['V001', 'One', 0xd0001000, 0x1000, 6],
+        ['V002', '0x02', 0xd0002000, 0x1000, 7],
+      ]);
+    });
+
+    it('disassembles a DSDT with every virtio window (multi-byte package lengths)', () => {
+      const all = [...Array(VIRTIO_MMIO_MAX).keys()].map(virtioMmioWindow);
+      const t = encodeAcpi({ cpus: 1, virtio: all });
+      assert.ok(t.dsdt.length > 0x100, "the _SB scope needs a 2-byte PkgLength");
+      const dsl = disassemble('dsdt', t.dsdt);
+      assert.ok(!/Incorrect checksum/.test(dsl), 'checksum');
+      const names = [...dsl.matchAll(/Device \((V[0-9A-F]{3})\)/g)].map((m) => m[1]);
+      assert.strictEqual(names.length, VIRTIO_MMIO_MAX);
+      assert.strictEqual(names[VIRTIO_MMIO_MAX - 1], 'V012');
+      assert.match(dsl, /0xD0012000,\s*\/\/ Address Base/);
+      assert.match(dsl, /\{\s*0x00000017,\s*\}/, 'last GSI 23');
+    });
+
+    it('disassembles the MADT with one enabled local APIC per vCPU and the IOAPIC', () => {
+      const dsl = disassemble('madt', tables.madt);
+      assert.ok(!/Incorrect checksum/.test(dsl), 'checksum');
+      assert.match(dsl, /Local Apic Address : FEE00000/);
+      const lapics = [...dsl.matchAll(/\[Processor Local APIC\][^[]*\[[^\]]*\]\s*Length : 08[^[]*\[[^\]]*\]\s*Processor ID : (\w+)[^[]*\[[^\]]*\]\s*Local Apic ID : (\w+)[^[]*\[[^\]]*\]\s*Flags \(decoded below\) : 00000001\s*Processor Enabled : 1/g)];
+      assert.deepStrictEqual(lapics.map((m) => [m[1], m[2]]), [['00', '00'], ['01', '01'], ['02', '02'], ['03', '03']]);
+      assert.match(dsl, /\[I\/O APIC\][^]*?I\/O Apic ID : 04[^]*?Address : FEC00000[^]*?Interrupt : 00000000/);
+      assert.ok(!/Interrupt Source Override/.test(dsl), 'no IRQ0 override unless asked');
+      const withIso = disassemble('madt', encodeAcpi({ cpus: 1, virtio, irq0ToGsi2: true }).madt);
+      assert.match(withIso, /\[Interrupt Source Override\][^]*?Source : 00[^]*?Interrupt : 00000002/);
+    });
+
+    it('disassembles a hardware-reduced FADT that points at the DSDT', () => {
+      const dsl = disassemble('fadt', tables.fadt);
+      assert.ok(!/Incorrect checksum/.test(dsl), 'checksum');
+      assert.match(dsl, /Revision : 06/);
+      assert.match(dsl, /Hardware Reduced \(V5\) : 1/);
+      const dsdtHex = tables.addr.dsdt.toString(16).toUpperCase();
+      assert.match(dsl, new RegExp(`\\[028h 0040   4\\]\\s+DSDT Address : 000${dsdtHex}`));
+      assert.match(dsl, new RegExp(`\\[08Ch 0140   8\\]\\s+DSDT Address : 00000000000${dsdtHex}`));
+      assert.match(dsl, /VGA Not Present \(V4\) : 1/);
+      const withReset = disassemble('fadt', encodeAcpi({ cpus: 1, virtio, reset: { port: 0x604, value: 1 } }).fadt);
+      assert.match(withReset, /Reset Register Supported \(V2\) : 1/);
+      assert.match(withReset, /Reset Register : [^]*?Space ID : 01 \[SystemIO\][^]*?Address : 0000000000000604/);
+    });
+
+    it('disassembles the XSDT listing FADT and MADT', () => {
+      const dsl = disassemble('xsdt', tables.xsdt);
+      assert.ok(!/Incorrect checksum/.test(dsl), 'checksum');
+      const hex = (n: number): string => n.toString(16).toUpperCase().padStart(16, '0');
+      assert.match(dsl, new RegExp(`ACPI Table Address   0 : ${hex(tables.addr.fadt)}`));
+      assert.match(dsl, new RegExp(`ACPI Table Address   1 : ${hex(tables.addr.madt)}`));
+    });
+  });
+});

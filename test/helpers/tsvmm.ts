@@ -1,0 +1,57 @@
+/**
+ * Test helpers: run the real `tsvmm` CLI as a user would, and skip tests
+ * that need /dev/kvm (with the reason) where the host has none.
+ */
+import { spawn, spawnSync, SpawnSyncReturns } from 'child_process';
+import * as fs from 'fs';
+import * as path from 'path';
+
+export const ROOT = path.resolve(__dirname, '..', '..', '..');
+export const BIN = path.join(ROOT, 'bin', 'tsvmm.js');
+export const GUEST = path.join(ROOT, 'guest', 'out', 'guest.elf');
+
+/** Why KVM tests cannot run here, or undefined when they can. */
+export function kvmUnavailable(): string | undefined {
+  try {
+    fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
+  } catch (e) {
+    return `/dev/kvm is not usable here (${(e as NodeJS.ErrnoException).code}): these tests boot a real guest under KVM`;
+  }
+  if (!fs.existsSync(GUEST)) return `the test guest ${GUEST} is not built (make -C guest)`;
+  return undefined;
+}
+
+/** Use as `before(requireKvm)` inside a describe(): skips the suite with the reason. */
+export function requireKvm(this: Mocha.Context): void {
+  const why = kvmUnavailable();
+  if (why) {
+    // eslint-disable-next-line no-console
+    console.log(`      skipped: ${why}`);
+    this.skip();
+  }
+}
+
+export function tsvmm(args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv; input?: string } = {}): SpawnSyncReturns<string> {
+  return spawnSync(process.execPath, [BIN, ...args], {
+    encoding: 'utf8', timeout: opts.timeoutMs ?? 60_000, env: { ...process.env, ...opts.env }, input: opts.input ?? '',
+  });
+}
+
+/** Asynchronous run, for tests that interact with a running VM. */
+export function tsvmmAsync(args: string[], env?: NodeJS.ProcessEnv) {
+  return spawn(process.execPath, [BIN, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+}
+
+/** The guest's machine-readable lines: `@word k=v ...` -> {word, fields}. */
+export interface GuestLine { word: string; fields: Record<string, string> }
+export function guestLines(out: string): GuestLine[] {
+  return out.split('\n').filter((l) => l.startsWith('@')).map((l) => {
+    const m = /^@(\S+)\s*(.*)$/.exec(l.trim())!;
+    const fields: Record<string, string> = {};
+    for (const kv of m[2].matchAll(/([\w.-]+)(?:=("[^"]*"|\S*))?/g)) {
+      fields[kv[1]] = (kv[2] ?? '').replace(/^"(.*)"$/, '$1');
+    }
+    const word = m[1];
+    return { word, fields };
+  });
+}
