@@ -1,0 +1,283 @@
+/**
+ * virtio-blk device model (virtio 1.2 section 5.2) over a BlockBackend.
+ *
+ * A request is a chain: a 16-byte device-readable header
+ * (virtio_blk_outhdr: u32 type, u32 reserved, u64 sector), data, and a final
+ * device-writable status byte; the header and status may be split or merged
+ * across descriptors arbitrarily. IN/OUT/FLUSH/GET_ID are served; other
+ * types get S_UNSUPP. OUT on a read-only disk gets S_IOERR and writes
+ * nothing (5.2.6.2). Data lengths must be multiples of 512 and the sector
+ * range must lie inside the disk, else S_IOERR.
+ *
+ * I/O goes straight between the guest-memory views of the chain and the
+ * backend, asynchronously: `kick()` starts every available request and
+ * returns; each completion writes the status, publishes used, sets the
+ * interrupt bit in the state page and calls `notify` if the driver wants an
+ * interrupt. A malformed chain fails that request (S_IOERR in its last
+ * writable byte when it has one, used length 0 otherwise).
+ */
+
+import { GuestMemory } from './memory';
+import { DeviceSlot, DeviceSpec } from './state-page';
+import { Virtqueue, Chain, PopResult, ActivateResult, VirtqueueOptions } from './virtqueue';
+import { BlockBackend } from './block-backend';
+import { Notify, complete, deviceRunning, drain, signal } from './queue-runner';
+import { iovLength, iovRead, iovSlice, iovWrite } from './iov';
+import {
+  DeviceId, TSVMM_VENDOR_ID, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+  VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1, features,
+} from './virtio-mmio-layout';
+
+export const VIRTIO_BLK_T_IN = 0;
+export const VIRTIO_BLK_T_OUT = 1;
+export const VIRTIO_BLK_T_FLUSH = 4;
+export const VIRTIO_BLK_T_GET_ID = 8;
+export const VIRTIO_BLK_S_OK = 0;
+export const VIRTIO_BLK_S_IOERR = 1;
+export const VIRTIO_BLK_S_UNSUPP = 2;
+export const SECTOR_SIZE = 512;
+export const VIRTIO_BLK_ID_BYTES = 20;
+export const BLK_OUTHDR_SIZE = 16;
+/** Bytes of config space we expose: capacity, size_max, seg_max, geometry, blk_size. */
+export const BLK_CONFIG_SIZE = 24;
+
+export interface BlkOptions {
+  /** Queue size the device offers (power of 2). Default 256. */
+  queueNumMax?: number;
+  /** Max data segments per request (config seg_max). Default 126. */
+  segMax?: number;
+  /** Logical block size advertised (config blk_size). Default 512. */
+  blkSize?: number;
+}
+
+/** Features a blk device offers. */
+export function blkFeatures(readOnly: boolean): bigint {
+  const f = features(VIRTIO_F_VERSION_1, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH);
+  return readOnly ? f | features(VIRTIO_BLK_F_RO) : f;
+}
+
+/** virtio_blk_config bytes: capacity (512-byte sectors), seg_max, blk_size. */
+export function blkConfig(capacitySectors: number, segMax: number, blkSize: number): Uint8Array {
+  const b = new Uint8Array(BLK_CONFIG_SIZE);
+  const v = new DataView(b.buffer);
+  v.setBigUint64(0, BigInt(capacitySectors), true);
+  v.setUint32(8, 0, true); // size_max (feature not offered)
+  v.setUint32(12, segMax, true);
+  v.setUint32(20, blkSize, true);
+  return b;
+}
+
+/** The state-page static block for a blk device on `backend`. */
+export function blkDeviceSpec(backend: BlockBackend, opts: BlkOptions = {}): DeviceSpec {
+  return {
+    deviceId: DeviceId.Block,
+    vendorId: TSVMM_VENDOR_ID,
+    numQueues: 1,
+    queueNumMax: opts.queueNumMax ?? 256,
+    deviceFeatures: blkFeatures(backend.readOnly),
+    config: blkConfig(Math.floor(backend.size / SECTOR_SIZE), opts.segMax ?? 126, opts.blkSize ?? SECTOR_SIZE),
+  };
+}
+
+/** A parsed request, or the status to fail it with. */
+export type BlkRequest =
+  | { ok: true; type: number; sector: number; data: Uint8Array[]; dataLength: number; status: Uint8Array }
+  | { ok: false; status: number; statusByte?: Uint8Array; error: string };
+
+/** Parse and validate a chain as a virtio-blk request against a disk of `capacity` sectors. */
+export function parseBlkRequest(chain: Chain, capacity: number, readOnly: boolean): BlkRequest {
+  if (chain.writableLength < 1) return { ok: false, status: VIRTIO_BLK_S_IOERR, error: 'no status byte' };
+  const last = chain.writable[chain.writable.length - 1];
+  const statusByte = last.subarray(last.length - 1);
+  const fail = (status: number, error: string): BlkRequest => ({ ok: false, status, statusByte, error });
+  if (chain.readableLength < BLK_OUTHDR_SIZE) return fail(VIRTIO_BLK_S_IOERR, 'request header too short');
+  const hdr = new Uint8Array(BLK_OUTHDR_SIZE);
+  iovRead(chain.readable, hdr);
+  const hv = new DataView(hdr.buffer);
+  const type = hv.getUint32(0, true);
+  const sector = hv.getUint32(8, true) + hv.getUint32(12, true) * 0x1_0000_0000;
+  const inData = iovSlice(chain.writable, 0, chain.writableLength - 1);
+  const outData = iovSlice(chain.readable, BLK_OUTHDR_SIZE);
+  const inLen = chain.writableLength - 1;
+  const outLen = chain.readableLength - BLK_OUTHDR_SIZE;
+  const range = (len: number): string | undefined => {
+    if (len % SECTOR_SIZE !== 0) return `data length ${len} not a multiple of ${SECTOR_SIZE}`;
+    if (!Number.isSafeInteger(sector) || sector + len / SECTOR_SIZE > capacity) return `sectors ${sector}+${len / SECTOR_SIZE} beyond capacity ${capacity}`;
+    return undefined;
+  };
+  switch (type) {
+    case VIRTIO_BLK_T_IN: {
+      if (outLen !== 0) return fail(VIRTIO_BLK_S_IOERR, 'IN request with device-readable data');
+      const e = range(inLen);
+      if (e) return fail(VIRTIO_BLK_S_IOERR, e);
+      return { ok: true, type, sector, data: inData, dataLength: inLen, status: statusByte };
+    }
+    case VIRTIO_BLK_T_OUT: {
+      if (readOnly) return fail(VIRTIO_BLK_S_IOERR, 'write to a read-only disk');
+      if (inLen !== 0) return fail(VIRTIO_BLK_S_IOERR, 'OUT request with device-writable data');
+      const e = range(outLen);
+      if (e) return fail(VIRTIO_BLK_S_IOERR, e);
+      return { ok: true, type, sector, data: outData, dataLength: outLen, status: statusByte };
+    }
+    case VIRTIO_BLK_T_FLUSH:
+      return { ok: true, type, sector: 0, data: [], dataLength: 0, status: statusByte };
+    case VIRTIO_BLK_T_GET_ID:
+      return { ok: true, type, sector: 0, data: inData, dataLength: inLen, status: statusByte };
+    default:
+      return fail(VIRTIO_BLK_S_UNSUPP, `unsupported request type ${type}`);
+  }
+}
+
+export interface BlkStats {
+  completed: number;
+  errors: number;
+  badChains: number;
+  /** Highest number of requests in flight at once. */
+  maxInflight: number;
+}
+
+export class VirtioBlk {
+  readonly vq: Virtqueue;
+  readonly capacity: number;
+  readonly stats: BlkStats = { completed: 0, errors: 0, badChains: 0, maxInflight: 0 };
+  /** Last problem seen (bad chain, broken ring), for logs. */
+  lastError?: string;
+  private inflight = 0;
+  private idleWaiters: (() => void)[] = [];
+
+  constructor(
+    readonly mem: GuestMemory,
+    readonly slot: DeviceSlot,
+    readonly backend: BlockBackend,
+    readonly notify: Notify,
+    vqOpts: VirtqueueOptions = {},
+  ) {
+    this.vq = new Virtqueue(mem, slot, 0, vqOpts);
+    this.capacity = Math.floor(backend.size / SECTOR_SIZE);
+  }
+
+  /**
+   * Bind the queue once the driver set DRIVER_OK, or again after a restart:
+   * in-flight requests recorded in the state page are resubmitted in submit
+   * order, then the queue is signalled once in case a completion interrupt
+   * was lost, and any new requests are started.
+   */
+  activate(): ActivateResult {
+    const r = this.vq.activate();
+    if (!r.ok) {
+      this.lastError = r.error;
+      return r;
+    }
+    for (const head of r.resubmit) this.handle(this.vq.chainAt(head));
+    if (r.recovered) signal(this.vq, this.notify);
+    this.kick();
+    return r;
+  }
+
+  /** The guest kicked (or we were told to look): start every available request. Returns how many. */
+  kick(): number {
+    if (!this.vq.isActive || !deviceRunning(this.slot)) return 0;
+    return drain(this.vq, (r) => this.handle(r));
+  }
+
+  /** Requests started and not yet completed. */
+  get inflightCount(): number {
+    return this.inflight;
+  }
+
+  /** Resolves when no request is in flight. */
+  idle(): Promise<void> {
+    if (this.inflight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  private handle(r: PopResult): boolean {
+    switch (r.kind) {
+      case 'empty':
+        return false;
+      case 'broken':
+        this.lastError = r.error;
+        return false;
+      case 'bad-chain': {
+        this.stats.badChains++;
+        this.stats.errors++;
+        this.lastError = r.error;
+        const last = r.writable[r.writable.length - 1];
+        if (last && last.length > 0) {
+          last[last.length - 1] = VIRTIO_BLK_S_IOERR;
+          complete(this.vq, r.head, 1, this.notify);
+        } else {
+          complete(this.vq, r.head, 0, this.notify);
+        }
+        return true;
+      }
+      case 'chain':
+        this.start(r.chain);
+        return true;
+    }
+  }
+
+  private start(chain: Chain): void {
+    const req = parseBlkRequest(chain, this.capacity, this.backend.readOnly);
+    if (!req.ok) {
+      this.stats.errors++;
+      this.lastError = req.error;
+      if (req.statusByte) {
+        req.statusByte[0] = req.status;
+        complete(this.vq, chain.head, 1, this.notify);
+      } else {
+        complete(this.vq, chain.head, 0, this.notify);
+      }
+      return;
+    }
+    this.inflight++;
+    if (this.inflight > this.stats.maxInflight) this.stats.maxInflight = this.inflight;
+    let io: Promise<number>;
+    try {
+      io = this.io(req);
+    } catch (e) {
+      io = Promise.reject(e);
+    }
+    io.then(
+      (written) => this.finish(chain.head, req.status, VIRTIO_BLK_S_OK, written + 1),
+      (e: Error) => {
+        this.lastError = `I/O error: ${e.message}`;
+        this.finish(chain.head, req.status, VIRTIO_BLK_S_IOERR, 1);
+      },
+    );
+  }
+
+  /** Run the I/O; resolves with the bytes written into guest memory (excluding the status byte). */
+  private async io(req: Extract<BlkRequest, { ok: true }>): Promise<number> {
+    switch (req.type) {
+      case VIRTIO_BLK_T_IN:
+        await this.backend.read(req.data, req.sector * SECTOR_SIZE);
+        return req.dataLength;
+      case VIRTIO_BLK_T_OUT:
+        await this.backend.write(req.data, req.sector * SECTOR_SIZE);
+        return 0;
+      case VIRTIO_BLK_T_FLUSH:
+        await this.backend.flush();
+        return 0;
+      case VIRTIO_BLK_T_GET_ID: {
+        const id = new Uint8Array(VIRTIO_BLK_ID_BYTES);
+        id.set(new TextEncoder().encode(this.backend.id).subarray(0, VIRTIO_BLK_ID_BYTES));
+        return iovWrite(req.data, id.subarray(0, Math.min(VIRTIO_BLK_ID_BYTES, iovLength(req.data))));
+      }
+      default:
+        throw new Error(`unexpected type ${req.type}`);
+    }
+  }
+
+  private finish(head: number, statusByte: Uint8Array, status: number, len: number): void {
+    statusByte[0] = status;
+    if (status === VIRTIO_BLK_S_OK) this.stats.completed++;
+    else this.stats.errors++;
+    complete(this.vq, head, len, this.notify);
+    if (--this.inflight === 0) {
+      const w = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const f of w) f();
+    }
+  }
+}

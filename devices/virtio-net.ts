@@ -1,0 +1,236 @@
+/**
+ * virtio-net device model (virtio 1.2 section 5.1): queue 0 receives, queue 1
+ * transmits. With VIRTIO_F_VERSION_1 every buffer starts with a 12-byte
+ * virtio_net_hdr_v1 (flags, gso_type, hdr_len, gso_size, csum_start,
+ * csum_offset, num_buffers). No offloads are offered, so on TX the header is
+ * skipped and the rest of the chain goes to the TAP as one frame (the
+ * segment views, no copy); on RX each frame fills one guest buffer chain
+ * behind a zeroed header with num_buffers = 1.
+ *
+ * The TAP is abstracted as `NetBackend`. Frames that arrive while the guest
+ * has no receive buffer wait in a bounded backlog (copied, since the
+ * backend may reuse its buffer) and are delivered when the guest kicks RX.
+ *
+ * Recovery: in-flight TX heads are re-sent (a duplicated frame is what a
+ * real NIC can produce too); in-flight RX heads had not been filled, so they
+ * are reused for the next frames before any newly available buffer.
+ */
+
+import { GuestMemory } from './memory';
+import { DeviceSlot, DeviceSpec } from './state-page';
+import { Virtqueue, Chain, PopResult, ActivateResult, VirtqueueOptions } from './virtqueue';
+import { Notify, complete, deviceRunning, drain, signal } from './queue-runner';
+import { iovCopy, iovSlice } from './iov';
+import {
+  DeviceId, TSVMM_VENDOR_ID, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC,
+  VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP, features,
+} from './virtio-mmio-layout';
+
+export const NET_HDR_SIZE = 12;
+export const RX_QUEUE = 0;
+export const TX_QUEUE = 1;
+/** Config bytes: mac[6], status u16. */
+export const NET_CONFIG_SIZE = 8;
+/** Largest Ethernet frame we move without offloads (with VLAN tag). */
+export const MAX_FRAME = 1518;
+
+/** A TAP-like packet endpoint. */
+export interface NetBackend {
+  /** Send one frame given as segments (gathered by the backend, e.g. writev). */
+  write(frame: Uint8Array[]): void;
+  /** Register the receiver of incoming frames; the buffer may be reused after the callback returns. */
+  onFrame(cb: (frame: Uint8Array) => void): void;
+}
+
+export interface NetOptions {
+  mac: Uint8Array;
+  queueNumMax?: number;
+  /** Frames kept while the guest has no RX buffer (default 256); older ones are not dropped, new ones are. */
+  backlog?: number;
+}
+
+export function netFeatures(): bigint {
+  return features(VIRTIO_F_VERSION_1, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS);
+}
+
+/** virtio_net_config bytes: mac, status (link up). */
+export function netConfig(mac: Uint8Array): Uint8Array {
+  if (mac.length !== 6) throw new Error('a MAC address is 6 bytes');
+  const b = new Uint8Array(NET_CONFIG_SIZE);
+  b.set(mac, 0);
+  new DataView(b.buffer).setUint16(6, VIRTIO_NET_S_LINK_UP, true);
+  return b;
+}
+
+/** Parse "52:54:00:12:34:56". Throws on malformed input. */
+export function parseMac(s: string): Uint8Array {
+  const parts = s.split(':');
+  if (parts.length !== 6 || parts.some((p) => !/^[0-9a-fA-F]{2}$/.test(p))) throw new Error(`bad MAC address "${s}"`);
+  return Uint8Array.from(parts.map((p) => parseInt(p, 16)));
+}
+
+export function netDeviceSpec(opts: NetOptions): DeviceSpec {
+  return {
+    deviceId: DeviceId.Net,
+    vendorId: TSVMM_VENDOR_ID,
+    numQueues: 2,
+    queueNumMax: opts.queueNumMax ?? 256,
+    deviceFeatures: netFeatures(),
+    config: netConfig(opts.mac),
+  };
+}
+
+export interface NetStats {
+  txFrames: number;
+  rxFrames: number;
+  /** Frames dropped: backlog full, or a guest buffer too small. */
+  rxDropped: number;
+  badChains: number;
+}
+
+export class VirtioNet {
+  readonly rx: Virtqueue;
+  readonly tx: Virtqueue;
+  readonly stats: NetStats = { txFrames: 0, rxFrames: 0, rxDropped: 0, badChains: 0 };
+  lastError?: string;
+  private readonly backlog: Uint8Array[] = [];
+  private readonly backlogMax: number;
+  /** RX heads recovered in flight: filled before popping new buffers. */
+  private rxRecycled: number[] = [];
+
+  constructor(
+    readonly mem: GuestMemory,
+    readonly slot: DeviceSlot,
+    readonly backend: NetBackend,
+    readonly notify: Notify,
+    opts: { backlog?: number } & VirtqueueOptions = {},
+  ) {
+    this.rx = new Virtqueue(mem, slot, RX_QUEUE, opts);
+    this.tx = new Virtqueue(mem, slot, TX_QUEUE, opts);
+    this.backlogMax = opts.backlog ?? 256;
+    backend.onFrame((f) => this.receive(f));
+  }
+
+  /** Bind both queues (after DRIVER_OK, or after a restart: TX in flight re-sent, RX in flight reused). */
+  activate(): { rx: ActivateResult; tx: ActivateResult } {
+    const rx = this.rx.activate();
+    const tx = this.tx.activate();
+    if (rx.ok) {
+      this.rxRecycled = rx.resubmit.slice();
+      if (rx.recovered) signal(this.rx, this.notify);
+    }
+    if (tx.ok) {
+      for (const head of tx.resubmit) this.transmit(this.tx.chainAt(head));
+      if (tx.recovered) signal(this.tx, this.notify);
+      this.kickTx();
+    }
+    if (rx.ok) this.kickRx();
+    return { rx, tx };
+  }
+
+  /** Guest kicked the TX queue: send every available frame. */
+  kickTx(): number {
+    if (!this.tx.isActive || !deviceRunning(this.slot)) return 0;
+    return drain(this.tx, (r) => this.transmit(r));
+  }
+
+  /** Guest kicked the RX queue (new buffers): deliver backlogged frames. */
+  kickRx(): number {
+    let n = 0;
+    while (this.backlog.length > 0 && this.deliver(this.backlog[0])) {
+      this.backlog.shift();
+      n++;
+    }
+    return n;
+  }
+
+  /** A frame from the TAP. */
+  receive(frame: Uint8Array): void {
+    if (this.backlog.length === 0 && this.deliver(frame)) return;
+    if (this.backlog.length >= this.backlogMax) {
+      this.stats.rxDropped++;
+      return;
+    }
+    this.backlog.push(frame.slice());
+  }
+
+  /** Frames waiting for guest RX buffers. */
+  get backlogLength(): number {
+    return this.backlog.length;
+  }
+
+  private transmit(r: PopResult): boolean {
+    switch (r.kind) {
+      case 'empty':
+        return false;
+      case 'broken':
+        this.lastError = r.error;
+        return false;
+      case 'bad-chain':
+        this.stats.badChains++;
+        this.lastError = r.error;
+        complete(this.tx, r.head, 0, this.notify);
+        return true;
+      case 'chain': {
+        const c = r.chain;
+        if (c.writableLength !== 0 || c.readableLength < NET_HDR_SIZE || c.readableLength - NET_HDR_SIZE > 65535) {
+          this.stats.badChains++;
+          this.lastError = `bad TX chain (${c.readableLength} readable, ${c.writableLength} writable)`;
+        } else if (c.readableLength > NET_HDR_SIZE) {
+          try {
+            this.backend.write(iovSlice(c.readable, NET_HDR_SIZE));
+            this.stats.txFrames++;
+          } catch (e) {
+            this.lastError = `TAP write failed: ${(e as Error).message}`;
+          }
+        }
+        complete(this.tx, c.head, 0, this.notify);
+        return true;
+      }
+    }
+  }
+
+  /** Put one frame into one guest RX buffer. False when there is no buffer (or the queue is unusable). */
+  private deliver(frame: Uint8Array): boolean {
+    if (!this.rx.isActive || !deviceRunning(this.slot)) return false;
+    for (;;) {
+      const r = this.nextRxBuffer();
+      if (!r) return false;
+      if (r.kind === 'bad-chain') {
+        this.stats.badChains++;
+        this.lastError = r.error;
+        complete(this.rx, r.head, 0, this.notify);
+        continue;
+      }
+      const c = r.chain;
+      const need = NET_HDR_SIZE + frame.length;
+      if (c.readableLength !== 0 || c.writableLength < need) {
+        // The driver must post buffers big enough; this frame cannot go in it.
+        this.stats.rxDropped++;
+        this.lastError = `RX buffer of ${c.writableLength} bytes for a ${frame.length}-byte frame`;
+        complete(this.rx, c.head, 0, this.notify);
+        return true;
+      }
+      const hdr = new Uint8Array(NET_HDR_SIZE);
+      hdr[10] = 1; // num_buffers = 1 (LE u16 at offset 10)
+      iovCopy(c.writable, [hdr, frame]);
+      this.stats.rxFrames++;
+      complete(this.rx, c.head, need, this.notify);
+      return true;
+    }
+  }
+
+  private nextRxBuffer(): Extract<PopResult, { kind: 'chain' | 'bad-chain' }> | undefined {
+    while (this.rxRecycled.length > 0) {
+      const r = this.rx.chainAt(this.rxRecycled.shift()!);
+      if (r.kind === 'chain' || r.kind === 'bad-chain') return r;
+    }
+    let r = this.rx.pop();
+    if (r.kind === 'empty' && this.rx.enableNotify()) r = this.rx.pop();
+    if (r.kind === 'chain' || r.kind === 'bad-chain') return r;
+    if (r.kind === 'broken') this.lastError = r.error;
+    return undefined;
+  }
+}
+
+export type { Chain };
