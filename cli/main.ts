@@ -7,17 +7,20 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { parseArgs } from 'util';
-import { VmConfig } from '../proto';
+import { DiskConfig, NetConfig, VmConfig } from '../proto';
 import { parseSize } from '../vmm/boot/layout';
 import { parseElf } from '../vmm/boot/elf';
 import { pvhEntry } from '../vmm/boot/pvh';
 import { Kvm } from '../vmm/kvm/system';
 import { Supervisor } from '../recovery/supervisor';
+import { DEFAULT_GEOMETRY } from '../devices/state-page';
 
 export const DEFAULT_GUEST = path.resolve(__dirname, '..', '..', 'guest', 'out', 'guest.elf');
 export const DEFAULT_DEMO_CMDLINE = 'workload=counter n=200000000 report=20000000';
 /** A VMM limit (xAPIC ids are 8 bits, one is the IOAPIC's). */
 export const MAX_CPUS = 254;
+/** Device slots in the shared state page. */
+export const MAX_DEVICES = DEFAULT_GEOMETRY.maxDevices;
 
 /** A user-facing error: printed as one line, exit status `status`. */
 export class UsageError extends Error {
@@ -30,12 +33,15 @@ commands:
   run        boot a guest under a new supervisor
 
 tsvmm run [--kernel FILE] [--cmdline STR] [--mem SIZE] [--cpus N] [--serial FILE] [--name NAME]
+          [--disk FILE[,ro]]... [--net tap=NAME[,mac=MAC]]...
   --kernel FILE   a PVH ELF kernel (default: the built-in test guest, on a demo workload)
   --cmdline STR   the guest command line (default for the test guest: "${DEFAULT_DEMO_CMDLINE}")
   --mem SIZE      guest RAM, e.g. 256M or 2G (default 256M)
   --cpus N        number of vCPUs (default 1)
   --serial FILE   append guest serial output to FILE instead of the terminal
   --name NAME     a name for this VM (default: tsvmm-<pid>)
+  --disk FILE[,ro]            a virtio-blk disk on a raw image (repeatable)
+  --net tap=NAME[,mac=MAC]    a virtio-net NIC on a TAP device, created if absent (repeatable)
   -h, --help      show this help
 `;
 
@@ -60,12 +66,57 @@ function readKernel(file: string): Buffer {
   return buf;
 }
 
+/** --disk FILE[,ro] */
+export function parseDisk(spec: string): DiskConfig {
+  const parts = spec.split(',');
+  const file = parts[0];
+  const opts = parts.slice(1);
+  if (!file) throw new UsageError(`invalid --disk "${spec}": expected FILE[,ro]`);
+  for (const o of opts) if (o !== 'ro') throw new UsageError(`invalid --disk option "${o}" in "${spec}": the only option is ro`);
+  const readOnly = opts.includes('ro');
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(file);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new UsageError(code === 'ENOENT' ? `disk image ${file} does not exist` : `cannot use disk image ${file}: ${(e as Error).message}`);
+  }
+  if (!st.isFile() && !st.isBlockDevice()) throw new UsageError(`disk image ${file} is not a regular file or block device`);
+  if (st.size < 512 || st.size % 512 !== 0) throw new UsageError(`disk image ${file} is ${st.size} bytes: it must be a non-zero multiple of 512`);
+  try {
+    fs.closeSync(fs.openSync(file, readOnly ? 'r' : 'r+'));
+  } catch (e) {
+    throw new UsageError(`cannot open disk image ${file} ${readOnly ? 'for reading' : 'for writing (add ,ro for a read-only disk)'}: ${(e as NodeJS.ErrnoException).code}`);
+  }
+  return { path: path.resolve(file), readOnly };
+}
+
+/** --net tap=NAME[,mac=MAC] */
+export function parseNet(spec: string): NetConfig {
+  const kv = new Map<string, string>();
+  for (const part of spec.split(',')) {
+    const i = part.indexOf('=');
+    if (i <= 0) throw new UsageError(`invalid --net "${spec}": expected tap=NAME[,mac=MAC]`);
+    kv.set(part.slice(0, i), part.slice(i + 1));
+  }
+  for (const k of kv.keys()) if (k !== 'tap' && k !== 'mac') throw new UsageError(`invalid --net option "${k}" in "${spec}": expected tap=NAME[,mac=MAC]`);
+  const tap = kv.get('tap');
+  if (!tap || !/^[A-Za-z0-9_.-]{1,15}$/.test(tap)) throw new UsageError(`invalid --net "${spec}": tap=NAME needs a 1-15 character interface name`);
+  const mac = kv.get('mac') ?? '';
+  if (mac) {
+    if (!/^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$/.test(mac)) throw new UsageError(`invalid MAC "${mac}": expected six hex bytes like 52:54:00:12:34:56`);
+    if (parseInt(mac.slice(0, 2), 16) & 1) throw new UsageError(`invalid MAC "${mac}": a multicast address cannot be a NIC's address`);
+  }
+  return { tap, mac };
+}
+
 export function parseRun(argv: string[]): VmConfig {
   const { values } = parseArgs({
     args: argv,
     options: {
       kernel: { type: 'string' }, cmdline: { type: 'string' }, mem: { type: 'string' }, cpus: { type: 'string' },
       serial: { type: 'string' }, name: { type: 'string' }, help: { type: 'boolean', short: 'h' },
+      disk: { type: 'string', multiple: true }, net: { type: 'string', multiple: true },
     },
     strict: true, allowPositionals: false,
   });
@@ -109,10 +160,13 @@ export function parseRun(argv: string[]): VmConfig {
       throw new UsageError(`cannot open serial output ${values.serial}: ${(e as Error).message}`);
     }
   }
+  const deviceCount = (values.disk?.length ?? 0) + (values.net?.length ?? 0);
+  if (deviceCount > MAX_DEVICES) throw new UsageError(`${deviceCount} virtio devices requested: at most ${MAX_DEVICES} (--disk and --net together)`);
   return {
     name: values.name ?? `tsvmm-${process.pid}`,
     kernel: path.resolve(kernel), cmdline, memBytes, cpus,
-    serialPath: values.serial ? path.resolve(values.serial) : '', disks: [], nets: [],
+    serialPath: values.serial ? path.resolve(values.serial) : '',
+    disks: (values.disk ?? []).map(parseDisk), nets: (values.net ?? []).map(parseNet),
   };
 }
 

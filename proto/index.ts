@@ -22,7 +22,7 @@ export interface VmConfig {
   disks: DiskConfig[]; nets: NetConfig[];
 }
 export type ComponentMessage =
-  | { ready: { component: string; pid: number } }
+  | { ready: { component: string; pid: number; keeperPid?: number; restoredGeneration?: number; diedNs?: number; savedNs?: number } }
   | { guestExit: { code: number; reason: string } }
   | { fatal: { message: string } };
 

@@ -15,6 +15,12 @@ import { COM1_IRQ, Serial } from './serial';
 import { Platform, PlatformEvent } from './platform';
 import { describeVcpu } from './vcpu-report';
 import { vcpuCpuid } from './cpuid';
+import { DeviceEntry } from './devices';
+import { DEVICE_PAGE_OFFSET, STATE_MEMFD_SIZE } from './fds';
+import { StatePage } from '../devices/state-page';
+import { VirtioMmioTransport } from '../devices/virtio-mmio';
+import { SnapshotView } from '../recovery/snapshot';
+import { SerialLineJournal } from './restore';
 
 export interface VcpuThreadData {
   vmFd: number;
@@ -28,8 +34,14 @@ export interface VcpuThreadData {
   boot?: { regs: Partial<Regs>; sregs: Partial<Sregs> };
   stateFd: number;
   outFd: number;
+  /** Virtio devices whose transport registers this vCPU emulates. */
+  devices: DeviceEntry[];
   /** Shared exit counters: [reason] += 1 (Float64 slots). */
   counters: SharedArrayBuffer;
+  /** The snapshot memfd: this vCPU's exit journal and serial line live there (recovery/snapshot.ts). */
+  snapFd: number;
+  /** CPUID and the initial (or restored) state were set by the main thread before the keeper was armed. */
+  prepared?: boolean;
 }
 
 export type VcpuThreadMessage =
@@ -44,31 +56,35 @@ function main(d: VcpuThreadData): void {
   const post = (m: VcpuThreadMessage) => parentPort!.postMessage(m);
   const vm = new Vm(d.vmFd);
   const vcpu = new Vcpu(d.vcpuFd, d.id, d.mmapSize);
-  vcpu.setCpuid(vcpuCpuid(d.supportedCpuid, d.id, d.cpus, vcpu.tscKhz()));
-  if (d.boot) {
-    vcpu.setSregs(d.boot.sregs);
-    vcpu.setRegs(d.boot.regs);
+  if (!d.prepared) {
+    vcpu.setCpuid(vcpuCpuid(d.supportedCpuid, d.id, d.cpus, vcpu.tscKhz()));
+    if (d.boot) {
+      vcpu.setSregs(d.boot.sregs);
+      vcpu.setRegs(d.boot.regs);
+    }
   }
   native.installKick();
   post({ kind: 'started', id: d.id, tid: native.gettid() });
 
   const page = new PlatformPage(native.mmap(d.stateFd, PLATFORM_PAGE_SIZE, 0, true));
-  let line: number[] = [];
-  const flush = () => {
-    if (line.length) { fs.writeSync(d.outFd, Buffer.from(line)); line = []; }
-  };
-  const serial = new Serial(page, (b) => {
-    line.push(b);
-    if (b === 10 || line.length >= 4096) flush();
-  }, () => { vm.irqLine(COM1_IRQ, 1); vm.irqLine(COM1_IRQ, 0); });
+  // The serial line being assembled and the exit journal live in shared memory, so a vmm that
+  // dies mid-line or mid-exit loses nothing (vmm/restore.ts, SerialLineJournal).
+  const journal = new SerialLineJournal(SnapshotView.map(d.snapFd, d.cpus).journal(d.id), d.outFd);
+  const flush = () => journal.flush();
+  const serial = new Serial(page, (b) => journal.push(b), () => { vm.irqLine(COM1_IRQ, 1); vm.irqLine(COM1_IRQ, 0); });
 
   let stop: PlatformEvent | undefined;
   const platform = new Platform(serial, (e) => { stop = e; });
+  if (d.devices.length) {
+    const devPage = StatePage.attach(new Uint8Array(native.mmap(d.stateFd, STATE_MEMFD_SIZE - DEVICE_PAGE_OFFSET, DEVICE_PAGE_OFFSET, true)));
+    for (const dev of d.devices) platform.mmio.push(new VirtioMmioTransport(dev.base, devPage.device(dev.index)));
+  }
   const counters = new Float64Array(d.counters);
   const run = vcpu.run;
   const bytes = vcpu.runBytes;
 
   for (;;) {
+    journal.beforeRun(run);
     const r = native.run(vcpu.fd);
     if (r < 0) {
       if (-r === EINTR || -r === EAGAIN) { run.setUint8(RUN.immediateExit, 0); continue; }
@@ -145,6 +161,7 @@ function main(d: VcpuThreadData): void {
         post({ kind: 'fatal', message: `vCPU ${d.id}: unexpected KVM exit ${EXIT_NAME[reason] ?? reason}; ${describeVcpu(vcpu)}` });
         return;
     }
+    journal.handled();
     if (stop) {
       flush();
       if (stop.kind === 'poweroff') post({ kind: 'exit', code: stop.code, reason: `guest powered off with status ${stop.code}` });

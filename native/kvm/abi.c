@@ -4,6 +4,7 @@
 // constants.cc turns this table into the addon's `constants` object.
 #include <stddef.h>
 #include <linux/kvm.h>
+#include <linux/if_tun.h>
 #include "constants.h"
 
 const struct tsvmm_const tsvmm_constants[] = {
@@ -42,6 +43,8 @@ const struct tsvmm_const tsvmm_constants[] = {
   K(KVM_IRQCHIP_PIC_MASTER) K(KVM_IRQCHIP_PIC_SLAVE) K(KVM_IRQCHIP_IOAPIC)
   K(KVM_IOEVENTFD_FLAG_DATAMATCH) K(KVM_IOEVENTFD_FLAG_PIO) K(KVM_IOEVENTFD_FLAG_DEASSIGN)
   K(KVM_IRQFD_FLAG_DEASSIGN)
+  // TAP
+  K(TUNSETIFF) K(IFF_TAP) K(IFF_NO_PI) K(IFF_VNET_HDR) K(TUNSETVNETHDRSZ) K(TUNSETOFFLOAD)
   // struct sizes
   SIZE(kvm_run) SIZE(kvm_regs) SIZE(kvm_sregs) SIZE(kvm_segment) SIZE(kvm_dtable) SIZE(kvm_fpu)
   SIZE(kvm_xsave) SIZE(kvm_xcrs) SIZE(kvm_debugregs) SIZE(kvm_lapic_state) SIZE(kvm_msrs)

@@ -20,6 +20,11 @@
 #include <linux/kvm.h>
 
 #include "constants.h"
+#include "poller.h"
+
+namespace tsvmm {
+void RegisterKeeper(Napi::Env env, Napi::Object exports);  // keeper-binding.cc
+}
 
 namespace {
 
@@ -215,6 +220,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("installKick", Napi::Function::New(env, InstallKick));
   exports.Set("kick", Napi::Function::New(env, Kick));
   exports.Set("constants", tsvmm::Constants(env));
+  tsvmm::InitPoller(env, exports);
+  tsvmm::RegisterKeeper(env, exports);
   return exports;
 }
 

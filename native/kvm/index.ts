@@ -62,3 +62,11 @@ export function ioctl(fd: number, name: string, arg?: number | bigint | ArrayBuf
     throw wrapped;
   }
 }
+
+/** The fd poller (native/kvm/poller.cc). */
+export interface NativePoller {
+  pollerStart(cb: (tag: number, count: number) => void): void;
+  pollerAdd(fd: number, tag: number, isEventfd: boolean): void;
+  pollerRemove(fd: number): void;
+}
+export const poller = native as unknown as NativePoller;

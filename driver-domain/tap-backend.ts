@@ -1,0 +1,42 @@
+/**
+ * A NetBackend over a TAP fd the supervisor holds: frames out with writev,
+ * frames in whenever the poller says the fd is readable (drained until
+ * EAGAIN, since the poller is edge-triggered for TAPs).
+ */
+import * as fs from 'fs';
+import { NetBackend } from '../devices/virtio-net';
+
+const MAX_FRAME = 65536;
+
+export class TapBackend implements NetBackend {
+  private receiver?: (frame: Uint8Array) => void;
+  private readonly buf = Buffer.alloc(MAX_FRAME);
+  dropped = 0;
+
+  constructor(readonly fd: number) {}
+
+  write(frame: Uint8Array[]): void {
+    try {
+      fs.writevSync(this.fd, frame);
+    } catch {
+      this.dropped++; // EAGAIN (TAP queue full) or the link is down: a NIC drops too
+    }
+  }
+
+  onFrame(cb: (frame: Uint8Array) => void): void { this.receiver = cb; }
+
+  /** Read every frame waiting on the TAP. */
+  drain(): void {
+    for (;;) {
+      let n: number;
+      try {
+        n = fs.readSync(this.fd, this.buf, 0, MAX_FRAME, null);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'EAGAIN') return;
+        throw e;
+      }
+      if (n <= 0) return;
+      this.receiver?.(this.buf.subarray(0, n));
+    }
+  }
+}

@@ -1,0 +1,178 @@
+// keeper-binding.cc: the JS face of the keeper (keeper.c) and of the process
+// plumbing recovery needs (waiting for and reaping a child by pidfd). Only
+// mechanism: which fds, which addresses, which MSRs all come from TypeScript.
+#include <napi.h>
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "keeper.h"
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
+namespace tsvmm {
+namespace {
+
+Napi::Value Throw(Napi::Env env, const std::string& what, int err) {
+  Napi::Error e = Napi::Error::New(env, what + ": " + strerror(err));
+  const char* name = strerrorname_np(err);
+  e.Set("code", Napi::String::New(env, name ? name : "EUNKNOWN"));
+  e.ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
+int64_t Int(const Napi::Value& v) {
+  if (v.IsBigInt()) {
+    bool lossless;
+    return v.As<Napi::BigInt>().Int64Value(&lossless);
+  }
+  return v.As<Napi::Number>().Int64Value();
+}
+
+// One keeper per vmm process: its configuration must stay put (the keeper reads it after the vmm died).
+tsvmm_keeper_config g_cfg;
+bool g_started = false;
+
+// snapshotTotalSize(ncpus) -> bytes the snapshot memfd needs.
+Napi::Value SnapshotTotalSize(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), tsvmm_snap_total_size(info[0].As<Napi::Number>().Uint32Value()));
+}
+
+// snapshotFormat(fd, ncpus): a fresh header (state EMPTY) and zeroed journals.
+Napi::Value SnapshotFormat(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  uint32_t ncpus = info[1].As<Napi::Number>().Uint32Value();
+  if (ncpus == 0 || ncpus > TSVMM_MAX_VCPUS) return Throw(env, "snapshotFormat: bad vCPU count", EINVAL);
+  uint32_t size = tsvmm_snap_total_size(ncpus);
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) return Throw(env, "snapshotFormat: mmap", errno);
+  tsvmm_snap_format(static_cast<uint8_t*>(p), ncpus);
+  munmap(p, size);
+  return env.Undefined();
+}
+
+// keeperStart({ vmFd, snapFd, vcpus: [{ fd, run: bigint address of its kvm_run }], msrs: number[] }) -> keeper pid.
+Napi::Value KeeperStart(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (g_started) return Throw(env, "keeperStart: this vmm already has a keeper", EBUSY);
+  Napi::Object o = info[0].As<Napi::Object>();
+  Napi::Array vcpus = o.Get("vcpus").As<Napi::Array>();
+  Napi::Array msrs = o.Get("msrs").As<Napi::Array>();
+  int snapFd = o.Get("snapFd").As<Napi::Number>().Int32Value();
+  if (vcpus.Length() == 0 || vcpus.Length() > TSVMM_MAX_VCPUS) return Throw(env, "keeperStart: bad vCPU count", EINVAL);
+  if (msrs.Length() > TSVMM_MAX_MSRS) return Throw(env, "keeperStart: too many MSRs", E2BIG);
+
+  uint32_t size = tsvmm_snap_total_size(vcpus.Length());
+  off_t have = lseek(snapFd, 0, SEEK_END);
+  if (have < static_cast<off_t>(size)) return Throw(env, "keeperStart: snapshot memfd is too small", EINVAL);
+  void* snap = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, snapFd, 0);
+  if (snap == MAP_FAILED) return Throw(env, "keeperStart: mmap snapshot", errno);
+  const tsvmm_snap_header* h = static_cast<const tsvmm_snap_header*>(snap);
+  if (h->magic != TSVMM_SNAP_MAGIC || h->version != TSVMM_SNAP_VERSION || h->ncpus != vcpus.Length()) {
+    munmap(snap, size);
+    return Throw(env, "keeperStart: snapshot memfd is not formatted for this VM", EINVAL);
+  }
+
+  tsvmm_keeper_config& c = g_cfg;
+  memset(&c, 0, sizeof c);
+  c.vm_fd = o.Get("vmFd").As<Napi::Number>().Int32Value();
+  c.ncpus = static_cast<int>(vcpus.Length());
+  for (uint32_t i = 0; i < vcpus.Length(); i++) {
+    Napi::Object v = vcpus.Get(i).As<Napi::Object>();
+    c.vcpu_fd[i] = v.Get("fd").As<Napi::Number>().Int32Value();
+    c.run[i] = reinterpret_cast<struct kvm_run*>(static_cast<uintptr_t>(Int(v.Get("run"))));
+  }
+  c.nmsrs = msrs.Length();
+  for (uint32_t i = 0; i < msrs.Length(); i++) c.msr_index[i] = msrs.Get(i).As<Napi::Number>().Uint32Value();
+  c.snap = static_cast<uint8_t*>(snap);
+  c.snap_size = size;
+  c.vmm_pidfd = static_cast<int>(syscall(SYS_pidfd_open, getpid(), 0));
+  if (c.vmm_pidfd < 0) return Throw(env, "keeperStart: pidfd_open", errno);
+  c.stop_efd = eventfd(0, EFD_CLOEXEC);
+  if (c.stop_efd < 0) return Throw(env, "keeperStart: eventfd", errno);
+  int pid = tsvmm_keeper_start(&c);
+  if (pid < 0) return Throw(env, "keeperStart: clone", errno ? errno : ENOMEM);
+  g_started = true;
+  return Napi::Number::New(env, pid);
+}
+
+// keeperStop(): the guest exited normally; the keeper exits without saving.
+Napi::Value KeeperStop(const Napi::CallbackInfo& info) {
+  if (g_started) {
+    uint64_t one = 1;
+    ssize_t r = write(g_cfg.stop_efd, &one, sizeof one);
+    (void)r;
+  }
+  return info.Env().Undefined();
+}
+
+class WaitWorker : public Napi::AsyncWorker {
+ public:
+  WaitWorker(Napi::Env env, int pidfd) : Napi::AsyncWorker(env), pidfd_(pidfd), deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override {
+    struct pollfd p = {pidfd_, POLLIN, 0};
+    while (poll(&p, 1, -1) < 0 && errno == EINTR) {
+    }
+    memset(&info_, 0, sizeof info_);
+    if (syscall(SYS_waitid, P_PIDFD, pidfd_, &info_, WEXITED | __WALL, nullptr) < 0) err_ = errno;
+    close(pidfd_);
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::Object r = Napi::Object::New(env);
+    if (err_) {
+      r.Set("error", Napi::String::New(env, strerror(err_)));
+    } else if (info_.si_code == CLD_EXITED) {
+      r.Set("code", Napi::Number::New(env, info_.si_status));
+    } else {
+      r.Set("signal", Napi::Number::New(env, info_.si_status));
+    }
+    deferred_.Resolve(r);
+  }
+
+ private:
+  int pidfd_;
+  int err_ = 0;
+  siginfo_t info_;
+  Napi::Promise::Deferred deferred_;
+};
+
+// waitExit(pid) -> Promise<{code} | {signal} | {error}>: waits (off the event loop) for a child
+// of this process that Node did not spawn (a keeper) to exit, and reaps it.
+Napi::Value WaitExit(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int pid = info[0].As<Napi::Number>().Int32Value();
+  int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  if (pidfd < 0) return Throw(env, "waitExit: pidfd_open", errno);
+  auto* w = new WaitWorker(env, pidfd);
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+}  // namespace
+
+void RegisterKeeper(Napi::Env env, Napi::Object exports) {
+  exports.Set("snapshotTotalSize", Napi::Function::New(env, SnapshotTotalSize));
+  exports.Set("snapshotFormat", Napi::Function::New(env, SnapshotFormat));
+  exports.Set("keeperStart", Napi::Function::New(env, KeeperStart));
+  exports.Set("keeperStop", Napi::Function::New(env, KeeperStop));
+  exports.Set("waitExit", Napi::Function::New(env, WaitExit));
+  Napi::Object c = exports.Get("constants").As<Napi::Object>();
+  for (uint64_t i = 0; i < tsvmm_snap_constants_count; i++) {
+    c.Set(tsvmm_snap_constants[i].name, Napi::Number::New(env, tsvmm_snap_constants[i].value));
+  }
+}
+
+}  // namespace tsvmm

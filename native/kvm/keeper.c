@@ -1,0 +1,323 @@
+// keeper.c: the vmm keeper (see keeper.h for the protocol and the layout).
+//
+// Everything that runs in the keeper process uses raw syscalls (inline asm):
+// no libc locks, no malloc, no errno (the keeper shares the vmm's memory, and
+// the TLS pointer it inherits is the vmm main thread's), no stack protector
+// (its canary lives in that TLS too). It runs on a stack mmapped before the
+// clone. Compiled as C: the KVM structs with flexible arrays must have the
+// kernel's sizes.
+#define _GNU_SOURCE
+#include <sched.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <poll.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <linux/kvm.h>
+
+#include "keeper.h"
+
+#define KEEPER_FN __attribute__((no_stack_protector, noinline))
+#define RAW static inline __attribute__((always_inline))
+
+RAW long raw6(long n, long a, long b, long c, long d, long e, long f) {
+  long ret;
+  register long r10 __asm__("r10") = d;
+  register long r8 __asm__("r8") = e;
+  register long r9 __asm__("r9") = f;
+  __asm__ volatile("syscall"
+                   : "=a"(ret)
+                   : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+                   : "rcx", "r11", "memory");
+  return ret;
+}
+#define raw3(n, a, b, c) raw6((n), (long)(a), (long)(b), (long)(c), 0, 0, 0)
+
+RAW long k_ioctl(int fd, unsigned long req, void* arg) { return raw3(SYS_ioctl, fd, req, arg); }
+
+RAW uint64_t k_now_ns(void) {
+  struct { long sec, nsec; } ts = {0, 0};
+  raw3(SYS_clock_gettime, 1 /* CLOCK_MONOTONIC */, &ts, 0);
+  return (uint64_t)ts.sec * 1000000000ull + (uint64_t)ts.nsec;
+}
+
+/* ---- layout ---- */
+
+#define ALIGN_UP(x, a) (((x) + (a) - 1) / (a) * (a))
+#define VCPU_SIZE ALIGN_UP(sizeof(struct tsvmm_snap_vcpu), 64)
+
+static uint32_t journal_offset(void) { return 4096; }
+static uint32_t vcpu_offset(uint32_t n) { return journal_offset() + n * TSVMM_JOURNAL_SIZE; }
+static uint32_t vm_offset(uint32_t n) { return (uint32_t)ALIGN_UP(vcpu_offset(n) + n * VCPU_SIZE, 64); }
+
+uint32_t tsvmm_snap_total_size(uint32_t ncpus) {
+  return (uint32_t)ALIGN_UP(vm_offset(ncpus) + sizeof(struct tsvmm_snap_vm), 4096);
+}
+
+static uint32_t crc_table[256];
+static void crc_init(void) {
+  for (uint32_t n = 0; n < 256; n++) {
+    uint32_t c = n;
+    for (int k = 0; k < 8; k++) c = c & 1 ? 0xedb88320u ^ (c >> 1) : c >> 1;
+    crc_table[n] = c;
+  }
+}
+
+KEEPER_FN uint32_t tsvmm_crc32(const uint8_t* p, uint64_t n) {
+  uint32_t c = 0xffffffffu;
+  for (uint64_t i = 0; i < n; i++) c = crc_table[(c ^ p[i]) & 0xff] ^ (c >> 8);
+  return c ^ 0xffffffffu;
+}
+
+/* Writes a fresh header (state EMPTY) and zeroed journals. */
+void tsvmm_snap_format(uint8_t* snap, uint32_t ncpus) {
+  crc_init();
+  memset(snap, 0, tsvmm_snap_total_size(ncpus));
+  struct tsvmm_snap_header* h = (struct tsvmm_snap_header*)snap;
+  h->version = TSVMM_SNAP_VERSION;
+  h->ncpus = ncpus;
+  h->vcpu_size = VCPU_SIZE;
+  h->journal_offset = journal_offset();
+  h->vcpu_offset = vcpu_offset(ncpus);
+  h->vm_offset = vm_offset(ncpus);
+  h->vm_size = sizeof(struct tsvmm_snap_vm);
+  h->total_size = tsvmm_snap_total_size(ncpus);
+  __atomic_store_n(&h->magic, TSVMM_SNAP_MAGIC, __ATOMIC_RELEASE);
+}
+
+/* ---- the keeper process ---- */
+
+KEEPER_FN static void kzero(void* p, uint64_t n) {
+  volatile uint8_t* b = (volatile uint8_t*)p;
+  for (uint64_t i = 0; i < n; i++) b[i] = 0;
+}
+KEEPER_FN static void kcopy(void* d, const void* s, uint64_t n) {
+  volatile uint8_t* dd = (volatile uint8_t*)d;
+  const volatile uint8_t* ss = (const volatile uint8_t*)s;
+  for (uint64_t i = 0; i < n; i++) dd[i] = ss[i];
+}
+
+KEEPER_FN static __attribute__((noreturn)) void k_exit(int code) {
+  for (;;) raw3(SYS_exit_group, code, 0, 0);
+}
+
+KEEPER_FN static __attribute__((noreturn)) void k_fail(struct tsvmm_snap_header* h, uint32_t step, uint32_t vcpu, long err) {
+  h->fail_step = step;
+  h->fail_vcpu = vcpu;
+  h->fail_errno = (int32_t)-err;
+  __atomic_store_n(&h->state, TSVMM_SNAP_FAILED, __ATOMIC_RELEASE);
+  k_exit(1);
+}
+
+#define GET(step, fd, req, ptr)                        \
+  do {                                                 \
+    long r_ = k_ioctl((fd), (req), (ptr));             \
+    if (r_ < 0) k_fail(h, (step), (uint32_t)i, r_);    \
+  } while (0)
+
+KEEPER_FN static uint64_t k_rip(int fd, long* err) {
+  struct kvm_regs r;
+  *err = k_ioctl(fd, KVM_GET_REGS, &r);
+  return *err < 0 ? 0 : r.rip;
+}
+
+/* Saves one vCPU. The pending-exit rule (keeper.h, architecture.md):
+ *  - journal handled, or exit reason sentinel/INTR/other: complete anything the kernel has pending
+ *    with KVM_RUN(immediate_exit=1), which finishes an IO/MMIO exit without entering the guest;
+ *  - unhandled PIO in / MMIO read: RIP was not advanced; leave it, the guest re-executes it;
+ *  - unhandled PIO out / MMIO write: record it for the new vmm to replay, then complete it so RIP
+ *    is past the instruction whichever way the kernel emulated it. */
+KEEPER_FN static void save_vcpu(struct tsvmm_keeper_config* cfg, struct tsvmm_snap_header* h, int i) {
+  uint8_t* snap = cfg->snap;
+  struct tsvmm_snap_vcpu* v = (struct tsvmm_snap_vcpu*)(snap + h->vcpu_offset + (uint64_t)i * h->vcpu_size);
+  struct tsvmm_journal* j = (struct tsvmm_journal*)(snap + h->journal_offset + (uint64_t)i * TSVMM_JOURNAL_SIZE);
+  struct kvm_run* run = cfg->run[i];
+  int fd = cfg->vcpu_fd[i];
+
+  kzero(v, offsetof(struct tsvmm_snap_vcpu, mp_state));
+  v->id = (uint32_t)i;
+  uint32_t reason = __atomic_load_n(&run->exit_reason, __ATOMIC_ACQUIRE);
+  uint32_t commit = __atomic_load_n(&j->commit, __ATOMIC_ACQUIRE);
+  v->exit_reason = reason;
+  v->journal_commit = commit;
+  int handled = (commit & TSVMM_JOURNAL_HANDLED) != 0;
+  int complete = 1;
+  if (!handled && reason == KVM_EXIT_IO) {
+    if (run->io.direction == KVM_EXIT_IO_IN) {
+      v->pending = TSVMM_PENDING_REEXEC;
+      complete = 0;
+    } else {
+      uint64_t n = (uint64_t)run->io.size * run->io.count;
+      if (n > TSVMM_REPLAY_DATA_MAX) k_fail(h, TSVMM_STEP_REPLAY_TOO_BIG, (uint32_t)i, 0);
+      v->pending = TSVMM_PENDING_PIO_OUT;
+      v->replay_addr = run->io.port;
+      v->replay_size = run->io.size;
+      v->replay_count = run->io.count;
+      kcopy(v->replay_data, (uint8_t*)run + run->io.data_offset, n);
+    }
+  } else if (!handled && reason == KVM_EXIT_MMIO) {
+    if (!run->mmio.is_write) {
+      v->pending = TSVMM_PENDING_REEXEC;
+      complete = 0;
+    } else {
+      v->pending = TSVMM_PENDING_MMIO_WRITE;
+      v->replay_addr = run->mmio.phys_addr;
+      v->replay_size = run->mmio.len;
+      v->replay_count = 1;
+      kcopy(v->replay_data, run->mmio.data, 8);
+    }
+  }
+  if (complete) {
+    long err;
+    v->rip_before = k_rip(fd, &err);
+    if (err < 0) k_fail(h, TSVMM_STEP_REGS, (uint32_t)i, err);
+    __atomic_store_n(&run->immediate_exit, 1, __ATOMIC_RELEASE);
+    long r = k_ioctl(fd, KVM_RUN, 0);
+    __atomic_store_n(&run->immediate_exit, 0, __ATOMIC_RELEASE);
+    v->completed = 1;
+    v->complete_rc = r < 0 ? (uint32_t)r : run->exit_reason;
+    /* -EINTR is the expected answer. 0 would mean the kernel needs another userspace round trip
+     * (a multi-fragment MMIO access or a string PIO): not something a keeper can finish. */
+    if (r != -4 /* EINTR */) k_fail(h, TSVMM_STEP_COMPLETE_RUN, (uint32_t)i, r < 0 ? r : -1000 - (long)run->exit_reason);
+    v->rip_after = k_rip(fd, &err);
+    if (err < 0) k_fail(h, TSVMM_STEP_REGS, (uint32_t)i, err);
+  }
+
+  /* MP_STATE first (it can change LAPIC state), VCPU_EVENTS last. */
+  GET(TSVMM_STEP_MP_STATE, fd, KVM_GET_MP_STATE, &v->mp_state);
+  GET(TSVMM_STEP_REGS, fd, KVM_GET_REGS, &v->regs);
+  GET(TSVMM_STEP_SREGS, fd, KVM_GET_SREGS, &v->sregs);
+  GET(TSVMM_STEP_XSAVE, fd, KVM_GET_XSAVE, &v->xsave);
+  GET(TSVMM_STEP_XCRS, fd, KVM_GET_XCRS, &v->xcrs);
+  GET(TSVMM_STEP_DEBUGREGS, fd, KVM_GET_DEBUGREGS, &v->debugregs);
+  GET(TSVMM_STEP_LAPIC, fd, KVM_GET_LAPIC, &v->lapic);
+  kzero(&v->msrs, sizeof v->msrs);
+  v->msrs.nmsrs = cfg->nmsrs;
+  for (uint32_t k = 0; k < cfg->nmsrs; k++) v->msrs.entries[k].index = cfg->msr_index[k];
+  long n = k_ioctl(fd, KVM_GET_MSRS, &v->msrs);
+  if (n < 0) k_fail(h, TSVMM_STEP_MSRS, (uint32_t)i, n);
+  v->nmsrs_saved = (uint32_t)n; /* the vmm probed them all readable; restore sets what was read */
+  GET(TSVMM_STEP_VCPU_EVENTS, fd, KVM_GET_VCPU_EVENTS, &v->events);
+}
+
+KEEPER_FN static int keeper_main(void* arg) {
+  struct tsvmm_keeper_config* cfg = (struct tsvmm_keeper_config*)arg;
+  struct tsvmm_snap_header* h = (struct tsvmm_snap_header*)cfg->snap;
+
+  /* Only SIGKILL (and SIGSTOP) reach the keeper: a signal meant for the vmm or its group must not
+   * take the VM's last holder with it. The supervisor kills it by pid when it stops. */
+  uint64_t all = ~0ull;
+  raw3(SYS_rt_sigprocmask, SIG_SETMASK, &all, 8);
+
+  /* The supervisor is our parent (CLONE_PARENT): if it dies, nobody can restore; exit. */
+  long ppid = raw3(SYS_getppid, 0, 0, 0);
+  long sup = raw3(SYS_pidfd_open, ppid, 0, 0);
+
+  struct pollfd fds[3];
+  fds[0].fd = cfg->vmm_pidfd; fds[0].events = POLLIN; fds[0].revents = 0;
+  fds[1].fd = cfg->stop_efd; fds[1].events = POLLIN; fds[1].revents = 0;
+  fds[2].fd = sup >= 0 ? (int)sup : -1; fds[2].events = POLLIN; fds[2].revents = 0;
+  for (;;) {
+    long r = raw3(SYS_poll, fds, 3, -1);
+    if (r > 0) break;
+    if (r < 0 && r != -4 /* EINTR */) k_exit(2);
+  }
+  if (fds[1].revents) {
+    __atomic_store_n(&h->state, TSVMM_SNAP_STOPPED, __ATOMIC_RELEASE);
+    k_exit(0);
+  }
+  if (!(fds[0].revents & (POLLIN | POLLHUP | POLLERR))) k_exit(3); /* the supervisor died */
+
+  h->died_ns = k_now_ns();
+  __atomic_store_n(&h->state, TSVMM_SNAP_SAVING, __ATOMIC_RELEASE);
+  for (int i = 0; i < cfg->ncpus; i++) save_vcpu(cfg, h, i);
+
+  struct tsvmm_snap_vm* vm = (struct tsvmm_snap_vm*)(cfg->snap + h->vm_offset);
+  int i = -1; /* for GET's error report: the VM, not a vCPU */
+  GET(TSVMM_STEP_PIT2, cfg->vm_fd, KVM_GET_PIT2, &vm->pit2);
+  GET(TSVMM_STEP_CLOCK, cfg->vm_fd, KVM_GET_CLOCK, &vm->clock);
+  for (int c = 0; c < 3; c++) {
+    kzero(&vm->irqchip[c], sizeof vm->irqchip[c]);
+    vm->irqchip[c].chip_id = (uint32_t)c;
+    GET(TSVMM_STEP_IRQCHIP, cfg->vm_fd, KVM_GET_IRQCHIP, &vm->irqchip[c]);
+  }
+
+  h->nmsrs = cfg->nmsrs;
+  h->checksum = tsvmm_crc32(cfg->snap + h->vcpu_offset, (uint64_t)(h->vm_offset + h->vm_size - h->vcpu_offset));
+  h->generation = h->generation + 1;
+  h->saved_ns = k_now_ns();
+  __atomic_store_n(&h->state, TSVMM_SNAP_SAVED, __ATOMIC_RELEASE);
+  k_exit(0);
+}
+
+#define KEEPER_STACK (256 * 1024)
+
+int tsvmm_keeper_start(struct tsvmm_keeper_config* cfg) {
+  crc_init();
+  struct tsvmm_snap_header* h = (struct tsvmm_snap_header*)cfg->snap;
+  void* stack = mmap(NULL, KEEPER_STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  if (stack == MAP_FAILED) return -12;
+  h->state = TSVMM_SNAP_ARMED;
+  h->fail_step = 0;
+  h->fail_errno = 0;
+  h->died_ns = 0;
+  h->saved_ns = 0;
+  h->vmm_pid = (uint32_t)raw3(SYS_getpid, 0, 0, 0);
+  /* CLONE_PARENT: the keeper is the supervisor's child, so the supervisor reaps it and it is never
+   * orphaned; its exit signal is the vmm's (SIGCHLD). No CLONE_THREAD: it is its own process. */
+  int pid = clone(keeper_main, (uint8_t*)stack + KEEPER_STACK, CLONE_VM | CLONE_FILES | CLONE_PARENT, cfg);
+  if (pid < 0) {
+    h->state = TSVMM_SNAP_EMPTY;
+    munmap(stack, KEEPER_STACK);
+    return -1;
+  }
+  h->keeper_pid = (uint32_t)pid;
+  return pid;
+}
+
+/* ---- the layout, exported to TypeScript ---- */
+
+const struct tsvmm_abi_const tsvmm_snap_constants[] = {
+#define K(name) {"snap_" #name, (double)(name)},
+#define SIZE(type, key) {"snap_sizeof_" key, (double)sizeof(struct type)},
+#define OFF(type, field, key) {"snap_off_" key, (double)offsetof(struct type, field)},
+    K(TSVMM_SNAP_MAGIC) K(TSVMM_SNAP_VERSION) K(TSVMM_MAX_VCPUS) K(TSVMM_MAX_MSRS) K(TSVMM_JOURNAL_SIZE)
+    K(TSVMM_JOURNAL_LINE_MAX) K(TSVMM_REPLAY_DATA_MAX) K(TSVMM_EXIT_SENTINEL) K(TSVMM_JOURNAL_HANDLED)
+    K(TSVMM_SNAP_EMPTY) K(TSVMM_SNAP_ARMED) K(TSVMM_SNAP_SAVING) K(TSVMM_SNAP_SAVED) K(TSVMM_SNAP_FAILED)
+    K(TSVMM_SNAP_STOPPED)
+    K(TSVMM_PENDING_NONE) K(TSVMM_PENDING_REEXEC) K(TSVMM_PENDING_PIO_OUT) K(TSVMM_PENDING_MMIO_WRITE)
+    {"snap_header_size", 4096},
+    SIZE(tsvmm_snap_header, "header") SIZE(tsvmm_journal, "journal") SIZE(tsvmm_snap_vm, "vm")
+    {"snap_sizeof_vcpu", (double)VCPU_SIZE},
+    OFF(tsvmm_snap_header, magic, "h_magic") OFF(tsvmm_snap_header, version, "h_version")
+    OFF(tsvmm_snap_header, state, "h_state") OFF(tsvmm_snap_header, ncpus, "h_ncpus")
+    OFF(tsvmm_snap_header, vcpu_size, "h_vcpu_size") OFF(tsvmm_snap_header, vcpu_offset, "h_vcpu_offset")
+    OFF(tsvmm_snap_header, vm_offset, "h_vm_offset") OFF(tsvmm_snap_header, vm_size, "h_vm_size")
+    OFF(tsvmm_snap_header, journal_offset, "h_journal_offset") OFF(tsvmm_snap_header, checksum, "h_checksum")
+    OFF(tsvmm_snap_header, generation, "h_generation") OFF(tsvmm_snap_header, keeper_pid, "h_keeper_pid")
+    OFF(tsvmm_snap_header, vmm_pid, "h_vmm_pid") OFF(tsvmm_snap_header, fail_step, "h_fail_step")
+    OFF(tsvmm_snap_header, fail_errno, "h_fail_errno") OFF(tsvmm_snap_header, fail_vcpu, "h_fail_vcpu")
+    OFF(tsvmm_snap_header, died_ns, "h_died_ns") OFF(tsvmm_snap_header, saved_ns, "h_saved_ns")
+    OFF(tsvmm_snap_header, nmsrs, "h_nmsrs") OFF(tsvmm_snap_header, total_size, "h_total_size")
+    OFF(tsvmm_journal, commit, "j_commit") OFF(tsvmm_journal, replayed_generation, "j_replayed_generation")
+    OFF(tsvmm_journal, line, "j_line")
+    OFF(tsvmm_snap_vcpu, id, "v_id") OFF(tsvmm_snap_vcpu, pending, "v_pending")
+    OFF(tsvmm_snap_vcpu, exit_reason, "v_exit_reason") OFF(tsvmm_snap_vcpu, journal_commit, "v_journal_commit")
+    OFF(tsvmm_snap_vcpu, completed, "v_completed") OFF(tsvmm_snap_vcpu, complete_rc, "v_complete_rc")
+    OFF(tsvmm_snap_vcpu, rip_before, "v_rip_before") OFF(tsvmm_snap_vcpu, rip_after, "v_rip_after")
+    OFF(tsvmm_snap_vcpu, replay_addr, "v_replay_addr") OFF(tsvmm_snap_vcpu, replay_size, "v_replay_size")
+    OFF(tsvmm_snap_vcpu, replay_count, "v_replay_count") OFF(tsvmm_snap_vcpu, replay_data, "v_replay_data")
+    OFF(tsvmm_snap_vcpu, nmsrs_saved, "v_nmsrs_saved")
+    OFF(tsvmm_snap_vcpu, mp_state, "v_mp_state") OFF(tsvmm_snap_vcpu, regs, "v_regs")
+    OFF(tsvmm_snap_vcpu, sregs, "v_sregs") OFF(tsvmm_snap_vcpu, xsave, "v_xsave") OFF(tsvmm_snap_vcpu, xcrs, "v_xcrs")
+    OFF(tsvmm_snap_vcpu, debugregs, "v_debugregs") OFF(tsvmm_snap_vcpu, lapic, "v_lapic")
+    OFF(tsvmm_snap_vcpu, events, "v_events") OFF(tsvmm_snap_vcpu, msrs, "v_msrs")
+    OFF(tsvmm_snap_vm, pit2, "vm_pit2") OFF(tsvmm_snap_vm, clock, "vm_clock") OFF(tsvmm_snap_vm, irqchip, "vm_irqchip")
+    {"snap_sizeof_msrs_buf", (double)sizeof(struct tsvmm_msrs_buf)},
+#undef K
+#undef SIZE
+#undef OFF
+};
+const uint64_t tsvmm_snap_constants_count = sizeof tsvmm_snap_constants / sizeof tsvmm_snap_constants[0];

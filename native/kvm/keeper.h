@@ -1,0 +1,170 @@
+// keeper.h: the vmm keeper and the layout of the snapshot memfd it writes.
+//
+// The keeper is a clone(CLONE_VM|CLONE_FILES|CLONE_PARENT) child of the vmm:
+// it shares the vmm's address space and fd table but is a separate process, so
+// it outlives a crash or SIGKILL of the vmm. It waits on a pidfd of the vmm;
+// when the vmm dies it completes or records each vCPU's pending exit, saves
+// every vCPU's and the VM's state into the snapshot memfd, marks the snapshot
+// complete and exits. A new vmm restores from it (vmm/restore.ts).
+//
+// Snapshot memfd layout (version TSVMM_SNAP_VERSION), all little-endian:
+//   [0, 4096)                           struct tsvmm_snap_header
+//   [journal_offset, + ncpus * 4096)    struct tsvmm_journal, one per vCPU (written live by the vmm)
+//   [vcpu_offset, + ncpus * vcpu_size)  struct tsvmm_snap_vcpu, one per vCPU (written by the keeper)
+//   [vm_offset, + vm_size)              struct tsvmm_snap_vm
+// The checksum (CRC-32) covers [vcpu_offset, vm_offset + vm_size). The header's
+// `state` is written last (SAVED) after the checksum, with a release store.
+// Every offset and size is exported to TypeScript through the addon's constants
+// (snap_* names, see keeper.c), so the layout is defined here only.
+#pragma once
+#include <stdint.h>
+#include <linux/kvm.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TSVMM_SNAP_MAGIC 0x50414e53u /* 'SNAP' */
+#define TSVMM_SNAP_VERSION 1u
+#define TSVMM_MAX_VCPUS 256
+#define TSVMM_MAX_MSRS 256
+#define TSVMM_JOURNAL_SIZE 4096
+#define TSVMM_JOURNAL_LINE_MAX 3968
+#define TSVMM_REPLAY_DATA_MAX 256
+
+/* kvm_run.exit_reason the vCPU thread stores before each KVM_RUN: "no exit yet". */
+#define TSVMM_EXIT_SENTINEL 0x7473766du /* 'tsvm' */
+/* Journal commit word: handled bit | committed serial line length. */
+#define TSVMM_JOURNAL_HANDLED 0x80000000u
+
+/* header.state */
+enum {
+  TSVMM_SNAP_EMPTY = 0,   /* formatted, no keeper armed yet */
+  TSVMM_SNAP_ARMED = 1,   /* a keeper is watching the vmm */
+  TSVMM_SNAP_SAVING = 2,  /* the vmm died, the keeper is saving */
+  TSVMM_SNAP_SAVED = 3,   /* complete; checksum valid */
+  TSVMM_SNAP_FAILED = 4,  /* the keeper hit an error: fail_step / fail_errno */
+  TSVMM_SNAP_STOPPED = 5, /* the guest exited normally; the keeper exited without saving */
+};
+
+/* snap_vcpu.pending */
+enum {
+  TSVMM_PENDING_NONE = 0,      /* nothing pending, or completed in the kernel by the keeper */
+  TSVMM_PENDING_REEXEC = 1,    /* an unhandled read (PIO in, MMIO read): the guest re-executes it */
+  TSVMM_PENDING_PIO_OUT = 2,   /* an unhandled PIO write: completed, the new vmm replays it */
+  TSVMM_PENDING_MMIO_WRITE = 3,/* an unhandled MMIO write: completed, the new vmm replays it */
+};
+
+/* keeper failure steps (header.fail_step) */
+enum {
+  TSVMM_STEP_NONE = 0, TSVMM_STEP_COMPLETE_RUN, TSVMM_STEP_MP_STATE, TSVMM_STEP_REGS, TSVMM_STEP_SREGS,
+  TSVMM_STEP_XSAVE, TSVMM_STEP_XCRS, TSVMM_STEP_DEBUGREGS, TSVMM_STEP_LAPIC, TSVMM_STEP_MSRS,
+  TSVMM_STEP_VCPU_EVENTS, TSVMM_STEP_PIT2, TSVMM_STEP_CLOCK, TSVMM_STEP_IRQCHIP, TSVMM_STEP_REPLAY_TOO_BIG,
+};
+
+struct tsvmm_snap_header {
+  uint32_t magic;
+  uint32_t version;
+  uint32_t state;         /* TSVMM_SNAP_*; SAVED written last */
+  uint32_t ncpus;
+  uint32_t vcpu_size;     /* sizeof(struct tsvmm_snap_vcpu) */
+  uint32_t vcpu_offset;
+  uint32_t vm_offset;
+  uint32_t vm_size;
+  uint32_t journal_offset;
+  uint32_t checksum;      /* CRC-32 of [vcpu_offset, vm_offset + vm_size) */
+  uint32_t generation;    /* incremented by each save */
+  uint32_t keeper_pid;
+  uint32_t vmm_pid;
+  uint32_t fail_step;
+  int32_t fail_errno;
+  uint32_t fail_vcpu;
+  uint64_t died_ns;       /* CLOCK_MONOTONIC when the keeper saw the vmm die */
+  uint64_t saved_ns;      /* CLOCK_MONOTONIC when the snapshot was complete */
+  uint32_t nmsrs;         /* MSRs saved per vCPU (probed by the vmm) */
+  uint32_t total_size;    /* bytes of the snapshot memfd this layout needs */
+};
+
+/* Written by the vmm's vCPU thread while it runs (shared memory, survives the vmm). */
+struct tsvmm_journal {
+  uint32_t commit;             /* TSVMM_JOURNAL_HANDLED | committed line length */
+  uint32_t replayed_generation;/* the snapshot generation whose pending write this vCPU replayed */
+  uint32_t reserved[30];
+  uint8_t line[TSVMM_JOURNAL_LINE_MAX]; /* the serial line being assembled (not yet written out) */
+};
+
+#ifndef __cplusplus
+/* C only: these embed KVM structs with flexible array members, whose sizes C++ computes
+ * differently (see abi.c). C++ code uses the offsets exported in the constants table. */
+struct tsvmm_msrs_buf {
+  uint32_t nmsrs;
+  uint32_t pad;
+  struct kvm_msr_entry entries[TSVMM_MAX_MSRS];
+};
+
+struct tsvmm_snap_vcpu {
+  uint32_t id;
+  uint32_t pending;        /* TSVMM_PENDING_* */
+  uint32_t exit_reason;    /* kvm_run.exit_reason the keeper found */
+  uint32_t journal_commit; /* the journal's commit word the keeper found */
+  uint32_t completed;      /* 1 if the keeper ran KVM_RUN(immediate_exit) to complete an exit */
+  uint32_t complete_rc;    /* -errno of that KVM_RUN (expect EINTR), or its exit reason */
+  uint64_t rip_before;     /* RIP before and after the completing KVM_RUN (diagnostics) */
+  uint64_t rip_after;
+  /* the pending write to replay (PIO out or MMIO write) */
+  uint64_t replay_addr;    /* port or guest-physical address */
+  uint32_t replay_size;    /* access size */
+  uint32_t replay_count;   /* PIO repeat count (1 for MMIO) */
+  uint8_t replay_data[TSVMM_REPLAY_DATA_MAX];
+  uint32_t nmsrs_saved;
+  uint32_t pad;
+  struct kvm_mp_state mp_state;
+  struct kvm_regs regs;
+  struct kvm_sregs sregs;
+  struct kvm_xsave xsave;
+  struct kvm_xcrs xcrs;
+  struct kvm_debugregs debugregs;
+  struct kvm_lapic_state lapic;
+  struct kvm_vcpu_events events;
+  struct tsvmm_msrs_buf msrs;
+};
+
+struct tsvmm_snap_vm {
+  struct kvm_pit_state2 pit2;
+  struct kvm_clock_data clock;
+  struct kvm_irqchip irqchip[3]; /* PIC master, PIC slave, IOAPIC */
+};
+#endif
+
+/* What the vmm tells its keeper (filled before keeper_start). */
+struct tsvmm_keeper_config {
+  int vm_fd;
+  int ncpus;
+  int vcpu_fd[TSVMM_MAX_VCPUS];
+  struct kvm_run* run[TSVMM_MAX_VCPUS];
+  uint8_t* snap;            /* mapping of the whole snapshot memfd */
+  uint32_t snap_size;
+  uint32_t nmsrs;
+  uint32_t msr_index[TSVMM_MAX_MSRS];
+  int vmm_pidfd;            /* pidfd of the vmm */
+  int stop_efd;             /* eventfd: the guest exited normally, exit without saving */
+};
+
+/* Layout helpers. */
+uint32_t tsvmm_snap_total_size(uint32_t ncpus);
+void tsvmm_snap_format(uint8_t* snap, uint32_t ncpus);
+uint32_t tsvmm_crc32(const uint8_t* p, uint64_t n);
+
+/* Clones the keeper; returns its pid or -errno. cfg must stay valid (static). */
+int tsvmm_keeper_start(struct tsvmm_keeper_config* cfg);
+
+struct tsvmm_abi_const {
+  const char* name;
+  double value;
+};
+extern const struct tsvmm_abi_const tsvmm_snap_constants[];
+extern const uint64_t tsvmm_snap_constants_count;
+
+#ifdef __cplusplus
+}
+#endif

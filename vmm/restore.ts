@@ -1,0 +1,142 @@
+/**
+ * Restoring a vmm's VM from the keeper's snapshot into a fresh VM on the same
+ * guest RAM, in the order production VMMs use (kvm-on-these-machines.md):
+ * per vCPU, after CPUID: MP_STATE, REGS, SREGS, XSAVE, XCRS, DEBUGREGS,
+ * LAPIC, MSRS, VCPU_EVENTS; per VM: PIT2, CLOCK, IRQCHIP x3. Also the MSR
+ * list the keeper saves (KVM_GET_MSR_INDEX_LIST, less what this KVM refuses
+ * to read) and the replay of a pending guest write.
+ */
+import * as fs from 'fs';
+import { abi, errnoCode, ioctl } from '../native/kvm';
+import { Vcpu } from './kvm/vcpu';
+import { Vm } from './kvm/vm';
+import { decodeMsrs, encodeMsrs } from './kvm/structs';
+import { Journal, Pending, SNAP, VCPU_BLOBS, VcpuSnapshot, VmSnapshot } from '../recovery/snapshot';
+import type { Platform } from './platform';
+
+/** KVM_GET_MSR_INDEX_LIST on /dev/kvm: every MSR KVM can save and restore. */
+export function msrIndexList(kvmFd: number): number[] {
+  let n = 64;
+  for (;;) {
+    const b = Buffer.alloc(4 + 4 * n);
+    b.writeUInt32LE(n, 0);
+    try {
+      ioctl(kvmFd, 'KVM_GET_MSR_INDEX_LIST', b);
+    } catch (e) {
+      if (errnoCode(e) !== 'E2BIG') throw e;
+      n = Math.max(b.readUInt32LE(0), n * 2);
+      continue;
+    }
+    const count = b.readUInt32LE(0);
+    return Array.from({ length: count }, (_, i) => b.readUInt32LE(4 + 4 * i));
+  }
+}
+
+/**
+ * The MSRs of `list` this vCPU can read (KVM_GET_MSRS stops at the first MSR
+ * it refuses, and PVM refuses some it lists), in save/restore order: by index,
+ * which puts IA32_TSC (0x10) before IA32_TSC_DEADLINE (0x6e0).
+ */
+export function probeMsrs(vcpu: Vcpu, list: number[], max: number): number[] {
+  const ok: number[] = [];
+  for (const index of [...new Set(list)].sort((a, b) => a - b)) {
+    const b = encodeMsrs([{ index, data: 0n }]);
+    try {
+      if (ioctl(vcpu.fd, 'KVM_GET_MSRS', b) === 1) ok.push(index);
+    } catch { /* refused */ }
+  }
+  return ok.slice(0, max);
+}
+
+/** Sets the vCPU state from its snapshot record (CPUID already set). Returns MSRs KVM refused to set. */
+export function restoreVcpu(vcpu: Vcpu, s: VcpuSnapshot): number[] {
+  const refused: number[] = [];
+  for (const [name, , , setter] of VCPU_BLOBS) {
+    const blob = Buffer.from(s.blobs[name]);
+    if (name !== 'msrs') {
+      ioctl(vcpu.fd, setter, blob);
+      continue;
+    }
+    // KVM_SET_MSRS sets entries in order and stops at the first it refuses: set the rest past it.
+    let entries = decodeMsrs(blob, blob.readUInt32LE(0));
+    while (entries.length) {
+      const n = ioctl(vcpu.fd, 'KVM_SET_MSRS', encodeMsrs(entries));
+      if (n >= entries.length) break;
+      refused.push(entries[n].index);
+      entries = entries.slice(n + 1);
+    }
+  }
+  return refused;
+}
+
+/** VM-level state: PIT2, CLOCK, then PIC master, PIC slave, IOAPIC. */
+export function restoreVm(vm: Vm, s: VmSnapshot): void {
+  vm.setPit2(Buffer.from(s.pit2));
+  // KVM_SET_CLOCK: only the clock value (flags from GET, e.g. KVM_CLOCK_TSC_STABLE, are not settable).
+  const clock = Buffer.from(s.clock);
+  clock.writeUInt32LE(0, 8);
+  vm.setClock(clock);
+  for (const chip of s.irqchips) vm.setIrqchip(Buffer.from(chip));
+}
+
+/**
+ * Replays the guest write that was in flight when the old vmm died (the
+ * keeper completed it in the kernel, so the guest will not repeat it).
+ * Returns a description, or undefined if there was nothing to replay.
+ */
+export function replayPendingWrite(platform: Platform, s: VcpuSnapshot): string | undefined {
+  const r = s.replay;
+  if (!r) return undefined;
+  const dv = new DataView(r.data.buffer, r.data.byteOffset, r.data.byteLength);
+  const read = (at: number, size: number) =>
+    size === 1 ? dv.getUint8(at) : size === 2 ? dv.getUint16(at, true) : size === 4 ? dv.getUint32(at, true) : Number(dv.getBigUint64(at, true) & 0xffffffffn);
+  if (s.pending === Pending.PIO_OUT) {
+    for (let i = 0; i < r.count; i++) platform.pioWrite(r.addr, r.size, read(i * r.size, r.size));
+    return `PIO out port 0x${r.addr.toString(16)} size ${r.size} x${r.count}`;
+  }
+  if (s.pending === Pending.MMIO_WRITE) {
+    platform.mmioWrite(r.addr, r.size, read(0, Math.min(r.size, 8)));
+    return `MMIO write 0x${r.addr.toString(16)} len ${r.size}`;
+  }
+  return undefined;
+}
+
+/**
+ * The serial line a vCPU is assembling, kept in its journal (shared memory)
+ * instead of the JS heap, and the journal protocol around KVM_RUN:
+ *   beforeRun(): kvm_run.exit_reason = sentinel, then commit = line length (handled bit clear);
+ *   handled():   commit = line length | HANDLED, one store after the exit's side effects.
+ * A byte of output goes into the line at `len` and only becomes part of it
+ * with the handled store, so an OUT the keeper finds unhandled can be replayed
+ * (or re-executed) without doubling the byte. A completed line is written out
+ * before `handled()`: if the vmm dies between the write and the store the line
+ * can appear twice (at-least-once), never torn or lost.
+ */
+export class SerialLineJournal {
+  private len: number;
+  private readonly exitReasonOffset: number;
+
+  constructor(private readonly journal: Journal, private readonly outFd: number) {
+    this.len = journal.lineLength;
+    this.exitReasonOffset = abi('offsetof_kvm_run_exit_reason');
+  }
+
+  push(b: number): void {
+    this.journal.line[this.len++] = b;
+    if (b === 10 || this.len >= SNAP.LINE_MAX) this.flush();
+  }
+
+  flush(): void {
+    if (this.len) fs.writeSync(this.outFd, this.journal.line, 0, this.len);
+    this.len = 0;
+  }
+
+  beforeRun(run: DataView): void {
+    run.setUint32(this.exitReasonOffset, SNAP.SENTINEL, true);
+    Atomics.store(this.journal.commit, 0, this.len);
+  }
+
+  handled(): void {
+    Atomics.store(this.journal.commit, 0, (this.len | SNAP.HANDLED) | 0);
+  }
+}
