@@ -20,6 +20,8 @@
 #define VEC_TIMER       0x40
 #define VEC_SPURIOUS    0xFF
 #define LAPIC_BASE      0xFEE00000
+#define VEC_VIRTIO      0x50            /* vectors 0x50..0x7F: IOAPIC GSI 0..47 (virtio) */
+#define VIRTIO_GSIS     48
 
 #ifndef __ASSEMBLY__
 typedef unsigned char u8;
@@ -39,6 +41,8 @@ extern u8 gdt[], tss_area[], kstacks[], ustacks[];
 extern u8 tramp_start[], tramp_end[];
 extern volatile u64 ap_kstack, ap_ustack, ap_cpu, ap_tr;
 extern volatile u64 irq_count, irq_other_count;
+extern volatile u64 vec_count[];              /* per GSI: bumped by the 0x50+gsi stubs */
+extern u8 image_end[];
 
 /* serial.c */
 void serial_putc(char c);
@@ -69,6 +73,7 @@ struct boot_info {
     u64 n, report;
     int n_set, report_set;
     u64 rsdp;
+    u64 heap_start, heap_end;   /* free RAM above the image (from the memmap) */
 };
 extern struct boot_info boot;
 static inline u64 rdtsc(void) { u32 lo, hi; __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi)); return ((u64)hi << 32) | lo; }
@@ -86,6 +91,21 @@ extern volatile u32 smp_go;
 
 /* acpi.c */
 u32 acpi_count_cpus(u64 rsdp);
+
+/* cmdline.c: lookups in boot.cmdline (values end at a space) and a bump allocator */
+const char *cmdline_get(const char *key, int nth);       /* nth occurrence's value, or 0 */
+u64 cmdline_u64(const char *key, u64 def);
+int cmdline_is(const char *key, const char *word, int def); /* value == word (def if absent) */
+u64 parse_size(const char *s, const char **end);         /* 4K, 0x1000, 512, 1M */
+int word_eq(const char *v, const char *word);            /* v (up to a space) == word */
+void *heap_alloc(u64 size, u64 align);                   /* zeroed; fails the guest when out */
+u64 seconds_to_cycles(u64 s);
+static inline void mfence(void) { __asm__ volatile("mfence" ::: "memory"); }
+static inline void barrier(void) { __asm__ volatile("" ::: "memory"); }
+
+/* blk.c, net.c */
+NORETURN void blk_workload(int loop);
+NORETURN void net_workload(void);
 
 /* workloads.c */
 void workload_run(u32 cpu);

@@ -50,7 +50,7 @@ static u32 tsc_khz(void)
 
 static void parse_cmdline(const char *s)
 {
-    static char copy[512];
+    static char copy[2048];
     const char *v;
     int n = 0;
     while (s && s[n] && n < (int)sizeof copy - 1) {
@@ -100,9 +100,21 @@ NORETURN void bsp_main(void)
         parse_cmdline("");
     if (si->version >= 1 && si->memmap_paddr && si->memmap_paddr < 0x100000000ul) {
         const struct hvm_memmap_entry *e = (const void *)si->memmap_paddr;
-        for (u32 i = 0; i < si->memmap_entries; i++)
-            if (e[i].type == 1)
-                boot.mem_bytes += e[i].size;
+        u64 start = ((u64)image_end + 0x1fffff) & ~0x1ffffful;   /* 2 MiB above the image */
+        for (u32 i = 0; i < si->memmap_entries; i++) {
+            if (e[i].type != 1)
+                continue;
+            boot.mem_bytes += e[i].size;
+            u64 end = e[i].addr + e[i].size;
+            if (end > 0xC0000000ul)
+                end = 0xC0000000ul;                 /* above is uncached MMIO space */
+            if (e[i].addr <= start && end > start && end - start > boot.heap_end - boot.heap_start)
+                boot.heap_start = start, boot.heap_end = end;
+        }
+    }
+    if (!boot.heap_end) {                           /* no memmap: assume 16 MiB above the image */
+        boot.heap_start = ((u64)image_end + 0x1fffff) & ~0x1ffffful;
+        boot.heap_end = boot.heap_start + (16ul << 20);
     }
     boot.rsdp = si->rsdp_paddr;
     if (!boot.cpus && boot.rsdp)
@@ -112,6 +124,8 @@ NORETURN void bsp_main(void)
     if (boot.cpus > MAX_CPUS)
         boot.cpus = MAX_CPUS;
     boot.tsc_khz = tsc_khz();
+    if (!boot.tsc_khz)
+        boot.tsc_khz = (u32)cmdline_u64("tsc_khz", 0);   /* e.g. from the host's /proc/cpuinfo */
 
     serial_putc('\n');     /* firmware (SeaBIOS with -M pc) may leave a partial line */
     out_line("@boot cpus=%u mem_mb=%lu tsc_khz=%u cmdline=\"%s\"", boot.cpus,
@@ -124,8 +138,13 @@ NORETURN void bsp_main(void)
     }
     if (!streq(boot.workload, "counter") && !streq(boot.workload, "exits") &&
         !streq(boot.workload, "irq") && !streq(boot.workload, "idle") &&
-        !streq(boot.workload, "fault"))
+        !streq(boot.workload, "fault") && !streq(boot.workload, "blk") &&
+        !streq(boot.workload, "blk-loop") && !streq(boot.workload, "net"))
         fail("cmdline", "detail=unknown_workload workload=%s", boot.workload);
+    if (streq(boot.workload, "blk") || streq(boot.workload, "blk-loop"))
+        blk_workload(streq(boot.workload, "blk-loop"));
+    if (streq(boot.workload, "net"))
+        net_workload();
     workload_run(0);
     spin_forever();
 }

@@ -33,7 +33,7 @@ static void put_line(const char *s)
 
 void out_line(const char *fmt, ...)
 {
-    char buf[256];
+    char buf[1024];
     va_list ap;
     va_start(ap, fmt);
     vformat(buf, sizeof buf, fmt, ap);

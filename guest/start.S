@@ -126,6 +126,20 @@ irq_other:
         movl $0, (%rax)
         popq %rax
         iretq
+/* ---- virtio GSIs: vector VEC_VIRTIO+g bumps vec_count[g] and EOIs (32 bytes each) ---- */
+        .balign 32
+irq_vec_stubs:
+        .set g, 0
+        .rept VIRTIO_GSIS
+        .balign 32
+        pushq %rax
+        lock incq vec_count + 8 * g
+        movl $(LAPIC_BASE + 0xB0), %eax
+        movl $0, (%rax)
+        popq %rax
+        iretq
+        .set g, g + 1
+        .endr
 /* ---- spurious vector: no EOI ---- */
 irq_spurious:
         iretq
@@ -179,6 +193,8 @@ idt:
         GATE irq_timer
         .elseif v == VEC_SPURIOUS
         GATE irq_spurious
+        .elseif v >= VEC_VIRTIO && v < VEC_VIRTIO + VIRTIO_GSIS
+        GATE (irq_vec_stubs + 32 * (v - VEC_VIRTIO))
         .else
         GATE irq_other
         .endif
@@ -199,6 +215,8 @@ ap_tr:          .quad 0
 irq_count:      .quad 0
 irq_other_count: .quad 0
 exc_taken:      .quad 0
+        .globl vec_count
+vec_count:      .fill VIRTIO_GSIS, 8, 0
 
         .section .bss.tss, "aw", @nobits
         .balign 4096
