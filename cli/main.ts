@@ -9,14 +9,15 @@ import * as path from 'path';
 import { parseArgs } from 'util';
 import { DiskConfig, NetConfig, VmConfig } from '../proto';
 import { parseSize } from '../vmm/boot/layout';
-import { parseElf } from '../vmm/boot/elf';
-import { pvhEntry } from '../vmm/boot/pvh';
+import { checkKernel, isLinuxKernel } from '../vmm/boot/kernel';
 import { Kvm } from '../vmm/kvm/system';
+import { detectSoftwareKvm, softwareKvmRefusal } from '../vmm/kvm/pvm';
+import { defaultImageDir, IMAGE_FILES, imageCommand, LINUX_CMDLINE } from './image';
 import { Supervisor } from '../recovery/supervisor';
 import { DEFAULT_GEOMETRY } from '../devices/state-page';
 
 export const DEFAULT_GUEST = path.resolve(__dirname, '..', '..', 'guest', 'out', 'guest.elf');
-export const DEFAULT_DEMO_CMDLINE = 'workload=counter n=200000000 report=20000000';
+export const DEFAULT_DEMO_CMDLINE = 'workload=counter n=15000000000 report=500000000';
 /** A VMM limit (xAPIC ids are 8 bits, one is the IOAPIC's). */
 export const MAX_CPUS = 254;
 /** Device slots in the shared state page. */
@@ -31,10 +32,16 @@ const HELP = `usage: tsvmm <command> [options]
 
 commands:
   run        boot a guest under a new supervisor
+  image      build a guest image (tsvmm image linux [--out DIR] [--cache DIR])
 
-tsvmm run [--kernel FILE] [--cmdline STR] [--mem SIZE] [--cpus N] [--serial FILE] [--name NAME]
-          [--disk FILE[,ro]]... [--net tap=NAME[,mac=MAC]]...
-  --kernel FILE   a PVH ELF kernel (default: the built-in test guest, on a demo workload)
+tsvmm run [--kernel FILE] [--initrd FILE] [--cmdline STR] [--mem SIZE] [--cpus N] [--serial FILE] [--name NAME]
+          [--disk FILE[,ro]]... [--net tap=NAME[,mac=MAC]]... [--linux [--image-dir DIR]] [--force]
+  --kernel FILE   a PVH ELF kernel or a Linux bzImage (default: the built-in test guest, on a demo workload)
+  --initrd FILE   an initial ramdisk for the kernel
+  --linux         boot the Linux guest \`tsvmm image linux\` built (its vmlinuz, initrd.img and rootfs.img
+                  as the first disk), or, with --kernel, treat that kernel as Linux
+  --image-dir DIR where that image is (default ${defaultImageDir()})
+  --force         boot a Linux kernel even on a software-virtualized KVM (PVM), where it cannot work
   --cmdline STR   the guest command line (default for the test guest: "${DEFAULT_DEMO_CMDLINE}")
   --mem SIZE      guest RAM, e.g. 256M or 2G (default 256M)
   --cpus N        number of vCPUs (default 1)
@@ -59,11 +66,27 @@ function readKernel(file: string): Buffer {
     throw new UsageError(`cannot read kernel ${file}: ${(e as Error).message}`);
   }
   try {
-    pvhEntry(parseElf(buf));
+    checkKernel(buf);
   } catch (e) {
     throw new UsageError(`kernel ${file}: ${(e as Error).message}`);
   }
   return buf;
+}
+
+/** --initrd FILE: a readable, non-empty regular file. */
+function checkInitrd(file: string): void {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(file);
+    fs.closeSync(fs.openSync(file, 'r'));
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new UsageError(`initrd ${file} does not exist`);
+    if (code === 'EACCES') throw new UsageError(`initrd ${file} is not readable (permission denied)`);
+    throw new UsageError(`cannot read initrd ${file}: ${(e as Error).message}`);
+  }
+  if (!st.isFile()) throw new UsageError(`initrd ${file} is not a regular file`);
+  if (st.size === 0) throw new UsageError(`initrd ${file} is empty`);
 }
 
 /** --disk FILE[,ro] */
@@ -117,17 +140,28 @@ export function parseRun(argv: string[]): VmConfig {
       kernel: { type: 'string' }, cmdline: { type: 'string' }, mem: { type: 'string' }, cpus: { type: 'string' },
       serial: { type: 'string' }, name: { type: 'string' }, help: { type: 'boolean', short: 'h' },
       disk: { type: 'string', multiple: true }, net: { type: 'string', multiple: true },
+      initrd: { type: 'string' }, linux: { type: 'boolean' }, 'image-dir': { type: 'string' }, force: { type: 'boolean' },
     },
     strict: true, allowPositionals: false,
   });
   if (values.help) { process.stdout.write(HELP); process.exit(0); }
 
-  const kernel = values.kernel ?? DEFAULT_GUEST;
-  if (!values.kernel && !fs.existsSync(DEFAULT_GUEST)) {
+  // --linux without --kernel: the image `tsvmm image linux` built.
+  const imageDir = values.linux && !values.kernel ? path.resolve(values['image-dir'] ?? defaultImageDir()) : undefined;
+  if (imageDir) {
+    const missing = Object.values(IMAGE_FILES).filter((f) => !fs.existsSync(path.join(imageDir, f)));
+    if (missing.length) throw new UsageError(`no Linux image in ${imageDir} (missing ${missing.join(', ')}): run \`tsvmm image linux --out ${imageDir}\` first`);
+  }
+  const kernel = imageDir ? path.join(imageDir, IMAGE_FILES.kernel) : values.kernel ?? DEFAULT_GUEST;
+  if (!values.kernel && !imageDir && !fs.existsSync(DEFAULT_GUEST)) {
     throw new UsageError(`the built-in test guest ${DEFAULT_GUEST} is missing: run \`npm install\` (it builds guest/)`, 1);
   }
-  readKernel(kernel);
-  const cmdline = values.cmdline ?? (values.kernel ? '' : DEFAULT_DEMO_CMDLINE);
+  const kernelBytes = readKernel(kernel);
+  const linux = values.linux === true || isLinuxKernel(kernelBytes);
+  const initrd = values.initrd ?? (imageDir ? path.join(imageDir, IMAGE_FILES.initrd) : undefined);
+  if (initrd !== undefined) checkInitrd(initrd);
+  const disks = [...(imageDir && !values.disk ? [path.join(imageDir, IMAGE_FILES.rootfs)] : []), ...(values.disk ?? [])];
+  const cmdline = values.cmdline ?? (linux ? LINUX_CMDLINE : values.kernel ? '' : DEFAULT_DEMO_CMDLINE);
 
   let memBytes: number;
   try {
@@ -154,19 +188,22 @@ export function parseRun(argv: string[]): VmConfig {
   const max = Math.min(kvm.maxVcpus(), MAX_CPUS);
   kvm.close();
   if (cpus > max) throw new UsageError(`--cpus ${cpus} is too many: at most ${max} here`);
+  const softKvm = linux && !values.force ? detectSoftwareKvm() : undefined;
+  if (softKvm) throw new UsageError(softwareKvmRefusal(softKvm), 1);
 
   if (values.serial !== undefined) {
     try { fs.closeSync(fs.openSync(values.serial, 'a')); } catch (e) {
       throw new UsageError(`cannot open serial output ${values.serial}: ${(e as Error).message}`);
     }
   }
-  const deviceCount = (values.disk?.length ?? 0) + (values.net?.length ?? 0);
+  const deviceCount = disks.length + (values.net?.length ?? 0);
   if (deviceCount > MAX_DEVICES) throw new UsageError(`${deviceCount} virtio devices requested: at most ${MAX_DEVICES} (--disk and --net together)`);
   return {
     name: values.name ?? `tsvmm-${process.pid}`,
     kernel: path.resolve(kernel), cmdline, memBytes, cpus,
     serialPath: values.serial ? path.resolve(values.serial) : '',
-    disks: (values.disk ?? []).map(parseDisk), nets: (values.net ?? []).map(parseNet),
+    disks: disks.map(parseDisk), nets: (values.net ?? []).map(parseNet),
+    initrd: initrd ? path.resolve(initrd) : '',
   };
 }
 
@@ -176,6 +213,7 @@ async function run(argv: string[]): Promise<number> {
   const sup = new Supervisor(cfg, { log });
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => sup.stop(`stopped by ${sig}`));
   sup.start();
+  log(`the guest survives its VMM: run \`kill -9 ${sup.vmmPid}\` (the vmm${sup.driverDomainPid ? `; ${sup.driverDomainPid} is the driver-domain` : ''}) in another terminal and watch it carry on`);
   const r = await sup.done;
   log(r.code === 0 ? r.reason : `error: ${r.reason}`);
   return r.code;
@@ -186,6 +224,7 @@ export async function main(argv: string[]): Promise<number> {
     const [cmd, ...rest] = argv;
     if (!cmd || cmd === '-h' || cmd === '--help' || cmd === 'help') { process.stdout.write(HELP); return cmd ? 0 : 2; }
     if (cmd === 'run') return await run(rest);
+    if (cmd === 'image') return imageCommand(rest);
     throw new UsageError(`unknown command "${cmd}" (try tsvmm --help)`);
   } catch (e) {
     const err = e as Error & { code?: string; status?: number };

@@ -19,7 +19,7 @@ export interface DiskConfig { path: string; readOnly: boolean }
 export interface NetConfig { tap: string; mac: string }
 export interface VmConfig {
   name: string; kernel: string; cmdline: string; memBytes: number; cpus: number; serialPath: string;
-  disks: DiskConfig[]; nets: NetConfig[];
+  disks: DiskConfig[]; nets: NetConfig[]; initrd?: string;
 }
 export type ComponentMessage =
   | { ready: { component: string; pid: number; keeperPid?: number; restoredGeneration?: number; diedNs?: number; savedNs?: number } }

@@ -25,7 +25,7 @@ export interface SupervisorOptions {
   log?: (line: string) => void;
   /** vmm restart-loop guard: give up after this many restarted vmms in a row die before resuming the guest (default 3)... */
   vmmMaxFailuresInARow?: number;
-  /** ...or after more than this many vmm failures (default 20) within vmmRestartWindowMs (default 10 s). */
+  /** ...or after more than this many vmm failures (default 30, env TSVMM_VMM_MAX_RESTARTS) within vmmRestartWindowMs (default 10 s). */
   vmmMaxRestartsPerWindow?: number;
   vmmRestartWindowMs?: number;
 }
@@ -116,7 +116,7 @@ export class Supervisor {
     this.vmmFailureTimes = this.vmmFailureTimes.filter((t) => now - t < windowMs);
     this.vmmFailureTimes.push(now);
     const inARow = this.opts.vmmMaxFailuresInARow ?? 3;
-    const perWindow = this.opts.vmmMaxRestartsPerWindow ?? 20;
+    const perWindow = this.opts.vmmMaxRestartsPerWindow ?? Number(process.env.TSVMM_VMM_MAX_RESTARTS || 30);
     if (this.vmmFailuresInARow >= inARow) {
       this.finish({ code: 1, reason: `vmm recovery failed: ${this.vmmFailuresInARow} restarted vmms in a row died before resuming the guest (last cause: ${cause})` });
       return;
@@ -138,7 +138,9 @@ export class Supervisor {
     this.vmmPending = undefined;
     const now = process.hrtime.bigint();
     const restartMs = Number(now - p.t0) / 1e6;
-    const totalMs = r.diedNs ? Number(now - BigInt(r.diedNs)) / 1e6 : restartMs;
+    // From whichever saw the death first: the keeper (its pidfd) or the supervisor (SIGCHLD).
+    const died = r.diedNs && BigInt(r.diedNs) < p.t0 ? BigInt(r.diedNs) : p.t0;
+    const totalMs = Number(now - died) / 1e6;
     const saveMs = r.diedNs && r.savedNs ? (r.savedNs - r.diedNs) / 1e6 : 0;
     this.vmmRecoveries.push({ cause: p.cause, totalMs, saveMs, restartMs });
     this.recoveries.push({ component: 'vmm', cause: p.cause, ms: totalMs });

@@ -2,10 +2,26 @@
  * Per-vCPU CPUID, derived from KVM_GET_SUPPORTED_CPUID: the APIC id in
  * leaves 1/0xB/0x1F, the hypervisor bit, the KVM signature leaves and the
  * TSC/bus frequency leaf 0x40000010 (so guests need not calibrate).
+ *
+ * For Linux guests: leaf 0x40000000 says "KVMKVMKVM" (Linux's kvm_para
+ * detection), and leaf 0x40000001 (KVM_CPUID_FEATURES) is passed through
+ * unchanged from KVM_GET_SUPPORTED_CPUID, so KVM_FEATURE_CLOCKSOURCE2,
+ * CLOCKSOURCE_STABLE_BIT, ASYNC_PF, PV_EOI, STEAL_TIME, PV_UNHALT ... reach
+ * the guest exactly as this host's KVM supports them. No MSRs are set by the
+ * vmm for this: a Linux guest enables kvmclock itself by writing
+ * MSR_KVM_SYSTEM_TIME_NEW (0x4b564d01) and MSR_KVM_WALL_CLOCK_NEW
+ * (0x4b564d00), which KVM handles in the kernel; the snapshot/restore MSR
+ * list (vmm/restore.ts) comes from KVM_GET_MSR_INDEX_LIST and so carries them.
  */
 import { CpuidEntry } from './kvm/structs';
 
 export const KVM_SIGNATURE = 'KVMKVMKVM\0\0\0';
+export const KVM_CPUID_SIGNATURE = 0x40000000;
+export const KVM_CPUID_FEATURES = 0x40000001;
+/** Bits of leaf 0x40000001 EAX (Documentation/virt/kvm/x86/cpuid.rst). */
+export const KVM_FEATURE_CLOCKSOURCE = 0;
+export const KVM_FEATURE_CLOCKSOURCE2 = 3;
+export const KVM_FEATURE_CLOCKSOURCE_STABLE_BIT = 24;
 export const CPUID_TIMING_LEAF = 0x40000010;
 /** KVM's LAPIC timer runs at 1 GHz (APIC_BUS_CYCLE_NS = 1). */
 const APIC_BUS_KHZ = 1_000_000;

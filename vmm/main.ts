@@ -10,10 +10,7 @@ import { ComponentMessage, ComponentMessageCodec, VmConfig, VmConfigCodec } from
 import { abi, native } from '../native/kvm';
 import { Kvm } from './kvm/system';
 import { Vm } from './kvm/vm';
-import { Regs, Sregs, Segment } from './kvm/structs';
-import { e820 } from './boot/layout';
-import { loadPvh, writeStartInfo } from './boot/pvh';
-import { pvhCpuState, writeBootGdt, SegmentDescriptor } from './boot/cpu-state';
+import { kvmBootState, loadKernel } from './boot/kernel';
 import { mapGuestRam } from './guest-ram';
 import { buildAcpi } from './acpi';
 import { deviceFds, FD } from './fds';
@@ -40,22 +37,6 @@ function send(msg: ComponentMessage): void {
   process.send?.({ pb: Buffer.from(ComponentMessageCodec.encode(msg)).toString('base64') });
 }
 
-function seg(d: SegmentDescriptor): Segment {
-  return { ...d, base: BigInt(d.base) };
-}
-
-function bootState(entry: number, startInfo: number): { regs: Partial<Regs>; sregs: Partial<Sregs> } {
-  const s = pvhCpuState(entry, startInfo);
-  return {
-    regs: { rip: BigInt(s.rip), rbx: BigInt(s.rbx), rflags: BigInt(s.rflags) },
-    sregs: {
-      cs: seg(s.cs), ds: seg(s.ds), es: seg(s.es), fs: seg(s.fs), gs: seg(s.gs), ss: seg(s.ss), tr: seg(s.tr), ldt: seg(s.ldt),
-      gdt: { base: BigInt(s.gdt.base), limit: s.gdt.limit }, idt: { base: BigInt(s.idt.base), limit: s.idt.limit },
-      cr0: BigInt(s.cr0), cr3: BigInt(s.cr3), cr4: BigInt(s.cr4), efer: BigInt(s.efer),
-    },
-  };
-}
-
 /**
  * Builds the VM and starts it. `restore`: this vmm replaces one that died;
  * instead of loading the kernel it restores the state its keeper saved in the
@@ -65,7 +46,9 @@ function bootState(entry: number, startInfo: number): { regs: Partial<Regs>; sre
 export function buildAndRun(cfg: VmConfig, restore = false): void {
   const snapView = SnapshotView.map(FD.SNAPSHOT, cfg.cpus);
   // First, so a bad or missing snapshot fails before anything is built.
+  const tModules = performance.now();
   const saved: SavedSnapshot | undefined = restore ? snapView.readSaved(cfg.cpus) : undefined;
+  const tSnap = performance.now();
   const kvm = Kvm.open();
   const vm = new Vm(kvm.createVm());
   vm.setTssAddr(KVM_TSS_ADDR);
@@ -76,10 +59,8 @@ export function buildAndRun(cfg: VmConfig, restore = false): void {
   const ram = mapGuestRam(FD.RAM, cfg.memBytes);
   ram.slots.forEach((s, i) => vm.setUserMemoryRegion(i, s.gpa, s.host));
 
-  let boot: ReturnType<typeof bootState> | undefined;
+  let boot: ReturnType<typeof kvmBootState> | undefined;
   const kernel = restore ? undefined : fs.readFileSync(cfg.kernel);
-  const entry = kernel ? loadPvh(ram.memory, kernel).entry : 0;
-  if (!restore) writeBootGdt(ram.memory);
   // Virtio devices: kicks go from KVM straight to the driver-domain (ioeventfd), completions
   // straight back (irqfd); the vmm only emulates the transport registers.
   const devices = deviceList(cfg);
@@ -93,8 +74,9 @@ export function buildAndRun(cfg: VmConfig, restore = false): void {
   if (!restore) {
     const rsdp = buildAcpi(ram.memory, { cpus: cfg.cpus, virtio: devices.map((d) => ({ base: d.base, gsi: d.gsi })) });
     const cmdline = [cfg.cmdline, virtioCmdline(devices)].filter((s) => s).join(' ');
-    const startInfo = writeStartInfo(ram.memory, { cmdline, memmap: e820(cfg.memBytes), rsdp });
-    boot = bootState(entry, startInfo);
+    // A bzImage (64-bit boot protocol) or a PVH ELF: vmm/boot/kernel.ts picks the path by magic.
+    const initrd = cfg.initrd ? fs.readFileSync(cfg.initrd) : undefined;
+    boot = kvmBootState(loadKernel(ram.memory, kernel!, { cmdline, initrd, memBytes: cfg.memBytes, rsdp }).cpu);
   }
 
   const page = new PlatformPage(native.mmap(FD.STATE, PLATFORM_PAGE_SIZE, 0, true));
@@ -126,6 +108,13 @@ export function buildAndRun(cfg: VmConfig, restore = false): void {
       v.setRegs(boot.regs);
     }
   }
+  if (saved && process.env.TSVMM_RESTORE_DEBUG) {
+    for (const v of saved.vcpus) {
+      process.stderr.write(`tsvmm vmm: restore gen ${saved.generation} vCPU ${v.id}: pending=${v.pending} exit=${v.exitReason} ` +
+        `handled=${v.journalCommit >>> 31} completed=${v.completed} rip 0x${v.ripBefore.toString(16)} -> 0x${v.ripAfter.toString(16)}` +
+        `${v.replay ? ` replay addr=0x${v.replay.addr.toString(16)} size=${v.replay.size} data=${Buffer.from(v.replay.data).toString('hex')}` : ''}\n`);
+    }
+  }
   if (saved) {
     restoreVm(vm, saved.vm);
     replayPendingWrites(saved, snapView, page, vm, devices, finish);
@@ -134,6 +123,21 @@ export function buildAndRun(cfg: VmConfig, restore = false): void {
   const keeperPid = keeper.keeperStart({
     vmFd: vm.fd, snapFd: FD.SNAPSHOT, msrs, vcpus: vcpus.map((v) => ({ fd: v.fd, run: native.address(v.runBytes) })),
   });
+  // Ready once every vCPU thread is about to run the guest (a restore's "resumed" moment).
+  let started = 0;
+  const ready = () => {
+    if (process.env.TSVMM_RESTORE_DEBUG) {
+      process.stderr.write(`tsvmm vmm: ${restore ? 'restore' : 'boot'} timeline (ms since process start): modules ${tModules.toFixed(1)}, ` +
+        `snapshot read ${tSnap.toFixed(1)}, keeper armed ${tKeeper.toFixed(1)}, vCPU threads running ${performance.now().toFixed(1)}\n`);
+    }
+    send({
+      ready: {
+        component: 'vmm', pid: process.pid, keeperPid,
+        restoredGeneration: saved?.generation ?? 0, diedNs: Number(saved?.diedNs ?? 0n), savedNs: Number(saved?.savedNs ?? 0n),
+      },
+    });
+  };
+  const tKeeper = performance.now();
   for (let id = 0; id < cfg.cpus; id++) {
     const data: VcpuThreadData = {
       vmFd: vm.fd, vcpuFd: vcpuFds[id], id, mmapSize, supportedCpuid: supported, cpus: cfg.cpus,
@@ -141,7 +145,8 @@ export function buildAndRun(cfg: VmConfig, restore = false): void {
     };
     const w = new Worker(path.join(__dirname, 'vcpu-thread.js'), { workerData: data });
     w.on('message', (m: VcpuThreadMessage) => {
-      if (m.kind === 'exit') finish({ guestExit: { code: m.code, reason: m.reason } }, 0);
+      if (m.kind === 'started' && ++started === cfg.cpus) ready();
+      else if (m.kind === 'exit') finish({ guestExit: { code: m.code, reason: m.reason } }, 0);
       else if (m.kind === 'fatal') finish({ fatal: { message: m.message } }, 0);
     });
     w.on('error', (e) => finish({ fatal: { message: `vCPU ${id} thread failed: ${e.message}` } }, 1));
@@ -152,12 +157,6 @@ export function buildAndRun(cfg: VmConfig, restore = false): void {
   process.stdin.on('data', (chunk: Buffer) => { page.rxPush(chunk); serial.inputArrived(); });
   process.stdin.on('error', () => undefined);
 
-  send({
-    ready: {
-      component: 'vmm', pid: process.pid, keeperPid,
-      restoredGeneration: saved?.generation ?? 0, diedNs: Number(saved?.diedNs ?? 0n), savedNs: Number(saved?.savedNs ?? 0n),
-    },
-  });
   // Keep the vCPUs' kvm_run mappings (the keeper reads them) alive with the process.
   (globalThis as { tsvmmVcpus?: Vcpu[] }).tsvmmVcpus = vcpus;
 }

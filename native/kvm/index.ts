@@ -14,6 +14,8 @@ export interface NativeKvm {
   run(vcpuFd: number): number;
   mmap(fd: number, length: number, offset: number, writable?: boolean): ArrayBuffer;
   address(view: ArrayBufferView | ArrayBuffer): bigint;
+  /** mlock the view's pages: 0, or -errno (e.g. -ENOMEM/-EPERM over RLIMIT_MEMLOCK). */
+  mlock(view: ArrayBufferView | ArrayBuffer): number;
   memfdCreate(name: string, size: number): number;
   eventfd(initval: number, nonblock?: boolean): number;
   fdSize(fd: number): number;

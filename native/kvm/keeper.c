@@ -169,10 +169,11 @@ KEEPER_FN static void save_vcpu(struct tsvmm_keeper_config* cfg, struct tsvmm_sn
       kcopy(v->replay_data, run->mmio.data, 8);
     }
   }
+  long err;
+  v->rip_before = k_rip(fd, &err);
+  if (err < 0) k_fail(h, TSVMM_STEP_REGS, (uint32_t)i, err);
+  v->rip_after = v->rip_before;
   if (complete) {
-    long err;
-    v->rip_before = k_rip(fd, &err);
-    if (err < 0) k_fail(h, TSVMM_STEP_REGS, (uint32_t)i, err);
     __atomic_store_n(&run->immediate_exit, 1, __ATOMIC_RELEASE);
     long r = k_ioctl(fd, KVM_RUN, 0);
     __atomic_store_n(&run->immediate_exit, 0, __ATOMIC_RELEASE);

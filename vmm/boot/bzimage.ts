@@ -83,6 +83,10 @@ export function parseBzImage(kernel: Buffer): SetupHeader {
   if (setupSize >= kernel.length) {
     throw new Error(`bzImage truncated: setup code (${setupSects} sectors) ends at ${hex(setupSize)}, past the end of the ${kernel.length}-byte file`);
   }
+  const syssize = kernel.readUInt32LE(HDR.syssize);
+  if (syssize !== 0 && setupSize + syssize * 16 > kernel.length) {
+    throw new Error(`bzImage truncated: the header says the kernel ends at ${hex(setupSize + syssize * 16)} (syssize), the file has ${kernel.length} bytes`);
+  }
   const headerLength = Math.min(0x202 + kernel[HDR.jump + 1], BOOT_PARAMS.hdr_max_end) - HDR.setup_sects;
   const kernelAlignment = kernel.readUInt32LE(HDR.kernel_alignment);
   const relocatable = kernel[HDR.relocatable_kernel] !== 0;

@@ -3,7 +3,7 @@
  * structures live, the e820 map the guest is told about, and the parsing and
  * validation of the configured memory size.
  *
- *   0x0000_0000 .. 0x0009_FC00   RAM (e820 RAM; boot GDT, zero page, PVH start_info, cmdline)
+ *   0x0000_0000 .. 0x0009_FC00   RAM (e820 RAM; boot GDT, zero page, PVH start_info, cmdline, boot page tables)
  *   0x0009_FC00 .. 0x0010_0000   RAM-backed but e820 reserved (EBDA, ACPI tables at 0xE0000)
  *   0x0010_0000 .. low end       RAM (kernel >= 1 MiB)
  *   0xC000_0000 .. 0x1_0000_0000 MMIO hole (test address, virtio-mmio, IOAPIC, LAPIC)
@@ -49,6 +49,11 @@ export const MAX_MEMMAP_ENTRIES = 128;
 /** Kernel command line and its size limit, NUL included. */
 export const CMDLINE_ADDR = 0x7000;
 export const CMDLINE_MAX = 4096;
+/** bzImage (64-bit boot protocol) identity-mapped page tables: PML4, one PDPT, four PDs of 2 MiB pages (4 GiB). */
+export const BOOT_PML4_ADDR = 0x9000;
+export const BOOT_PDPT_ADDR = 0xa000;
+export const BOOT_PD_ADDR = 0xb000;
+export const BOOT_PD_COUNT = 4;
 /** ACPI tables live in [ACPI_START, ACPI_END); the RSDP comes first. */
 export const ACPI_START = 0xe0000;
 export const ACPI_END = 0x10_0000;

@@ -1,0 +1,334 @@
+/**
+ * bench/blk: virtio-blk throughput of tsvmm against QEMU (-M microvm, virtio-mmio) on the same
+ * guest ELF and the same raw image, in one invocation.
+ *
+ *   npx tsc -p . && node dist/bench/blk.js [--rounds R] [--irq both|0|1] [--rand-n N] [--seq-qd Q]
+ *                                          [--size MiB] [--image FILE] [--kernel FILE] [--keep] [--json]
+ *
+ * The image (default bench/out/blk.img, 256 MiB) is written once, on the host, with the guest's
+ * self-describing 1 MiB blocks (generation 1; test/helpers/blk-image.ts makeBlock), then read back
+ * once with verification by each VMM (untimed). Rows, each one guest boot per VMM per round:
+ *
+ *   rand4k   `workload=blk bs=4096 qd=32 mode=rand blk_op=read verify=0 blk_n=N`     -> IOPS
+ *   seqread  `workload=blk bs=1048576 qd=Q mode=seq blk_op=read verify=0 blk_n=P*SIZE`  -> MB/s
+ *   seqwrite `workload=blk bs=1048576 qd=Q mode=seq blk_op=write gen=1 blk_n=P*SIZE`    -> MB/s
+ *
+ * (P = --seq-passes, 4: the sequential rows sweep the whole image P times in one boot).
+ *
+ * each polled (`virtio_irq=0`) and interrupt-driven (`virtio_irq=1`). seqwrite rewrites the
+ * prefill's exact bytes (same generation), so the image stays valid; it is checked on the host at
+ * the end. The guest times each phase with rdtsc (`@blk phase=.. cycles=..`); cycles are converted
+ * with one TSC frequency for both sides (KVM_GET_TSC_KHZ via bench/out/rawkvm, else
+ * /proc/cpuinfo): the guest sees tsc_khz=0 on these hosts. Rounds alternate the VMM order; the
+ * table shows medians and the ratio tsvmm/QEMU (higher is better for tsvmm; target >= 1.0).
+ *
+ * QEMU runs with `cache=writeback` (the default): host page cache, guest flushes -> fdatasync,
+ * which is what tsvmm's FileBlockBackend does (buffered preadv/pwritev on the libuv pool,
+ * fdatasync on FLUSH). QEMU's default aio=threads also matches tsvmm's thread-pool I/O.
+ */
+import { spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { checkImage, makeBlock } from '../test/helpers/blk-image';
+
+const TARGET_RATIO = 1.0;
+const MiB = 1 << 20;
+
+type Vmm = 'tsvmm' | 'qemu';
+const VMMS: Vmm[] = ['tsvmm', 'qemu'];
+type RowId = 'rand4k' | 'seqread' | 'seqwrite';
+
+interface Row { id: RowId; label: string; unit: 'IOPS' | 'MB/s'; bs: number; qd: number; mode: 'rand' | 'seq'; op: 'read' | 'write'; n: number }
+interface Phase { n: number; bytes: number; cycles: number; errors: number; kicks: number; irqs: number }
+interface RunResult { vmm: Vmm; row: RowId; irq: number; round: number; phase: Phase; wallMs: number }
+
+interface Options {
+  rounds: number; irq: number[]; randN: number; seqQd: number; seqPasses: number; sizeMiB: number;
+  image: string; kernel: string; keep: boolean; json: boolean; qemu: string;
+}
+
+function repoRoot(): string {
+  let d = __dirname;
+  for (;;) {
+    if (fs.existsSync(path.join(d, 'package.json')) && fs.existsSync(path.join(d, 'bin', 'tsvmm.js'))) return d;
+    const up = path.dirname(d);
+    if (up === d) throw new Error('cannot find the tsvmm repository root above ' + __dirname);
+    d = up;
+  }
+}
+
+const ROOT = repoRoot();
+const RAWKVM_SRC = path.join(ROOT, 'bench', 'exits', 'rawkvm.c');
+const RAWKVM = path.join(ROOT, 'bench', 'out', 'rawkvm');
+
+function usage(msg?: string): never {
+  if (msg) process.stderr.write(`bench/blk: ${msg}\n`);
+  process.stderr.write('usage: node dist/bench/blk.js [--rounds R (3)] [--irq both|0|1 (both)] [--rand-n N (30000)] [--seq-qd Q (8)] [--seq-passes P (4)]\n' +
+    '                          [--size MiB (256)] [--image FILE (bench/out/blk.img)] [--kernel FILE] [--qemu BIN] [--keep] [--json]\n');
+  process.exit(2);
+}
+
+function parseArgs(argv: string[]): Options {
+  const o: Options = {
+    rounds: 3, irq: [0, 1], randN: 30000, seqQd: 8, seqPasses: 4, sizeMiB: 256,
+    image: path.join(ROOT, 'bench', 'out', 'blk.img'), kernel: path.join(ROOT, 'guest', 'out', 'guest.elf'),
+    keep: false, json: false, qemu: 'qemu-system-x86_64',
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const val = () => { if (i + 1 >= argv.length) usage(`${a} needs a value`); return argv[++i]; };
+    const int = (s: string, min: number) => { const v = Number(s); if (!Number.isInteger(v) || v < min) usage(`bad value for ${a}: ${s}`); return v; };
+    if (a === '--rounds') o.rounds = int(val(), 1);
+    else if (a === '--irq') { const v = val(); o.irq = v === 'both' ? [0, 1] : v === '0' ? [0] : v === '1' ? [1] : usage(`bad --irq ${v}`); }
+    else if (a === '--rand-n') o.randN = int(val(), 1);
+    else if (a === '--seq-qd') o.seqQd = int(val(), 1);
+    else if (a === '--seq-passes') o.seqPasses = int(val(), 1);
+    else if (a === '--size') o.sizeMiB = int(val(), 8);
+    else if (a === '--image') o.image = path.resolve(val());
+    else if (a === '--kernel') o.kernel = path.resolve(val());
+    else if (a === '--qemu') o.qemu = val();
+    else if (a === '--keep') o.keep = true;
+    else if (a === '--json') o.json = true;
+    else if (a === '--help' || a === '-h') usage();
+    else usage(`unknown argument ${a}`);
+  }
+  return o;
+}
+
+function mtime(p: string): number {
+  try { return fs.statSync(p).mtimeMs; } catch { return -1; }
+}
+
+function sh(cmd: string, args: string[], quiet = false): void {
+  const r = spawnSync(cmd, args, { cwd: ROOT, stdio: ['ignore', quiet ? 'ignore' : 'inherit', 'inherit'] });
+  if (r.error) throw new Error(`${cmd}: ${r.error.message}`);
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed with status ${r.status}`);
+}
+
+function which(cmd: string): boolean {
+  if (cmd.includes('/')) return fs.existsSync(cmd);
+  return (process.env.PATH ?? '').split(':').some((d) => d && fs.existsSync(path.join(d, cmd)));
+}
+
+/** Installs Debian's qemu-system-x86 when qemu-system-x86_64 is missing. */
+function ensureQemu(o: Options): string {
+  if (which(o.qemu)) return qemuVersion(o.qemu);
+  if (o.qemu !== 'qemu-system-x86_64') throw new Error(`${o.qemu}: not found`);
+  process.stderr.write('bench/blk: qemu-system-x86_64 not found: installing qemu-system-x86 (apt-get)\n');
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  let r = spawnSync('apt-get', ['install', '-y', '--no-install-recommends', 'qemu-system-x86'], { stdio: 'inherit', env });
+  if (r.status !== 0) {
+    spawnSync('apt-get', ['update'], { stdio: 'inherit', env });
+    r = spawnSync('apt-get', ['install', '-y', '--no-install-recommends', 'qemu-system-x86'], { stdio: 'inherit', env });
+  }
+  if (r.status !== 0 || !which(o.qemu)) throw new Error('could not install qemu-system-x86 (apt-get install -y qemu-system-x86)');
+  return qemuVersion(o.qemu);
+}
+
+function qemuVersion(bin: string): string {
+  const r = spawnSync(bin, ['--version'], { encoding: 'utf8' });
+  return (r.stdout ?? '').split('\n')[0].trim();
+}
+
+function ensureGuest(kernel: string): void {
+  if (fs.existsSync(kernel)) return;
+  if (kernel !== path.join(ROOT, 'guest', 'out', 'guest.elf')) throw new Error(`${kernel}: no such file`);
+  sh('make', ['-s', '-C', path.join(ROOT, 'guest')]);
+}
+
+function cpuinfoKhz(): number {
+  try {
+    const m = /^cpu MHz\s*:\s*([\d.]+)/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'));
+    return m ? Math.round(Number(m[1]) * 1000) : 0;
+  } catch { return 0; }
+}
+
+/** The host TSC frequency: KVM_GET_TSC_KHZ as bench/out/rawkvm reports it, else /proc/cpuinfo. */
+function tscKhz(kernel: string): [number, string] {
+  try {
+    if (mtime(RAWKVM) < mtime(RAWKVM_SRC)) {
+      try { sh('make', ['-s', '-C', path.join(ROOT, 'bench', 'exits')], true); } catch {
+        fs.mkdirSync(path.dirname(RAWKVM), { recursive: true });
+        sh('gcc', ['-O2', '-Wall', '-std=gnu11', '-o', RAWKVM, RAWKVM_SRC], true);
+      }
+    }
+    const r = spawnSync(RAWKVM, [kernel, 'workload=exits n=1'], { encoding: 'utf8', timeout: 60000 });
+    const m = /^@rawkvm .*\btsc_khz=(\d+)/m.exec(r.stderr ?? '');
+    if (m && Number(m[1]) > 0) return [Number(m[1]), 'KVM_GET_TSC_KHZ (bench/out/rawkvm)'];
+  } catch { /* fall through */ }
+  const k = cpuinfoKhz();
+  if (!k) throw new Error('cannot determine the TSC frequency');
+  return [k, '/proc/cpuinfo cpu MHz'];
+}
+
+/** Writes the image once on the host: every 1 MiB block a valid generation-1 guest block. */
+function prefill(image: string, sizeMiB: number): void {
+  fs.mkdirSync(path.dirname(image), { recursive: true });
+  const fd = fs.openSync(image, 'w');
+  try {
+    for (let b = 0; b < sizeMiB; b++) fs.writeSync(fd, makeBlock(MiB, b * (MiB / 512), 1), 0, MiB, b * MiB);
+    fs.fdatasyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function qemuArgs(o: Options, cmdline: string): string[] {
+  return [
+    '-M', 'microvm,x-option-roms=off,rtc=off,acpi=off', '-enable-kvm', '-cpu', 'host,-arch-capabilities',
+    '-m', '256', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio',
+    '-device', 'isa-debug-exit,iobase=0xf4,iosize=4', '-global', 'virtio-mmio.force-legacy=false',
+    '-drive', `id=d0,file=${o.image},format=raw,if=none,cache=writeback`, '-device', 'virtio-blk-device,drive=d0',
+    '-kernel', o.kernel, '-append', cmdline,
+  ];
+}
+
+function tsvmmArgs(o: Options, cmdline: string): string[] {
+  return [path.join(ROOT, 'bin', 'tsvmm.js'), 'run', '--kernel', o.kernel, '--disk', o.image, '--cmdline', cmdline];
+}
+
+function cmdlineOf(row: Row, irq: number, verify = 0): string {
+  return `workload=blk bs=${row.bs} qd=${row.qd} mode=${row.mode} blk_op=${row.op} blk_n=${row.n} gen=1 verify=${verify} virtio_irq=${irq}`;
+}
+
+/** One guest boot; returns the phases it printed. Throws with the output tail on any failure. */
+function boot(vmm: Vmm, o: Options, cmdline: string, what: string): { phases: Phase[]; wallMs: number } {
+  const [cmd, args] = vmm === 'qemu' ? [o.qemu, qemuArgs(o, cmdline)] : [process.execPath, tsvmmArgs(o, cmdline)];
+  const t0 = process.hrtime.bigint();
+  const r = spawnSync(cmd, args, { cwd: ROOT, encoding: 'utf8', maxBuffer: 16 << 20, timeout: 5 * 60 * 1000 });
+  const wallMs = Number(process.hrtime.bigint() - t0) / 1e6;
+  const out = (r.stdout ?? '') + (r.stderr ?? '');
+  const fail = (why: string): never => {
+    throw new Error(`${vmm} ${what}: ${why}\n--- output ---\n${out.split('\n').slice(-20).join('\n')}`);
+  };
+  if (r.error) fail(r.error.message);
+  // QEMU's isa-debug-exit turns the guest's power-off status 0 into exit status 1.
+  const okStatus = vmm === 'qemu' ? 1 : 0;
+  if (r.status !== okStatus) fail(`exit status ${r.status}${r.signal ? ` (signal ${r.signal})` : ''}`);
+  if (!/^@done ok\s*$/m.test(r.stdout)) fail('no "@done ok" line from the guest');
+  const phases: Phase[] = [];
+  for (const m of r.stdout.matchAll(/^@blk phase=\w+ (.*)$/gm)) {
+    const kv = Object.fromEntries([...m[1].matchAll(/(\w+)=(\S+)/g)].map((x) => [x[1], x[2]]));
+    phases.push({ n: Number(kv.n), bytes: Number(kv.bytes), cycles: Number(kv.cycles), errors: Number(kv.errors), kicks: Number(kv.kicks), irqs: Number(kv.irqs) });
+  }
+  if (!phases.length) fail('no @blk phase line');
+  for (const p of phases) if (p.errors) fail(`guest reported ${p.errors} errors`);
+  return { phases, wallMs };
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+function machine(): string {
+  let model = 'unknown CPU';
+  try { model = /^model name\s*:\s*(.*)$/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? model; } catch { /* */ }
+  const pvm = fs.existsSync('/sys/module/kvm_pvm') ? 'KVM via PVM (software virtualization)' : 'hardware KVM';
+  return `${model}, ${os.cpus().length} CPUs, ${Math.round(os.totalmem() / 2 ** 30)} GiB, ${pvm}, node ${process.version}`;
+}
+
+function table(rows: string[][]): string {
+  const w = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+  const line = (r: string[]) => '| ' + r.map((x, c) => (c === 0 ? x.padEnd(w[c]) : x.padStart(w[c]))).join(' | ') + ' |';
+  const sep = '|' + w.map((n, c) => (c === 0 ? '-'.repeat(n + 1) + '-' : '-'.repeat(n + 1) + ':')).join('|') + '|';
+  return [line(rows[0]), sep, ...rows.slice(1).map(line)].join('\n');
+}
+
+function main(): number {
+  const o = parseArgs(process.argv.slice(2));
+  const tStart = process.hrtime.bigint();
+  const log = (s: string) => { if (!o.json) process.stdout.write(s + '\n'); };
+  ensureGuest(o.kernel);
+  if (!fs.existsSync(path.join(ROOT, 'dist', 'cli', 'main.js'))) throw new Error('tsvmm is not built: run `npx tsc -p .` first');
+  const qemuVer = ensureQemu(o);
+  const [khz, khzSource] = tscKhz(o.kernel);
+  // Sequential rows wrap around the image seqPasses times (the guest issues block i % nblocks),
+  // so each boot moves seqPasses x size MiB and start-up effects (a fresh driver-domain's JIT) fade.
+  const seqN = o.sizeMiB * o.seqPasses;
+  const rows: Row[] = [
+    { id: 'rand4k', label: '4 KiB random read, qd 32', unit: 'IOPS', bs: 4096, qd: 32, mode: 'rand', op: 'read', n: o.randN },
+    { id: 'seqread', label: `1 MiB sequential read, qd ${o.seqQd}`, unit: 'MB/s', bs: MiB, qd: o.seqQd, mode: 'seq', op: 'read', n: seqN },
+    { id: 'seqwrite', label: `1 MiB sequential write, qd ${o.seqQd}`, unit: 'MB/s', bs: MiB, qd: o.seqQd, mode: 'seq', op: 'write', n: seqN },
+  ];
+
+  log(`bench/blk: ${o.sizeMiB} MiB image ${o.image}, ${o.rounds} rounds, tsvmm and ${qemuVer} alternating; irq modes ${o.irq.join(',')}`);
+  log(`  prefilling the image on the host (1 MiB guest-format blocks, gen=1) ...`);
+  prefill(o.image, o.sizeMiB);
+  // Untimed: each VMM reads the whole image back with verification (proves both see the same bytes).
+  const verifyRow: Row = { ...rows[1], qd: 4, n: o.sizeMiB };
+  for (const vmm of VMMS) {
+    boot(vmm, o, cmdlineOf(verifyRow, 0, 1), 'verify pass');
+    log(`  ${vmm}: guest read back and verified all ${o.sizeMiB} blocks`);
+  }
+
+  const measure = (r: RunResult) => r.phase.bytes / ((r.phase.cycles / khz) / 1000) / (rows.find((x) => x.id === r.row)!.unit === 'IOPS' ? r.phase.bytes / r.phase.n : 1e6);
+  const results: RunResult[] = [];
+  const failures: { vmm: Vmm; what: string; error: string }[] = [];
+  for (let round = 1; round <= o.rounds; round++) {
+    const order: Vmm[] = round % 2 ? ['tsvmm', 'qemu'] : ['qemu', 'tsvmm'];
+    for (const row of rows) {
+      for (const irq of o.irq) {
+        for (const vmm of order) {
+          const what = `round ${round} ${row.id} irq=${irq}`;
+          let res: RunResult | undefined;
+          for (let attempt = 1; !res; attempt++) {
+            try {
+              const b = boot(vmm, o, cmdlineOf(row, irq), what);
+              res = { vmm, row: row.id, irq, round, phase: b.phases[b.phases.length - 1], wallMs: b.wallMs };
+            } catch (e) {
+              const msg = (e as Error).message;
+              failures.push({ vmm, what, error: msg });
+              log(`  ${what} ${vmm.padEnd(5)} FAILED (attempt ${attempt}): ${msg.split('\n').filter((l) => /error|FAIL|status|signal/i.test(l)).slice(-2).join(' / ')}`);
+              if (attempt >= 3) throw e;
+            }
+          }
+          results.push(res);
+          log(`  ${what.padEnd(30)} ${vmm.padEnd(5)} ${measure(res).toFixed(0).padStart(8)} ${row.unit}  kicks ${String(res.phase.kicks).padStart(5)}  irqs ${String(res.phase.irqs).padStart(5)}  wall ${(res.wallMs / 1000).toFixed(2)} s`);
+        }
+      }
+    }
+  }
+
+  const check = checkImage(o.image, { bs: MiB, gen: 1, count: o.sizeMiB });
+  const imageOk = check.errorCount === 0 && check.valid === o.sizeMiB;
+  log(`  host check of the image after the runs: ${check.valid}/${o.sizeMiB} blocks valid, ${check.errorCount} bad${check.errors.length ? ': ' + check.errors.slice(0, 3).join('; ') : ''}`);
+  if (!o.keep) fs.rmSync(o.image, { force: true });
+
+  const summary = rows.flatMap((row) => o.irq.map((irq) => {
+    const s = (vmm: Vmm) => {
+      const xs = results.filter((r) => r.vmm === vmm && r.row === row.id && r.irq === irq).map(measure);
+      return { median: median(xs), min: Math.min(...xs), max: Math.max(...xs) };
+    };
+    const ts = s('tsvmm'), q = s('qemu');
+    return { row: row.id, label: row.label, unit: row.unit, irq, tsvmm: ts, qemu: q, ratio: ts.median / q.median };
+  }));
+  const totalS = Number(process.hrtime.bigint() - tStart) / 1e9;
+  const worst = Math.min(...summary.map((s) => s.ratio));
+  if (o.json) {
+    process.stdout.write(JSON.stringify({ rounds: o.rounds, sizeMiB: o.sizeMiB, tscKhz: khz, tscKhzSource: khzSource, qemu: qemuVer, machine: machine(), summary, imageCheck: { valid: check.valid, errors: check.errorCount }, totalS, target: TARGET_RATIO, results, failures }, null, 2) + '\n');
+    return imageOk ? 0 : 1;
+  }
+  const fmt = (x: number) => (x >= 1000 ? x.toFixed(0) : x.toFixed(1));
+  const cell = (s: { median: number; min: number; max: number }) => `${fmt(s.median)} (${fmt(s.min)}-${fmt(s.max)})`;
+  const tab = [
+    ['row', 'completion', 'unit', 'tsvmm', 'QEMU', 'tsvmm/QEMU'],
+    ...summary.map((s) => [s.label, s.irq ? 'irq' : 'polled', s.unit, cell(s.tsvmm), cell(s.qemu), s.ratio.toFixed(3)]),
+  ];
+  log('');
+  log(`median of ${o.rounds} rounds (min-max in brackets); TSC ${khz} kHz from ${khzSource}; MB = 10^6 bytes`);
+  log(table(tab));
+  log(`machine: ${machine()}; ${qemuVer}`);
+  if (failures.length) log(`failed runs (retried): ${failures.map((f) => `${f.vmm} ${f.what}`).join(', ')}`);
+  log(`total wall time ${totalS.toFixed(1)} s; worst ratio ${worst.toFixed(3)} (target >= ${TARGET_RATIO}: ${worst >= TARGET_RATIO ? 'met' : 'NOT met'})`);
+  return imageOk ? 0 : 1;
+}
+
+try {
+  process.exitCode = main();
+} catch (e) {
+  process.stderr.write(`bench/blk: ${(e as Error).message}\n`);
+  process.exitCode = 1;
+}
