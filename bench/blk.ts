@@ -28,9 +28,9 @@
  */
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
-import * as os from 'os';
 import * as path from 'path';
 import { checkImage, makeBlock } from '../test/helpers/blk-image';
+import { ensureGuest, machine, median, mtime, RAWKVM, RAWKVM_SRC, ROOT, table } from './lib';
 
 const TARGET_RATIO = 1.0;
 const MiB = 1 << 20;
@@ -48,19 +48,7 @@ interface Options {
   image: string; kernel: string; keep: boolean; json: boolean; qemu: string;
 }
 
-function repoRoot(): string {
-  let d = __dirname;
-  for (;;) {
-    if (fs.existsSync(path.join(d, 'package.json')) && fs.existsSync(path.join(d, 'bin', 'tsvmm.js'))) return d;
-    const up = path.dirname(d);
-    if (up === d) throw new Error('cannot find the tsvmm repository root above ' + __dirname);
-    d = up;
-  }
-}
 
-const ROOT = repoRoot();
-const RAWKVM_SRC = path.join(ROOT, 'bench', 'exits', 'rawkvm.c');
-const RAWKVM = path.join(ROOT, 'bench', 'out', 'rawkvm');
 
 function usage(msg?: string): never {
   if (msg) process.stderr.write(`bench/blk: ${msg}\n`);
@@ -96,9 +84,6 @@ function parseArgs(argv: string[]): Options {
   return o;
 }
 
-function mtime(p: string): number {
-  try { return fs.statSync(p).mtimeMs; } catch { return -1; }
-}
 
 function sh(cmd: string, args: string[], quiet = false): void {
   const r = spawnSync(cmd, args, { cwd: ROOT, stdio: ['ignore', quiet ? 'ignore' : 'inherit', 'inherit'] });
@@ -131,11 +116,6 @@ function qemuVersion(bin: string): string {
   return (r.stdout ?? '').split('\n')[0].trim();
 }
 
-function ensureGuest(kernel: string): void {
-  if (fs.existsSync(kernel)) return;
-  if (kernel !== path.join(ROOT, 'guest', 'out', 'guest.elf')) throw new Error(`${kernel}: no such file`);
-  sh('make', ['-s', '-C', path.join(ROOT, 'guest')]);
-}
 
 function cpuinfoKhz(): number {
   try {
@@ -217,25 +197,8 @@ function boot(vmm: Vmm, o: Options, cmdline: string, what: string): { phases: Ph
   return { phases, wallMs };
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
 
-function machine(): string {
-  let model = 'unknown CPU';
-  try { model = /^model name\s*:\s*(.*)$/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? model; } catch { /* */ }
-  const pvm = fs.existsSync('/sys/module/kvm_pvm') ? 'KVM via PVM (software virtualization)' : 'hardware KVM';
-  return `${model}, ${os.cpus().length} CPUs, ${Math.round(os.totalmem() / 2 ** 30)} GiB, ${pvm}, node ${process.version}`;
-}
 
-function table(rows: string[][]): string {
-  const w = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
-  const line = (r: string[]) => '| ' + r.map((x, c) => (c === 0 ? x.padEnd(w[c]) : x.padStart(w[c]))).join(' | ') + ' |';
-  const sep = '|' + w.map((n, c) => (c === 0 ? '-'.repeat(n + 1) + '-' : '-'.repeat(n + 1) + ':')).join('|') + '|';
-  return [line(rows[0]), sep, ...rows.slice(1).map(line)].join('\n');
-}
 
 function main(): number {
   const o = parseArgs(process.argv.slice(2));

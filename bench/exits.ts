@@ -14,6 +14,7 @@
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
+import { ensureGuest, machine, median, mtime, RAWKVM, RAWKVM_SRC, ROOT, table } from './lib';
 
 const TARGET_RATIO = 1.15;
 const KINDS = ['pio', 'mmio'] as const;
@@ -35,19 +36,7 @@ interface RunResult {
 
 interface Options { rounds: number; n: number; kernel: string; json: boolean }
 
-function repoRoot(): string {
-  let d = __dirname;
-  for (;;) {
-    if (fs.existsSync(path.join(d, 'package.json')) && fs.existsSync(path.join(d, 'bin', 'tsvmm.js'))) return d;
-    const up = path.dirname(d);
-    if (up === d) throw new Error('cannot find the tsvmm repository root above ' + __dirname);
-    d = up;
-  }
-}
 
-const ROOT = repoRoot();
-const RAWKVM_SRC = path.join(ROOT, 'bench', 'exits', 'rawkvm.c');
-const RAWKVM = path.join(ROOT, 'bench', 'out', 'rawkvm');
 
 function usage(msg?: string): never {
   if (msg) process.stderr.write(`bench/exits: ${msg}\n`);
@@ -71,9 +60,6 @@ function parseArgs(argv: string[]): Options {
   return o;
 }
 
-function mtime(p: string): number {
-  try { return fs.statSync(p).mtimeMs; } catch { return -1; }
-}
 
 function sh(cmd: string, args: string[]): void {
   const r = spawnSync(cmd, args, { cwd: ROOT, stdio: ['ignore', 'inherit', 'inherit'] });
@@ -92,11 +78,6 @@ function buildRawkvm(): void {
   }
 }
 
-function ensureGuest(kernel: string): void {
-  if (fs.existsSync(kernel)) return;
-  if (kernel !== path.join(ROOT, 'guest', 'out', 'guest.elf')) throw new Error(`${kernel}: no such file`);
-  sh('make', ['-s', '-C', path.join(ROOT, 'guest')]);
-}
 
 function runOnce(vmm: Vmm, round: number, o: Options): RunResult {
   const cmdline = `workload=exits n=${o.n}`;
@@ -133,11 +114,6 @@ function runOnce(vmm: Vmm, round: number, o: Options): RunResult {
   return res;
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
 
 function cpuinfoKhz(): number {
   try {
@@ -146,19 +122,7 @@ function cpuinfoKhz(): number {
   } catch { return 0; }
 }
 
-function machine(): string {
-  let model = 'unknown CPU';
-  try { model = /^model name\s*:\s*(.*)$/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? model; } catch { /* */ }
-  const pvm = fs.existsSync('/sys/module/kvm_pvm') ? 'KVM via PVM (software virtualization)' : 'hardware KVM';
-  return `${model}, ${require('os').cpus().length} CPUs, ${pvm}, node ${process.version}`;
-}
 
-function table(rows: string[][]): string {
-  const w = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
-  const line = (r: string[]) => '| ' + r.map((x, c) => (c === 0 ? x.padEnd(w[c]) : x.padStart(w[c]))).join(' | ') + ' |';
-  const sep = '|' + w.map((n, c) => (c === 0 ? '-'.repeat(n + 1) + '-' : '-'.repeat(n + 1) + ':')).join('|') + '|';
-  return [line(rows[0]), sep, ...rows.slice(1).map(line)].join('\n');
-}
 
 function main(): number {
   const o = parseArgs(process.argv.slice(2));
