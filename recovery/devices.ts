@@ -4,7 +4,6 @@
  * formats the device state page. Components get these as fds at spawn
  * (vmm/fds.ts says where), so a restarted component finds them all again.
  */
-import * as fs from 'fs';
 import * as crypto from 'crypto';
 import { native } from '../native/kvm';
 import { VmConfig } from '../proto';
@@ -70,7 +69,3 @@ export function deviceStdio(devices: HeldDevice[], withBackends: boolean): (numb
   return slots;
 }
 
-/** Sizes a disk for its device spec without keeping a second descriptor. */
-export function diskSize(path: string): number {
-  return fs.statSync(path).size;
-}

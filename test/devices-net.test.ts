@@ -80,7 +80,7 @@ describe('devices/virtio-net', () => {
   });
 
   it('RX: a frame fills a guest buffer with the header then the frame', () => {
-    const { tb, net, tap, notes } = rig();
+    const { tb, tap, notes } = rig();
     const d = tb.drivers[RX_QUEUE];
     tb.ram.fill(0xee, tb.dataBase, tb.dataBase + 2048);
     const head = d.addChain([{ addr: tb.dataBase, len: 1526 + NET_HDR_SIZE, write: true }]);

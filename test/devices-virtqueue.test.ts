@@ -11,7 +11,7 @@ import { DeviceSpec, StatePage } from '../devices/state-page';
 import { GuestMemory } from '../devices/memory';
 import {
   features, Status, VIRTIO_F_VERSION_1, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTQ_DESC_F_NEXT,
-  VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_WRITE, VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_USED_F_NO_NOTIFY,
+  VIRTQ_DESC_F_INDIRECT, VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_USED_F_NO_NOTIFY,
 } from '../devices/virtio-mmio-layout';
 
 const ALL = features(VIRTIO_F_VERSION_1, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_INDIRECT_DESC);
