@@ -15,6 +15,14 @@ export interface MappedRam {
   locked: boolean;
 }
 
+/**
+ * Every guest-RAM mapping this process made. The addon unmaps a mapping when
+ * its ArrayBuffer is garbage-collected; guest RAM must stay mapped for as
+ * long as KVM memslots (or device models) point at it, whether or not any JS
+ * object still does, or the guest faults on memory that vanished under it.
+ */
+const pinned: ArrayBuffer[] = [];
+
 export function mapGuestRam(ramFd: number, memBytes: number): MappedRam {
   const size = native.fdSize(ramFd);
   if (size !== memBytes) throw new Error(`guest RAM memfd is ${size} bytes, expected ${memBytes}`);
@@ -22,6 +30,7 @@ export function mapGuestRam(ramFd: number, memBytes: number): MappedRam {
   let locked = true;
   const slots = ramRegions(memBytes).map((r) => {
     const host = native.mmap(ramFd, r.size, offset, true);
+    pinned.push(host);
     offset += r.size;
     // Pinned so host reclaim (e.g. DAMON page-out) never unmaps guest pages under a running vCPU.
     if (native.mlock(host) !== 0) locked = false;
