@@ -23,8 +23,9 @@
  * table shows medians and the ratio tsvmm/QEMU (higher is better for tsvmm; target >= 1.0).
  *
  * QEMU runs with `cache=writeback` (the default): host page cache, guest flushes -> fdatasync,
- * which is what tsvmm's FileBlockBackend does (buffered preadv/pwritev on the libuv pool,
- * fdatasync on FLUSH). QEMU's default aio=threads also matches tsvmm's thread-pool I/O.
+ * which is what tsvmm does (buffered reads/writes through io_uring, or preadv/pwritev on the libuv
+ * pool where io_uring is unavailable or TSVMM_BLK_IO=threads; fdatasync on FLUSH).
+ * --tsvmm BIN runs another tree's bin/tsvmm.js (e.g. a checkout of an older commit, for before/after).
  */
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
@@ -45,7 +46,7 @@ interface RunResult { vmm: Vmm; row: RowId; irq: number; round: number; phase: P
 
 interface Options {
   rounds: number; irq: number[]; randN: number; seqQd: number; seqPasses: number; sizeMiB: number;
-  image: string; kernel: string; keep: boolean; json: boolean; qemu: string;
+  image: string; kernel: string; keep: boolean; json: boolean; qemu: string; tsvmm: string;
 }
 
 
@@ -53,7 +54,7 @@ interface Options {
 function usage(msg?: string): never {
   if (msg) process.stderr.write(`bench/blk: ${msg}\n`);
   process.stderr.write('usage: node dist/bench/blk.js [--rounds R (3)] [--irq both|0|1 (both)] [--rand-n N (30000)] [--seq-qd Q (8)] [--seq-passes P (4)]\n' +
-    '                          [--size MiB (256)] [--image FILE (bench/out/blk.img)] [--kernel FILE] [--qemu BIN] [--keep] [--json]\n');
+    '                          [--size MiB (256)] [--image FILE (bench/out/blk.img)] [--kernel FILE] [--qemu BIN] [--tsvmm BIN] [--keep] [--json]\n');
   process.exit(2);
 }
 
@@ -61,7 +62,7 @@ function parseArgs(argv: string[]): Options {
   const o: Options = {
     rounds: 3, irq: [0, 1], randN: 30000, seqQd: 8, seqPasses: 4, sizeMiB: 256,
     image: path.join(ROOT, 'bench', 'out', 'blk.img'), kernel: path.join(ROOT, 'guest', 'out', 'guest.elf'),
-    keep: false, json: false, qemu: 'qemu-system-x86_64',
+    keep: false, json: false, qemu: 'qemu-system-x86_64', tsvmm: path.join(ROOT, 'bin', 'tsvmm.js'),
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -76,6 +77,7 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--image') o.image = path.resolve(val());
     else if (a === '--kernel') o.kernel = path.resolve(val());
     else if (a === '--qemu') o.qemu = val();
+    else if (a === '--tsvmm') o.tsvmm = path.resolve(val());
     else if (a === '--keep') o.keep = true;
     else if (a === '--json') o.json = true;
     else if (a === '--help' || a === '-h') usage();
@@ -165,7 +167,7 @@ function qemuArgs(o: Options, cmdline: string): string[] {
 }
 
 function tsvmmArgs(o: Options, cmdline: string): string[] {
-  return [path.join(ROOT, 'bin', 'tsvmm.js'), 'run', '--kernel', o.kernel, '--disk', o.image, '--cmdline', cmdline];
+  return [o.tsvmm, 'run', '--kernel', o.kernel, '--disk', o.image, '--cmdline', cmdline];
 }
 
 function cmdlineOf(row: Row, irq: number, verify = 0): string {

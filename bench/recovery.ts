@@ -1,41 +1,165 @@
 /**
- * bench/recovery: cold vmm recovery latency. Boots the `counter` guest, SIGKILLs
- * the vmm K times at random moments and prints p50/p99/max of:
- *   - kill -> next guest progress line (what the guest's user sees; includes up
- *     to one line interval of counting, so keep `--report` small),
- *   - kill -> the supervisor's "recovered vmm" line,
- *   - the supervisor's own measure (vmm death seen -> new vmm resumed the guest),
- *   - the keeper's save.
+ * bench/recovery: what recovery costs, in one invocation.
  *
- *   npx tsc -p . && node dist/bench/recovery.js [--kills K] [--cpus N] [--report STEPS] [--json]
+ * 1. Recovery latency, per component, cold (a new process) and warm
+ *    (`--standby`: a pre-started spare takes over). The vmm is SIGKILLed at
+ *    random moments under the `counter` workload, the driver-domain under the
+ *    verifying `blk-loop` workload. Per row, p50/p99/max of:
+ *      - kill -> the guest's next progress line (what the guest's user sees;
+ *        includes up to one line interval, so the lines are frequent),
+ *      - the supervisor's measure: death (the keeper's or the standby's pidfd,
+ *        or the supervisor's SIGCHLD, whichever saw it first) -> guest resumed
+ *        (vmm: vCPUs released) / driver-domain serving again.
+ * 2. Overhead of the recovery machinery in normal operation: the same
+ *    workloads with it on and off (TSVMM_NO_RECOVERY=1: no keeper, no exit
+ *    journal, no heartbeats, no hang watch), alternating, in one run:
+ *    PIO/MMIO exit cost (`exits`), and 4 KiB random-read IOPS (`blk`), both
+ *    timed by the guest in TSC cycles (so on/off compare without a clock
+ *    conversion).
+ *
+ *   npx tsc -p . && node dist/bench/recovery.js [--kills K] [--cpus N] [--rounds R] [--skip latency|overhead]
+ *        [--blk-io uring|threads] [--json]
+ * (--blk-io sets TSVMM_BLK_IO for the driver-domain rows; default: the driver-domain's choice.)
  */
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
 import { parseArgs } from 'util';
-import { killRun, percentile } from '../test/helpers/kill-harness';
+import { spawnSync } from 'child_process';
+import { blkLoopVm, ComponentName, guestErrors, RunningVm } from '../test/helpers/fault-harness';
+import { percentile } from '../test/helpers/kill-harness';
+import { ROOT, median, machine, table } from './lib';
+
+const GUEST = path.join(ROOT, 'guest', 'out', 'guest.elf');
+const BIN = path.join(ROOT, 'bin', 'tsvmm.js');
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+interface LatencyRow { name: string; progress: number[]; supervisor: number[]; errors: number; warmCount: number }
+
+async function latency(component: ComponentName, warm: boolean, kills: number, cpus: number, blkIo: string): Promise<LatencyRow> {
+  const extra = warm ? ['--standby'] : [];
+  const vm = component === 'vmm'
+    ? new RunningVm([...extra, '--cpus', String(cpus), '--cmdline', `workload=counter n=0 report=${cpus === 1 ? 2_000_000 : 4_000_000}`], { TSVMM_VMM_MAX_RESTARTS: '1000' })
+    : blkLoopVm(extra, blkIo ? { TSVMM_BLK_IO: blkIo } : {}, { n: 1000, report: 16 });
+  const prefix = component === 'vmm' ? '@counter' : '@blk-progress';
+  const row: LatencyRow = { name: `${component}, ${warm ? 'warm (--standby)' : 'cold'}${component === 'vmm' ? `, ${cpus} vCPU${cpus > 1 ? 's' : ''}` : ''}`, progress: [], supervisor: [], errors: 0, warmCount: 0 };
+  try {
+    await vm.waitFor(() => vm.count(prefix) >= 2 && vm.pid[component] > 0, 30_000, 'the first progress lines');
+    for (let k = 0; k < kills; k++) {
+      if (warm) await vm.waitFor(() => vm.standbyPid[component] !== 0 && vm.standbyPid[component] !== vm.pid[component], 20_000, 'a standby');
+      await sleep(50 + Math.random() * 200);
+      const r = await vm.fail(component, 'SIGKILL', prefix);
+      row.progress.push(r.progressMs);
+      row.supervisor.push(r.rec.ms);
+      if (r.rec.warm) row.warmCount++;
+    }
+  } finally {
+    await vm.stop();
+    vm.cleanup();
+  }
+  row.errors = guestErrors(vm.out).length;
+  return row;
+}
+
+/** One boot of the test guest; returns its `@` lines' key=values for lines starting with `word`. */
+function boot(cmdline: string, args: string[], recovery: boolean, attempt = 0): Record<string, string>[] {
+  const r = spawnSync(process.execPath, [BIN, 'run', '--kernel', GUEST, ...args, '--cmdline', cmdline], {
+    encoding: 'utf8', timeout: 120_000, env: { ...process.env, ...(recovery ? {} : { TSVMM_NO_RECOVERY: '1' }) },
+  });
+  // The known PVM host issue (docs/benchmarks.md): a spurious triple fault with cr2 == rip. Rerun.
+  const tf = /triple fault .*rip=(0x[0-9a-f]+) .*cr2=(0x[0-9a-f]+)/.exec(r.stderr);
+  if (r.status !== 0 && tf && tf[1] === tf[2] && attempt < 3) {
+    process.stderr.write(`  (spurious guest triple fault, rip == cr2 == ${tf[1]}: known PVM host issue; rerunning)\n`);
+    return boot(cmdline, args, recovery, attempt + 1);
+  }
+  if (r.status !== 0) throw new Error(`tsvmm run ${cmdline} (recovery ${recovery ? 'on' : 'off'}) failed: ${r.stderr.trim().split('\n').slice(-2).join(' | ')}`);
+  return [...r.stdout.matchAll(/^@(exits|blk) (.*)$/gm)].map((m) => Object.fromEntries([['word', m[1]], ...[...m[2].matchAll(/(\w+)=(\S+)/g)].map((x) => [x[1], x[2]])]));
+}
+
+interface OverheadRow { name: string; unit: string; on: number[]; off: number[]; higherIsBetter: boolean }
+
+function overhead(rounds: number): OverheadRow[] {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvmm-bench-rec-'));
+  const img = path.join(dir, 'disk.img');
+  fs.writeFileSync(img, '');
+  fs.truncateSync(img, 64 << 20);
+  const rows: OverheadRow[] = [
+    { name: 'PIO exit (guest cycles/exit)', unit: 'cycles', on: [], off: [], higherIsBetter: false },
+    { name: 'MMIO exit (guest cycles/exit)', unit: 'cycles', on: [], off: [], higherIsBetter: false },
+    { name: '4 KiB random read, qd 32 (IOPS, per Mcycle)', unit: 'req/Mcycle', on: [], off: [], higherIsBetter: true },
+  ];
+  try {
+    for (let round = 0; round < rounds; round++) {
+      for (const recovery of round % 2 ? [false, true] : [true, false]) {
+        const ex = boot('workload=exits n=50000', [], recovery);
+        for (const [i, kind] of ['pio', 'mmio'].entries()) {
+          const l = ex.find((x) => x.kind === kind)!;
+          (recovery ? rows[i].on : rows[i].off).push(Number(l.cycles) / Number(l.n));
+        }
+        const b = boot('workload=blk bs=4096 qd=32 mode=rand blk_op=read verify=0 blk_n=20000 virtio_irq=1', ['--disk', img], recovery);
+        const l = b.find((x) => x.phase === 'read' || x.phase !== undefined)!;
+        (recovery ? rows[2].on : rows[2].off).push(Number(l.n) / (Number(l.cycles) / 1e6));
+        process.stderr.write(`  overhead round ${round + 1}/${rounds} recovery ${recovery ? 'on ' : 'off'}: pio ${(Number(ex[0].cycles) / Number(ex[0].n)).toFixed(0)} mmio ${(Number(ex[1].cycles) / Number(ex[1].n)).toFixed(0)} cycles/exit, blk ${(Number(l.n) / (Number(l.cycles) / 1e6)).toFixed(3)} req/Mcycle\n`);
+      }
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  return rows;
+}
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
-    options: { kills: { type: 'string' }, cpus: { type: 'string' }, report: { type: 'string' }, json: { type: 'boolean' } },
+    options: {
+      kills: { type: 'string' }, cpus: { type: 'string' }, rounds: { type: 'string' }, skip: { type: 'string' }, json: { type: 'boolean' },
+      'blk-io': { type: 'string' },
+    },
   });
-  const kills = Number(values.kills ?? 30);
+  const kills = Number(values.kills ?? 20);
   const cpus = Number(values.cpus ?? 1);
-  const report = Number(values.report ?? 2_000_000);
-  const r = await killRun({ cpus, kills, report, minDelayMs: 50, maxDelayMs: 250 });
-  const bad = r.errors.length + r.malformed.length + r.backwards.length;
-  const rows: [string, number[]][] = [
-    ['kill -> next progress line', r.samples.map((s) => s.progressMs)],
-    ['kill -> "recovered vmm" logged', r.samples.map((s) => s.logMs)],
-    ['supervisor: death -> resumed', r.samples.map((s) => s.supervisorMs)],
-    ['keeper save', r.samples.map((s) => s.saveMs)],
-  ];
-  if (values.json) {
-    process.stdout.write(JSON.stringify({ kills, cpus, report, guestErrors: bad, rows: Object.fromEntries(rows.map(([k, xs]) => [k, { p50: percentile(xs, 50), p99: percentile(xs, 99), max: Math.max(...xs) }])) }) + '\n');
-    return;
+  const rounds = Number(values.rounds ?? 4);
+  const t0 = Date.now();
+  const out: { latency?: LatencyRow[]; overhead?: OverheadRow[] } = {};
+  if (values.skip !== 'latency') {
+    out.latency = [];
+    for (const component of ['vmm', 'driver-domain'] as ComponentName[]) {
+      for (const warm of [false, true]) {
+        process.stderr.write(`  latency: ${component} ${warm ? 'warm' : 'cold'}, ${kills} kills\n`);
+        try {
+          out.latency.push(await latency(component, warm, kills, cpus, values['blk-io'] ?? ''));
+        } catch (e) {
+          // Keep the other rows: report this one as failed (e.g. the PVM triple fault, 4 times in a row).
+          process.stderr.write(`  latency row ${component} ${warm ? 'warm' : 'cold'} FAILED: ${(e as Error).message.split('\n')[0]}\n`);
+          out.latency.push({ name: `${component}, ${warm ? 'warm (--standby)' : 'cold'} (FAILED, see log)`, progress: [NaN], supervisor: [NaN], errors: 0, warmCount: 0 });
+          process.exitCode = 1;
+        }
+      }
+    }
   }
-  const f = (x: number) => x.toFixed(x < 10 ? 2 : 1).padStart(8);
-  console.log(`vmm cold recovery, ${r.samples.length} SIGKILLs, ${cpus} vCPU(s), counter report=${report}; guest-visible errors: ${bad}`);
-  console.log(`${'measure (ms)'.padEnd(32)}${'p50'.padStart(8)}${'p99'.padStart(8)}${'max'.padStart(8)}`);
-  for (const [name, xs] of rows) console.log(`${name.padEnd(32)}${f(percentile(xs, 50))}${f(percentile(xs, 99))}${f(Math.max(...xs))}`);
-  if (bad) process.exitCode = 1;
+  if (values.skip !== 'overhead') out.overhead = overhead(rounds);
+  if (values.json) { process.stdout.write(JSON.stringify(out) + '\n'); return; }
+  const f = (x: number) => x.toFixed(x < 10 ? 2 : x < 100 ? 1 : 0);
+  console.log(`bench/recovery on ${machine()}; total ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+  if (out.latency) {
+    console.log(`\nRecovery latency (ms), ${kills} SIGKILLs per row:\n`);
+    const rows = [['component, path', 'kill → next progress p50', 'p99', 'max', 'death → resumed p50', 'p99', 'max', 'warm', 'guest errors']];
+    for (const r of out.latency) {
+      rows.push([r.name, f(percentile(r.progress, 50)), f(percentile(r.progress, 99)), f(Math.max(...r.progress)),
+        f(percentile(r.supervisor, 50)), f(percentile(r.supervisor, 99)), f(Math.max(...r.supervisor)), `${r.warmCount}/${r.progress.length}`, String(r.errors)]);
+    }
+    console.log(table(rows));
+  }
+  if (out.overhead) {
+    console.log(`\nOverhead of the recovery machinery (${rounds} rounds each, alternating; median (min-max)):\n`);
+    const rows = [['workload', 'recovery on', 'recovery off', 'cost']];
+    const mm = (xs: number[]) => `${f(median(xs))} (${f(Math.min(...xs))}-${f(Math.max(...xs))})`;
+    for (const r of out.overhead) {
+      const cost = r.higherIsBetter ? 1 - median(r.on) / median(r.off) : median(r.on) / median(r.off) - 1;
+      rows.push([r.name, mm(r.on), mm(r.off), `${(cost * 100).toFixed(1)}%`]);
+    }
+    console.log(table(rows));
+  }
+  if (out.latency?.some((r) => r.errors)) process.exitCode = 1;
 }
 
 main().catch((e) => { console.error(`bench/recovery: ${(e as Error).message}`); process.exit(1); });

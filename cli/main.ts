@@ -15,6 +15,8 @@ import { detectSoftwareKvm, softwareKvmRefusal } from '../vmm/kvm/pvm';
 import { defaultImageDir, IMAGE_FILES, imageCommand, LINUX_CMDLINE } from './image';
 import { Supervisor } from '../recovery/supervisor';
 import { DEFAULT_GEOMETRY } from '../devices/state-page';
+import { verb, VerbError, VERBS, VERBS_HELP } from './verbs';
+import { badName, pidAlive, vmPaths } from '../priv-domain/paths';
 
 export const DEFAULT_GUEST = path.resolve(__dirname, '..', '..', 'guest', 'out', 'guest.elf');
 export const DEFAULT_DEMO_CMDLINE = 'workload=counter n=15000000000 report=500000000';
@@ -33,20 +35,24 @@ const HELP = `usage: tsvmm <command> [options]
 commands:
   run        boot a guest under a new supervisor
   image      build a guest image (tsvmm image linux [--out DIR] [--cache DIR])
-
+${VERBS_HELP}
 tsvmm run [--kernel FILE] [--initrd FILE] [--cmdline STR] [--mem SIZE] [--cpus N] [--serial FILE] [--name NAME]
           [--disk FILE[,ro]]... [--net tap=NAME[,mac=MAC]]... [--linux [--image-dir DIR]] [--force]
+          [--standby] [--hang-timeout MS]
   --kernel FILE   a PVH ELF kernel or a Linux bzImage (default: the built-in test guest, on a demo workload)
   --initrd FILE   an initial ramdisk for the kernel
   --linux         boot the Linux guest \`tsvmm image linux\` built (its vmlinuz, initrd.img and rootfs.img
                   as the first disk), or, with --kernel, treat that kernel as Linux
   --image-dir DIR where that image is (default ${defaultImageDir()})
   --force         boot a Linux kernel even on a software-virtualized KVM (PVM), where it cannot work
+  --standby       keep a warm standby vmm and driver-domain that take over the moment the primary dies
+  --hang-timeout MS  kill and recover a component whose heartbeat stopped for MS ms (default 250; 0 = off)
   --cmdline STR   the guest command line (default for the test guest: "${DEFAULT_DEMO_CMDLINE}")
   --mem SIZE      guest RAM, e.g. 256M or 2G (default 256M)
   --cpus N        number of vCPUs (default 1)
   --serial FILE   append guest serial output to FILE instead of the terminal
-  --name NAME     a name for this VM (default: tsvmm-<pid>)
+  --name NAME     a name for this VM (default: tsvmm-<pid>); the other verbs find it by this name
+  --metrics-addr HOST:PORT  where to serve Prometheus metrics (default 127.0.0.1:9464; port 0: any free port; none: off)
   --disk FILE[,ro]            a virtio-blk disk on a raw image (repeatable)
   --net tap=NAME[,mac=MAC]    a virtio-net NIC on a TAP device, created if absent (repeatable)
   -h, --help      show this help
@@ -133,6 +139,24 @@ export function parseNet(spec: string): NetConfig {
   return { tap, mac };
 }
 
+/** --name: a valid name that no running VM has. */
+function checkName(name: string): string {
+  const why = badName(name);
+  if (why) throw new UsageError(why);
+  let pid = 0;
+  try { pid = Number(fs.readFileSync(vmPaths(name).pidFile, 'utf8')); } catch { /* no VM by that name */ }
+  if (pid && pid !== process.pid && pidAlive(pid)) throw new UsageError(`a VM named "${name}" is already running (supervisor pid ${pid})`);
+  return name;
+}
+
+/** --metrics-addr HOST:PORT | none */
+function checkMetricsAddr(addr: string | undefined): string {
+  if (addr === undefined || addr === 'none') return addr ?? '';
+  const m = /^(\[[0-9a-fA-F:.]+\]|[^:\s]+):(\d{1,5})$/.exec(addr);
+  if (!m || Number(m[2]) > 65535) throw new UsageError(`invalid --metrics-addr "${addr}": expected HOST:PORT (port 0: any free port) or none`);
+  return addr;
+}
+
 export function parseRun(argv: string[]): VmConfig {
   const { values } = parseArgs({
     args: argv,
@@ -141,6 +165,8 @@ export function parseRun(argv: string[]): VmConfig {
       serial: { type: 'string' }, name: { type: 'string' }, help: { type: 'boolean', short: 'h' },
       disk: { type: 'string', multiple: true }, net: { type: 'string', multiple: true },
       initrd: { type: 'string' }, linux: { type: 'boolean' }, 'image-dir': { type: 'string' }, force: { type: 'boolean' },
+      'metrics-addr': { type: 'string' },
+      standby: { type: 'boolean' }, 'hang-timeout': { type: 'string' },
     },
     strict: true, allowPositionals: false,
   });
@@ -199,7 +225,7 @@ export function parseRun(argv: string[]): VmConfig {
   const deviceCount = disks.length + (values.net?.length ?? 0);
   if (deviceCount > MAX_DEVICES) throw new UsageError(`${deviceCount} virtio devices requested: at most ${MAX_DEVICES} (--disk and --net together)`);
   return {
-    name: values.name ?? `tsvmm-${process.pid}`,
+    name: checkName(values.name ?? `tsvmm-${process.pid}`), metricsAddr: checkMetricsAddr(values['metrics-addr']),
     kernel: path.resolve(kernel), cmdline, memBytes, cpus,
     serialPath: values.serial ? path.resolve(values.serial) : '',
     disks: disks.map(parseDisk), nets: (values.net ?? []).map(parseNet),
@@ -207,10 +233,18 @@ export function parseRun(argv: string[]): VmConfig {
   };
 }
 
+/** --standby, --hang-timeout MS (recovery/supervisor.ts). */
+export function parseRecoveryOptions(argv: string[]): { standby: boolean; hangTimeoutMs?: number } {
+  const { values } = parseArgs({ args: argv, options: { standby: { type: 'boolean' }, 'hang-timeout': { type: 'string' } }, strict: false });
+  const t = values['hang-timeout'];
+  if (t !== undefined && (typeof t !== 'string' || !/^\d+$/.test(t))) throw new UsageError(`invalid --hang-timeout "${t}": expected a whole number of milliseconds (0 = off)`);
+  return { standby: values.standby === true, hangTimeoutMs: t === undefined ? undefined : Number(t) };
+}
+
 async function run(argv: string[]): Promise<number> {
   const cfg = parseRun(argv);
   const log = (line: string) => process.stderr.write(`tsvmm: ${line}\n`);
-  const sup = new Supervisor(cfg, { log });
+  const sup = new Supervisor(cfg, { log, ...parseRecoveryOptions(argv) });
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => sup.stop(`stopped by ${sig}`));
   sup.start();
   log(`the guest survives its VMM: run \`kill -9 ${sup.vmmPid}\` (the vmm${sup.driverDomainPid ? `; ${sup.driverDomainPid} is the driver-domain` : ''}) in another terminal and watch it carry on`);
@@ -225,10 +259,11 @@ export async function main(argv: string[]): Promise<number> {
     if (!cmd || cmd === '-h' || cmd === '--help' || cmd === 'help') { process.stdout.write(HELP); return cmd ? 0 : 2; }
     if (cmd === 'run') return await run(rest);
     if (cmd === 'image') return imageCommand(rest);
+    if (VERBS.includes(cmd)) return await verb(cmd, rest);
     throw new UsageError(`unknown command "${cmd}" (try tsvmm --help)`);
   } catch (e) {
     const err = e as Error & { code?: string; status?: number };
-    if (e instanceof UsageError) { process.stderr.write(`tsvmm: error: ${e.message}\n`); return e.status; }
+    if (e instanceof UsageError || e instanceof VerbError) { process.stderr.write(`tsvmm: error: ${e.message}\n`); return e.status; }
     if (err.code?.startsWith('ERR_PARSE_ARGS')) { process.stderr.write(`tsvmm: error: ${err.message}\n`); return 2; }
     process.stderr.write(`tsvmm: error: ${err.message}\n`);
     return 1;

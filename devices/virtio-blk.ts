@@ -10,18 +10,24 @@
  * range must lie inside the disk, else S_IOERR.
  *
  * I/O goes straight between the guest-memory views of the chain and the
- * backend, asynchronously: `kick()` starts every available request and
- * returns; each completion writes the status, publishes used, sets the
- * interrupt bit in the state page and calls `notify` if the driver wants an
- * interrupt. A malformed chain fails that request (S_IOERR in its last
- * writable byte when it has one, used length 0 otherwise).
+ * backend, asynchronously: `kick()` starts every available request (with a
+ * batched backend, io_uring, the whole drained batch is submitted with one
+ * syscall) and returns. A completion writes the status byte and is staged;
+ * staged completions are published together (one used->idx update, the
+ * state page's in-flight entries cleared in the same step) and the driver is
+ * interrupted at most once per batch, if it wants one (EVENT_IDX): per
+ * reaped io_uring batch, per kick for requests failed on the spot, per
+ * event-loop turn for Promise-based backends. A request reaches the used
+ * ring only after its I/O finished. A malformed chain fails that request
+ * (S_IOERR in its last writable byte when it has one, used length 0
+ * otherwise).
  */
 
 import { GuestMemory } from './memory';
 import { DeviceSlot, DeviceSpec } from './state-page';
 import { Virtqueue, Chain, PopResult, ActivateResult, VirtqueueOptions } from './virtqueue';
-import { BlockBackend } from './block-backend';
-import { Notify, complete, deviceRunning, drain, signal } from './queue-runner';
+import { BatchedBlockBackend, BlockBackend, isBatched } from './block-backend';
+import { Notify, deviceRunning, drain, signal, signalIfNeeded } from './queue-runner';
 import { iovLength, iovRead, iovSlice, iovWrite } from './iov';
 import {
   DeviceId, TSVMM_VENDOR_ID, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
@@ -142,8 +148,16 @@ export class VirtioBlk {
   readonly stats: BlkStats = { completed: 0, errors: 0, badChains: 0, maxInflight: 0 };
   /** Last problem seen (bad chain, broken ring), for logs. */
   lastError?: string;
+  /** Called when a request completes: its virtio-blk type, data bytes, success (metrics). */
+  onRequest?: (type: number, bytes: number, ok: boolean) => void;
   private inflight = 0;
   private idleWaiters: (() => void)[] = [];
+  /** Completions waiting to be published together (heads, used lengths; `stagedIo` of them were in flight). */
+  private readonly stagedHeads: number[] = [];
+  private readonly stagedLens: number[] = [];
+  private stagedIo = 0;
+  private flushScheduled = false;
+  private readonly batched: BatchedBlockBackend | undefined;
 
   constructor(
     readonly mem: GuestMemory,
@@ -154,6 +168,10 @@ export class VirtioBlk {
   ) {
     this.vq = new Virtqueue(mem, slot, 0, vqOpts);
     this.capacity = Math.floor(backend.size / SECTOR_SIZE);
+    if (isBatched(backend)) {
+      this.batched = backend;
+      backend.onBatch = () => this.flushCompletions();
+    }
   }
 
   /**
@@ -171,16 +189,23 @@ export class VirtioBlk {
     for (const head of r.resubmit) this.handle(this.vq.chainAt(head));
     if (r.recovered) signal(this.vq, this.notify);
     this.kick();
+    this.submit();
     return r;
   }
 
-  /** The guest kicked (or we were told to look): start every available request. Returns how many. */
+  /**
+   * The guest kicked (or we were told to look): start every available
+   * request, hand them to the backend as one batch, and publish whatever
+   * completed already. Returns how many requests were taken.
+   */
   kick(): number {
     if (!this.vq.isActive || !deviceRunning(this.slot)) return 0;
-    return drain(this.vq, (r) => this.handle(r));
+    const n = drain(this.vq, (r) => this.handle(r));
+    this.submit();
+    return n;
   }
 
-  /** Requests started and not yet completed. */
+  /** Requests started and not yet completed (published). */
   get inflightCount(): number {
     return this.inflight;
   }
@@ -189,6 +214,40 @@ export class VirtioBlk {
   idle(): Promise<void> {
     if (this.inflight === 0) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /**
+   * Publish every staged completion with one used->idx update and interrupt
+   * the driver once if it wants one (EVENT_IDX rules in needsNotify). The
+   * state page records them as completed in the same step (Virtqueue.pushMany).
+   */
+  flushCompletions(): void {
+    const n = this.stagedHeads.length;
+    if (n === 0) return;
+    this.vq.pushMany(this.stagedHeads, this.stagedLens);
+    this.stagedHeads.length = 0;
+    this.stagedLens.length = 0;
+    signalIfNeeded(this.vq, this.notify);
+    const io = this.stagedIo;
+    this.stagedIo = 0;
+    this.inflight -= io;
+    if (io > 0 && this.inflight === 0) {
+      const w = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const f of w) f();
+    }
+  }
+
+  /** Hand queued I/O to the backend (one syscall for io_uring), then publish what completed. */
+  private submit(): void {
+    this.batched?.submit();
+    this.flushCompletions();
+  }
+
+  private stage(head: number, len: number, wasInflight: boolean): void {
+    this.stagedHeads.push(head);
+    this.stagedLens.push(len);
+    if (wasInflight) this.stagedIo++;
   }
 
   private handle(r: PopResult): boolean {
@@ -205,9 +264,9 @@ export class VirtioBlk {
         const last = r.writable[r.writable.length - 1];
         if (last && last.length > 0) {
           last[last.length - 1] = VIRTIO_BLK_S_IOERR;
-          complete(this.vq, r.head, 1, this.notify);
+          this.stage(r.head, 1, false);
         } else {
-          complete(this.vq, r.head, 0, this.notify);
+          this.stage(r.head, 0, false);
         }
         return true;
       }
@@ -224,14 +283,28 @@ export class VirtioBlk {
       this.lastError = req.error;
       if (req.statusByte) {
         req.statusByte[0] = req.status;
-        complete(this.vq, chain.head, 1, this.notify);
+        this.stage(chain.head, 1, false);
       } else {
-        complete(this.vq, chain.head, 0, this.notify);
+        this.stage(chain.head, 0, false);
       }
       return;
     }
     this.inflight++;
     if (this.inflight > this.stats.maxInflight) this.stats.maxInflight = this.inflight;
+    const b = this.batched;
+    if (b && req.type !== VIRTIO_BLK_T_GET_ID) {
+      // Batched backend: queue now, submitted with the rest of the drained batch.
+      const written = req.type === VIRTIO_BLK_T_IN ? req.dataLength : 0;
+      const done = (err: Error | null) => {
+        if (err) this.failed(chain.head, req, err);
+        else this.succeeded(chain.head, req, written);
+      };
+      const offset = req.sector * SECTOR_SIZE;
+      if (req.type === VIRTIO_BLK_T_IN) b.queueRead(req.data, offset, done);
+      else if (req.type === VIRTIO_BLK_T_OUT) b.queueWrite(req.data, offset, done);
+      else b.queueFlush(done);
+      return;
+    }
     let io: Promise<number>;
     try {
       io = this.io(req);
@@ -239,12 +312,34 @@ export class VirtioBlk {
       io = Promise.reject(e);
     }
     io.then(
-      (written) => this.finish(chain.head, req.status, VIRTIO_BLK_S_OK, written + 1),
-      (e: Error) => {
-        this.lastError = `I/O error: ${e.message}`;
-        this.finish(chain.head, req.status, VIRTIO_BLK_S_IOERR, 1);
-      },
+      (written) => { this.succeeded(chain.head, req, written); this.scheduleFlush(); },
+      (e: Error) => { this.failed(chain.head, req, e); this.scheduleFlush(); },
     );
+  }
+
+  private succeeded(head: number, req: Extract<BlkRequest, { ok: true }>, written: number): void {
+    this.onRequest?.(req.type, req.dataLength, true);
+    this.finish(head, req.status, VIRTIO_BLK_S_OK, written + 1);
+  }
+
+  private failed(head: number, req: Extract<BlkRequest, { ok: true }>, e: Error): void {
+    this.lastError = `I/O error: ${e.message}`;
+    this.onRequest?.(req.type, req.dataLength, false);
+    this.finish(head, req.status, VIRTIO_BLK_S_IOERR, 1);
+  }
+
+  /**
+   * Promise-based backends (the thread-pool fallback) complete one request
+   * per libuv callback: publish those that completed in the same event-loop
+   * turn together, from the check phase.
+   */
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    setImmediate(() => {
+      this.flushScheduled = false;
+      this.flushCompletions();
+    });
   }
 
   /** Run the I/O; resolves with the bytes written into guest memory (excluding the status byte). */
@@ -259,25 +354,24 @@ export class VirtioBlk {
       case VIRTIO_BLK_T_FLUSH:
         await this.backend.flush();
         return 0;
-      case VIRTIO_BLK_T_GET_ID: {
-        const id = new Uint8Array(VIRTIO_BLK_ID_BYTES);
-        id.set(new TextEncoder().encode(this.backend.id).subarray(0, VIRTIO_BLK_ID_BYTES));
-        return iovWrite(req.data, id.subarray(0, Math.min(VIRTIO_BLK_ID_BYTES, iovLength(req.data))));
-      }
+      case VIRTIO_BLK_T_GET_ID:
+        return this.getId(req.data);
       default:
         throw new Error(`unexpected type ${req.type}`);
     }
   }
 
+  private getId(data: Uint8Array[]): number {
+    const id = new Uint8Array(VIRTIO_BLK_ID_BYTES);
+    id.set(new TextEncoder().encode(this.backend.id).subarray(0, VIRTIO_BLK_ID_BYTES));
+    return iovWrite(data, id.subarray(0, Math.min(VIRTIO_BLK_ID_BYTES, iovLength(data))));
+  }
+
+  /** Write the status byte and stage the completion; it reaches the guest at the next flushCompletions(). */
   private finish(head: number, statusByte: Uint8Array, status: number, len: number): void {
     statusByte[0] = status;
     if (status === VIRTIO_BLK_S_OK) this.stats.completed++;
     else this.stats.errors++;
-    complete(this.vq, head, len, this.notify);
-    if (--this.inflight === 0) {
-      const w = this.idleWaiters;
-      this.idleWaiters = [];
-      for (const f of w) f();
-    }
+    this.stage(head, len, true);
   }
 }

@@ -19,7 +19,7 @@
 import { GuestMemory } from './memory';
 import { DeviceSlot, DeviceSpec } from './state-page';
 import { Virtqueue, Chain, PopResult, ActivateResult, VirtqueueOptions } from './virtqueue';
-import { Notify, complete, deviceRunning, drain, signal } from './queue-runner';
+import { Notify, complete, deviceRunning, drain, signal, signalIfNeeded } from './queue-runner';
 import { iovCopy, iovSlice } from './iov';
 import {
   DeviceId, TSVMM_VENDOR_ID, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC,
@@ -92,11 +92,16 @@ export class VirtioNet {
   readonly rx: Virtqueue;
   readonly tx: Virtqueue;
   readonly stats: NetStats = { txFrames: 0, rxFrames: 0, rxDropped: 0, badChains: 0 };
+  /** Called per frame moved (metrics): direction and payload bytes. */
+  onFrame?: (dir: 'tx' | 'rx', bytes: number) => void;
   lastError?: string;
   private readonly backlog: Uint8Array[] = [];
   private readonly backlogMax: number;
   /** RX heads recovered in flight: filled before popping new buffers. */
   private rxRecycled: number[] = [];
+  /** Inside batch(): completions are staged per queue (heads, lengths) and published together at the end. */
+  private batchDepth = 0;
+  private readonly staged: { heads: number[]; lens: number[] }[] = [{ heads: [], lens: [] }, { heads: [], lens: [] }];
 
   constructor(
     readonly mem: GuestMemory,
@@ -111,8 +116,49 @@ export class VirtioNet {
     backend.onFrame((f) => this.receive(f));
   }
 
+  /**
+   * Run `fn` (a TX drain, a TAP drain delivering many frames) with used
+   * elements staged: each queue's completions are then published with one
+   * used->idx update and at most one interrupt per queue (EVENT_IDX rules
+   * still decide), instead of one per frame.
+   */
+  batch<T>(fn: () => T): T {
+    this.batchDepth++;
+    try {
+      return fn();
+    } finally {
+      if (--this.batchDepth === 0) this.flushCompleted();
+    }
+  }
+
+  private flushCompleted(): void {
+    for (const [i, vq] of [this.rx, this.tx].entries()) {
+      const s = this.staged[i];
+      if (s.heads.length === 0) continue;
+      vq.pushMany(s.heads, s.lens);
+      s.heads.length = 0;
+      s.lens.length = 0;
+      signalIfNeeded(vq, this.notify);
+    }
+  }
+
+  /** Complete `head` now, or stage it inside batch(). */
+  private completeOrStage(vq: Virtqueue, head: number, len: number): void {
+    if (this.batchDepth === 0) {
+      complete(vq, head, len, this.notify);
+      return;
+    }
+    const s = this.staged[vq === this.rx ? 0 : 1];
+    s.heads.push(head);
+    s.lens.push(len);
+  }
+
   /** Bind both queues (after DRIVER_OK, or after a restart: TX in flight re-sent, RX in flight reused). */
   activate(): { rx: ActivateResult; tx: ActivateResult } {
+    return this.batch(() => this.activateQueues());
+  }
+
+  private activateQueues(): { rx: ActivateResult; tx: ActivateResult } {
     const rx = this.rx.activate();
     const tx = this.tx.activate();
     if (rx.ok) {
@@ -131,17 +177,19 @@ export class VirtioNet {
   /** Guest kicked the TX queue: send every available frame. */
   kickTx(): number {
     if (!this.tx.isActive || !deviceRunning(this.slot)) return 0;
-    return drain(this.tx, (r) => this.transmit(r));
+    return this.batch(() => drain(this.tx, (r) => this.transmit(r)));
   }
 
   /** Guest kicked the RX queue (new buffers): deliver backlogged frames. */
   kickRx(): number {
-    let n = 0;
-    while (this.backlog.length > 0 && this.deliver(this.backlog[0])) {
-      this.backlog.shift();
-      n++;
-    }
-    return n;
+    return this.batch(() => {
+      let n = 0;
+      while (this.backlog.length > 0 && this.deliver(this.backlog[0])) {
+        this.backlog.shift();
+        n++;
+      }
+      return n;
+    });
   }
 
   /** A frame from the TAP. */
@@ -169,7 +217,7 @@ export class VirtioNet {
       case 'bad-chain':
         this.stats.badChains++;
         this.lastError = r.error;
-        complete(this.tx, r.head, 0, this.notify);
+        this.completeOrStage(this.tx, r.head, 0);
         return true;
       case 'chain': {
         const c = r.chain;
@@ -180,11 +228,12 @@ export class VirtioNet {
           try {
             this.backend.write(iovSlice(c.readable, NET_HDR_SIZE));
             this.stats.txFrames++;
+            this.onFrame?.('tx', c.readableLength - NET_HDR_SIZE);
           } catch (e) {
             this.lastError = `TAP write failed: ${(e as Error).message}`;
           }
         }
-        complete(this.tx, c.head, 0, this.notify);
+        this.completeOrStage(this.tx, c.head, 0);
         return true;
       }
     }
@@ -199,7 +248,7 @@ export class VirtioNet {
       if (r.kind === 'bad-chain') {
         this.stats.badChains++;
         this.lastError = r.error;
-        complete(this.rx, r.head, 0, this.notify);
+        this.completeOrStage(this.rx, r.head, 0);
         continue;
       }
       const c = r.chain;
@@ -208,14 +257,15 @@ export class VirtioNet {
         // The driver must post buffers big enough; this frame cannot go in it.
         this.stats.rxDropped++;
         this.lastError = `RX buffer of ${c.writableLength} bytes for a ${frame.length}-byte frame`;
-        complete(this.rx, c.head, 0, this.notify);
+        this.completeOrStage(this.rx, c.head, 0);
         return true;
       }
       const hdr = new Uint8Array(NET_HDR_SIZE);
       hdr[10] = 1; // num_buffers = 1 (LE u16 at offset 10)
       iovCopy(c.writable, [hdr, frame]);
       this.stats.rxFrames++;
-      complete(this.rx, c.head, need, this.notify);
+      this.onFrame?.('rx', frame.length);
+      this.completeOrStage(this.rx, c.head, need);
       return true;
     }
   }

@@ -324,6 +324,39 @@ export class Virtqueue {
   }
 
   /**
+   * Return a batch of heads with one used->idx publish: write every used
+   * element, publish used->idx once, then clear their in-flight entries and
+   * record used_idx (the same protocol as push(), for several heads; a
+   * restart reconciles a batch the same way as one element). Heads that are
+   * not in flight are skipped; `heads` must not repeat. Returns how many
+   * were published.
+   */
+  pushMany(heads: readonly number[], lens: readonly number[]): number {
+    if (!this.active || this.isBroken) return 0;
+    const p = this.progress;
+    const start = p.usedIdx;
+    let used = start;
+    for (let i = 0; i < heads.length; i++) {
+      const head = heads[i];
+      if (!Number.isInteger(head) || head < 0 || head >= this.num || !p.isInflight(head)) continue;
+      p.lastBatchHead = head;
+      const e = 1 + 2 * (used % this.num);
+      this.used32[e] = head;
+      this.used32[e + 1] = lens[i] >>> 0;
+      used = (used + 1) & 0xffff;
+    }
+    const n = (used - start) & 0xffff;
+    if (n === 0) return 0;
+    Atomics.store(this.used16, 1, used);
+    for (let i = 0; i < heads.length; i++) {
+      const head = heads[i];
+      if (Number.isInteger(head) && head >= 0 && head < this.num) p.clearInflight(head);
+    }
+    p.usedIdx = used;
+    return n;
+  }
+
+  /**
    * Whether to interrupt the driver for the used elements published since the
    * last call (EVENT_IDX: used_event; otherwise avail->flags NO_INTERRUPT).
    * Records the decision point in the state page.

@@ -11,19 +11,25 @@
  * signals every queue once (driver-domain recovery).
  */
 import * as fs from 'fs';
-import { native, poller } from '../native/kvm';
+import { native, poller as threadPoller, loopPoller } from '../native/kvm';
 import { ComponentMessage, ComponentMessageCodec, VmConfig, VmConfigCodec } from '../proto';
 import { Component, StatePage } from '../devices/state-page';
 import { Status } from '../devices/virtio-mmio-layout';
 import { VirtioBlk } from '../devices/virtio-blk';
 import { VirtioNet } from '../devices/virtio-net';
-import { FileBlockBackend } from '../devices/block-backend';
+import { isBatched, openBlockBackend } from '../devices/block-backend';
 import { mapGuestRam } from '../vmm/guest-ram';
 import { deviceList } from '../vmm/devices';
 import { DEVICE_PAGE_OFFSET, deviceFds, FD, STATE_MEMFD_SIZE } from '../vmm/fds';
 import { TapBackend } from './tap-backend';
+import { attachDeviceStats, ControlPage } from '../vmm/control-page';
+import { keeper } from '../recovery/snapshot';
+import { exitOnUncaughtException, installTestHooks } from '../recovery/test-hooks';
 
 const HEARTBEAT_MS = 20;
+// Kicks, TAP and I/O completions are watched on the event loop itself (no poller-thread hop);
+// TSVMM_POLLER=thread selects the native poller thread instead.
+const poller = process.env.TSVMM_POLLER !== 'thread' && loopPoller ? loopPoller : threadPoller;
 const ONE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
 
 function send(msg: ComponentMessage): void {
@@ -37,11 +43,22 @@ interface Served {
   deactivate(): void;
 }
 
-function serve(cfg: VmConfig): void {
+/**
+ * `standbyFor`: a warm standby (tsvmm run --standby) for the driver-domain with
+ * that pid. It maps RAM and the state page and constructs every device, then
+ * blocks on the primary's pidfd; when the primary is gone it validates the
+ * page, registers the kick fds and re-attaches exactly as a cold restart does.
+ */
+function serve(cfg: VmConfig, standbyFor?: number): void {
   const ram = mapGuestRam(FD.RAM, cfg.memBytes);
   const page = StatePage.attach(new Uint8Array(native.mmap(FD.STATE, STATE_MEMFD_SIZE - DEVICE_PAGE_OFFSET, DEVICE_PAGE_OFFSET, true)));
-  const report = page.validate();
-  if (!report.ok && report.tornDevices.length === 0) throw new Error(`device state page is corrupt: ${report.errors.join('; ')}`);
+  const control = ControlPage.tryMap(FD.STATE); // metrics: request counters per device (vmm/control-page.ts)
+  const checkPage = () => {
+    const report = page.validate();
+    if (!report.ok && report.tornDevices.length === 0) throw new Error(`device state page is corrupt: ${report.errors.join('; ')}`);
+  };
+  if (standbyFor === undefined) checkPage();
+  const registrations: (() => void)[] = [];
 
   const served: Served[] = [];
   const active: boolean[] = [];
@@ -54,13 +71,15 @@ function serve(cfg: VmConfig): void {
     if (!active[i]) { s.activate(); active[i] = true; }
     return true;
   };
-  poller.pollerStart((tag) => {
+  const startPoller = () => poller.pollerStart((tag) => {
     const i = tag >> 4;
     const q = tag & 15;
     if (i >= served.length) return;
+    // Block I/O completions (io_uring eventfd): reap the whole batch, whatever the device state.
+    if (q === 14) { ioDone.get(i)?.(); return; }
     const live = ensure(i);
     // A TAP is edge-triggered: always drain it (the device drops what it cannot deliver).
-    if (q === 15) tapOf.get(i)?.tap.drain();
+    if (q === 15) { const t = tapOf.get(i); t?.net.batch(() => t.tap.drain()); }
     else if (live) served[i].kick(q);
   });
   for (const d of deviceList(cfg)) {
@@ -71,13 +90,23 @@ function serve(cfg: VmConfig): void {
     if (d.kind === 'blk') {
       const disk = cfg.disks[d.index];
       const size = fs.fstatSync(fds.backend).size;
-      const blk = new VirtioBlk(ram.memory, slot, new FileBlockBackend(fds.backend, size, disk.readOnly, `tsvmm-disk${d.index}`), notify);
+      const io = openBlockBackend(fds.backend, size, disk.readOnly, `tsvmm-disk${d.index}`);
+      process.stderr.write(`tsvmm: driver-domain: disk ${d.index} I/O: ${io.kind === 'uring' ? 'io_uring' : `thread pool (fs.readv/writev; ${io.why})`}\n`);
+      const blk = new VirtioBlk(ram.memory, slot, io.backend, notify);
+      if (isBatched(io.backend) && io.backend.completionFd >= 0) {
+        const b = io.backend;
+        ioDone.set(d.index, () => b.reap());
+        // Tag space: device index * 16 + 14 for the disk's I/O completion eventfd.
+        registrations.push(() => poller.pollerAdd(b.completionFd, d.index * 16 + 14, true));
+      }
+      attachDeviceStats(control, d.index, blk);
       served.push({
         activate: () => { blk.activate(); }, kick: () => { blk.kick(); }, running, deactivate: () => blk.vq.deactivate(),
       });
     } else {
       const tap = new TapBackend(fds.backend);
       const net = new VirtioNet(ram.memory, slot, tap, notify);
+      attachDeviceStats(control, d.index, net);
       served.push({
         activate: () => { net.activate(); },
         kick: (q) => { if (q === 0) net.kickRx(); else net.kickTx(); },
@@ -85,30 +114,69 @@ function serve(cfg: VmConfig): void {
         deactivate: () => { net.rx.deactivate(); net.tx.deactivate(); },
       });
       // Tag space: device index * 16 + queue for kicks, + 15 for the TAP.
-      poller.pollerAdd(fds.backend, d.index * 16 + 15, false);
+      registrations.push(() => poller.pollerAdd(fds.backend, d.index * 16 + 15, false));
       tapOf.set(d.index, { tap, net });
     }
-    fds.kick.forEach((fd, q) => poller.pollerAdd(fd, d.index * 16 + q, true));
+    registrations.push(() => fds.kick.forEach((fd, q) => poller.pollerAdd(fd, d.index * 16 + q, true)));
   }
 
-  // Re-attach: anything live when a previous driver-domain died is recovered now.
-  served.forEach((_, i) => ensure(i));
+  const activate = (warm: boolean, diedNs = 0n) => {
+    const t0 = process.hrtime.bigint();
+    if (warm) checkPage();
+    const t1 = process.hrtime.bigint();
+    startPoller();
+    for (const r of registrations) r();
+    const t2 = process.hrtime.bigint();
+    // Re-attach: anything live when a previous driver-domain died is recovered now.
+    served.forEach((_, i) => ensure(i));
+    const resumedNs = process.hrtime.bigint();
+    if (process.env.TSVMM_RESTORE_DEBUG && warm) {
+      const ms = (a: bigint, b: bigint) => (Number(b - a) / 1e6).toFixed(2);
+      process.stderr.write(`tsvmm driver-domain: standby took over: death seen -> activate ${ms(diedNs, t0)} ms, page check ${ms(t0, t1)} ms, ` +
+        `poller + fds ${ms(t1, t2)} ms, re-attach ${ms(t2, resumedNs)} ms\n`);
+    }
+    setInterval(() => page.beat(Component.DriverDomain), HEARTBEAT_MS);
+    page.beat(Component.DriverDomain);
+    send({ ready: { component: 'driver-domain', pid: process.pid, warm, diedNs: Number(diedNs), resumedNs: Number(resumedNs) } });
+  };
+  if (standbyFor === undefined) {
+    activate(false);
+    return;
+  }
+  page.validate(); // once now, so the takeover's check runs compiled code
+  send({ ready: { component: 'driver-domain', pid: process.pid, standby: true } });
+  setImmediate(() => activate(true, waitForDeath(standbyFor)));
+}
 
-  setInterval(() => page.beat(Component.DriverDomain), HEARTBEAT_MS);
-  page.beat(Component.DriverDomain);
-  send({ ready: { component: 'driver-domain', pid: process.pid } });
+/**
+ * Blocks until process `pid` has exited (its pidfd is readable: every thread
+ * is gone, so no I/O of its can still land in guest RAM). Returns when that
+ * was seen (CLOCK_MONOTONIC ns). Exits if the supervisor goes away.
+ */
+function waitForDeath(pid: number): bigint {
+  const fd = keeper.pidfdOpen(pid);
+  if (fd < 0) return process.hrtime.bigint(); // ESRCH: already gone
+  const ppid = process.ppid;
+  for (;;) {
+    if (keeper.pollIn(fd, 1000) === 1) return process.hrtime.bigint();
+    if (process.ppid !== ppid) process.exit(0);
+  }
 }
 
 const tapOf = new Map<number, { tap: TapBackend; net: VirtioNet }>();
+const ioDone = new Map<number, () => void>();
 
 function main(): void {
+  exitOnUncaughtException('driver-domain');
   const b64 = process.env.TSVMM_CONFIG;
   if (!b64) {
     process.stderr.write('tsvmm driver-domain: this process is started by `tsvmm run`, not by hand\n');
     process.exit(2);
   }
   try {
-    serve(VmConfigCodec.decode(Buffer.from(b64, 'base64')));
+    const standbyFor = process.env.TSVMM_STANDBY_FOR;
+    serve(VmConfigCodec.decode(Buffer.from(b64, 'base64')), standbyFor ? Number(standbyFor) : undefined);
+    installTestHooks('driver-domain');
   } catch (e) {
     send({ fatal: { message: `driver-domain: ${(e as Error).message}` } });
     setTimeout(() => process.exit(1), 20);

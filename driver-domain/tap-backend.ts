@@ -5,6 +5,11 @@
  */
 import * as fs from 'fs';
 import { NetBackend } from '../devices/virtio-net';
+import { native } from '../native/kvm';
+
+/** Non-throwing read/writev from the addon (native/kvm/fdio.cc): -errno instead of an exception per EAGAIN. */
+const fdio = native as unknown as { fdRead?: (fd: number, buf: Uint8Array) => number; fdWritev?: (fd: number, bufs: Uint8Array[]) => number };
+const EAGAIN = 11;
 
 const MAX_FRAME = 65536;
 
@@ -16,6 +21,10 @@ export class TapBackend implements NetBackend {
   constructor(readonly fd: number) {}
 
   write(frame: Uint8Array[]): void {
+    if (fdio.fdWritev) {
+      if (fdio.fdWritev(this.fd, frame) < 0) this.dropped++; // EAGAIN (TAP queue full) or the link is down: a NIC drops too
+      return;
+    }
     try {
       fs.writevSync(this.fd, frame);
     } catch {
@@ -27,6 +36,15 @@ export class TapBackend implements NetBackend {
 
   /** Read every frame waiting on the TAP. */
   drain(): void {
+    const read = fdio.fdRead;
+    if (read) {
+      for (;;) {
+        const n = read(this.fd, this.buf);
+        if (n === -EAGAIN || n === 0) return;
+        if (n < 0) throw new Error(`TAP read failed: errno ${-n}`);
+        this.receiver?.(this.buf.subarray(0, n));
+      }
+    }
     for (;;) {
       let n: number;
       try {

@@ -20,11 +20,26 @@ export interface NetConfig { tap: string; mac: string }
 export interface VmConfig {
   name: string; kernel: string; cmdline: string; memBytes: number; cpus: number; serialPath: string;
   disks: DiskConfig[]; nets: NetConfig[]; initrd?: string;
+  /** Prometheus endpoint of the priv-domain: HOST:PORT, "none", or empty for the default. */
+  metricsAddr?: string;
 }
 export type ComponentMessage =
-  | { ready: { component: string; pid: number; keeperPid?: number; restoredGeneration?: number; diedNs?: number; savedNs?: number } }
+  | { ready: {
+    component: string; pid: number; keeperPid?: number; restoredGeneration?: number; diedNs?: number; savedNs?: number;
+    standby?: boolean; warm?: boolean; resumedNs?: number;
+  } }
   | { guestExit: { code: number; reason: string } }
-  | { fatal: { message: string } };
+  | { fatal: { message: string } }
+  | { controlRequest: ControlRequest };
+
+export interface ControlRequest { id: number; command: string; component?: string; signal?: string }
+export interface ControlReply { id: number; ok: boolean; error?: string; pid?: number }
+export interface RecoveryRecord { component: string; cause: string; seconds: number; at: number }
+export interface ComponentStatus {
+  name: string; pid: number; state: string; startedAt: number; restarts: number; lastRecovery?: RecoveryRecord | null;
+}
+export interface ControlStatus { components: ComponentStatus[]; recoveries: RecoveryRecord[]; full: boolean; paused: boolean }
+export type SupervisorMessage = { status: ControlStatus } | { reply: ControlReply };
 
 function codec<T>(name: string) {
   const type = root.lookupType(name);
@@ -42,3 +57,4 @@ function codec<T>(name: string) {
 
 export const VmConfigCodec = codec<VmConfig>('tsvmm.VmConfig');
 export const ComponentMessageCodec = codec<ComponentMessage>('tsvmm.ComponentMessage');
+export const SupervisorMessageCodec = codec<SupervisorMessage>('tsvmm.SupervisorMessage');

@@ -9,15 +9,25 @@
  * a restoring vmm reads and verifies the saved state).
  */
 import { abi, native } from '../native/kvm';
-import { crc32 } from '../devices/crc32';
 
 /** The addon functions implemented in native/kvm/keeper-binding.cc. */
 export interface NativeKeeper {
   snapshotTotalSize(ncpus: number): number;
   snapshotFormat(fd: number, ncpus: number): void;
-  keeperStart(o: { vmFd: number; snapFd: number; vcpus: { fd: number; run: bigint }[]; msrs: number[] }): number;
+  keeperStart(o: { vmFd: number; snapFd: number; vcpus: { fd: number; run: bigint }[]; msrs: number[]; irqfds?: { fd: number; gsi: number }[] }): number;
   keeperStop(): void;
   waitExit(pid: number): Promise<{ code?: number; signal?: number; error?: string }>;
+  /** Blocking FUTEX_WAIT (shared) on the u32 at `off` of a mapping: 0, or -errno (-ETIMEDOUT = -110). */
+  futexWait(buf: ArrayBuffer, off: number, expected: number, timeoutMs: number): number;
+  futexWake(buf: ArrayBuffer, off: number): number;
+  /** pidfd_open(pid): fd or -errno. */
+  pidfdOpen(pid: number): number;
+  /** Blocking poll for POLLIN: 1, 0 on timeout, or -errno. */
+  pollIn(fd: number, timeoutMs: number): number;
+  /** CRC-32 (same as devices/crc32.ts), native. */
+  crc32(buf: ArrayBuffer | ArrayBufferView, off: number, len: number): number;
+  /** _exit(code), skipping Node's exit path (which joins worker threads). */
+  exitNow(code: number): never;
 }
 export const keeper = native as unknown as NativeKeeper;
 
@@ -155,6 +165,30 @@ export class SnapshotView {
   get diedNs(): bigint { return this.dv.getBigUint64(H('died_ns'), true); }
   get savedNs(): bigint { return this.dv.getBigUint64(H('saved_ns'), true); }
   get journalOffset(): number { return this.u32(H('journal_offset')); }
+  /** The futex word the keeper bumps when it has saved (or failed). */
+  get wakeSeq(): number { return this.u32(H('wake_seq')); }
+  get claimGen(): number { return this.u32(H('claim_gen')); }
+
+  /**
+   * Claims the saved snapshot `generation` for this vmm: exactly one vmm (a warm standby or a cold
+   * restore) wins each generation. False if another already did.
+   */
+  claim(generation: number): boolean {
+    const i = H('claim_gen') >> 2;
+    return Atomics.compareExchange(this.i32, i, (generation - 1) | 0, generation | 0) === ((generation - 1) | 0);
+  }
+
+  /** The supervisor: the vmm that claimed `generation` died before resuming it; let another claim it. */
+  releaseClaim(generation: number): void {
+    Atomics.compareExchange(this.i32, H('claim_gen') >> 2, generation | 0, (generation - 1) | 0);
+    Atomics.add(this.i32, H('wake_seq') >> 2, 1);
+    keeper.futexWake(this.buf, H('wake_seq'));
+  }
+
+  /** Blocks up to `ms` until wake_seq differs from `seq`. */
+  waitWake(seq: number, ms: number): void {
+    keeper.futexWait(this.buf, H('wake_seq'), seq >>> 0, ms);
+  }
 
   /** The keeper's failure as one line. */
   failure(): string {
@@ -203,7 +237,7 @@ export class SnapshotView {
     const end = vmOff + this.u32(H('vm_size'));
     const body = this.bytes.slice(vcpuOff, end); // a private copy: a later keeper rewrites the memfd
     const want = this.u32(H('checksum'));
-    const got = crc32(body);
+    const got = keeper.crc32(body, 0, body.byteLength);
     if (got !== want) {
       throw new SnapshotError(`snapshot checksum mismatch (header 0x${want.toString(16)}, body 0x${got.toString(16)}): refusing to resume a corrupt guest`);
     }

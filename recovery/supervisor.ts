@@ -11,9 +11,11 @@ import { native } from '../native/kvm';
 import { ComponentMessage, ComponentMessageCodec, VmConfig, VmConfigCodec } from '../proto';
 import { DEVICE_PAGE_OFFSET, FD, STATE_MEMFD_SIZE } from '../vmm/fds';
 import { keeper, SnapshotView, SnapState, snapshotSize } from './snapshot';
-import { StatePage } from '../devices/state-page';
+import { Component, StatePage } from '../devices/state-page';
+import { EXIT_NOT_NEEDED } from '../vmm/exit-codes';
 import { deviceStdio, HeldDevice, openDevices } from './devices';
 import { PlatformPage } from '../vmm/platform-page';
+import { Control } from './control';
 
 export interface RunResult {
   code: number;
@@ -28,41 +30,109 @@ export interface SupervisorOptions {
   /** ...or after more than this many vmm failures (default 30, env TSVMM_VMM_MAX_RESTARTS) within vmmRestartWindowMs (default 10 s). */
   vmmMaxRestartsPerWindow?: number;
   vmmRestartWindowMs?: number;
+  /**
+   * Hang detection: a component whose heartbeat (devices/state-page.ts) has not moved for this
+   * long, once it reported ready, is SIGKILLed and recovered with cause `hang`. Default 250 ms
+   * (env TSVMM_HANG_TIMEOUT_MS); 0 turns it off.
+   */
+  hangTimeoutMs?: number;
+  /** Keep a warm standby vmm and driver-domain that take over the moment the primary dies (tsvmm run --standby). */
+  standby?: boolean;
 }
 
 /** One vmm recovery, as the supervisor measured it. */
 export interface VmmRecovery {
   cause: string;
-  /** From the keeper seeing the vmm die to the new vmm reporting the guest resumed. */
+  /** From the keeper seeing the vmm die (or the supervisor seeing it exit, if earlier) to the guest resumed. */
   totalMs: number;
   /** The keeper's save. */
   saveMs: number;
-  /** From the supervisor seeing the vmm exit to the new vmm's ready. */
+  /** From the supervisor seeing the vmm exit to the guest resumed (negative: the standby was faster than the supervisor). */
   restartMs: number;
+  /** A warm standby took over (else a new vmm was started cold). */
+  warm: boolean;
 }
 
+/** One recovery of any component. */
+export interface Recovery {
+  component: string;
+  cause: string;
+  /** death -> resumed (vmm) / serving again (driver-domain) */
+  ms: number;
+  warm?: boolean;
+}
+
+type ReadyMsg = Extract<ComponentMessage, { ready: unknown }>['ready'];
+
 const DIST = path.resolve(__dirname, '..');
+const DEFAULT_HANG_TIMEOUT_MS = 250;
+/** A warm standby that has not taken over this long after its primary died is replaced by a cold start. */
+const STANDBY_TAKEOVER_TIMEOUT_MS = 3000;
+
+interface Sched { run: number; wait: number }
+
+/** The main thread's CPU time and run-queue wait (ns), from /proc/PID/task/PID/schedstat. */
+function schedstat(pid: number | undefined): Sched | undefined {
+  if (!pid) return undefined;
+  try {
+    const [run, wait] = fs.readFileSync(`/proc/${pid}/task/${pid}/schedstat`, 'latin1').split(' ').map(Number);
+    return { run, wait };
+  } catch {
+    return undefined;
+  }
+}
+
+/** The main thread's scheduler state letter (R, S, D, T, ...), from /proc/PID/task/PID/stat. */
+function threadState(pid: number | undefined): string | undefined {
+  if (!pid) return undefined;
+  try {
+    const st = fs.readFileSync(`/proc/${pid}/task/${pid}/stat`, 'latin1');
+    return st.slice(st.lastIndexOf(')') + 2, st.lastIndexOf(')') + 3);
+  } catch {
+    return undefined;
+  }
+}
 
 export class Supervisor {
   readonly ramFd: number;
   readonly stateFd: number;
   readonly serialFd: number;
   readonly devices: HeldDevice[];
+  private readonly page: StatePage;
   private driverDomain?: ChildProcess;
-  /** Restarts of the driver-domain, with cause and time to ready. */
-  readonly recoveries: { component: string; cause: string; ms: number }[] = [];
+  private ddStandby?: ChildProcess;
+  private ddPending?: { cause: string; t0: bigint };
+  private ddStandbyFailures = 0;
+  /** Every recovery, with cause and time (ms). */
+  readonly recoveries: Recovery[] = [];
+  /** The control plane: priv-domain and its commands (recovery/control.ts). */
+  control?: Control;
   /** vmm recoveries in detail (they are in `recoveries` too). */
   readonly vmmRecoveries: VmmRecovery[] = [];
+  /** Hangs detected: component and how long its heartbeat had been still when it was killed. */
+  readonly hangs: { component: string; pid: number; stillMs: number }[] = [];
   /** The vmm's snapshot memfd: its vCPUs' exit journals and what its keeper saves (recovery/snapshot.ts). */
   readonly snapFd: number;
   private readonly snapHeader: SnapshotView;
   /** Live keepers (our children through CLONE_PARENT), reaped by waitExit; pids ever tracked. */
   private readonly keepers = new Set<number>();
   private readonly keepersSeen = new Set<number>();
-  private vmmPending?: { cause: string; t0: bigint };
+  private vmmPending?: { cause: string; t0: bigint; dead: ChildProcess; fallback?: NodeJS.Timeout };
   private vmmFailuresInARow = 0;
   private vmmFailureTimes: number[] = [];
   private vmm?: ChildProcess;
+  private vmmStandby?: ChildProcess;
+  private vmmStandbyFailures = 0;
+  /** vmms that reported the guest running (booted or resumed). */
+  private readonly vmmRunning = new WeakSet<ChildProcess>();
+  /** Children the hang detector killed, and every child's exit once seen. */
+  private readonly hangKilled = new WeakSet<ChildProcess>();
+  private readonly exits = new WeakMap<ChildProcess, string>();
+  /** Hang detection: armed per component once it reported ready. */
+  private readonly watched = new Map<ChildProcess, { name: string; slot: Component; last: number; since: number; sched?: Sched; starved?: boolean }>();
+  private watchTimer?: NodeJS.Timeout;
+  private lastTick = 0;
+  private readonly hangTimeoutMs: number;
   private result?: RunResult;
   private resolveDone!: (r: RunResult) => void;
   readonly done: Promise<RunResult>;
@@ -73,35 +143,109 @@ export class Supervisor {
     const state = native.mmap(this.stateFd, STATE_MEMFD_SIZE, 0, true);
     new PlatformPage(state).init();
     const devPage = StatePage.format(new Uint8Array(state, DEVICE_PAGE_OFFSET, STATE_MEMFD_SIZE - DEVICE_PAGE_OFFSET));
+    this.page = devPage;
     this.devices = openDevices(cfg, devPage);
     this.serialFd = cfg.serialPath ? fs.openSync(cfg.serialPath, 'a') : 1;
     this.snapFd = native.memfdCreate(`tsvmm-snap-${cfg.name}`, snapshotSize(cfg.cpus));
     keeper.snapshotFormat(this.snapFd, cfg.cpus);
     this.snapHeader = SnapshotView.map(this.snapFd, cfg.cpus, true);
+    this.hangTimeoutMs = opts.hangTimeoutMs ?? Number(process.env.TSVMM_HANG_TIMEOUT_MS ?? DEFAULT_HANG_TIMEOUT_MS);
     this.done = new Promise((resolve) => { this.resolveDone = resolve; });
   }
 
   start(): void {
+    // Control plane (recovery/control.ts): control page, priv-domain, API commands.
+    this.control = new Control(this, this.opts.log);
+    this.control.start();
     if (this.devices.length) this.startDriverDomain();
-    this.startVmm();
+    this.startVmm('boot');
+    if (this.hangTimeoutMs > 0) {
+      this.lastTick = performance.now();
+      const period = Math.max(5, Math.min(50, this.hangTimeoutMs / 5));
+      this.watchTimer = setInterval(() => this.checkHeartbeats(), period);
+    }
+  }
+
+  // ---- hang detection ----
+
+  private arm(child: ChildProcess, name: string, slot: Component): void {
+    if (this.hangTimeoutMs <= 0 || process.env.TSVMM_NO_RECOVERY === '1') return;
+    this.watched.set(child, { name, slot, last: this.page.heartbeat(slot), since: performance.now(), sched: schedstat(child.pid) });
   }
 
   /**
-   * Starts a vmm: a fresh boot, or (restore) one that resumes the guest from
-   * the snapshot the dead vmm's keeper saved. A vmm that exits without having
-   * reported the guest's exit is recovered that way, never rebooted.
+   * Every few ms: a component whose heartbeat has not moved for the threshold is hung, unless the
+   * kernel says its main thread spent that time waiting for a CPU (a loaded host, not a hang): a
+   * stopped or blocked thread neither runs nor waits, a busy loop runs. A starved one gets at most
+   * 4x the threshold.
    */
-  private startVmm(restore = false): void {
-    const child = this.spawnComponent('vmm', path.join(DIST, 'vmm', 'main.js'), deviceStdio(this.devices, false), (code, signal) => {
-      if (this.result || child !== this.vmm) return;
-      this.onVmmExit(signal ? `signal ${signal}` : `exit code ${code}`);
-    }, restore ? { TSVMM_RESTORE: '1' } : {});
-    this.vmm = child;
+  private checkHeartbeats(): void {
+    const now = performance.now();
+    // If this loop itself was late, everything may have been starved (a loaded host): don't blame
+    // a component for time nobody could run; restart its clock instead.
+    const stalled = now - this.lastTick > this.hangTimeoutMs / 2;
+    this.lastTick = now;
+    for (const [child, w] of this.watched) {
+      const hb = this.page.heartbeat(w.slot);
+      if (hb !== w.last || stalled) { w.last = hb; w.since = now; w.sched = schedstat(child.pid); continue; }
+      const still = now - w.since;
+      if (still < this.hangTimeoutMs) continue;
+      const sched = schedstat(child.pid);
+      const ranMs = sched && w.sched ? (sched.run - w.sched.run) / 1e6 : 0;
+      const waitedMs = sched && w.sched ? (sched.wait - w.sched.wait) / 1e6 : 0;
+      const state = threadState(child.pid);
+      const starved = waitedMs > still / 2 && ranMs < this.hangTimeoutMs / 2;
+      // 'D': blocked in the kernel (e.g. on the mm's lock while guest RAM faults in on a loaded host).
+      if ((starved || state === 'D') && still < 4 * this.hangTimeoutMs) {
+        if (!w.starved) this.opts.log?.(`${w.name}: no heartbeat for ${still.toFixed(0)} ms, but its main thread ${starved ? `waited ${waitedMs.toFixed(0)} ms for a CPU` : 'is blocked in the kernel (state D)'} (host overloaded): not a hang yet`);
+        w.starved = true;
+        continue;
+      }
+      this.watched.delete(child);
+      this.hangKilled.add(child);
+      this.hangs.push({ component: w.name, pid: child.pid ?? 0, stillMs: still });
+      this.opts.log?.(`${w.name} hung: no heartbeat for ${still.toFixed(0)} ms (threshold ${this.hangTimeoutMs} ms; its main thread ran ${ranMs.toFixed(0)} ms, waited for a CPU ${waitedMs.toFixed(0)} ms, state ${state ?? '?'}); killing pid ${child.pid}`);
+      child.kill('SIGKILL');
+    }
   }
 
-  private onVmmExit(cause: string): void {
+  private causeOf(child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): string {
+    return this.hangKilled.has(child) ? 'hang' : signal ? `signal ${signal}` : `exit code ${code}`;
+  }
+
+  /** The cause of `child`'s exit, once it has exited. */
+  private whenExited(child: ChildProcess): Promise<string> {
+    const seen = this.exits.get(child);
+    if (seen) return Promise.resolve(seen);
+    return new Promise((resolve) => child.once('exit', (code, signal) => resolve(this.causeOf(child, code, signal))));
+  }
+
+  // ---- vmm ----
+
+  /**
+   * Starts a vmm: a fresh boot, a cold one that resumes the guest from the
+   * snapshot the dead vmm's keeper saved, or a warm standby that waits to do
+   * that. A vmm that exits without having reported the guest's exit is
+   * recovered that way, never rebooted.
+   */
+  private startVmm(mode: 'boot' | 'restore' | 'standby'): ChildProcess {
+    const env: Record<string, string> = mode === 'restore' ? { TSVMM_RESTORE: '1' } : mode === 'standby' ? { TSVMM_STANDBY: '1' } : {};
+    const child = this.spawnComponent('vmm', path.join(DIST, 'vmm', 'main.js'), deviceStdio(this.devices, false), (code, signal) => {
+      this.watched.delete(child);
+      if (this.result) return;
+      if (child === this.vmmStandby) { this.onVmmStandbyExit(child); return; }
+      if (child !== this.vmm || code === EXIT_NOT_NEEDED) return;
+      this.onVmmExit(child, this.causeOf(child, code, signal));
+    }, env);
+    if (mode === 'standby') this.vmmStandby = child;
+    else this.vmm = child;
+    return child;
+  }
+
+  private onVmmExit(dead: ChildProcess, cause: string): void {
     const state = this.snapHeader.state;
     if (state !== SnapState.EMPTY) this.trackKeeper(this.snapHeader.keeperPid);
+    if (state === SnapState.SAVED && !this.vmmRunning.has(dead)) this.releaseDeadClaim();
     if (state === SnapState.EMPTY) {
       this.finish({ code: 1, reason: `vmm exited unexpectedly (${cause}) before its keeper was armed: the guest cannot be recovered` });
       return;
@@ -126,25 +270,78 @@ export class Supervisor {
       return;
     }
     this.vmmFailuresInARow++;
-    this.vmmPending = { cause, t0: process.hrtime.bigint() };
-    this.startVmm(true);
+    this.vmmPending = { cause, t0: process.hrtime.bigint(), dead };
+    if (this.vmmStandby) {
+      // Warm path: the standby claims the keeper's snapshot by itself (futex). Go cold if it does not.
+      const standby = this.vmmStandby;
+      this.vmmPending.fallback = setTimeout(() => {
+        if (this.result || this.vmmStandby !== standby) return;
+        this.opts.log?.(`vmm standby (pid ${standby.pid}) did not take over within ${STANDBY_TAKEOVER_TIMEOUT_MS} ms; starting a vmm cold`);
+        this.vmmStandby = undefined;
+        standby.kill('SIGKILL');
+        this.whenExited(standby).then(() => { if (!this.result && this.vmmPending) { this.releaseDeadClaim(); this.startVmm('restore'); } });
+      }, STANDBY_TAKEOVER_TIMEOUT_MS);
+      return;
+    }
+    this.startVmm('restore');
   }
 
-  private onVmmReady(r: { keeperPid?: number; diedNs?: number; savedNs?: number }): void {
+  /** A vmm that claimed the saved snapshot died before resuming it: let the next one claim it. */
+  private releaseDeadClaim(): void {
+    const gen = this.snapHeader.generation;
+    if (this.snapHeader.state === SnapState.SAVED && this.snapHeader.claimGen === gen) this.snapHeader.releaseClaim(gen);
+  }
+
+  private onVmmStandbyExit(child: ChildProcess): void {
+    this.vmmStandby = undefined;
+    if (this.vmmPending) {
+      // It died while taking over: whatever it claimed is free again, and a cold vmm finishes the job.
+      this.releaseDeadClaim();
+      clearTimeout(this.vmmPending.fallback);
+      this.startVmm('restore');
+    }
+    if (++this.vmmStandbyFailures > 5) {
+      this.opts.log?.(`vmm standby keeps failing (last: ${this.exits.get(child)}); running without one`);
+      return;
+    }
+    setTimeout(() => { if (!this.result && !this.vmmStandby && this.opts.standby) this.startVmm('standby'); }, 200);
+  }
+
+  private onVmmReady(child: ChildProcess, r: ReadyMsg): void {
+    if (r.standby) return;
     if (r.keeperPid) this.trackKeeper(r.keeperPid);
+    const readyAt = process.hrtime.bigint();
+    let p = this.vmmPending;
+    const warm = child === this.vmmStandby;
+    if (warm) {
+      // The standby took over (possibly before we saw the primary's exit).
+      const dead = this.vmm!;
+      this.vmmStandby = undefined;
+      this.vmm = child;
+      this.vmmStandbyFailures = 0;
+      if (p) clearTimeout(p.fallback);
+      else p = { cause: '', t0: readyAt, dead };
+    } else if (child !== this.vmm) return;
+    this.vmmRunning.add(child);
     this.vmmFailuresInARow = 0;
-    const p = this.vmmPending;
-    if (!p) return;
     this.vmmPending = undefined;
-    const now = process.hrtime.bigint();
-    const restartMs = Number(now - p.t0) / 1e6;
+    this.arm(child, 'vmm', Component.Vmm);
+    if (this.opts.standby && !this.vmmStandby) setImmediate(() => { if (!this.result && !this.vmmStandby) this.startVmm('standby'); });
+    if (!p) return;
+    const resumed = r.resumedNs ? BigInt(r.resumedNs) : readyAt;
     // From whichever saw the death first: the keeper (its pidfd) or the supervisor (SIGCHLD).
     const died = r.diedNs && BigInt(r.diedNs) < p.t0 ? BigInt(r.diedNs) : p.t0;
-    const totalMs = Number(now - died) / 1e6;
+    const totalMs = Number(resumed - died) / 1e6;
+    const restartMs = Number(resumed - p.t0) / 1e6;
     const saveMs = r.diedNs && r.savedNs ? (r.savedNs - r.diedNs) / 1e6 : 0;
-    this.vmmRecoveries.push({ cause: p.cause, totalMs, saveMs, restartMs });
-    this.recoveries.push({ component: 'vmm', cause: p.cause, ms: totalMs });
-    this.opts.log?.(`recovered vmm (cause: ${p.cause}) in ${totalMs.toFixed(1)} ms (keeper save ${saveMs.toFixed(2)} ms, exit seen to resumed ${restartMs.toFixed(1)} ms)`);
+    const pending = p;
+    void this.whenExited(pending.dead).then((exitCause) => {
+      const cause = pending.cause || exitCause;
+      this.vmmRecoveries.push({ cause, totalMs, saveMs, restartMs, warm });
+      this.recoveries.push({ component: 'vmm', cause, ms: totalMs, warm });
+      this.opts.log?.(`recovered vmm (cause: ${cause}) in ${totalMs.toFixed(warm ? 2 : 1)} ms (keeper save ${saveMs.toFixed(2)} ms, ` +
+        `${warm ? 'warm standby' : 'cold restart'}: exit seen to resumed ${restartMs.toFixed(warm ? 2 : 1)} ms)`);
+    });
   }
 
   /** A keeper is the supervisor's child (CLONE_PARENT): reap it when it exits, kill it when stopping. */
@@ -161,25 +358,68 @@ export class Supervisor {
   /** pid of the running driver-domain. */
   get driverDomainPid(): number | undefined { return this.driverDomain?.pid; }
 
+  // ---- driver-domain ----
+
   /**
    * The driver-domain holds no state of its own (queue progress is in the
    * state page; kicks wait in their eventfds), so a dead one is simply
-   * started again and re-attaches.
+   * started again (or its warm standby takes over) and re-attaches.
    */
-  private startDriverDomain(cause?: string): void {
-    const t0 = process.hrtime.bigint();
+  private startDriverDomain(standbyFor?: number): ChildProcess {
     const child = this.spawnComponent('driver-domain', path.join(DIST, 'driver-domain', 'main.js'), deviceStdio(this.devices, true), (code, signal) => {
-      if (this.result || child !== this.driverDomain) return;
-      this.startDriverDomain(signal ? `signal ${signal}` : `exit code ${code}`);
-    });
-    this.driverDomain = child;
-    if (cause) {
-      child.once('message', () => {
-        const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-        this.recoveries.push({ component: 'driver-domain', cause, ms });
-        this.opts.log?.(`recovered driver-domain (cause: ${cause}) in ${ms.toFixed(1)} ms`);
-      });
-    }
+      this.watched.delete(child);
+      if (this.result) return;
+      if (child === this.ddStandby) {
+        this.ddStandby = undefined;
+        if (++this.ddStandbyFailures > 5) { this.opts.log?.('driver-domain standby keeps failing; running without one'); return; }
+        setTimeout(() => this.startDdStandby(), 200);
+        return;
+      }
+      if (child !== this.driverDomain) return;
+      const cause = this.causeOf(child, code, signal);
+      this.ddPending = { cause, t0: process.hrtime.bigint() };
+      if (this.ddStandby) {
+        // Warm: the standby saw the death on its pidfd and is (or soon is) serving.
+        this.driverDomain = this.ddStandby;
+        this.ddStandby = undefined;
+      } else {
+        this.driverDomain = this.startDriverDomain();
+      }
+    }, standbyFor ? { TSVMM_STANDBY_FOR: String(standbyFor) } : {});
+    if (standbyFor) this.ddStandby = child;
+    else this.driverDomain = child;
+    return child;
+  }
+
+  private startDdStandby(): void {
+    if (this.result || !this.opts.standby || this.ddStandby || !this.driverDomain?.pid) return;
+    this.startDriverDomain(this.driverDomain.pid);
+  }
+
+  private onDriverDomainReady(child: ChildProcess, r: ReadyMsg): void {
+    if (r.standby) return;
+    const readyAt = process.hrtime.bigint();
+    if (child === this.ddStandby) {
+      // Took over before we saw the primary's exit.
+      const dead = this.driverDomain!;
+      this.ddStandby = undefined;
+      this.driverDomain = child;
+      void this.whenExited(dead).then((cause) => this.recordDd(cause, readyAt, r, true));
+    } else if (child === this.driverDomain && this.ddPending) {
+      this.recordDd(this.ddPending.cause, this.ddPending.t0, r, r.warm === true);
+    } else if (child !== this.driverDomain) return;
+    this.ddPending = undefined;
+    this.ddStandbyFailures = r.warm ? 0 : this.ddStandbyFailures;
+    this.arm(child, 'driver-domain', Component.DriverDomain);
+    if (this.opts.standby) setImmediate(() => this.startDdStandby());
+  }
+
+  private recordDd(cause: string, t0: bigint, r: ReadyMsg, warm: boolean): void {
+    const resumed = r.resumedNs ? BigInt(r.resumedNs) : process.hrtime.bigint();
+    const died = r.diedNs && BigInt(r.diedNs) < t0 ? BigInt(r.diedNs) : t0;
+    const ms = Number(resumed - died) / 1e6;
+    this.recoveries.push({ component: 'driver-domain', cause, ms, warm });
+    this.opts.log?.(`recovered driver-domain (cause: ${cause}) in ${ms.toFixed(warm ? 2 : 1)} ms (${warm ? 'warm standby' : 'cold restart'})`);
   }
 
   /** pid of the running vmm (for users and tests that kill it). */
@@ -187,7 +427,7 @@ export class Supervisor {
 
   private spawnComponent(
     name: string, script: string, extraFds: (number | 'ignore')[],
-    onExit?: (code: number | null, signal: NodeJS.Signals | null) => void,
+    onExit: (code: number | null, signal: NodeJS.Signals | null) => void,
     extraEnv: Record<string, string> = {},
   ): ChildProcess {
     const stdio: (number | 'ignore' | 'inherit' | 'ipc')[] = ['inherit', 'inherit', 'inherit', 'ipc', this.ramFd, this.stateFd, this.serialFd];
@@ -200,41 +440,47 @@ export class Supervisor {
         UV_THREADPOOL_SIZE: '64', ...extraEnv,
       },
     });
-    if (onExit) {
-      child.on('exit', onExit);
-      child.on('message', (m: { pb?: string }) => {
-        if (typeof m?.pb !== 'string') return;
-        this.onMessage(name, ComponentMessageCodec.decode(Buffer.from(m.pb, 'base64')));
-      });
-      return child;
-    }
+    child.on('exit', (code, signal) => {
+      this.exits.set(child, this.causeOf(child, code, signal));
+      onExit(code, signal);
+    });
     child.on('message', (m: { pb?: string }) => {
       if (typeof m?.pb !== 'string') return;
-      this.onMessage(name, ComponentMessageCodec.decode(Buffer.from(m.pb, 'base64')));
-    });
-    child.on('exit', (code, signal) => {
-      if (this.result) return;
-      this.finish({ code: 1, reason: `${name} exited unexpectedly (${signal ? `signal ${signal}` : `code ${code}`})` });
+      this.onMessage(name, ComponentMessageCodec.decode(Buffer.from(m.pb, 'base64')), child);
     });
     return child;
   }
 
-  private onMessage(name: string, m: ComponentMessage): void {
+  private onMessage(name: string, m: ComponentMessage, child: ChildProcess): void {
     if ('ready' in m && m.ready) {
-      this.opts.log?.(`${name} ready (pid ${m.ready.pid})`);
-      if (name === 'vmm') this.onVmmReady(m.ready);
+      const r = m.ready;
+      this.opts.log?.(`${name}${r.standby ? ' standby' : ''} ready (pid ${r.pid})`);
+      if (name === 'vmm') this.onVmmReady(child, r);
+      else if (name === 'driver-domain') this.onDriverDomainReady(child, r);
     }
     else if ('guestExit' in m && m.guestExit) this.finish({ code: m.guestExit.code, reason: m.guestExit.reason });
-    else if ('fatal' in m && m.fatal) this.finish({ code: 1, reason: m.fatal.message });
+    else if ('fatal' in m && m.fatal) {
+      if ((child === this.vmmStandby && !this.vmmPending) || child === this.ddStandby) {
+        // A standby that failed to build: the primary is fine; drop it (its exit schedules a new one).
+        this.opts.log?.(`${name} standby failed: ${m.fatal.message}`);
+        child.kill('SIGKILL');
+        return;
+      }
+      this.finish({ code: 1, reason: m.fatal.message });
+    }
   }
 
   private finish(r: RunResult): void {
     if (this.result) return;
     this.result = r;
+    if (this.watchTimer) clearInterval(this.watchTimer);
     // Keepers first: a keeper that saw its vmm die would save a snapshot nobody needs.
     for (const pid of this.keepers) { try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ } }
+    this.vmmStandby?.kill('SIGKILL');
     this.vmm?.kill('SIGKILL');
+    this.ddStandby?.kill('SIGKILL');
     this.driverDomain?.kill('SIGKILL');
+    this.control?.stop(r);
     this.resolveDone(r);
   }
 

@@ -6,9 +6,10 @@
 #   iproute2: TAP devices and network namespaces for the virtio-net tests
 #   iputils-ping: the host's ping through the TAP
 #   util-linux: runuser, for the permission tests
+#   prometheus: promtool, to check the metrics output
 set -euo pipefail
 need=()
-for pair in gcc:gcc make:make ld:binutils iasl:acpica-tools ip:iproute2 ping:iputils-ping runuser:util-linux; do
+for pair in gcc:gcc make:make ld:binutils iasl:acpica-tools ip:iproute2 ping:iputils-ping runuser:util-linux promtool:prometheus; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

@@ -30,10 +30,7 @@ describe('virtio-net through a TAP', function () {
     if (why) { console.log(`      skipped: ${why}`); this.skip(); }
   });
 
-  // Each test gets a fresh VM. Retries: on this PVM host a guest very rarely dies of a spurious
-  // triple fault (cr2 == rip at CPL3; see docs/benchmarks.md) that rawkvm-style loops do not
-  // show; a retry re-runs the whole scenario with a new VM, it never relaxes an assertion.
-  this.retries(2);
+  // Each test gets a fresh VM.
   const ns = `tsvmm-test-${process.pid}`;
   const tap = `tsvt${process.pid % 100000}`;
   let vm: ReturnType<typeof tsvmmAsync>;

@@ -16,9 +16,16 @@ export const FD = {
   SNAPSHOT: 7,
 } as const;
 
-/** The state memfd: the platform page at 0, the virtio state page (devices/state-page.ts) at DEVICE_PAGE_OFFSET. */
+/**
+ * The state memfd: the platform page at 0, the virtio state page (devices/state-page.ts) at
+ * DEVICE_PAGE_OFFSET, the control page (vmm/control-page.ts: console ring, exit and device
+ * counters, pause flag) at CONTROL_OFFSET.
+ */
 export const DEVICE_PAGE_OFFSET = 4096;
-export const STATE_MEMFD_SIZE = DEVICE_PAGE_OFFSET + 256 * 1024;
+export const DEVICE_PAGE_SIZE = 256 * 1024;
+export const CONTROL_OFFSET = DEVICE_PAGE_OFFSET + DEVICE_PAGE_SIZE;
+export const CONTROL_SIZE = 1024 * 1024;
+export const STATE_MEMFD_SIZE = CONTROL_OFFSET + CONTROL_SIZE;
 
 /**
  * Virtio devices: device i (disks first, then NICs, in command-line order)

@@ -11,8 +11,6 @@ import { ramRegions } from './boot/layout';
 export interface MappedRam {
   memory: GuestMemory;
   slots: { gpa: number; host: ArrayBuffer }[];
-  /** False when the RAM could not be pinned (RLIMIT_MEMLOCK); it still works, only unpinned. */
-  locked: boolean;
 }
 
 /**
@@ -27,14 +25,11 @@ export function mapGuestRam(ramFd: number, memBytes: number): MappedRam {
   const size = native.fdSize(ramFd);
   if (size !== memBytes) throw new Error(`guest RAM memfd is ${size} bytes, expected ${memBytes}`);
   let offset = 0;
-  let locked = true;
   const slots = ramRegions(memBytes).map((r) => {
     const host = native.mmap(ramFd, r.size, offset, true);
     pinned.push(host);
     offset += r.size;
-    // Pinned so host reclaim (e.g. DAMON page-out) never unmaps guest pages under a running vCPU.
-    if (native.mlock(host) !== 0) locked = false;
     return { gpa: r.gpa, host };
   });
-  return { memory: new GuestMemory(slots.map((s) => ({ gpa: s.gpa, bytes: new Uint8Array(s.host) }))), slots, locked };
+  return { memory: new GuestMemory(slots.map((s) => ({ gpa: s.gpa, bytes: new Uint8Array(s.host) }))), slots };
 }

@@ -21,6 +21,8 @@ import { StatePage } from '../devices/state-page';
 import { VirtioMmioTransport } from '../devices/virtio-mmio';
 import { SnapshotView } from '../recovery/snapshot';
 import { SerialLineJournal } from './restore';
+import { ControlPage } from './control-page';
+import { parkIfPaused } from './pause';
 
 export interface VcpuThreadData {
   vmFd: number;
@@ -42,12 +44,32 @@ export interface VcpuThreadData {
   snapFd: number;
   /** CPUID and the initial (or restored) state were set by the main thread before the keeper was armed. */
   prepared?: boolean;
+  /** Pause flag shared with the main thread (vmm/pause.ts). */
+  pause?: SharedArrayBuffer;
+  /** Park (after setting up) until go[0] != 0: the main thread releases the vCPUs once the keeper is armed. */
+  go?: SharedArrayBuffer;
+  /**
+   * Test hook (TSVMM_TEST_HOOKS=1, TSVMM_TEST_DIE_MMIO="OFFSET:N[:before|after]", first vmm only):
+   * SIGKILL this vmm in the middle of handling the Nth guest MMIO write to virtio register OFFSET
+   * (of any virtio device): after the device model applied it (default) or before, and before the
+   * exit is marked handled, so the next vmm must replay it.
+   */
+  dieAtMmio?: string;
 }
 
 export type VcpuThreadMessage =
   | { kind: 'started'; id: number; tid: number }
+  | { kind: 'parked'; id: number }
   | { kind: 'exit'; code: number; reason: string }
   | { kind: 'fatal'; message: string };
+
+/**
+ * A u64 field of kvm_run as a number, without allocating a BigInt: the hot
+ * loop should not feed the GC.
+ */
+function u64(v: DataView, at: number): number {
+  return v.getUint32(at, true) + v.getUint32(at + 4, true) * 0x1_0000_0000;
+}
 
 const EINTR = 4;
 const EAGAIN = 11;
@@ -64,14 +86,16 @@ function main(d: VcpuThreadData): void {
     }
   }
   native.installKick();
-  post({ kind: 'started', id: d.id, tid: native.gettid() });
 
   const page = new PlatformPage(native.mmap(d.stateFd, PLATFORM_PAGE_SIZE, 0, true));
-  // The serial line being assembled and the exit journal live in shared memory, so a vmm that
-  // dies mid-line or mid-exit loses nothing (vmm/restore.ts, SerialLineJournal).
-  const journal = new SerialLineJournal(SnapshotView.map(d.snapFd, d.cpus).journal(d.id), d.outFd);
+  const snap = SnapshotView.map(d.snapFd, d.cpus);
+  // Everything the loop needs is built before parking; the journal is read after (it belongs to
+  // the vmm this one replaces until the go).
+  let journal!: SerialLineJournal;
   const flush = () => journal.flush();
-  const serial = new Serial(page, (b) => journal.push(b), () => { vm.irqLine(COM1_IRQ, 1); vm.irqLine(COM1_IRQ, 0); });
+  // Control page (vmm/control-page.ts): serial bytes also go to the console ring; exit counters live there.
+  const control = ControlPage.tryMap(d.stateFd);
+  const serial = new Serial(page, (b) => { journal.push(b); control?.consolePush(b); }, () => { vm.irqLine(COM1_IRQ, 1); vm.irqLine(COM1_IRQ, 0); });
 
   let stop: PlatformEvent | undefined;
   const platform = new Platform(serial, (e) => { stop = e; });
@@ -79,15 +103,29 @@ function main(d: VcpuThreadData): void {
     const devPage = StatePage.attach(new Uint8Array(native.mmap(d.stateFd, STATE_MEMFD_SIZE - DEVICE_PAGE_OFFSET, DEVICE_PAGE_OFFSET, true)));
     for (const dev of d.devices) platform.mmio.push(new VirtioMmioTransport(dev.base, devPage.device(dev.index)));
   }
-  const counters = new Float64Array(d.counters);
+  const counters = control && d.id < 256 ? control.exitCounters(d.id) : new Float64Array(d.counters);
   const run = vcpu.run;
   const bytes = vcpu.runBytes;
+  const die = parseDieHook(d);
+  // bench/recovery's overhead row only: TSVMM_NO_RECOVERY=1 runs without the exit journal.
+  const journaling = process.env.TSVMM_NO_RECOVERY !== '1';
+  let dieCount = 0;
+
+  if (d.go) {
+    const go = new Int32Array(d.go);
+    post({ kind: 'parked', id: d.id });
+    while (Atomics.load(go, 0) === 0) Atomics.wait(go, 0, 0);
+  }
+  // The serial line being assembled and the exit journal live in shared memory, so a vmm that
+  // dies mid-line or mid-exit loses nothing (vmm/restore.ts, SerialLineJournal).
+  journal = new SerialLineJournal(snap.journal(d.id), d.outFd);
+  post({ kind: 'started', id: d.id, tid: native.gettid() });
 
   for (;;) {
-    journal.beforeRun(run);
+    if (journaling) journal.beforeRun(run);
     const r = native.run(vcpu.fd);
     if (r < 0) {
-      if (-r === EINTR || -r === EAGAIN) { run.setUint8(RUN.immediateExit, 0); continue; }
+      if (-r === EINTR || -r === EAGAIN) { run.setUint8(RUN.immediateExit, 0); parkIfPaused(d.pause); continue; }
       flush();
       post({ kind: 'fatal', message: `vCPU ${d.id}: KVM_RUN failed with errno ${-r}` });
       return;
@@ -99,7 +137,7 @@ function main(d: VcpuThreadData): void {
         const port = run.getUint16(RUN.ioPort, true);
         const size = run.getUint8(RUN.ioSize);
         const count = run.getUint32(RUN.ioCount, true);
-        let off = Number(run.getBigUint64(RUN.ioDataOffset, true));
+        let off = u64(run, RUN.ioDataOffset);
         const isIn = run.getUint8(RUN.ioDirection) === RUN.IO_IN;
         for (let i = 0; i < count; i++, off += size) {
           if (isIn) {
@@ -113,10 +151,16 @@ function main(d: VcpuThreadData): void {
         break;
       }
       case EXIT.MMIO: {
-        const addr = Number(run.getBigUint64(RUN.mmioPhysAddr, true));
+        const addr = u64(run, RUN.mmioPhysAddr);
         const len = run.getUint32(RUN.mmioLen, true);
         if (run.getUint8(RUN.mmioIsWrite)) {
           const v = len >= 4 ? run.getUint32(RUN.mmioData, true) : len === 2 ? run.getUint16(RUN.mmioData, true) : run.getUint8(RUN.mmioData);
+          if (die && d.devices.some((dev) => addr - dev.base === die.offset) && ++dieCount === die.n) {
+            if (die.after) platform.mmioWrite(addr, len, v);
+            fs.writeSync(2, `tsvmm vmm: test hook: dying in the middle of MMIO write #${die.n} to 0x${addr.toString(16)} = 0x${v.toString(16)} (${die.after ? 'after' : 'before'} the device model applied it)\n`);
+            process.kill(process.pid, 'SIGKILL');
+            for (;;) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);
+          }
           platform.mmioWrite(addr, len, v);
         } else {
           const v = platform.mmioRead(addr, len);
@@ -161,7 +205,7 @@ function main(d: VcpuThreadData): void {
         post({ kind: 'fatal', message: `vCPU ${d.id}: unexpected KVM exit ${EXIT_NAME[reason] ?? reason}; ${describeVcpu(vcpu)}` });
         return;
     }
-    journal.handled();
+    if (journaling) journal.handled();
     if (stop) {
       flush();
       if (stop.kind === 'poweroff') post({ kind: 'exit', code: stop.code, reason: `guest powered off with status ${stop.code}` });
@@ -169,6 +213,12 @@ function main(d: VcpuThreadData): void {
       return;
     }
   }
+}
+
+function parseDieHook(d: VcpuThreadData): { offset: number; n: number; after: boolean } | undefined {
+  if (!d.dieAtMmio) return undefined;
+  const [off, n, when] = d.dieAtMmio.split(':');
+  return { offset: Number(off), n: Number(n ?? 1), after: when !== 'before' };
 }
 
 main(workerData as VcpuThreadData);

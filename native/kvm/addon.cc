@@ -24,6 +24,9 @@
 
 namespace tsvmm {
 void RegisterKeeper(Napi::Env env, Napi::Object exports);  // keeper-binding.cc
+void InitUring(Napi::Env env, Napi::Object exports);       // uring.cc
+void InitLoopPoller(Napi::Env env, Napi::Object exports);  // loop-poller.cc
+void InitFdio(Napi::Env env, Napi::Object exports);        // fdio.cc
 }
 
 namespace {
@@ -135,20 +138,6 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
   return Napi::ArrayBuffer::New(env, p, length, Unmap, new size_t(length));
 }
 
-// mlock(view) -> 0 or -errno. Pins guest RAM: no reclaim, no page-out,
-// so the host never unmaps a page the guest is using (on software KVM such
-// host-side unmaps have been seen to surface as spurious guest faults).
-Napi::Value Mlock(const Napi::CallbackInfo& info) {
-  void* data;
-  size_t len;
-  if (!BytesOf(info[0], &data, &len)) {
-    Napi::TypeError::New(info.Env(), "mlock: expected a byte view").ThrowAsJavaScriptException();
-    return info.Env().Undefined();
-  }
-  int r = mlock(data, len);
-  return Napi::Number::New(info.Env(), r < 0 ? -errno : 0);
-}
-
 // address(arrayBuffer) -> bigint host virtual address of its first byte.
 Napi::Value Address(const Napi::CallbackInfo& info) {
   void* data;
@@ -227,7 +216,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("run", Napi::Function::New(env, Run));
   exports.Set("mmap", Napi::Function::New(env, Mmap));
   exports.Set("address", Napi::Function::New(env, Address));
-  exports.Set("mlock", Napi::Function::New(env, Mlock));
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate));
   exports.Set("eventfd", Napi::Function::New(env, Eventfd));
   exports.Set("fdSize", Napi::Function::New(env, Lseek));
@@ -237,6 +225,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("constants", tsvmm::Constants(env));
   tsvmm::InitPoller(env, exports);
   tsvmm::RegisterKeeper(env, exports);
+  tsvmm::InitUring(env, exports);
+  tsvmm::InitLoopPoller(env, exports);
+  tsvmm::InitFdio(env, exports);
   return exports;
 }
 

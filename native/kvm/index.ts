@@ -14,8 +14,6 @@ export interface NativeKvm {
   run(vcpuFd: number): number;
   mmap(fd: number, length: number, offset: number, writable?: boolean): ArrayBuffer;
   address(view: ArrayBufferView | ArrayBuffer): bigint;
-  /** mlock the view's pages: 0, or -errno (e.g. -ENOMEM/-EPERM over RLIMIT_MEMLOCK). */
-  mlock(view: ArrayBufferView | ArrayBuffer): number;
   memfdCreate(name: string, size: number): number;
   eventfd(initval: number, nonblock?: boolean): number;
   fdSize(fd: number): number;
@@ -72,3 +70,13 @@ export interface NativePoller {
   pollerRemove(fd: number): void;
 }
 export const poller = native as unknown as NativePoller;
+
+/**
+ * The same interface on the JS thread's own event loop (native/kvm/loop-poller.cc, uv_poll):
+ * a ready fd runs its callback directly, without the poller thread's hop.
+ */
+export const loopPoller: NativePoller | undefined = (() => {
+  const n = native as unknown as { loopPollerStart?: NativePoller['pollerStart']; loopPollerAdd?: NativePoller['pollerAdd']; loopPollerRemove?: NativePoller['pollerRemove'] };
+  if (!n.loopPollerStart || !n.loopPollerAdd || !n.loopPollerRemove) return undefined;
+  return { pollerStart: n.loopPollerStart, pollerAdd: n.loopPollerAdd, pollerRemove: n.loopPollerRemove };
+})();

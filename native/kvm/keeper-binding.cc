@@ -12,6 +12,8 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <math.h>
+#include <time.h>
 
 #include "keeper.h"
 
@@ -92,6 +94,16 @@ Napi::Value KeeperStart(const Napi::CallbackInfo& info) {
     c.vcpu_fd[i] = v.Get("fd").As<Napi::Number>().Int32Value();
     c.run[i] = reinterpret_cast<struct kvm_run*>(static_cast<uintptr_t>(Int(v.Get("run"))));
   }
+  if (o.Has("irqfds")) {
+    Napi::Array irqfds = o.Get("irqfds").As<Napi::Array>();
+    if (irqfds.Length() > TSVMM_MAX_IRQFDS) return Throw(env, "keeperStart: too many irqfds", E2BIG);
+    c.nirqfds = irqfds.Length();
+    for (uint32_t i = 0; i < irqfds.Length(); i++) {
+      Napi::Object q = irqfds.Get(i).As<Napi::Object>();
+      c.irqfd_fd[i] = q.Get("fd").As<Napi::Number>().Int32Value();
+      c.irqfd_gsi[i] = q.Get("gsi").As<Napi::Number>().Uint32Value();
+    }
+  }
   c.nmsrs = msrs.Length();
   for (uint32_t i = 0; i < msrs.Length(); i++) c.msr_index[i] = msrs.Get(i).As<Napi::Number>().Uint32Value();
   c.snap = static_cast<uint8_t*>(snap);
@@ -161,6 +173,84 @@ Napi::Value WaitExit(const Napi::CallbackInfo& info) {
   return p;
 }
 
+// The u32 at byteOffset of an ArrayBuffer (a shared mapping from mmap), or nullptr.
+uint32_t* WordOf(const Napi::CallbackInfo& info) {
+  if (!info[0].IsArrayBuffer()) return nullptr;
+  auto ab = info[0].As<Napi::ArrayBuffer>();
+  uint32_t off = info[1].As<Napi::Number>().Uint32Value();
+  if (off % 4 || off + 4 > ab.ByteLength()) return nullptr;
+  return reinterpret_cast<uint32_t*>(static_cast<uint8_t*>(ab.Data()) + off);
+}
+
+// futexWait(arrayBuffer, byteOffset, expected, timeoutMs) -> 0 (woken or the word differs) | -ETIMEDOUT | -errno.
+// Blocking, on purpose: a warm standby has nothing else to do, and a blocked thread wakes fastest.
+// Shared (not FUTEX_PRIVATE): the waker is another process mapping the same memfd.
+Napi::Value FutexWait(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t* w = WordOf(info);
+  if (!w) return Throw(env, "futexWait: bad buffer or offset", EINVAL);
+  uint32_t expected = info[2].As<Napi::Number>().Uint32Value();
+  double ms = info[3].As<Napi::Number>().DoubleValue();
+  struct timespec ts = {static_cast<time_t>(ms / 1000), static_cast<long>(fmod(ms, 1000.0) * 1e6)};
+  long r = syscall(SYS_futex, w, 0 /* FUTEX_WAIT */, expected, &ts, nullptr, 0);
+  if (r < 0 && errno == EAGAIN) r = 0, errno = 0;
+  return Napi::Number::New(env, r < 0 ? -errno : 0);
+}
+
+// futexWake(arrayBuffer, byteOffset) -> number woken.
+Napi::Value FutexWake(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t* w = WordOf(info);
+  if (!w) return Throw(env, "futexWake: bad buffer or offset", EINVAL);
+  long r = syscall(SYS_futex, w, 1 /* FUTEX_WAKE */, 0x7fffffff, nullptr, nullptr, 0);
+  return Napi::Number::New(env, r < 0 ? -errno : r);
+}
+
+// crc32(arrayBuffer | view, byteOffset, length) -> CRC-32 (the snapshot's checksum, native: a restoring
+// vmm verifies the snapshot without waiting for the JIT).
+Napi::Value Crc32(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint8_t* p = nullptr;
+  size_t len = 0;
+  if (info[0].IsArrayBuffer()) {
+    auto ab = info[0].As<Napi::ArrayBuffer>();
+    p = static_cast<uint8_t*>(ab.Data());
+    len = ab.ByteLength();
+  } else if (info[0].IsTypedArray()) {
+    auto ta = info[0].As<Napi::TypedArray>();
+    p = static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+    len = ta.ByteLength();
+  } else {
+    return Throw(env, "crc32: expected an ArrayBuffer or a typed array", EINVAL);
+  }
+  uint64_t off = info[1].As<Napi::Number>().Int64Value();
+  uint64_t n = info[2].As<Napi::Number>().Int64Value();
+  if (off > len || n > len - off) return Throw(env, "crc32: range out of bounds", EINVAL);
+  tsvmm_snap_format_crc_init();
+  return Napi::Number::New(env, tsvmm_crc32(p + off, n));
+}
+
+// exitNow(code): _exit(code) at once. Node's own exit joins every worker thread, and a vCPU thread
+// inside KVM_RUN may not come back to JavaScript for a long time; a component that must die (an
+// uncaught exception) must not hang in its exit path.
+Napi::Value ExitNow(const Napi::CallbackInfo& info) {
+  _exit(info[0].As<Napi::Number>().Int32Value());
+  return info.Env().Undefined();
+}
+
+// pidfdOpen(pid) -> fd | -errno.
+Napi::Value PidfdOpen(const Napi::CallbackInfo& info) {
+  long r = syscall(SYS_pidfd_open, info[0].As<Napi::Number>().Int32Value(), 0);
+  return Napi::Number::New(info.Env(), r < 0 ? -errno : r);
+}
+
+// pollIn(fd, timeoutMs) -> 1 readable (a pidfd: the process exited) | 0 timeout | -errno. Blocking.
+Napi::Value PollIn(const Napi::CallbackInfo& info) {
+  struct pollfd p = {info[0].As<Napi::Number>().Int32Value(), POLLIN, 0};
+  int r = poll(&p, 1, info[1].As<Napi::Number>().Int32Value());
+  return Napi::Number::New(info.Env(), r < 0 ? -errno : r > 0 ? 1 : 0);
+}
+
 }  // namespace
 
 void RegisterKeeper(Napi::Env env, Napi::Object exports) {
@@ -169,6 +259,12 @@ void RegisterKeeper(Napi::Env env, Napi::Object exports) {
   exports.Set("keeperStart", Napi::Function::New(env, KeeperStart));
   exports.Set("keeperStop", Napi::Function::New(env, KeeperStop));
   exports.Set("waitExit", Napi::Function::New(env, WaitExit));
+  exports.Set("futexWait", Napi::Function::New(env, FutexWait));
+  exports.Set("futexWake", Napi::Function::New(env, FutexWake));
+  exports.Set("crc32", Napi::Function::New(env, Crc32));
+  exports.Set("exitNow", Napi::Function::New(env, ExitNow));
+  exports.Set("pidfdOpen", Napi::Function::New(env, PidfdOpen));
+  exports.Set("pollIn", Napi::Function::New(env, PollIn));
   Napi::Object c = exports.Get("constants").As<Napi::Object>();
   for (uint64_t i = 0; i < tsvmm_snap_constants_count; i++) {
     c.Set(tsvmm_snap_constants[i].name, Napi::Number::New(env, tsvmm_snap_constants[i].value));

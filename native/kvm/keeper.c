@@ -65,6 +65,10 @@ static void crc_init(void) {
   }
 }
 
+void tsvmm_snap_format_crc_init(void) {
+  if (!crc_table[1]) crc_init();
+}
+
 KEEPER_FN uint32_t tsvmm_crc32(const uint8_t* p, uint64_t n) {
   uint32_t c = 0xffffffffu;
   for (uint64_t i = 0; i < n; i++) c = crc_table[(c ^ p[i]) & 0xff] ^ (c >> 8);
@@ -103,11 +107,18 @@ KEEPER_FN static __attribute__((noreturn)) void k_exit(int code) {
   for (;;) raw3(SYS_exit_group, code, 0, 0);
 }
 
+/* Wakes whoever waits on header.wake_seq (a warm standby vmm in another process: not FUTEX_PRIVATE). */
+KEEPER_FN static void k_wake(struct tsvmm_snap_header* h) {
+  __atomic_add_fetch(&h->wake_seq, 1, __ATOMIC_RELEASE);
+  raw6(SYS_futex, (long)&h->wake_seq, 1 /* FUTEX_WAKE */, 0x7fffffff, 0, 0, 0);
+}
+
 KEEPER_FN static __attribute__((noreturn)) void k_fail(struct tsvmm_snap_header* h, uint32_t step, uint32_t vcpu, long err) {
   h->fail_step = step;
   h->fail_vcpu = vcpu;
   h->fail_errno = (int32_t)-err;
   __atomic_store_n(&h->state, TSVMM_SNAP_FAILED, __ATOMIC_RELEASE);
+  k_wake(h);
   k_exit(1);
 }
 
@@ -233,6 +244,15 @@ KEEPER_FN static int keeper_main(void* arg) {
 
   h->died_ns = k_now_ns();
   __atomic_store_n(&h->state, TSVMM_SNAP_SAVING, __ATOMIC_RELEASE);
+  /* Before saving the irqchip: from here an interrupt stays in its eventfd for the next VM. */
+  for (uint32_t k = 0; k < cfg->nirqfds; k++) {
+    struct kvm_irqfd d;
+    kzero(&d, sizeof d);
+    d.fd = (uint32_t)cfg->irqfd_fd[k];
+    d.gsi = cfg->irqfd_gsi[k];
+    d.flags = KVM_IRQFD_FLAG_DEASSIGN;
+    k_ioctl(cfg->vm_fd, KVM_IRQFD, &d);
+  }
   for (int i = 0; i < cfg->ncpus; i++) save_vcpu(cfg, h, i);
 
   struct tsvmm_snap_vm* vm = (struct tsvmm_snap_vm*)(cfg->snap + h->vm_offset);
@@ -250,6 +270,7 @@ KEEPER_FN static int keeper_main(void* arg) {
   h->generation = h->generation + 1;
   h->saved_ns = k_now_ns();
   __atomic_store_n(&h->state, TSVMM_SNAP_SAVED, __ATOMIC_RELEASE);
+  k_wake(h);
   k_exit(0);
 }
 
@@ -302,6 +323,7 @@ const struct tsvmm_abi_const tsvmm_snap_constants[] = {
     OFF(tsvmm_snap_header, fail_errno, "h_fail_errno") OFF(tsvmm_snap_header, fail_vcpu, "h_fail_vcpu")
     OFF(tsvmm_snap_header, died_ns, "h_died_ns") OFF(tsvmm_snap_header, saved_ns, "h_saved_ns")
     OFF(tsvmm_snap_header, nmsrs, "h_nmsrs") OFF(tsvmm_snap_header, total_size, "h_total_size")
+    OFF(tsvmm_snap_header, wake_seq, "h_wake_seq") OFF(tsvmm_snap_header, claim_gen, "h_claim_gen")
     OFF(tsvmm_journal, commit, "j_commit") OFF(tsvmm_journal, replayed_generation, "j_replayed_generation")
     OFF(tsvmm_journal, line, "j_line")
     OFF(tsvmm_snap_vcpu, id, "v_id") OFF(tsvmm_snap_vcpu, pending, "v_pending")

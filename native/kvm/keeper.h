@@ -28,6 +28,7 @@ extern "C" {
 #define TSVMM_SNAP_VERSION 1u
 #define TSVMM_MAX_VCPUS 256
 #define TSVMM_MAX_MSRS 256
+#define TSVMM_MAX_IRQFDS 64
 #define TSVMM_JOURNAL_SIZE 4096
 #define TSVMM_JOURNAL_LINE_MAX 3968
 #define TSVMM_REPLAY_DATA_MAX 256
@@ -83,6 +84,12 @@ struct tsvmm_snap_header {
   uint64_t saved_ns;      /* CLOCK_MONOTONIC when the snapshot was complete */
   uint32_t nmsrs;         /* MSRs saved per vCPU (probed by the vmm) */
   uint32_t total_size;    /* bytes of the snapshot memfd this layout needs */
+  /* Futex word: incremented (and FUTEX_WAKEd, shared) by the keeper when it has SAVED or FAILED, and
+   * by the supervisor when it releases a claim. A warm-standby vmm waits on it (recovery/standby). */
+  uint32_t wake_seq;
+  /* The generation a restoring vmm claimed (compare-and-swap generation-1 -> generation): exactly one
+   * vmm (the warm standby or a cold one) restores each saved snapshot. */
+  uint32_t claim_gen;
 };
 
 /* Written by the vmm's vCPU thread while it runs (shared memory, survives the vmm). */
@@ -147,6 +154,11 @@ struct tsvmm_keeper_config {
   uint32_t nmsrs;
   uint32_t msr_index[TSVMM_MAX_MSRS];
   int vmm_pidfd;            /* pidfd of the vmm */
+  /* The VM's irqfds: deassigned first thing after the vmm died, so an interrupt the driver-domain
+   * signals from then on waits in its eventfd for the next VM (an eventfd backs one irqfd at a time). */
+  uint32_t nirqfds;
+  int irqfd_fd[TSVMM_MAX_IRQFDS];
+  uint32_t irqfd_gsi[TSVMM_MAX_IRQFDS];
   int stop_efd;             /* eventfd: the guest exited normally, exit without saving */
 };
 
@@ -154,6 +166,8 @@ struct tsvmm_keeper_config {
 uint32_t tsvmm_snap_total_size(uint32_t ncpus);
 void tsvmm_snap_format(uint8_t* snap, uint32_t ncpus);
 uint32_t tsvmm_crc32(const uint8_t* p, uint64_t n);
+/* Fills the CRC table tsvmm_crc32 uses (idempotent). */
+void tsvmm_snap_format_crc_init(void);
 
 /* Clones the keeper; returns its pid or -errno. cfg must stay valid (static). */
 int tsvmm_keeper_start(struct tsvmm_keeper_config* cfg);

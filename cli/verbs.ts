@@ -1,0 +1,292 @@
+/**
+ * The `tsvmm` verbs that talk to a running VM through its priv-domain's API
+ * (priv-domain/openapi.yaml): ls, ps, kill, pause, resume, stop, console, metrics, events,
+ * label, annotate. Each finds its VM by --name under the runtime directory
+ * (priv-domain/paths.ts); with exactly one VM running, --name may be left out.
+ */
+import * as fs from 'fs';
+import * as http from 'http';
+import { parseArgs } from 'util';
+import { badName, listRuntimeNames, listStateNames, pidAlive, vmPaths } from '../priv-domain/paths';
+
+export class VerbError extends Error {
+  constructor(message: string, readonly status = 1) { super(message); }
+}
+
+export const VERBS = ['ls', 'ps', 'kill', 'pause', 'resume', 'stop', 'console', 'metrics', 'events', 'label', 'annotate'];
+
+export const VERBS_HELP = `
+  ls         list VMs (--all: also those that are not running)
+  ps         the VM's components: pid, state, uptime, restarts, last recovery
+  kill       tsvmm kill COMPONENT [--signal SIG]: signal vmm, driver-domain, priv-domain or keeper
+  pause      stop the VM's vCPUs;  resume: start them again;  stop: stop the VM
+  console    show the guest's serial console history, then follow it (--no-follow: history only)
+  metrics    print the VM's Prometheus metrics
+  events     the VM's lifecycle events from the durable store
+  label      tsvmm label KEY [VALUE]: show or set a label;  annotate TEXT: add an annotation
+  These take --name NAME (optional when one VM is running) and --json (ls, ps, events).
+`;
+
+/** How long a verb keeps retrying while the priv-domain restarts. */
+const RETRY_MS = Number(process.env.TSVMM_API_RETRY_MS ?? 5000);
+
+export interface ApiResponse { status: number; headers: http.IncomingHttpHeaders; body: string }
+
+/** One HTTP request on a unix socket. */
+export function request(socket: string, method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<ApiResponse> {
+  return new Promise((resolve, reject) => {
+    const data = body === undefined ? undefined : JSON.stringify(body);
+    const req = http.request({
+      socketPath: socket, method, path,
+      headers: { ...(data ? { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(data) } : {}), ...headers },
+    }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    if (data) req.write(data);
+    req.end();
+  });
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const TRANSIENT = new Set(['ECONNREFUSED', 'ENOENT', 'ECONNRESET', 'EPIPE']);
+
+/** Is the VM's supervisor alive (the priv-domain may be restarting)? */
+function supervisorAlive(name: string): boolean {
+  try {
+    return pidAlive(Number(fs.readFileSync(vmPaths(name).pidFile, 'utf8')));
+  } catch (e) {
+    // Someone else's VM: let the connection attempt say so.
+    return (e as NodeJS.ErrnoException).code === 'EACCES';
+  }
+}
+
+/** Can we connect to the VM's API right now? */
+function probe(socket: string): Promise<string | undefined> {
+  return request(socket, 'GET', '/v1/health').then(() => undefined, (e: NodeJS.ErrnoException) => e.code ?? 'ERROR');
+}
+
+/** The names of running VMs (supervisor alive). */
+export function runningNames(): string[] {
+  return listRuntimeNames().filter(supervisorAlive);
+}
+
+/** --name, or the only running VM. */
+export function resolveName(name: string | undefined): string {
+  if (name !== undefined) {
+    const why = badName(name);
+    if (why) throw new VerbError(why, 2);
+    try {
+      fs.accessSync(vmPaths(name).runDir, fs.constants.X_OK);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EACCES') {
+        throw new VerbError(`cannot reach VM "${name}": permission denied on its runtime directory; only the user who started the VM may manage it`);
+      }
+    }
+    if (!supervisorAlive(name)) {
+      const running = runningNames();
+      throw new VerbError(`no VM named "${name}" is running (${running.length ? `running: ${running.join(', ')}` : 'none is running'})`);
+    }
+    return name;
+  }
+  const running = runningNames();
+  if (running.length === 1) return running[0];
+  if (running.length === 0) throw new VerbError('no VM is running (start one with `tsvmm run --name NAME`)');
+  throw new VerbError(`${running.length} VMs are running (${running.join(', ')}): pick one with --name NAME`, 2);
+}
+
+/**
+ * A request to VM `name`'s API, retried while its priv-domain restarts (with the same
+ * Idempotency-Key, for a change). Throws VerbError with the API's one-line error.
+ */
+export async function api(name: string, method: string, path: string, body?: unknown, opts: { key?: string; raw?: boolean } = {}): Promise<ApiResponse> {
+  const socket = vmPaths(name).socket;
+  const deadline = Date.now() + RETRY_MS;
+  const headers: Record<string, string> = opts.key ? { 'Idempotency-Key': opts.key } : {};
+  for (;;) {
+    try {
+      const r = await request(socket, method, path, body, headers);
+      // 503: a priv-domain that just started and has not heard from the supervisor yet.
+      if (r.status === 503 && Date.now() < deadline) { await sleep(50); continue; }
+      if (r.status >= 400 && !opts.raw) {
+        let msg = r.body.trim();
+        try { msg = (JSON.parse(r.body) as { error?: string }).error ?? msg; } catch { /* not JSON */ }
+        throw new VerbError(msg || `HTTP ${r.status}`);
+      }
+      return r;
+    } catch (e) {
+      if (e instanceof VerbError) throw e;
+      const code = (e as NodeJS.ErrnoException).code ?? '';
+      if (code === 'EACCES') {
+        let owner = '';
+        try { owner = ` (it belongs to uid ${fs.statSync(socket).uid})`; } catch { /* hidden from us too */ }
+        throw new VerbError(`cannot reach VM "${name}": permission denied on its API socket${owner}; only the user who started the VM may manage it`);
+      }
+      const transient = TRANSIENT.has(code) && supervisorAlive(name);
+      if (!transient || Date.now() > deadline) {
+        if (!supervisorAlive(name)) throw new VerbError(`VM "${name}" is not running (it stopped)`);
+        throw new VerbError(`cannot reach VM "${name}" at ${socket}: ${(e as Error).message}`);
+      }
+      await sleep(50);
+    }
+  }
+}
+
+function fmtDuration(s: number | null | undefined): string {
+  if (s === null || s === undefined || !Number.isFinite(s)) return '-';
+  if (s < 60) return `${s.toFixed(1)}s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m}m${String(Math.floor(s % 60)).padStart(2, '0')}s`;
+  const h = Math.floor(m / 60);
+  return h < 48 ? `${h}h${String(m % 60).padStart(2, '0')}m` : `${Math.floor(h / 24)}d${h % 24}h`;
+}
+
+function table(rows: string[][]): string {
+  const w = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(w[i]))).join('  ')).join('\n') + '\n';
+}
+
+interface Component {
+  name: string; pid: number; state: string; startedAt: number; uptimeSeconds: number | null; restarts: number;
+  lastRecovery: { component: string; cause: string; seconds: number; at: number } | null;
+}
+
+function parse(argv: string[], extra: Record<string, { type: 'string' | 'boolean'; short?: string }> = {}, positionals = 0) {
+  let r;
+  try {
+    r = parseArgs({ args: argv, options: { name: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' }, ...extra }, strict: true, allowPositionals: true });
+  } catch (e) {
+    throw new VerbError((e as Error).message, 2);
+  }
+  if (r.positionals.length > positionals) throw new VerbError(`unexpected argument "${r.positionals[positionals]}"`, 2);
+  if (r.values.help) { process.stdout.write(VERBS_HELP); process.exit(0); }
+  return r as unknown as { values: { name?: string; json?: boolean; all?: boolean; signal?: string; 'no-follow'?: boolean }; positionals: string[] };
+}
+
+const out = (s: string) => { process.stdout.write(s); };
+
+export async function verb(cmd: string, argv: string[]): Promise<number> {
+  switch (cmd) {
+    case 'ls': {
+      const { values } = parse(argv, { all: { type: 'boolean' } });
+      const rows: { name: string; state: string; pid: number; socket: string }[] = [];
+      const running = runningNames();
+      for (const name of running) {
+        const p = vmPaths(name);
+        let state = 'running';
+        const err = await probe(p.socket);
+        if (err === 'EACCES') state = 'running (not yours)';
+        else if (err) state = 'running (api restarting)';
+        else {
+          try { state = (JSON.parse((await request(p.socket, 'GET', '/v1/vm')).body) as { state: string }).state; } catch { /* keep */ }
+        }
+        rows.push({ name, state, pid: Number(fs.readFileSync(p.pidFile, 'utf8')), socket: p.socket });
+      }
+      if (values.all) for (const name of listStateNames()) if (!running.includes(name)) rows.push({ name, state: 'stopped', pid: 0, socket: '' });
+      if (values.json) { out(JSON.stringify(rows, null, 1) + '\n'); return 0; }
+      if (!rows.length) { out('no VM is running\n'); return 0; }
+      out(table([['NAME', 'STATE', 'PID', 'API SOCKET'], ...rows.map((r) => [r.name, r.state, r.pid ? String(r.pid) : '-', r.socket || '-'])]));
+      return 0;
+    }
+    case 'ps': {
+      const { values } = parse(argv);
+      const name = resolveName(values.name);
+      const comps = JSON.parse((await api(name, 'GET', '/v1/vm/components')).body) as Component[];
+      if (values.json) { out(JSON.stringify(comps, null, 1) + '\n'); return 0; }
+      const now = Date.now() / 1000;
+      out(table([['COMPONENT', 'PID', 'STATE', 'UPTIME', 'RESTARTS', 'LAST RECOVERY'], ...comps.map((c) => [
+        c.name, c.pid ? String(c.pid) : '-', c.state, fmtDuration(c.uptimeSeconds), String(c.restarts),
+        c.lastRecovery ? `${c.lastRecovery.cause} in ${(c.lastRecovery.seconds * 1000).toFixed(1)} ms, ${fmtDuration(now - c.lastRecovery.at)} ago` : '-',
+      ])]));
+      return 0;
+    }
+    case 'kill': {
+      const { values, positionals } = parse(argv, { signal: { type: 'string', short: 's' } }, 1);
+      if (!positionals[0]) throw new VerbError('usage: tsvmm kill COMPONENT [--signal SIG] [--name NAME] (COMPONENT: vmm, driver-domain, priv-domain, keeper)', 2);
+      const name = resolveName(values.name);
+      const r = JSON.parse((await api(name, 'POST', `/v1/vm/components/${encodeURIComponent(positionals[0])}/kill`, { signal: values.signal ?? 'SIGKILL' })).body) as { pid: number; signal: string };
+      out(`sent ${r.signal} to ${positionals[0]} (pid ${r.pid}) of VM ${name}\n`);
+      return 0;
+    }
+    case 'pause':
+    case 'resume':
+    case 'stop': {
+      const { values } = parse(argv);
+      const name = resolveName(values.name);
+      const key = `${cmd}-${process.pid}-${Date.now()}`;
+      const r = JSON.parse((await api(name, 'POST', `/v1/vm/${cmd}`, {}, { key })).body) as { state: string };
+      out(`VM ${name}: ${r.state}\n`);
+      return 0;
+    }
+    case 'metrics': {
+      const { values } = parse(argv);
+      out((await api(resolveName(values.name), 'GET', '/metrics')).body);
+      return 0;
+    }
+    case 'events': {
+      const { values } = parse(argv);
+      const evs = JSON.parse((await api(resolveName(values.name), 'GET', '/v1/vm/events')).body) as { id: number; at: number; kind: string; detail: unknown }[];
+      if (values.json) { out(JSON.stringify(evs, null, 1) + '\n'); return 0; }
+      for (const e of evs) out(`${e.id}\t${new Date(e.at * 1000).toISOString()}\t${e.kind}\t${e.kind === 'started' ? '' : JSON.stringify(e.detail)}\n`);
+      return 0;
+    }
+    case 'label': {
+      const { values, positionals } = parse(argv, {}, 2);
+      const name = resolveName(values.name);
+      if (!positionals[0]) { out(JSON.stringify(JSON.parse((await api(name, 'GET', '/v1/vm/labels')).body), null, 1) + '\n'); return 0; }
+      const path = `/v1/vm/labels/${encodeURIComponent(positionals[0])}`;
+      const r = positionals.length === 2
+        ? await api(name, 'PUT', path, { value: positionals[1] }, { key: `label-${process.pid}-${Date.now()}` })
+        : await api(name, 'GET', path);
+      const l = JSON.parse(r.body) as { key: string; value: string };
+      out(`${l.key}=${l.value}\n`);
+      return 0;
+    }
+    case 'annotate': {
+      const { values, positionals } = parse(argv, {}, 1);
+      if (!positionals[0]) throw new VerbError('usage: tsvmm annotate TEXT [--name NAME]', 2);
+      const r = JSON.parse((await api(resolveName(values.name), 'POST', '/v1/vm/annotations', { text: positionals[0] }, { key: `annotate-${process.pid}-${Date.now()}` })).body) as { id: number };
+      out(`annotation ${r.id}\n`);
+      return 0;
+    }
+    case 'console':
+      return consoleVerb(argv);
+    default:
+      throw new VerbError(`unknown command "${cmd}"`, 2);
+  }
+}
+
+/** History, then follow; across priv-domain restarts it reconnects from the last byte it got. */
+async function consoleVerb(argv: string[]): Promise<number> {
+  const { values } = parse(argv, { 'no-follow': { type: 'boolean' } });
+  const name = resolveName(values.name);
+  const follow = !values['no-follow'];
+  const socket = vmPaths(name).socket;
+  let pos: number | undefined;
+  for (;;) {
+    const path = `/v1/vm/console?follow=${follow ? 1 : 0}${pos !== undefined ? `&since=${pos}` : ''}`;
+    const ended = await new Promise<'end' | 'error'>((resolve) => {
+      const req = http.request({ socketPath: socket, method: 'GET', path }, (res) => {
+        if ((res.statusCode ?? 0) >= 400) {
+          let b = '';
+          res.on('data', (c) => { b += c; });
+          res.on('end', () => { process.stderr.write(`tsvmm: error: ${b.trim()}\n`); resolve('end'); });
+          return;
+        }
+        if (pos === undefined) pos = Number(res.headers['x-console-start'] ?? 0);
+        res.on('data', (c: Buffer) => { process.stdout.write(c); pos = ((pos ?? 0) + c.length) >>> 0; });
+        res.on('end', () => resolve('end'));
+        res.on('error', () => resolve('error'));
+        res.on('aborted', () => resolve('error'));
+      });
+      req.on('error', () => resolve('error'));
+      req.end();
+    });
+    if (!follow && ended === 'end') return 0;
+    if (!supervisorAlive(name)) return 0;
+    await sleep(100);
+  }
+}

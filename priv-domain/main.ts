@@ -1,0 +1,232 @@
+/**
+ * The priv-domain process: the VM's management plane (like Xen's Dom0 toolstack).
+ *   - the management API (priv-domain/api.ts, schema priv-domain/openapi.yaml) on
+ *     <runtime>/<name>/api.sock, mode 0600 in a 0700 directory;
+ *   - the durable store (priv-domain/store.ts): configuration, lifecycle events, labels,
+ *     annotations, idempotency records;
+ *   - the console: copies the shared console ring (vmm/control-page.ts) to the console log and
+ *     serves `tsvmm console`;
+ *   - Prometheus metrics (priv-domain/metrics.ts) on --metrics-addr and at GET /metrics.
+ * The supervisor spawns it (recovery/control.ts) and restarts it when it dies. Nothing the guest
+ * needs goes through it: when it is down the guest and its I/O keep running. A new one reloads
+ * the store, re-attaches to the shared pages, resumes the console log from the shared offset
+ * and gets the full component status from the supervisor.
+ */
+import * as fs from 'fs';
+import * as http from 'http';
+import * as net from 'net';
+import { URL } from 'url';
+import {
+  ComponentMessage, ComponentMessageCodec, ComponentStatus, ControlReply, RecoveryRecord, SupervisorMessage,
+  SupervisorMessageCodec, VmConfig, VmConfigCodec,
+} from '../proto';
+import { DEVICE_PAGE_OFFSET, FD, STATE_MEMFD_SIZE } from '../vmm/fds';
+import { native } from '../native/kvm';
+import { ControlPage } from '../vmm/control-page';
+import { Component, StatePage } from '../devices/state-page';
+import { deviceList } from '../vmm/devices';
+import { mkdirPrivate, vmPaths } from './paths';
+import { Store } from './store';
+import { Metrics, HEARTBEAT_COMPONENTS } from './metrics';
+import { ApiError, createApiHandler } from './api';
+import { signalNumber } from '../recovery/control';
+
+const HEARTBEAT_MS = 20;
+const CONSOLE_POLL_MS = 50;
+const COMMAND_TIMEOUT_MS = 5000;
+export const DEFAULT_METRICS_ADDR = '127.0.0.1:9464';
+
+function send(msg: ComponentMessage): void {
+  process.send?.({ pb: Buffer.from(ComponentMessageCodec.encode(msg)).toString('base64') });
+}
+
+/** HOST:PORT -> [host, port]; "none" -> undefined. */
+export function parseMetricsAddr(addr: string): { host: string; port: number } | undefined {
+  if (addr === 'none') return undefined;
+  const m = /^(\[[0-9a-fA-F:.]+\]|[^:]+):(\d{1,5})$/.exec(addr);
+  if (!m || Number(m[2]) > 65535) throw new Error(`invalid metrics address "${addr}": expected HOST:PORT (port 0: any free port) or none`);
+  return { host: m[1].replace(/^\[|\]$/g, ''), port: Number(m[2]) };
+}
+
+function main(): void {
+  const b64 = process.env.TSVMM_CONFIG;
+  if (!b64) {
+    process.stderr.write('tsvmm priv-domain: this process is started by `tsvmm run`, not by hand\n');
+    process.exit(2);
+  }
+  const cfg: VmConfig = VmConfigCodec.decode(Buffer.from(b64, 'base64'));
+  const runId = process.env.TSVMM_RUN_ID ?? `${process.ppid}`;
+  const startedAt = Date.now() / 1000;
+  const paths = vmPaths(cfg.name);
+  process.umask(0o077);
+
+  // Durable store first: nothing is acknowledged before it is open.
+  mkdirPrivate(paths.stateDir);
+  const store = Store.open(paths.db);
+  store.recordRun(cfg.name, cfg, runId);
+
+  // Shared pages (the state memfd is our fd 5).
+  const control = ControlPage.tryMap(FD.STATE);
+  let statePage: StatePage | undefined;
+  try {
+    statePage = StatePage.attach(new Uint8Array(native.mmap(FD.STATE, STATE_MEMFD_SIZE - DEVICE_PAGE_OFFSET, DEVICE_PAGE_OFFSET, true)));
+  } catch { statePage = undefined; }
+  const devices = deviceList(cfg);
+
+  // Supervisor status and commands.
+  let components: ComponentStatus[] | undefined;
+  const recoveries: RecoveryRecord[] = [];
+  let nextId = 1;
+  const pending = new Map<number, { resolve: (r: ControlReply) => void; timer: NodeJS.Timeout }>();
+  process.on('message', (m: { pb?: string }) => {
+    if (typeof m?.pb !== 'string') return;
+    let msg: SupervisorMessage;
+    try { msg = SupervisorMessageCodec.decode(Buffer.from(m.pb, 'base64')); } catch { return; }
+    if ('status' in msg && msg.status) {
+      components = msg.status.components;
+      if (msg.status.full) recoveries.length = 0;
+      recoveries.push(...msg.status.recoveries);
+    } else if ('reply' in msg && msg.reply) {
+      const p = pending.get(msg.reply.id);
+      if (p) { pending.delete(msg.reply.id); clearTimeout(p.timer); p.resolve(msg.reply); }
+    }
+  });
+  // The supervisor gone means the VM is gone: so are we.
+  process.on('disconnect', () => process.exit(0));
+  const command = (cmd: string, component?: string, signal?: string): Promise<{ pid?: number }> => new Promise((resolve, reject) => {
+    const id = nextId++;
+    const timer = setTimeout(() => { pending.delete(id); reject(new ApiError(504, `the supervisor did not answer "${cmd}" within ${COMMAND_TIMEOUT_MS} ms`)); }, COMMAND_TIMEOUT_MS);
+    pending.set(id, {
+      timer,
+      resolve: (r) => (r.ok ? resolve({ pid: r.pid }) : reject(new ApiError(/unknown|not running|not killed/.test(r.error ?? '') ? 409 : 500, r.error || `${cmd} failed`))),
+    });
+    send({ controlRequest: { id, command: cmd, component: component ?? '', signal: signal ?? '' } });
+  });
+
+  // Heartbeats: ours, and the age of everyone's.
+  const beats = new Map<string, { value: number; changed: number }>();
+  const sampleBeats = () => {
+    if (!statePage) return;
+    const now = performance.now();
+    for (const [c, name] of HEARTBEAT_COMPONENTS) {
+      const v = statePage.heartbeat(c);
+      const b = beats.get(name);
+      if (!b || b.value !== v) beats.set(name, { value: v, changed: b ? now : now });
+    }
+  };
+  setInterval(() => { statePage?.beat(Component.PrivDomain); sampleBeats(); }, HEARTBEAT_MS);
+  statePage?.beat(Component.PrivDomain);
+
+  // Console: ring -> log file, resuming from the shared offset a previous priv-domain reached.
+  let consoleFd: number | undefined;
+  try { consoleFd = fs.openSync(paths.consoleLog, 'a', 0o600); } catch { consoleFd = undefined; }
+  const pumpConsole = () => {
+    if (!control || consoleFd === undefined) return;
+    const { data, next, lost } = control.consoleRead(control.consoleLogged);
+    if (lost) fs.writeSync(consoleFd, `\n[tsvmm: ${lost} bytes of console output were lost]\n`);
+    if (data.length) fs.writeSync(consoleFd, data);
+    control.consoleLogged = next;
+  };
+  setInterval(pumpConsole, CONSOLE_POLL_MS);
+
+  let metricsAddr = 'none';
+  const metrics = new Metrics({
+    cfg, devices, control, statePage,
+    status: () => components && { components, recoveries: [], full: false, paused: control?.pauseRequested ?? false },
+    recoveries: () => recoveries,
+    heartbeatAges: () => {
+      const now = performance.now();
+      const out = new Map<string, number>();
+      for (const [name, b] of beats) if (b.value !== 0) out.set(name, (now - b.changed) / 1000);
+      return out;
+    },
+    consoleBytes: () => control?.consoleHead ?? 0,
+  });
+
+  const consoleHandler = (req: http.IncomingMessage, res: http.ServerResponse, url: URL) => {
+    if (!control) throw new ApiError(503, 'this VM has no console ring');
+    const follow = ['1', 'true', 'yes'].includes(url.searchParams.get('follow') ?? '');
+    const sinceText = url.searchParams.get('since');
+    let pos: number;
+    if (sinceText === null) pos = control.consoleTail();
+    else if (/^\d+$/.test(sinceText) && Number(sinceText) <= 0xffffffff) pos = Number(sinceText);
+    else throw new ApiError(400, 'since must be a console position (0 to 2^32-1)');
+    const first = control.consoleRead(pos);
+    res.writeHead(200, { 'Content-Type': 'application/octet-stream', 'X-Console-Start': String((first.next - first.data.length) >>> 0), 'X-Console-Lost': String(first.lost) });
+    res.write(first.data);
+    pos = first.next;
+    if (!follow) { res.end(); return; }
+    const t = setInterval(() => {
+      const r = control.consoleRead(pos);
+      if (r.data.length) res.write(r.data);
+      pos = r.next;
+    }, CONSOLE_POLL_MS);
+    const done = () => clearInterval(t);
+    res.on('close', done);
+    req.on('close', done);
+  };
+
+  const handler = createApiHandler({
+    cfg, runId, store, control, startedAt,
+    metricsAddr: () => metricsAddr,
+    components: () => components,
+    command,
+    metrics: async () => ({ text: await metrics.text(), contentType: metrics.contentType }),
+    onRequest: (method, code) => metrics.apiRequests.inc({ method, code: String(code) }),
+    signalNumber,
+  }, consoleHandler);
+
+  // The API socket: mode 0600 in a 0700 directory (node cannot read SO_PEERCRED, so the file
+  // permissions are what keeps other users out: connect() needs write permission on the socket).
+  mkdirPrivate(paths.runDir);
+  fs.chmodSync(paths.runDir, 0o700);
+  try { fs.unlinkSync(paths.socket); } catch { /* none left behind */ }
+  const server = http.createServer(handler);
+  server.keepAliveTimeout = 1000;
+  server.on('clientError', (_e, sock: net.Socket) => {
+    if (sock.writable) sock.end('HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{"error": "malformed HTTP request"}\n');
+  });
+  server.listen(paths.socket, () => {
+    fs.chmodSync(paths.socket, 0o600);
+    startMetrics();
+  });
+
+  const startMetrics = () => {
+    let target: { host: string; port: number } | undefined;
+    try {
+      target = parseMetricsAddr(cfg.metricsAddr || DEFAULT_METRICS_ADDR);
+    } catch (e) {
+      process.stderr.write(`tsvmm priv-domain: ${(e as Error).message}\n`);
+    }
+    const ready = () => send({ ready: { component: 'priv-domain', pid: process.pid } });
+    if (!target) { ready(); return; }
+    const ms = http.createServer((req, res) => {
+      const p = (req.url ?? '/').split('?')[0];
+      if (req.method !== 'GET' || (p !== '/metrics' && p !== '/')) {
+        res.writeHead(404, { 'Content-Type': 'text/plain' });
+        res.end('tsvmm: metrics are at GET /metrics\n');
+        return;
+      }
+      metrics.text().then((text) => { res.writeHead(200, { 'Content-Type': metrics.contentType }); res.end(text); },
+        (e: Error) => { res.writeHead(500); res.end(`${e.message}\n`); });
+    });
+    ms.on('error', (e) => {
+      // Another VM on the default port, say: the API's GET /metrics still serves them.
+      process.stderr.write(`tsvmm priv-domain: metrics endpoint ${target!.host}:${target!.port} unavailable (${(e as NodeJS.ErrnoException).code ?? e.message}); \`tsvmm metrics\` still works\n`);
+      metricsAddr = 'none';
+      ready();
+    });
+    ms.listen(target.port, target.host, () => {
+      const a = ms.address() as net.AddressInfo;
+      metricsAddr = a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
+      ready();
+    });
+  };
+}
+
+try {
+  main();
+} catch (e) {
+  send({ fatal: { message: `priv-domain: ${(e as Error).message}` } });
+  setTimeout(() => process.exit(1), 20);
+}

@@ -1,0 +1,93 @@
+/**
+ * Where a VM's control plane lives on the host, shared by the supervisor, the priv-domain and the
+ * CLI verbs:
+ *
+ *   runtime dir (gone at reboot): $TSVMM_RUNTIME_DIR, else /run/tsvmm for root, else
+ *     $XDG_RUNTIME_DIR/tsvmm, else /tmp/tsvmm-$UID. Mode 0700.
+ *       <name>/api.sock         the priv-domain's HTTP+JSON API (mode 0600, directory 0700)
+ *       <name>/supervisor.pid   the supervisor that owns the name
+ *   state dir (survives reboots): $TSVMM_STATE_DIR, else /var/lib/tsvmm for root, else
+ *     $XDG_STATE_HOME/tsvmm, else ~/.local/state/tsvmm. Mode 0700.
+ *       vms/<name>/tsvmm.db     the durable store (priv-domain/store.ts)
+ *       vms/<name>/console.log  every byte of guest serial output
+ */
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+
+export const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+
+/** Why `name` cannot name a VM, or undefined. */
+export function badName(name: string): string | undefined {
+  if (NAME_RE.test(name)) return undefined;
+  return `invalid VM name "${name}": use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit`;
+}
+
+export function runtimeRoot(): string {
+  if (process.env.TSVMM_RUNTIME_DIR) return path.resolve(process.env.TSVMM_RUNTIME_DIR);
+  const uid = process.getuid?.() ?? 0;
+  if (uid === 0) return '/run/tsvmm';
+  if (process.env.XDG_RUNTIME_DIR) return path.join(process.env.XDG_RUNTIME_DIR, 'tsvmm');
+  return `/tmp/tsvmm-${uid}`;
+}
+
+export function stateRoot(): string {
+  if (process.env.TSVMM_STATE_DIR) return path.resolve(process.env.TSVMM_STATE_DIR);
+  const uid = process.getuid?.() ?? 0;
+  if (uid === 0) return '/var/lib/tsvmm';
+  if (process.env.XDG_STATE_HOME) return path.join(process.env.XDG_STATE_HOME, 'tsvmm');
+  return path.join(os.homedir(), '.local', 'state', 'tsvmm');
+}
+
+export interface VmPaths {
+  runDir: string;
+  socket: string;
+  pidFile: string;
+  stateDir: string;
+  db: string;
+  consoleLog: string;
+}
+
+export function vmPaths(name: string): VmPaths {
+  const runDir = path.join(runtimeRoot(), name);
+  const stateDir = path.join(stateRoot(), 'vms', name);
+  return {
+    runDir, socket: path.join(runDir, 'api.sock'), pidFile: path.join(runDir, 'supervisor.pid'),
+    stateDir, db: path.join(stateDir, 'tsvmm.db'), consoleLog: path.join(stateDir, 'console.log'),
+  };
+}
+
+/** mkdir -p with mode 0700 for the directories we create (existing ones are left as they are). */
+export function mkdirPrivate(dir: string): void {
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+}
+
+/** Names of the VMs with a runtime directory (live or stale). */
+export function listRuntimeNames(): string[] {
+  try {
+    return fs.readdirSync(runtimeRoot(), { withFileTypes: true }).filter((d) => d.isDirectory() && NAME_RE.test(d.name)).map((d) => d.name).sort();
+  } catch {
+    return [];
+  }
+}
+
+/** Names of the VMs the state directory has a record of (running or not). */
+export function listStateNames(): string[] {
+  try {
+    return fs.readdirSync(path.join(stateRoot(), 'vms'), { withFileTypes: true })
+      .filter((d) => d.isDirectory() && NAME_RE.test(d.name) && fs.existsSync(path.join(stateRoot(), 'vms', d.name, 'tsvmm.db'))).map((d) => d.name).sort();
+  } catch {
+    return [];
+  }
+}
+
+/** Is process `pid` alive (and ours to signal)? */
+export function pidAlive(pid: number): boolean {
+  if (!pid) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}

@@ -1,0 +1,82 @@
+/**
+ * Test helpers for the control plane: a VM started under private runtime and state directories,
+ * `tsvmm` verbs against it, and raw API requests on its socket.
+ */
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { ChildProcessWithoutNullStreams } from 'child_process';
+import { GUEST, guestLines, tsvmm, tsvmmAsync } from './tsvmm';
+import { request, ApiResponse } from '../../cli/verbs';
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export interface TestVm {
+  name: string;
+  env: NodeJS.ProcessEnv;
+  dir: string;
+  socket: string;
+  proc: ChildProcessWithoutNullStreams;
+  out(): string;
+  err(): string;
+  exited: Promise<number | null>;
+  /** `@blk-progress` lines so far. */
+  progress(): number;
+  /** Runs a tsvmm verb against this VM's directories. */
+  cli(args: string[], timeoutMs?: number): ReturnType<typeof tsvmm>;
+  api(method: string, p: string, body?: unknown, headers?: Record<string, string>): Promise<ApiResponse>;
+  stop(): Promise<void>;
+}
+
+export async function startVm(opts: { name?: string; disk?: boolean; cmdline?: string; extra?: string[]; dir?: string } = {}): Promise<TestVm> {
+  const dir = opts.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'tsvmm-cp-'));
+  const name = opts.name ?? `t${process.pid}-${Math.floor(Math.random() * 1e6)}`;
+  const env = { TSVMM_RUNTIME_DIR: path.join(dir, 'run'), TSVMM_STATE_DIR: path.join(dir, 'state') };
+  const args = ['run', '--name', name, '--kernel', GUEST, '--metrics-addr', '127.0.0.1:0'];
+  if (opts.disk !== false) {
+    const img = path.join(dir, `${name}.img`);
+    fs.writeFileSync(img, '');
+    fs.truncateSync(img, 32 << 20);
+    args.push('--disk', img);
+  }
+  args.push('--cmdline', opts.cmdline ?? 'workload=blk-loop blk_n=2000 qd=16 mode=seq verify=1 blk_report=200 virtio_irq=1', ...(opts.extra ?? []));
+  const proc = tsvmmAsync(args, env);
+  let out = '';
+  let err = '';
+  proc.stdout.on('data', (d) => { out += d; });
+  proc.stderr.on('data', (d) => { err += d; });
+  const exited = new Promise<number | null>((r) => proc.on('exit', (code) => r(code)));
+  const socket = path.join(env.TSVMM_RUNTIME_DIR, name, 'api.sock');
+  const vm: TestVm = {
+    name, env, dir, socket, proc, exited,
+    out: () => out, err: () => err,
+    progress: () => guestLines(out).filter((l) => l.word === 'blk-progress').length,
+    cli: (a, timeoutMs) => tsvmm(a, { env, timeoutMs }),
+    api: (method, p, body, headers) => request(socket, method, p, body, headers),
+    stop: async () => {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
+      await exited;
+    },
+  };
+  const deadline = Date.now() + 20_000;
+  while (!/priv-domain ready/.test(err) && Date.now() < deadline) {
+    if (proc.exitCode !== null) throw new Error(`tsvmm run exited early:\n${err}`);
+    await sleep(50);
+  }
+  if (!/priv-domain ready/.test(err)) throw new Error(`priv-domain never became ready:\n${err}`);
+  return vm;
+}
+
+/**
+ * Runs a VM scenario; on failure the VM's stderr (attached to the error as `vm`) is added to the
+ * message so the cause is visible in the test report.
+ */
+export async function runScenario(scenario: () => Promise<TestVm | undefined>): Promise<void> {
+  try {
+    await scenario();
+  } catch (e) {
+    const err = (e as { vm?: TestVm }).vm?.err();
+    if (err && e instanceof Error) e.message += `\n--- tsvmm stderr ---\n${err}`;
+    throw e;
+  }
+}
