@@ -1,9 +1,10 @@
 /**
- * vmm recovery under disk I/O: SIGKILL the vmm (vCPUs, virtio-mmio
- * registers) at random moments, many times, while the guest writes and
- * verifies its own data through the driver-domain. Every kill is recovered
- * from the keeper's snapshot with no guest reboot: zero verification
- * errors, progress after every kill, the image intact afterwards.
+ * Recovery under disk I/O: SIGKILL the vmm (vCPUs, virtio-mmio registers;
+ * recovered from the keeper's snapshot, no guest reboot), and separately the
+ * driver-domain (the process serving the disk), at random moments, many
+ * times, while the guest writes and verifies its own data. The guest must see
+ * zero verification errors, its progress must continue after every kill, and
+ * the image must be intact afterwards.
  */
 import { strict as assert } from 'assert';
 import * as fs from 'fs';
@@ -15,12 +16,12 @@ import { checkImage } from './helpers/blk-image';
 const KILLS = Number(process.env.TSVMM_KILLS ?? 50);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-describe('vmm recovery under a verifying blk workload', function () {
+describe('recovery under a verifying blk workload', function () {
   this.timeout(300_000);
   before(requireKvm);
 
-  it(`survives ${KILLS} SIGKILLs of the vmm with zero guest-visible errors`, async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvmm-vmmkill-'));
+  for (const component of ['driver-domain', 'vmm'] as const) it(`survives ${KILLS} SIGKILLs of the ${component} with zero guest-visible errors`, async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), `tsvmm-kill-${component}-`));
     const img = path.join(dir, 'disk.img');
     fs.writeFileSync(img, '');
     fs.truncateSync(img, 32 << 20);
@@ -31,22 +32,23 @@ describe('vmm recovery under a verifying blk workload', function () {
     vm.stdout.on('data', (d) => { out += d; });
     vm.stderr.on('data', (d) => { err += d; });
     const exited = new Promise<number | null>((r) => vm.on('exit', (code) => r(code)));
-    const vmmPid = () => {
-      const m = [...err.matchAll(/vmm ready \(pid (\d+)\)/g)];
+    const ready = new RegExp(`(?:^|: )${component} ready \\(pid (\\d+)\\)`, 'gm');
+    const pidOf = () => {
+      const m = [...err.matchAll(ready)];
       return m.length ? Number(m[m.length - 1][1]) : undefined;
     };
     const progress = () => guestLines(out).filter((l) => l.word === 'blk-progress').length;
     try {
       const deadline = Date.now() + 20_000;
-      while ((vmmPid() === undefined || progress() < 2) && Date.now() < deadline) await sleep(50);
+      while ((pidOf() === undefined || progress() < 2) && Date.now() < deadline) await sleep(50);
       assert.ok(progress() >= 2, `guest made no progress:\n${out}\n${err}`);
       let lastPid = 0;
       for (let k = 0; k < KILLS; k++) {
-        // Wait for the current vmm to be up, then kill it at a random moment.
+        // Wait for the current component to be up, then kill it at a random moment.
         const t0 = Date.now();
-        while ((vmmPid() ?? 0) === lastPid && Date.now() - t0 < 10_000) await sleep(5);
-        const pid = vmmPid()!;
-        assert.notEqual(pid, lastPid, `vmm not restarted after kill ${k}:\n${err}`);
+        while ((pidOf() ?? 0) === lastPid && Date.now() - t0 < 10_000) await sleep(5);
+        const pid = pidOf()!;
+        assert.notEqual(pid, lastPid, `${component} not restarted after kill ${k}:\n${err}`);
         await sleep(20 + Math.random() * 150);
         process.kill(pid, 'SIGKILL');
         lastPid = pid;
@@ -64,7 +66,7 @@ describe('vmm recovery under a verifying blk workload', function () {
     assert.ok(!lines.some((l) => l.word === 'error' || l.word === 'blk-error'), out.split('\n').filter((l) => /@(blk-)?error/.test(l)).slice(0, 5).join('\n'));
     const last = lines.filter((l) => l.word === 'blk-progress').pop()!;
     assert.equal(last.fields.errors, '0');
-    const recoveries = err.match(/recovered vmm/g)?.length ?? 0;
+    const recoveries = err.split('\n').filter((l) => l.includes(`recovered ${component} `)).length;
     assert.equal(recoveries, KILLS, err);
     // Host-side: every block of the region is intact (some generation of this run).
     const check = checkImage(img, { bs: 4096, count: n });
