@@ -26,6 +26,19 @@ describe('tsvmm run (boots the test guest)', function () {
     });
   }
 
+  it('the guest finds exactly the configured vCPUs (ACPI MADT) and memory (PVH memmap / e820)', () => {
+    for (const [mem, cpus, mb] of [['64M', 1, 63], ['512M', 3, 511], ['4G', 2, 4095]] as const) {
+      const r = tsvmm(['run', '--kernel', GUEST, '--mem', mem, '--cpus', String(cpus), '--cmdline', 'workload=counter n=1000 report=1000']);
+      assert.equal(r.status, 0, r.stderr);
+      const boot = guestLines(r.stdout).find((l) => l.word === 'boot');
+      // No cpus= on the command line: the guest counted the MADT's local APICs.
+      assert.doesNotMatch(boot?.fields.cmdline ?? '', /cpus=/);
+      assert.equal(boot?.fields.cpus, String(cpus));
+      // RAM below 1 MiB loses the legacy hole (0x9fc00-0x100000); above 3 GiB it continues at 4 GiB.
+      assert.equal(boot?.fields.mem_mb, String(mb));
+    }
+  });
+
   it('exits: times N port-I/O exits and N MMIO exits', () => {
     const r = tsvmm(['run', '--kernel', GUEST, '--cmdline', 'workload=exits n=2000']);
     assert.equal(r.status, 0, r.stderr);
