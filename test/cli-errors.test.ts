@@ -7,7 +7,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { spawnSync } from 'child_process';
-import { GUEST, ROOT, kvmUnavailable, tsvmm } from './helpers/tsvmm';
+import { GUEST, ROOT, kvmUnavailable, skipBecause, tsvmm } from './helpers/tsvmm';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvmm-cli-'));
 
@@ -70,7 +70,7 @@ describe('tsvmm run: bad input is one clear line and a non-zero exit', function 
       // root reads any file: run the CLI as 'nobody' instead.
       fs.chmodSync(tmp, 0o755);
       const r = spawnSync('runuser', ['-u', 'nobody', '--', process.execPath, path.join(ROOT, 'bin', 'tsvmm.js'), 'run', '--kernel', f], { encoding: 'utf8', timeout: 30_000 });
-      if (r.error) { console.log(`      skipped: runuser unavailable (${r.error.message})`); this.skip(); }
+      if (r.error) skipBecause(this, `runuser unavailable (${r.error.message}): root reads any file, so the check needs an unprivileged user`);
       assert.notEqual(r.status, 0);
       assert.match(r.stderr.trim(), /^tsvmm: error: kernel .* is not readable \(permission denied\)$/);
     } else {
@@ -83,15 +83,16 @@ describe('tsvmm run: bad input is one clear line and a non-zero exit', function 
   it('0 vCPUs', () => expectError(['--cpus', '0'], /at least 1/));
   it('non-numeric vCPUs', () => expectError(['--cpus', 'two'], /whole number/));
   it('too many vCPUs', function () {
-    if (noKvm) this.skip();
+    if (noKvm) skipBecause(this, `the vCPU limit comes from KVM_CAP_MAX_VCPUS: ${noKvm}`);
     expectError(['--cpus', '100000'], /too many/);
   });
   it('unknown option', () => expectError(['--bogus'], /Unknown option/i));
   it('/dev/kvm missing', () => expectError([], /does not exist: this host has no KVM/, { env: { TSVMM_KVM_DEVICE: path.join(tmp, 'no-kvm') } }));
   it('/dev/kvm not permitted (as an unprivileged user)', function () {
-    if (noKvm || process.getuid?.() !== 0) this.skip();
+    if (noKvm) skipBecause(this, noKvm);
+    if (process.getuid?.() !== 0) skipBecause(this, 'needs root to run the CLI as the unprivileged user nobody');
     const r = spawnSync('runuser', ['-u', 'nobody', '--', process.execPath, path.join(ROOT, 'bin', 'tsvmm.js'), 'run'], { encoding: 'utf8', timeout: 30_000 });
-    if (r.error) this.skip();
+    if (r.error) skipBecause(this, `runuser unavailable (${r.error.message})`);
     assert.notEqual(r.status, 0);
     assert.match(r.stderr.trim(), /^tsvmm: error: no permission to open \/dev\/kvm/);
   });
@@ -111,10 +112,9 @@ describe('tsvmm run: bad input is one clear line and a non-zero exit', function 
   it('--net with a multicast MAC', () => expectError(['--net', 'tap=tsvmmx0,mac=01:00:00:00:00:01'], /multicast/));
   it('--net with a too-long TAP name', () => expectError(['--net', 'tap=averyveryverylongname'], /1-15 character/));
   it('--net naming an interface that is not a TAP', function () {
-    if (noKvm || process.getuid?.() !== 0) this.skip();
-    // nobody may not open /dev/kvm either, so give it a kvm device path it can open: the check order
-    // is kvm first, so use root's view instead and check the TAP error through a name that is taken
-    // by a non-TAP interface.
+    if (noKvm) skipBecause(this, noKvm);
+    if (process.getuid?.() !== 0) skipBecause(this, 'TUNSETIFF on an existing interface needs CAP_NET_ADMIN (root)');
+    // 'lo' exists and is not a TAP: TUNSETIFF fails and tsvmm must say so in one line.
     const r = tsvmm(['run', '--net', 'tap=lo'], { timeoutMs: 30_000 });
     assert.notEqual(r.status, 0);
     const lines = r.stderr.trim().split('\n').filter((l) => l.startsWith('tsvmm: error'));

@@ -8,7 +8,7 @@ import * as fs from 'fs';
 import * as http from 'http';
 import * as path from 'path';
 import { spawnSync } from 'child_process';
-import { BIN, requireKvm, tsvmm } from './helpers/tsvmm';
+import { BIN, requireKvm, skipBecause, tsvmm } from './helpers/tsvmm';
 import { sleep, startVm, TestVm } from './helpers/control-plane';
 
 /** The driver-domain's write counter from `tsvmm metrics`. */
@@ -190,7 +190,7 @@ describe('tsvmm control-plane verbs', function () {
   });
 
   it('a foreign user is refused with a clear error', function () {
-    if (spawnSync('runuser', ['--help']).error) this.skip();
+    if (spawnSync('runuser', ['--help']).error) skipBecause(this, 'runuser is not installed (util-linux; scripts/install-deps.sh): the foreign user is simulated with it');
     // Let nobody reach the directories (not the socket): connect() then needs the socket's mode.
     fs.chmodSync(vm.dir, 0o755);
     const run = path.dirname(path.dirname(vm.socket));

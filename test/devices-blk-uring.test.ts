@@ -20,6 +20,7 @@ import { VirtioBlk, blkDeviceSpec, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK
 import { StatePage } from '../devices/state-page';
 import { GuestMemory } from '../devices/memory';
 import { execFileSync } from 'child_process';
+import { skipBecause } from './helpers/tsvmm';
 
 const DISK = 1024 * 1024;
 
@@ -60,7 +61,10 @@ describe('devices/io-uring block backend', () => {
     const d = tempDisk();
     try {
       const o = openBlockBackend(d.fd, DISK, false, 'x', { completions: 'poll' });
-      if (o.kind !== 'uring') this.skip();
+      // Only the kernel may rule io_uring out (sysctl kernel.io_uring_disabled); a failure of our own setup must fail here.
+      const disabled = (() => { try { return fs.readFileSync('/proc/sys/kernel/io_uring_disabled', 'utf8').trim(); } catch { return '0'; } })();
+      if (o.kind !== 'uring' && disabled !== '0') skipBecause(this, `kernel.io_uring_disabled=${disabled}; the thread-pool fallback is tested below`);
+      assert.equal(o.kind, 'uring', o.why);
       (o.backend as UringBlockBackend).close();
     } finally {
       fs.closeSync(d.fd);

@@ -12,24 +12,13 @@ import * as path from 'path';
 import { spawn } from 'child_process';
 import { abi } from '../native/kvm';
 import { holdersOf, killRun, percentile, REPO } from './helpers/kill-harness';
+import { requireKvm } from './helpers/tsvmm';
 
 const KILLS = Number(process.env.TSVMM_RECOVERY_KILLS ?? 50);
 
-function kvmUsable(): string | undefined {
-  try {
-    fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
-    return undefined;
-  } catch (e) {
-    return `/dev/kvm is not usable here (${(e as NodeJS.ErrnoException).code})`;
-  }
-}
-
 describe('vmm recovery (SIGKILL the vmm, the guest keeps running)', function () {
   this.timeout(180_000);
-  const skip = kvmUsable();
-  before(function () {
-    if (skip) { console.log(`      skipped: ${skip}`); this.skip(); }
-  });
+  before(requireKvm);
 
   for (const cpus of [1, 2]) {
     it(`counter on ${cpus} vCPU${cpus > 1 ? 's' : ''}: ${KILLS} random SIGKILLs of the vmm, zero guest-visible errors`, async () => {
@@ -62,7 +51,7 @@ describe('vmm recovery (SIGKILL the vmm, the guest keeps running)', function () 
 
 describe('vmm recovery refuses a bad snapshot', function () {
   this.timeout(60_000);
-  before(function () { if (kvmUsable()) this.skip(); });
+  before(requireKvm);
 
   it('a snapshot whose checksum does not match stops the run with a clear error instead of resuming', async () => {
     const name = `badsnap-${process.pid}`;

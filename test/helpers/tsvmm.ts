@@ -21,14 +21,18 @@ export function kvmUnavailable(): string | undefined {
   return undefined;
 }
 
+/** Skips the current test or suite, saying why in the test report. */
+export function skipBecause(ctx: Mocha.Context, why: string): never {
+  // eslint-disable-next-line no-console
+  console.log(`      skipped: ${why}`);
+  ctx.skip();
+  throw new Error('unreachable');
+}
+
 /** Use as `before(requireKvm)` inside a describe(): skips the suite with the reason. */
 export function requireKvm(this: Mocha.Context): void {
   const why = kvmUnavailable();
-  if (why) {
-    // eslint-disable-next-line no-console
-    console.log(`      skipped: ${why}`);
-    this.skip();
-  }
+  if (why) skipBecause(this, why);
 }
 
 export function tsvmm(args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv; input?: string } = {}): SpawnSyncReturns<string> {
