@@ -11,7 +11,7 @@
  * signals every queue once (driver-domain recovery).
  */
 import * as fs from 'fs';
-import { native, poller as threadPoller, loopPoller } from '../native/kvm';
+import { native, poller } from '../native/kvm';
 import { ComponentMessage, ComponentMessageCodec, VmConfig, VmConfigCodec } from '../proto';
 import { Component, StatePage } from '../devices/state-page';
 import { Status } from '../devices/virtio-mmio-layout';
@@ -27,9 +27,6 @@ import { keeper } from '../recovery/snapshot';
 import { exitOnUncaughtException, installTestHooks } from '../recovery/test-hooks';
 
 const HEARTBEAT_MS = 20;
-// Kicks, TAP and I/O completions are watched on the event loop itself (no poller-thread hop);
-// TSVMM_POLLER=thread selects the native poller thread instead.
-const poller = process.env.TSVMM_POLLER !== 'thread' && loopPoller ? loopPoller : threadPoller;
 const ONE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
 
 function send(msg: ComponentMessage): void {

@@ -20,12 +20,11 @@
 #include <linux/kvm.h>
 
 #include "constants.h"
-#include "poller.h"
 
 namespace tsvmm {
 void RegisterKeeper(Napi::Env env, Napi::Object exports);  // keeper-binding.cc
 void InitUring(Napi::Env env, Napi::Object exports);       // uring.cc
-void InitLoopPoller(Napi::Env env, Napi::Object exports);  // loop-poller.cc
+void InitPoller(Napi::Env env, Napi::Object exports);      // poller.cc
 void InitFdio(Napi::Env env, Napi::Object exports);        // fdio.cc
 }
 
@@ -226,7 +225,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   tsvmm::InitPoller(env, exports);
   tsvmm::RegisterKeeper(env, exports);
   tsvmm::InitUring(env, exports);
-  tsvmm::InitLoopPoller(env, exports);
   tsvmm::InitFdio(env, exports);
   return exports;
 }

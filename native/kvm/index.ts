@@ -63,20 +63,10 @@ export function ioctl(fd: number, name: string, arg?: number | bigint | ArrayBuf
   }
 }
 
-/** The fd poller (native/kvm/poller.cc). */
+/** The fd poller (native/kvm/poller.cc): uv_poll watches on the JS thread's event loop. */
 export interface NativePoller {
   pollerStart(cb: (tag: number, count: number) => void): void;
   pollerAdd(fd: number, tag: number, isEventfd: boolean): void;
   pollerRemove(fd: number): void;
 }
 export const poller = native as unknown as NativePoller;
-
-/**
- * The same interface on the JS thread's own event loop (native/kvm/loop-poller.cc, uv_poll):
- * a ready fd runs its callback directly, without the poller thread's hop.
- */
-export const loopPoller: NativePoller | undefined = (() => {
-  const n = native as unknown as { loopPollerStart?: NativePoller['pollerStart']; loopPollerAdd?: NativePoller['pollerAdd']; loopPollerRemove?: NativePoller['pollerRemove'] };
-  if (!n.loopPollerStart || !n.loopPollerAdd || !n.loopPollerRemove) return undefined;
-  return { pollerStart: n.loopPollerStart, pollerAdd: n.loopPollerAdd, pollerRemove: n.loopPollerRemove };
-})();
