@@ -31,7 +31,7 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { checkImage, makeBlock } from '../test/helpers/blk-image';
-import { ensureGuest, machine, median, mtime, RAWKVM, RAWKVM_SRC, ROOT, table } from './lib';
+import { buildRawkvm, cpuinfoKhz, ensureGuest, ensureQemu, machine, median, RAWKVM, ROOT, table } from './lib';
 
 const TARGET_RATIO = 1.0;
 const MiB = 1 << 20;
@@ -87,54 +87,16 @@ function parseArgs(argv: string[]): Options {
 }
 
 
-function sh(cmd: string, args: string[], quiet = false): void {
-  const r = spawnSync(cmd, args, { cwd: ROOT, stdio: ['ignore', quiet ? 'ignore' : 'inherit', 'inherit'] });
-  if (r.error) throw new Error(`${cmd}: ${r.error.message}`);
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed with status ${r.status}`);
-}
-
-function which(cmd: string): boolean {
-  if (cmd.includes('/')) return fs.existsSync(cmd);
-  return (process.env.PATH ?? '').split(':').some((d) => d && fs.existsSync(path.join(d, cmd)));
-}
-
-/** Installs Debian's qemu-system-x86 when qemu-system-x86_64 is missing. */
-function ensureQemu(o: Options): string {
-  if (which(o.qemu)) return qemuVersion(o.qemu);
-  if (o.qemu !== 'qemu-system-x86_64') throw new Error(`${o.qemu}: not found`);
-  process.stderr.write('bench/blk: qemu-system-x86_64 not found: installing qemu-system-x86 (apt-get)\n');
-  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-  let r = spawnSync('apt-get', ['install', '-y', '--no-install-recommends', 'qemu-system-x86'], { stdio: 'inherit', env });
-  if (r.status !== 0) {
-    spawnSync('apt-get', ['update'], { stdio: 'inherit', env });
-    r = spawnSync('apt-get', ['install', '-y', '--no-install-recommends', 'qemu-system-x86'], { stdio: 'inherit', env });
-  }
-  if (r.status !== 0 || !which(o.qemu)) throw new Error('could not install qemu-system-x86 (apt-get install -y qemu-system-x86)');
-  return qemuVersion(o.qemu);
-}
-
-function qemuVersion(bin: string): string {
-  const r = spawnSync(bin, ['--version'], { encoding: 'utf8' });
-  return (r.stdout ?? '').split('\n')[0].trim();
-}
 
 
-function cpuinfoKhz(): number {
-  try {
-    const m = /^cpu MHz\s*:\s*([\d.]+)/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'));
-    return m ? Math.round(Number(m[1]) * 1000) : 0;
-  } catch { return 0; }
-}
+
+
+
 
 /** The host TSC frequency: KVM_GET_TSC_KHZ as bench/out/rawkvm reports it, else /proc/cpuinfo. */
 function tscKhz(kernel: string): [number, string] {
   try {
-    if (mtime(RAWKVM) < mtime(RAWKVM_SRC)) {
-      try { sh('make', ['-s', '-C', path.join(ROOT, 'bench', 'exits')], true); } catch {
-        fs.mkdirSync(path.dirname(RAWKVM), { recursive: true });
-        sh('gcc', ['-O2', '-Wall', '-std=gnu11', '-o', RAWKVM, RAWKVM_SRC], true);
-      }
-    }
+    buildRawkvm(true);
     const r = spawnSync(RAWKVM, [kernel, 'workload=exits n=1'], { encoding: 'utf8', timeout: 60000 });
     const m = /^@rawkvm .*\btsc_khz=(\d+)/m.exec(r.stderr ?? '');
     if (m && Number(m[1]) > 0) return [Number(m[1]), 'KVM_GET_TSC_KHZ (bench/out/rawkvm)'];
@@ -208,7 +170,7 @@ function main(): number {
   const log = (s: string) => { if (!o.json) process.stdout.write(s + '\n'); };
   ensureGuest(o.kernel);
   if (!fs.existsSync(path.join(ROOT, 'dist', 'cli', 'main.js'))) throw new Error('tsvmm is not built: run `npx tsc -p .` first');
-  const qemuVer = ensureQemu(o);
+  const qemuVer = ensureQemu(o.qemu, 'bench/blk');
   const [khz, khzSource] = tscKhz(o.kernel);
   // Sequential rows wrap around the image seqPasses times (the guest issues block i % nblocks),
   // so each boot moves seqPasses x size MiB and start-up effects (a fresh driver-domain's JIT) fade.

@@ -14,7 +14,7 @@
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { ensureGuest, machine, median, mtime, RAWKVM, RAWKVM_SRC, ROOT, table } from './lib';
+import { buildRawkvm, cpuinfoKhz, ensureGuest, machine, median, RAWKVM, ROOT, table } from './lib';
 
 const TARGET_RATIO = 1.15;
 const KINDS = ['pio', 'mmio'] as const;
@@ -61,22 +61,7 @@ function parseArgs(argv: string[]): Options {
 }
 
 
-function sh(cmd: string, args: string[]): void {
-  const r = spawnSync(cmd, args, { cwd: ROOT, stdio: ['ignore', 'inherit', 'inherit'] });
-  if (r.error) throw new Error(`${cmd}: ${r.error.message}`);
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed with status ${r.status}`);
-}
 
-/** Builds bench/out/rawkvm when missing or older than its source (make, else gcc directly). */
-function buildRawkvm(): void {
-  if (mtime(RAWKVM) >= mtime(RAWKVM_SRC)) return;
-  try {
-    sh('make', ['-s', '-C', path.join(ROOT, 'bench', 'exits')]);
-  } catch {
-    fs.mkdirSync(path.dirname(RAWKVM), { recursive: true });
-    sh('gcc', ['-O2', '-Wall', '-std=gnu11', '-o', RAWKVM, RAWKVM_SRC]);
-  }
-}
 
 
 function runOnce(vmm: Vmm, round: number, o: Options): RunResult {
@@ -115,12 +100,6 @@ function runOnce(vmm: Vmm, round: number, o: Options): RunResult {
 }
 
 
-function cpuinfoKhz(): number {
-  try {
-    const m = /^cpu MHz\s*:\s*([\d.]+)/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'));
-    return m ? Math.round(Number(m[1]) * 1000) : 0;
-  } catch { return 0; }
-}
 
 
 

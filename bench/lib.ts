@@ -5,7 +5,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { execFileSync } from 'child_process';
+import { execFileSync, spawnSync } from 'child_process';
 
 export function repoRoot(): string {
   let d = __dirname;
@@ -50,4 +50,52 @@ export function table(rows: string[][]): string {
   const line = (r: string[]) => '| ' + r.map((x, c) => (c === 0 ? x.padEnd(w[c]) : x.padStart(w[c]))).join(' | ') + ' |';
   const sep = '|' + w.map((n, c) => (c === 0 ? '-'.repeat(n + 1) + '-' : '-'.repeat(n + 1) + ':')).join('|') + '|';
   return [line(rows[0]), sep, ...rows.slice(1).map(line)].join('\n');
+}
+
+/** Runs a command in the repo root; throws with its status on failure. */
+export function sh(cmd: string, args: string[], quiet = false): void {
+  const r = spawnSync(cmd, args, { cwd: ROOT, stdio: ['ignore', quiet ? 'ignore' : 'inherit', 'inherit'] });
+  if (r.error) throw new Error(`${cmd}: ${r.error.message}`);
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed with status ${r.status}`);
+}
+
+export function which(cmd: string): boolean {
+  if (cmd.includes('/')) return fs.existsSync(cmd);
+  return (process.env.PATH ?? '').split(':').some((d) => d && fs.existsSync(path.join(d, cmd)));
+}
+
+/** Installs Debian's qemu-system-x86 when `bin` is the default and missing; returns QEMU's version line. */
+export function ensureQemu(bin: string, who: string): string {
+  if (!which(bin)) {
+    if (bin !== 'qemu-system-x86_64') throw new Error(`${bin}: not found`);
+    process.stderr.write(`${who}: qemu-system-x86_64 not found: installing qemu-system-x86 (apt-get)\n`);
+    const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+    const install = () => spawnSync('apt-get', ['install', '-y', '--no-install-recommends', 'qemu-system-x86'], { stdio: 'inherit', env });
+    let r = install();
+    if (r.status !== 0) {
+      spawnSync('apt-get', ['update'], { stdio: 'inherit', env });
+      r = install();
+    }
+    if (r.status !== 0 || !which(bin)) throw new Error('could not install qemu-system-x86 (apt-get install -y qemu-system-x86)');
+  }
+  return (spawnSync(bin, ['--version'], { encoding: 'utf8' }).stdout ?? '').split('\n')[0].trim();
+}
+
+/** Builds bench/out/rawkvm when missing or older than its source (make, else gcc directly). */
+export function buildRawkvm(quiet = false): void {
+  if (mtime(RAWKVM) >= mtime(RAWKVM_SRC)) return;
+  try {
+    sh('make', ['-s', '-C', path.join(ROOT, 'bench', 'exits')], quiet);
+  } catch {
+    fs.mkdirSync(path.dirname(RAWKVM), { recursive: true });
+    sh('gcc', ['-O2', '-Wall', '-std=gnu11', '-o', RAWKVM, RAWKVM_SRC], quiet);
+  }
+}
+
+/** The CPU clock from /proc/cpuinfo in kHz (0 if unknown): the fallback TSC frequency. */
+export function cpuinfoKhz(): number {
+  try {
+    const m = /^cpu MHz\s*:\s*([\d.]+)/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'));
+    return m ? Math.round(Number(m[1]) * 1000) : 0;
+  } catch { return 0; }
 }

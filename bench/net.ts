@@ -25,7 +25,7 @@
 import { ChildProcess, execFileSync, spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { ensureGuest, machine, median, mtime, ROOT, table } from './lib';
+import { ensureGuest, ensureQemu, machine, median, mtime, ROOT, table } from './lib';
 
 const TARGET_RATIO = 1.0;
 const GUEST_IP = '10.0.2.15';
@@ -68,26 +68,7 @@ function parseArgs(argv: string[]): Options {
   return o;
 }
 
-function which(cmd: string): boolean {
-  if (cmd.includes('/')) return fs.existsSync(cmd);
-  return (process.env.PATH ?? '').split(':').some((d) => d && fs.existsSync(path.join(d, cmd)));
-}
 
-/** Installs Debian's qemu-system-x86 when qemu-system-x86_64 is missing (as bench/blk does). */
-function ensureQemu(o: Options): string {
-  if (!which(o.qemu)) {
-    if (o.qemu !== 'qemu-system-x86_64') throw new Error(`${o.qemu}: not found`);
-    process.stderr.write('bench/net: qemu-system-x86_64 not found: installing qemu-system-x86 (apt-get)\n');
-    const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-    let r = spawnSync('apt-get', ['install', '-y', '--no-install-recommends', 'qemu-system-x86'], { stdio: 'inherit', env });
-    if (r.status !== 0) {
-      spawnSync('apt-get', ['update'], { stdio: 'inherit', env });
-      r = spawnSync('apt-get', ['install', '-y', '--no-install-recommends', 'qemu-system-x86'], { stdio: 'inherit', env });
-    }
-    if (r.status !== 0 || !which(o.qemu)) throw new Error('could not install qemu-system-x86 (apt-get install -y qemu-system-x86)');
-  }
-  return (spawnSync(o.qemu, ['--version'], { encoding: 'utf8' }).stdout ?? '').split('\n')[0].trim();
-}
 
 function ensureUdpbench(): void {
   if (mtime(UDPBENCH) >= mtime(UDPBENCH_SRC)) return;
@@ -162,7 +143,7 @@ async function main(): Promise<number> {
   if (process.getuid?.() !== 0) throw new Error('TAP devices and network namespaces need root');
   ensureGuest(o.kernel);
   if (!fs.existsSync(path.join(ROOT, 'dist', 'cli', 'main.js'))) throw new Error('tsvmm is not built: run `npx tsc -p .` first');
-  const qemuVer = ensureQemu(o);
+  const qemuVer = ensureQemu(o.qemu, 'bench/net');
   ensureUdpbench();
   log(`bench/net: ${o.rounds} rounds, tsvmm and ${qemuVer} alternating; irq modes ${o.irq.join(',')}; ${o.seconds} s per row`);
 

@@ -12,6 +12,7 @@
  * before a read-only benchmark, or for tests of the checker itself).
  */
 import * as fs from 'fs';
+import { crc32 } from '../../devices/crc32';
 
 export const BLOCK_MAGIC = 'TSVB';
 export const BLOCK_HEADER_SIZE = 32;
@@ -40,23 +41,6 @@ export interface CheckResult {
   errors: string[];
   /** How many valid blocks carry each generation. */
   generations: Map<number, number>;
-}
-
-const CRC_TABLE: Uint32Array = (() => {
-  const t = new Uint32Array(256);
-  for (let i = 0; i < 256; i++) {
-    let c = i;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-    t[i] = c >>> 0;
-  }
-  return t;
-})();
-
-/** CRC32 (IEEE 802.3: reflected polynomial 0xEDB88320, init and final xor 0xFFFFFFFF). */
-export function crc32(buf: Uint8Array, start = 0, end = buf.length): number {
-  let c = 0xffffffff;
-  for (let i = start; i < end; i++) c = CRC_TABLE[(c ^ buf[i]) & 0xff] ^ (c >>> 8);
-  return (c ^ 0xffffffff) >>> 0;
 }
 
 function fmix32(h: number): number {
