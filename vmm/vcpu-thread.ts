@@ -106,10 +106,9 @@ function main(d: VcpuThreadData): void {
   const counters = control && d.id < 256 ? control.exitCounters(d.id) : new Float64Array(d.counters);
   const run = vcpu.run;
   const bytes = vcpu.runBytes;
-  const die = parseDieHook(d);
+  installDieHook(platform, d);
   // bench/recovery's overhead row only: TSVMM_NO_RECOVERY=1 runs without the exit journal.
   const journaling = process.env.TSVMM_NO_RECOVERY !== '1';
-  let dieCount = 0;
 
   if (d.go) {
     const go = new Int32Array(d.go);
@@ -155,12 +154,6 @@ function main(d: VcpuThreadData): void {
         const len = run.getUint32(RUN.mmioLen, true);
         if (run.getUint8(RUN.mmioIsWrite)) {
           const v = len >= 4 ? run.getUint32(RUN.mmioData, true) : len === 2 ? run.getUint16(RUN.mmioData, true) : run.getUint8(RUN.mmioData);
-          if (die && d.devices.some((dev) => addr - dev.base === die.offset) && ++dieCount === die.n) {
-            if (die.after) platform.mmioWrite(addr, len, v);
-            fs.writeSync(2, `tsvmm vmm: test hook: dying in the middle of MMIO write #${die.n} to 0x${addr.toString(16)} = 0x${v.toString(16)} (${die.after ? 'after' : 'before'} the device model applied it)\n`);
-            process.kill(process.pid, 'SIGKILL');
-            for (;;) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);
-          }
           platform.mmioWrite(addr, len, v);
         } else {
           const v = platform.mmioRead(addr, len);
@@ -215,10 +208,26 @@ function main(d: VcpuThreadData): void {
   }
 }
 
-function parseDieHook(d: VcpuThreadData): { offset: number; n: number; after: boolean } | undefined {
-  if (!d.dieAtMmio) return undefined;
-  const [off, n, when] = d.dieAtMmio.split(':');
-  return { offset: Number(off), n: Number(n ?? 1), after: when !== 'before' };
+/**
+ * Test hook (TSVMM_TEST_DIE_MMIO=OFFSET:N[:before|after], recovery tests only): the vmm SIGKILLs
+ * itself in the middle of its Nth MMIO write to virtio register OFFSET, before the exit is marked
+ * handled. Installed by wrapping the platform's MMIO write, so the hot loop carries no test code.
+ */
+function installDieHook(platform: Platform, d: VcpuThreadData): void {
+  if (!d.dieAtMmio) return;
+  const [off, nText, when] = d.dieAtMmio.split(':');
+  const offset = Number(off);
+  const n = Number(nText ?? 1);
+  const after = when !== 'before';
+  const write = platform.mmioWrite.bind(platform);
+  let count = 0;
+  platform.mmioWrite = (addr, len, v) => {
+    if (!d.devices.some((dev) => addr - dev.base === offset) || ++count !== n) { write(addr, len, v); return; }
+    if (after) write(addr, len, v);
+    fs.writeSync(2, `tsvmm vmm: test hook: dying in the middle of MMIO write #${n} to 0x${addr.toString(16)} = 0x${v.toString(16)} (${after ? 'after' : 'before'} the device model applied it)\n`);
+    process.kill(process.pid, 'SIGKILL');
+    for (;;) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);
+  };
 }
 
 main(workerData as VcpuThreadData);
