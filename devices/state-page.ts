@@ -379,6 +379,25 @@ export class DeviceSlot {
   }
   get regsChecksumOk(): boolean { return this.r.load(R.checksum) === this.computeRegsChecksum(); }
 
+  /**
+   * The register block checked as a seqlock reader: 'torn' when the seqlock is odd, 'mismatch'
+   * only when the checksum is wrong over a stable snapshot. A check that overlaps a live writer's
+   * update (the vmm keeps writing while the guest sets up its device) is retried, not reported
+   * as corruption; if the writer keeps the block moving, it is alive and reported 'ok'.
+   */
+  checkRegs(): 'ok' | 'torn' | 'mismatch' {
+    for (let attempt = 0; attempt < 100; attempt++) {
+      const before = this.regsSeq;
+      if (before & 1) {
+        if (attempt < 99) continue;
+        return 'torn';
+      }
+      const ok = this.regsChecksumOk;
+      if (this.regsSeq === before) return ok ? 'ok' : 'mismatch';
+    }
+    return 'ok';
+  }
+
   private setReg(off: number, v: number): void {
     this.update(() => this.r.set(off, v));
   }
@@ -481,8 +500,9 @@ export class DeviceSlot {
     if (nq < 1 || nq > this.geometry.maxQueues) e.push(`queue count ${nq} out of range`);
     if (!isPow2(this.queueNumMax) || this.queueNumMax > this.geometry.maxQueueSize) e.push(`queue num max ${this.queueNumMax} invalid`);
     if (this.w.get(S.configLen) > CONFIG_MAX) e.push('config length too large');
-    if (this.regsTorn) e.push('register update torn (seqlock odd)');
-    else if (!this.regsChecksumOk) e.push('register checksum mismatch');
+    const regs = this.checkRegs();
+    if (regs === 'torn') e.push('register update torn (seqlock odd)');
+    else if (regs === 'mismatch') e.push('register checksum mismatch');
     if ((this.status & ~STATUS_KNOWN_BITS) !== 0) e.push(`unknown status bits 0x${this.status.toString(16)}`);
     for (let q = 0; q < Math.min(nq, this.geometry.maxQueues); q++) {
       const num = this.getQueueReg(q, 'num');
