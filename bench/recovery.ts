@@ -18,7 +18,7 @@
  *    conversion).
  *
  *   npx tsc -p . && node dist/bench/recovery.js [--kills K] [--cpus N] [--rounds R] [--skip latency|overhead]
- *        [--blk-io uring|threads] [--json]
+ *        [--blk-io uring|threads] [--rows vmm-cold,vmm-warm,dd-cold,dd-warm] [--json]
  * (--blk-io sets TSVMM_BLK_IO for the driver-domain rows; default: the driver-domain's choice.)
  */
 import * as fs from 'fs';
@@ -112,7 +112,7 @@ async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       kills: { type: 'string' }, cpus: { type: 'string' }, rounds: { type: 'string' }, skip: { type: 'string' }, json: { type: 'boolean' },
-      'blk-io': { type: 'string' },
+      'blk-io': { type: 'string' }, rows: { type: 'string' },
     },
   });
   const kills = Number(values.kills ?? 20);
@@ -122,8 +122,10 @@ async function main(): Promise<void> {
   const out: { latency?: LatencyRow[]; overhead?: OverheadRow[] } = {};
   if (values.skip !== 'latency') {
     out.latency = [];
+    const wanted = values.rows?.split(',');
     for (const component of ['vmm', 'driver-domain'] as ComponentName[]) {
       for (const warm of [false, true]) {
+        if (wanted && !wanted.includes(`${component === 'vmm' ? 'vmm' : 'dd'}-${warm ? 'warm' : 'cold'}`)) continue;
         process.stderr.write(`  latency: ${component} ${warm ? 'warm' : 'cold'}, ${kills} kills\n`);
         try {
           out.latency.push(await latency(component, warm, kills, cpus, values['blk-io'] ?? ''));

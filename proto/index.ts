@@ -1,19 +1,14 @@
 /**
- * The protobuf schemas (proto/tsvmm.proto), loaded once with protobufjs,
- * and typed encode/decode helpers for the messages tsvmm exchanges.
+ * The protobuf schemas (proto/tsvmm.proto), and typed encode/decode helpers
+ * for the messages tsvmm exchanges. Loaded from proto/tsvmm.json, the
+ * schema already parsed (proto/generate.ts), with protobufjs/light: every
+ * component loads this at start, a restarting vmm on the guest's critical path.
  */
 import * as path from 'path';
 import * as fs from 'fs';
-import * as protobuf from 'protobufjs';
+import * as protobuf from 'protobufjs/light';
 
-function protoPath(): string {
-  for (const p of [path.resolve(__dirname, 'tsvmm.proto'), path.resolve(__dirname, '..', '..', 'proto', 'tsvmm.proto')]) {
-    if (fs.existsSync(p)) return p;
-  }
-  throw new Error('proto/tsvmm.proto not found');
-}
-
-const root = protobuf.loadSync(protoPath());
+const root = protobuf.Root.fromJSON(JSON.parse(fs.readFileSync(path.resolve(__dirname, '..', '..', 'proto', 'tsvmm.json'), 'utf8')));
 
 export interface DiskConfig { path: string; readOnly: boolean }
 export interface NetConfig { tap: string; mac: string }

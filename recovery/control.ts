@@ -13,6 +13,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { ChildProcess, spawn } from 'child_process';
+import { componentEnv } from './component-env';
 import type { RunResult, Supervisor } from './supervisor';
 import {
   ComponentMessage, ComponentMessageCodec, ComponentStatus, ControlReply, ControlRequest, ControlStatus,
@@ -106,12 +107,11 @@ export class Control {
     const stdio: ('ignore' | 'inherit' | 'ipc' | number)[] = ['ignore', 'ignore', 'inherit', 'ipc', 'ignore', this.sup.stateFd];
     const child = spawn(process.execPath, [path.join(DIST, 'priv-domain', 'main.js')], {
       stdio,
-      env: {
-        ...process.env,
+      env: componentEnv({
         TSVMM_CONFIG: Buffer.from(VmConfigCodec.encode(this.sup.cfg)).toString('base64'),
         TSVMM_RUN_ID: this.runId,
         TSVMM_SUPERVISOR_PID: String(process.pid),
-      },
+      }),
     });
     this.priv = child;
     this.needFull = true;

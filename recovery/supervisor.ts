@@ -7,6 +7,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { ChildProcess, spawn } from 'child_process';
+import { componentEnv } from './component-env';
 import { native } from '../native/kvm';
 import { ComponentMessage, ComponentMessageCodec, VmConfig, VmConfigCodec } from '../proto';
 import { DEVICE_PAGE_OFFSET, FD, STATE_MEMFD_SIZE } from '../vmm/fds';
@@ -230,6 +231,7 @@ export class Supervisor {
    */
   private startVmm(mode: 'boot' | 'restore' | 'standby'): ChildProcess {
     const env: Record<string, string> = mode === 'restore' ? { TSVMM_RESTORE: '1' } : mode === 'standby' ? { TSVMM_STANDBY: '1' } : {};
+    env.TSVMM_VCPUS = String(this.cfg.cpus); // the vmm starts that many vCPU threads first (vmm/early-vcpu-threads.ts)
     const child = this.spawnComponent('vmm', path.join(DIST, 'vmm', 'main.js'), deviceStdio(this.devices, false), (code, signal) => {
       this.watched.delete(child);
       if (this.result) return;
@@ -435,10 +437,7 @@ export class Supervisor {
     extraFds.forEach((fd, i) => { if (i >= stdio.length) stdio[i] = fd; });
     const child = spawn(process.execPath, [script], {
       stdio: name === 'vmm' ? stdio : ['ignore', ...stdio.slice(1)],
-      env: {
-        ...process.env, TSVMM_CONFIG: Buffer.from(VmConfigCodec.encode(this.cfg)).toString('base64'),
-        UV_THREADPOOL_SIZE: '64', ...extraEnv,
-      },
+      env: componentEnv({ TSVMM_CONFIG: Buffer.from(VmConfigCodec.encode(this.cfg)).toString('base64'), UV_THREADPOOL_SIZE: '64', ...extraEnv }),
     });
     child.on('exit', (code, signal) => {
       this.exits.set(child, this.causeOf(child, code, signal));

@@ -3,9 +3,9 @@
  * supervisor passed (guest RAM and state pages come in as fds), loads the
  * kernel, starts one worker thread per vCPU and reports the guest's exit.
  */
+// First: starts the vCPU threads, so their boot overlaps the loading of everything below.
+import { releaseUnusedVcpuThreads, vcpuThread } from './early-vcpu-threads';
 import * as fs from 'fs';
-import * as path from 'path';
-import { Worker } from 'worker_threads';
 import { ComponentMessage, ComponentMessageCodec, VmConfig, VmConfigCodec } from '../proto';
 import { abi, errnoCode, ioctl, native } from '../native/kvm';
 import { Kvm } from './kvm/system';
@@ -142,15 +142,18 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
       stateFd: FD.STATE, outFd: FD.SERIAL_OUT, counters, devices, snapFd: FD.SNAPSHOT, prepared: true, go: go.buffer as SharedArrayBuffer,
       dieAtMmio: hookMmio, pause: pauseCtl.sab,
     };
-    const w = new Worker(path.join(__dirname, 'vcpu-thread.js'), { workerData: data });
+    const w = vcpuThread(data);
     w.on('message', (m: VcpuThreadMessage) => {
       if (m.kind === 'parked') { if (++parked === cfg.cpus) onAllParked?.(); }
-      else if (m.kind === 'started') pauseCtl.started(m.id, m.tid);
-      else if (m.kind === 'exit') finish({ guestExit: { code: m.code, reason: m.reason } }, 0);
+      else if (m.kind === 'started') {
+        pauseCtl.started(m.id, m.tid);
+        if (process.env.TSVMM_RESTORE_DEBUG) process.stderr.write(`tsvmm vmm: vCPU ${m.id} running at ${performance.now().toFixed(1)} ms since process start\n`);
+      } else if (m.kind === 'exit') finish({ guestExit: { code: m.code, reason: m.reason } }, 0);
       else if (m.kind === 'fatal') finish({ fatal: { message: m.message } }, 0);
     });
     w.on('error', (e) => finish({ fatal: { message: `vCPU ${id} thread failed: ${e.message}` } }, 1));
   }
+  releaseUnusedVcpuThreads();
 
   const tBuilt = performance.now();
   let keeperPid = 0;

@@ -230,4 +230,6 @@ function installDieHook(platform: Platform, d: VcpuThreadData): void {
   };
 }
 
-main(workerData as VcpuThreadData);
+// A thread the vmm started early (vmm/early-vcpu-threads.ts) gets its data in a message.
+if (workerData) main(workerData as VcpuThreadData);
+else parentPort!.once('message', (d: VcpuThreadData) => main(d));

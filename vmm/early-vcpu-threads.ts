@@ -1,0 +1,31 @@
+/**
+ * The vmm's first act: start its vCPU worker threads, before the main thread
+ * loads the rest of the vmm. A Node worker takes ~50 ms to boot and load its
+ * modules; started here, that overlaps the main thread's own module loading
+ * instead of following the restore, which matters most on a cold vmm
+ * restart, where the guest is stopped until a vCPU thread runs it.
+ *
+ * The supervisor says how many vCPUs to expect (env TSVMM_VCPUS); each thread
+ * waits for its VcpuThreadData (vmm/vcpu-thread.ts) in a message. vmm/main.ts
+ * imports this module first, so it runs before any heavier import.
+ */
+import * as path from 'path';
+import { Worker } from 'worker_threads';
+
+const expected = Number(process.env.TSVMM_VCPUS);
+const early: Worker[] = Number.isInteger(expected) && expected > 0 && expected <= 256
+  ? Array.from({ length: expected }, () => new Worker(path.join(__dirname, 'vcpu-thread.js')))
+  : [];
+
+/** An early thread waiting for its vCPU, or a new one (started with `data`) if there is none left. */
+export function vcpuThread(data: object): Worker {
+  const w = early.shift();
+  if (!w) return new Worker(path.join(__dirname, 'vcpu-thread.js'), { workerData: data });
+  w.postMessage(data);
+  return w;
+}
+
+/** Ends early threads that were not needed (the config asked for fewer vCPUs). */
+export function releaseUnusedVcpuThreads(): void {
+  for (const w of early.splice(0)) void w.terminate();
+}
