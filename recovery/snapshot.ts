@@ -14,12 +14,22 @@ import { abi, native } from '../native/kvm';
 export interface NativeKeeper {
   snapshotTotalSize(ncpus: number): number;
   snapshotFormat(fd: number, ncpus: number): void;
-  keeperStart(o: { vmFd: number; snapFd: number; vcpus: { fd: number; run: bigint }[]; msrs: number[]; irqfds?: { fd: number; gsi: number }[] }): number;
+  keeperStart(o: {
+    vmFd: number; snapFd: number; vcpus: { fd: number; run: bigint }[]; msrs: number[]; irqfds?: { fd: number; gsi: number }[]; dormant?: boolean;
+  }): number;
   keeperStop(): void;
+  /** Sets a claimed snapshot's state into this VM (native/kvm/restore.c). status 0, or -1: failed. */
+  restore(cfg: RestoreConfig): RestoreResult;
+  /**
+   * A warm standby's wait and takeover, blocking, native end to end: waits up to `timeoutMs` for an
+   * unclaimed SAVED snapshot, claims it, restores it, arms the dormant keeper, releases `go`.
+   * status 1: resumed; 0: timed out; -1: the restore failed.
+   */
+  takeover(cfg: RestoreConfig, go: Int32Array, timeoutMs: number): RestoreResult;
   waitExit(pid: number): Promise<{ code?: number; signal?: number; error?: string }>;
-  /** Blocking FUTEX_WAIT (shared) on the u32 at `off` of a mapping: 0, or -errno (-ETIMEDOUT = -110). */
-  futexWait(buf: ArrayBuffer, off: number, expected: number, timeoutMs: number): number;
-  futexWake(buf: ArrayBuffer, off: number): number;
+  /** Blocking FUTEX_WAIT (shared) on the u32 at `off` of a mapping or a typed array: 0, or -errno (-ETIMEDOUT = -110). */
+  futexWait(buf: ArrayBuffer | Int32Array, off: number, expected: number, timeoutMs: number): number;
+  futexWake(buf: ArrayBuffer | Int32Array, off: number): number;
   /** pidfd_open(pid): fd or -errno. */
   pidfdOpen(pid: number): number;
   /** Blocking poll for POLLIN: 1, 0 on timeout, or -errno. */
@@ -30,6 +40,15 @@ export interface NativeKeeper {
   exitNow(code: number): never;
 }
 export const keeper = native as unknown as NativeKeeper;
+
+export interface RestoreConfig { vmFd: number; snap: ArrayBuffer; vcpuFds: number[]; irqfds: { fd: number; gsi: number }[] }
+export interface RestoreResult {
+  status: number; generation: number; failStep: number; failErrno: number; failVcpu: number;
+  /** MSRs KVM refused to set (skipped). */
+  refusedMsrs: number[];
+  /** The keeper's CLOCK_MONOTONIC stamps (the header's, before the next keeper was armed), then the restorer's. */
+  diedNs: bigint; savedNs: bigint; claimedNs: bigint; resumedNs: bigint;
+}
 
 const c = (n: string) => abi(`snap_${n}`);
 
@@ -54,7 +73,14 @@ export const Pending = {
 /** keeper.h's TSVMM_STEP_* order, for error messages. */
 const STEP_NAME = ['none', 'KVM_RUN (completing a pending exit)', 'KVM_GET_MP_STATE', 'KVM_GET_REGS', 'KVM_GET_SREGS',
   'KVM_GET_XSAVE', 'KVM_GET_XCRS', 'KVM_GET_DEBUGREGS', 'KVM_GET_LAPIC', 'KVM_GET_MSRS', 'KVM_GET_VCPU_EVENTS',
-  'KVM_GET_PIT2', 'KVM_GET_CLOCK', 'KVM_GET_IRQCHIP', 'a pending PIO write too large to replay'];
+  'KVM_GET_PIT2', 'KVM_GET_CLOCK', 'KVM_GET_IRQCHIP', 'a pending PIO write too large to replay',
+  'the checksum', 'the vCPU record id', 'KVM_IRQFD'];
+
+/** Why native restore() / takeover() failed, as one line. */
+export function restoreFailure(r: RestoreResult): string {
+  const what = (STEP_NAME[r.failStep] ?? `step ${r.failStep}`).replace('KVM_GET_', 'KVM_SET_');
+  return `restoring ${r.failVcpu >= 0 ? `vCPU ${r.failVcpu}` : 'the VM'} failed at ${what} (errno ${r.failErrno})`;
+}
 
 const H = (f: string) => c(`off_h_${f}`);
 const V = (f: string) => c(`off_${f}`);
@@ -87,6 +113,8 @@ export interface VcpuSnapshot {
   blobs: Record<VcpuBlob, Uint8Array>;
 }
 
+export type PendingWrite = Pick<VcpuSnapshot, 'pending' | 'replay'>;
+
 export interface VmSnapshot { pit2: Uint8Array; clock: Uint8Array; irqchips: Uint8Array[] }
 
 export interface SavedSnapshot {
@@ -107,7 +135,6 @@ export function snapshotSize(ncpus: number): number { return keeper.snapshotTota
 export function decodeVcpuRecord(rec: Uint8Array): VcpuSnapshot {
   const dv = new DataView(rec.buffer, rec.byteOffset, rec.byteLength);
   const u32 = (o: number) => dv.getUint32(o, true);
-  const pending = u32(V('v_pending'));
   const blobs = {} as Record<VcpuBlob, Uint8Array>;
   for (const [name, off, size] of VCPU_BLOBS) {
     const at = V(off);
@@ -120,22 +147,26 @@ export function decodeVcpuRecord(rec: Uint8Array): VcpuSnapshot {
       blobs[name] = rec.slice(at, at + abi(size));
     }
   }
-  const v: VcpuSnapshot = {
-    id: u32(V('v_id')), pending, exitReason: u32(V('v_exit_reason')), journalCommit: u32(V('v_journal_commit')),
+  return {
+    id: u32(V('v_id')), exitReason: u32(V('v_exit_reason')), journalCommit: u32(V('v_journal_commit')),
     completed: u32(V('v_completed')) !== 0,
     ripBefore: dv.getBigUint64(V('v_rip_before'), true), ripAfter: dv.getBigUint64(V('v_rip_after'), true),
-    blobs,
+    blobs, ...decodePendingWrite(rec),
   };
-  if (pending === Pending.PIO_OUT || pending === Pending.MMIO_WRITE) {
-    const size = u32(V('v_replay_size'));
-    const count = u32(V('v_replay_count'));
-    const at = V('v_replay_data');
-    v.replay = {
-      addr: Number(dv.getBigUint64(V('v_replay_addr'), true)), size, count,
-      data: rec.slice(at, at + Math.min(size * count, SNAP.REPLAY_DATA_MAX)),
-    };
-  }
-  return v;
+}
+
+/** What a vCPU record says was in flight: the pending kind and, for a write, what to replay. */
+export function decodePendingWrite(rec: Uint8Array): PendingWrite {
+  const dv = new DataView(rec.buffer, rec.byteOffset, rec.byteLength);
+  const pending = dv.getUint32(V('v_pending'), true);
+  if (pending !== Pending.PIO_OUT && pending !== Pending.MMIO_WRITE) return { pending };
+  const size = dv.getUint32(V('v_replay_size'), true);
+  const count = dv.getUint32(V('v_replay_count'), true);
+  const at = V('v_replay_data');
+  return {
+    pending,
+    replay: { addr: Number(dv.getBigUint64(V('v_replay_addr'), true)), size, count, data: rec.slice(at, at + Math.min(size * count, SNAP.REPLAY_DATA_MAX)) },
+  };
 }
 
 /** A view over a mapping of the snapshot memfd. */
@@ -256,6 +287,12 @@ export class SnapshotView {
       irqchips: [0, 1, 2].map((k) => body.slice(vmAt + c('off_vm_irqchip') + k * kc, vmAt + c('off_vm_irqchip') + (k + 1) * kc)),
     };
     return { generation: this.generation, diedNs: this.diedNs, savedNs: this.savedNs, vcpus, vm };
+  }
+
+  /** vCPU `id`'s pending write as saved (live memory: read it before this vmm's keeper can save again). */
+  pendingWrite(id: number): PendingWrite {
+    const at = this.u32(H('vcpu_offset')) + id * SNAP.VCPU_SIZE;
+    return decodePendingWrite(this.bytes.subarray(at, at + SNAP.VCPU_SIZE));
   }
 
   /** vCPU `id`'s journal, written by its thread while it runs. */

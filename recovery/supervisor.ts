@@ -310,8 +310,8 @@ export class Supervisor {
   }
 
   private onVmmReady(child: ChildProcess, r: ReadyMsg): void {
+    if (r.keeperPid) this.trackKeeper(r.keeperPid); // a standby's is dormant until it takes over
     if (r.standby) return;
-    if (r.keeperPid) this.trackKeeper(r.keeperPid);
     const readyAt = process.hrtime.bigint();
     let p = this.vmmPending;
     const warm = child === this.vmmStandby;

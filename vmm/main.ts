@@ -7,7 +7,7 @@
 import { releaseUnusedVcpuThreads, vcpuThread } from './early-vcpu-threads';
 import * as fs from 'fs';
 import { ComponentMessage, ComponentMessageCodec, VmConfig, VmConfigCodec } from '../proto';
-import { abi, errnoCode, ioctl, native } from '../native/kvm';
+import { abi, native } from '../native/kvm';
 import { Kvm } from './kvm/system';
 import { Vm } from './kvm/vm';
 import { kvmBootState, loadKernel } from './boot/kernel';
@@ -21,16 +21,13 @@ import { Serial } from './serial';
 import type { VcpuThreadData, VcpuThreadMessage } from './vcpu-thread';
 import { Vcpu } from './kvm/vcpu';
 import { vcpuCpuid } from './cpuid';
-import { decodeVcpuRecord, keeper, SavedSnapshot, SNAP, SnapshotView, SnapState, VCPU_BLOBS, VcpuSnapshot } from '../recovery/snapshot';
+import { keeper, RestoreResult, restoreFailure, SavedSnapshot, SnapshotError, SnapshotView } from '../recovery/snapshot';
 import { exitOnUncaughtException, installTestHooks } from '../recovery/test-hooks';
 import { EXIT_NOT_NEEDED } from './exit-codes';
-import { decodeMsrs, encodeMsrs } from './kvm/structs';
+import { decodeMsrs } from './kvm/structs';
 import { Component, StatePage } from '../devices/state-page';
-import { VirtioMmioTransport } from '../devices/virtio-mmio';
 import { DEVICE_PAGE_OFFSET, STATE_MEMFD_SIZE } from './fds';
-import { DeviceEntry } from './devices';
-import { msrIndexList, probeMsrs, replayPendingWrite, restoreVcpu, restoreVm, SerialLineJournal } from './restore';
-import { Platform, PlatformEvent } from './platform';
+import { msrIndexList, probeMsrs } from './restore';
 import { ControlPage } from './control-page';
 import { PauseControl } from './pause';
 
@@ -88,9 +85,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
     const fds = deviceFds(d.index, d.queues);
     fds.kick.forEach((fd, q) => vm.ioeventfd({ addr: d.base + MmioReg.QueueNotify, len: 4, fd, datamatch: q }));
   }
-  const registerIrqfds = () => {
-    for (const d of devices) deviceFds(d.index, d.queues).call.forEach((fd) => irqfdWhenFree(vm, fd, d.gsi));
-  };
+  const irqfds = devices.flatMap((d) => deviceFds(d.index, d.queues).call.map((fd) => ({ fd, gsi: d.gsi })));
 
   // The guest learns its CPUs and devices from ACPI (as Linux does) and the command line.
   if (!restore) {
@@ -139,7 +134,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   for (let id = 0; id < cfg.cpus; id++) {
     const data: VcpuThreadData = {
       vmFd: vm.fd, vcpuFd: vcpuFds[id], id, mmapSize, supportedCpuid: supported, cpus: cfg.cpus,
-      stateFd: FD.STATE, outFd: FD.SERIAL_OUT, counters, devices, snapFd: FD.SNAPSHOT, prepared: true, go: go.buffer as SharedArrayBuffer,
+      stateFd: FD.STATE, outFd: FD.SERIAL_OUT, counters, devices, snapFd: FD.SNAPSHOT, prepared: true, go: go.buffer as SharedArrayBuffer, restored: restore,
       dieAtMmio: hookMmio, pause: pauseCtl.sab,
     };
     const w = vcpuThread(data);
@@ -156,56 +151,29 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   releaseUnusedVcpuThreads();
 
   const tBuilt = performance.now();
+  // TSVMM_NO_RECOVERY=1 (bench/recovery's overhead row only): no keeper, no journal, no heartbeat.
+  const recovery = process.env.TSVMM_NO_RECOVERY !== '1';
+  const keeperConfig = (dormant: boolean) => ({
+    vmFd: vm.fd, snapFd: FD.SNAPSHOT, msrs, vcpus: vcpus.map((v) => ({ fd: v.fd, run: native.address(v.runBytes) })), irqfds, dormant,
+  });
+  const restoreConfig = { vmFd: vm.fd, snap: snapView.buf, vcpuFds: vcpus.map((v) => v.fd), irqfds };
   let keeperPid = 0;
-  let wokeNs = 0n;
-  /** Restores `saved` (if any) into this VM, arms a keeper and releases the vCPU threads. */
-  const resume = (warm: boolean) => {
-    const tResume = performance.now();
-    const marks: [string, number][] = [];
-    const mark = (what: string) => { if (process.env.TSVMM_RESTORE_DEBUG) marks.push([what, performance.now()]); };
-    if (saved) {
-      for (const v of vcpus) {
-        const refused = restoreVcpu(v, saved.vcpus[v.id]);
-        if (refused.length) process.stderr.write(`tsvmm vmm: vCPU ${v.id}: KVM refused to restore MSRs ${refused.map((i) => '0x' + i.toString(16)).join(' ')}\n`);
-      }
-      if (process.env.TSVMM_RESTORE_DEBUG) {
-        for (const v of saved.vcpus) {
-          process.stderr.write(`tsvmm vmm: restore gen ${saved.generation} vCPU ${v.id}: pending=${v.pending} exit=${v.exitReason} ` +
-            `handled=${v.journalCommit >>> 31} completed=${v.completed} rip 0x${v.ripBefore.toString(16)} -> 0x${v.ripAfter.toString(16)}` +
-            `${v.replay ? ` replay addr=0x${v.replay.addr.toString(16)} size=${v.replay.size} data=${Buffer.from(v.replay.data).toString('hex')}` : ''}\n`);
-        }
-      }
-      mark('vCPUs restored');
-      restoreVm(vm, saved.vm);
-      mark('VM restored');
-    }
-    registerIrqfds();
-    mark('irqfds');
-    if (saved) replayPendingWrites(saved, snapView, page, vm, devices, finish);
-    mark('replay');
-    // TSVMM_NO_RECOVERY=1 (bench/recovery's overhead row only): no keeper, no journal, no heartbeat.
-    const recovery = process.env.TSVMM_NO_RECOVERY !== '1';
-    if (recovery) keeperPid = keeper.keeperStart({
-      vmFd: vm.fd, snapFd: FD.SNAPSHOT, msrs, vcpus: vcpus.map((v) => ({ fd: v.fd, run: native.address(v.runBytes) })),
-      irqfds: devices.flatMap((d) => deviceFds(d.index, d.queues).call.map((fd) => ({ fd, gsi: d.gsi }))),
-    });
-    mark('keeper armed');
-    // The vCPU threads are parked on `go`: the guest runs from here.
-    const resumedNs = process.hrtime.bigint();
+
+  /** The guest runs (its vCPU threads are released): report, and start the heartbeat. */
+  const running = (resumedNs: bigint, r?: RestoreResult) => {
+    if (r?.refusedMsrs.length) process.stderr.write(`tsvmm vmm: KVM refused to restore MSRs ${r.refusedMsrs.map((i: number) => '0x' + i.toString(16)).join(' ')}\n`);
     pauseCtl.activate();
-    Atomics.store(go, 0, 1);
-    Atomics.notify(go, 0);
-    const tGo = performance.now();
+    const warm = mode === 'standby';
+    const generation = r?.generation ?? 0;
     if (process.env.TSVMM_RESTORE_DEBUG) {
-      process.stderr.write(`tsvmm vmm: ${mode}${warm ? ' (warm)' : ''} timeline (ms since process start): modules ${tModules.toFixed(1)}, ` +
-        `snapshot read ${tSnap.toFixed(1)}, VM built ${tBuilt.toFixed(1)}, resume ${tResume.toFixed(1)} -> vCPUs released ${tGo.toFixed(1)} ` +
-        `(restore + keeper ${(tGo - tResume).toFixed(2)} ms: ${marks.map(([w, t]) => `${w} +${(t - tResume).toFixed(2)}`).join(', ')})` +
-        `${warm && saved ? `; keeper saw the death -> saved ${(Number(saved.savedNs - saved.diedNs) / 1e6).toFixed(2)} ms -> standby woke ${(Number(wokeNs - saved.savedNs) / 1e6).toFixed(2)} ms -> vCPUs released ${(Number(resumedNs - wokeNs) / 1e6).toFixed(2)} ms` : ''}\n`);
+      process.stderr.write(`tsvmm vmm: ${mode} timeline (ms since process start): modules ${tModules.toFixed(1)}, snapshot read ${tSnap.toFixed(1)}, ` +
+        `VM built ${tBuilt.toFixed(1)}, running ${performance.now().toFixed(1)}` +
+        `${r && warm ? `; keeper saw the death -> saved ${(Number(r.savedNs - r.diedNs) / 1e6).toFixed(3)} ms -> standby claimed ${(Number(r.claimedNs - r.savedNs) / 1e6).toFixed(3)} ms -> vCPUs released ${(Number(r.resumedNs - r.claimedNs) / 1e6).toFixed(3)} ms` : ''}\n`);
     }
     send({
       ready: {
         component: 'vmm', pid: process.pid, keeperPid,
-        restoredGeneration: saved?.generation ?? 0, diedNs: Number(saved?.diedNs ?? 0n), savedNs: Number(saved?.savedNs ?? 0n),
+        restoredGeneration: generation, diedNs: Number(r?.diedNs ?? 0n), savedNs: Number(r?.savedNs ?? 0n),
         warm, resumedNs: Number(resumedNs),
       },
     });
@@ -215,22 +183,49 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
       setInterval(() => devPage.beat(Component.Vmm), HEARTBEAT_MS);
     }
   };
+  /** Releases the vCPU threads (parked on `go`, vmm/vcpu-thread.ts). */
+  const release = (): bigint => {
+    const t = process.hrtime.bigint();
+    Atomics.store(go, 0, 1);
+    keeper.futexWake(go, 0);
+    return t;
+  };
 
   if (mode === 'standby') {
-    // Run the takeover's JavaScript once now (lazy compilation and first-call costs), on this
-    // standby's own fresh vCPUs and VM: its state is set again from the snapshot at takeover.
-    try { warmRestorePath(vm, vcpus, msrs); } catch (e) { process.stderr.write(`tsvmm vmm: standby warm-up skipped: ${(e as Error).message}\n`); }
+    // Everything is built; a dormant keeper is armed by the takeover itself, before the guest runs.
+    if (recovery) keeperPid = keeper.keeperStart(keeperConfig(true));
     onAllParked = () => {
-      send({ ready: { component: 'vmm', pid: process.pid, standby: true } });
-      // Off the IPC callback, then block until the primary's keeper has saved.
+      send({ ready: { component: 'vmm', pid: process.pid, standby: true, keeperPid } });
+      // Off the IPC callback, then block until the primary's keeper has saved and this vmm has taken
+      // the guest over (native/kvm/restore.c: nothing on that path waits for JavaScript).
       setImmediate(() => {
-        saved = waitForSnapshot(snapView, cfg.cpus);
-        wokeNs = process.hrtime.bigint();
-        resume(true);
+        const ppid = process.ppid;
+        for (;;) {
+          const r = keeper.takeover(restoreConfig, go, 1000);
+          if (r.status === 1) { running(r.resumedNs, r); return; }
+          if (r.status < 0) throw new SnapshotError(restoreFailure(r));
+          if (process.ppid !== ppid) process.exit(EXIT_NOT_NEEDED); // the supervisor is gone
+        }
       });
     };
   } else {
-    resume(false);
+    let r: RestoreResult | undefined;
+    if (saved) {
+      r = keeper.restore(restoreConfig);
+      if (r.status < 0) throw new SnapshotError(restoreFailure(r));
+      if (process.env.TSVMM_RESTORE_DEBUG) {
+        for (const v of saved.vcpus) {
+          process.stderr.write(`tsvmm vmm: restore gen ${saved.generation} vCPU ${v.id}: pending=${v.pending} exit=${v.exitReason} ` +
+            `handled=${v.journalCommit >>> 31} completed=${v.completed} rip 0x${v.ripBefore.toString(16)} -> 0x${v.ripAfter.toString(16)}` +
+            `${v.replay ? ` replay addr=0x${v.replay.addr.toString(16)} size=${v.replay.size} data=${Buffer.from(v.replay.data).toString('hex')}` : ''}\n`);
+        }
+      }
+    } else {
+      for (const q of irqfds) vm.irqfd(q.fd, q.gsi);
+    }
+    // The keeper is armed before any vCPU runs, so it never saves a half-built or half-restored VM.
+    if (recovery) keeperPid = keeper.keeperStart(keeperConfig(false));
+    running(release(), r);
   }
 
   // Terminal input -> the UART's receive ring.
@@ -241,52 +236,6 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   // Keep the vCPUs' kvm_run mappings (the keeper reads them) alive with the process.
   (globalThis as { tsvmmVcpus?: Vcpu[] }).tsvmmVcpus = vcpus;
   installTestHooks('vmm');
-}
-
-/**
- * KVM_IRQFD, retried while it fails with EBUSY: an eventfd can back one irqfd at a time (Linux 6.x),
- * and the dead vmm's VM releases its irqfds only as its keeper exits, just after the save a warm
- * standby wakes on. Usually free within a fraction of a millisecond.
- */
-function irqfdWhenFree(vm: Vm, fd: number, gsi: number): void {
-  const sleeper = new Int32Array(new SharedArrayBuffer(4));
-  const deadline = performance.now() + 2000;
-  for (;;) {
-    try {
-      vm.irqfd(fd, gsi);
-      return;
-    } catch (e) {
-      if (errnoCode(e) !== 'EBUSY' || performance.now() > deadline) throw e;
-      Atomics.wait(sleeper, 0, 0, 0.05);
-    }
-  }
-}
-
-/** A standby's dry run of the restore path: GET each vCPU's and the VM's state and SET it back. */
-function warmRestorePath(vm: Vm, vcpus: Vcpu[], msrs: number[]): void {
-  decodeVcpuRecord(new Uint8Array(SNAP.VCPU_SIZE));
-  keeper.crc32(new Uint8Array(64), 0, 64);
-  for (const v of vcpus) {
-    const blobs = {} as VcpuSnapshot['blobs'];
-    for (const [name, , size, setter] of VCPU_BLOBS) {
-      if (name === 'msrs') {
-        const b = encodeMsrs(msrs.map((index) => ({ index, data: 0n })));
-        b.writeUInt32LE(ioctl(v.fd, 'KVM_GET_MSRS', b), 0);
-        blobs.msrs = b;
-      } else {
-        const b = Buffer.alloc(abi(size));
-        ioctl(v.fd, setter.replace('KVM_SET_', 'KVM_GET_'), b);
-        blobs[name] = b;
-      }
-    }
-    restoreVcpu(v, { id: v.id, pending: 0, exitReason: 0, journalCommit: 0, completed: false, ripBefore: 0n, ripAfter: 0n, blobs });
-  }
-  const get = (name: string, size: number, init?: (b: Buffer) => void) => { const b = Buffer.alloc(size); init?.(b); ioctl(vm.fd, name, b); return b; };
-  restoreVm(vm, {
-    pit2: get('KVM_GET_PIT2', abi('sizeof_kvm_pit_state2')),
-    clock: get('KVM_GET_CLOCK', abi('sizeof_kvm_clock_data')),
-    irqchips: [0, 1, 2].map((chip) => get('KVM_GET_IRQCHIP', abi('sizeof_kvm_irqchip'), (b) => b.writeUInt32LE(chip, 0))),
-  });
 }
 
 /** The MSR indices a snapshot saved (vCPU 0's list; all vCPUs save the same one). */
@@ -305,59 +254,6 @@ function claimSnapshot(snapView: SnapshotView, cpus: number): SavedSnapshot {
   return saved;
 }
 
-
-/**
- * A standby's wait: blocks on the snapshot's futex word until a keeper has
- * saved a generation nobody has claimed, then claims it. Exits if the
- * supervisor goes away.
- */
-function waitForSnapshot(snapView: SnapshotView, cpus: number): SavedSnapshot {
-  const ppid = process.ppid;
-  for (;;) {
-    const seq = snapView.wakeSeq;
-    if (snapView.state === SnapState.SAVED) {
-      const gen = snapView.generation;
-      if (snapView.claimGen === gen - 1 && snapView.claim(gen)) {
-        const t = process.hrtime.bigint();
-        const saved = snapView.readSaved(cpus);
-        if (process.env.TSVMM_RESTORE_DEBUG) process.stderr.write(`tsvmm vmm: standby claimed gen ${gen} ${(Number(t - saved.savedNs) / 1e6).toFixed(2)} ms after the save; snapshot read + verified in ${(Number(process.hrtime.bigint() - t) / 1e6).toFixed(2)} ms\n`);
-        return saved;
-      }
-    }
-    const t = process.hrtime.bigint();
-    snapView.waitWake(seq, 1000);
-    if (process.env.TSVMM_RESTORE_DEBUG) process.stderr.write(`tsvmm vmm: standby futex wait: seq ${seq} -> ${snapView.wakeSeq}, state ${snapView.stateName}, waited ${(Number(process.hrtime.bigint() - t) / 1e6).toFixed(2)} ms\n`);
-    if (process.ppid !== ppid) process.exit(EXIT_NOT_NEEDED);
-  }
-}
-
-/**
- * A guest write (PIO out, MMIO write) the old vmm had not finished handling
- * when it died: the keeper completed it in the kernel, so it is replayed here,
- * to the same device models over the same shared pages, exactly once per
- * snapshot generation (the journal records which generation was replayed).
- */
-function replayPendingWrites(saved: SavedSnapshot, snapView: SnapshotView, page: PlatformPage, vm: Vm, devices: DeviceEntry[],
-  finish: (msg: ComponentMessage, code: number) => void): void {
-  for (const v of saved.vcpus) {
-    if (!v.replay) continue;
-    const j = snapView.journal(v.id);
-    if (Atomics.load(j.replayedGeneration, 0) === (saved.generation | 0)) continue;
-    const line = new SerialLineJournal(j, FD.SERIAL_OUT);
-    const serial = new Serial(page, (b) => line.push(b), () => { vm.irqLine(4, 1); vm.irqLine(4, 0); });
-    let event: PlatformEvent | undefined;
-    const platform = new Platform(serial, (e) => { event = e; });
-    if (devices.length) {
-      const devPage = StatePage.attach(new Uint8Array(native.mmap(FD.STATE, STATE_MEMFD_SIZE - DEVICE_PAGE_OFFSET, DEVICE_PAGE_OFFSET, true)));
-      for (const dev of devices) platform.mmio.push(new VirtioMmioTransport(dev.base, devPage.device(dev.index)));
-    }
-    replayPendingWrite(platform, v);
-    line.handled();
-    Atomics.store(j.replayedGeneration, 0, saved.generation | 0);
-    if (event?.kind === 'poweroff') finish({ guestExit: { code: event.code, reason: `guest powered off with status ${event.code}` } }, 0);
-    else if (event) finish({ guestExit: { code: 0, reason: 'guest requested a reset (tsvmm does not reboot guests)' } }, 0);
-  }
-}
 
 function main(): void {
   exitOnUncaughtException('vmm');

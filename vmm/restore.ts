@@ -1,17 +1,15 @@
 /**
- * Restoring a vmm's VM from the keeper's snapshot into a fresh VM on the same
- * guest RAM, in the order production VMMs use (kvm-on-these-machines.md):
- * per vCPU, after CPUID: MP_STATE, REGS, SREGS, XSAVE, XCRS, DEBUGREGS,
- * LAPIC, MSRS, VCPU_EVENTS; per VM: PIT2, CLOCK, IRQCHIP x3. Also the MSR
- * list the keeper saves (KVM_GET_MSR_INDEX_LIST, less what this KVM refuses
- * to read) and the replay of a pending guest write.
+ * What a restoring vmm does in TypeScript around the native restore
+ * (native/kvm/restore.c sets the saved vCPU and VM state): the MSR list the
+ * keeper saves (KVM_GET_MSR_INDEX_LIST, less what this KVM refuses to read),
+ * the replay of a pending guest write, and the serial line journal that makes
+ * that replay exactly-once.
  */
 import * as fs from 'fs';
 import { abi, errnoCode, ioctl } from '../native/kvm';
 import { Vcpu } from './kvm/vcpu';
-import { Vm } from './kvm/vm';
-import { decodeMsrs, encodeMsrs } from './kvm/structs';
-import { Journal, Pending, SNAP, VCPU_BLOBS, VcpuSnapshot, VmSnapshot } from '../recovery/snapshot';
+import { encodeMsrs } from './kvm/structs';
+import { Journal, Pending, PendingWrite, SNAP } from '../recovery/snapshot';
 import type { Platform } from './platform';
 
 /** KVM_GET_MSR_INDEX_LIST on /dev/kvm: every MSR KVM can save and restore. */
@@ -48,43 +46,12 @@ export function probeMsrs(vcpu: Vcpu, list: number[], max: number): number[] {
   return ok.slice(0, max);
 }
 
-/** Sets the vCPU state from its snapshot record (CPUID already set). Returns MSRs KVM refused to set. */
-export function restoreVcpu(vcpu: Vcpu, s: VcpuSnapshot): number[] {
-  const refused: number[] = [];
-  for (const [name, , , setter] of VCPU_BLOBS) {
-    const blob = Buffer.from(s.blobs[name]);
-    if (name !== 'msrs') {
-      ioctl(vcpu.fd, setter, blob);
-      continue;
-    }
-    // KVM_SET_MSRS sets entries in order and stops at the first it refuses: set the rest past it.
-    let entries = decodeMsrs(blob, blob.readUInt32LE(0));
-    while (entries.length) {
-      const n = ioctl(vcpu.fd, 'KVM_SET_MSRS', encodeMsrs(entries));
-      if (n >= entries.length) break;
-      refused.push(entries[n].index);
-      entries = entries.slice(n + 1);
-    }
-  }
-  return refused;
-}
-
-/** VM-level state: PIT2, CLOCK, then PIC master, PIC slave, IOAPIC. */
-export function restoreVm(vm: Vm, s: VmSnapshot): void {
-  vm.setPit2(Buffer.from(s.pit2));
-  // KVM_SET_CLOCK: only the clock value (flags from GET, e.g. KVM_CLOCK_TSC_STABLE, are not settable).
-  const clock = Buffer.from(s.clock);
-  clock.writeUInt32LE(0, 8);
-  vm.setClock(clock);
-  for (const chip of s.irqchips) vm.setIrqchip(Buffer.from(chip));
-}
-
 /**
  * Replays the guest write that was in flight when the old vmm died (the
  * keeper completed it in the kernel, so the guest will not repeat it).
  * Returns a description, or undefined if there was nothing to replay.
  */
-export function replayPendingWrite(platform: Platform, s: VcpuSnapshot): string | undefined {
+export function replayPendingWrite(platform: Platform, s: PendingWrite): string | undefined {
   const r = s.replay;
   if (!r) return undefined;
   const dv = new DataView(r.data.buffer, r.data.byteOffset, r.data.byteLength);

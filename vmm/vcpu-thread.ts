@@ -19,8 +19,8 @@ import { DeviceEntry } from './devices';
 import { DEVICE_PAGE_OFFSET, STATE_MEMFD_SIZE } from './fds';
 import { StatePage } from '../devices/state-page';
 import { VirtioMmioTransport } from '../devices/virtio-mmio';
-import { SnapshotView } from '../recovery/snapshot';
-import { SerialLineJournal } from './restore';
+import { keeper, SnapshotView } from '../recovery/snapshot';
+import { replayPendingWrite, SerialLineJournal } from './restore';
 import { ControlPage } from './control-page';
 import { parkIfPaused } from './pause';
 
@@ -46,8 +46,13 @@ export interface VcpuThreadData {
   prepared?: boolean;
   /** Pause flag shared with the main thread (vmm/pause.ts). */
   pause?: SharedArrayBuffer;
-  /** Park (after setting up) until go[0] != 0: the main thread releases the vCPUs once the keeper is armed. */
+  /**
+   * Park (after setting up) until go[0] != 0: the vCPUs are released once the keeper is armed, by the
+   * main thread or by a warm standby's native takeover (a FUTEX_WAKE, so the wait is a futex too).
+   */
   go?: SharedArrayBuffer;
+  /** This vmm resumed a snapshot: before its first KVM_RUN, the vCPU replays its pending write, once. */
+  restored?: boolean;
   /**
    * Test hook (TSVMM_TEST_HOOKS=1, TSVMM_TEST_DIE_MMIO="OFFSET:N[:before|after]", first vmm only):
    * SIGKILL this vmm in the middle of handling the Nth guest MMIO write to virtio register OFFSET
@@ -113,11 +118,21 @@ function main(d: VcpuThreadData): void {
   if (d.go) {
     const go = new Int32Array(d.go);
     post({ kind: 'parked', id: d.id });
-    while (Atomics.load(go, 0) === 0) Atomics.wait(go, 0, 0);
+    while (Atomics.load(go, 0) === 0) keeper.futexWait(go, 0, 0, 1000);
   }
   // The serial line being assembled and the exit journal live in shared memory, so a vmm that
   // dies mid-line or mid-exit loses nothing (vmm/restore.ts, SerialLineJournal).
   journal = new SerialLineJournal(snap.journal(d.id), d.outFd);
+  /** The guest powered off or asked for a reset (a port write): report it. */
+  const stopped = (): boolean => {
+    if (!stop) return false;
+    flush();
+    if (stop.kind === 'poweroff') post({ kind: 'exit', code: stop.code, reason: `guest powered off with status ${stop.code}` });
+    else post({ kind: 'exit', code: 0, reason: 'guest requested a reset (tsvmm does not reboot guests)' });
+    return true;
+  };
+  if (d.restored) replayPendingWriteOnce(snap, d.id, platform, journal);
+  if (stopped()) return;
   post({ kind: 'started', id: d.id, tid: native.gettid() });
 
   for (;;) {
@@ -199,13 +214,25 @@ function main(d: VcpuThreadData): void {
         return;
     }
     if (journaling) journal.handled();
-    if (stop) {
-      flush();
-      if (stop.kind === 'poweroff') post({ kind: 'exit', code: stop.code, reason: `guest powered off with status ${stop.code}` });
-      else post({ kind: 'exit', code: 0, reason: 'guest requested a reset (tsvmm does not reboot guests)' });
-      return;
-    }
+    if (stopped()) return;
   }
+}
+
+/**
+ * The guest write (PIO out, MMIO write) the old vmm had not finished handling
+ * when it died: the keeper completed it in the kernel, so the guest will not
+ * repeat it; this vCPU replays it to the same device models over the same
+ * shared pages before it runs the guest again, so the guest's next
+ * instruction sees its effect. Exactly once per snapshot generation: the
+ * journal records which generation was replayed.
+ */
+function replayPendingWriteOnce(snap: SnapshotView, id: number, platform: Platform, journal: SerialLineJournal): void {
+  const generation = snap.generation | 0;
+  const j = snap.journal(id);
+  if (Atomics.load(j.replayedGeneration, 0) === generation) return;
+  replayPendingWrite(platform, snap.pendingWrite(id));
+  journal.handled();
+  Atomics.store(j.replayedGeneration, 0, generation);
 }
 
 /**

@@ -63,7 +63,8 @@ Napi::Value SnapshotFormat(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// keeperStart({ vmFd, snapFd, vcpus: [{ fd, run: bigint address of its kvm_run }], msrs: number[] }) -> keeper pid.
+// keeperStart({ vmFd, snapFd, vcpus: [{ fd, run: bigint address of its kvm_run }], msrs: number[], irqfds?,
+//   dormant? }) -> keeper pid. A dormant keeper (a warm standby's) saves nothing until takeover() arms it.
 Napi::Value KeeperStart(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (g_started) return Throw(env, "keeperStart: this vmm already has a keeper", EBUSY);
@@ -112,6 +113,7 @@ Napi::Value KeeperStart(const Napi::CallbackInfo& info) {
   if (c.vmm_pidfd < 0) return Throw(env, "keeperStart: pidfd_open", errno);
   c.stop_efd = eventfd(0, EFD_CLOEXEC);
   if (c.stop_efd < 0) return Throw(env, "keeperStart: eventfd", errno);
+  c.armed = o.Has("dormant") && o.Get("dormant").ToBoolean() ? 0 : 1;
   int pid = tsvmm_keeper_start(&c);
   if (pid < 0) return Throw(env, "keeperStart: clone", errno ? errno : ENOMEM);
   g_started = true;
@@ -173,13 +175,102 @@ Napi::Value WaitExit(const Napi::CallbackInfo& info) {
   return p;
 }
 
-// The u32 at byteOffset of an ArrayBuffer (a shared mapping from mmap), or nullptr.
+// The u32 at byteOffset of an ArrayBuffer (a shared mapping from mmap) or of a typed array (which may
+// view a SharedArrayBuffer: a word the vmm's threads share), or nullptr.
+uint32_t* WordAt(napi_env env, napi_value v, uint32_t off) {
+  bool is;
+  if (napi_is_arraybuffer(env, v, &is) == napi_ok && is) {
+    void* data;
+    size_t len;
+    if (napi_get_arraybuffer_info(env, v, &data, &len) != napi_ok || off % 4 || off + 4 > len) return nullptr;
+    return reinterpret_cast<uint32_t*>(static_cast<uint8_t*>(data) + off);
+  }
+  if (napi_is_typedarray(env, v, &is) != napi_ok || !is) return nullptr;
+  napi_typedarray_type type;
+  size_t length;
+  void* data;  // the view's first element
+  if (napi_get_typedarray_info(env, v, &type, &length, &data, nullptr, nullptr) != napi_ok) return nullptr;
+  if ((type != napi_int32_array && type != napi_uint32_array) || off % 4 || off + 4 > length * 4) return nullptr;
+  return reinterpret_cast<uint32_t*>(static_cast<uint8_t*>(data) + off);
+}
+
 uint32_t* WordOf(const Napi::CallbackInfo& info) {
-  if (!info[0].IsArrayBuffer()) return nullptr;
-  auto ab = info[0].As<Napi::ArrayBuffer>();
-  uint32_t off = info[1].As<Napi::Number>().Uint32Value();
-  if (off % 4 || off + 4 > ab.ByteLength()) return nullptr;
-  return reinterpret_cast<uint32_t*>(static_cast<uint8_t*>(ab.Data()) + off);
+  return WordAt(info.Env(), info[0], info[1].As<Napi::Number>().Uint32Value());
+}
+
+// { vmFd, snap: ArrayBuffer (the snapshot memfd's mapping), vcpuFds: number[], irqfds: [{ fd, gsi }] }.
+bool ParseRestore(Napi::Env env, const Napi::Object& o, tsvmm_restore_config* c) {
+  memset(c, 0, sizeof *c);
+  Napi::Array vcpus = o.Get("vcpuFds").As<Napi::Array>();
+  Napi::Array irqfds = o.Get("irqfds").As<Napi::Array>();
+  if (vcpus.Length() == 0 || vcpus.Length() > TSVMM_MAX_VCPUS || irqfds.Length() > TSVMM_MAX_IRQFDS || !o.Get("snap").IsArrayBuffer()) {
+    Throw(env, "restore: bad configuration", EINVAL);
+    return false;
+  }
+  auto snap = o.Get("snap").As<Napi::ArrayBuffer>();
+  c->snap = static_cast<uint8_t*>(snap.Data());
+  if (snap.ByteLength() < tsvmm_snap_total_size(vcpus.Length())) {
+    Throw(env, "restore: snapshot mapping is too small", EINVAL);
+    return false;
+  }
+  const tsvmm_snap_header* h = reinterpret_cast<const tsvmm_snap_header*>(c->snap);
+  if (h->magic != TSVMM_SNAP_MAGIC || h->version != TSVMM_SNAP_VERSION || h->ncpus != vcpus.Length()) {
+    Throw(env, "restore: snapshot memfd is not formatted for this VM", EINVAL);
+    return false;
+  }
+  c->vm_fd = o.Get("vmFd").As<Napi::Number>().Int32Value();
+  c->ncpus = static_cast<int>(vcpus.Length());
+  for (uint32_t i = 0; i < vcpus.Length(); i++) c->vcpu_fd[i] = vcpus.Get(i).As<Napi::Number>().Int32Value();
+  c->nirqfds = irqfds.Length();
+  for (uint32_t i = 0; i < irqfds.Length(); i++) {
+    Napi::Object q = irqfds.Get(i).As<Napi::Object>();
+    c->irqfd_fd[i] = q.Get("fd").As<Napi::Number>().Int32Value();
+    c->irqfd_gsi[i] = q.Get("gsi").As<Napi::Number>().Uint32Value();
+  }
+  return true;
+}
+
+Napi::Object RestoreResult(Napi::Env env, int status, const tsvmm_restore_result& r) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("status", Napi::Number::New(env, status));
+  o.Set("generation", Napi::Number::New(env, r.generation));
+  o.Set("failStep", Napi::Number::New(env, r.fail_step));
+  o.Set("failErrno", Napi::Number::New(env, r.fail_errno));
+  o.Set("failVcpu", Napi::Number::New(env, r.fail_vcpu));
+  Napi::Array refused = Napi::Array::New(env);
+  for (uint32_t i = 0; i < r.nrefused && i < TSVMM_MAX_REFUSED_MSRS; i++) refused.Set(i, Napi::Number::New(env, r.refused_msr[i]));
+  o.Set("refusedMsrs", refused);
+  o.Set("diedNs", Napi::BigInt::New(env, r.died_ns));
+  o.Set("savedNs", Napi::BigInt::New(env, r.saved_ns));
+  o.Set("claimedNs", Napi::BigInt::New(env, r.claimed_ns));
+  o.Set("resumedNs", Napi::BigInt::New(env, r.resumed_ns));
+  return o;
+}
+
+// restore(cfg) -> { status: 0 | -1, failStep, ... }: sets the claimed snapshot's state into this VM (restore.c).
+Napi::Value Restore(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  static tsvmm_restore_config c;
+  if (!ParseRestore(env, info[0].As<Napi::Object>(), &c)) return env.Undefined();
+  tsvmm_restore_result r;
+  memset(&r, 0, sizeof r);
+  int status = tsvmm_restore(&c, &r);
+  return RestoreResult(env, status, r);
+}
+
+// takeover(cfg, go: Int32Array (over a SharedArrayBuffer), timeoutMs) -> { status: 1 resumed | 0 timed out | -1 failed, ... }:
+// a warm standby's wait and takeover, blocking, in native code end to end (restore.c). Needs a dormant keeper.
+Napi::Value Takeover(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!g_started || g_cfg.armed) return Throw(env, "takeover: start a dormant keeper first", EINVAL);
+  static tsvmm_restore_config c;
+  if (!ParseRestore(env, info[0].As<Napi::Object>(), &c)) return env.Undefined();
+  uint32_t* go = WordAt(env, info[1], 0);
+  if (!go) return Throw(env, "takeover: go must be an Int32Array", EINVAL);
+  tsvmm_restore_result r;
+  memset(&r, 0, sizeof r);
+  int status = tsvmm_takeover(&c, &g_cfg, go, info[2].As<Napi::Number>().Int32Value(), &r);
+  return RestoreResult(env, status, r);
 }
 
 // futexWait(arrayBuffer, byteOffset, expected, timeoutMs) -> 0 (woken or the word differs) | -ETIMEDOUT | -errno.
@@ -258,6 +349,8 @@ void RegisterKeeper(Napi::Env env, Napi::Object exports) {
   exports.Set("snapshotFormat", Napi::Function::New(env, SnapshotFormat));
   exports.Set("keeperStart", Napi::Function::New(env, KeeperStart));
   exports.Set("keeperStop", Napi::Function::New(env, KeeperStop));
+  exports.Set("restore", Napi::Function::New(env, Restore));
+  exports.Set("takeover", Napi::Function::New(env, Takeover));
   exports.Set("waitExit", Napi::Function::New(env, WaitExit));
   exports.Set("futexWait", Napi::Function::New(env, FutexWait));
   exports.Set("futexWake", Napi::Function::New(env, FutexWake));

@@ -241,6 +241,7 @@ KEEPER_FN static int keeper_main(void* arg) {
     k_exit(0);
   }
   if (!(fds[0].revents & (POLLIN | POLLHUP | POLLERR))) k_exit(3); /* the supervisor died */
+  if (!__atomic_load_n(&cfg->armed, __ATOMIC_ACQUIRE)) k_exit(0); /* a standby that never took over */
 
   h->died_ns = k_now_ns();
   __atomic_store_n(&h->state, TSVMM_SNAP_SAVING, __ATOMIC_RELEASE);
@@ -276,27 +277,43 @@ KEEPER_FN static int keeper_main(void* arg) {
 
 #define KEEPER_STACK (256 * 1024)
 
+static void write_armed_header(struct tsvmm_keeper_config* cfg);
+
 int tsvmm_keeper_start(struct tsvmm_keeper_config* cfg) {
   crc_init();
   struct tsvmm_snap_header* h = (struct tsvmm_snap_header*)cfg->snap;
   void* stack = mmap(NULL, KEEPER_STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
   if (stack == MAP_FAILED) return -12;
-  h->state = TSVMM_SNAP_ARMED;
+  int armed = cfg->armed;
+  if (armed) h->state = TSVMM_SNAP_ARMED;
+  /* CLONE_PARENT: the keeper is the supervisor's child, so the supervisor reaps it and it is never
+   * orphaned; its exit signal is the vmm's (SIGCHLD). No CLONE_THREAD: it is its own process. */
+  int pid = clone(keeper_main, (uint8_t*)stack + KEEPER_STACK, CLONE_VM | CLONE_FILES | CLONE_PARENT, cfg);
+  if (pid < 0) {
+    if (armed) h->state = TSVMM_SNAP_EMPTY;
+    munmap(stack, KEEPER_STACK);
+    return -1;
+  }
+  cfg->keeper_pid = pid;
+  if (armed) write_armed_header(cfg);
+  return pid;
+}
+
+void tsvmm_keeper_arm(struct tsvmm_keeper_config* cfg) {
+  /* armed first: the keeper acts only once this whole process is dead, and from here it must save. */
+  __atomic_store_n(&cfg->armed, 1, __ATOMIC_RELEASE);
+  write_armed_header(cfg);
+}
+
+static void write_armed_header(struct tsvmm_keeper_config* cfg) {
+  struct tsvmm_snap_header* h = (struct tsvmm_snap_header*)cfg->snap;
   h->fail_step = 0;
   h->fail_errno = 0;
   h->died_ns = 0;
   h->saved_ns = 0;
   h->vmm_pid = (uint32_t)raw3(SYS_getpid, 0, 0, 0);
-  /* CLONE_PARENT: the keeper is the supervisor's child, so the supervisor reaps it and it is never
-   * orphaned; its exit signal is the vmm's (SIGCHLD). No CLONE_THREAD: it is its own process. */
-  int pid = clone(keeper_main, (uint8_t*)stack + KEEPER_STACK, CLONE_VM | CLONE_FILES | CLONE_PARENT, cfg);
-  if (pid < 0) {
-    h->state = TSVMM_SNAP_EMPTY;
-    munmap(stack, KEEPER_STACK);
-    return -1;
-  }
-  h->keeper_pid = (uint32_t)pid;
-  return pid;
+  h->keeper_pid = (uint32_t)cfg->keeper_pid;
+  __atomic_store_n(&h->state, TSVMM_SNAP_ARMED, __ATOMIC_RELEASE);
 }
 
 /* ---- the layout, exported to TypeScript ---- */

@@ -61,6 +61,8 @@ enum {
   TSVMM_STEP_NONE = 0, TSVMM_STEP_COMPLETE_RUN, TSVMM_STEP_MP_STATE, TSVMM_STEP_REGS, TSVMM_STEP_SREGS,
   TSVMM_STEP_XSAVE, TSVMM_STEP_XCRS, TSVMM_STEP_DEBUGREGS, TSVMM_STEP_LAPIC, TSVMM_STEP_MSRS,
   TSVMM_STEP_VCPU_EVENTS, TSVMM_STEP_PIT2, TSVMM_STEP_CLOCK, TSVMM_STEP_IRQCHIP, TSVMM_STEP_REPLAY_TOO_BIG,
+  /* restore.c only */
+  TSVMM_STEP_CHECKSUM, TSVMM_STEP_VCPU_ID, TSVMM_STEP_IRQFD,
 };
 
 struct tsvmm_snap_header {
@@ -160,6 +162,10 @@ struct tsvmm_keeper_config {
   int irqfd_fd[TSVMM_MAX_IRQFDS];
   uint32_t irqfd_gsi[TSVMM_MAX_IRQFDS];
   int stop_efd;             /* eventfd: the guest exited normally, exit without saving */
+  /* 0: dormant (a warm standby's keeper, started before its vmm holds the guest): if the vmm dies,
+   * exit without saving. tsvmm_keeper_arm sets it when the vmm takes the guest over. */
+  uint32_t armed;
+  int keeper_pid;
 };
 
 /* Layout helpers. */
@@ -169,8 +175,47 @@ uint32_t tsvmm_crc32(const uint8_t* p, uint64_t n);
 /* Fills the CRC table tsvmm_crc32 uses (idempotent). */
 void tsvmm_snap_format_crc_init(void);
 
-/* Clones the keeper; returns its pid or -errno. cfg must stay valid (static). */
+/* Clones the keeper; returns its pid or -errno. cfg must stay valid (static). A dormant keeper
+ * (armed = 0 in cfg) leaves the snapshot header alone until tsvmm_keeper_arm. */
 int tsvmm_keeper_start(struct tsvmm_keeper_config* cfg);
+/* Arms a dormant keeper: from now on this vmm's death is saved (header state ARMED). */
+void tsvmm_keeper_arm(struct tsvmm_keeper_config* cfg);
+
+/* ---- restore.c: putting a SAVED snapshot into this vmm's fresh VM ---- */
+struct tsvmm_restore_config {
+  int vm_fd;
+  int ncpus;
+  int vcpu_fd[TSVMM_MAX_VCPUS];
+  uint8_t* snap;            /* mapping of the whole snapshot memfd */
+  uint32_t nirqfds;         /* registered once the VM holds the guest's state */
+  int irqfd_fd[TSVMM_MAX_IRQFDS];
+  uint32_t irqfd_gsi[TSVMM_MAX_IRQFDS];
+};
+
+#define TSVMM_MAX_REFUSED_MSRS 16
+struct tsvmm_restore_result {
+  uint32_t generation;      /* the generation restored */
+  uint32_t fail_step;       /* TSVMM_STEP_* of the failing ioctl, 0 if none */
+  int32_t fail_errno;
+  int32_t fail_vcpu;        /* -1: the VM */
+  uint32_t nrefused;        /* MSRs KVM refused to set (skipped) */
+  uint32_t refused_msr[TSVMM_MAX_REFUSED_MSRS];
+  uint64_t died_ns;         /* the header's, as saved (arming the next keeper clears them) */
+  uint64_t saved_ns;
+  uint64_t claimed_ns;      /* CLOCK_MONOTONIC: the takeover claimed the snapshot */
+  uint64_t resumed_ns;      /* CLOCK_MONOTONIC: the vCPU threads were released */
+};
+
+/* Verifies the snapshot's checksum and sets every vCPU's state, the VM's (PIT, clock, irqchips), and
+ * the irqfds. The caller has claimed the generation. 0, or -1 with the failure in `res`. */
+int tsvmm_restore(const struct tsvmm_restore_config* cfg, struct tsvmm_restore_result* res);
+
+/* A warm standby's takeover, in the calling thread and without returning to JavaScript: waits up to
+ * timeout_ms for a SAVED snapshot nobody claimed, claims it, restores it, arms `keeper` (dormant
+ * until then) and releases the vCPU threads (stores 1 to *go and FUTEX_WAKEs it).
+ * 1: resumed; 0: timed out, nothing claimed; -1: claimed but the restore failed (see `res`). */
+int tsvmm_takeover(const struct tsvmm_restore_config* cfg, struct tsvmm_keeper_config* keeper, uint32_t* go,
+                   int timeout_ms, struct tsvmm_restore_result* res);
 
 struct tsvmm_abi_const {
   const char* name;

@@ -1,0 +1,143 @@
+// restore.c: the keeper's mirror image (see keeper.h for the layout). Puts a
+// SAVED snapshot into this vmm's fresh VM: per vCPU, in the order production
+// VMMs use (after CPUID, which the vmm set when it created the vCPU): MP_STATE,
+// REGS, SREGS, XSAVE, XCRS, DEBUGREGS, LAPIC, MSRS, VCPU_EVENTS; per VM: PIT2,
+// CLOCK, IRQCHIP x3; then the irqfds. And a warm standby's whole takeover —
+// wait for the keeper's save, claim it, restore, arm this vmm's keeper,
+// release the vCPU threads — in one native call, so nothing between the old
+// vmm's death and the guest running again waits for JavaScript.
+//
+// Compiled as C for the same reason as keeper.c: the KVM structs with
+// flexible arrays must have the kernel's sizes.
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <linux/futex.h>
+#include <linux/kvm.h>
+
+#include "keeper.h"
+
+#define ALIGN_UP(x, a) (((x) + (a) - 1) / (a) * (a))
+
+static uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static int fail(struct tsvmm_restore_result* res, uint32_t step, int vcpu, int err) {
+  res->fail_step = step;
+  res->fail_vcpu = vcpu;
+  res->fail_errno = err;
+  return -1;
+}
+
+#define SET(step, fd, req, ptr) \
+  do { if (ioctl((fd), (req), (ptr)) < 0) return fail(res, (step), i, errno); } while (0)
+
+/* KVM_SET_MSRS sets entries in order and stops at the first it refuses: note it, set the rest. */
+static int set_msrs(int fd, const struct tsvmm_msrs_buf* saved, uint32_t count, int i, struct tsvmm_restore_result* res) {
+  static struct tsvmm_msrs_buf buf; /* 4 KiB: off the stack; one restore at a time per process */
+  uint32_t n = count > TSVMM_MAX_MSRS ? TSVMM_MAX_MSRS : count; /* the MSRs the keeper read */
+  const struct kvm_msr_entry* next = saved->entries;
+  while (n) {
+    memset(&buf, 0, offsetof(struct tsvmm_msrs_buf, entries));
+    buf.nmsrs = n;
+    memcpy(buf.entries, next, n * sizeof *next);
+    int r = ioctl(fd, KVM_SET_MSRS, &buf);
+    if (r < 0) return fail(res, TSVMM_STEP_MSRS, i, errno);
+    if ((uint32_t)r >= n) break;
+    if (res->nrefused < TSVMM_MAX_REFUSED_MSRS) res->refused_msr[res->nrefused] = next[r].index;
+    res->nrefused++;
+    next += r + 1;
+    n -= (uint32_t)r + 1;
+  }
+  return 0;
+}
+
+int tsvmm_restore(const struct tsvmm_restore_config* cfg, struct tsvmm_restore_result* res) {
+  const struct tsvmm_snap_header* h = (const struct tsvmm_snap_header*)cfg->snap;
+  int i = -1;
+  res->generation = h->generation;
+  res->died_ns = h->died_ns;
+  res->saved_ns = h->saved_ns;
+  tsvmm_snap_format_crc_init();
+  if (tsvmm_crc32(cfg->snap + h->vcpu_offset, (uint64_t)(h->vm_offset + h->vm_size - h->vcpu_offset)) != h->checksum) {
+    return fail(res, TSVMM_STEP_CHECKSUM, -1, EBADMSG);
+  }
+  for (i = 0; i < cfg->ncpus; i++) {
+    const struct tsvmm_snap_vcpu* v = (const struct tsvmm_snap_vcpu*)(cfg->snap + h->vcpu_offset + (uint64_t)i * h->vcpu_size);
+    int fd = cfg->vcpu_fd[i];
+    if (v->id != (uint32_t)i) return fail(res, TSVMM_STEP_VCPU_ID, i, EINVAL);
+    SET(TSVMM_STEP_MP_STATE, fd, KVM_SET_MP_STATE, &v->mp_state);
+    SET(TSVMM_STEP_REGS, fd, KVM_SET_REGS, &v->regs);
+    SET(TSVMM_STEP_SREGS, fd, KVM_SET_SREGS, &v->sregs);
+    SET(TSVMM_STEP_XSAVE, fd, KVM_SET_XSAVE, &v->xsave);
+    SET(TSVMM_STEP_XCRS, fd, KVM_SET_XCRS, &v->xcrs);
+    SET(TSVMM_STEP_DEBUGREGS, fd, KVM_SET_DEBUGREGS, &v->debugregs);
+    SET(TSVMM_STEP_LAPIC, fd, KVM_SET_LAPIC, &v->lapic);
+    if (set_msrs(fd, &v->msrs, v->nmsrs_saved, i, res) < 0) return -1;
+    SET(TSVMM_STEP_VCPU_EVENTS, fd, KVM_SET_VCPU_EVENTS, &v->events);
+  }
+  i = -1;
+  const struct tsvmm_snap_vm* vm = (const struct tsvmm_snap_vm*)(cfg->snap + h->vm_offset);
+  SET(TSVMM_STEP_PIT2, cfg->vm_fd, KVM_SET_PIT2, &vm->pit2);
+  /* Only the clock value: flags from GET (e.g. KVM_CLOCK_TSC_STABLE) are not settable. */
+  struct kvm_clock_data clock = vm->clock;
+  clock.flags = 0;
+  SET(TSVMM_STEP_CLOCK, cfg->vm_fd, KVM_SET_CLOCK, &clock);
+  for (int c = 0; c < 3; c++) SET(TSVMM_STEP_IRQCHIP, cfg->vm_fd, KVM_SET_IRQCHIP, &vm->irqchip[c]);
+
+  /* An eventfd backs one irqfd at a time: the dead vmm's VM lets go of it as its keeper deassigns
+   * (first thing) and exits (just after the save), usually within a fraction of a millisecond. */
+  for (uint32_t k = 0; k < cfg->nirqfds; k++) {
+    struct kvm_irqfd d;
+    memset(&d, 0, sizeof d);
+    d.fd = (uint32_t)cfg->irqfd_fd[k];
+    d.gsi = cfg->irqfd_gsi[k];
+    uint64_t deadline = now_ns() + 2000000000ull;
+    while (ioctl(cfg->vm_fd, KVM_IRQFD, &d) < 0) {
+      if (errno != EBUSY || now_ns() > deadline) return fail(res, TSVMM_STEP_IRQFD, -1, errno);
+      struct timespec pause = {0, 50000};
+      nanosleep(&pause, NULL);
+    }
+  }
+  return 0;
+}
+
+static long futex(uint32_t* word, int op, uint32_t val, const struct timespec* timeout) {
+  return syscall(SYS_futex, word, op, val, timeout, NULL, 0);
+}
+
+int tsvmm_takeover(const struct tsvmm_restore_config* cfg, struct tsvmm_keeper_config* keeper, uint32_t* go,
+                   int timeout_ms, struct tsvmm_restore_result* res) {
+  struct tsvmm_snap_header* h = (struct tsvmm_snap_header*)cfg->snap;
+  uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000ull;
+  for (;;) {
+    uint32_t seq = __atomic_load_n(&h->wake_seq, __ATOMIC_ACQUIRE);
+    if (__atomic_load_n(&h->state, __ATOMIC_ACQUIRE) == TSVMM_SNAP_SAVED) {
+      uint32_t gen = h->generation;
+      uint32_t expected = gen - 1;
+      /* Exactly one vmm (this standby or a cold one) restores each saved generation. */
+      if (__atomic_compare_exchange_n(&h->claim_gen, &expected, gen, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) break;
+    }
+    uint64_t now = now_ns();
+    if (now >= deadline) return 0;
+    uint64_t left = deadline - now;
+    struct timespec ts = {(time_t)(left / 1000000000ull), (long)(left % 1000000000ull)};
+    futex(&h->wake_seq, FUTEX_WAIT, seq, &ts); /* not PRIVATE: the keeper is another process */
+  }
+  res->claimed_ns = now_ns();
+  if (tsvmm_restore(cfg, res) < 0) return -1;
+  tsvmm_keeper_arm(keeper);
+  res->resumed_ns = now_ns();
+  __atomic_store_n(go, 1, __ATOMIC_RELEASE);
+  futex(go, FUTEX_WAKE, 0x7fffffff, NULL);
+  return 1;
+}
