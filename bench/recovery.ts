@@ -9,7 +9,9 @@
  *        includes up to one line interval, so the lines are frequent),
  *      - the supervisor's measure: death (the keeper's or the standby's pidfd,
  *        or the supervisor's SIGCHLD, whichever saw it first) -> guest resumed
- *        (vmm: vCPUs released) / driver-domain serving again.
+ *        (vmm: vCPUs released) / driver-domain serving again,
+ *      - vmm rows: the guest's own measure of how long it was stopped (its
+ *        progress lines carry its TSC; see guestStalls).
  * 2. Overhead of the recovery machinery in normal operation: the same
  *    workloads with it on and off (TSVMM_NO_RECOVERY=1: no keeper, no exit
  *    journal, no heartbeats, no hang watch), alternating, in one run:
@@ -29,12 +31,47 @@ import { spawnSync } from 'child_process';
 import { blkLoopVm, ComponentName, guestErrors, RunningVm } from '../test/helpers/fault-harness';
 import { percentile } from '../test/helpers/kill-harness';
 import { ROOT, median, machine, table } from './lib';
+import { Kvm } from '../vmm/kvm/system';
+import { Vm } from '../vmm/kvm/vm';
+import { Vcpu } from '../vmm/kvm/vcpu';
+import { native } from '../native/kvm';
+import { Journal, SNAP } from '../recovery/snapshot';
+import { SerialLineJournal } from '../vmm/restore';
+import { QueueProgress, queueProgressSize } from '../devices/queue-progress';
 
 const GUEST = path.join(ROOT, 'guest', 'out', 'guest.elf');
 const BIN = path.join(ROOT, 'bin', 'tsvmm.js');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-interface LatencyRow { name: string; progress: number[]; supervisor: number[]; errors: number; warmCount: number }
+interface LatencyRow { name: string; progress: number[]; supervisor: number[]; stall: number[]; errors: number; warmCount: number }
+
+/** KVM_GET_TSC_KHZ of a scratch vCPU: the guest's TSC rate (the guest itself sees tsc_khz=0 on PVM). */
+function tscKhz(): number {
+  const kvm = Kvm.open();
+  const vm = new Vm(kvm.createVm());
+  const vcpu = new Vcpu(vm.createVcpu(0), 0, kvm.vcpuMmapSize());
+  const khz = vcpu.tscKhz();
+  native.close(vcpu.fd); native.close(vm.fd); native.close(kvm.fd);
+  return khz;
+}
+
+/**
+ * How long the guest itself was stopped by each kill, by its own clock: each
+ * `@counter` line carries the guest TSC when its chunk of work ended, so the
+ * gap between consecutive lines around a kill, less the usual gap (median),
+ * is the time the guest lost. Independent of when lines reach the host.
+ */
+function guestStalls(lines: { at: number; line: string }[], kills: number[], khz: number): number[] {
+  const ticks = lines.map((l) => ({ at: l.at, m: /^@counter cpu=0 .*tsc=(\d+) ok$/.exec(l.line) })).filter((x) => x.m).map((x) => ({ at: x.at, tsc: Number(x.m![1]) }));
+  const gaps = ticks.slice(1).map((t, i) => (t.tsc - ticks[i].tsc) / khz);
+  const usual = median(gaps);
+  return kills.map((t0) => {
+    const i = ticks.findIndex((t) => t.at > t0);
+    // The line in flight at the kill may carry a TSC from before it: take the larger of its two gaps.
+    const around = [gaps[i - 1], gaps[i]].filter((g) => g !== undefined);
+    return around.length ? Math.max(0, Math.max(...around) - usual) : NaN;
+  });
+}
 
 async function latency(component: ComponentName, warm: boolean, kills: number, cpus: number, blkIo: string): Promise<LatencyRow> {
   const extra = warm ? ['--standby'] : [];
@@ -42,13 +79,15 @@ async function latency(component: ComponentName, warm: boolean, kills: number, c
     ? new RunningVm([...extra, '--cpus', String(cpus), '--cmdline', `workload=counter n=0 report=${cpus === 1 ? 2_000_000 : 4_000_000}`], { TSVMM_VMM_MAX_RESTARTS: '1000' })
     : blkLoopVm(extra, blkIo ? { TSVMM_BLK_IO: blkIo } : {}, { n: 1000, report: 16 });
   const prefix = component === 'vmm' ? '@counter' : '@blk-progress';
-  const row: LatencyRow = { name: `${component}, ${warm ? 'warm (--standby)' : 'cold'}${component === 'vmm' ? `, ${cpus} vCPU${cpus > 1 ? 's' : ''}` : ''}`, progress: [], supervisor: [], errors: 0, warmCount: 0 };
+  const row: LatencyRow = { name: `${component}, ${warm ? 'warm (--standby)' : 'cold'}${component === 'vmm' ? `, ${cpus} vCPU${cpus > 1 ? 's' : ''}` : ''}`, progress: [], supervisor: [], stall: [], errors: 0, warmCount: 0 };
+  const killedAt: number[] = [];
   try {
     await vm.waitFor(() => vm.count(prefix) >= 2 && vm.pid[component] > 0, 30_000, 'the first progress lines');
     for (let k = 0; k < kills; k++) {
       if (warm) await vm.waitFor(() => vm.standbyPid[component] !== 0 && vm.standbyPid[component] !== vm.pid[component], 20_000, 'a standby');
       await sleep(50 + Math.random() * 200);
       const r = await vm.fail(component, 'SIGKILL', prefix);
+      killedAt.push(r.t0);
       row.progress.push(r.progressMs);
       row.supervisor.push(r.rec.ms);
       if (r.rec.warm) row.warmCount++;
@@ -58,6 +97,7 @@ async function latency(component: ComponentName, warm: boolean, kills: number, c
     vm.cleanup();
   }
   row.errors = guestErrors(vm.out).length;
+  if (component === 'vmm') row.stall = guestStalls(vm.lines, killedAt, tscKhz());
   return row;
 }
 
@@ -108,6 +148,60 @@ function overhead(rounds: number): OverheadRow[] {
   return rows;
 }
 
+/** 95% bootstrap interval of the median of `xs`. */
+function bootstrapMedianCi(xs: number[], resamples = 4000): [number, number] {
+  const meds = Array.from({ length: resamples }, () => median(xs.map(() => xs[Math.floor(Math.random() * xs.length)])));
+  meds.sort((a, b) => a - b);
+  return [meds[Math.floor(resamples * 0.025)], meds[Math.floor(resamples * 0.975)]];
+}
+
+interface PerOp { name: string; ns: number; share: number }
+
+/** ns per call of `fn`, best of 5 runs of `n` calls (after a warm-up). */
+function nsPer(n: number, fn: (i: number) => void): number {
+  for (let i = 0; i < n; i++) fn(i);
+  let best = Infinity;
+  for (let r = 0; r < 5; r++) {
+    const t = process.hrtime.bigint();
+    for (let i = 0; i < n; i++) fn(i);
+    best = Math.min(best, Number(process.hrtime.bigint() - t) / n);
+  }
+  return best;
+}
+
+/**
+ * What the recovery machinery itself adds to each operation, timed in
+ * isolation (the end-to-end on/off difference is smaller than this machine's
+ * run-to-run noise): the vCPU thread's exit journal (vmm/restore.ts
+ * SerialLineJournal: two stores around each KVM_RUN), and the driver-domain's
+ * per-request in-flight record (devices/queue-progress.ts: mark on pop,
+ * clear and publish on completion). The keeper and the heartbeat cost nothing
+ * per operation (a sleeping process; one store per 20 ms).
+ */
+function perOperation(rows: OverheadRow[], khz: number): PerOp[] {
+  const snap = new ArrayBuffer(SNAP.JOURNAL_SIZE + 4096);
+  const journal = new SerialLineJournal(new Journal(snap, 0), -1);
+  const run = new DataView(new ArrayBuffer(4096));
+  const exitNs = nsPer(1_000_000, () => { journal.beforeRun(run); journal.handled(); });
+  const q = new QueueProgress(new Uint32Array(queueProgressSize(256) / 4), 0, 256);
+  q.reset(256);
+  const reqNs = nsPer(1_000_000, (i) => {
+    const head = i & 255;
+    q.markInflight(head);
+    q.lastAvailIdx = i;
+    q.lastBatchHead = head;
+    q.clearInflight(head);
+    q.usedIdx = i;
+  });
+  const onNs = (r: OverheadRow) => median(r.on) / khz * 1e6; // cycles per exit -> ns
+  const iops = (r: OverheadRow) => median(r.on) * khz / 1e3; // requests per Mcycle -> per second
+  return [
+    { name: 'exit journal, per PIO exit', ns: exitNs, share: exitNs / onNs(rows[0]) },
+    { name: 'exit journal, per MMIO exit', ns: exitNs, share: exitNs / onNs(rows[1]) },
+    { name: 'in-flight record, per blk request (share of one CPU at the measured IOPS)', ns: reqNs, share: reqNs * iops(rows[2]) / 1e9 },
+  ];
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
@@ -117,9 +211,9 @@ async function main(): Promise<void> {
   });
   const kills = Number(values.kills ?? 20);
   const cpus = Number(values.cpus ?? 1);
-  const rounds = Number(values.rounds ?? 4);
+  const rounds = Number(values.rounds ?? 10);
   const t0 = Date.now();
-  const out: { latency?: LatencyRow[]; overhead?: OverheadRow[] } = {};
+  const out: { latency?: LatencyRow[]; overhead?: OverheadRow[]; perOp?: PerOp[] } = {};
   if (values.skip !== 'latency') {
     out.latency = [];
     const wanted = values.rows?.split(',');
@@ -132,34 +226,44 @@ async function main(): Promise<void> {
         } catch (e) {
           // Keep the other rows: report this one as failed (e.g. the PVM triple fault, 4 times in a row).
           process.stderr.write(`  latency row ${component} ${warm ? 'warm' : 'cold'} FAILED: ${(e as Error).message.split('\n')[0]}\n`);
-          out.latency.push({ name: `${component}, ${warm ? 'warm (--standby)' : 'cold'} (FAILED, see log)`, progress: [NaN], supervisor: [NaN], errors: 0, warmCount: 0 });
+          out.latency.push({ name: `${component}, ${warm ? 'warm (--standby)' : 'cold'} (FAILED, see log)`, progress: [NaN], supervisor: [NaN], stall: [], errors: 0, warmCount: 0 });
           process.exitCode = 1;
         }
       }
     }
   }
-  if (values.skip !== 'overhead') out.overhead = overhead(rounds);
+  if (values.skip !== 'overhead') {
+    out.overhead = overhead(rounds);
+    out.perOp = perOperation(out.overhead, tscKhz());
+  }
   if (values.json) { process.stdout.write(JSON.stringify(out) + '\n'); return; }
   const f = (x: number) => x.toFixed(x < 10 ? 2 : x < 100 ? 1 : 0);
   console.log(`bench/recovery on ${machine()}; total ${((Date.now() - t0) / 1000).toFixed(0)} s`);
   if (out.latency) {
     console.log(`\nRecovery latency (ms), ${kills} SIGKILLs per row:\n`);
-    const rows = [['component, path', 'kill → next progress p50', 'p99', 'max', 'death → resumed p50', 'p99', 'max', 'warm', 'guest errors']];
+    const rows = [['component, path', 'kill → next progress p50', 'p99', 'max', 'death → resumed p50', 'p99', 'max', 'guest stall p50', 'p99', 'max', 'warm', 'guest errors']];
+    const stat = (xs: number[]) => xs.length ? [f(percentile(xs, 50)), f(percentile(xs, 99)), f(Math.max(...xs))] : ['-', '-', '-'];
     for (const r of out.latency) {
-      rows.push([r.name, f(percentile(r.progress, 50)), f(percentile(r.progress, 99)), f(Math.max(...r.progress)),
-        f(percentile(r.supervisor, 50)), f(percentile(r.supervisor, 99)), f(Math.max(...r.supervisor)), `${r.warmCount}/${r.progress.length}`, String(r.errors)]);
+      rows.push([r.name, ...stat(r.progress), ...stat(r.supervisor), ...stat(r.stall), `${r.warmCount}/${r.progress.length}`, String(r.errors)]);
     }
     console.log(table(rows));
   }
   if (out.overhead) {
-    console.log(`\nOverhead of the recovery machinery (${rounds} rounds each, alternating; median (min-max)):\n`);
-    const rows = [['workload', 'recovery on', 'recovery off', 'cost']];
+    console.log(`\nOverhead of the recovery machinery (${rounds} rounds, on and off back to back in each, order alternating; ` +
+      `median (min-max); cost: median of the rounds' paired on/off costs, with a bootstrap 95% interval):\n`);
+    const rows = [['workload', 'recovery on', 'recovery off', 'cost', '95% interval']];
     const mm = (xs: number[]) => `${f(median(xs))} (${f(Math.min(...xs))}-${f(Math.max(...xs))})`;
+    const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
     for (const r of out.overhead) {
-      const cost = r.higherIsBetter ? 1 - median(r.on) / median(r.off) : median(r.on) / median(r.off) - 1;
-      rows.push([r.name, mm(r.on), mm(r.off), `${(cost * 100).toFixed(1)}%`]);
+      const costs = r.on.map((on, i) => (r.higherIsBetter ? 1 - on / r.off[i] : on / r.off[i] - 1));
+      const [lo, hi] = bootstrapMedianCi(costs);
+      rows.push([r.name, mm(r.on), mm(r.off), pct(median(costs)), `${pct(lo)} .. ${pct(hi)}`]);
     }
     console.log(table(rows));
+  }
+  if (out.perOp) {
+    console.log(`\nThe machinery's own work per operation (a microbenchmark of the code the hot paths run; share of the measured on-cost):\n`);
+    console.log(table([['operation', 'ns', 'share'], ...out.perOp.map((o) => [o.name, o.ns.toFixed(1), `${(o.share * 100).toFixed(3)}%`])]));
   }
   if (out.latency?.some((r) => r.errors)) process.exitCode = 1;
 }

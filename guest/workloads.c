@@ -64,7 +64,9 @@ static void counter(u32 cpu)
         if (reg != last + chunk)
             fail("counter", "cpu=%u detail=backwards last=%lu now=%lu", cpu, last, reg);
         last = reg;
-        out_line("@counter cpu=%u n=%lu hash=%016lx ok", cpu, reg, p->hash);
+        /* tsc: when this chunk ended, so the host can see from the guest's side how long it was
+         * stopped (bench/recovery: a gap between two lines beyond the usual one). */
+        out_line("@counter cpu=%u n=%lu hash=%016lx tsc=%lu ok", cpu, reg, p->hash, rdtsc());
         if (n && reg >= n)
             break;
     }

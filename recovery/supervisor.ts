@@ -69,6 +69,12 @@ const DIST = path.resolve(__dirname, '..');
 const DEFAULT_HANG_TIMEOUT_MS = 250;
 /** A warm standby that has not taken over this long after its primary died is replaced by a cold start. */
 const STANDBY_TAKEOVER_TIMEOUT_MS = 3000;
+/**
+ * After a standby took over, its replacement starts this much later: a Node
+ * process start is ~100 ms of CPU, which, on a small host, would slow the
+ * guest just when it resumes. A second failure inside this window recovers cold.
+ */
+const STANDBY_RESPAWN_MS = 300;
 
 interface Sched { run: number; wait: number }
 
@@ -328,7 +334,9 @@ export class Supervisor {
     this.vmmFailuresInARow = 0;
     this.vmmPending = undefined;
     this.arm(child, 'vmm', Component.Vmm);
-    if (this.opts.standby && !this.vmmStandby) setImmediate(() => { if (!this.result && !this.vmmStandby) this.startVmm('standby'); });
+    if (this.opts.standby && !this.vmmStandby) {
+      setTimeout(() => { if (!this.result && !this.vmmStandby) this.startVmm('standby'); }, p ? STANDBY_RESPAWN_MS : 0);
+    }
     if (!p) return;
     const resumed = r.resumedNs ? BigInt(r.resumedNs) : readyAt;
     // From whichever saw the death first: the keeper (its pidfd) or the supervisor (SIGCHLD).
@@ -413,7 +421,7 @@ export class Supervisor {
     this.ddPending = undefined;
     this.ddStandbyFailures = r.warm ? 0 : this.ddStandbyFailures;
     this.arm(child, 'driver-domain', Component.DriverDomain);
-    if (this.opts.standby) setImmediate(() => this.startDdStandby());
+    if (this.opts.standby) setTimeout(() => this.startDdStandby(), r.warm ? STANDBY_RESPAWN_MS : 0);
   }
 
   private recordDd(cause: string, t0: bigint, r: ReadyMsg, warm: boolean): void {

@@ -46,7 +46,7 @@ describe('warm standby (--standby)', function () {
       for (const l of vm.out.split('\n')) {
         if (!l.startsWith('@')) continue;
         assert.ok(!l.startsWith('@error'), l);
-        const m = /^@counter cpu=(\d+) n=(\d+) hash=[0-9a-f]{16} ok$/.exec(l);
+        const m = /^@counter cpu=(\d+) n=(\d+) hash=[0-9a-f]{16} tsc=\d+ ok$/.exec(l);
         if (!m) { assert.match(l, /^@(boot|smp)/); continue; }
         const cpu = Number(m[1]);
         const n = Number(m[2]);

@@ -48,7 +48,7 @@ export interface KillRunResult {
   leftovers: number[];
 }
 
-const COUNTER = /^@counter cpu=(\d+) n=(\d+) hash=([0-9a-f]{16}) ok$/;
+const COUNTER = /^@counter cpu=(\d+) n=(\d+) hash=([0-9a-f]{16}) tsc=\d+ ok$/;
 const RECOVERED = /recovered vmm \(cause: ([^)]*)\) in ([\d.]+) ms \(keeper save ([\d.]+) ms/;
 const READY = /vmm ready \(pid (\d+)/;
 
