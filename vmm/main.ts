@@ -10,9 +10,8 @@ import { ComponentMessage, ComponentMessageCodec, VmConfig, VmConfigCodec } from
 import { abi, native } from '../native/kvm';
 import { Kvm } from './kvm/system';
 import { Vm } from './kvm/vm';
-import { kvmBootState, loadKernel } from './boot/kernel';
+import type { kvmBootState } from './boot/kernel';
 import { mapGuestRam } from './guest-ram';
-import { buildAcpi } from './acpi';
 import { deviceFds, FD } from './fds';
 import { deviceList, virtioCmdline } from './devices';
 import { MmioReg } from '../devices/virtio-mmio-layout';
@@ -89,6 +88,9 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
 
   // The guest learns its CPUs and devices from ACPI (as Linux does) and the command line.
   if (!restore) {
+    // Loaded only to boot: a restarting vmm (on the guest's critical path) never needs them.
+    const { kvmBootState, loadKernel } = require('./boot/kernel') as typeof import('./boot/kernel');
+    const { buildAcpi } = require('./acpi') as typeof import('./acpi');
     const rsdp = buildAcpi(ram.memory, { cpus: cfg.cpus, virtio: devices.map((d) => ({ base: d.base, gsi: d.gsi })) });
     const cmdline = [cfg.cmdline, virtioCmdline(devices)].filter((s) => s).join(' ');
     // A bzImage (64-bit boot protocol) or a PVH ELF: vmm/boot/kernel.ts picks the path by magic.
@@ -142,7 +144,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
       if (m.kind === 'parked') { if (++parked === cfg.cpus) onAllParked?.(); }
       else if (m.kind === 'started') {
         pauseCtl.started(m.id, m.tid);
-        if (process.env.TSVMM_RESTORE_DEBUG) process.stderr.write(`tsvmm vmm: vCPU ${m.id} running at ${performance.now().toFixed(1)} ms since process start\n`);
+        if (process.env.TSVMM_RESTORE_DEBUG) process.stderr.write(`tsvmm vmm: vCPU ${m.id} running at ${performance.now().toFixed(1)} ms since process start (monotonic ${m.ns} ns)\n`);
       } else if (m.kind === 'exit') finish({ guestExit: { code: m.code, reason: m.reason } }, 0);
       else if (m.kind === 'fatal') finish({ fatal: { message: m.message } }, 0);
     });
@@ -168,7 +170,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
     if (process.env.TSVMM_RESTORE_DEBUG) {
       process.stderr.write(`tsvmm vmm: ${mode} timeline (ms since process start): modules ${tModules.toFixed(1)}, snapshot read ${tSnap.toFixed(1)}, ` +
         `VM built ${tBuilt.toFixed(1)}, running ${performance.now().toFixed(1)}` +
-        `${r && warm ? `; keeper saw the death -> saved ${(Number(r.savedNs - r.diedNs) / 1e6).toFixed(3)} ms -> standby claimed ${(Number(r.claimedNs - r.savedNs) / 1e6).toFixed(3)} ms -> vCPUs released ${(Number(r.resumedNs - r.claimedNs) / 1e6).toFixed(3)} ms` : ''}\n`);
+        `${r ? ` [monotonic ns: died ${r.diedNs} resumed ${r.resumedNs}]` : ''}${r && warm ? `; keeper saw the death -> saved ${(Number(r.savedNs - r.diedNs) / 1e6).toFixed(3)} ms -> standby claimed ${(Number(r.claimedNs - r.savedNs) / 1e6).toFixed(3)} ms -> vCPUs released ${(Number(r.resumedNs - r.claimedNs) / 1e6).toFixed(3)} ms` : ''}\n`);
     }
     send({
       ready: {

@@ -63,7 +63,7 @@ export interface VcpuThreadData {
 }
 
 export type VcpuThreadMessage =
-  | { kind: 'started'; id: number; tid: number }
+  | { kind: 'started'; id: number; tid: number; ns: bigint }
   | { kind: 'parked'; id: number }
   | { kind: 'exit'; code: number; reason: string }
   | { kind: 'fatal'; message: string };
@@ -133,7 +133,7 @@ function main(d: VcpuThreadData): void {
   };
   if (d.restored) replayPendingWriteOnce(snap, d.id, platform, journal);
   if (stopped()) return;
-  post({ kind: 'started', id: d.id, tid: native.gettid() });
+  post({ kind: 'started', id: d.id, tid: native.gettid(), ns: process.hrtime.bigint() });
 
   for (;;) {
     if (journaling) journal.beforeRun(run);
