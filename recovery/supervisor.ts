@@ -395,7 +395,9 @@ export class Supervisor {
       } else {
         this.driverDomain = this.startDriverDomain();
       }
-    }, standbyFor ? { TSVMM_STANDBY_FOR: String(standbyFor) } : {});
+      // Block I/O that io_uring does not serve inline (large transfers, the thread-pool fallback) runs
+      // on libuv's pool: give the driver-domain a deep one.
+    }, { UV_THREADPOOL_SIZE: '64', ...(standbyFor ? { TSVMM_STANDBY_FOR: String(standbyFor) } : {}) });
     if (standbyFor) this.ddStandby = child;
     else this.driverDomain = child;
     return child;
@@ -445,7 +447,7 @@ export class Supervisor {
     extraFds.forEach((fd, i) => { if (i >= stdio.length) stdio[i] = fd; });
     const child = spawn(process.execPath, [script], {
       stdio: name === 'vmm' ? stdio : ['ignore', ...stdio.slice(1)],
-      env: componentEnv({ TSVMM_CONFIG: Buffer.from(VmConfigCodec.encode(this.cfg)).toString('base64'), UV_THREADPOOL_SIZE: '64', ...extraEnv }),
+      env: componentEnv({ TSVMM_CONFIG: Buffer.from(VmConfigCodec.encode(this.cfg)).toString('base64'), ...extraEnv }),
     });
     child.on('exit', (code, signal) => {
       this.exits.set(child, this.causeOf(child, code, signal));

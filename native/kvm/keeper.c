@@ -272,6 +272,11 @@ KEEPER_FN static int keeper_main(void* arg) {
   h->saved_ns = k_now_ns();
   __atomic_store_n(&h->state, TSVMM_SNAP_SAVED, __ATOMIC_RELEASE);
   k_wake(h);
+  /* Linger before exiting: this exit drops the last hold on the dead vmm's address space and VM,
+   * and tearing them down takes milliseconds of CPU, which a small host would otherwise take from
+   * the guest just as the next vmm resumes it. */
+  struct { long sec, nsec; } linger = {0, 100 * 1000 * 1000};
+  raw3(SYS_nanosleep, &linger, 0, 0);
   k_exit(0);
 }
 
