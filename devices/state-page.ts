@@ -278,8 +278,10 @@ export class StatePage {
     if (this.computeStaticChecksum() !== this.staticChecksum) errors.push('static checksum mismatch');
     for (let i = 0; i < Math.min(n, g.maxDevices); i++) {
       const d = this.device(i);
-      if (d.regsTorn) torn.push(i);
-      for (const e of d.validate()) errors.push(`device ${i}: ${e}`);
+      // One seqlock read decides both (two reads could disagree while a live vmm writes).
+      const regs = d.checkRegs();
+      if (regs === 'torn') torn.push(i);
+      for (const e of d.validate(regs)) errors.push(`device ${i}: ${e}`);
     }
     return { ok: errors.length === 0, errors, tornDevices: torn };
   }
@@ -492,15 +494,14 @@ export class DeviceSlot {
     for (let q = 0; q < this.geometry.maxQueues; q++) this.progress(q).reset(0);
   }
 
-  /** Invariant violations of this slot (empty when sane). */
-  validate(): string[] {
+  /** Invariant violations of this slot (empty when sane); `regs`: its checkRegs() result, if already read. */
+  validate(regs = this.checkRegs()): string[] {
     const e: string[] = [];
     const nq = this.numQueues;
     if (this.deviceId === 0) e.push('device id 0');
     if (nq < 1 || nq > this.geometry.maxQueues) e.push(`queue count ${nq} out of range`);
     if (!isPow2(this.queueNumMax) || this.queueNumMax > this.geometry.maxQueueSize) e.push(`queue num max ${this.queueNumMax} invalid`);
     if (this.w.get(S.configLen) > CONFIG_MAX) e.push('config length too large');
-    const regs = this.checkRegs();
     if (regs === 'torn') e.push('register update torn (seqlock odd)');
     else if (regs === 'mismatch') e.push('register checksum mismatch');
     if ((this.status & ~STATUS_KNOWN_BITS) !== 0) e.push(`unknown status bits 0x${this.status.toString(16)}`);
