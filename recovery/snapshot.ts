@@ -78,6 +78,7 @@ const STEP_NAME = ['none', 'KVM_RUN (completing a pending exit)', 'KVM_GET_MP_ST
 
 /** Why native restore() / takeover() failed, as one line. */
 export function restoreFailure(r: RestoreResult): string {
+  if (r.failStep === c('step_checksum')) return 'snapshot checksum mismatch: refusing to resume a corrupt guest';
   const what = (STEP_NAME[r.failStep] ?? `step ${r.failStep}`).replace('KVM_GET_', 'KVM_SET_');
   return `restoring ${r.failVcpu >= 0 ? `vCPU ${r.failVcpu}` : 'the VM'} failed at ${what} (errno ${r.failErrno})`;
 }

@@ -53,40 +53,49 @@ describe('vmm recovery refuses a bad snapshot', function () {
   this.timeout(60_000);
   before(requireKvm);
 
-  it('a snapshot whose checksum does not match stops the run with a clear error instead of resuming', async () => {
-    const name = `badsnap-${process.pid}`;
-    const child = spawn(process.execPath, [path.join(REPO, 'bin', 'tsvmm.js'), 'run', '--name', name, '--cmdline', 'workload=counter n=0 report=20000000'],
-      { stdio: ['ignore', 'pipe', 'pipe'] });
-    let err = '';
-    let out = '';
-    child.stderr!.on('data', (d) => { err += d; });
-    child.stdout!.on('data', (d) => { out += d; });
-    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-    const until = async (cond: () => boolean) => { const t = Date.now(); while (!cond()) { if (Date.now() - t > 20_000) throw new Error(`timeout; stderr: ${err}`); await new Promise((r) => setTimeout(r, 10)); } };
-    await until(() => /vmm ready \(pid \d+/.test(err) && out.includes('@counter'));
-    const vmm = Number(/vmm ready \(pid (\d+)/.exec(err)![1]);
-    // The keeper's pid is in the snapshot header (other processes may hold the memfd too).
-    const tag = `tsvmm-snap-${name}`;
-    const fd = fs.readdirSync(`/proc/${child.pid}/fd`).find((f) => { try { return fs.readlinkSync(`/proc/${child.pid}/fd/${f}`).includes(tag); } catch { return false; } })!;
-    const hdr = Buffer.alloc(4);
-    const hfd = fs.openSync(`/proc/${child.pid}/fd/${fd}`, 'r');
-    fs.readSync(hfd, hdr, 0, 4, abi('snap_off_h_keeper_pid'));
-    fs.closeSync(hfd);
-    const keeperPid = hdr.readUInt32LE(0);
-    assert.ok(keeperPid && keeperPid !== vmm && holdersOf(tag).includes(keeperPid), 'found the keeper');
-    // Freeze the keeper so it cannot save, kill the vmm, then forge a "saved" header over a body that was never written.
-    process.kill(keeperPid, 'SIGSTOP');
-    process.kill(vmm, 'SIGKILL');
-    const h = fs.openSync(`/proc/${child.pid}/fd/${fd}`, 'r+');
-    const b = Buffer.alloc(4);
-    b.writeUInt32LE(0xdeadbeef); fs.writeSync(h, b, 0, 4, abi('snap_off_h_checksum'));
-    b.writeUInt32LE(abi('snap_TSVMM_SNAP_SAVED')); fs.writeSync(h, b, 0, 4, abi('snap_off_h_state'));
-    fs.closeSync(h);
-    const code = await exited;
-    try { process.kill(keeperPid, 'SIGKILL'); } catch { /* the supervisor killed it */ }
-    assert.strictEqual(code, 1);
-    assert.match(err, /snapshot checksum mismatch .*refusing to resume a corrupt guest/);
-    await new Promise((r) => setTimeout(r, 200));
-    assert.deepStrictEqual(holdersOf(tag), [], 'nothing left behind');
-  });
+  for (const standby of [false, true]) {
+    it(`a snapshot whose checksum does not match stops the run with a clear error instead of resuming (${standby ? 'warm standby' : 'cold restart'})`, async () => {
+      const name = `badsnap-${process.pid}-${standby ? 'warm' : 'cold'}`;
+      const child = spawn(process.execPath, [path.join(REPO, 'bin', 'tsvmm.js'), 'run', '--name', name, ...(standby ? ['--standby'] : []),
+        '--cmdline', 'workload=counter n=0 report=20000000'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let err = '';
+      let out = '';
+      child.stderr!.on('data', (d) => { err += d; });
+      child.stdout!.on('data', (d) => { out += d; });
+      const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+      const until = async (cond: () => boolean) => { const t = Date.now(); while (!cond()) { if (Date.now() - t > 20_000) throw new Error(`timeout; stderr: ${err}`); await new Promise((r) => setTimeout(r, 10)); } };
+      await until(() => /vmm ready \(pid \d+/.test(err) && out.includes('@counter') && (!standby || /vmm standby ready/.test(err)));
+      const vmm = Number(/vmm ready \(pid (\d+)/.exec(err)![1]);
+      // The keeper's pid is in the snapshot header (other processes may hold the memfd too).
+      const tag = `tsvmm-snap-${name}`;
+      const fd = fs.readdirSync(`/proc/${child.pid}/fd`).find((f) => { try { return fs.readlinkSync(`/proc/${child.pid}/fd/${f}`).includes(tag); } catch { return false; } })!;
+      const snap = `/proc/${child.pid}/fd/${fd}`;
+      const hdr = Buffer.alloc(4);
+      const hfd = fs.openSync(snap, 'r');
+      fs.readSync(hfd, hdr, 0, 4, abi('snap_off_h_keeper_pid'));
+      const keeperPid = hdr.readUInt32LE(0);
+      fs.readSync(hfd, hdr, 0, 4, abi('snap_off_h_generation'));
+      const generation = hdr.readUInt32LE(0);
+      fs.closeSync(hfd);
+      assert.ok(keeperPid && keeperPid !== vmm && holdersOf(tag).includes(keeperPid), 'found the keeper');
+      // Freeze the keeper so it cannot save, kill the vmm, then forge a "saved" header over a body that was
+      // never written (the next generation, so a standby claims it when its futex wait times out).
+      process.kill(keeperPid, 'SIGSTOP');
+      process.kill(vmm, 'SIGKILL');
+      const h = fs.openSync(snap, 'r+');
+      const b = Buffer.alloc(4);
+      b.writeUInt32LE(0xdeadbeef); fs.writeSync(h, b, 0, 4, abi('snap_off_h_checksum'));
+      b.writeUInt32LE(generation + 1); fs.writeSync(h, b, 0, 4, abi('snap_off_h_generation'));
+      b.writeUInt32LE(abi('snap_TSVMM_SNAP_SAVED')); fs.writeSync(h, b, 0, 4, abi('snap_off_h_state'));
+      fs.closeSync(h);
+      const code = await exited;
+      try { process.kill(keeperPid, 'SIGKILL'); } catch { /* the supervisor killed it */ }
+      assert.strictEqual(code, 1);
+      // The standby's native takeover refuses it ('mismatch:'); a cold vmm names both checksums.
+      assert.match(err, standby ? /snapshot checksum mismatch: refusing to resume a corrupt guest/ : /snapshot checksum mismatch \(header .*refusing to resume a corrupt guest/);
+      assert.doesNotMatch(err, /\n\s+at /, 'no stack trace');
+      await new Promise((r) => setTimeout(r, 200));
+      assert.deepStrictEqual(holdersOf(tag), [], 'nothing left behind');
+    });
+  }
 });

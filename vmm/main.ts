@@ -205,7 +205,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
         for (;;) {
           const r = keeper.takeover(restoreConfig, go, 1000);
           if (r.status === 1) { running(r.resumedNs, r); return; }
-          if (r.status < 0) throw new SnapshotError(restoreFailure(r));
+          if (r.status < 0) { finish({ fatal: { message: restoreFailure(r) } }, 1); return; }
           if (process.ppid !== ppid) process.exit(EXIT_NOT_NEEDED); // the supervisor is gone
         }
       });

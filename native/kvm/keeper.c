@@ -237,7 +237,8 @@ KEEPER_FN static int keeper_main(void* arg) {
     if (r < 0 && r != -4 /* EINTR */) k_exit(2);
   }
   if (fds[1].revents) {
-    __atomic_store_n(&h->state, TSVMM_SNAP_STOPPED, __ATOMIC_RELEASE);
+    /* A dormant keeper's header is still the previous vmm's snapshot: leave it. */
+    if (__atomic_load_n(&cfg->armed, __ATOMIC_ACQUIRE)) __atomic_store_n(&h->state, TSVMM_SNAP_STOPPED, __ATOMIC_RELEASE);
     k_exit(0);
   }
   if (!(fds[0].revents & (POLLIN | POLLHUP | POLLERR))) k_exit(3); /* the supervisor died */
@@ -331,6 +332,7 @@ const struct tsvmm_abi_const tsvmm_snap_constants[] = {
     K(TSVMM_JOURNAL_LINE_MAX) K(TSVMM_REPLAY_DATA_MAX) K(TSVMM_EXIT_SENTINEL) K(TSVMM_JOURNAL_HANDLED)
     K(TSVMM_SNAP_EMPTY) K(TSVMM_SNAP_ARMED) K(TSVMM_SNAP_SAVING) K(TSVMM_SNAP_SAVED) K(TSVMM_SNAP_FAILED)
     K(TSVMM_SNAP_STOPPED)
+    {"snap_step_checksum", (double)TSVMM_STEP_CHECKSUM},
     K(TSVMM_PENDING_NONE) K(TSVMM_PENDING_REEXEC) K(TSVMM_PENDING_PIO_OUT) K(TSVMM_PENDING_MMIO_WRITE)
     {"snap_header_size", 4096},
     SIZE(tsvmm_snap_header, "header") SIZE(tsvmm_journal, "journal") SIZE(tsvmm_snap_vm, "vm")
