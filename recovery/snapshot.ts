@@ -25,7 +25,9 @@ export interface NativeKeeper {
    * unclaimed SAVED snapshot, claims it, restores it, arms the dormant keeper, releases `go`.
    * status 1: resumed; 0: timed out; -1: the restore failed.
    */
-  takeover(cfg: RestoreConfig, go: Int32Array, timeoutMs: number): RestoreResult;
+  takeover(cfg: RestoreConfig & { notifyFd?: number }, go: Int32Array, timeoutMs: number): RestoreResult;
+  /** The result of this process's successful takeover (takeover() signals `notifyFd` once it has one). */
+  lastTakeover(): RestoreResult;
   waitExit(pid: number): Promise<{ code?: number; signal?: number; error?: string }>;
   /** Blocking FUTEX_WAIT (shared) on the u32 at `off` of a mapping or a typed array: 0, or -errno (-ETIMEDOUT = -110). */
   futexWait(buf: ArrayBuffer | Int32Array, off: number, expected: number, timeoutMs: number): number;

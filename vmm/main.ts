@@ -7,7 +7,7 @@
 import { releaseUnusedVcpuThreads, vcpuThread } from './early-vcpu-threads';
 import * as fs from 'fs';
 import { ComponentMessage, ComponentMessageCodec, VmConfig, VmConfigCodec } from '../proto';
-import { abi, native } from '../native/kvm';
+import { abi, native, poller } from '../native/kvm';
 import { Kvm } from './kvm/system';
 import { Vm } from './kvm/vm';
 import type { kvmBootState } from './boot/kernel';
@@ -129,6 +129,21 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   // vCPU threads start now and park on `go`: their start (~50 ms of Node worker boot) overlaps the
   // restore, or, for a standby, happens long before it is needed.
   const go = new Int32Array(new SharedArrayBuffer(4));
+  // TSVMM_NO_RECOVERY=1 (bench/recovery's overhead row only): no keeper, no journal, no heartbeat.
+  const recovery = process.env.TSVMM_NO_RECOVERY !== '1';
+  const keeperConfig = (dormant: boolean) => ({
+    vmFd: vm.fd, snapFd: FD.SNAPSHOT, msrs, vcpus: vcpus.map((v) => ({ fd: v.fd, run: native.address(v.runBytes) })), irqfds, dormant,
+  });
+  const restoreConfig = { vmFd: vm.fd, vcpuFds: vcpus.map((v) => v.fd), irqfds };
+  let keeperPid = 0;
+  // A standby's keeper is cloned now, dormant: the takeover arms it before the guest runs. vCPU 0
+  // signals takeoverFd once it has taken over (watched on this thread's event loop).
+  if (mode === 'standby' && recovery) keeperPid = keeper.keeperStart(keeperConfig(true));
+  const takeoverFd = mode === 'standby' ? native.eventfd(0, true) : -1;
+  if (mode === 'standby') {
+    poller.pollerStart(() => { const r = keeper.lastTakeover(); running(r.resumedNs, r); });
+    poller.pollerAdd(takeoverFd, 0, true);
+  }
   const pauseCtl = new PauseControl(ControlPage.tryMap(FD.STATE), vcpus);
   let parked = 0;
   let onAllParked: (() => void) | undefined;
@@ -138,6 +153,8 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
       vmFd: vm.fd, vcpuFd: vcpuFds[id], id, mmapSize, supportedCpuid: supported, cpus: cfg.cpus,
       stateFd: FD.STATE, outFd: FD.SERIAL_OUT, counters, devices, snapFd: FD.SNAPSHOT, prepared: true, go: go.buffer as SharedArrayBuffer, restored: restore,
       dieAtMmio: hookMmio, pause: pauseCtl.sab,
+      // A standby's vCPU 0 waits for the takeover itself and runs the guest straight after it.
+      takeover: mode === 'standby' && id === 0 ? { ...restoreConfig, notifyFd: takeoverFd } : undefined,
     };
     const w = vcpuThread(data);
     w.on('message', (m: VcpuThreadMessage) => {
@@ -153,16 +170,11 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   releaseUnusedVcpuThreads();
 
   const tBuilt = performance.now();
-  // TSVMM_NO_RECOVERY=1 (bench/recovery's overhead row only): no keeper, no journal, no heartbeat.
-  const recovery = process.env.TSVMM_NO_RECOVERY !== '1';
-  const keeperConfig = (dormant: boolean) => ({
-    vmFd: vm.fd, snapFd: FD.SNAPSHOT, msrs, vcpus: vcpus.map((v) => ({ fd: v.fd, run: native.address(v.runBytes) })), irqfds, dormant,
-  });
-  const restoreConfig = { vmFd: vm.fd, snap: snapView.buf, vcpuFds: vcpus.map((v) => v.fd), irqfds };
-  let keeperPid = 0;
 
+  let standbyWatch = () => undefined as void;
   /** The guest runs (its vCPU threads are released): report, and start the heartbeat. */
   const running = (resumedNs: bigint, r?: RestoreResult) => {
+    standbyWatch();
     if (r?.refusedMsrs.length) process.stderr.write(`tsvmm vmm: KVM refused to restore MSRs ${r.refusedMsrs.map((i: number) => '0x' + i.toString(16)).join(' ')}\n`);
     pauseCtl.activate();
     const warm = mode === 'standby';
@@ -194,26 +206,17 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   };
 
   if (mode === 'standby') {
-    // Everything is built; a dormant keeper is armed by the takeover itself, before the guest runs.
-    if (recovery) keeperPid = keeper.keeperStart(keeperConfig(true));
     onAllParked = () => {
       send({ ready: { component: 'vmm', pid: process.pid, standby: true, keeperPid } });
-      // Off the IPC callback, then block until the primary's keeper has saved and this vmm has taken
-      // the guest over (native/kvm/restore.c: nothing on that path waits for JavaScript).
-      setImmediate(() => {
-        const ppid = process.ppid;
-        for (;;) {
-          const r = keeper.takeover(restoreConfig, go, 1000);
-          if (r.status === 1) { running(r.resumedNs, r); return; }
-          if (r.status < 0) { finish({ fatal: { message: restoreFailure(r) } }, 1); return; }
-          if (process.ppid !== ppid) process.exit(EXIT_NOT_NEEDED); // the supervisor is gone
-        }
-      });
+      // vCPU 0 is in the native takeover (vmm/vcpu-thread.ts); exit if the supervisor goes away first.
+      const ppid = process.ppid;
+      const orphan = setInterval(() => { if (process.ppid !== ppid) process.exit(EXIT_NOT_NEEDED); }, 1000);
+      standbyWatch = () => clearInterval(orphan);
     };
   } else {
     let r: RestoreResult | undefined;
     if (saved) {
-      r = keeper.restore(restoreConfig);
+      r = keeper.restore({ ...restoreConfig, snap: snapView.buf });
       if (r.status < 0) throw new SnapshotError(restoreFailure(r));
       if (process.env.TSVMM_RESTORE_DEBUG) {
         for (const v of saved.vcpus) {

@@ -19,7 +19,7 @@ import { DeviceEntry } from './devices';
 import { DEVICE_PAGE_OFFSET, STATE_MEMFD_SIZE } from './fds';
 import { StatePage } from '../devices/state-page';
 import { VirtioMmioTransport } from '../devices/virtio-mmio';
-import { keeper, SnapshotView } from '../recovery/snapshot';
+import { Journal, keeper, RestoreConfig, restoreFailure, SNAP, SnapshotView } from '../recovery/snapshot';
 import { replayPendingWrite, SerialLineJournal } from './restore';
 import { ControlPage } from './control-page';
 import { parkIfPaused } from './pause';
@@ -53,6 +53,12 @@ export interface VcpuThreadData {
   go?: SharedArrayBuffer;
   /** This vmm resumed a snapshot: before its first KVM_RUN, the vCPU replays its pending write, once. */
   restored?: boolean;
+  /**
+   * A warm standby's vCPU 0: instead of parking, it waits in the native takeover (keeper.takeover,
+   * native/kvm/restore.c), which restores the dead vmm's snapshot into this VM, arms the keeper and
+   * releases every vCPU; this thread then runs the guest with no other thread to wake first.
+   */
+  takeover?: Omit<RestoreConfig, 'snap'> & { notifyFd: number };
   /**
    * Test hook (TSVMM_TEST_HOOKS=1, TSVMM_TEST_DIE_MMIO="OFFSET:N[:before|after]", first vmm only):
    * SIGKILL this vmm in the middle of handling the Nth guest MMIO write to virtio register OFFSET
@@ -115,14 +121,26 @@ function main(d: VcpuThreadData): void {
   // bench/recovery's overhead row only: TSVMM_NO_RECOVERY=1 runs without the exit journal.
   const journaling = process.env.TSVMM_NO_RECOVERY !== '1';
 
+  const journalViews = snap.journal(d.id); // read only after the go: until then it is the dead vmm's
+  if (d.restored) {
+    // First calls compile lazily (~0.1 ms each on a slow host): make the ones that run between a
+    // restore and this vCPU's first KVM_RUN now, off that path.
+    new SerialLineJournal(new Journal(new ArrayBuffer(SNAP.JOURNAL_SIZE), 0), -1);
+    snap.pendingWrite(d.id); // reads only
+    replayPendingWrite(platform, { pending: 0 }); // nothing to replay: returns at once
+  }
   if (d.go) {
     const go = new Int32Array(d.go);
     post({ kind: 'parked', id: d.id });
+    while (d.takeover && Atomics.load(go, 0) === 0) {
+      const r = keeper.takeover({ ...d.takeover, snap: snap.buf }, go, 1000);
+      if (r.status < 0) { post({ kind: 'fatal', message: restoreFailure(r) }); return; }
+    }
     while (Atomics.load(go, 0) === 0) keeper.futexWait(go, 0, 0, 1000);
   }
   // The serial line being assembled and the exit journal live in shared memory, so a vmm that
   // dies mid-line or mid-exit loses nothing (vmm/restore.ts, SerialLineJournal).
-  journal = new SerialLineJournal(snap.journal(d.id), d.outFd);
+  journal = new SerialLineJournal(journalViews, d.outFd);
   /** The guest powered off or asked for a reset (a port write): report it. */
   const stopped = (): boolean => {
     if (!stop) return false;
@@ -131,7 +149,7 @@ function main(d: VcpuThreadData): void {
     else post({ kind: 'exit', code: 0, reason: 'guest requested a reset (tsvmm does not reboot guests)' });
     return true;
   };
-  if (d.restored) replayPendingWriteOnce(snap, d.id, platform, journal);
+  if (d.restored) replayPendingWriteOnce(snap, journalViews, d.id, platform, journal);
   if (stopped()) return;
   post({ kind: 'started', id: d.id, tid: native.gettid(), ns: process.hrtime.bigint() });
 
@@ -226,9 +244,8 @@ function main(d: VcpuThreadData): void {
  * instruction sees its effect. Exactly once per snapshot generation: the
  * journal records which generation was replayed.
  */
-function replayPendingWriteOnce(snap: SnapshotView, id: number, platform: Platform, journal: SerialLineJournal): void {
+function replayPendingWriteOnce(snap: SnapshotView, j: Journal, id: number, platform: Platform, journal: SerialLineJournal): void {
   const generation = snap.generation | 0;
-  const j = snap.journal(id);
   if (Atomics.load(j.replayedGeneration, 0) === generation) return;
   replayPendingWrite(platform, snap.pendingWrite(id));
   journal.handled();

@@ -258,6 +258,8 @@ Napi::Value Restore(const Napi::CallbackInfo& info) {
   return RestoreResult(env, status, r);
 }
 
+tsvmm_restore_result g_last_takeover;
+
 // takeover(cfg, go: Int32Array (over a SharedArrayBuffer), timeoutMs) -> { status: 1 resumed | 0 timed out | -1 failed, ... }:
 // a warm standby's wait and takeover, blocking, in native code end to end (restore.c). Needs a dormant keeper.
 Napi::Value Takeover(const Napi::CallbackInfo& info) {
@@ -270,7 +272,23 @@ Napi::Value Takeover(const Napi::CallbackInfo& info) {
   tsvmm_restore_result r;
   memset(&r, 0, sizeof r);
   int status = tsvmm_takeover(&c, &g_cfg, go, info[2].As<Napi::Number>().Int32Value(), &r);
+  if (status == 1) {
+    // Tell another thread (the vmm's main thread, polling notifyFd) without a postMessage on the way
+    // to this vCPU's first KVM_RUN; it reads the result with lastTakeover().
+    g_last_takeover = r;
+    Napi::Object o = info[0].As<Napi::Object>();
+    if (o.Has("notifyFd")) {
+      uint64_t one = 1;
+      ssize_t w = write(o.Get("notifyFd").As<Napi::Number>().Int32Value(), &one, sizeof one);
+      (void)w;
+    }
+  }
   return RestoreResult(env, status, r);
+}
+
+// lastTakeover() -> the result of this process's successful takeover (see takeover's notifyFd).
+Napi::Value LastTakeover(const Napi::CallbackInfo& info) {
+  return RestoreResult(info.Env(), 1, g_last_takeover);
 }
 
 // futexWait(arrayBuffer, byteOffset, expected, timeoutMs) -> 0 (woken or the word differs) | -ETIMEDOUT | -errno.
@@ -351,6 +369,7 @@ void RegisterKeeper(Napi::Env env, Napi::Object exports) {
   exports.Set("keeperStop", Napi::Function::New(env, KeeperStop));
   exports.Set("restore", Napi::Function::New(env, Restore));
   exports.Set("takeover", Napi::Function::New(env, Takeover));
+  exports.Set("lastTakeover", Napi::Function::New(env, LastTakeover));
   exports.Set("waitExit", Napi::Function::New(env, WaitExit));
   exports.Set("futexWait", Napi::Function::New(env, FutexWait));
   exports.Set("futexWake", Napi::Function::New(env, FutexWake));
