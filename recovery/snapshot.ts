@@ -88,17 +88,17 @@ export function restoreFailure(r: RestoreResult): string {
 const H = (f: string) => c(`off_h_${f}`);
 const V = (f: string) => c(`off_${f}`);
 
-/** Per-vCPU blobs in restore order (after CPUID). */
+/** Per-vCPU blobs of a saved record, in the order native/kvm/restore.c sets them (after CPUID). */
 export const VCPU_BLOBS = [
-  ['mpState', 'v_mp_state', 'sizeof_kvm_mp_state', 'KVM_SET_MP_STATE'],
-  ['regs', 'v_regs', 'sizeof_kvm_regs', 'KVM_SET_REGS'],
-  ['sregs', 'v_sregs', 'sizeof_kvm_sregs', 'KVM_SET_SREGS'],
-  ['xsave', 'v_xsave', 'sizeof_kvm_xsave', 'KVM_SET_XSAVE'],
-  ['xcrs', 'v_xcrs', 'sizeof_kvm_xcrs', 'KVM_SET_XCRS'],
-  ['debugregs', 'v_debugregs', 'sizeof_kvm_debugregs', 'KVM_SET_DEBUGREGS'],
-  ['lapic', 'v_lapic', 'sizeof_kvm_lapic_state', 'KVM_SET_LAPIC'],
-  ['msrs', 'v_msrs', '', 'KVM_SET_MSRS'],
-  ['events', 'v_events', 'sizeof_kvm_vcpu_events', 'KVM_SET_VCPU_EVENTS'],
+  ['mpState', 'v_mp_state', 'sizeof_kvm_mp_state'],
+  ['regs', 'v_regs', 'sizeof_kvm_regs'],
+  ['sregs', 'v_sregs', 'sizeof_kvm_sregs'],
+  ['xsave', 'v_xsave', 'sizeof_kvm_xsave'],
+  ['xcrs', 'v_xcrs', 'sizeof_kvm_xcrs'],
+  ['debugregs', 'v_debugregs', 'sizeof_kvm_debugregs'],
+  ['lapic', 'v_lapic', 'sizeof_kvm_lapic_state'],
+  ['msrs', 'v_msrs', ''],
+  ['events', 'v_events', 'sizeof_kvm_vcpu_events'],
 ] as const;
 export type VcpuBlob = (typeof VCPU_BLOBS)[number][0];
 
@@ -200,7 +200,6 @@ export class SnapshotView {
   get savedNs(): bigint { return this.dv.getBigUint64(H('saved_ns'), true); }
   get journalOffset(): number { return this.u32(H('journal_offset')); }
   /** The futex word the keeper bumps when it has saved (or failed). */
-  get wakeSeq(): number { return this.u32(H('wake_seq')); }
   get claimGen(): number { return this.u32(H('claim_gen')); }
 
   /**
@@ -219,10 +218,7 @@ export class SnapshotView {
     keeper.futexWake(this.buf, H('wake_seq'));
   }
 
-  /** Blocks up to `ms` until wake_seq differs from `seq`. */
-  waitWake(seq: number, ms: number): void {
-    keeper.futexWait(this.buf, H('wake_seq'), seq >>> 0, ms);
-  }
+
 
   /** The keeper's failure as one line. */
   failure(): string {

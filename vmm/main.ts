@@ -126,8 +126,8 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   // The MSRs the keeper saves: a restore reuses the list its snapshot was saved with (no re-probe).
   const msrs = saved ? savedMsrIndices(saved) : probeMsrs(vcpus[0], msrIndexList(kvm.fd), abi('snap_TSVMM_MAX_MSRS'));
 
-  // vCPU threads start now and park on `go`: their start (~50 ms of Node worker boot) overlaps the
-  // restore, or, for a standby, happens long before it is needed.
+  // The vCPU threads (started first thing, vmm/early-vcpu-threads.ts) get their vCPUs now and park
+  // on `go` until the keeper is armed.
   const go = new Int32Array(new SharedArrayBuffer(4));
   // TSVMM_NO_RECOVERY=1 (bench/recovery's overhead row only): no keeper, no journal, no heartbeat.
   const recovery = process.env.TSVMM_NO_RECOVERY !== '1';
@@ -171,10 +171,10 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
 
   const tBuilt = performance.now();
 
-  let standbyWatch = () => undefined as void;
+  let orphanWatch: NodeJS.Timeout | undefined;
   /** The guest runs (its vCPU threads are released): report, and start the heartbeat. */
   const running = (resumedNs: bigint, r?: RestoreResult) => {
-    standbyWatch();
+    clearInterval(orphanWatch);
     if (r?.refusedMsrs.length) process.stderr.write(`tsvmm vmm: KVM refused to restore MSRs ${r.refusedMsrs.map((i: number) => '0x' + i.toString(16)).join(' ')}\n`);
     pauseCtl.activate();
     const warm = mode === 'standby';
@@ -210,8 +210,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
       send({ ready: { component: 'vmm', pid: process.pid, standby: true, keeperPid } });
       // vCPU 0 is in the native takeover (vmm/vcpu-thread.ts); exit if the supervisor goes away first.
       const ppid = process.ppid;
-      const orphan = setInterval(() => { if (process.ppid !== ppid) process.exit(EXIT_NOT_NEEDED); }, 1000);
-      standbyWatch = () => clearInterval(orphan);
+      orphanWatch = setInterval(() => { if (process.ppid !== ppid) process.exit(EXIT_NOT_NEEDED); }, 1000);
     };
   } else {
     let r: RestoreResult | undefined;
