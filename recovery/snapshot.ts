@@ -218,8 +218,6 @@ export class SnapshotView {
     keeper.futexWake(this.buf, H('wake_seq'));
   }
 
-
-
   /** The keeper's failure as one line. */
   failure(): string {
     const step = this.u32(H('fail_step'));
