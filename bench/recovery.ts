@@ -10,8 +10,10 @@
  *      - the supervisor's measure: death (the keeper's or the standby's pidfd,
  *        or the supervisor's SIGCHLD, whichever saw it first) -> guest resumed
  *        (vmm: vCPUs released) / driver-domain serving again,
- *      - vmm rows: the guest's own measure of how long it was stopped (its
- *        progress lines carry its TSC; see guestStalls).
+ *      - vmm rows: kill -> the new vmm's vCPU 0 entering KVM_RUN again (its
+ *        CLOCK_MONOTONIC stamp, TSVMM_RESTORE_DEBUG), and the guest's own
+ *        measure of how long it was stopped (its progress lines carry its
+ *        TSC; see guestStalls).
  * 2. Overhead of the recovery machinery in normal operation: the same
  *    workloads with it on and off (TSVMM_NO_RECOVERY=1: no keeper, no exit
  *    journal, no heartbeats, no hang watch), alternating, in one run:
@@ -43,7 +45,19 @@ const GUEST = path.join(ROOT, 'guest', 'out', 'guest.elf');
 const BIN = path.join(ROOT, 'bin', 'tsvmm.js');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-interface LatencyRow { name: string; progress: number[]; supervisor: number[]; stall: number[]; errors: number; warmCount: number }
+interface LatencyRow { name: string; progress: number[]; running: number[]; supervisor: number[]; stall: number[]; errors: number; warmCount: number }
+
+/**
+ * Kill -> the new vmm's vCPU 0 about to enter KVM_RUN again, per kill, from
+ * the vmm's TSVMM_RESTORE_DEBUG stamps (CLOCK_MONOTONIC, like the kill's).
+ */
+function killToRunning(err: string, kills: bigint[]): number[] {
+  const stamps = [...err.matchAll(/vCPU 0 running at .*\(monotonic (\d+) ns\)/g)].map((m) => BigInt(m[1]));
+  return kills.map((k) => {
+    const t = stamps.find((s) => s > k);
+    return t === undefined ? NaN : Number(t - k) / 1e6;
+  });
+}
 
 /** KVM_GET_TSC_KHZ of a scratch vCPU: the guest's TSC rate (the guest itself sees tsc_khz=0 on PVM). */
 function tscKhz(): number {
@@ -76,11 +90,13 @@ function guestStalls(lines: { at: number; line: string }[], kills: number[], khz
 async function latency(component: ComponentName, warm: boolean, kills: number, cpus: number, blkIo: string): Promise<LatencyRow> {
   const extra = warm ? ['--standby'] : [];
   const vm = component === 'vmm'
-    ? new RunningVm([...extra, '--cpus', String(cpus), '--cmdline', `workload=counter n=0 report=${cpus === 1 ? 2_000_000 : 4_000_000}`], { TSVMM_VMM_MAX_RESTARTS: '1000' })
+    ? new RunningVm([...extra, '--cpus', String(cpus), '--cmdline', `workload=counter n=0 report=${cpus === 1 ? 2_000_000 : 4_000_000}`],
+      { TSVMM_VMM_MAX_RESTARTS: '1000', TSVMM_RESTORE_DEBUG: '1' })
     : blkLoopVm(extra, blkIo ? { TSVMM_BLK_IO: blkIo } : {}, { n: 1000, report: 16 });
   const prefix = component === 'vmm' ? '@counter' : '@blk-progress';
-  const row: LatencyRow = { name: `${component}, ${warm ? 'warm (--standby)' : 'cold'}${component === 'vmm' ? `, ${cpus} vCPU${cpus > 1 ? 's' : ''}` : ''}`, progress: [], supervisor: [], stall: [], errors: 0, warmCount: 0 };
+  const row: LatencyRow = { name: `${component}, ${warm ? 'warm (--standby)' : 'cold'}${component === 'vmm' ? `, ${cpus} vCPU${cpus > 1 ? 's' : ''}` : ''}`, progress: [], running: [], supervisor: [], stall: [], errors: 0, warmCount: 0 };
   const killedAt: number[] = [];
+  const killedNs: bigint[] = [];
   try {
     await vm.waitFor(() => vm.count(prefix) >= 2 && vm.pid[component] > 0, 30_000, 'the first progress lines');
     for (let k = 0; k < kills; k++) {
@@ -88,6 +104,7 @@ async function latency(component: ComponentName, warm: boolean, kills: number, c
       await sleep(50 + Math.random() * 200);
       const r = await vm.fail(component, 'SIGKILL', prefix);
       killedAt.push(r.t0);
+      killedNs.push(r.killedNs);
       row.progress.push(r.progressMs);
       row.supervisor.push(r.rec.ms);
       if (r.rec.warm) row.warmCount++;
@@ -97,7 +114,10 @@ async function latency(component: ComponentName, warm: boolean, kills: number, c
     vm.cleanup();
   }
   row.errors = guestErrors(vm.out).length;
-  if (component === 'vmm') row.stall = guestStalls(vm.lines, killedAt, tscKhz());
+  if (component === 'vmm') {
+    row.stall = guestStalls(vm.lines, killedAt, tscKhz());
+    row.running = killToRunning(vm.err, killedNs);
+  }
   return row;
 }
 
@@ -226,7 +246,7 @@ async function main(): Promise<void> {
         } catch (e) {
           // Keep the other rows: report this one as failed (e.g. the PVM triple fault, 4 times in a row).
           process.stderr.write(`  latency row ${component} ${warm ? 'warm' : 'cold'} FAILED: ${(e as Error).message.split('\n')[0]}\n`);
-          out.latency.push({ name: `${component}, ${warm ? 'warm (--standby)' : 'cold'} (FAILED, see log)`, progress: [NaN], supervisor: [NaN], stall: [], errors: 0, warmCount: 0 });
+          out.latency.push({ name: `${component}, ${warm ? 'warm (--standby)' : 'cold'} (FAILED, see log)`, progress: [NaN], running: [], supervisor: [NaN], stall: [], errors: 0, warmCount: 0 });
           process.exitCode = 1;
         }
       }
@@ -241,10 +261,11 @@ async function main(): Promise<void> {
   console.log(`bench/recovery on ${machine()}; total ${((Date.now() - t0) / 1000).toFixed(0)} s`);
   if (out.latency) {
     console.log(`\nRecovery latency (ms), ${kills} SIGKILLs per row:\n`);
-    const rows = [['component, path', 'kill → next progress p50', 'p99', 'max', 'death → resumed p50', 'p99', 'max', 'guest stall p50', 'p99', 'max', 'warm', 'guest errors']];
+    const rows = [['component, path', 'kill → next progress p50', 'p99', 'max', 'kill → vCPU running p50', 'p99', 'max',
+      'death → resumed p50', 'p99', 'max', 'guest stall p50', 'p99', 'max', 'warm', 'guest errors']];
     const stat = (xs: number[]) => xs.length ? [f(percentile(xs, 50)), f(percentile(xs, 99)), f(Math.max(...xs))] : ['-', '-', '-'];
     for (const r of out.latency) {
-      rows.push([r.name, ...stat(r.progress), ...stat(r.supervisor), ...stat(r.stall), `${r.warmCount}/${r.progress.length}`, String(r.errors)]);
+      rows.push([r.name, ...stat(r.progress), ...stat(r.running), ...stat(r.supervisor), ...stat(r.stall), `${r.warmCount}/${r.progress.length}`, String(r.errors)]);
     }
     console.log(table(rows));
   }

@@ -151,7 +151,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   for (let id = 0; id < cfg.cpus; id++) {
     const data: VcpuThreadData = {
       vmFd: vm.fd, vcpuFd: vcpuFds[id], id, mmapSize, supportedCpuid: supported, cpus: cfg.cpus,
-      stateFd: FD.STATE, outFd: FD.SERIAL_OUT, counters, devices, snapFd: FD.SNAPSHOT, prepared: true, go: go.buffer as SharedArrayBuffer, restored: restore,
+      stateFd: FD.STATE, outFd: FD.SERIAL_OUT, counters, devices, snapFd: FD.SNAPSHOT, prepared: true, go: go.buffer as SharedArrayBuffer, restored: restore, standby: mode === 'standby',
       dieAtMmio: hookMmio, pause: pauseCtl.sab,
       // A standby's vCPU 0 waits for the takeover itself and runs the guest straight after it.
       takeover: mode === 'standby' && id === 0 ? { ...restoreConfig, notifyFd: takeoverFd } : undefined,

@@ -98,12 +98,17 @@ export class RunningVm {
    * more guest lines starting with `progressPrefix` after it. Returns the recovery
    * and the time from the fault to the next guest line (ms).
    */
-  async fail(component: ComponentName, fault: Fault, progressPrefix: string, timeoutMs = 10_000): Promise<{ rec: RecoveryLine; progressMs: number; hang?: HangLine; t0: number; starved: boolean }> {
+  async fail(component: ComponentName, fault: Fault, progressPrefix: string, timeoutMs = 10_000): Promise<{
+    rec: RecoveryLine; progressMs: number; hang?: HangLine; t0: number; starved: boolean;
+    /** CLOCK_MONOTONIC at the fault, comparable with the components' stamps. */
+    killedNs: bigint;
+  }> {
     const pid = this.pid[component];
     const before = this.recoveries.length;
     const hangsBefore = this.hangs.length;
     const errBefore = this.err.length;
     const t0 = performance.now();
+    const killedNs = process.hrtime.bigint();
     try {
       if (fault === 'throw' || fault === 'loop') inject(pid, fault);
       else process.kill(pid, fault);
@@ -117,7 +122,7 @@ export class RunningVm {
     const next = this.lines.find((l) => l.at > t0 && l.line.startsWith(progressPrefix) && l.at > rec.at) ?? this.lines.find((l) => l.at > t0 && l.line.startsWith(progressPrefix))!;
     const hang = this.hangs.slice(hangsBefore).find((h) => h.component === component);
     const starved = this.err.slice(errBefore).includes(`${component}: no heartbeat for`) ;
-    return { rec, progressMs: next.at - t0, hang, t0, starved };
+    return { rec, progressMs: next.at - t0, hang, t0, starved, killedNs };
   }
 
   async stop(): Promise<void> {
