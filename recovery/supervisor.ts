@@ -5,9 +5,9 @@
  * reports into tsvmm's exit status.
  */
 import * as fs from 'fs';
-import * as path from 'path';
 import { ChildProcess, spawn } from 'child_process';
 import { componentEnv } from './component-env';
+import { componentEntry } from './component-entry';
 import { native } from '../native/kvm';
 import { ComponentMessage, ComponentMessageCodec, VmConfig, VmConfigCodec } from '../proto';
 import { DEVICE_PAGE_OFFSET, FD, STATE_MEMFD_SIZE } from '../vmm/fds';
@@ -65,7 +65,6 @@ export interface Recovery {
 
 type ReadyMsg = Extract<ComponentMessage, { ready: unknown }>['ready'];
 
-const DIST = path.resolve(__dirname, '..');
 const DEFAULT_HANG_TIMEOUT_MS = 250;
 /** A warm standby that has not taken over this long after its primary died is replaced by a cold start. */
 const STANDBY_TAKEOVER_TIMEOUT_MS = 3000;
@@ -238,7 +237,7 @@ export class Supervisor {
   private startVmm(mode: 'boot' | 'restore' | 'standby'): ChildProcess {
     const env: Record<string, string> = mode === 'restore' ? { TSVMM_RESTORE: '1' } : mode === 'standby' ? { TSVMM_STANDBY: '1' } : {};
     env.TSVMM_VCPUS = String(this.cfg.cpus); // the vmm starts that many vCPU threads first (vmm/early-vcpu-threads.ts)
-    const child = this.spawnComponent('vmm', path.join(DIST, 'vmm', 'main.js'), deviceStdio(this.devices, false), (code, signal) => {
+    const child = this.spawnComponent('vmm', componentEntry('vmm'), deviceStdio(this.devices, false), (code, signal) => {
       this.watched.delete(child);
       if (this.result) return;
       if (child === this.vmmStandby) { this.onVmmStandbyExit(child); return; }
@@ -376,7 +375,7 @@ export class Supervisor {
    * started again (or its warm standby takes over) and re-attaches.
    */
   private startDriverDomain(standbyFor?: number): ChildProcess {
-    const child = this.spawnComponent('driver-domain', path.join(DIST, 'driver-domain', 'main.js'), deviceStdio(this.devices, true), (code, signal) => {
+    const child = this.spawnComponent('driver-domain', componentEntry('driver-domain'), deviceStdio(this.devices, true), (code, signal) => {
       this.watched.delete(child);
       if (this.result) return;
       if (child === this.ddStandby) {

@@ -24,12 +24,12 @@ export interface NativeKvm {
 }
 
 function load(): NativeKvm {
-  const root = path.resolve(__dirname, '..', '..', '..');
-  // dist/native/kvm -> repo root; also works when run from the source tree.
-  for (const candidate of [root, path.resolve(__dirname, '..', '..')]) {
+  // The repo root is the first directory above this file with build/Release in it: dist/native/kvm
+  // (tsc output), dist/<component> (an esbuild bundle, scripts/bundle.js) or native/kvm (sources).
+  for (let dir = __dirname, up = 0; up < 4; dir = path.dirname(dir), up++) {
     try {
       // eslint-disable-next-line @typescript-eslint/no-var-requires
-      return require(path.join(candidate, 'build', 'Release', 'tsvmm_kvm.node')) as NativeKvm;
+      return require(path.join(dir, 'build', 'Release', 'tsvmm_kvm.node')) as NativeKvm;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw e;
     }
