@@ -25,9 +25,11 @@ export interface NativeKeeper {
    * unclaimed SAVED snapshot, claims it, restores it, arms the dormant keeper, releases `go`.
    * status 1: resumed; 0: timed out; -1: the restore failed.
    */
-  takeover(cfg: RestoreConfig & { notifyFd?: number }, go: Int32Array, timeoutMs: number): RestoreResult;
-  /** The result of this process's successful takeover (takeover() signals `notifyFd` once it has one). */
+  takeover(cfg: RestoreConfig & TakeoverOptions, go: Int32Array, timeoutMs: number): RestoreResult;
+  /** The result of this process's successful takeover (published before `notifyFd` is armed). */
   lastTakeover(): RestoreResult;
+  /** A non-blocking CLOCK_MONOTONIC timerfd (a takeover's notifyFd). */
+  timerfdCreate(): number;
   waitExit(pid: number): Promise<{ code?: number; signal?: number; error?: string }>;
   /** Blocking FUTEX_WAIT (shared) on the u32 at `off` of a mapping or a typed array: 0, or -errno (-ETIMEDOUT = -110). */
   futexWait(buf: ArrayBuffer | Int32Array, off: number, expected: number, timeoutMs: number): number;
@@ -44,12 +46,21 @@ export interface NativeKeeper {
 export const keeper = native as unknown as NativeKeeper;
 
 export interface RestoreConfig { vmFd: number; snap: ArrayBuffer; vcpuFds: number[]; irqfds: { fd: number; gsi: number }[] }
+export interface TakeoverOptions {
+  /** A timerfd the takeover arms (2 ms) once the guest runs: how the vmm's main thread learns of it. */
+  notifyFd?: number;
+  /** The calling thread's vCPU: the takeover makes its first KVM_RUN unless it has a write to replay. */
+  runVcpu?: { id: number; run: bigint };
+}
+
 export interface RestoreResult {
   status: number; generation: number; failStep: number; failErrno: number; failVcpu: number;
   /** MSRs KVM refused to set (skipped). */
   refusedMsrs: number[];
   /** The keeper's CLOCK_MONOTONIC stamps (the header's, before the next keeper was armed), then the restorer's. */
   diedNs: bigint; savedNs: bigint; claimedNs: bigint; resumedNs: bigint;
+  /** takeover(): it made the first KVM_RUN of `runVcpu` (entered at enteredNs); runRc is its result. */
+  ran: boolean; enteredNs: bigint; runRc: number;
 }
 
 const c = (n: string) => abi(`snap_${n}`);

@@ -136,10 +136,11 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   });
   const restoreConfig = { vmFd: vm.fd, vcpuFds: vcpus.map((v) => v.fd), irqfds };
   let keeperPid = 0;
-  // A standby's keeper is cloned now, dormant: the takeover arms it before the guest runs. vCPU 0
-  // signals takeoverFd once it has taken over (watched on this thread's event loop).
+  // A standby's keeper is cloned now, dormant: the takeover arms it before the guest runs. vCPU 0's
+  // takeover arms the timerfd takeoverFd (2 ms) once the guest runs: this thread, watching it on its
+  // event loop, then reports; it is not woken while the vCPU is on its way into the guest.
   if (mode === 'standby' && recovery) keeperPid = keeper.keeperStart(keeperConfig(true));
-  const takeoverFd = mode === 'standby' ? native.eventfd(0, true) : -1;
+  const takeoverFd = mode === 'standby' ? keeper.timerfdCreate() : -1;
   if (mode === 'standby') {
     poller.pollerStart(() => { const r = keeper.lastTakeover(); running(r.resumedNs, r); });
     poller.pollerAdd(takeoverFd, 0, true);

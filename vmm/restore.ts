@@ -103,6 +103,11 @@ export class SerialLineJournal {
     Atomics.store(this.journal.commit, 0, this.len);
   }
 
+  /** commit = line length, handled bit clear: the line grew while an exit is still being handled. */
+  commitLine(): void {
+    Atomics.store(this.journal.commit, 0, this.len);
+  }
+
   handled(): void {
     Atomics.store(this.journal.commit, 0, (this.len | SNAP.HANDLED) | 0);
   }

@@ -132,12 +132,16 @@ function main(d: VcpuThreadData): void {
     replayPendingWrite(platform, { pending: 0 }); // nothing to replay: returns at once
     if (d.standby) warmExitPath(); // not for a cold restore: there this thread is on the critical path
   }
+  /** A KVM_RUN the takeover already made for this vCPU: its result, for the loop's first turn. */
+  let firstExit: number | undefined;
+  let enteredNs: bigint | undefined;
   if (d.go) {
     const go = new Int32Array(d.go);
     post({ kind: 'parked', id: d.id });
     while (d.takeover && Atomics.load(go, 0) === 0) {
-      const r = keeper.takeover({ ...d.takeover, snap: snap.buf }, go, 1000);
+      const r = keeper.takeover({ ...d.takeover, snap: snap.buf, runVcpu: { id: d.id, run: native.address(vcpu.runBytes) } }, go, 1000);
       if (r.status < 0) { post({ kind: 'fatal', message: restoreFailure(r) }); return; }
+      if (r.status === 1 && r.ran) { firstExit = r.runRc; enteredNs = r.enteredNs; }
     }
     while (Atomics.load(go, 0) === 0) keeper.futexWait(go, 0, 0, 1000);
   }
@@ -152,13 +156,21 @@ function main(d: VcpuThreadData): void {
     else post({ kind: 'exit', code: 0, reason: 'guest requested a reset (tsvmm does not reboot guests)' });
     return true;
   };
-  if (d.restored) replayPendingWriteOnce(snap, journalViews, d.id, platform, journal);
+  // (A vCPU the takeover already ran replays at its first exit, below.)
+  if (d.restored && firstExit === undefined) replayPendingWriteOnce(snap, journalViews, d.id, platform, journal);
   if (stopped()) return;
-  post({ kind: 'started', id: d.id, tid: native.gettid(), ns: process.hrtime.bigint() });
+  post({ kind: 'started', id: d.id, tid: native.gettid(), ns: enteredNs ?? process.hrtime.bigint() });
 
   for (;;) {
-    if (journaling) journal.beforeRun(run);
-    const r = native.run(vcpu.fd);
+    let r: number;
+    if (firstExit === undefined) {
+      if (journaling) journal.beforeRun(run);
+      r = native.run(vcpu.fd);
+    } else {
+      r = firstExit;
+      firstExit = undefined;
+      if (d.restored) replayPendingWriteOnce(snap, journalViews, d.id, platform, journal, true);
+    }
     if (r < 0) {
       if (-r === EINTR || -r === EAGAIN) { run.setUint8(RUN.immediateExit, 0); parkIfPaused(d.pause); continue; }
       flush();
@@ -262,15 +274,22 @@ function warmExitPath(): void {
  * The guest write (PIO out, MMIO write) the old vmm had not finished handling
  * when it died: the keeper completed it in the kernel, so the guest will not
  * repeat it; this vCPU replays it to the same device models over the same
- * shared pages before it runs the guest again, so the guest's next
- * instruction sees its effect. Exactly once per snapshot generation: the
- * journal records which generation was replayed.
+ * shared pages. Exactly once per snapshot generation: the journal records
+ * which generation was replayed.
+ *
+ * Normally before the vCPU runs again, so the guest's next instruction sees
+ * its effect. A warm takeover enters the guest first when the write is a PIO
+ * one (native/kvm/restore.c; the platform ports have no effect another
+ * vCPU or the driver-domain could see in between); it is then replayed at
+ * this vCPU's next exit, before that exit is handled (`midExit`): the replayed
+ * serial byte is committed to the line without marking the exit in kvm_run
+ * handled, so a death right after still replays that exit.
  */
-function replayPendingWriteOnce(snap: SnapshotView, j: Journal, id: number, platform: Platform, journal: SerialLineJournal): void {
+function replayPendingWriteOnce(snap: SnapshotView, j: Journal, id: number, platform: Platform, journal: SerialLineJournal, midExit = false): void {
   const generation = snap.generation | 0;
   if (Atomics.load(j.replayedGeneration, 0) === generation) return;
   replayPendingWrite(platform, snap.pendingWrite(id));
-  journal.handled();
+  if (midExit) journal.commitLine(); else journal.handled();
   Atomics.store(j.replayedGeneration, 0, generation);
 }
 

@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -243,6 +244,9 @@ Napi::Object RestoreResult(Napi::Env env, int status, const tsvmm_restore_result
   o.Set("diedNs", Napi::BigInt::New(env, r.died_ns));
   o.Set("savedNs", Napi::BigInt::New(env, r.saved_ns));
   o.Set("claimedNs", Napi::BigInt::New(env, r.claimed_ns));
+  o.Set("ran", Napi::Boolean::New(env, r.ran != 0));
+  o.Set("enteredNs", Napi::BigInt::New(env, r.entered_ns));
+  o.Set("runRc", Napi::Number::New(env, r.run_rc));
   o.Set("resumedNs", Napi::BigInt::New(env, r.resumed_ns));
   return o;
 }
@@ -260,33 +264,42 @@ Napi::Value Restore(const Napi::CallbackInfo& info) {
 
 tsvmm_restore_result g_last_takeover;
 
-// takeover(cfg, go: Int32Array (over a SharedArrayBuffer), timeoutMs) -> { status: 1 resumed | 0 timed out | -1 failed, ... }:
-// a warm standby's wait and takeover, blocking, in native code end to end (restore.c). Needs a dormant keeper.
+// takeover(cfg & { notifyFd?: timerfd, runVcpu?: { id, run: bigint address of its kvm_run } }, go: Int32Array
+// (over a SharedArrayBuffer), timeoutMs) -> { status: 1 resumed | 0 timed out | -1 failed, ran, runRc, ... }:
+// a warm standby's wait and takeover, blocking, native end to end (restore.c). Needs a dormant keeper.
 Napi::Value Takeover(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!g_started || g_cfg.armed) return Throw(env, "takeover: start a dormant keeper first", EINVAL);
   static tsvmm_restore_config c;
-  if (!ParseRestore(env, info[0].As<Napi::Object>(), &c)) return env.Undefined();
-  uint32_t* go = WordAt(env, info[1], 0);
-  if (!go) return Throw(env, "takeover: go must be an Int32Array", EINVAL);
+  Napi::Object o = info[0].As<Napi::Object>();
+  if (!ParseRestore(env, o, &c)) return env.Undefined();
+  tsvmm_takeover_opts opts;
+  memset(&opts, 0, sizeof opts);
+  opts.go = WordAt(env, info[1], 0);
+  if (!opts.go) return Throw(env, "takeover: go must be an Int32Array", EINVAL);
+  opts.notify_timerfd = o.Has("notifyFd") ? o.Get("notifyFd").As<Napi::Number>().Int32Value() : -1;
+  opts.notify_delay_ns = 2 * 1000 * 1000;
+  opts.run_vcpu = -1;
+  opts.publish = &g_last_takeover;
+  if (o.Has("runVcpu")) {
+    Napi::Object rv = o.Get("runVcpu").As<Napi::Object>();
+    opts.run_vcpu = rv.Get("id").As<Napi::Number>().Int32Value();
+    opts.run = reinterpret_cast<struct kvm_run*>(static_cast<uintptr_t>(Int(rv.Get("run"))));
+  }
   tsvmm_restore_result r;
   memset(&r, 0, sizeof r);
-  int status = tsvmm_takeover(&c, &g_cfg, go, info[2].As<Napi::Number>().Int32Value(), &r);
-  if (status == 1) {
-    // Tell another thread (the vmm's main thread, polling notifyFd) without a postMessage on the way
-    // to this vCPU's first KVM_RUN; it reads the result with lastTakeover().
-    g_last_takeover = r;
-    Napi::Object o = info[0].As<Napi::Object>();
-    if (o.Has("notifyFd")) {
-      uint64_t one = 1;
-      ssize_t w = write(o.Get("notifyFd").As<Napi::Number>().Int32Value(), &one, sizeof one);
-      (void)w;
-    }
-  }
+  int status = tsvmm_takeover(&c, &g_cfg, &opts, info[2].As<Napi::Number>().Int32Value(), &r);
   return RestoreResult(env, status, r);
 }
 
-// lastTakeover() -> the result of this process's successful takeover (see takeover's notifyFd).
+// timerfdCreate() -> a CLOCK_MONOTONIC timerfd (non-blocking): takeover()'s notifyFd.
+Napi::Value TimerfdCreate(const Napi::CallbackInfo& info) {
+  int fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+  if (fd < 0) return Throw(info.Env(), "timerfd_create", errno);
+  return Napi::Number::New(info.Env(), fd);
+}
+
+// lastTakeover() -> the result of this process's successful takeover (read when notifyFd fires).
 Napi::Value LastTakeover(const Napi::CallbackInfo& info) {
   return RestoreResult(info.Env(), 1, g_last_takeover);
 }
@@ -370,6 +383,7 @@ void RegisterKeeper(Napi::Env env, Napi::Object exports) {
   exports.Set("restore", Napi::Function::New(env, Restore));
   exports.Set("takeover", Napi::Function::New(env, Takeover));
   exports.Set("lastTakeover", Napi::Function::New(env, LastTakeover));
+  exports.Set("timerfdCreate", Napi::Function::New(env, TimerfdCreate));
   exports.Set("waitExit", Napi::Function::New(env, WaitExit));
   exports.Set("futexWait", Napi::Function::New(env, FutexWait));
   exports.Set("futexWake", Napi::Function::New(env, FutexWake));

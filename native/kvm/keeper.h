@@ -204,6 +204,22 @@ struct tsvmm_restore_result {
   uint64_t saved_ns;
   uint64_t claimed_ns;      /* CLOCK_MONOTONIC: the takeover claimed the snapshot */
   uint64_t resumed_ns;      /* CLOCK_MONOTONIC: the vCPU threads were released */
+  uint64_t entered_ns;      /* CLOCK_MONOTONIC: that first KVM_RUN was entered */
+  uint32_t ran;             /* takeover: 1 if it also made the calling vCPU's first KVM_RUN */
+  int32_t run_rc;           /* that KVM_RUN's result: 0 (an exit is in kvm_run) or -errno */
+};
+
+/* What a warm takeover does besides restoring (tsvmm_takeover). */
+struct tsvmm_takeover_opts {
+  uint32_t* go;             /* the vCPU threads' release word: set to 1 and FUTEX_WAKEd */
+  int notify_timerfd;       /* armed (notify_delay_ns) once the guest runs: the vmm's main thread
+                               learns of the takeover without being woken on the vCPU's way to KVM_RUN */
+  uint64_t notify_delay_ns;
+  /* The calling thread's vCPU: unless it has an MMIO write to replay first (the device models are in
+   * TypeScript), its first KVM_RUN is made here, under the vCPU loop's journal protocol. */
+  int run_vcpu;             /* index, or -1 */
+  struct kvm_run* run;      /* its kvm_run mapping */
+  struct tsvmm_restore_result* publish; /* a copy of the result, written before the notify timer is armed */
 };
 
 /* Verifies the snapshot's checksum and sets every vCPU's state, the VM's (PIT, clock, irqchips), and
@@ -212,10 +228,11 @@ int tsvmm_restore(const struct tsvmm_restore_config* cfg, struct tsvmm_restore_r
 
 /* A warm standby's takeover, in the calling thread and without returning to JavaScript: waits up to
  * timeout_ms for a SAVED snapshot nobody claimed, claims it, restores it, arms `keeper` (dormant
- * until then) and releases the vCPU threads (stores 1 to *go and FUTEX_WAKEs it).
+ * until then), releases the vCPU threads (stores 1 to *go and FUTEX_WAKEs it), arms the notify
+ * timer and, where it can, enters the guest (see tsvmm_takeover_opts).
  * 1: resumed; 0: timed out, nothing claimed; -1: claimed but the restore failed (see `res`). */
-int tsvmm_takeover(const struct tsvmm_restore_config* cfg, struct tsvmm_keeper_config* keeper, uint32_t* go,
-                   int timeout_ms, struct tsvmm_restore_result* res);
+int tsvmm_takeover(const struct tsvmm_restore_config* cfg, struct tsvmm_keeper_config* keeper,
+                   const struct tsvmm_takeover_opts* opts, int timeout_ms, struct tsvmm_restore_result* res);
 
 struct tsvmm_abi_const {
   const char* name;

@@ -18,6 +18,7 @@
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
+#include <sys/timerfd.h>
 #include <linux/futex.h>
 #include <linux/kvm.h>
 
@@ -115,8 +116,8 @@ static long futex(uint32_t* word, int op, uint32_t val, const struct timespec* t
   return syscall(SYS_futex, word, op, val, timeout, NULL, 0);
 }
 
-int tsvmm_takeover(const struct tsvmm_restore_config* cfg, struct tsvmm_keeper_config* keeper, uint32_t* go,
-                   int timeout_ms, struct tsvmm_restore_result* res) {
+int tsvmm_takeover(const struct tsvmm_restore_config* cfg, struct tsvmm_keeper_config* keeper,
+                   const struct tsvmm_takeover_opts* opts, int timeout_ms, struct tsvmm_restore_result* res) {
   struct tsvmm_snap_header* h = (struct tsvmm_snap_header*)cfg->snap;
   uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000ull;
   for (;;) {
@@ -135,9 +136,39 @@ int tsvmm_takeover(const struct tsvmm_restore_config* cfg, struct tsvmm_keeper_c
   }
   res->claimed_ns = now_ns();
   if (tsvmm_restore(cfg, res) < 0) return -1;
+  /* The vCPU record is read before arming: from then on this vmm's keeper may rewrite the snapshot. */
+  int run_here = 0;
+  if (opts->run_vcpu >= 0 && opts->run_vcpu < cfg->ncpus && opts->run) {
+    const struct tsvmm_snap_vcpu* v = (const struct tsvmm_snap_vcpu*)(cfg->snap + h->vcpu_offset + (uint64_t)opts->run_vcpu * h->vcpu_size);
+    /* An MMIO write (a virtio register) must be replayed before the guest runs on: the driver-domain
+     * or another vCPU could see the register without it. A PIO write (the platform's ports) is
+     * replayed by the vCPU loop at its next exit (vmm/vcpu-thread.ts). */
+    run_here = v->pending != TSVMM_PENDING_MMIO_WRITE;
+  }
   tsvmm_keeper_arm(keeper);
   res->resumed_ns = now_ns();
-  __atomic_store_n(go, 1, __ATOMIC_RELEASE);
-  futex(go, FUTEX_WAKE, 0x7fffffff, NULL);
+  __atomic_store_n(opts->go, 1, __ATOMIC_RELEASE);
+  futex(opts->go, FUTEX_WAKE, 0x7fffffff, NULL);
+  if (opts->publish) {
+    *opts->publish = *res;
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+  }
+  if (opts->notify_timerfd >= 0) {
+    struct itimerspec when;
+    memset(&when, 0, sizeof when);
+    when.it_value.tv_sec = (time_t)(opts->notify_delay_ns / 1000000000ull);
+    when.it_value.tv_nsec = (long)(opts->notify_delay_ns % 1000000000ull);
+    timerfd_settime(opts->notify_timerfd, 0, &when, NULL);
+  }
+  if (run_here) {
+    /* The vCPU loop's beforeRun (vmm/restore.ts SerialLineJournal): exit_reason = sentinel, then the
+     * journal's commit word = the committed line length, handled bit clear. */
+    struct tsvmm_journal* j = (struct tsvmm_journal*)(cfg->snap + h->journal_offset + (uint64_t)opts->run_vcpu * TSVMM_JOURNAL_SIZE);
+    __atomic_store_n(&opts->run->exit_reason, TSVMM_EXIT_SENTINEL, __ATOMIC_RELAXED);
+    __atomic_store_n(&j->commit, __atomic_load_n(&j->commit, __ATOMIC_ACQUIRE) & ~TSVMM_JOURNAL_HANDLED, __ATOMIC_RELEASE);
+    res->ran = 1;
+    res->entered_ns = now_ns();
+    res->run_rc = ioctl(cfg->vcpu_fd[opts->run_vcpu], KVM_RUN, 0) < 0 ? -errno : 0;
+  }
   return 1;
 }
