@@ -187,8 +187,10 @@ describe('devices/state-page', () => {
       const e = page.device(0).validate().filter((x) => /checksum mismatch/.test(x));
       mismatches.push(...e);
     }
+    // Let the writer finish its update and exit (terminate() could stop it mid-update: seqlock odd).
+    const exited = new Promise((r) => worker.once('exit', r));
     Atomics.store(new Int32Array(stopFlag), 0, 1);
-    await worker.terminate();
+    await exited;
     assert.deepEqual(mismatches, []);
     // A real corruption over a stable block is still caught.
     const slot = page.device(0);
