@@ -73,14 +73,19 @@ export class QueueProgress {
     const o = this.eoff(head);
     return u64(this.p.load(o + 8), this.p.load(o + 12));
   }
-  /** Record `head` as submitted; returns its submit counter. Counter first, flag last. */
+  /**
+   * Record `head` as submitted; returns its submit counter. Counter first,
+   * then the next counter, flag last: a process killed between any two of
+   * these stores leaves a page that validates (an in-flight head's counter
+   * is always below the next one; at worst a counter goes unused).
+   */
   markInflight(head: number): number {
     const o = this.eoff(head);
     const c = this.nextCounter;
     this.p.store(o + 12, hi32(c));
     this.p.store(o + 8, lo32(c));
-    this.p.store(o, 1);
     this.nextCounter = c + 1;
+    this.p.store(o, 1);
     return c;
   }
   clearInflight(head: number): void { this.p.store(this.eoff(head), 0); }
@@ -133,8 +138,10 @@ export class QueueProgress {
     }
     const outstanding = (this.lastAvailIdx - this.usedIdx) & 0xffff;
     if (outstanding > size) e.push(`avail index ${this.lastAvailIdx} is ${outstanding} ahead of used ${this.usedIdx}, more than queue size ${size}`);
-    // pop marks in flight before advancing last_avail; completion clears before recording used_idx.
-    if (count > outstanding + 1 || outstanding > count + 1) e.push(`${count} heads in flight but ${outstanding} outstanding`);
+    // pop marks in flight before advancing last_avail (one more in flight than outstanding, at most);
+    // a completed batch is cleared head by head before used_idx is recorded (fewer in flight than
+    // outstanding, by up to a batch: Virtqueue's reconcile settles that against the used ring).
+    if (count > outstanding + 1) e.push(`${count} heads in flight but ${outstanding} outstanding`);
     return e;
   }
 }

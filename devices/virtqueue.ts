@@ -90,6 +90,14 @@ export class Virtqueue {
   private used32!: Uint32Array; // [flags|idx, {id, len}[num], ...]
   private eventIdx = false;
   private indirect = false;
+  /**
+   * Between disableNotify() and enableNotify() (EVENT_IDX only): pop() leaves
+   * avail_event where disableNotify() put it, so a driver adding buffers
+   * while we are still draining does not kick (virtio 1.2 2.7.10: the device
+   * suppresses notifications). enableNotify() publishes avail_event and
+   * re-checks.
+   */
+  private quiet = false;
 
   constructor(
     readonly mem: GuestMemory,
@@ -117,6 +125,7 @@ export class Virtqueue {
    */
   activate(): ActivateResult {
     this.active = false;
+    this.quiet = false;
     try {
       if (this.isBroken) return { ok: false, error: 'queue is broken until device reset', broken: true };
       const cfg = this.slot.queueConfig(this.index);
@@ -176,11 +185,13 @@ export class Virtqueue {
     const recorded = p.usedIdx;
     const published = (ringUsed - recorded) & 0xffff;
     let inflight = p.inflightInOrder();
-    if (published > inflight.length) return `used idx ${ringUsed} is ${published} past the record ${recorded} but only ${inflight.length} in flight`;
+    if (published > this.num) return `used idx ${ringUsed} is ${published} past the record ${recorded}, more than queue size ${this.num}`;
     for (let i = 0; i < published; i++) {
       const id = this.used32[1 + 2 * ((recorded + i) % this.num)];
-      if (id >= this.num || !p.isInflight(id)) return `used element ${id} published but not in flight`;
-      p.clearInflight(id);
+      if (id >= this.num) return `used element ${id} >= queue size ${this.num}`;
+      // Not in flight any more: cleared by the old process, which died in pushMany between
+      // clearing this batch's heads and recording used_idx.
+      if (p.isInflight(id)) p.clearInflight(id);
     }
     p.usedIdx = ringUsed;
     inflight = p.inflightInOrder();
@@ -222,7 +233,7 @@ export class Virtqueue {
       if (p.isInflight(head)) return this.breakQueue(`head ${head} made available while still in flight`);
       p.markInflight(head);
       p.lastAvailIdx = last + 1;
-      if (this.eventIdx) Atomics.store(this.used16, 2 + 4 * this.num, (last + 1) & 0xffff);
+      if (this.eventIdx && !this.quiet) Atomics.store(this.used16, 2 + 4 * this.num, (last + 1) & 0xffff);
       return this.chainFrom(head);
     } catch (e) {
       return this.breakQueue(`unexpected: ${(e as Error).message}`);
@@ -374,10 +385,20 @@ export class Virtqueue {
     return ((now - usedEvent - 1) & 0xffff) < ((now - old) & 0xffff);
   }
 
-  /** Ask the driver not to kick while we are draining (no-op with EVENT_IDX). */
+  /**
+   * Ask the driver not to kick while we are draining (or polling the ring):
+   * with EVENT_IDX, avail_event is set one behind last_avail_idx, which no
+   * new avail idx can cross, and stops following our pops until
+   * enableNotify(); without EVENT_IDX, the used ring's NO_NOTIFY flag.
+   */
   disableNotify(): void {
-    if (!this.active || this.eventIdx) return;
-    Atomics.store(this.used16, 0, VIRTQ_USED_F_NO_NOTIFY);
+    if (!this.active) return;
+    if (this.eventIdx) {
+      this.quiet = true;
+      Atomics.store(this.used16, 2 + 4 * this.num, (this.progress.lastAvailIdx - 1) & 0xffff);
+    } else {
+      Atomics.store(this.used16, 0, VIRTQ_USED_F_NO_NOTIFY);
+    }
   }
 
   /**
@@ -387,6 +408,7 @@ export class Virtqueue {
    */
   enableNotify(): boolean {
     if (!this.active || this.isBroken) return false;
+    this.quiet = false;
     if (this.eventIdx) Atomics.store(this.used16, 2 + 4 * this.num, this.progress.lastAvailIdx);
     else Atomics.store(this.used16, 0, 0);
     return this.hasAvailable();
