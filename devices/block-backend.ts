@@ -11,7 +11,8 @@
  *   rest complete later and the ring's eventfd (watched by the
  *   driver-domain's poller) wakes one reap of the whole batch. The device is
  *   told once per reaped batch (`onBatch`) so it publishes used and signals
- *   once per batch. No thread hand-off, no Promise per request.
+ *   once per batch. No thread hand-off, no Promise per request, large
+ *   requests included (see `largeFrom`).
  * - FileBlockBackend (the fallback when io_uring is unavailable):
  *   fs.readv/fs.writev on the libuv thread pool (UV_THREADPOOL_SIZE threads,
  *   4 by default), one Promise per request.
@@ -159,13 +160,19 @@ export interface UringBackendOptions {
   completions?: 'eventfd' | 'poll';
   /**
    * Reads and writes of at least this many bytes are not tried inline in
-   * the submitting io_uring_enter: copied there, a batch of 1 MiB page-cache
-   * reads runs serially on the driver-domain's only thread and completes all
-   * at once. They go to threads instead, several copying in parallel and
-   * completing request by request: the libuv pool (fs.readv/writev; 'pool',
-   * the default) or io_uring's own workers (IOSQE_ASYNC; 'wq'). Default
-   * 256 KiB (env TSVMM_BLK_LARGE_FROM / TSVMM_BLK_LARGE=pool|wq override
-   * these, for experiments). Small requests are cheapest inline.
+   * the submitting io_uring_enter but go to threads: the libuv pool
+   * (fs.readv/writev; 'pool', the default) or io_uring's own workers
+   * (IOSQE_ASYNC; 'wq'). Default: none, every request is tried inline. A
+   * page-cache copy is cheapest on the submitting thread (no hand-off, no
+   * wake-up; on these 2-CPU hosts the guest's vCPU holds the other CPU
+   * anyway), and VirtioBlk.kick submits large requests in rounds of a few
+   * MiB, publishing each round before the next copy, so they do not
+   * complete as one late batch. With those rounds, 1 MiB reads measured
+   * the same inline and on the pool here (bench/blk's row, alternating
+   * runs: polled 4.3-4.9 vs 3.9-4.8 GB/s, irq 3.7-4.6 vs 3.5-4.0, at a time
+   * when one thread copied page cache at ~6.5 GB/s); inline needs no thread
+   * hand-off and no completion wake-up. Env TSVMM_BLK_LARGE_FROM /
+   * TSVMM_BLK_LARGE=pool|wq set these, for experiments.
    */
   largeFrom?: number;
   large?: 'pool' | 'wq';
@@ -207,7 +214,7 @@ export class UringBlockBackend implements BatchedBlockBackend {
 
   constructor(readonly fd: number, readonly size: number, readonly readOnly: boolean, readonly id: string, opts: UringBackendOptions = {}) {
     this.k = uringConstants();
-    this.largeFrom = opts.largeFrom ?? (Number(process.env.TSVMM_BLK_LARGE_FROM) || 256 * 1024);
+    this.largeFrom = opts.largeFrom ?? (Number(process.env.TSVMM_BLK_LARGE_FROM) || Infinity);
     this.largeViaPool = (opts.large ?? process.env.TSVMM_BLK_LARGE ?? 'pool') !== 'wq';
     this.ring = IoUring.create(opts.entries ?? 256);
     try {

@@ -17,10 +17,11 @@
  * state page's in-flight entries cleared in the same step) and the driver is
  * interrupted at most once per batch, if it wants one (EVENT_IDX): per
  * reaped io_uring batch, per kick for requests failed on the spot, per
- * event-loop turn for Promise-based backends. A request reaches the used
- * ring only after its I/O finished. A malformed chain fails that request
- * (S_IOERR in its last writable byte when it has one, used length 0
- * otherwise).
+ * event-loop turn for Promise-based backends; within one kick's run of
+ * submit rounds (see kick()), once per SIGNAL_BYTES and at the end. A
+ * request reaches the used ring only after its I/O finished. A malformed
+ * chain fails that request (S_IOERR in its last writable byte when it has
+ * one, used length 0 otherwise).
  */
 
 import { GuestMemory } from './memory';
@@ -46,6 +47,17 @@ export const VIRTIO_BLK_ID_BYTES = 20;
 export const BLK_OUTHDR_SIZE = 16;
 /** Bytes of config space we expose: capacity, size_max, seg_max, geometry, blk_size. */
 export const BLK_CONFIG_SIZE = 24;
+/**
+ * Bytes of requests handed to a batched backend per submit round in kick() (env
+ * TSVMM_BLK_ROUND_BYTES, for experiments). 1 MiB reads, qd 8, polled: 256 KiB rounds (one request
+ * each) ~3.7-4.8 GB/s, 2 MiB ~4.0-5.2, 8 MiB (a whole drained batch) ~3.6-4.1, at a time when a
+ * single-threaded page-cache copy ran at ~6 GB/s here.
+ */
+export const SUBMIT_BYTES = Number(process.env.TSVMM_BLK_ROUND_BYTES) || 2 * 1024 * 1024;
+/** Inside one kick(), the interrupt decision is taken once per this many bytes of requests served. */
+export const SIGNAL_BYTES = 4 * 1024 * 1024;
+/** How long one kick() keeps serving rounds before it yields to the event loop (ms). */
+export const KICK_BUDGET_MS = 2;
 
 export interface BlkOptions {
   /** Queue size the device offers (power of 2). Default 256. */
@@ -90,6 +102,10 @@ export type BlkRequest =
   | { ok: true; type: number; sector: number; data: Uint8Array[]; dataLength: number; status: Uint8Array }
   | { ok: false; status: number; statusByte?: Uint8Array; error: string };
 
+/** Scratch for the request header being parsed (virtio is little-endian, and so is the x86-64 host). */
+const hdrWords = new Uint32Array(BLK_OUTHDR_SIZE / 4);
+const hdrBytes = new Uint8Array(hdrWords.buffer);
+
 /** Parse and validate a chain as a virtio-blk request against a disk of `capacity` sectors. */
 export function parseBlkRequest(chain: Chain, capacity: number, readOnly: boolean): BlkRequest {
   if (chain.writableLength < 1) return { ok: false, status: VIRTIO_BLK_S_IOERR, error: 'no status byte' };
@@ -97,11 +113,9 @@ export function parseBlkRequest(chain: Chain, capacity: number, readOnly: boolea
   const statusByte = last.subarray(last.length - 1);
   const fail = (status: number, error: string): BlkRequest => ({ ok: false, status, statusByte, error });
   if (chain.readableLength < BLK_OUTHDR_SIZE) return fail(VIRTIO_BLK_S_IOERR, 'request header too short');
-  const hdr = new Uint8Array(BLK_OUTHDR_SIZE);
-  iovRead(chain.readable, hdr);
-  const hv = new DataView(hdr.buffer);
-  const type = hv.getUint32(0, true);
-  const sector = hv.getUint32(8, true) + hv.getUint32(12, true) * 0x1_0000_0000;
+  iovRead(chain.readable, hdrBytes); // copied once (no double fetch), into a scratch buffer reused by every request
+  const type = hdrWords[0];
+  const sector = hdrWords[2] + hdrWords[3] * 0x1_0000_0000;
   const inData = iovSlice(chain.writable, 0, chain.writableLength - 1);
   const outData = iovSlice(chain.readable, BLK_OUTHDR_SIZE);
   const inLen = chain.writableLength - 1;
@@ -157,6 +171,13 @@ export class VirtioBlk {
   private readonly stagedLens: number[] = [];
   private stagedIo = 0;
   private flushScheduled = false;
+  /** Data bytes queued in the current submit round of kick(). */
+  private roundBytes = 0;
+  /** Inside kick()'s rounds: flushCompletions publishes but leaves the interrupt decision to kick(). */
+  private holdSignal = false;
+  /** flushCompletions published while holdSignal was set: the interrupt decision is pending. */
+  private signalHeld = false;
+  private kickScheduled = false;
   private readonly batched: BatchedBlockBackend | undefined;
 
   constructor(
@@ -195,14 +216,65 @@ export class VirtioBlk {
 
   /**
    * The guest kicked (or we were told to look): start every available
-   * request, hand them to the backend as one batch, and publish whatever
-   * completed already. Returns how many requests were taken.
+   * request and publish whatever completed already. Returns how many
+   * requests were taken.
+   *
+   * With a batched backend (io_uring) the ring is served in rounds of about
+   * SUBMIT_BYTES: pop requests until that many bytes are queued, submit them
+   * (page-cache reads and writes complete inside that io_uring_enter),
+   * publish them, and look at the avail ring again, until it is empty; the
+   * interrupt decision is taken once per SIGNAL_BYTES and when the run ends.
+   * With 1 MiB requests a round is two of them: the driver sees them
+   * complete and reuses their slots while the next ones are being copied,
+   * instead of the whole drained batch completing at once. Kicks stay suppressed for as
+   * long as the rounds go on (Virtqueue.disableNotify); after KICK_BUDGET_MS
+   * the rest continues from setImmediate so timers and other fds get a turn.
    */
   kick(): number {
     if (!this.vq.isActive || !deviceRunning(this.slot)) return 0;
-    const n = drain(this.vq, (r) => this.handle(r));
-    this.submit();
-    return n;
+    if (!this.batched) {
+      const n = drain(this.vq, (r) => this.handle(r));
+      this.submit();
+      return n;
+    }
+    const until = performance.now() + KICK_BUDGET_MS;
+    const take = () => this.roundBytes < SUBMIT_BYTES;
+    let n = 0;
+    let unsignalled = 0;
+    this.holdSignal = true;
+    try {
+      for (;;) {
+        this.roundBytes = 0;
+        n += drain(this.vq, (r) => this.handle(r), take);
+        this.submit();
+        if (take()) return n; // the ring ran empty and kicks are enabled again
+        // Interrupt moderation inside a run of rounds: every round is published at once (a polling
+        // driver sees it), but the interrupt decision is taken once per SIGNAL_BYTES (and when the
+        // run ends), so an interrupt-driven driver is not interrupted for every 1 MiB request.
+        unsignalled += this.roundBytes;
+        if (unsignalled >= SIGNAL_BYTES) {
+          unsignalled = 0;
+          this.releaseSignal();
+        }
+        if (performance.now() > until) {
+          if (!this.kickScheduled) {
+            this.kickScheduled = true;
+            setImmediate(() => { this.kickScheduled = false; this.kick(); });
+          }
+          return n;
+        }
+      }
+    } finally {
+      this.holdSignal = false;
+      this.releaseSignal();
+    }
+  }
+
+  /** Take the interrupt decision flushCompletions() held back, if it held one. */
+  private releaseSignal(): void {
+    if (!this.signalHeld) return;
+    this.signalHeld = false;
+    signalIfNeeded(this.vq, this.notify);
   }
 
   /** Requests started and not yet completed (published). */
@@ -227,7 +299,8 @@ export class VirtioBlk {
     this.vq.pushMany(this.stagedHeads, this.stagedLens);
     this.stagedHeads.length = 0;
     this.stagedLens.length = 0;
-    signalIfNeeded(this.vq, this.notify);
+    if (this.holdSignal) this.signalHeld = true;
+    else signalIfNeeded(this.vq, this.notify);
     const io = this.stagedIo;
     this.stagedIo = 0;
     this.inflight -= io;
@@ -293,7 +366,8 @@ export class VirtioBlk {
     if (this.inflight > this.stats.maxInflight) this.stats.maxInflight = this.inflight;
     const b = this.batched;
     if (b && req.type !== VIRTIO_BLK_T_GET_ID) {
-      // Batched backend: queue now, submitted with the rest of the drained batch.
+      // Batched backend: queue now, submitted with the rest of this round.
+      this.roundBytes += req.dataLength;
       const written = req.type === VIRTIO_BLK_T_IN ? req.dataLength : 0;
       const done = (err: Error | null) => {
         if (err) this.failed(chain.head, req, err);
