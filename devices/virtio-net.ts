@@ -33,6 +33,8 @@ export const TX_QUEUE = 1;
 export const NET_CONFIG_SIZE = 8;
 /** Largest Ethernet frame we move without offloads (with VLAN tag). */
 export const MAX_FRAME = 1518;
+/** The virtio_net_hdr_v1 of every received frame: no offloads, num_buffers = 1 (LE u16 at offset 10). */
+const RX_HDR = Uint8Array.from([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
 
 /** A TAP-like packet endpoint. */
 export interface NetBackend {
@@ -260,9 +262,15 @@ export class VirtioNet {
         this.completeOrStage(this.rx, c.head, 0);
         return true;
       }
-      const hdr = new Uint8Array(NET_HDR_SIZE);
-      hdr[10] = 1; // num_buffers = 1 (LE u16 at offset 10)
-      iovCopy(c.writable, [hdr, frame]);
+      const first = c.writable[0];
+      if (first.length >= need) {
+        // The usual case, one buffer: header and frame written in place.
+        first.fill(0, 0, NET_HDR_SIZE);
+        first[10] = 1; // num_buffers = 1 (LE u16 at offset 10)
+        first.set(frame, NET_HDR_SIZE);
+      } else {
+        iovCopy(c.writable, [RX_HDR, frame]);
+      }
       this.stats.rxFrames++;
       this.onFrame?.('rx', frame.length);
       this.completeOrStage(this.rx, c.head, need);
