@@ -22,6 +22,8 @@ import { mapGuestRam } from '../vmm/guest-ram';
 import { deviceList } from '../vmm/devices';
 import { DEVICE_PAGE_OFFSET, deviceFds, FD, STATE_MEMFD_SIZE } from '../vmm/fds';
 import { TapBackend } from './tap-backend';
+import { warmUpBlk } from './warm-up';
+import { BusyPoll } from './busy-poll';
 import { attachDeviceStats, ControlPage } from '../vmm/control-page';
 import { keeper } from '../recovery/snapshot';
 import { exitOnUncaughtException, installTestHooks } from '../recovery/test-hooks';
@@ -38,6 +40,8 @@ interface Served {
   kick(queue: number): void;
   running(): boolean;
   deactivate(): void;
+  /** After event `q` (a queue, 14 I/O completions, 15 TAP frames) was served: busy-poll for the guest's answer (driver-domain/busy-poll.ts). */
+  follow(q: number): void;
 }
 
 /**
@@ -59,6 +63,8 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
 
   const served: Served[] = [];
   const active: boolean[] = [];
+  /** io_uring disks, for the JIT warm-up (driver-domain/warm-up.ts). */
+  const uringDisks: { fd: number; size: number }[] = [];
   const ensure = (i: number): boolean => {
     const s = served[i];
     if (!s.running()) {
@@ -73,11 +79,23 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
     const q = tag & 15;
     if (i >= served.length) return;
     // Block I/O completions (io_uring eventfd): reap the whole batch, whatever the device state.
-    if (q === 14) { ioDone.get(i)?.(); return; }
+    if (q === 14) {
+      ioDone.get(i)?.();
+      if (active[i]) served[i].follow(q);
+      return;
+    }
     const live = ensure(i);
     // A TAP is edge-triggered: always drain it (the device drops what it cannot deliver).
-    if (q === 15) { const t = tapOf.get(i); t?.net.batch(() => t.tap.drain()); }
-    else if (live) served[i].kick(q);
+    if (q === 15) {
+      const t = tapOf.get(i);
+      if (!t) return;
+      const rx = t.net.stats.rxFrames;
+      t.net.batch(() => t.tap.drain());
+      if (live && t.net.stats.rxFrames !== rx) served[i].follow(q); // the guest answers on TX
+    } else if (live) {
+      served[i].kick(q);
+      served[i].follow(q);
+    }
   });
   for (const d of deviceList(cfg)) {
     const slot = page.device(d.index);
@@ -90,6 +108,7 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
       const io = openBlockBackend(fds.backend, size, disk.readOnly, `tsvmm-disk${d.index}`);
       process.stderr.write(`tsvmm: driver-domain: disk ${d.index} I/O: ${io.kind === 'uring' ? 'io_uring' : `thread pool (fs.readv/writev; ${io.why})`}\n`);
       const blk = new VirtioBlk(ram.memory, slot, io.backend, notify);
+      if (io.kind === 'uring') uringDisks.push({ fd: fds.backend, size });
       if (isBatched(io.backend) && io.backend.completionFd >= 0) {
         const b = io.backend;
         ioDone.set(d.index, () => b.reap());
@@ -97,18 +116,23 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
         registrations.push(() => poller.pollerAdd(b.completionFd, d.index * 16 + 14, true));
       }
       attachDeviceStats(control, d.index, blk);
+      const poll = new BusyPoll();
       served.push({
         activate: () => { blk.activate(); }, kick: () => { blk.kick(); }, running, deactivate: () => blk.vq.deactivate(),
+        follow: () => poll.follow(blk.vq, () => blk.kick(), true),
       });
     } else {
       const tap = new TapBackend(fds.backend);
       const net = new VirtioNet(ram.memory, slot, tap, notify);
       attachDeviceStats(control, d.index, net);
+      const poll = new BusyPoll();
       served.push({
         activate: () => { net.activate(); },
         kick: (q) => { if (q === 0) net.kickRx(); else net.kickTx(); },
         running,
         deactivate: () => { net.rx.deactivate(); net.tx.deactivate(); },
+        // Only frames delivered to the guest are answered (on TX); a TX kick is not followed by more TX soon.
+        follow: (q) => { if (q === 15) poll.follow(net.tx, () => net.kickTx(), false); },
       });
       // Tag space: device index * 16 + queue for kicks, + 15 for the TAP.
       registrations.push(() => poller.pollerAdd(fds.backend, d.index * 16 + 15, false));
@@ -136,10 +160,22 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
     page.beat(Component.DriverDomain);
     send({ ready: { component: 'driver-domain', pid: process.pid, warm, diedNs: Number(diedNs), resumedNs: Number(resumedNs) } });
   };
+  // Warm the block path's JIT up while no guest I/O can be waiting for it: at boot (no device live
+  // yet) or in a standby, never in a cold restart under a running guest (that would delay recovery).
+  const warmUp = () => {
+    const n = Number(process.env.TSVMM_BLK_WARMUP ?? 2048); // requests; 0 turns the warm-up off
+    if (!(n > 0)) return;
+    for (const d of uringDisks) {
+      const ms = warmUpBlk(d.fd, d.size, n);
+      if (process.env.TSVMM_RESTORE_DEBUG) process.stderr.write(`tsvmm driver-domain: block path warm-up ${ms < 0 ? 'skipped' : `${ms.toFixed(1)} ms`}\n`);
+    }
+  };
   if (standbyFor === undefined) {
+    if (!served.some((s) => s.running())) warmUp();
     activate(false);
     return;
   }
+  warmUp();
   page.validate(); // once now, so the takeover's check runs compiled code
   send({ ready: { component: 'driver-domain', pid: process.pid, standby: true } });
   setImmediate(() => activate(true, waitForDeath(standbyFor)));
