@@ -2,7 +2,7 @@
  * bench/blk: virtio-blk throughput of tsvmm against QEMU (-M microvm, virtio-mmio) on the same
  * guest ELF and the same raw image, in one invocation.
  *
- *   npx tsc -p . && node dist/bench/blk.js [--rounds R] [--irq both|0|1] [--rand-n N] [--seq-qd Q]
+ *   npx tsc -p . && node dist/bench/blk.js [--rounds R] [--irq both|0|1] [--rows LIST] [--rand-n N] [--seq-qd Q]
  *                                          [--size MiB] [--image FILE] [--kernel FILE] [--keep] [--json]
  *
  * The image (default bench/out/blk.img, 256 MiB) is written once, on the host, with the guest's
@@ -14,6 +14,7 @@
  *   seqwrite `workload=blk bs=1048576 qd=Q mode=seq blk_op=write gen=1 blk_n=P*SIZE`    -> MB/s
  *
  * (P = --seq-passes, 4: the sequential rows sweep the whole image P times in one boot).
+ * --rows picks a subset (comma-separated ids: rand4k,seqread,seqwrite; default all).
  *
  * each polled (`virtio_irq=0`) and interrupt-driven (`virtio_irq=1`). seqwrite rewrites the
  * prefill's exact bytes (same generation), so the image stays valid; it is checked on the host at
@@ -47,6 +48,8 @@ interface RunResult { vmm: Vmm; row: RowId; irq: number; round: number; phase: P
 interface Options {
   rounds: number; irq: number[]; randN: number; seqQd: number; seqPasses: number; sizeMiB: number;
   image: string; kernel: string; keep: boolean; json: boolean; qemu: string; tsvmm: string;
+  /** Rows to run (--rows rand4k,seqread,seqwrite; default all). */
+  rows: RowId[];
 }
 
 
@@ -54,6 +57,7 @@ interface Options {
 function usage(msg?: string): never {
   if (msg) process.stderr.write(`bench/blk: ${msg}\n`);
   process.stderr.write('usage: node dist/bench/blk.js [--rounds R (3)] [--irq both|0|1 (both)] [--rand-n N (30000)] [--seq-qd Q (8)] [--seq-passes P (4)]\n' +
+    '                          [--rows rand4k,seqread,seqwrite (all)]\n' +
     '                          [--size MiB (256)] [--image FILE (bench/out/blk.img)] [--kernel FILE] [--qemu BIN] [--tsvmm BIN] [--keep] [--json]\n');
   process.exit(2);
 }
@@ -63,6 +67,7 @@ function parseArgs(argv: string[]): Options {
     rounds: 3, irq: [0, 1], randN: 30000, seqQd: 8, seqPasses: 4, sizeMiB: 256,
     image: path.join(ROOT, 'bench', 'out', 'blk.img'), kernel: path.join(ROOT, 'guest', 'out', 'guest.elf'),
     keep: false, json: false, qemu: 'qemu-system-x86_64', tsvmm: path.join(ROOT, 'bin', 'tsvmm.js'),
+    rows: ['rand4k', 'seqread', 'seqwrite'],
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -78,7 +83,11 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--kernel') o.kernel = path.resolve(val());
     else if (a === '--qemu') o.qemu = val();
     else if (a === '--tsvmm') o.tsvmm = path.resolve(val());
-    else if (a === '--keep') o.keep = true;
+    else if (a === '--rows') {
+      const v = val().split(',') as RowId[];
+      if (!v.length || v.some((r) => !['rand4k', 'seqread', 'seqwrite'].includes(r))) usage(`bad --rows ${v.join(',')}`);
+      o.rows = v;
+    } else if (a === '--keep') o.keep = true;
     else if (a === '--json') o.json = true;
     else if (a === '--help' || a === '-h') usage();
     else usage(`unknown argument ${a}`);
@@ -175,17 +184,18 @@ function main(): number {
   // Sequential rows wrap around the image seqPasses times (the guest issues block i % nblocks),
   // so each boot moves seqPasses x size MiB and start-up effects (a fresh driver-domain's JIT) fade.
   const seqN = o.sizeMiB * o.seqPasses;
-  const rows: Row[] = [
+  const allRows: Row[] = [
     { id: 'rand4k', label: '4 KiB random read, qd 32', unit: 'IOPS', bs: 4096, qd: 32, mode: 'rand', op: 'read', n: o.randN },
     { id: 'seqread', label: `1 MiB sequential read, qd ${o.seqQd}`, unit: 'MB/s', bs: MiB, qd: o.seqQd, mode: 'seq', op: 'read', n: seqN },
     { id: 'seqwrite', label: `1 MiB sequential write, qd ${o.seqQd}`, unit: 'MB/s', bs: MiB, qd: o.seqQd, mode: 'seq', op: 'write', n: seqN },
   ];
+  const rows = allRows.filter((r) => o.rows.includes(r.id));
 
   log(`bench/blk: ${o.sizeMiB} MiB image ${o.image}, ${o.rounds} rounds, tsvmm and ${qemuVer} alternating; irq modes ${o.irq.join(',')}`);
   log(`  prefilling the image on the host (1 MiB guest-format blocks, gen=1) ...`);
   prefill(o.image, o.sizeMiB);
   // Untimed: each VMM reads the whole image back with verification (proves both see the same bytes).
-  const verifyRow: Row = { ...rows[1], qd: 4, n: o.sizeMiB };
+  const verifyRow: Row = { ...allRows[1], qd: 4, n: o.sizeMiB };
   for (const vmm of VMMS) {
     boot(vmm, o, cmdlineOf(verifyRow, 0, 1), 'verify pass');
     log(`  ${vmm}: guest read back and verified all ${o.sizeMiB} blocks`);
