@@ -91,6 +91,14 @@ void tsvmm_snap_format(uint8_t* snap, uint32_t ncpus) {
   __atomic_store_n(&h->magic, TSVMM_SNAP_MAGIC, __ATOMIC_RELEASE);
 }
 
+const struct tsvmm_vcpu_blob tsvmm_vcpu_blobs[TSVMM_VCPU_BLOBS] = {
+#define BLOB(step, name, field) {step, KVM_GET_##name, KVM_SET_##name, offsetof(struct tsvmm_snap_vcpu, field)}
+    BLOB(TSVMM_STEP_MP_STATE, MP_STATE, mp_state), BLOB(TSVMM_STEP_REGS, REGS, regs),
+    BLOB(TSVMM_STEP_SREGS, SREGS, sregs), BLOB(TSVMM_STEP_XSAVE, XSAVE, xsave), BLOB(TSVMM_STEP_XCRS, XCRS, xcrs),
+    BLOB(TSVMM_STEP_DEBUGREGS, DEBUGREGS, debugregs), BLOB(TSVMM_STEP_LAPIC, LAPIC, lapic),
+#undef BLOB
+};
+
 /* ---- the keeper process ---- */
 
 KEEPER_FN static void kzero(void* p, uint64_t n) {
@@ -197,14 +205,10 @@ KEEPER_FN static void save_vcpu(struct tsvmm_keeper_config* cfg, struct tsvmm_sn
     if (err < 0) k_fail(h, TSVMM_STEP_REGS, (uint32_t)i, err);
   }
 
-  /* MP_STATE first (it can change LAPIC state), VCPU_EVENTS last. */
-  GET(TSVMM_STEP_MP_STATE, fd, KVM_GET_MP_STATE, &v->mp_state);
-  GET(TSVMM_STEP_REGS, fd, KVM_GET_REGS, &v->regs);
-  GET(TSVMM_STEP_SREGS, fd, KVM_GET_SREGS, &v->sregs);
-  GET(TSVMM_STEP_XSAVE, fd, KVM_GET_XSAVE, &v->xsave);
-  GET(TSVMM_STEP_XCRS, fd, KVM_GET_XCRS, &v->xcrs);
-  GET(TSVMM_STEP_DEBUGREGS, fd, KVM_GET_DEBUGREGS, &v->debugregs);
-  GET(TSVMM_STEP_LAPIC, fd, KVM_GET_LAPIC, &v->lapic);
+  for (int b = 0; b < TSVMM_VCPU_BLOBS; b++) {
+    const struct tsvmm_vcpu_blob* blob = &tsvmm_vcpu_blobs[b];
+    GET(blob->step, fd, blob->get, (uint8_t*)v + blob->offset);
+  }
   kzero(&v->msrs, sizeof v->msrs);
   v->msrs.nmsrs = cfg->nmsrs;
   for (uint32_t k = 0; k < cfg->nmsrs; k++) v->msrs.entries[k].index = cfg->msr_index[k];

@@ -138,6 +138,17 @@ struct tsvmm_snap_vcpu {
   struct tsvmm_msrs_buf msrs;
 };
 
+/* The fixed-size per-vCPU state, in the order the keeper saves it and restore.c sets it: MP_STATE
+ * first (it can change LAPIC state); then the MSRs (variable size, handled apart) and VCPU_EVENTS
+ * last. One table for both directions, so the two can never disagree. */
+struct tsvmm_vcpu_blob {
+  uint32_t step;            /* TSVMM_STEP_* reported if it fails */
+  unsigned long get, set;   /* the KVM ioctls */
+  uint32_t offset;          /* in struct tsvmm_snap_vcpu */
+};
+#define TSVMM_VCPU_BLOBS 7
+extern const struct tsvmm_vcpu_blob tsvmm_vcpu_blobs[TSVMM_VCPU_BLOBS];
+
 struct tsvmm_snap_vm {
   struct kvm_pit_state2 pit2;
   struct kvm_clock_data clock;

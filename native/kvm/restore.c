@@ -76,13 +76,10 @@ int tsvmm_restore(const struct tsvmm_restore_config* cfg, struct tsvmm_restore_r
     const struct tsvmm_snap_vcpu* v = (const struct tsvmm_snap_vcpu*)(cfg->snap + h->vcpu_offset + (uint64_t)i * h->vcpu_size);
     int fd = cfg->vcpu_fd[i];
     if (v->id != (uint32_t)i) return fail(res, TSVMM_STEP_VCPU_ID, i, EINVAL);
-    SET(TSVMM_STEP_MP_STATE, fd, KVM_SET_MP_STATE, &v->mp_state);
-    SET(TSVMM_STEP_REGS, fd, KVM_SET_REGS, &v->regs);
-    SET(TSVMM_STEP_SREGS, fd, KVM_SET_SREGS, &v->sregs);
-    SET(TSVMM_STEP_XSAVE, fd, KVM_SET_XSAVE, &v->xsave);
-    SET(TSVMM_STEP_XCRS, fd, KVM_SET_XCRS, &v->xcrs);
-    SET(TSVMM_STEP_DEBUGREGS, fd, KVM_SET_DEBUGREGS, &v->debugregs);
-    SET(TSVMM_STEP_LAPIC, fd, KVM_SET_LAPIC, &v->lapic);
+    for (int b = 0; b < TSVMM_VCPU_BLOBS; b++) {
+      const struct tsvmm_vcpu_blob* blob = &tsvmm_vcpu_blobs[b];
+      SET(blob->step, fd, blob->set, (const uint8_t*)v + blob->offset);
+    }
     if (set_msrs(fd, &v->msrs, v->nmsrs_saved, i, res) < 0) return -1;
     SET(TSVMM_STEP_VCPU_EVENTS, fd, KVM_SET_VCPU_EVENTS, &v->events);
   }
