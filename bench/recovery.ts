@@ -122,16 +122,10 @@ async function latency(component: ComponentName, warm: boolean, kills: number, c
 }
 
 /** One boot of the test guest; returns its `@` lines' key=values for lines starting with `word`. */
-function boot(cmdline: string, args: string[], recovery: boolean, attempt = 0): Record<string, string>[] {
+function boot(cmdline: string, args: string[], recovery: boolean): Record<string, string>[] {
   const r = spawnSync(process.execPath, [BIN, 'run', '--kernel', GUEST, ...args, '--cmdline', cmdline], {
     encoding: 'utf8', timeout: 120_000, env: { ...process.env, ...(recovery ? {} : { TSVMM_NO_RECOVERY: '1' }) },
   });
-  // The known PVM host issue (docs/benchmarks.md): a spurious triple fault with cr2 == rip. Rerun.
-  const tf = /triple fault .*rip=(0x[0-9a-f]+) .*cr2=(0x[0-9a-f]+)/.exec(r.stderr);
-  if (r.status !== 0 && tf && tf[1] === tf[2] && attempt < 3) {
-    process.stderr.write(`  (spurious guest triple fault, rip == cr2 == ${tf[1]}: known PVM host issue; rerunning)\n`);
-    return boot(cmdline, args, recovery, attempt + 1);
-  }
   if (r.status !== 0) throw new Error(`tsvmm run ${cmdline} (recovery ${recovery ? 'on' : 'off'}) failed: ${r.stderr.trim().split('\n').slice(-2).join(' | ')}`);
   return [...r.stdout.matchAll(/^@(exits|blk) (.*)$/gm)].map((m) => Object.fromEntries([['word', m[1]], ...[...m[2].matchAll(/(\w+)=(\S+)/g)].map((x) => [x[1], x[2]])]));
 }
@@ -244,7 +238,7 @@ async function main(): Promise<void> {
         try {
           out.latency.push(await latency(component, warm, kills, cpus, values['blk-io'] ?? ''));
         } catch (e) {
-          // Keep the other rows: report this one as failed (e.g. the PVM triple fault, 4 times in a row).
+          // Keep the other rows: report this one as failed.
           process.stderr.write(`  latency row ${component} ${warm ? 'warm' : 'cold'} FAILED: ${(e as Error).message.split('\n')[0]}\n`);
           out.latency.push({ name: `${component}, ${warm ? 'warm (--standby)' : 'cold'} (FAILED, see log)`, progress: [NaN], running: [], supervisor: [NaN], stall: [], errors: 0, warmCount: 0 });
           process.exitCode = 1;
