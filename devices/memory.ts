@@ -53,6 +53,14 @@ export class GuestMemory {
     return r.bytes.subarray(off, off + length);
   }
 
+  /** Like `slice`, but undefined instead of a throw (one region lookup for a check and a view). */
+  trySlice(gpa: number, length: number): Uint8Array | undefined {
+    const r = this.find(gpa, length);
+    if (!r) return undefined;
+    const off = gpa - r.gpa;
+    return r.bytes.subarray(off, off + length);
+  }
+
   /** A DataView over [gpa, gpa+length), bounds-checked like `slice`. */
   view(gpa: number, length: number): DataView {
     const s = this.slice(gpa, length);

@@ -40,38 +40,47 @@ export class QueueProgressError extends Error {
  * recording usedIdx, then resubmits `inflightInOrder()`.
  */
 export class QueueProgress {
+  /**
+   * Plain (not Atomics) word accesses: the driver-domain is this record's
+   * only writer and it is read by another process only after the writer died
+   * (a restarted or standby driver-domain). Compiled JavaScript keeps stores
+   * in program order and x86 keeps stores in order (TSO), so a process killed
+   * between two stores leaves exactly the prefix the protocol below expects;
+   * Atomics.load/store are calls into V8 builtins (not inlined) on the
+   * per-request path.
+   */
   private readonly p: Words;
   constructor(u32: Uint32Array, readonly base: number, readonly capacity: number) {
     this.p = new Words(u32, base);
   }
-  get lastAvailIdx(): number { return this.p.load(P.lastAvail) & 0xffff; }
-  set lastAvailIdx(v: number) { this.p.store(P.lastAvail, v & 0xffff); }
-  get usedIdx(): number { return this.p.load(P.usedIdx) & 0xffff; }
-  set usedIdx(v: number) { this.p.store(P.usedIdx, v & 0xffff); }
-  get lastBatchHead(): number { return this.p.load(P.lastBatchHead); }
-  set lastBatchHead(v: number) { this.p.store(P.lastBatchHead, v); }
+  get lastAvailIdx(): number { return this.p.get(P.lastAvail) & 0xffff; }
+  set lastAvailIdx(v: number) { this.p.set(P.lastAvail, v & 0xffff); }
+  get usedIdx(): number { return this.p.get(P.usedIdx) & 0xffff; }
+  set usedIdx(v: number) { this.p.set(P.usedIdx, v & 0xffff); }
+  get lastBatchHead(): number { return this.p.get(P.lastBatchHead); }
+  set lastBatchHead(v: number) { this.p.set(P.lastBatchHead, v); }
   /** used idx at the last interrupt decision (EVENT_IDX), or NO_SIGNAL. */
-  get signalledUsed(): number { return this.p.load(P.signalledUsed); }
-  set signalledUsed(v: number) { this.p.store(P.signalledUsed, v); }
-  get queueSize(): number { return this.p.load(P.queueSize); }
-  set queueSize(v: number) { this.p.store(P.queueSize, v); }
-  get flags(): number { return this.p.load(P.flags); }
-  set flags(v: number) { this.p.store(P.flags, v); }
+  get signalledUsed(): number { return this.p.get(P.signalledUsed); }
+  set signalledUsed(v: number) { this.p.set(P.signalledUsed, v); }
+  get queueSize(): number { return this.p.get(P.queueSize); }
+  set queueSize(v: number) { this.p.set(P.queueSize, v); }
+  get flags(): number { return this.p.get(P.flags); }
+  set flags(v: number) { this.p.set(P.flags, v); }
   /** Next submit counter to hand out (monotonic, up to 2^53). */
-  get nextCounter(): number { return u64(this.p.load(P.counterLo), this.p.load(P.counterHi)); }
+  get nextCounter(): number { return u64(this.p.get(P.counterLo), this.p.get(P.counterHi)); }
   set nextCounter(v: number) {
-    this.p.store(P.counterHi, hi32(v));
-    this.p.store(P.counterLo, lo32(v));
+    this.p.set(P.counterHi, hi32(v));
+    this.p.set(P.counterLo, lo32(v));
   }
 
   private eoff(head: number): number {
     if (!Number.isInteger(head) || head < 0 || head >= this.capacity) throw new QueueProgressError(`inflight head ${head} out of range`);
     return P.inflight + head * INFLIGHT_ENTRY;
   }
-  isInflight(head: number): boolean { return this.p.load(this.eoff(head)) === 1; }
+  isInflight(head: number): boolean { return this.p.get(this.eoff(head)) === 1; }
   counterOf(head: number): number {
     const o = this.eoff(head);
-    return u64(this.p.load(o + 8), this.p.load(o + 12));
+    return u64(this.p.get(o + 8), this.p.get(o + 12));
   }
   /**
    * Record `head` as submitted; returns its submit counter. Counter first,
@@ -82,13 +91,13 @@ export class QueueProgress {
   markInflight(head: number): number {
     const o = this.eoff(head);
     const c = this.nextCounter;
-    this.p.store(o + 12, hi32(c));
-    this.p.store(o + 8, lo32(c));
+    this.p.set(o + 12, hi32(c));
+    this.p.set(o + 8, lo32(c));
     this.nextCounter = c + 1;
-    this.p.store(o, 1);
+    this.p.set(o, 1);
     return c;
   }
-  clearInflight(head: number): void { this.p.store(this.eoff(head), 0); }
+  clearInflight(head: number): void { this.p.set(this.eoff(head), 0); }
 
   /** In-flight heads (< queueSize) sorted by submit counter: the resubmission order. */
   inflightInOrder(): number[] {
@@ -102,9 +111,9 @@ export class QueueProgress {
   reset(queueSize: number): void {
     for (let h = 0; h < this.capacity; h++) {
       const o = P.inflight + h * INFLIGHT_ENTRY;
-      this.p.store(o, 0);
-      this.p.store(o + 8, 0);
-      this.p.store(o + 12, 0);
+      this.p.set(o, 0);
+      this.p.set(o + 8, 0);
+      this.p.set(o + 12, 0);
     }
     this.lastAvailIdx = 0;
     this.usedIdx = 0;
@@ -124,11 +133,11 @@ export class QueueProgress {
       return e;
     }
     if (size !== 0 && !isPow2(size)) e.push(`queue size ${size} not a power of 2`);
-    if (this.p.load(P.lastAvail) > 0xffff || this.p.load(P.usedIdx) > 0xffff) e.push('ring index above 16 bits');
+    if (this.p.get(P.lastAvail) > 0xffff || this.p.get(P.usedIdx) > 0xffff) e.push('ring index above 16 bits');
     const next = this.nextCounter;
     let count = 0;
     for (let h = 0; h < this.capacity; h++) {
-      const f = this.p.load(P.inflight + h * INFLIGHT_ENTRY);
+      const f = this.p.get(P.inflight + h * INFLIGHT_ENTRY);
       if (f > 1) e.push(`inflight flag of head ${h} is ${f}`);
       if (f === 1) {
         if (h >= size) e.push(`head ${h} in flight beyond queue size ${size}`);

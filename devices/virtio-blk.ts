@@ -24,6 +24,7 @@
  * one, used length 0 otherwise).
  */
 
+import { performance } from 'perf_hooks';
 import { GuestMemory } from './memory';
 import { DeviceSlot, DeviceSpec } from './state-page';
 import { Virtqueue, Chain, PopResult, ActivateResult, VirtqueueOptions } from './virtqueue';
@@ -51,9 +52,11 @@ export const BLK_CONFIG_SIZE = 24;
  * Bytes of requests handed to a batched backend per submit round in kick() (env
  * TSVMM_BLK_ROUND_BYTES, for experiments). 1 MiB reads, qd 8, polled: 256 KiB rounds (one request
  * each) ~3.7-4.8 GB/s, 2 MiB ~4.0-5.2, 8 MiB (a whole drained batch) ~3.6-4.1, at a time when a
- * single-threaded page-cache copy ran at ~6 GB/s here.
+ * single-threaded page-cache copy ran at ~6 GB/s here. Later, same session, alternating bench/blk
+ * seqread runs (2 rounds each, 4 runs per setting): 4 MiB rounds polled median ~10.1 GB/s, irq
+ * ~9.9; 2 MiB ~9.6 and ~8.6; 1 MiB ~8.2 and ~7.8.
  */
-export const SUBMIT_BYTES = Number(process.env.TSVMM_BLK_ROUND_BYTES) || 2 * 1024 * 1024;
+export const SUBMIT_BYTES = Number(process.env.TSVMM_BLK_ROUND_BYTES) || 4 * 1024 * 1024;
 /** Inside one kick(), the interrupt decision is taken once per this many bytes of requests served. */
 export const SIGNAL_BYTES = 4 * 1024 * 1024;
 /** How long one kick() keeps serving rounds before it yields to the event loop (ms). */
@@ -224,7 +227,7 @@ export class VirtioBlk {
    * (page-cache reads and writes complete inside that io_uring_enter),
    * publish them, and look at the avail ring again, until it is empty; the
    * interrupt decision is taken once per SIGNAL_BYTES and when the run ends.
-   * With 1 MiB requests a round is two of them: the driver sees them
+   * With 1 MiB requests a round is four of them: the driver sees them
    * complete and reuses their slots while the next ones are being copied,
    * instead of the whole drained batch completing at once. Kicks stay suppressed for as
    * long as the rounds go on (Virtqueue.disableNotify); after KICK_BUDGET_MS

@@ -103,7 +103,8 @@ export class VirtioNet {
   private rxRecycled: number[] = [];
   /** Inside batch(): completions are staged per queue (heads, lengths) and published together at the end. */
   private batchDepth = 0;
-  private readonly staged: { heads: number[]; lens: number[] }[] = [{ heads: [], lens: [] }, { heads: [], lens: [] }];
+  /** Arrays keep their capacity across batches (no regrowth per batch); `n` entries are live. */
+  private readonly staged: { heads: number[]; lens: number[]; n: number }[] = [{ heads: [], lens: [], n: 0 }, { heads: [], lens: [], n: 0 }];
 
   constructor(
     readonly mem: GuestMemory,
@@ -134,14 +135,16 @@ export class VirtioNet {
   }
 
   private flushCompleted(): void {
-    for (const [i, vq] of [this.rx, this.tx].entries()) {
-      const s = this.staged[i];
-      if (s.heads.length === 0) continue;
-      vq.pushMany(s.heads, s.lens);
-      s.heads.length = 0;
-      s.lens.length = 0;
-      signalIfNeeded(vq, this.notify);
-    }
+    this.flushQueue(this.rx, this.staged[0]);
+    this.flushQueue(this.tx, this.staged[1]);
+  }
+
+  private flushQueue(vq: Virtqueue, s: { heads: number[]; lens: number[]; n: number }): void {
+    if (s.n === 0) return;
+    const n = s.n;
+    s.n = 0;
+    vq.pushMany(s.heads, s.lens, n);
+    signalIfNeeded(vq, this.notify);
   }
 
   /** Complete `head` now, or stage it inside batch(). */
@@ -151,8 +154,9 @@ export class VirtioNet {
       return;
     }
     const s = this.staged[vq === this.rx ? 0 : 1];
-    s.heads.push(head);
-    s.lens.push(len);
+    s.heads[s.n] = head;
+    s.lens[s.n] = len;
+    s.n++;
   }
 
   /** Bind both queues (after DRIVER_OK, or after a restart: TX in flight re-sent, RX in flight reused). */

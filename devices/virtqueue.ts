@@ -70,14 +70,6 @@ export type ActivateResult =
 /** QueueProgress.flags bit: the queue hit a ring-level fault. */
 export const QUEUE_BROKEN = 1;
 
-interface Walk {
-  error?: string;
-  readable: Uint8Array[];
-  writable: Uint8Array[];
-  readableLength: number;
-  writableLength: number;
-}
-
 export class Virtqueue {
   readonly progress: QueueProgress;
   private readonly maxChainBytes: number;
@@ -228,12 +220,15 @@ export class Virtqueue {
       const pending = (availIdx - last) & 0xffff;
       if (pending === 0) return { kind: 'empty' };
       if (pending > this.num) return this.breakQueue(`avail idx moved from ${last} to ${availIdx}, more than queue size ${this.num}`);
-      const head = Atomics.load(this.avail, 2 + (last % this.num));
+      // Plain accesses from here on: the ring entry is read after the Atomics.load of avail->idx
+      // (loads stay in order on x86), and avail_event needs no fence here: before the device
+      // waits for a kick it always goes through enableNotify(), whose Atomics.store is one.
+      const head = this.avail[2 + (last % this.num)];
       if (head >= this.num) return this.breakQueue(`avail ring head ${head} >= queue size ${this.num}`);
       if (p.isInflight(head)) return this.breakQueue(`head ${head} made available while still in flight`);
       p.markInflight(head);
       p.lastAvailIdx = last + 1;
-      if (this.eventIdx && !this.quiet) Atomics.store(this.used16, 2 + 4 * this.num, (last + 1) & 0xffff);
+      if (this.eventIdx && !this.quiet) this.used16[2 + 4 * this.num] = (last + 1) & 0xffff;
       return this.chainFrom(head);
     } catch (e) {
       return this.breakQueue(`unexpected: ${(e as Error).message}`);
@@ -254,39 +249,37 @@ export class Virtqueue {
   }
 
   private chainFrom(head: number): PopResult {
-    const w = this.walk(head);
-    if (w.error !== undefined) return { kind: 'bad-chain', head, error: w.error, writable: w.writable };
-    return {
-      kind: 'chain',
-      chain: { head, readable: w.readable, writable: w.writable, readableLength: w.readableLength, writableLength: w.writableLength },
-    };
+    const chain: Chain = { head, readable: [], writable: [], readableLength: 0, writableLength: 0 };
+    const error = this.walk(chain);
+    if (error !== undefined) return { kind: 'bad-chain', head, error, writable: chain.writable };
+    return { kind: 'chain', chain };
   }
 
-  private walk(head: number): Walk {
-    const out: Walk = { readable: [], writable: [], readableLength: 0, writableLength: 0 };
+  /** Walk the chain from `out.head`, filling `out`; returns an error string for a malformed chain. */
+  private walk(out: Chain): string | undefined {
     let table = this.desc;
     let tableSize = this.num;
     let maxCount = this.num;
     let inIndirect = false;
-    let idx = head;
+    let idx = out.head;
     let count = 0;
     let total = 0;
     for (;;) {
-      if (idx >= tableSize) return { ...out, error: `descriptor index ${idx} >= table size ${tableSize}` };
-      if (++count > maxCount) return { ...out, error: `descriptor chain longer than ${maxCount} (loop?)` };
+      if (idx >= tableSize) return `descriptor index ${idx} >= table size ${tableSize}`;
+      if (++count > maxCount) return `descriptor chain longer than ${maxCount} (loop?)`;
       const o = idx * VIRTQ_DESC_SIZE;
       const addr = table.getUint32(o, true) + table.getUint32(o + 4, true) * 0x1_0000_0000;
       const len = table.getUint32(o + 8, true);
       const flags = table.getUint16(o + 12, true);
       const next = table.getUint16(o + 14, true);
       if (flags & VIRTQ_DESC_F_INDIRECT) {
-        if (!this.indirect) return { ...out, error: 'indirect descriptor without VIRTIO_F_INDIRECT_DESC' };
-        if (inIndirect) return { ...out, error: 'indirect descriptor inside an indirect table' };
-        if (flags & VIRTQ_DESC_F_NEXT) return { ...out, error: 'indirect descriptor with NEXT set' };
+        if (!this.indirect) return 'indirect descriptor without VIRTIO_F_INDIRECT_DESC';
+        if (inIndirect) return 'indirect descriptor inside an indirect table';
+        if (flags & VIRTQ_DESC_F_NEXT) return 'indirect descriptor with NEXT set';
         if (len === 0 || len % VIRTQ_DESC_SIZE !== 0 || len / VIRTQ_DESC_SIZE > this.maxIndirect) {
-          return { ...out, error: `indirect table length ${len} invalid` };
+          return `indirect table length ${len} invalid`;
         }
-        if (!this.mem.contains(addr, len)) return { ...out, error: `indirect table 0x${addr.toString(16)}+${len} outside guest RAM` };
+        if (!this.mem.contains(addr, len)) return `indirect table 0x${addr.toString(16)}+${len} outside guest RAM`;
         table = this.mem.view(addr, len);
         tableSize = maxCount = len / VIRTQ_DESC_SIZE;
         inIndirect = true;
@@ -295,12 +288,12 @@ export class Virtqueue {
         continue;
       }
       const writable = (flags & VIRTQ_DESC_F_WRITE) !== 0;
-      if (!writable && out.writable.length > 0) return { ...out, error: 'readable descriptor after a writable one' };
+      if (!writable && out.writable.length > 0) return 'readable descriptor after a writable one';
       if (len > 0) {
         total += len;
-        if (total > this.maxChainBytes) return { ...out, error: `chain length ${total} exceeds ${this.maxChainBytes}` };
-        if (!this.mem.contains(addr, len)) return { ...out, error: `buffer 0x${addr.toString(16)}+0x${len.toString(16)} outside guest RAM` };
-        const view = this.mem.slice(addr, len);
+        if (total > this.maxChainBytes) return `chain length ${total} exceeds ${this.maxChainBytes}`;
+        const view = this.mem.trySlice(addr, len);
+        if (view === undefined) return `buffer 0x${addr.toString(16)}+0x${len.toString(16)} outside guest RAM`;
         if (writable) {
           out.writable.push(view);
           out.writableLength += len;
@@ -309,7 +302,7 @@ export class Virtqueue {
           out.readableLength += len;
         }
       }
-      if (!(flags & VIRTQ_DESC_F_NEXT)) return out;
+      if (!(flags & VIRTQ_DESC_F_NEXT)) return undefined;
       idx = next;
     }
   }
@@ -339,15 +332,16 @@ export class Virtqueue {
    * element, publish used->idx once, then clear their in-flight entries and
    * record used_idx (the same protocol as push(), for several heads; a
    * restart reconciles a batch the same way as one element). Heads that are
-   * not in flight are skipped; `heads` must not repeat. Returns how many
-   * were published.
+   * not in flight are skipped; `heads` must not repeat. Only the first
+   * `count` entries are used (default all). Returns how many were published.
    */
-  pushMany(heads: readonly number[], lens: readonly number[]): number {
+  pushMany(heads: readonly number[], lens: readonly number[], count = heads.length): number {
     if (!this.active || this.isBroken) return 0;
     const p = this.progress;
     const start = p.usedIdx;
     let used = start;
-    for (let i = 0; i < heads.length; i++) {
+    count = Math.min(count, heads.length, lens.length);
+    for (let i = 0; i < count; i++) {
       const head = heads[i];
       if (!Number.isInteger(head) || head < 0 || head >= this.num || !p.isInflight(head)) continue;
       p.lastBatchHead = head;
@@ -359,7 +353,7 @@ export class Virtqueue {
     const n = (used - start) & 0xffff;
     if (n === 0) return 0;
     Atomics.store(this.used16, 1, used);
-    for (let i = 0; i < heads.length; i++) {
+    for (let i = 0; i < count; i++) {
       const head = heads[i];
       if (Number.isInteger(head) && head >= 0 && head < this.num) p.clearInflight(head);
     }

@@ -12,6 +12,7 @@
  * costs almost no spinning; a hit resets the back-off. (vhost-net's
  * busyloop_timeout and QEMU's adaptive aio polling do the same.)
  */
+import { performance } from 'perf_hooks';
 import { Virtqueue } from '../devices/virtqueue';
 
 /**

@@ -9,6 +9,9 @@ import { native } from '../native/kvm';
 
 /** Non-throwing read/writev from the addon (native/kvm/fdio.cc): -errno instead of an exception per EAGAIN. */
 const fdio = native as unknown as { fdRead?: (fd: number, buf: Uint8Array) => number; fdWritev?: (fd: number, bufs: Uint8Array[]) => number };
+// Looked up once: a property load from the addon's exports object is a slow, megamorphic load per frame.
+const fdRead = fdio.fdRead?.bind(fdio);
+const fdWritev = fdio.fdWritev?.bind(fdio);
 const EAGAIN = 11;
 
 const MAX_FRAME = 65536;
@@ -21,8 +24,8 @@ export class TapBackend implements NetBackend {
   constructor(readonly fd: number) {}
 
   write(frame: Uint8Array[]): void {
-    if (fdio.fdWritev) {
-      if (fdio.fdWritev(this.fd, frame) < 0) this.dropped++; // EAGAIN (TAP queue full) or the link is down: a NIC drops too
+    if (fdWritev) {
+      if (fdWritev(this.fd, frame) < 0) this.dropped++; // EAGAIN (TAP queue full) or the link is down: a NIC drops too
       return;
     }
     try {
@@ -36,7 +39,7 @@ export class TapBackend implements NetBackend {
 
   /** Read every frame waiting on the TAP. */
   drain(): void {
-    const read = fdio.fdRead;
+    const read = fdRead;
     if (read) {
       for (;;) {
         const n = read(this.fd, this.buf);
