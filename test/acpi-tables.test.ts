@@ -13,17 +13,10 @@ import * as aml from '../vmm/acpi/aml';
 import { checksum } from '../vmm/acpi/sdt';
 import { MiB, virtioMmioWindow, ACPI_START, ACPI_END, VIRTIO_MMIO_MAX } from '../vmm/boot/layout';
 import { makeMemory } from './boot-fixtures';
+import { requireTool } from './helpers/tsvmm';
 
 const sum8 = (b: Uint8Array): number => b.reduce((s, x) => (s + x) & 0xff, 0);
 
-function haveIasl(): boolean {
-  try {
-    execFileSync('iasl', ['-v'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** Disassemble one table with `iasl -d`; returns the .dsl text and iasl's output. */
 function disassemble(name: string, table: Buffer): string {
@@ -106,10 +99,7 @@ describe('acpi/tables', () => {
 
   describe('iasl -d', function () {
     before(function () {
-      if (!haveIasl()) {
-        console.log('      (skipped: iasl not found; install it with: apt-get install -y acpica-tools)');
-        this.skip();
-      }
+      requireTool(this, 'iasl', 'acpica-tools');
     });
 
     it('disassembles the DSDT with COM1 and one LNRO0005 per virtio window', () => {

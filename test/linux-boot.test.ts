@@ -23,7 +23,7 @@ import { detectSoftwareKvm } from '../vmm/kvm/pvm';
 import { downloadDeb, resolveKernelPackage, IMAGE_FILES } from '../cli/image';
 import { readCpio, S_IFREG } from '../cli/cpio';
 import { makeElf, makeMemory, pvhNote } from './boot-fixtures';
-import { GUEST, tsvmm } from './helpers/tsvmm';
+import { GUEST, skipBecause, tsvmm } from './helpers/tsvmm';
 
 const CACHE = path.join(os.tmpdir(), 'tsvmm-linux-cache');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvmm-linux-'));
@@ -82,7 +82,7 @@ describe('Linux guests', function () {
     if ('skip' in k) skipWhy = k.skip; else kernel = k.file;
   });
   const needKernel = (ctx: Mocha.Context): Buffer => {
-    if (!kernel) { console.log(`      skipped: ${skipWhy}`); ctx.skip(); }
+    if (!kernel) skipBecause(ctx, skipWhy);
     return fs.readFileSync(kernel!);
   };
 
@@ -217,7 +217,7 @@ describe('Linux guests', function () {
   describe('tsvmm run with a Linux kernel on this host', () => {
     const refusal = /^tsvmm: error: this host's KVM is software-virtualized \(PVM\): an unmodified Linux kernel cannot boot here; use a hardware-KVM host/;
     const pvm = (ctx: Mocha.Context): void => {
-      if (!fs.existsSync('/dev/kvm') || !detectSoftwareKvm()) { console.log('      skipped: this host\'s KVM is not software-virtualized (PVM)'); ctx.skip(); }
+      if (!fs.existsSync('/dev/kvm') || !detectSoftwareKvm()) skipBecause(ctx, 'this host\'s KVM is not software-virtualized (PVM)');
     };
     it('refuses a bzImage in one line, at once', function () {
       pvm(this);

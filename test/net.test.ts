@@ -8,26 +8,19 @@
 import { strict as assert } from 'assert';
 import { execFileSync, spawn, spawnSync } from 'child_process';
 import * as path from 'path';
-import { GUEST, guestLines, requireKvm, tsvmmAsync } from './helpers/tsvmm';
+import { GUEST, guestLines, requireKvm, requireTool, skipBecause, tsvmmAsync } from './helpers/tsvmm';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const GUEST_IP = '10.0.2.15';
 const HOST_IP = '10.0.2.1';
 
-function netUnavailable(): string | undefined {
-  if (process.getuid?.() !== 0) return 'TAP devices and network namespaces need root';
-  for (const cmd of ['ip', 'ping']) {
-    if (spawnSync('sh', ['-c', `command -v ${cmd}`]).status !== 0) return `${cmd} is not installed (scripts/install-deps.sh installs it)`;
-  }
-  return undefined;
-}
-
 describe('virtio-net through a TAP', function () {
   this.timeout(180_000);
   before(requireKvm);
   before(function () {
-    const why = netUnavailable();
-    if (why) { console.log(`      skipped: ${why}`); this.skip(); }
+    if (process.getuid?.() !== 0) skipBecause(this, 'TAP devices and network namespaces need root');
+    requireTool(this, 'ip', 'iproute2');
+    requireTool(this, 'ping', 'iputils-ping');
   });
 
   // Each test gets a fresh VM.
