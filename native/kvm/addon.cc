@@ -7,6 +7,8 @@
 // (vmm/kvm/). Errors become JS exceptions carrying the errno name in `code`.
 #include <napi.h>
 
+#include "errno-error.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -30,14 +32,7 @@ void InitFdio(Napi::Env env, Napi::Object exports);        // fdio.cc
 
 namespace {
 
-Napi::Error ErrnoError(Napi::Env env, const char* what, int err) {
-  Napi::Error e = Napi::Error::New(env, std::string(what) + ": " + strerror(err));
-  e.Set("errno", Napi::Number::New(env, err));
-  const char* name = strerrorname_np(err);
-  e.Set("code", Napi::String::New(env, name ? name : "EUNKNOWN"));
-  e.Set("syscall", Napi::String::New(env, what));
-  return e;
-}
+using tsvmm::ErrnoError;
 
 #define THROW_ERRNO(env, what)                     \
   do {                                             \

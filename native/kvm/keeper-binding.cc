@@ -16,6 +16,7 @@
 #include <math.h>
 #include <time.h>
 
+#include "errno-error.h"
 #include "keeper.h"
 
 #ifndef P_PIDFD
@@ -25,13 +26,7 @@
 namespace tsvmm {
 namespace {
 
-Napi::Value Throw(Napi::Env env, const std::string& what, int err) {
-  Napi::Error e = Napi::Error::New(env, what + ": " + strerror(err));
-  const char* name = strerrorname_np(err);
-  e.Set("code", Napi::String::New(env, name ? name : "EUNKNOWN"));
-  e.ThrowAsJavaScriptException();
-  return env.Undefined();
-}
+Napi::Value Throw(Napi::Env env, const std::string& what, int err) { return ThrowErrno(env, what, err); }
 
 int64_t Int(const Napi::Value& v) {
   if (v.IsBigInt()) {

@@ -17,6 +17,8 @@
 //   uringConstants: opcodes, flags and the io_uring_sqe / io_uring_cqe field offsets
 #include <napi.h>
 
+#include "errno-error.h"
+
 #include <errno.h>
 #include <stddef.h>
 #include <string.h>
@@ -28,15 +30,7 @@
 
 namespace {
 
-Napi::Value Throw(Napi::Env env, const char* what, int err) {
-  Napi::Error e = Napi::Error::New(env, std::string(what) + ": " + strerror(err));
-  e.Set("errno", Napi::Number::New(env, err));
-  const char* name = strerrorname_np(err);
-  e.Set("code", Napi::String::New(env, name ? name : "EUNKNOWN"));
-  e.Set("syscall", Napi::String::New(env, what));
-  e.ThrowAsJavaScriptException();
-  return env.Undefined();
-}
+Napi::Value Throw(Napi::Env env, const char* what, int err) { return tsvmm::ThrowErrno(env, what, err); }
 
 void Unmap(Napi::Env, void* data, size_t* len) {
   munmap(data, *len);
