@@ -32,7 +32,7 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { checkImage, makeBlock } from '../test/helpers/blk-image';
-import { buildRawkvm, cpuinfoKhz, ensureGuest, ensureQemu, machine, median, RAWKVM, ROOT, table } from './lib';
+import { buildRawkvm, cpuinfoKhz, ensureGuest, ensureQemu, machine, RAWKVM, ROOT, summarize, table } from './lib';
 
 const TARGET_RATIO = 1.0;
 const MiB = 1 << 20;
@@ -234,14 +234,7 @@ function main(): number {
   log(`  host check of the image after the runs: ${check.valid}/${o.sizeMiB} blocks valid, ${check.errorCount} bad${check.errors.length ? ': ' + check.errors.slice(0, 3).join('; ') : ''}`);
   if (!o.keep) fs.rmSync(o.image, { force: true });
 
-  const summary = rows.flatMap((row) => o.irq.map((irq) => {
-    const s = (vmm: Vmm) => {
-      const xs = results.filter((r) => r.vmm === vmm && r.row === row.id && r.irq === irq).map(measure);
-      return { median: median(xs), min: Math.min(...xs), max: Math.max(...xs) };
-    };
-    const ts = s('tsvmm'), q = s('qemu');
-    return { row: row.id, label: row.label, unit: row.unit, irq, tsvmm: ts, qemu: q, ratio: ts.median / q.median };
-  }));
+  const summary = summarize(rows, o.irq, results, measure);
   const totalS = Number(process.hrtime.bigint() - tStart) / 1e9;
   const worst = Math.min(...summary.map((s) => s.ratio));
   if (o.json) {

@@ -38,6 +38,23 @@ export function median(xs: number[]): number {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
+/**
+ * Per row and completion mode, tsvmm's and QEMU's median (min, max) of `measure` over the rounds,
+ * and their ratio: the summary both bench/blk and bench/net print.
+ */
+export function summarize<R extends { vmm: 'tsvmm' | 'qemu'; row: string; irq: number }>(
+  rows: { id: string; label: string; unit: string }[], irqs: number[], results: R[], measure: (r: R) => number,
+) {
+  return rows.flatMap((row) => irqs.map((irq) => {
+    const s = (vmm: R['vmm']) => {
+      const xs = results.filter((r) => r.vmm === vmm && r.row === row.id && r.irq === irq).map(measure);
+      return { median: median(xs), min: Math.min(...xs), max: Math.max(...xs) };
+    };
+    const ts = s('tsvmm'), q = s('qemu');
+    return { row: row.id, label: row.label, unit: row.unit, irq, tsvmm: ts, qemu: q, ratio: ts.median / q.median };
+  }));
+}
+
 export function machine(): string {
   let model = 'unknown CPU';
   try { model = /^model name\s*:\s*(.*)$/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? model; } catch { /* */ }

@@ -25,7 +25,7 @@
 import { ChildProcess, execFileSync, spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { ensureGuest, ensureQemu, machine, median, mtime, ROOT, table } from './lib';
+import { ensureGuest, ensureQemu, machine, mtime, ROOT, summarize, table } from './lib';
 
 const TARGET_RATIO = 1.0;
 const GUEST_IP = '10.0.2.15';
@@ -174,14 +174,7 @@ async function main(): Promise<number> {
     { id: 'rr', label: `UDP round trips, ${o.rrSize} B`, unit: 'RT/s', scale: 1 },
     { id: 'stream', label: `UDP echo stream, ${o.streamSize} B, window ${o.window}`, unit: 'MB/s', scale: 1e6 },
   ];
-  const summary = rows.flatMap((row) => o.irq.map((irq) => {
-    const s = (vmm: Vmm) => {
-      const xs = results.filter((r) => r.vmm === vmm && r.row === row.id && r.irq === irq).map((r) => r.client.rate / row.scale);
-      return { median: median(xs), min: Math.min(...xs), max: Math.max(...xs) };
-    };
-    const ts = s('tsvmm'), q = s('qemu');
-    return { row: row.id, label: row.label, unit: row.unit, irq, tsvmm: ts, qemu: q, ratio: ts.median / q.median };
-  }));
+  const summary = summarize(rows, o.irq, results, (r) => r.client.rate / rows.find((x) => x.id === r.row)!.scale);
   const totalS = Number(process.hrtime.bigint() - tStart) / 1e9;
   const worst = Math.min(...summary.map((s) => s.ratio));
   if (o.json) {
