@@ -62,6 +62,14 @@ export class IoUring {
   private submittedTail: number;
   private closed = false;
   private readonly keep: UringSetup;
+  /**
+   * SQE field offsets (opcode, flags in bytes; the rest in u32 words), copied out of the
+   * constants record once: that record comes from the addon in dictionary mode, and each
+   * property load from it per SQE went through the slow generic load path.
+   */
+  private readonly sqeOff: { opcode: number; flags: number; fd: number; off: number; addr: number; len: number; rwFlags: number; userData: number };
+  private readonly cqeUserData: number;
+  private readonly cqeRes: number;
 
   /** Sets up a ring with `entries` SQEs (a power of two). Throws (with `code`) when io_uring is unusable. */
   static create(entries = 256): IoUring {
@@ -99,6 +107,12 @@ export class IoUring {
     this.cqFlags = s.cqOff.flags / 4;
     this.sqeWords = k.SQE_SIZE / 4;
     this.cqeWords = k.CQE_SIZE / 4;
+    this.sqeOff = {
+      opcode: k.SQE_OPCODE, flags: k.SQE_FLAGS, fd: k.SQE_FD / 4, off: k.SQE_OFF / 4, addr: k.SQE_ADDR / 4,
+      len: k.SQE_LEN / 4, rwFlags: k.SQE_RW_FLAGS / 4, userData: k.SQE_USER_DATA / 4,
+    };
+    this.cqeUserData = k.CQE_USER_DATA / 4;
+    this.cqeRes = k.CQE_RES / 4;
     const array = s.sqOff.array / 4;
     for (let i = 0; i < this.entries; i++) this.sq[array + i] = i;
     this.tail = this.submittedTail = Atomics.load(this.sq, this.sqTail);
@@ -120,20 +134,21 @@ export class IoUring {
    * below 2^53. `userData` is a u32; `sqeFlags` the IOSQE_* byte.
    */
   prep(opcode: number, fd: number, addr: number, len: number, offset: number, opFlags: number, userData: number, sqeFlags = 0): void {
-    const k = this.k;
+    const o = this.sqeOff;
+    const sqe = this.sqe;
     const w = ((this.tail & this.sqMask) * this.sqeWords) | 0;
-    this.sqe.fill(0, w, w + this.sqeWords);
+    for (let i = w, end = w + this.sqeWords; i < end; i++) sqe[i] = 0; // a loop: fill() on a few words is a C++ builtin call
     const b = w * 4;
-    this.sqeBytes[b + k.SQE_OPCODE] = opcode;
-    this.sqeBytes[b + k.SQE_FLAGS] = sqeFlags;
-    this.sqe[w + k.SQE_FD / 4] = fd;
-    this.sqe[w + k.SQE_OFF / 4] = offset % U32;
-    this.sqe[w + k.SQE_OFF / 4 + 1] = Math.floor(offset / U32);
-    this.sqe[w + k.SQE_ADDR / 4] = addr % U32;
-    this.sqe[w + k.SQE_ADDR / 4 + 1] = Math.floor(addr / U32);
-    this.sqe[w + k.SQE_LEN / 4] = len;
-    this.sqe[w + k.SQE_RW_FLAGS / 4] = opFlags;
-    this.sqe[w + k.SQE_USER_DATA / 4] = userData;
+    this.sqeBytes[b + o.opcode] = opcode;
+    this.sqeBytes[b + o.flags] = sqeFlags;
+    sqe[w + o.fd] = fd;
+    sqe[w + o.off] = offset % U32;
+    sqe[w + o.off + 1] = Math.floor(offset / U32);
+    sqe[w + o.addr] = addr % U32;
+    sqe[w + o.addr + 1] = Math.floor(addr / U32);
+    sqe[w + o.len] = len;
+    sqe[w + o.rwFlags] = opFlags;
+    sqe[w + o.userData] = userData;
     this.tail = (this.tail + 1) >>> 0;
   }
 
@@ -176,12 +191,11 @@ export class IoUring {
     let head = this.cq[this.cqHead];
     const tail = Atomics.load(this.cq, this.cqTail);
     if (head === tail) return 0;
-    const k = this.k;
     let n = 0;
     while (head !== tail) {
       const w = this.cqes + (head & this.cqMask) * this.cqeWords;
-      const ud = this.cq[w + k.CQE_USER_DATA / 4];
-      const res = this.cqi[w + k.CQE_RES / 4];
+      const ud = this.cq[w + this.cqeUserData];
+      const res = this.cqi[w + this.cqeRes];
       head = (head + 1) >>> 0;
       n++;
       // Publish before the callback so a callback that reaps again cannot see this CQE twice.
