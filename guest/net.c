@@ -190,8 +190,8 @@ static void parse_ip(void)
 
 static void progress(void)
 {
-    out_line("@net-progress rx=%lu tx=%lu arp=%lu icmp=%lu udp=%lu drop=%lu irqs=%lu", rx, tx, arp,
-             icmp, udp, dropped, dev.irqs);
+    out_line("@net-progress rx=%lu tx=%lu arp=%lu icmp=%lu udp=%lu drop=%lu irqs=%lu rx_kicks=%lu tx_kicks=%lu",
+             rx, tx, arp, icmp, udp, dropped, dev.irqs, rxq->kicks, txq->kicks);
 }
 
 NORETURN void net_workload(void)
