@@ -14,6 +14,8 @@ export interface MemoryRegion {
   gpa: number;
   /** Host bytes (a view over the memfd mapping, not a copy). */
   bytes: Uint8Array;
+  /** Host address of bytes[0], where the mapper knows it (for iovecs handed to the kernel). */
+  host?: number;
 }
 
 /** Thrown when the guest names memory it does not have. */
@@ -65,6 +67,17 @@ export class GuestMemory {
   view(gpa: number, length: number): DataView {
     const s = this.slice(gpa, length);
     return new DataView(s.buffer, s.byteOffset, s.byteLength);
+  }
+
+  /** Index of the region that holds all of [gpa, gpa+length), or -1 (the offset in it is gpa - regions[i].gpa). */
+  locate(gpa: number, length: number): number {
+    if (!Number.isSafeInteger(gpa) || !Number.isSafeInteger(length) || gpa < 0 || length < 0) return -1;
+    const rs = this.regions;
+    for (let i = 0; i < rs.length; i++) {
+      const r = rs[i];
+      if (gpa >= r.gpa && gpa + length <= r.gpa + r.bytes.length) return i;
+    }
+    return -1;
   }
 
   private find(gpa: number, length: number): MemoryRegion | undefined {

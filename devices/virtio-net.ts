@@ -18,9 +18,9 @@
 
 import { GuestMemory } from './memory';
 import { DeviceSlot, DeviceSpec } from './state-page';
-import { Virtqueue, Chain, PopResult, ActivateResult, VirtqueueOptions } from './virtqueue';
-import { Notify, complete, deviceRunning, drain, signal, signalIfNeeded } from './queue-runner';
-import { iovCopy, iovSlice } from './iov';
+import { Virtqueue, Chain, ChainSegments, ActivateResult, VirtqueueOptions, segmentViews } from './virtqueue';
+import { Notify, complete, deviceRunning, signal, signalIfNeeded } from './queue-runner';
+import { iovCopy } from './iov';
 import {
   DeviceId, TSVMM_VENDOR_ID, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC,
   VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP, features,
@@ -40,8 +40,12 @@ const RX_HDR = Uint8Array.from([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
 export interface NetBackend {
   /** Send one frame given as segments (gathered by the backend, e.g. writev). */
   write(frame: Uint8Array[]): void;
+  /** Send the bytes of a TX chain after its first `skip` bytes, straight from guest RAM (no views built). */
+  writeSegments?(mem: GuestMemory, chain: ChainSegments, skip: number): void;
   /** Register the receiver of incoming frames; the buffer may be reused after the callback returns. */
   onFrame(cb: (frame: Uint8Array) => void): void;
+  /** Finish every write() queued so far (a backend that batches its writes); TX heads are published after it. */
+  flush?(): void;
 }
 
 export interface NetOptions {
@@ -105,6 +109,9 @@ export class VirtioNet {
   private batchDepth = 0;
   /** Arrays keep their capacity across batches (no regrowth per batch); `n` entries are live. */
   private readonly staged: { heads: number[]; lens: number[]; n: number }[] = [{ heads: [], lens: [], n: 0 }, { heads: [], lens: [], n: 0 }];
+  /** The chain being sent / filled, walked in place (no allocation per frame). */
+  private readonly txChain = new ChainSegments();
+  private readonly rxChain = new ChainSegments();
 
   constructor(
     readonly mem: GuestMemory,
@@ -135,6 +142,7 @@ export class VirtioNet {
   }
 
   private flushCompleted(): void {
+    this.backend.flush?.();
     this.flushQueue(this.rx, this.staged[0]);
     this.flushQueue(this.tx, this.staged[1]);
   }
@@ -172,7 +180,8 @@ export class VirtioNet {
       if (rx.recovered) signal(this.rx, this.notify);
     }
     if (tx.ok) {
-      for (const head of tx.resubmit) this.transmit(this.tx.chainAt(head));
+      const c = this.txChain;
+      for (const head of tx.resubmit) this.transmit(this.tx.segmentsAt(head, c), c);
       if (tx.recovered) signal(this.tx, this.notify);
       this.kickTx();
     }
@@ -183,7 +192,24 @@ export class VirtioNet {
   /** Guest kicked the TX queue: send every available frame. */
   kickTx(): number {
     if (!this.tx.isActive || !deviceRunning(this.slot)) return 0;
-    return this.batch(() => drain(this.tx, (r) => this.transmit(r)));
+    return this.batch(() => this.drainTx());
+  }
+
+  /** queue-runner's drain() for TX, over the reused ChainSegments: kicks suppressed while draining, re-checked after. */
+  private drainTx(): number {
+    const vq = this.tx;
+    const c = this.txChain;
+    let n = 0;
+    for (;;) {
+      vq.disableNotify();
+      for (;;) {
+        const kind = vq.popSegments(c);
+        if (kind === 'empty') break;
+        n++;
+        if (!this.transmit(kind, c)) return n;
+      }
+      if (!vq.enableNotify()) return n;
+    }
   }
 
   /** Guest kicked the RX queue (new buffers): deliver backlogged frames. */
@@ -213,51 +239,45 @@ export class VirtioNet {
     return this.backlog.length;
   }
 
-  private transmit(r: PopResult): boolean {
-    switch (r.kind) {
-      case 'empty':
-        return false;
-      case 'broken':
-        this.lastError = r.error;
-        return false;
-      case 'bad-chain':
-        this.stats.badChains++;
-        this.lastError = r.error;
-        this.completeOrStage(this.tx, r.head, 0);
-        return true;
-      case 'chain': {
-        const c = r.chain;
-        if (c.writableLength !== 0 || c.readableLength < NET_HDR_SIZE || c.readableLength - NET_HDR_SIZE > 65535) {
-          this.stats.badChains++;
-          this.lastError = `bad TX chain (${c.readableLength} readable, ${c.writableLength} writable)`;
-        } else if (c.readableLength > NET_HDR_SIZE) {
-          try {
-            this.backend.write(iovSlice(c.readable, NET_HDR_SIZE));
-            this.stats.txFrames++;
-            this.onFrame?.('tx', c.readableLength - NET_HDR_SIZE);
-          } catch (e) {
-            this.lastError = `TAP write failed: ${(e as Error).message}`;
-          }
-        }
-        this.completeOrStage(this.tx, c.head, 0);
-        return true;
+  /** Send the TX chain in `c` (as popSegments/segmentsAt left it). False when the queue is unusable. */
+  private transmit(kind: 'chain' | 'bad-chain' | 'broken', c: ChainSegments): boolean {
+    if (kind === 'broken') {
+      this.lastError = c.error;
+      return false;
+    }
+    if (kind === 'bad-chain') {
+      this.stats.badChains++;
+      this.lastError = c.error;
+    } else if (c.writableLength !== 0 || c.readableLength < NET_HDR_SIZE || c.readableLength - NET_HDR_SIZE > 65535) {
+      this.stats.badChains++;
+      this.lastError = `bad TX chain (${c.readableLength} readable, ${c.writableLength} writable)`;
+    } else if (c.readableLength > NET_HDR_SIZE) {
+      try {
+        if (this.backend.writeSegments) this.backend.writeSegments(this.mem, c, NET_HDR_SIZE);
+        else this.backend.write(segmentViews(this.mem, c, 0, c.count, NET_HDR_SIZE));
+        this.stats.txFrames++;
+        this.onFrame?.('tx', c.readableLength - NET_HDR_SIZE);
+      } catch (e) {
+        this.lastError = `TAP write failed: ${(e as Error).message}`;
       }
     }
+    this.completeOrStage(this.tx, c.head, 0);
+    return true;
   }
 
   /** Put one frame into one guest RX buffer. False when there is no buffer (or the queue is unusable). */
   private deliver(frame: Uint8Array): boolean {
     if (!this.rx.isActive || !deviceRunning(this.slot)) return false;
+    const c = this.rxChain;
     for (;;) {
-      const r = this.nextRxBuffer();
-      if (!r) return false;
-      if (r.kind === 'bad-chain') {
+      const kind = this.nextRxBuffer(c);
+      if (kind === undefined) return false;
+      if (kind === 'bad-chain') {
         this.stats.badChains++;
-        this.lastError = r.error;
-        this.completeOrStage(this.rx, r.head, 0);
+        this.lastError = c.error;
+        this.completeOrStage(this.rx, c.head, 0);
         continue;
       }
-      const c = r.chain;
       const need = NET_HDR_SIZE + frame.length;
       if (c.readableLength !== 0 || c.writableLength < need) {
         // The driver must post buffers big enough; this frame cannot go in it.
@@ -266,14 +286,14 @@ export class VirtioNet {
         this.completeOrStage(this.rx, c.head, 0);
         return true;
       }
-      const first = c.writable[0];
-      if (first.length >= need) {
+      if (c.length[0] >= need) {
         // The usual case, one buffer: header and frame written in place.
-        first.fill(0, 0, NET_HDR_SIZE);
-        first[10] = 1; // num_buffers = 1 (LE u16 at offset 10)
-        first.set(frame, NET_HDR_SIZE);
+        const bytes = this.mem.regions[c.region[0]].bytes;
+        const o = c.offset[0];
+        bytes.set(RX_HDR, o);
+        bytes.set(frame, o + NET_HDR_SIZE);
       } else {
-        iovCopy(c.writable, [RX_HDR, frame]);
+        iovCopy(segmentViews(this.mem, c, 0, c.count), [RX_HDR, frame]);
       }
       this.stats.rxFrames++;
       this.onFrame?.('rx', frame.length);
@@ -282,15 +302,16 @@ export class VirtioNet {
     }
   }
 
-  private nextRxBuffer(): Extract<PopResult, { kind: 'chain' | 'bad-chain' }> | undefined {
+  /** The next RX buffer into `c`: a recovered in-flight head first, then a new one. */
+  private nextRxBuffer(c: ChainSegments): 'chain' | 'bad-chain' | undefined {
     while (this.rxRecycled.length > 0) {
-      const r = this.rx.chainAt(this.rxRecycled.shift()!);
-      if (r.kind === 'chain' || r.kind === 'bad-chain') return r;
+      const kind = this.rx.segmentsAt(this.rxRecycled.shift()!, c);
+      if (kind !== 'broken') return kind;
     }
-    let r = this.rx.pop();
-    if (r.kind === 'empty' && this.rx.enableNotify()) r = this.rx.pop();
-    if (r.kind === 'chain' || r.kind === 'bad-chain') return r;
-    if (r.kind === 'broken') this.lastError = r.error;
+    let kind = this.rx.popSegments(c);
+    if (kind === 'empty' && this.rx.enableNotify()) kind = this.rx.popSegments(c);
+    if (kind === 'chain' || kind === 'bad-chain') return kind;
+    if (kind === 'broken') this.lastError = c.error;
     return undefined;
   }
 }

@@ -67,6 +67,49 @@ export type ActivateResult =
   | { ok: true; recovered: boolean; resubmit: number[] }
   | { ok: false; error: string; broken: boolean };
 
+/**
+ * A chain as segments of guest RAM (region index into GuestMemory.regions,
+ * byte offset in that region, length), filled in place by popSegments() and
+ * segmentsAt(): no views or arrays are allocated per chain. For per-frame
+ * hot paths that hand host addresses to the kernel or copy into one region;
+ * validated exactly as pop() validates. Segments [0, firstWritable) are
+ * device-readable, the rest writable.
+ */
+export class ChainSegments {
+  head = 0;
+  count = 0;
+  firstWritable = 0;
+  readableLength = 0;
+  writableLength = 0;
+  /** Why the last walk returned 'bad-chain' or 'broken'. */
+  error = '';
+  readonly region: number[] = [];
+  readonly offset: number[] = [];
+  readonly length: number[] = [];
+}
+
+/**
+ * Views (no copy) of the bytes of segments [first, end) of `s`, less the
+ * first `skip` bytes: the slow path of a ChainSegments consumer.
+ */
+export function segmentViews(mem: GuestMemory, s: ChainSegments, first: number, end: number, skip = 0): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  for (let i = first; i < end; i++) {
+    const len = s.length[i];
+    if (skip >= len) {
+      skip -= len;
+      continue;
+    }
+    const o = s.offset[i] + skip;
+    out.push(mem.regions[s.region[i]].bytes.subarray(o, o + len - skip));
+    skip = 0;
+  }
+  return out;
+}
+
+const EMPTY = -1;
+const BROKEN = -2;
+
 /** QueueProgress.flags bit: the queue hit a ring-level fault. */
 export const QUEUE_BROKEN = 1;
 
@@ -90,6 +133,10 @@ export class Virtqueue {
    * re-checks.
    */
   private quiet = false;
+  /** Why take() returned BROKEN. */
+  private lastError = '';
+  /** Segments of the chain being walked for pop()/chainAt(), which then build views from them. */
+  private readonly scratch = new ChainSegments();
 
   constructor(
     readonly mem: GuestMemory,
@@ -211,28 +258,85 @@ export class Virtqueue {
 
   /** Take the next available chain, marking its head in flight. */
   pop(): PopResult {
-    if (!this.active) return { kind: 'empty' };
-    if (this.isBroken) return { kind: 'broken', error: 'queue is broken until device reset' };
+    const head = this.take();
+    if (head === EMPTY) return { kind: 'empty' };
+    if (head === BROKEN) return { kind: 'broken', error: this.lastError };
+    try {
+      return this.chainFrom(head);
+    } catch (e) {
+      return this.breakQueue(`unexpected: ${(e as Error).message}`);
+    }
+  }
+
+  /**
+   * pop() without allocating: the next available chain's segments go into
+   * `out` (its head marked in flight). 'bad-chain': `out.error` says why and
+   * the head must be completed with an error; 'broken': as pop().
+   */
+  popSegments(out: ChainSegments): 'empty' | 'chain' | 'bad-chain' | 'broken' {
+    const head = this.take();
+    if (head === EMPTY) return 'empty';
+    if (head === BROKEN) {
+      out.error = this.lastError;
+      return 'broken';
+    }
+    return this.segmentsFrom(head, out);
+  }
+
+  /** chainAt() without allocating (see popSegments). */
+  segmentsAt(head: number, out: ChainSegments): 'chain' | 'bad-chain' | 'broken' {
+    if (!this.active || !Number.isInteger(head) || head < 0 || head >= this.num || !this.progress.isInflight(head)) {
+      out.error = `head ${head} is not in flight`;
+      return 'broken';
+    }
+    return this.segmentsFrom(head, out);
+  }
+
+  private segmentsFrom(head: number, out: ChainSegments): 'chain' | 'bad-chain' | 'broken' {
+    out.head = head;
+    try {
+      const error = this.walk(out);
+      if (error === undefined) return 'chain';
+      out.error = error;
+      return 'bad-chain';
+    } catch (e) {
+      out.error = this.breakQueue(`unexpected: ${(e as Error).message}`).error;
+      return 'broken';
+    }
+  }
+
+  /** Marks the next available head in flight and returns it; EMPTY, or BROKEN (lastError says why). */
+  private take(): number {
+    if (!this.active) return EMPTY;
+    if (this.isBroken) {
+      this.lastError = 'queue is broken until device reset';
+      return BROKEN;
+    }
     try {
       const p = this.progress;
       const availIdx = Atomics.load(this.avail, 1);
       const last = p.lastAvailIdx;
       const pending = (availIdx - last) & 0xffff;
-      if (pending === 0) return { kind: 'empty' };
-      if (pending > this.num) return this.breakQueue(`avail idx moved from ${last} to ${availIdx}, more than queue size ${this.num}`);
+      if (pending === 0) return EMPTY;
+      if (pending > this.num) return this.breakTake(`avail idx moved from ${last} to ${availIdx}, more than queue size ${this.num}`);
       // Plain accesses from here on: the ring entry is read after the Atomics.load of avail->idx
       // (loads stay in order on x86), and avail_event needs no fence here: before the device
       // waits for a kick it always goes through enableNotify(), whose Atomics.store is one.
       const head = this.avail[2 + (last % this.num)];
-      if (head >= this.num) return this.breakQueue(`avail ring head ${head} >= queue size ${this.num}`);
-      if (p.isInflight(head)) return this.breakQueue(`head ${head} made available while still in flight`);
+      if (head >= this.num) return this.breakTake(`avail ring head ${head} >= queue size ${this.num}`);
+      if (p.isInflight(head)) return this.breakTake(`head ${head} made available while still in flight`);
       p.markInflight(head);
       p.lastAvailIdx = last + 1;
       if (this.eventIdx && !this.quiet) this.used16[2 + 4 * this.num] = (last + 1) & 0xffff;
-      return this.chainFrom(head);
+      return head;
     } catch (e) {
-      return this.breakQueue(`unexpected: ${(e as Error).message}`);
+      return this.breakTake(`unexpected: ${(e as Error).message}`);
     }
+  }
+
+  private breakTake(error: string): number {
+    this.lastError = this.breakQueue(error).error;
+    return BROKEN;
   }
 
   /** Re-walk the chain of an in-flight head (resubmission after a restart). */
@@ -249,14 +353,26 @@ export class Virtqueue {
   }
 
   private chainFrom(head: number): PopResult {
-    const chain: Chain = { head, readable: [], writable: [], readableLength: 0, writableLength: 0 };
-    const error = this.walk(chain);
-    if (error !== undefined) return { kind: 'bad-chain', head, error, writable: chain.writable };
-    return { kind: 'chain', chain };
+    const s = this.scratch;
+    s.head = head;
+    const error = this.walk(s);
+    const readable = segmentViews(this.mem, s, 0, s.firstWritable);
+    const writable = segmentViews(this.mem, s, s.firstWritable, s.count);
+    if (error !== undefined) return { kind: 'bad-chain', head, error, writable };
+    return { kind: 'chain', chain: { head, readable, writable, readableLength: s.readableLength, writableLength: s.writableLength } };
   }
 
-  /** Walk the chain from `out.head`, filling `out`; returns an error string for a malformed chain. */
-  private walk(out: Chain): string | undefined {
+  /**
+   * Walk the chain from `out.head`, filling `out` with its segments (empty
+   * descriptors skipped); returns an error string for a malformed chain, with
+   * `out` holding the segments validated before the fault.
+   */
+  private walk(out: ChainSegments): string | undefined {
+    out.count = 0;
+    out.firstWritable = 0;
+    out.readableLength = 0;
+    out.writableLength = 0;
+    const mem = this.mem;
     let table = this.desc;
     let tableSize = this.num;
     let maxCount = this.num;
@@ -279,8 +395,8 @@ export class Virtqueue {
         if (len === 0 || len % VIRTQ_DESC_SIZE !== 0 || len / VIRTQ_DESC_SIZE > this.maxIndirect) {
           return `indirect table length ${len} invalid`;
         }
-        if (!this.mem.contains(addr, len)) return `indirect table 0x${addr.toString(16)}+${len} outside guest RAM`;
-        table = this.mem.view(addr, len);
+        if (!mem.contains(addr, len)) return `indirect table 0x${addr.toString(16)}+${len} outside guest RAM`;
+        table = mem.view(addr, len);
         tableSize = maxCount = len / VIRTQ_DESC_SIZE;
         inIndirect = true;
         idx = 0;
@@ -288,18 +404,22 @@ export class Virtqueue {
         continue;
       }
       const writable = (flags & VIRTQ_DESC_F_WRITE) !== 0;
-      if (!writable && out.writable.length > 0) return 'readable descriptor after a writable one';
+      if (!writable && out.writableLength > 0) return 'readable descriptor after a writable one';
       if (len > 0) {
         total += len;
         if (total > this.maxChainBytes) return `chain length ${total} exceeds ${this.maxChainBytes}`;
-        const view = this.mem.trySlice(addr, len);
-        if (view === undefined) return `buffer 0x${addr.toString(16)}+0x${len.toString(16)} outside guest RAM`;
+        const r = mem.locate(addr, len);
+        if (r < 0) return `buffer 0x${addr.toString(16)}+0x${len.toString(16)} outside guest RAM`;
+        const n = out.count;
+        out.region[n] = r;
+        out.offset[n] = addr - mem.regions[r].gpa;
+        out.length[n] = len;
+        out.count = n + 1;
         if (writable) {
-          out.writable.push(view);
           out.writableLength += len;
         } else {
-          out.readable.push(view);
           out.readableLength += len;
+          out.firstWritable = n + 1;
         }
       }
       if (!(flags & VIRTQ_DESC_F_NEXT)) return undefined;
@@ -413,7 +533,7 @@ export class Virtqueue {
     return { ok: false, error, broken: true };
   }
 
-  private breakQueue(error: string): PopResult {
+  private breakQueue(error: string): { kind: 'broken'; error: string } {
     this.progress.flags = this.progress.flags | QUEUE_BROKEN;
     this.slot.setNeedsReset();
     return { kind: 'broken', error };

@@ -139,6 +139,7 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
       });
     } else {
       const tap = new TapBackend(fds.backend);
+      process.stderr.write(`tsvmm: driver-domain: net ${d.index} TX: ${tap.txMode}\n`);
       const net = new VirtioNet(ram.memory, slot, tap, notify);
       attachDeviceStats(control, d.index, net);
       const poll = new BusyPoll();

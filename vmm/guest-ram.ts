@@ -31,5 +31,6 @@ export function mapGuestRam(ramFd: number, memBytes: number): MappedRam {
     offset += r.size;
     return { gpa: r.gpa, host };
   });
-  return { memory: new GuestMemory(slots.map((s) => ({ gpa: s.gpa, bytes: new Uint8Array(s.host) }))), slots };
+  const regions = slots.map((s) => ({ gpa: s.gpa, bytes: new Uint8Array(s.host), host: Number(native.address(s.host)) }));
+  return { memory: new GuestMemory(regions), slots };
 }
