@@ -25,6 +25,8 @@ export const POLL_US = Number(process.env.TSVMM_DD_POLL_US ?? 200);
 /** Longest a chain of poll-and-serve rounds keeps the event loop (ms): timers and other fds get their turn. */
 export const POLL_BUDGET_MS = 2;
 const MAX_BACKOFF = 256;
+/** How often (ms) a poll also runs its `side` work, e.g. a non-blocking TAP drain (one syscall). */
+const SIDE_MS = 0.005;
 
 export class BusyPoll {
   hits = 0;
@@ -39,15 +41,18 @@ export class BusyPoll {
    * drains it (it must leave kicks enabled, as queue-runner's drain does).
    * With `repeat`, keep polling after each serve (a block driver answering
    * every completion); without it, once (a network echo: afterwards the
-   * other side needs the CPU). Returns with kicks enabled; nothing the guest
+   * other side needs the CPU). `side`, when given, runs every few
+   * microseconds of the wait (other work of the same device that would
+   * otherwise wake this process: a TAP's incoming frames); any work it
+   * reports extends the window. Returns with kicks enabled; nothing the guest
    * added can be missed (enableNotify re-checks).
    */
-  follow(vq: Virtqueue, serve: () => number, repeat: boolean): void {
+  follow(vq: Virtqueue, serve: () => number, repeat: boolean, side?: () => number): void {
     if (this.windowUs <= 0) return;
     const until = performance.now() + POLL_BUDGET_MS;
     for (let first = true; first || (repeat && performance.now() < until); first = false) {
       vq.disableNotify();
-      if (!this.wait(() => vq.hasAvailable())) {
+      if (!this.wait(() => vq.hasAvailable(), side)) {
         if (vq.enableNotify() && serve() > 0) continue;
         return;
       }
@@ -59,19 +64,26 @@ export class BusyPoll {
   }
 
   /** Spin until `ready()` (true) or the window passed (false; then back off). */
-  private wait(ready: () => boolean): boolean {
+  private wait(ready: () => boolean, side?: () => number): boolean {
     if (this.skip > 0) {
       this.skip--;
       return false;
     }
-    const end = performance.now() + this.windowUs / 1000;
+    let t = performance.now();
+    let end = t + this.windowUs / 1000;
+    let nextSide = t + SIDE_MS;
     do {
       if (ready()) {
         this.backoff = 0;
         this.hits++;
         return true;
       }
-    } while (performance.now() < end);
+      t = performance.now();
+      if (side && t >= nextSide) {
+        nextSide = t + SIDE_MS;
+        if (side() > 0) end = t + this.windowUs / 1000;
+      }
+    } while (t < end);
     this.misses++;
     this.backoff = this.backoff ? Math.min(this.backoff * 2, MAX_BACKOFF) : 1;
     this.skip = this.backoff;
