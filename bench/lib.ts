@@ -59,7 +59,11 @@ export function machine(): string {
   let model = 'unknown CPU';
   try { model = /^model name\s*:\s*(.*)$/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? model; } catch { /* */ }
   const pvm = fs.existsSync('/sys/module/kvm_pvm') ? 'KVM via PVM (software virtualization)' : 'hardware KVM';
-  return `${model}, ${os.cpus().length} CPUs, ${Math.round(os.totalmem() / 2 ** 30)} GiB, ${pvm}, node ${process.version}`;
+  // Whether guest RAM (a shared memfd, madvised MADV_HUGEPAGE) can get transparent huge pages;
+  // QEMU's anonymous RAM gets them under the usual THP setting 'madvise'.
+  let shmemThp = 'unknown';
+  try { shmemThp = /\[(\w+)\]/.exec(fs.readFileSync('/sys/kernel/mm/transparent_hugepage/shmem_enabled', 'utf8'))?.[1] ?? shmemThp; } catch { /* */ }
+  return `${model}, ${os.cpus().length} CPUs, ${Math.round(os.totalmem() / 2 ** 30)} GiB, ${pvm}, shmem THP ${shmemThp}, node ${process.version}`;
 }
 
 export function table(rows: string[][]): string {

@@ -1,7 +1,7 @@
 /**
  * Maps the supervisor's guest-RAM memfd into this process, one mapping per
  * RAM slot (the memfd is laid out slot after slot), and describes it as a
- * GuestMemory. Used by the vmm (which also registers the slots with KVM)
+ * GuestMemory (with each region's host address, for iovecs). Used by the vmm (which also registers the slots with KVM)
  * and by the driver-domain (which only reads and writes guest memory).
  */
 import { native } from '../native/kvm';
@@ -28,6 +28,10 @@ export function mapGuestRam(ramFd: number, memBytes: number): MappedRam {
   const slots = ramRegions(memBytes).map((r) => {
     const host = native.mmap(ramFd, r.size, offset, true);
     pinned.push(host);
+    // As QEMU does for its RAM: transparent huge pages where the host allows them for shared
+    // memory (shmem_enabled=advise or within_size/always). Fewer TLB misses when the guest or
+    // the driver-domain touches guest RAM, and fewer page faults; advice only, never an error.
+    native.madviseHugepage?.(host);
     offset += r.size;
     return { gpa: r.gpa, host };
   });

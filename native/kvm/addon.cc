@@ -132,6 +132,16 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
   return Napi::ArrayBuffer::New(env, p, length, Unmap, new size_t(length));
 }
 
+// madviseHugepage(arrayBuffer) -> 0 or -errno: madvise(MADV_HUGEPAGE) over a
+// mapping (transparent huge pages where the host allows them for it).
+Napi::Value MadviseHugepage(const Napi::CallbackInfo& info) {
+  void* data;
+  size_t len;
+  if (!BytesOf(info[0], &data, &len)) return Napi::Number::New(info.Env(), -EINVAL);
+  int r = madvise(data, len, MADV_HUGEPAGE);
+  return Napi::Number::New(info.Env(), r < 0 ? -errno : 0);
+}
+
 // address(arrayBuffer) -> bigint host virtual address of its first byte.
 Napi::Value Address(const Napi::CallbackInfo& info) {
   void* data;
@@ -210,6 +220,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("run", Napi::Function::New(env, Run));
   exports.Set("mmap", Napi::Function::New(env, Mmap));
   exports.Set("address", Napi::Function::New(env, Address));
+  exports.Set("madviseHugepage", Napi::Function::New(env, MadviseHugepage));
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate));
   exports.Set("eventfd", Napi::Function::New(env, Eventfd));
   exports.Set("fdSize", Napi::Function::New(env, Lseek));

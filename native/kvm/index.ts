@@ -14,6 +14,8 @@ export interface NativeKvm {
   run(vcpuFd: number): number;
   mmap(fd: number, length: number, offset: number, writable?: boolean): ArrayBuffer;
   address(view: ArrayBufferView | ArrayBuffer): bigint;
+  /** madvise(MADV_HUGEPAGE) over a mapping: 0, or -errno (advice only; callers may ignore it). */
+  madviseHugepage(buffer: ArrayBuffer): number;
   memfdCreate(name: string, size: number): number;
   eventfd(initval: number, nonblock?: boolean): number;
   fdSize(fd: number): number;
