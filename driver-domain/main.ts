@@ -178,22 +178,20 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
   };
   // Warm the block path's JIT up while no guest I/O can be waiting for it: at boot (no device live
   // yet) or in a standby, never in a cold restart under a running guest (that would delay recovery).
-  const warmUp = (untilLive: boolean) => {
+  const warmUp = () => {
     const n = Number(process.env.TSVMM_BLK_WARMUP ?? 2048); // requests; 0 turns the warm-up off
     if (!(n > 0)) return;
-    // At boot: stop as soon as the guest's driver has set any device live (DRIVER_OK).
-    const stop = untilLive ? () => served.some((s) => s.running()) : undefined;
     for (const d of uringDisks) {
-      const ms = warmUpBlk(d.fd, d.size, n, stop);
+      const ms = warmUpBlk(d.fd, d.size, n);
       if (process.env.TSVMM_RESTORE_DEBUG) process.stderr.write(`tsvmm driver-domain: block path warm-up ${ms < 0 ? 'skipped' : `${ms.toFixed(1)} ms`}\n`);
     }
   };
   if (standbyFor === undefined) {
-    if (!served.some((s) => s.running())) warmUp(true);
+    if (!served.some((s) => s.running())) warmUp();
     activate(false);
     return;
   }
-  warmUp(false);
+  warmUp();
   page.validate(); // once now, so the takeover's check runs compiled code
   send({ ready: { component: 'driver-domain', pid: process.pid, standby: true } });
   setImmediate(() => activate(true, waitForDeath(standbyFor)));

@@ -28,13 +28,9 @@ const abandoned: unknown[] = [];
  * Run about `requests` reads (batches of 1 to 32: mostly 4 KiB, every 8th batch 256 KiB)
  * through a private VirtioBlk on io_uring over the image fd `fd`. Returns the
  * milliseconds it took, or -1 when it was skipped (tiny disk, or io_uring
- * unavailable). Never throws. `stop` is asked before every batch: at boot
- * the vCPUs do not wait for the driver-domain, and a guest that reaches its
- * disk while this runs (cold JIT: ~100 us a request here, 2048 requests)
- * must not wait for the rest of it; its own first requests warm the same
- * code up.
+ * unavailable). Never throws.
  */
-export function warmUpBlk(fd: number, size: number, requests = 2048, stop: () => boolean = () => false): number {
+export function warmUpBlk(fd: number, size: number, requests = 2048): number {
   const t0 = performance.now();
   const QD = 32;
   const SMALL = 4096;
@@ -76,7 +72,7 @@ export function warmUpBlk(fd: number, size: number, requests = 2048, stop: () =>
     const slotBytes = LARGE + 4096;
     const sectors = span / 512;
     let seed = 0x2545f491;
-    for (let done = 0, batch = 0; done < requests && !stop(); batch++) {
+    for (let done = 0, batch = 0; done < requests; batch++) {
       // Batches of 1, 4, 12 and 32 requests, so the per-kick code runs often too; every 8th of 256 KiB.
       const len = batch % 8 === 7 ? LARGE : SMALL;
       const n = [1, 4, 12, QD][batch % 4];
