@@ -40,7 +40,7 @@ export class GuestMemory {
 
   /** True when [gpa, gpa+length) lies entirely inside one region. */
   contains(gpa: number, length: number): boolean {
-    return this.find(gpa, length) !== undefined;
+    return this.locate(gpa, length) >= 0;
   }
 
   /**
@@ -51,14 +51,6 @@ export class GuestMemory {
   slice(gpa: number, length: number): Uint8Array {
     const r = this.find(gpa, length);
     if (!r) throw new GuestMemoryError(gpa, length);
-    const off = gpa - r.gpa;
-    return r.bytes.subarray(off, off + length);
-  }
-
-  /** Like `slice`, but undefined instead of a throw (one region lookup for a check and a view). */
-  trySlice(gpa: number, length: number): Uint8Array | undefined {
-    const r = this.find(gpa, length);
-    if (!r) return undefined;
     const off = gpa - r.gpa;
     return r.bytes.subarray(off, off + length);
   }
@@ -81,10 +73,7 @@ export class GuestMemory {
   }
 
   private find(gpa: number, length: number): MemoryRegion | undefined {
-    if (!Number.isSafeInteger(gpa) || !Number.isSafeInteger(length) || gpa < 0 || length < 0) return undefined;
-    for (const r of this.regions) {
-      if (gpa >= r.gpa && gpa + length <= r.gpa + r.bytes.length) return r;
-    }
-    return undefined;
+    const i = this.locate(gpa, length);
+    return i < 0 ? undefined : this.regions[i];
   }
 }

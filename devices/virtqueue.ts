@@ -135,7 +135,7 @@ export class Virtqueue {
   private quiet = false;
   /** Why take() returned BROKEN. */
   private lastError = '';
-  /** Segments of the chain being walked for pop()/chainAt(), which then build views from them. */
+  /** The chain pop()/chainAt() walk, before they build views of it. */
   private readonly scratch = new ChainSegments();
 
   constructor(
@@ -258,14 +258,7 @@ export class Virtqueue {
 
   /** Take the next available chain, marking its head in flight. */
   pop(): PopResult {
-    const head = this.take();
-    if (head === EMPTY) return { kind: 'empty' };
-    if (head === BROKEN) return { kind: 'broken', error: this.lastError };
-    try {
-      return this.chainFrom(head);
-    } catch (e) {
-      return this.breakQueue(`unexpected: ${(e as Error).message}`);
-    }
+    return this.result(this.popSegments(this.scratch), this.scratch);
   }
 
   /**
@@ -300,7 +293,7 @@ export class Virtqueue {
       out.error = error;
       return 'bad-chain';
     } catch (e) {
-      out.error = this.breakQueue(`unexpected: ${(e as Error).message}`).error;
+      out.error = this.breakQueue(`unexpected: ${(e as Error).message}`);
       return 'broken';
     }
   }
@@ -335,31 +328,23 @@ export class Virtqueue {
   }
 
   private breakTake(error: string): number {
-    this.lastError = this.breakQueue(error).error;
+    this.lastError = this.breakQueue(error);
     return BROKEN;
   }
 
   /** Re-walk the chain of an in-flight head (resubmission after a restart). */
   chainAt(head: number): PopResult {
-    if (!this.active) return { kind: 'broken', error: 'queue not active' };
-    if (!Number.isInteger(head) || head < 0 || head >= this.num || !this.progress.isInflight(head)) {
-      return { kind: 'broken', error: `head ${head} is not in flight` };
-    }
-    try {
-      return this.chainFrom(head);
-    } catch (e) {
-      return { kind: 'bad-chain', head, error: (e as Error).message, writable: [] };
-    }
+    return this.result(this.segmentsAt(head, this.scratch), this.scratch);
   }
 
-  private chainFrom(head: number): PopResult {
-    const s = this.scratch;
-    s.head = head;
-    const error = this.walk(s);
-    const readable = segmentViews(this.mem, s, 0, s.firstWritable);
+  /** popSegments/segmentsAt's verdict on `s` as a PopResult with views of the chain's buffers. */
+  private result(kind: 'empty' | 'chain' | 'bad-chain' | 'broken', s: ChainSegments): PopResult {
+    if (kind === 'empty') return { kind };
+    if (kind === 'broken') return { kind, error: s.error };
     const writable = segmentViews(this.mem, s, s.firstWritable, s.count);
-    if (error !== undefined) return { kind: 'bad-chain', head, error, writable };
-    return { kind: 'chain', chain: { head, readable, writable, readableLength: s.readableLength, writableLength: s.writableLength } };
+    if (kind === 'bad-chain') return { kind, head: s.head, error: s.error, writable };
+    const readable = segmentViews(this.mem, s, 0, s.firstWritable);
+    return { kind, chain: { head: s.head, readable, writable, readableLength: s.readableLength, writableLength: s.writableLength } };
   }
 
   /**
@@ -533,9 +518,10 @@ export class Virtqueue {
     return { ok: false, error, broken: true };
   }
 
-  private breakQueue(error: string): { kind: 'broken'; error: string } {
+  /** Mark the queue broken (NEEDS_RESET); returns `error`. */
+  private breakQueue(error: string): string {
     this.progress.flags = this.progress.flags | QUEUE_BROKEN;
     this.slot.setNeedsReset();
-    return { kind: 'broken', error };
+    return error;
   }
 }
