@@ -22,7 +22,7 @@
 
 import * as fs from 'fs';
 import { native } from '../native/kvm';
-import { IoUring, uringConstants } from './io-uring';
+import { IoUring, putIovec, uringConstants } from './io-uring';
 import { iovLength, iovSlice } from './iov';
 
 export interface BlockBackend {
@@ -398,15 +398,7 @@ export class UringBlockBackend implements BatchedBlockBackend {
       return;
     }
     const first = this.iovNext;
-    let w = first * 4;
-    for (const b of segs) {
-      const a = this.addr(b);
-      this.iov[w] = a % 0x1_0000_0000;
-      this.iov[w + 1] = Math.floor(a / 0x1_0000_0000);
-      this.iov[w + 2] = b.length;
-      this.iov[w + 3] = 0;
-      w += 4;
-    }
+    for (let i = 0; i < segs.length; i++) putIovec(this.iov, first + i, this.addr(segs[i]), segs[i].length);
     this.iovNext += segs.length;
     this.ring.prep(op.kind === OP_READ ? k.IORING_OP_READV : k.IORING_OP_WRITEV, this.fd, this.iovAddr + first * 16, segs.length, pos, 0, slot, flags);
   }

@@ -37,6 +37,15 @@ export function uringConstants(): Record<string, number> {
 
 const U32 = 0x1_0000_0000;
 
+/** Store struct iovec number `i` (u64 base, u64 length) into an arena of u32 words (for READV/WRITEV SQEs). */
+export function putIovec(iov: Uint32Array, i: number, addr: number, len: number): void {
+  const w = i * 4;
+  iov[w] = addr % U32;
+  iov[w + 1] = Math.floor(addr / U32);
+  iov[w + 2] = len;
+  iov[w + 3] = 0;
+}
+
 export class IoUring {
   readonly fd: number;
   readonly entries: number;

@@ -3,8 +3,8 @@
  * poller says the fd is readable (drained until EAGAIN, since the poller is
  * edge-triggered for TAPs); frames out in batches.
  *
- * Transmit batching: write() only queues a frame (an IORING_OP_WRITEV SQE
- * over the guest's own buffers, no copy) and flush(), which VirtioNet calls
+ * Transmit batching: writeSegments() only queues a frame (an IORING_OP_WRITEV
+ * SQE over the guest's own buffers, no copy) and flush(), which VirtioNet calls
  * before it publishes the TX heads, hands the whole batch to the kernel with
  * one io_uring_enter and waits for every completion (TAP writes complete
  * inline). One syscall per batch matters less than where the writer gets
@@ -12,17 +12,16 @@
  * and with one writev per frame the woken receiver preempted the
  * driver-domain at nearly every syscall return (thousands of involuntary
  * context switches a second in the UDP stream benchmark); with one
- * io_uring_enter it can do so once per batch. Frames come as guest-RAM segments
- * (writeSegments: no views built) or as views (write). Where io_uring is unavailable
- * (kernel.io_uring_disabled, old kernels) or TSVMM_TAP_IO=writev, each
- * frame is written with writev at once.
+ * io_uring_enter it can do so once per batch. Where io_uring is unavailable
+ * (kernel.io_uring_disabled, old kernels) or TSVMM_TAP_IO=writev, and for
+ * frames given as views (write()), each frame is written with writev at once.
  */
 import * as fs from 'fs';
 import { NetBackend } from '../devices/virtio-net';
 import { GuestMemory } from '../devices/memory';
 import { ChainSegments, segmentViews } from '../devices/virtqueue';
 import { native } from '../native/kvm';
-import { IoUring, uringConstants } from '../devices/io-uring';
+import { IoUring, putIovec, uringConstants } from '../devices/io-uring';
 
 /** Non-throwing read/writev from the addon (native/kvm/fdio.cc): -errno instead of an exception per EAGAIN. */
 const fdio = native as unknown as { fdRead?: (fd: number, buf: Uint8Array) => number; fdWritev?: (fd: number, bufs: Uint8Array[]) => number };
@@ -47,8 +46,6 @@ interface TxRing {
   iovUsed: number;
   /** SQEs queued in this batch. */
   queued: number;
-  /** Host address of each guest-RAM ArrayBuffer (frames given as views). */
-  bases: WeakMap<ArrayBufferLike, number>;
 }
 
 export class TapBackend implements NetBackend {
@@ -67,23 +64,29 @@ export class TapBackend implements NetBackend {
     return this.tx ? 'io_uring' : 'writev';
   }
 
+  /** Send a frame given as views, now (after the frames already queued, so they stay in order). */
   write(frame: Uint8Array[]): void {
-    const t = this.tx;
-    if (!t || frame.length > IOV_ARENA) {
-      this.writeNow(frame);
+    this.flush();
+    if (fdWritev) {
+      if (fdWritev(this.fd, frame) < 0) this.dropped++;
       return;
     }
-    if (t.ring.sqSpace === 0 || t.iovUsed + frame.length > IOV_ARENA) this.flush();
-    const first = t.iovUsed;
-    for (const b of frame) this.putIovec(t, hostAddress(t.bases, b), b.length);
-    this.queue(t, first);
+    try {
+      fs.writevSync(this.fd, frame);
+    } catch {
+      this.dropped++;
+    }
   }
 
-  /** Queue the bytes of a TX chain after its first `skip` bytes: iovecs straight from guest RAM's host addresses. */
+  /**
+   * Queue the bytes of a TX chain after its first `skip` bytes: one WRITEV
+   * SQE whose iovecs are the guest buffers' host addresses. Written at once
+   * (write()) where io_uring or the host addresses are unavailable.
+   */
   writeSegments(mem: GuestMemory, c: ChainSegments, skip: number): void {
     const t = this.tx;
     const regions = mem.regions;
-    let known = c.count <= IOV_ARENA;
+    let known = t !== undefined && c.count <= IOV_ARENA;
     for (let i = 0; i < c.count && known; i++) known = regions[c.region[i]].host !== undefined;
     if (!t || !known) {
       this.write(segmentViews(mem, c, 0, c.count, skip));
@@ -97,10 +100,10 @@ export class TapBackend implements NetBackend {
         skip -= len;
         continue;
       }
-      this.putIovec(t, regions[c.region[i]].host! + c.offset[i] + skip, len - skip);
+      putIovec(t.iov, t.iovUsed++, regions[c.region[i]].host! + c.offset[i] + skip, len - skip);
       skip = 0;
     }
-    this.queue(t, first);
+    t.ring.prep(t.opWritev, this.fd, t.iovAddr + first * 16, t.iovUsed - first, 0, 0, t.queued++);
   }
 
   /**
@@ -132,21 +135,6 @@ export class TapBackend implements NetBackend {
     t.iovUsed = 0;
   }
 
-  private putIovec(t: TxRing, addr: number, len: number): void {
-    const w = t.iovUsed * 4;
-    t.iov[w] = addr % 0x1_0000_0000;
-    t.iov[w + 1] = Math.floor(addr / 0x1_0000_0000);
-    t.iov[w + 2] = len;
-    t.iov[w + 3] = 0;
-    t.iovUsed++;
-  }
-
-  /** One WRITEV SQE for the iovecs from `first` on. */
-  private queue(t: TxRing, first: number): void {
-    t.ring.prep(t.opWritev, this.fd, t.iovAddr + first * 16, t.iovUsed - first, 0, 0, t.queued);
-    t.queued++;
-  }
-
   onFrame(cb: (frame: Uint8Array) => void): void { this.receiver = cb; }
 
   /** Read every frame waiting on the TAP. */
@@ -172,18 +160,6 @@ export class TapBackend implements NetBackend {
       this.receiver?.(this.buf.subarray(0, n));
     }
   }
-
-  private writeNow(frame: Uint8Array[]): void {
-    if (fdWritev) {
-      if (fdWritev(this.fd, frame) < 0) this.dropped++;
-      return;
-    }
-    try {
-      fs.writevSync(this.fd, frame);
-    } catch {
-      this.dropped++;
-    }
-  }
 }
 
 /** A ring for batched TAP writes, or undefined where io_uring cannot be used (then frames go out with writev). */
@@ -193,19 +169,9 @@ function openTxRing(): TxRing | undefined {
     const arena = new ArrayBuffer(16 * IOV_ARENA);
     return {
       ring, opWritev: uringConstants().IORING_OP_WRITEV, iov: new Uint32Array(arena), iovAddr: Number(native.address(arena)),
-      iovUsed: 0, queued: 0, bases: new WeakMap(),
+      iovUsed: 0, queued: 0,
     };
   } catch {
     return undefined;
   }
-}
-
-/** Host address of a view of guest memory (its buffer's base cached). */
-function hostAddress(bases: WeakMap<ArrayBufferLike, number>, v: Uint8Array): number {
-  let base = bases.get(v.buffer);
-  if (base === undefined) {
-    base = Number(native.address(v)) - v.byteOffset;
-    bases.set(v.buffer, base);
-  }
-  return base + v.byteOffset;
 }
