@@ -52,7 +52,7 @@ export class BusyPoll {
     const until = performance.now() + POLL_BUDGET_MS;
     for (let first = true; first || (repeat && performance.now() < until); first = false) {
       vq.disableNotify();
-      if (!this.wait(() => vq.hasAvailable(), side)) {
+      if (!this.wait(vq, side)) {
         if (vq.enableNotify() && serve() > 0) continue;
         return;
       }
@@ -63,8 +63,8 @@ export class BusyPoll {
     }
   }
 
-  /** Spin until `ready()` (true) or the window passed (false; then back off). */
-  private wait(ready: () => boolean, side?: () => number): boolean {
+  /** Spin until `vq` has buffers (true) or the window passed (false; then back off). */
+  private wait(vq: Virtqueue, side?: () => number): boolean {
     if (this.skip > 0) {
       this.skip--;
       return false;
@@ -73,7 +73,7 @@ export class BusyPoll {
     let end = t + this.windowUs / 1000;
     let nextSide = t + SIDE_MS;
     do {
-      if (ready()) {
+      if (vq.hasAvailable()) {
         this.backoff = 0;
         this.hits++;
         return true;

@@ -90,12 +90,10 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
     const live = ensure(i);
     // A TAP is edge-triggered: always drain it (the device drops what it cannot deliver).
     if (q === 15) {
-      const t = tapOf.get(i);
-      if (!t) return;
-      const rx = t.net.stats.rxFrames;
-      t.net.batch(() => t.tap.drain());
+      const drain = tapDrains.get(i);
+      if (!drain) return;
       // The guest answers on TX: poll for it (and keep draining the TAP meanwhile, see follow below).
-      if (live && t.net.stats.rxFrames > rx) served[i].follow(q);
+      if (drain() > 0 && live) served[i].follow(q);
     } else if (live) {
       served[i].kick(q);
       served[i].follow(q);
@@ -129,13 +127,14 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
       });
     } else {
       const tap = new TapBackend(fds.backend);
+      process.stderr.write(`tsvmm: driver-domain: net ${d.index} TX: ${tap.txMode}\n`);
+      const net = new VirtioNet(ram.memory, slot, tap, notify);
+      /** Deliver every frame waiting on the TAP; returns how many reached the guest. */
       const drainTap = () => {
         const rx = net.stats.rxFrames;
         net.batch(() => tap.drain());
         return net.stats.rxFrames - rx;
       };
-      process.stderr.write(`tsvmm: driver-domain: net ${d.index} TX: ${tap.txMode}\n`);
-      const net = new VirtioNet(ram.memory, slot, tap, notify);
       attachDeviceStats(control, d.index, net);
       const poll = new BusyPoll();
       served.push({
@@ -152,7 +151,7 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
       });
       // Tag space: device index * 16 + queue for kicks, + 15 for the TAP.
       registrations.push(() => poller.pollerAdd(fds.backend, d.index * 16 + 15, false));
-      tapOf.set(d.index, { tap, net });
+      tapDrains.set(d.index, drainTap);
     }
     registrations.push(() => fds.kick.forEach((fd, q) => poller.pollerAdd(fd, d.index * 16 + q, true)));
   }
@@ -212,7 +211,8 @@ function waitForDeath(pid: number): bigint {
   }
 }
 
-const tapOf = new Map<number, { tap: TapBackend; net: VirtioNet }>();
+/** Per net device index: drain its TAP into the guest (frames delivered). */
+const tapDrains = new Map<number, () => number>();
 const ioDone = new Map<number, () => void>();
 
 function main(): void {
