@@ -26,7 +26,6 @@
 namespace tsvmm {
 namespace {
 
-Napi::Value Throw(Napi::Env env, const std::string& what, int err) { return ThrowErrno(env, what, err); }
 
 int64_t Int(const Napi::Value& v) {
   if (v.IsBigInt()) {
@@ -50,10 +49,10 @@ Napi::Value SnapshotFormat(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = info[0].As<Napi::Number>().Int32Value();
   uint32_t ncpus = info[1].As<Napi::Number>().Uint32Value();
-  if (ncpus == 0 || ncpus > TSVMM_MAX_VCPUS) return Throw(env, "snapshotFormat: bad vCPU count", EINVAL);
+  if (ncpus == 0 || ncpus > TSVMM_MAX_VCPUS) return ThrowErrno(env, "snapshotFormat: bad vCPU count", EINVAL);
   uint32_t size = tsvmm_snap_total_size(ncpus);
   void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (p == MAP_FAILED) return Throw(env, "snapshotFormat: mmap", errno);
+  if (p == MAP_FAILED) return ThrowErrno(env, "snapshotFormat: mmap", errno);
   tsvmm_snap_format(static_cast<uint8_t*>(p), ncpus);
   munmap(p, size);
   return env.Undefined();
@@ -63,23 +62,23 @@ Napi::Value SnapshotFormat(const Napi::CallbackInfo& info) {
 //   dormant? }) -> keeper pid. A dormant keeper (a warm standby's) saves nothing until takeover() arms it.
 Napi::Value KeeperStart(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (g_started) return Throw(env, "keeperStart: this vmm already has a keeper", EBUSY);
+  if (g_started) return ThrowErrno(env, "keeperStart: this vmm already has a keeper", EBUSY);
   Napi::Object o = info[0].As<Napi::Object>();
   Napi::Array vcpus = o.Get("vcpus").As<Napi::Array>();
   Napi::Array msrs = o.Get("msrs").As<Napi::Array>();
   int snapFd = o.Get("snapFd").As<Napi::Number>().Int32Value();
-  if (vcpus.Length() == 0 || vcpus.Length() > TSVMM_MAX_VCPUS) return Throw(env, "keeperStart: bad vCPU count", EINVAL);
-  if (msrs.Length() > TSVMM_MAX_MSRS) return Throw(env, "keeperStart: too many MSRs", E2BIG);
+  if (vcpus.Length() == 0 || vcpus.Length() > TSVMM_MAX_VCPUS) return ThrowErrno(env, "keeperStart: bad vCPU count", EINVAL);
+  if (msrs.Length() > TSVMM_MAX_MSRS) return ThrowErrno(env, "keeperStart: too many MSRs", E2BIG);
 
   uint32_t size = tsvmm_snap_total_size(vcpus.Length());
   off_t have = lseek(snapFd, 0, SEEK_END);
-  if (have < static_cast<off_t>(size)) return Throw(env, "keeperStart: snapshot memfd is too small", EINVAL);
+  if (have < static_cast<off_t>(size)) return ThrowErrno(env, "keeperStart: snapshot memfd is too small", EINVAL);
   void* snap = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, snapFd, 0);
-  if (snap == MAP_FAILED) return Throw(env, "keeperStart: mmap snapshot", errno);
+  if (snap == MAP_FAILED) return ThrowErrno(env, "keeperStart: mmap snapshot", errno);
   const tsvmm_snap_header* h = static_cast<const tsvmm_snap_header*>(snap);
   if (h->magic != TSVMM_SNAP_MAGIC || h->version != TSVMM_SNAP_VERSION || h->ncpus != vcpus.Length()) {
     munmap(snap, size);
-    return Throw(env, "keeperStart: snapshot memfd is not formatted for this VM", EINVAL);
+    return ThrowErrno(env, "keeperStart: snapshot memfd is not formatted for this VM", EINVAL);
   }
 
   tsvmm_keeper_config& c = g_cfg;
@@ -93,7 +92,7 @@ Napi::Value KeeperStart(const Napi::CallbackInfo& info) {
   }
   if (o.Has("irqfds")) {
     Napi::Array irqfds = o.Get("irqfds").As<Napi::Array>();
-    if (irqfds.Length() > TSVMM_MAX_IRQFDS) return Throw(env, "keeperStart: too many irqfds", E2BIG);
+    if (irqfds.Length() > TSVMM_MAX_IRQFDS) return ThrowErrno(env, "keeperStart: too many irqfds", E2BIG);
     c.nirqfds = irqfds.Length();
     for (uint32_t i = 0; i < irqfds.Length(); i++) {
       Napi::Object q = irqfds.Get(i).As<Napi::Object>();
@@ -106,12 +105,12 @@ Napi::Value KeeperStart(const Napi::CallbackInfo& info) {
   c.snap = static_cast<uint8_t*>(snap);
   c.snap_size = size;
   c.vmm_pidfd = static_cast<int>(syscall(SYS_pidfd_open, getpid(), 0));
-  if (c.vmm_pidfd < 0) return Throw(env, "keeperStart: pidfd_open", errno);
+  if (c.vmm_pidfd < 0) return ThrowErrno(env, "keeperStart: pidfd_open", errno);
   c.stop_efd = eventfd(0, EFD_CLOEXEC);
-  if (c.stop_efd < 0) return Throw(env, "keeperStart: eventfd", errno);
+  if (c.stop_efd < 0) return ThrowErrno(env, "keeperStart: eventfd", errno);
   c.armed = o.Has("dormant") && o.Get("dormant").ToBoolean() ? 0 : 1;
   int pid = tsvmm_keeper_start(&c);
-  if (pid < 0) return Throw(env, "keeperStart: clone", errno ? errno : ENOMEM);
+  if (pid < 0) return ThrowErrno(env, "keeperStart: clone", errno ? errno : ENOMEM);
   g_started = true;
   return Napi::Number::New(env, pid);
 }
@@ -164,7 +163,7 @@ Napi::Value WaitExit(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int pid = info[0].As<Napi::Number>().Int32Value();
   int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
-  if (pidfd < 0) return Throw(env, "waitExit: pidfd_open", errno);
+  if (pidfd < 0) return ThrowErrno(env, "waitExit: pidfd_open", errno);
   auto* w = new WaitWorker(env, pidfd);
   Napi::Promise p = w->Promise();
   w->Queue();
@@ -200,18 +199,18 @@ bool ParseRestore(Napi::Env env, const Napi::Object& o, tsvmm_restore_config* c)
   Napi::Array vcpus = o.Get("vcpuFds").As<Napi::Array>();
   Napi::Array irqfds = o.Get("irqfds").As<Napi::Array>();
   if (vcpus.Length() == 0 || vcpus.Length() > TSVMM_MAX_VCPUS || irqfds.Length() > TSVMM_MAX_IRQFDS || !o.Get("snap").IsArrayBuffer()) {
-    Throw(env, "restore: bad configuration", EINVAL);
+    ThrowErrno(env, "restore: bad configuration", EINVAL);
     return false;
   }
   auto snap = o.Get("snap").As<Napi::ArrayBuffer>();
   c->snap = static_cast<uint8_t*>(snap.Data());
   if (snap.ByteLength() < tsvmm_snap_total_size(vcpus.Length())) {
-    Throw(env, "restore: snapshot mapping is too small", EINVAL);
+    ThrowErrno(env, "restore: snapshot mapping is too small", EINVAL);
     return false;
   }
   const tsvmm_snap_header* h = reinterpret_cast<const tsvmm_snap_header*>(c->snap);
   if (h->magic != TSVMM_SNAP_MAGIC || h->version != TSVMM_SNAP_VERSION || h->ncpus != vcpus.Length()) {
-    Throw(env, "restore: snapshot memfd is not formatted for this VM", EINVAL);
+    ThrowErrno(env, "restore: snapshot memfd is not formatted for this VM", EINVAL);
     return false;
   }
   c->vm_fd = o.Get("vmFd").As<Napi::Number>().Int32Value();
@@ -264,14 +263,14 @@ tsvmm_restore_result g_last_takeover;
 // a warm standby's wait and takeover, blocking, native end to end (restore.c). Needs a dormant keeper.
 Napi::Value Takeover(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!g_started || g_cfg.armed) return Throw(env, "takeover: start a dormant keeper first", EINVAL);
+  if (!g_started || g_cfg.armed) return ThrowErrno(env, "takeover: start a dormant keeper first", EINVAL);
   static tsvmm_restore_config c;
   Napi::Object o = info[0].As<Napi::Object>();
   if (!ParseRestore(env, o, &c)) return env.Undefined();
   tsvmm_takeover_opts opts;
   memset(&opts, 0, sizeof opts);
   opts.go = WordAt(env, info[1], 0);
-  if (!opts.go) return Throw(env, "takeover: go must be an Int32Array", EINVAL);
+  if (!opts.go) return ThrowErrno(env, "takeover: go must be an Int32Array", EINVAL);
   opts.notify_timerfd = o.Has("notifyFd") ? o.Get("notifyFd").As<Napi::Number>().Int32Value() : -1;
   opts.notify_delay_ns = 2 * 1000 * 1000;
   opts.run_vcpu = -1;
@@ -290,7 +289,7 @@ Napi::Value Takeover(const Napi::CallbackInfo& info) {
 // timerfdCreate() -> a CLOCK_MONOTONIC timerfd (non-blocking): takeover()'s notifyFd.
 Napi::Value TimerfdCreate(const Napi::CallbackInfo& info) {
   int fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-  if (fd < 0) return Throw(info.Env(), "timerfd_create", errno);
+  if (fd < 0) return ThrowErrno(info.Env(), "timerfd_create", errno);
   return Napi::Number::New(info.Env(), fd);
 }
 
@@ -305,7 +304,7 @@ Napi::Value LastTakeover(const Napi::CallbackInfo& info) {
 Napi::Value FutexWait(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint32_t* w = WordOf(info);
-  if (!w) return Throw(env, "futexWait: bad buffer or offset", EINVAL);
+  if (!w) return ThrowErrno(env, "futexWait: bad buffer or offset", EINVAL);
   uint32_t expected = info[2].As<Napi::Number>().Uint32Value();
   double ms = info[3].As<Napi::Number>().DoubleValue();
   struct timespec ts = {static_cast<time_t>(ms / 1000), static_cast<long>(fmod(ms, 1000.0) * 1e6)};
@@ -318,7 +317,7 @@ Napi::Value FutexWait(const Napi::CallbackInfo& info) {
 Napi::Value FutexWake(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint32_t* w = WordOf(info);
-  if (!w) return Throw(env, "futexWake: bad buffer or offset", EINVAL);
+  if (!w) return ThrowErrno(env, "futexWake: bad buffer or offset", EINVAL);
   long r = syscall(SYS_futex, w, 1 /* FUTEX_WAKE */, 0x7fffffff, nullptr, nullptr, 0);
   return Napi::Number::New(env, r < 0 ? -errno : r);
 }
@@ -338,11 +337,11 @@ Napi::Value Crc32(const Napi::CallbackInfo& info) {
     p = static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
     len = ta.ByteLength();
   } else {
-    return Throw(env, "crc32: expected an ArrayBuffer or a typed array", EINVAL);
+    return ThrowErrno(env, "crc32: expected an ArrayBuffer or a typed array", EINVAL);
   }
   uint64_t off = info[1].As<Napi::Number>().Int64Value();
   uint64_t n = info[2].As<Napi::Number>().Int64Value();
-  if (off > len || n > len - off) return Throw(env, "crc32: range out of bounds", EINVAL);
+  if (off > len || n > len - off) return ThrowErrno(env, "crc32: range out of bounds", EINVAL);
   tsvmm_snap_format_crc_init();
   return Napi::Number::New(env, tsvmm_crc32(p + off, n));
 }

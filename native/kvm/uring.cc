@@ -30,7 +30,6 @@
 
 namespace {
 
-Napi::Value Throw(Napi::Env env, const char* what, int err) { return tsvmm::ThrowErrno(env, what, err); }
 
 void Unmap(Napi::Env, void* data, size_t* len) {
   munmap(data, *len);
@@ -48,7 +47,7 @@ Napi::Value UringSetup(const Napi::CallbackInfo& info) {
   memset(&p, 0, sizeof p);
   p.flags = info.Length() > 1 ? info[1].As<Napi::Number>().Uint32Value() : 0;
   int fd = static_cast<int>(syscall(__NR_io_uring_setup, entries, &p));
-  if (fd < 0) return Throw(env, "io_uring_setup", errno);
+  if (fd < 0) return tsvmm::ThrowErrno(env, "io_uring_setup", errno);
 
   size_t sq_len = p.sq_off.array + p.sq_entries * sizeof(__u32);
   size_t cq_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
@@ -60,7 +59,7 @@ Napi::Value UringSetup(const Napi::CallbackInfo& info) {
   if (sq == MAP_FAILED) {
     int e = errno;
     close(fd);
-    return Throw(env, "mmap io_uring SQ ring", e);
+    return tsvmm::ThrowErrno(env, "mmap io_uring SQ ring", e);
   }
   void* cq = sq;
   if (!single) {
@@ -69,7 +68,7 @@ Napi::Value UringSetup(const Napi::CallbackInfo& info) {
       int e = errno;
       munmap(sq, sq_len);
       close(fd);
-      return Throw(env, "mmap io_uring CQ ring", e);
+      return tsvmm::ThrowErrno(env, "mmap io_uring CQ ring", e);
     }
   }
   void* sqes = MapRing(fd, sqes_len, IORING_OFF_SQES);
@@ -78,7 +77,7 @@ Napi::Value UringSetup(const Napi::CallbackInfo& info) {
     munmap(sq, sq_len);
     if (!single) munmap(cq, cq_len);
     close(fd);
-    return Throw(env, "mmap io_uring SQEs", e);
+    return tsvmm::ThrowErrno(env, "mmap io_uring SQEs", e);
   }
 
   Napi::Object r = Napi::Object::New(env);
