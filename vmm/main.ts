@@ -35,6 +35,8 @@ const KVM_TSS_ADDR = 0xfffbd000;
 const KVM_IDENTITY_MAP_ADDR = 0xfffbc000;
 /** The main thread's heartbeat period (the supervisor's hang threshold is 250 ms by default). */
 const HEARTBEAT_MS = 20;
+/** How long a fresh guest waits for the driver-domain to serve its devices before it starts anyway. */
+const DEVICE_WAIT_MS = 10_000;
 
 function send(msg: ComponentMessage): void {
   process.send?.({ pb: Buffer.from(ComponentMessageCodec.encode(msg)).toString('base64') });
@@ -228,9 +230,15 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
     } else {
       for (const q of irqfds) vm.irqfd(q.fd, q.gsi);
     }
-    // The keeper is armed before any vCPU runs, so it never saves a half-built or half-restored VM.
-    if (recovery) keeperPid = keeper.keeperStart(keeperConfig(false));
-    running(release(), r);
+    const start = () => {
+      // The keeper is armed before any vCPU runs, so it never saves a half-built or half-restored VM.
+      if (recovery) keeperPid = keeper.keeperStart(keeperConfig(false));
+      running(release(), r);
+    };
+    // A fresh guest starts once its devices are served (as QEMU and Firecracker start vCPUs after
+    // their backends): otherwise its first I/O waits on a driver-domain still starting up.
+    if (mode === 'boot' && devices.length) whenDriverDomainReady(devPage, start);
+    else start();
   }
 
   // Terminal input -> the UART's receive ring.
@@ -241,6 +249,24 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   // Keep the vCPUs' kvm_run mappings (the keeper reads them) alive with the process.
   (globalThis as { tsvmmVcpus?: Vcpu[] }).tsvmmVcpus = vcpus;
   installTestHooks('vmm');
+}
+
+/**
+ * Calls `then` once the driver-domain has started serving (its first heartbeat in the state page),
+ * polling every millisecond; after DEVICE_WAIT_MS it goes on anyway (the guest's drivers wait for
+ * the devices, and the supervisor restarts a driver-domain that fails).
+ */
+function whenDriverDomainReady(page: StatePage, then: () => void): void {
+  const t0 = performance.now();
+  const check = () => {
+    if (page.heartbeat(Component.DriverDomain) !== 0) return then();
+    if (performance.now() - t0 >= DEVICE_WAIT_MS) {
+      process.stderr.write(`tsvmm vmm: the driver-domain is not serving after ${DEVICE_WAIT_MS / 1000} s; starting the guest without it\n`);
+      return then();
+    }
+    setTimeout(check, 1);
+  };
+  check();
 }
 
 /** The MSR indices a snapshot saved (vCPU 0's list; all vCPUs save the same one). */
