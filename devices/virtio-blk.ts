@@ -367,8 +367,13 @@ export class VirtioBlk {
     }
     this.inflight++;
     if (this.inflight > this.stats.maxInflight) this.stats.maxInflight = this.inflight;
+    if (req.type === VIRTIO_BLK_T_GET_ID) {
+      // No I/O: answered on the spot, published with this kick's other completions.
+      this.succeeded(chain.head, req, this.getId(req.data));
+      return;
+    }
     const b = this.batched;
-    if (b && req.type !== VIRTIO_BLK_T_GET_ID) {
+    if (b) {
       // Batched backend: queue now, submitted with the rest of this round.
       this.roundBytes += req.dataLength;
       const written = req.type === VIRTIO_BLK_T_IN ? req.dataLength : 0;
@@ -431,8 +436,6 @@ export class VirtioBlk {
       case VIRTIO_BLK_T_FLUSH:
         await this.backend.flush();
         return 0;
-      case VIRTIO_BLK_T_GET_ID:
-        return this.getId(req.data);
       default:
         throw new Error(`unexpected type ${req.type}`);
     }

@@ -16,10 +16,11 @@
 import * as fs from 'fs';
 import { UringBlockBackend } from '../devices/block-backend';
 import { GuestMemory } from '../devices/memory';
+import { hostRegion } from '../vmm/guest-ram';
 import { StatePage } from '../devices/state-page';
 import { SplitRingDriver, layoutRing } from '../devices/virtqueue-driver';
 import { Status } from '../devices/virtio-mmio-layout';
-import { VirtioBlk, VIRTIO_BLK_T_IN, blkDeviceSpec } from '../devices/virtio-blk';
+import { VirtioBlk, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, blkDeviceSpec } from '../devices/virtio-blk';
 
 /** Keeps alive what an unfinished warm-up's reads may still write into (never expected to be used). */
 const abandoned: unknown[] = [];
@@ -51,8 +52,8 @@ export function warmUpBlk(fd: number, size: number, requests = 2048): number {
 
     // A private bed like devices/testbed's, but over plain ArrayBuffers, as the real guest RAM and
     // state page are (mmap'd, not shared): the optimized code then sees the same kinds of arrays.
-    const ram = new Uint8Array(new ArrayBuffer(QD * (LARGE + 4096) + (1 << 20)));
-    const mem = new GuestMemory([{ gpa: 0, bytes: ram }]);
+    const ram = new ArrayBuffer(QD * (LARGE + 4096) + (1 << 20));
+    const mem = new GuestMemory([hostRegion(0, ram)]);
     const g = { maxDevices: 1, maxQueues: 1, maxQueueSize: 64 };
     const page = StatePage.format(new Uint8Array(new ArrayBuffer(StatePage.layoutSize(g))), g);
     const spec = blkDeviceSpec(be);
@@ -81,11 +82,14 @@ export function warmUpBlk(fd: number, size: number, requests = 2048): number {
         const table = base, hdr = base + 64, status = base + 128, data = base + 4096;
         seed = (seed * 1103515245 + 12345) >>> 0;
         const sector = (seed % (sectors - len / 512 + 1)) & ~7;
+        // Now and then a GET_ID (a guest's driver asks at probe time), so its branches have run too.
+        const getId = i === 0 && batch % 16 === 0;
         const hv = mem.view(hdr, 16);
-        hv.setUint32(0, VIRTIO_BLK_T_IN, true);
-        hv.setUint32(8, sector, true);
+        hv.setUint32(0, getId ? VIRTIO_BLK_T_GET_ID : VIRTIO_BLK_T_IN, true);
+        hv.setUint32(8, getId ? 0 : sector, true);
         hv.setUint32(12, 0, true);
-        d.publish(d.addIndirectChain(table, [{ addr: hdr, len: 16 }, { addr: data, len, write: true }, { addr: status, len: 1, write: true }]));
+        const dataLen = getId ? VIRTIO_BLK_ID_BYTES : len;
+        d.publish(d.addIndirectChain(table, [{ addr: hdr, len: 16 }, { addr: data, len: dataLen, write: true }, { addr: status, len: 1, write: true }]));
       }
       blk.kick();
       for (let spin = 0; blk.inflightCount > 0 && spin < 100000; spin++) be.reap();
