@@ -162,7 +162,8 @@ static u64 phase(int write, int rnd, u64 n, u64 gen)
                     out_line("@blk-progress pass=%lu done=%lu errors=%lu", pass_no, progress_done,
                              errors_total);
                 else
-                    out_line("@blk-progress done=%lu errors=%lu", progress_done, errors_total);
+                    out_line("@blk-progress done=%lu errors=%lu tsc=%lu", progress_done, errors_total,
+                             rdtsc());
             }
         }
     }
