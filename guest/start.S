@@ -78,6 +78,14 @@ ap64:
         pushq $ap_main
         iretq
 
+/* ---- halt_unless_changed(volatile u64 *p, u64 seen), CPL3: see gp_stub ---- */
+        .globl halt_unless_changed
+halt_unless_changed:
+        .globl halt_site
+halt_site:
+        hlt
+        ret
+
 /* ---- exception stubs: 16 bytes each; push a dummy error code where the CPU pushes none ---- */
         .balign 16
 exc_stubs:
@@ -140,6 +148,21 @@ irq_vec_stubs:
         iretq
         .set g, g + 1
         .endr
+/* ---- #GP (vector 13). halt_unless_changed(p, seen), called at CPL3, executes hlt at halt_site,
+ * which faults here (PVM has no `int n` from CPL3): unless *p != seen already, halt until an
+ * interrupt, then return past the hlt. sti's one-instruction shadow keeps an interrupt from
+ * landing between the check and hlt; its own stub runs nested and returns to the iretq. Any other
+ * #GP is reported as before. ---- */
+gp_stub:
+        cmpq $halt_site, 8(%rsp)
+        jne exc_stubs + 16 * 13
+        addq $8, %rsp                   /* the error code */
+        cmpq %rsi, (%rdi)
+        jne 1f
+        sti
+        hlt
+1:      incq (%rsp)                     /* rip: past the one-byte hlt */
+        iretq
 /* ---- spurious vector: no EOI ---- */
 irq_spurious:
         iretq
@@ -187,12 +210,15 @@ gdt_desc:
 idt:
         .set v, 0
         .rept 256
-        .if v < 32
+        .if v == 13
+        GATE gp_stub
+        .elseif v < 32
         GATE (exc_stubs + 16 * v)
         .elseif v == VEC_TIMER
         GATE irq_timer
         .elseif v == VEC_SPURIOUS
         GATE irq_spurious
+
         .elseif v >= VEC_VIRTIO && v < VEC_VIRTIO + VIRTIO_GSIS
         GATE (irq_vec_stubs + 32 * (v - VEC_VIRTIO))
         .else

@@ -42,7 +42,7 @@ struct vdev {
     u64 base;                   /* MMIO window */
     u32 size, gsi, device_id;
     u64 offered, features;      /* device features, negotiated features */
-    int indirect, event_idx, irq;
+    int indirect, event_idx, irq, halt;
     u64 irq_seen;               /* vec_count[gsi] already accounted for */
     u64 irqs, lost_irqs;        /* interrupts taken; completions found without one */
     struct virtq q[2];
