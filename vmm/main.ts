@@ -14,6 +14,7 @@ import type { kvmBootState } from './boot/kernel';
 import { mapGuestRam } from './guest-ram';
 import { deviceFds, FD } from './fds';
 import { deviceList, virtioCmdline } from './devices';
+import { IRQ_ROUTE_SYNC_MS, irqfdGsi, IrqRoutes } from './irq-routes';
 import { MmioReg } from '../devices/virtio-mmio-layout';
 import { PLATFORM_PAGE_SIZE, PlatformPage } from './platform-page';
 import { Serial } from './serial';
@@ -86,7 +87,10 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
     const fds = deviceFds(d.index, d.queues);
     fds.kick.forEach((fd, q) => vm.ioeventfd({ addr: d.base + MmioReg.QueueNotify, len: 4, fd, datamatch: q }));
   }
-  const irqfds = devices.flatMap((d) => deviceFds(d.index, d.queues).call.map((fd) => ({ fd, gsi: d.gsi })));
+  // Each device's irqfd has a GSI of its own, routed to its IOAPIC pin until the guest has programmed
+  // the pin, then to the MSI that pin sends (vmm/irq-routes.ts).
+  const irqRoutes = new IrqRoutes(vm, devices);
+  const irqfds = devices.flatMap((d) => deviceFds(d.index, d.queues).call.map((fd) => ({ fd, gsi: irqfdGsi(d) })));
 
   // The guest learns its CPUs and devices from ACPI (as Linux does) and the command line.
   if (!restore) {
@@ -194,6 +198,8 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
         warm, resumedNs: Number(resumedNs),
       },
     });
+    irqRoutes.sync();
+    setInterval(() => irqRoutes.sync(), IRQ_ROUTE_SYNC_MS);
     // Hang detection: the supervisor watches this counter (the main thread's event loop beats it).
     if (recovery) {
       devPage.beat(Component.Vmm);

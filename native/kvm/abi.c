@@ -18,7 +18,7 @@ const struct tsvmm_const tsvmm_constants[] = {
   K(KVM_CREATE_VCPU) K(KVM_SET_USER_MEMORY_REGION) K(KVM_SET_TSS_ADDR) K(KVM_SET_IDENTITY_MAP_ADDR)
   K(KVM_CREATE_IRQCHIP) K(KVM_IRQ_LINE) K(KVM_GET_IRQCHIP) K(KVM_SET_IRQCHIP) K(KVM_CREATE_PIT2)
   K(KVM_GET_PIT2) K(KVM_SET_PIT2) K(KVM_GET_CLOCK) K(KVM_SET_CLOCK) K(KVM_IRQFD) K(KVM_IOEVENTFD)
-  K(KVM_ENABLE_CAP)
+  K(KVM_ENABLE_CAP) K(KVM_SET_GSI_ROUTING)
   // vcpu ioctls
   K(KVM_RUN) K(KVM_GET_REGS) K(KVM_SET_REGS) K(KVM_GET_SREGS) K(KVM_SET_SREGS)
   K(KVM_GET_FPU) K(KVM_SET_FPU) K(KVM_GET_XSAVE) K(KVM_SET_XSAVE) K(KVM_GET_XCRS) K(KVM_SET_XCRS)
@@ -42,7 +42,7 @@ const struct tsvmm_const tsvmm_constants[] = {
   K(KVM_MP_STATE_RUNNABLE) K(KVM_MP_STATE_UNINITIALIZED) K(KVM_MP_STATE_HALTED)
   K(KVM_IRQCHIP_PIC_MASTER) K(KVM_IRQCHIP_PIC_SLAVE) K(KVM_IRQCHIP_IOAPIC)
   K(KVM_IOEVENTFD_FLAG_DATAMATCH) K(KVM_IOEVENTFD_FLAG_PIO) K(KVM_IOEVENTFD_FLAG_DEASSIGN)
-  K(KVM_IRQFD_FLAG_DEASSIGN)
+  K(KVM_IRQFD_FLAG_DEASSIGN) K(KVM_IRQ_ROUTING_IRQCHIP) K(KVM_IRQ_ROUTING_MSI) K(KVM_CAP_IRQ_ROUTING)
   // TAP
   K(TUNSETIFF) K(IFF_TAP) K(IFF_NO_PI) K(IFF_VNET_HDR) K(TUNSETVNETHDRSZ) K(TUNSETOFFLOAD)
   // struct sizes
@@ -51,8 +51,12 @@ const struct tsvmm_const tsvmm_constants[] = {
   SIZE(kvm_msr_entry) SIZE(kvm_cpuid2) SIZE(kvm_cpuid_entry2) SIZE(kvm_mp_state)
   SIZE(kvm_vcpu_events) SIZE(kvm_pit_state2) SIZE(kvm_clock_data) SIZE(kvm_irqchip)
   SIZE(kvm_userspace_memory_region) SIZE(kvm_irqfd) SIZE(kvm_ioeventfd) SIZE(kvm_irq_level)
+  SIZE(kvm_irq_routing) SIZE(kvm_irq_routing_entry)
   SIZE(kvm_pit_config)
   // kvm_run fields
+  OFF(kvm_irq_routing_entry, u, "u")
+  OFF(kvm_irqchip, chip, "chip")
+  OFF(kvm_ioapic_state, redirtbl, "redirtbl")
   OFF(kvm_run, request_interrupt_window, "request_interrupt_window")
   OFF(kvm_run, immediate_exit, "immediate_exit")
   OFF(kvm_run, exit_reason, "exit_reason")

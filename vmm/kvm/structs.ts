@@ -140,6 +140,40 @@ export function encodeIrqfd(fd: number, gsi: number, flags = 0): Buffer {
   return b;
 }
 
+/** One GSI route: to an irqchip pin (KVM_IRQ_ROUTING_IRQCHIP) or an MSI (KVM_IRQ_ROUTING_MSI). */
+export type IrqRoute =
+  | { gsi: number; irqchip: number; pin: number }
+  | { gsi: number; msi: { addressLo: number; addressHi: number; data: number } };
+
+/** kvm_irq_routing with its entries (KVM_SET_GSI_ROUTING replaces the whole table). */
+export function encodeIrqRouting(routes: IrqRoute[]): Buffer {
+  const head = abi('sizeof_kvm_irq_routing');
+  const size = abi('sizeof_kvm_irq_routing_entry');
+  const u = abi('offsetof_kvm_irq_routing_entry_u');
+  const b = Buffer.alloc(head + routes.length * size);
+  b.writeUInt32LE(routes.length, 0);
+  routes.forEach((r, i) => {
+    const at = head + i * size;
+    b.writeUInt32LE(r.gsi, at);
+    if ('msi' in r) {
+      b.writeUInt32LE(abi('KVM_IRQ_ROUTING_MSI'), at + 4);
+      b.writeUInt32LE(r.msi.addressLo, at + u);
+      b.writeUInt32LE(r.msi.addressHi, at + u + 4);
+      b.writeUInt32LE(r.msi.data, at + u + 8);
+    } else {
+      b.writeUInt32LE(abi('KVM_IRQ_ROUTING_IRQCHIP'), at + 4);
+      b.writeUInt32LE(r.irqchip, at + u);
+      b.writeUInt32LE(r.pin, at + u + 4);
+    }
+  });
+  return b;
+}
+
+/** IOAPIC redirection table entry `pin` (a 64-bit register) of a KVM_GET_IRQCHIP(KVM_IRQCHIP_IOAPIC) buffer. */
+export function ioapicRedirection(chip: Buffer, pin: number): bigint {
+  return chip.readBigUInt64LE(abi('offsetof_kvm_irqchip_chip') + abi('offsetof_kvm_ioapic_state_redirtbl') + 8 * pin);
+}
+
 /** kvm_ioeventfd */
 export function encodeIoeventfd(o: { addr: number; len: number; fd: number; datamatch?: number; pio?: boolean; deassign?: boolean }): Buffer {
   const b = Buffer.alloc(abi('sizeof_kvm_ioeventfd'));

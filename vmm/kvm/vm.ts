@@ -4,7 +4,7 @@
  * One method per ioctl; no policy.
  */
 import { abi, ioctl, native } from '../../native/kvm';
-import { encodeIoeventfd, encodeIrqfd, encodeIrqLevel, encodeMemoryRegion } from './structs';
+import { encodeIoeventfd, encodeIrqfd, encodeIrqLevel, encodeIrqRouting, encodeMemoryRegion, IrqRoute } from './structs';
 
 export class Vm {
   constructor(readonly fd: number) {}
@@ -21,6 +21,8 @@ export class Vm {
   createPit2(): void { ioctl(this.fd, 'KVM_CREATE_PIT2', Buffer.alloc(abi('sizeof_kvm_pit_config'))); }
   createVcpu(id: number): number { return ioctl(this.fd, 'KVM_CREATE_VCPU', id); }
   irqLine(irq: number, level: number): void { ioctl(this.fd, 'KVM_IRQ_LINE', encodeIrqLevel(irq, level)); }
+
+  setGsiRouting(routes: IrqRoute[]): void { ioctl(this.fd, 'KVM_SET_GSI_ROUTING', encodeIrqRouting(routes)); }
 
   irqfd(fd: number, gsi: number): void { ioctl(this.fd, 'KVM_IRQFD', encodeIrqfd(fd, gsi)); }
   ioeventfd(o: { addr: number; len: number; fd: number; datamatch?: number; pio?: boolean }): void {
