@@ -83,9 +83,21 @@ export class ChainSegments {
   writableLength = 0;
   /** Why the last walk returned 'bad-chain' or 'broken'. */
   error = '';
-  readonly region: number[] = [];
-  readonly offset: number[] = [];
-  readonly length: number[] = [];
+  // Fixed-type arrays, grown (rarely: a long chain) by room(): every store in the walk is in
+  // bounds and of one type, so optimized code warmed up on another instance still fits this one.
+  region = new Uint32Array(16);
+  offset = new Float64Array(16);
+  length = new Uint32Array(16);
+
+  /** Makes room for segment `n` (index). */
+  room(n: number): void {
+    if (n < this.region.length) return;
+    const cap = Math.max(n + 1, this.region.length * 2);
+    const grow = <T extends Uint32Array | Float64Array>(a: T, b: T): T => { b.set(a); return b; };
+    this.region = grow(this.region, new Uint32Array(cap));
+    this.offset = grow(this.offset, new Float64Array(cap));
+    this.length = grow(this.length, new Uint32Array(cap));
+  }
 }
 
 /**
@@ -396,6 +408,7 @@ export class Virtqueue {
         const r = mem.locate(addr, len);
         if (r < 0) return `buffer 0x${addr.toString(16)}+0x${len.toString(16)} outside guest RAM`;
         const n = out.count;
+        out.room(n);
         out.region[n] = r;
         out.offset[n] = addr - mem.regions[r].gpa;
         out.length[n] = len;

@@ -17,6 +17,7 @@ import { makeTestBed } from '../devices/testbed';
 import { VirtioNet, netDeviceSpec, parseMac, NET_HDR_SIZE, TX_QUEUE } from '../devices/virtio-net';
 import { GuestMemory } from '../devices/memory';
 import { ChainSegments } from '../devices/virtqueue';
+import { hostRegion } from '../vmm/guest-ram';
 import { native } from '../native/kvm';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvmm-tap-'));
@@ -51,12 +52,14 @@ const bytes = (n: number, seed: number) => Uint8Array.from({ length: n }, (_, i)
 
 /** A guest RAM whose region knows its host address (as vmm/guest-ram.ts maps it), and TX chains in it. */
 function guest(): { mem: GuestMemory; chain: (segs: [number, Uint8Array][]) => ChainSegments } {
-  const ram = new Uint8Array(new ArrayBuffer(64 * 1024));
-  const mem = new GuestMemory([{ gpa: 0, bytes: ram, host: Number(native.address(ram)) }]);
+  const buf = new ArrayBuffer(64 * 1024);
+  const ram = new Uint8Array(buf);
+  const mem = new GuestMemory([hostRegion(0, buf)]);
   const chain = (segs: [number, Uint8Array][]) => {
     const c = new ChainSegments();
     for (const [off, b] of segs) {
       ram.set(b, off);
+      c.room(c.count);
       c.region[c.count] = 0;
       c.offset[c.count] = off;
       c.length[c.count] = b.length;
