@@ -16,7 +16,8 @@
  * (P = --seq-passes, 4: the sequential rows sweep the whole image P times in one boot).
  * --rows picks a subset (comma-separated ids: rand4k,seqread,seqwrite; default all).
  *
- * each polled (`virtio_irq=0`) and interrupt-driven (`virtio_irq=1`). seqwrite rewrites the
+ * each polled (`virtio_irq=0`: the guest spins on the used ring) and interrupt-driven
+ * (`virtio_irq=1`: the guest halts until the interrupt, as an OS does). seqwrite rewrites the
  * prefill's exact bytes (same generation), so the image stays valid; it is checked on the host at
  * the end. The guest times each phase with rdtsc (`@blk phase=.. cycles=..`); cycles are converted
  * with one TSC frequency for both sides (KVM_GET_TSC_KHZ via bench/out/rawkvm, else

@@ -18,8 +18,10 @@
  *   stream  up to --window (64) datagrams of --stream-size bytes (1400) in flight -> MB/s of echoed
  *           payload (each byte crosses the virtio-net device twice: host->guest and guest->host)
  *
- * each bounded by --seconds (3) and a datagram count. Echoes are checked byte for byte (lost,
- * duplicated and corrupted datagrams are reported; a corrupted one fails the bench).
+ * each bounded by --seconds (3) and a datagram count, with the guest polling (`virtio_irq=0`: it
+ * spins on the used rings) and interrupt-driven (`virtio_irq=1`: it halts until the interrupt).
+ * Echoes are checked byte for byte (lost, duplicated and corrupted datagrams are reported; a
+ * corrupted one fails the bench).
  * The table shows medians over rounds and the ratio tsvmm/QEMU (higher is better; target >= 1.0).
  */
 import { ChildProcess, execFileSync, spawn, spawnSync } from 'child_process';
