@@ -7,7 +7,7 @@ import { strict as assert } from 'assert';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { GUEST, guestLines, requireKvm, tsvmm } from './helpers/tsvmm';
+import { GUEST, guestLines, requireKvm, tsvmm, tsvmmAsync } from './helpers/tsvmm';
 import { checkImage } from './helpers/blk-image';
 
 describe('virtio-blk through the driver-domain', function () {
@@ -52,6 +52,24 @@ describe('virtio-blk through the driver-domain', function () {
       assert.ok(check.valid >= n);
     });
   }
+
+  it('a fresh guest starts only once the driver-domain serves its disk', async () => {
+    // A driver-domain slow to start (a long JIT warm-up: ~1 s or more here): the guest's first
+    // line must not come before the driver-domain reports ready (a 100 ms margin for the two pipes).
+    const img = image('gate.img', 16);
+    const t0 = Date.now();
+    const proc = tsvmmAsync(['run', '--kernel', GUEST, '--disk', img, '--cmdline', 'workload=blk blk_n=8'], { TSVMM_BLK_WARMUP: '20000' });
+    let out = '';
+    let err = '';
+    let bootAt = 0;
+    let readyAt = 0;
+    proc.stdout.on('data', (d) => { out += d; if (!bootAt && /^@boot /m.test(out)) bootAt = Date.now() - t0; });
+    proc.stderr.on('data', (d) => { err += d; if (!readyAt && /driver-domain ready/.test(err)) readyAt = Date.now() - t0; });
+    const code = await new Promise<number | null>((r) => proc.on('exit', r));
+    assert.equal(code, 0, out + err);
+    assert.ok(readyAt > 0 && bootAt > 0, `ready at ${readyAt} ms, @boot at ${bootAt} ms\n${err}`);
+    assert.ok(bootAt >= readyAt - 100, `the guest booted at ${bootAt} ms, before the driver-domain was ready at ${readyAt} ms`);
+  });
 
   it('a read-only disk refuses writes and still serves reads', () => {
     const img = image('ro.img', 16);
