@@ -236,6 +236,10 @@ export class UringBlockBackend implements BatchedBlockBackend {
     const arena = new ArrayBuffer(16 * 4 * UIO_MAXIOV);
     this.iov = new Uint32Array(arena);
     this.iovAddr = Number(native.address(arena));
+    // Give `ops` the elements kind it has once it held an op (objects, not small integers) now, so
+    // a fresh backend fits the code optimized on an older one (the driver-domain's JIT warm-up).
+    this.ops.push(undefined);
+    this.ops.pop();
   }
 
   get pending(): number {
@@ -464,7 +468,11 @@ export class UringBlockBackend implements BatchedBlockBackend {
     this.onBatch?.();
   }
 
-  private tick(): void {
+  /**
+   * The safety timer's work: reap, or stop the timer once nothing is in flight (the next request
+   * starts it again). Public for the driver-domain's JIT warm-up, which runs both branches.
+   */
+  tick(): void {
     if (this.inKernelOrQueued === 0 || this.closed) {
       if (this.timer) clearInterval(this.timer);
       this.timer = undefined;

@@ -165,8 +165,8 @@ export class VirtioBlk {
   readonly stats: BlkStats = { completed: 0, errors: 0, badChains: 0, maxInflight: 0 };
   /** Last problem seen (bad chain, broken ring), for logs. */
   lastError?: string;
-  /** Called when a request completes: its virtio-blk type, data bytes, success (metrics). */
-  onRequest?: (type: number, bytes: number, ok: boolean) => void;
+  /** Counts each completed request: its virtio-blk type, data bytes, success (metrics; vmm/control-page.ts DeviceCounters). */
+  counters?: { request(type: number, bytes: number, ok: boolean): void };
   private inflight = 0;
   private idleWaiters: (() => void)[] = [];
   /** Completions waiting to be published together (heads, used lengths; `stagedIo` of them were in flight). */
@@ -400,13 +400,13 @@ export class VirtioBlk {
   }
 
   private succeeded(head: number, req: Extract<BlkRequest, { ok: true }>, written: number): void {
-    this.onRequest?.(req.type, req.dataLength, true);
+    this.counters?.request(req.type, req.dataLength, true);
     this.finish(head, req.status, VIRTIO_BLK_S_OK, written + 1);
   }
 
   private failed(head: number, req: Extract<BlkRequest, { ok: true }>, e: Error): void {
     this.lastError = `I/O error: ${e.message}`;
-    this.onRequest?.(req.type, req.dataLength, false);
+    this.counters?.request(req.type, req.dataLength, false);
     this.finish(head, req.status, VIRTIO_BLK_S_IOERR, 1);
   }
 

@@ -98,8 +98,8 @@ export class VirtioNet {
   readonly rx: Virtqueue;
   readonly tx: Virtqueue;
   readonly stats: NetStats = { txFrames: 0, rxFrames: 0, rxDropped: 0, badChains: 0 };
-  /** Called per frame moved (metrics): direction and payload bytes. */
-  onFrame?: (dir: 'tx' | 'rx', bytes: number) => void;
+  /** Counts each frame moved (metrics; vmm/control-page.ts DeviceCounters). */
+  counters?: { frame(dir: 'tx' | 'rx', bytes: number): void };
   lastError?: string;
   private readonly backlog: Uint8Array[] = [];
   private readonly backlogMax: number;
@@ -256,7 +256,7 @@ export class VirtioNet {
         if (this.backend.writeSegments) this.backend.writeSegments(this.mem, c, NET_HDR_SIZE);
         else this.backend.write(segmentViews(this.mem, c, 0, c.count, NET_HDR_SIZE));
         this.stats.txFrames++;
-        this.onFrame?.('tx', c.readableLength - NET_HDR_SIZE);
+        this.counters?.frame('tx', c.readableLength - NET_HDR_SIZE);
       } catch (e) {
         this.lastError = `TAP write failed: ${(e as Error).message}`;
       }
@@ -296,7 +296,7 @@ export class VirtioNet {
         iovCopy(segmentViews(this.mem, c, 0, c.count), [RX_HDR, frame]);
       }
       this.stats.rxFrames++;
-      this.onFrame?.('rx', frame.length);
+      this.counters?.frame('rx', frame.length);
       this.completeOrStage(this.rx, c.head, need);
       return true;
     }

@@ -24,7 +24,7 @@ import { DEVICE_PAGE_OFFSET, deviceFds, FD, STATE_MEMFD_SIZE } from '../vmm/fds'
 import { TapBackend } from './tap-backend';
 import { warmUpBlk } from './warm-up';
 import { BusyPoll } from './busy-poll';
-import { attachDeviceStats, ControlPage } from '../vmm/control-page';
+import { ControlPage, DeviceCounters } from '../vmm/control-page';
 import { keeper } from '../recovery/snapshot';
 import { exitOnUncaughtException, installTestHooks } from '../recovery/test-hooks';
 
@@ -119,7 +119,7 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
         // Tag space: device index * 16 + 14 for the disk's I/O completion eventfd.
         registrations.push(() => poller.pollerAdd(b.completionFd, d.index * 16 + 14, true));
       }
-      attachDeviceStats(control, d.index, blk);
+      if (control) blk.counters = new DeviceCounters(control, d.index);
       const poll = new BusyPoll();
       served.push({
         activate: () => { blk.activate(); }, kick: () => { blk.kick(); }, running, deactivate: () => blk.vq.deactivate(),
@@ -135,7 +135,7 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
         net.batch(() => tap.drain());
         return net.stats.rxFrames - rx;
       };
-      attachDeviceStats(control, d.index, net);
+      if (control) net.counters = new DeviceCounters(control, d.index);
       const poll = new BusyPoll();
       served.push({
         activate: () => { net.activate(); },
