@@ -63,6 +63,7 @@ export class IrqRoutes {
   private readonly fixedToPins = process.env.TSVMM_IRQ_ROUTES === 'pin';
   /** Route changes made (for tests and debugging). */
   changes = 0;
+  private failed = false;
 
   /** Installs the routing table with every device on its IOAPIC pin (before any irqfd is registered). */
   constructor(private readonly vm: Vm, private readonly devices: DeviceEntry[]) {
@@ -70,16 +71,26 @@ export class IrqRoutes {
     this.install();
   }
 
-  /** Re-reads the IOAPIC and re-routes the devices whose pin programming changed. */
+  /**
+   * Re-reads the IOAPIC and re-routes the devices whose pin programming changed. If KVM refuses
+   * (never seen), every device goes back to its pin, which is always right, and syncing stops.
+   */
   sync(): void {
-    if (!this.devices.length || this.fixedToPins) return;
-    const chip = this.vm.getIrqchip(abi('KVM_IRQCHIP_IOAPIC'));
-    const want = this.devices.map((d) => (d.gsi < IOAPIC_PINS ? msiFor(ioapicRedirection(chip, d.gsi)) : undefined));
-    const same = (a: Msi | undefined, b: Msi | undefined) => a?.addressLo === b?.addressLo && a?.data === b?.data;
-    if (want.every((m, i) => same(m, this.installed[i]))) return;
-    this.installed = want;
-    this.install();
-    this.changes++;
+    if (!this.devices.length || this.fixedToPins || this.failed) return;
+    try {
+      const chip = this.vm.getIrqchip(abi('KVM_IRQCHIP_IOAPIC'));
+      const want = this.devices.map((d) => (d.gsi < IOAPIC_PINS ? msiFor(ioapicRedirection(chip, d.gsi)) : undefined));
+      const same = (a: Msi | undefined, b: Msi | undefined) => a?.addressLo === b?.addressLo && a?.data === b?.data;
+      if (want.every((m, i) => same(m, this.installed[i]))) return;
+      this.installed = want;
+      this.install();
+      this.changes++;
+    } catch (e) {
+      this.failed = true;
+      process.stderr.write(`tsvmm vmm: interrupt routes: ${(e as Error).message}; devices stay on their IOAPIC pins\n`);
+      this.installed = this.devices.map(() => undefined);
+      try { this.install(); } catch { /* the table from before stays: its MSI routes were valid when set */ }
+    }
   }
 
   private install(): void {
