@@ -218,7 +218,6 @@ idt:
         GATE irq_timer
         .elseif v == VEC_SPURIOUS
         GATE irq_spurious
-
         .elseif v >= VEC_VIRTIO && v < VEC_VIRTIO + VIRTIO_GSIS
         GATE (irq_vec_stubs + 32 * (v - VEC_VIRTIO))
         .else
