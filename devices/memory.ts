@@ -7,6 +7,7 @@
  * bounds-checks against the regions, so a guest-supplied address or length
  * can never reach outside guest RAM.
  */
+import { native } from '../native/kvm';
 
 /** One contiguous guest-physical range backed by host memory. */
 export interface MemoryRegion {
@@ -14,8 +15,19 @@ export interface MemoryRegion {
   gpa: number;
   /** Host bytes (a view over the memfd mapping, not a copy). */
   bytes: Uint8Array;
-  /** Host address of bytes[0], where the mapper knows it (for iovecs handed to the kernel). */
-  host?: number;
+  /** Host address of bytes[0] (for iovecs handed to the kernel). */
+  host: number;
+}
+
+/**
+ * The region for guest-physical `gpa` backed by `mem` (a mapping, or any
+ * buffer), with its host address. Every GuestMemory is built of these, so
+ * every region has one object shape (the driver-domain's optimized code sees
+ * only that one) and an address for the kernel.
+ */
+export function hostRegion(gpa: number, mem: ArrayBuffer | Uint8Array): MemoryRegion {
+  const bytes = mem instanceof Uint8Array ? mem : new Uint8Array(mem);
+  return { gpa, bytes, host: Number(native.address(bytes)) };
 }
 
 /** Thrown when the guest names memory it does not have. */
@@ -49,8 +61,9 @@ export class GuestMemory {
    * the layout leaves a hole between them).
    */
   slice(gpa: number, length: number): Uint8Array {
-    const r = this.find(gpa, length);
-    if (!r) throw new GuestMemoryError(gpa, length);
+    const i = this.locate(gpa, length);
+    if (i < 0) throw new GuestMemoryError(gpa, length);
+    const r = this.regions[i];
     const off = gpa - r.gpa;
     return r.bytes.subarray(off, off + length);
   }
@@ -70,10 +83,5 @@ export class GuestMemory {
       if (gpa >= r.gpa && gpa + length <= r.gpa + r.bytes.length) return i;
     }
     return -1;
-  }
-
-  private find(gpa: number, length: number): MemoryRegion | undefined {
-    const i = this.locate(gpa, length);
-    return i < 0 ? undefined : this.regions[i];
   }
 }

@@ -5,7 +5,7 @@
  * Used by the devices-* tests; also handy for fuzzing the device models.
  */
 
-import { GuestMemory } from './memory';
+import { GuestMemory, hostRegion } from './memory';
 import { StatePage, DeviceSlot, DeviceSpec, StatePageGeometry, DEFAULT_GEOMETRY } from './state-page';
 import { SplitRingDriver, layoutRing } from './virtqueue-driver';
 import { Status } from './virtio-mmio-layout';
@@ -29,7 +29,7 @@ export const RING_BASE = 0x1000;
 export function makeTestBed(spec: DeviceSpec, opts: { ramSize?: number; queueSize?: number; acked?: bigint; geometry?: StatePageGeometry } = {}): TestBed {
   const ramSize = opts.ramSize ?? 4 * 1024 * 1024;
   const ram = new Uint8Array(new ArrayBuffer(ramSize));
-  const mem = new GuestMemory([{ gpa: RAM_BASE, bytes: ram }]);
+  const mem = new GuestMemory([hostRegion(RAM_BASE, ram)]);
   const g = opts.geometry ?? DEFAULT_GEOMETRY;
   const pageBytes = new Uint8Array(new SharedArrayBuffer(StatePage.layoutSize(g)));
   const page = StatePage.format(pageBytes, g);

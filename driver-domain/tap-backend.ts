@@ -81,14 +81,13 @@ export class TapBackend implements NetBackend {
   /**
    * Queue the bytes of a TX chain after its first `skip` bytes: one WRITEV
    * SQE whose iovecs are the guest buffers' host addresses. Written at once
-   * (write()) where io_uring or the host addresses are unavailable.
+   * (write()) without io_uring, or for a chain of more segments than the
+   * iovec arena holds.
    */
   writeSegments(mem: GuestMemory, c: ChainSegments, skip: number): void {
     const t = this.tx;
     const regions = mem.regions;
-    let known = t !== undefined && c.count <= IOV_ARENA;
-    for (let i = 0; i < c.count && known; i++) known = regions[c.region[i]].host !== undefined;
-    if (!t || !known) {
+    if (!t || c.count > IOV_ARENA) {
       this.write(segmentViews(mem, c, 0, c.count, skip));
       return;
     }
@@ -100,7 +99,7 @@ export class TapBackend implements NetBackend {
         skip -= len;
         continue;
       }
-      putIovec(t.iov, t.iovUsed++, regions[c.region[i]].host! + c.offset[i] + skip, len - skip);
+      putIovec(t.iov, t.iovUsed++, regions[c.region[i]].host + c.offset[i] + skip, len - skip);
       skip = 0;
     }
     t.ring.prep(t.opWritev, this.fd, t.iovAddr + first * 16, t.iovUsed - first, 0, 0, t.queued++);

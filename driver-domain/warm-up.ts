@@ -15,8 +15,7 @@
  */
 import * as fs from 'fs';
 import { UringBlockBackend } from '../devices/block-backend';
-import { GuestMemory } from '../devices/memory';
-import { hostRegion } from '../vmm/guest-ram';
+import { GuestMemory, hostRegion } from '../devices/memory';
 import { ControlPage, DeviceCounters } from '../vmm/control-page';
 import { CONTROL_SIZE } from '../vmm/fds';
 import { StatePage } from '../devices/state-page';

@@ -2,7 +2,7 @@
  * Synthetic kernels and guest memory for the boot tests: a tiny ELF64 writer
  * (PT_LOAD + PT_NOTE) and a GuestMemory over plain buffers laid out like the VM.
  */
-import { GuestMemory } from '../devices/memory';
+import { GuestMemory, hostRegion } from '../devices/memory';
 import { ramRegions } from '../vmm/boot/layout';
 
 export interface FixtureSegment { paddr: number; data: Buffer; memsz?: number; vaddr?: bigint }
@@ -67,5 +67,5 @@ export function pvhNote(entry: number, width: 4 | 8 = 8): FixtureNote {
 
 /** Guest memory of `bytes` RAM laid out like the VM (plain buffers instead of a memfd). */
 export function makeMemory(bytes: number): GuestMemory {
-  return new GuestMemory(ramRegions(bytes).map((r) => ({ gpa: r.gpa, bytes: new Uint8Array(r.size) })));
+  return new GuestMemory(ramRegions(bytes).map((r) => hostRegion(r.gpa, new Uint8Array(r.size))));
 }

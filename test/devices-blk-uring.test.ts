@@ -18,7 +18,7 @@ import { makeTestBed } from '../devices/testbed';
 import { BlockBackend, FileBlockBackend, UringBlockBackend, isBatched, openBlockBackend } from '../devices/block-backend';
 import { VirtioBlk, blkDeviceSpec, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR } from '../devices/virtio-blk';
 import { StatePage } from '../devices/state-page';
-import { GuestMemory } from '../devices/memory';
+import { GuestMemory, hostRegion } from '../devices/memory';
 import { execFileSync } from 'child_process';
 import { skipBecause } from './helpers/tsvmm';
 
@@ -316,7 +316,7 @@ describe('virtio-blk on io_uring', () => {
     const be = uring(d.fd);
     const page = StatePage.attach(r.tb.pageBytes);
     const notes: number[] = [];
-    const blk2 = new VirtioBlk(new GuestMemory([{ gpa: 0, bytes: r.tb.ram }]), page.device(0), be, (q) => notes.push(q));
+    const blk2 = new VirtioBlk(new GuestMemory([hostRegion(0, r.tb.ram)]), page.device(0), be, (q) => notes.push(q));
     const res = blk2.activate();
     assert.ok(res.ok && res.recovered);
     await blk2.idle();

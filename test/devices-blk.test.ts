@@ -15,7 +15,7 @@ import {
   VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP,
 } from '../devices/virtio-blk';
 import { StatePage } from '../devices/state-page';
-import { GuestMemory } from '../devices/memory';
+import { GuestMemory, hostRegion } from '../devices/memory';
 import { hasFeature, VIRTIO_BLK_F_RO, VIRTQ_DESC_F_NEXT, Interrupt } from '../devices/virtio-mmio-layout';
 
 const DISK = 1024 * 1024; // 2048 sectors
@@ -257,7 +257,7 @@ describe('devices/virtio-blk', () => {
     const order: number[] = [];
     const tracking: BlockBackend = { size: real.size, readOnly: false, id: 'x', read: (bb, o) => real.read(bb, o), write: (bb, o) => (order.push(o / 512), real.write(bb, o)), flush: () => real.flush() };
     const notes: number[] = [];
-    const blk2 = new VirtioBlk(new GuestMemory([{ gpa: 0, bytes: r.tb.ram }]), page.device(0), tracking, (q) => notes.push(q));
+    const blk2 = new VirtioBlk(new GuestMemory([hostRegion(0, r.tb.ram)]), page.device(0), tracking, (q) => notes.push(q));
     const c = submit(r, VIRTIO_BLK_T_OUT, 2, 512, 0x5c); // a kick that arrived during the outage
     const res = blk2.activate();
     assert.ok(res.ok && res.recovered);

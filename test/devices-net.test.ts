@@ -9,7 +9,7 @@ import { strict as assert } from 'assert';
 import { makeTestBed, TestBed } from '../devices/testbed';
 import { VirtioNet, NetBackend, netDeviceSpec, parseMac, NET_HDR_SIZE, RX_QUEUE, TX_QUEUE } from '../devices/virtio-net';
 import { StatePage } from '../devices/state-page';
-import { GuestMemory } from '../devices/memory';
+import { GuestMemory, hostRegion } from '../devices/memory';
 import { iovLength } from '../devices/iov';
 
 class FakeTap implements NetBackend {
@@ -139,7 +139,7 @@ describe('devices/virtio-net', () => {
     assert.ok(page.validate().ok, page.validate().errors.join());
     const tap2 = new FakeTap();
     const notes: number[] = [];
-    const net2 = new VirtioNet(new GuestMemory([{ gpa: 0, bytes: tb.ram }]), page.device(0), tap2, (q) => notes.push(q));
+    const net2 = new VirtioNet(new GuestMemory([hostRegion(0, tb.ram)]), page.device(0), tap2, (q) => notes.push(q));
     const r = net2.activate();
     assert.ok(r.rx.ok && r.tx.ok);
     assert.deepEqual(tap2.sent, [f]);

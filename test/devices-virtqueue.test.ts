@@ -8,7 +8,7 @@ import { strict as assert } from 'assert';
 import { makeTestBed, TestBed } from '../devices/testbed';
 import { Virtqueue, PopResult, QUEUE_BROKEN, ChainSegments, segmentViews } from '../devices/virtqueue';
 import { DeviceSpec, StatePage } from '../devices/state-page';
-import { GuestMemory } from '../devices/memory';
+import { GuestMemory, hostRegion } from '../devices/memory';
 import {
   features, Status, VIRTIO_F_VERSION_1, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTQ_DESC_F_NEXT,
   VIRTQ_DESC_F_INDIRECT, VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_USED_F_NO_NOTIFY,
@@ -389,7 +389,7 @@ describe('devices/virtqueue', () => {
     function restart(tb: TestBed, check = true): Virtqueue {
       const page = StatePage.attach(tb.pageBytes);
       if (check) assert.deepEqual(page.validate().errors, []);
-      return new Virtqueue(new GuestMemory([{ gpa: 0, bytes: tb.ram }]), page.device(0), 0);
+      return new Virtqueue(new GuestMemory([hostRegion(0, tb.ram)]), page.device(0), 0);
     }
 
     it('resubmits in-flight heads in submit order and does not pop them again', () => {

@@ -15,10 +15,8 @@ import * as path from 'path';
 import { TapBackend } from '../driver-domain/tap-backend';
 import { makeTestBed } from '../devices/testbed';
 import { VirtioNet, netDeviceSpec, parseMac, NET_HDR_SIZE, TX_QUEUE } from '../devices/virtio-net';
-import { GuestMemory } from '../devices/memory';
+import { GuestMemory, hostRegion } from '../devices/memory';
 import { ChainSegments } from '../devices/virtqueue';
-import { hostRegion } from '../vmm/guest-ram';
-import { native } from '../native/kvm';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvmm-tap-'));
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -117,12 +115,10 @@ describe('driver-domain/tap-backend', () => {
 
   it('virtio-net TX through it: the frame after the header leaves from guest RAM, and the head is used only after the write', () => {
     const tb = makeTestBed(netDeviceSpec({ mac: parseMac('52:54:00:12:34:56') }), { queueSize: 16 });
-    // The driver-domain's GuestMemory knows each region's host address (vmm/guest-ram.ts); so does this one.
-    const mem = new GuestMemory([{ gpa: 0, bytes: tb.ram, host: Number(native.address(tb.ram)) }]);
     const f = fifo();
     const tap = new TapBackend(f.write, 'uring');
     let usedAtWrite = -1;
-    const net = new VirtioNet(mem, tb.slot, tap, () => undefined);
+    const net = new VirtioNet(tb.mem, tb.slot, tap, () => undefined);
     assert.ok(net.activate().tx.ok);
     const d = tb.drivers[TX_QUEUE];
     const frame = bytes(100, 9);

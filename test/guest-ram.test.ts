@@ -41,7 +41,7 @@ describe('guest RAM mapping lifetime', () => {
       const ram = mapGuestRam(fd, size);
       const r = ram.memory.regions[0];
       assert.equal(r.host, Number(native.address(ram.slots[0].host)));
-      const start = r.host!.toString(16);
+      const start = r.host.toString(16);
       // /proc/self/smaps: the mapping's VmFlags carry "hg" (VM_HUGEPAGE) after madvise(MADV_HUGEPAGE).
       const smaps = fs.readFileSync('/proc/self/smaps', 'utf8').split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/);
       const entry = smaps.find((e) => e.startsWith(`${start}-`));

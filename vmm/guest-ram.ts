@@ -5,7 +5,7 @@
  * and by the driver-domain (which only reads and writes guest memory).
  */
 import { native } from '../native/kvm';
-import { GuestMemory, MemoryRegion } from '../devices/memory';
+import { GuestMemory, hostRegion } from '../devices/memory';
 import { ramRegions } from './boot/layout';
 
 export interface MappedRam {
@@ -38,11 +38,3 @@ export function mapGuestRam(ramFd: number, memBytes: number): MappedRam {
   return { memory: new GuestMemory(slots.map((s) => hostRegion(s.gpa, s.host))), slots };
 }
 
-/**
- * The region for guest-physical `gpa` backed by `buffer`, with its host address. Every GuestMemory
- * the driver-domain serves from is built of these (its JIT warm-up's too, so the optimized code
- * sees one object shape).
- */
-export function hostRegion(gpa: number, buffer: ArrayBuffer): MemoryRegion {
-  return { gpa, bytes: new Uint8Array(buffer), host: Number(native.address(buffer)) };
-}
