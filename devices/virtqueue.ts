@@ -83,20 +83,24 @@ export class ChainSegments {
   writableLength = 0;
   /** Why the last walk returned 'bad-chain' or 'broken'. */
   error = '';
-  // Fixed-type arrays, grown (rarely: a long chain) by room(): every store in the walk is in
-  // bounds and of one type, so optimized code warmed up on another instance still fits this one.
+  // Fixed-type arrays, doubled by grow() when a long chain fills them (rare): every store in the
+  // walk is in bounds and of one type, so optimized code warmed up on another instance fits this one.
   region = new Uint32Array(16);
   offset = new Float64Array(16);
   length = new Uint32Array(16);
 
-  /** Makes room for segment `n` (index). */
-  room(n: number): void {
-    if (n < this.region.length) return;
-    const cap = Math.max(n + 1, this.region.length * 2);
-    const grow = <T extends Uint32Array | Float64Array>(a: T, b: T): T => { b.set(a); return b; };
-    this.region = grow(this.region, new Uint32Array(cap));
-    this.offset = grow(this.offset, new Float64Array(cap));
-    this.length = grow(this.length, new Uint32Array(cap));
+  /** Doubles the capacity, keeping the segments so far. */
+  grow(): void {
+    const cap = this.region.length * 2;
+    const region = new Uint32Array(cap);
+    const offset = new Float64Array(cap);
+    const length = new Uint32Array(cap);
+    region.set(this.region);
+    offset.set(this.offset);
+    length.set(this.length);
+    this.region = region;
+    this.offset = offset;
+    this.length = length;
   }
 }
 
@@ -408,7 +412,7 @@ export class Virtqueue {
         const r = mem.locate(addr, len);
         if (r < 0) return `buffer 0x${addr.toString(16)}+0x${len.toString(16)} outside guest RAM`;
         const n = out.count;
-        out.room(n);
+        if (n === out.region.length) out.grow();
         out.region[n] = r;
         out.offset[n] = addr - mem.regions[r].gpa;
         out.length[n] = len;

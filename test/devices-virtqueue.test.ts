@@ -322,6 +322,20 @@ describe('devices/virtqueue', () => {
     assert.ok(kinds.chain > 0 && kinds['bad-chain'] > 0, `both verdicts exercised: ${JSON.stringify(kinds)}`);
   });
 
+  it('popSegments takes a chain longer than its arrays hold (grows them, keeping the first segments)', () => {
+    const { tb, vq } = bed();
+    const d = tb.drivers[0];
+    const n = 40; // more than ChainSegments' initial 16
+    const bufs = Array.from({ length: n }, (_, i) => ({ addr: tb.dataBase + 64 * i, len: 8 + i }));
+    bufs.forEach((b, i) => tb.ram.fill(i + 1, b.addr, b.addr + b.len));
+    d.publish(d.addIndirectChain(tb.dataBase + 0x10000, bufs));
+    const s = new ChainSegments();
+    assert.equal(vq.popSegments(s), 'chain');
+    assert.equal(s.count, n);
+    assert.equal(s.readableLength, bufs.reduce((t, b) => t + b.len, 0));
+    assert.deepEqual(segmentViews(tb.mem, s, 0, s.count).map((v) => [...v]), bufs.map((b, i) => Array(b.len).fill(i + 1)));
+  });
+
   it('segmentViews skips a prefix across segments (the virtio-net header)', () => {
     const { tb, vq } = bed();
     const d = tb.drivers[0];

@@ -57,7 +57,7 @@ function guest(): { mem: GuestMemory; chain: (segs: [number, Uint8Array][]) => C
     const c = new ChainSegments();
     for (const [off, b] of segs) {
       ram.set(b, off);
-      c.room(c.count);
+      if (c.count === c.region.length) c.grow();
       c.region[c.count] = 0;
       c.offset[c.count] = off;
       c.length[c.count] = b.length;
