@@ -10,7 +10,7 @@ import { abi, native } from '../native/kvm';
 import { Kvm } from '../vmm/kvm/system';
 import { Vm } from '../vmm/kvm/vm';
 import { Vcpu } from '../vmm/kvm/vcpu';
-import { ioapicRedirection } from '../vmm/kvm/structs';
+import { ioapicRedirectionOffset } from '../vmm/kvm/structs';
 import { DeviceEntry } from '../vmm/devices';
 import { irqfdGsi, IrqRoutes, msiFor } from '../vmm/irq-routes';
 import { requireKvm } from './helpers/tsvmm';
@@ -57,9 +57,9 @@ describe('interrupt routes of the virtio irqfds', () => {
     /** Sets the guest's IOAPIC redirection entry for PIN. */
     function program(vm: Vm, e: bigint): void {
       const chip = vm.getIrqchip(abi('KVM_IRQCHIP_IOAPIC'));
-      chip.writeBigUInt64LE(e, abi('offsetof_kvm_irqchip_chip') + abi('offsetof_kvm_ioapic_state_redirtbl') + 8 * PIN);
+      chip.writeBigUInt64LE(e, ioapicRedirectionOffset(PIN));
       vm.setIrqchip(chip);
-      assert.equal(ioapicRedirection(vm.getIrqchip(abi('KVM_IRQCHIP_IOAPIC')), PIN), e);
+      assert.equal(vm.getIrqchip(abi('KVM_IRQCHIP_IOAPIC')).readBigUInt64LE(ioapicRedirectionOffset(PIN)), e);
     }
 
     /** Signals the irqfd and waits (briefly: the IOAPIC route injects from a kernel worker) for VECTOR in the LAPIC's IRR. */

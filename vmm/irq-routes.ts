@@ -23,7 +23,7 @@
  */
 import { abi } from '../native/kvm';
 import { Vm } from './kvm/vm';
-import { IrqRoute, ioapicRedirection } from './kvm/structs';
+import { IrqRoute, ioapicRedirectionOffset } from './kvm/structs';
 import { DeviceEntry } from './devices';
 
 /** Pins of KVM's in-kernel IOAPIC; GSIs from here on are free for the devices' irqfds. */
@@ -60,10 +60,10 @@ function pinRoutes(gsi: number, pin: number): IrqRoute[] {
 export class IrqRoutes {
   /** Per device, the MSI it is routed to (undefined: its IOAPIC pin). */
   private installed: (Msi | undefined)[];
-  private readonly fixedToPins = process.env.TSVMM_IRQ_ROUTES === 'pin';
+  /** False with TSVMM_IRQ_ROUTES=pin, or once KVM refused a change: every device stays on its pin. */
+  private syncing = process.env.TSVMM_IRQ_ROUTES !== 'pin';
   /** Route changes made (for tests and debugging). */
   changes = 0;
-  private failed = false;
 
   /** Installs the routing table with every device on its IOAPIC pin (before any irqfd is registered). */
   constructor(private readonly vm: Vm, private readonly devices: DeviceEntry[]) {
@@ -76,17 +76,17 @@ export class IrqRoutes {
    * (never seen), every device goes back to its pin, which is always right, and syncing stops.
    */
   sync(): void {
-    if (!this.devices.length || this.fixedToPins || this.failed) return;
+    if (!this.devices.length || !this.syncing) return;
     try {
       const chip = this.vm.getIrqchip(abi('KVM_IRQCHIP_IOAPIC'));
-      const want = this.devices.map((d) => (d.gsi < IOAPIC_PINS ? msiFor(ioapicRedirection(chip, d.gsi)) : undefined));
+      const want = this.devices.map((d) => (d.gsi < IOAPIC_PINS ? msiFor(chip.readBigUInt64LE(ioapicRedirectionOffset(d.gsi))) : undefined));
       const same = (a: Msi | undefined, b: Msi | undefined) => a?.addressLo === b?.addressLo && a?.data === b?.data;
       if (want.every((m, i) => same(m, this.installed[i]))) return;
       this.installed = want;
       this.install();
       this.changes++;
     } catch (e) {
-      this.failed = true;
+      this.syncing = false;
       process.stderr.write(`tsvmm vmm: interrupt routes: ${(e as Error).message}; devices stay on their IOAPIC pins\n`);
       this.installed = this.devices.map(() => undefined);
       try { this.install(); } catch { /* the table from before stays: its MSI routes were valid when set */ }

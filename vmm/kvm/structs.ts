@@ -169,9 +169,9 @@ export function encodeIrqRouting(routes: IrqRoute[]): Buffer {
   return b;
 }
 
-/** IOAPIC redirection table entry `pin` (a 64-bit register) of a KVM_GET_IRQCHIP(KVM_IRQCHIP_IOAPIC) buffer. */
-export function ioapicRedirection(chip: Buffer, pin: number): bigint {
-  return chip.readBigUInt64LE(abi('offsetof_kvm_irqchip_chip') + abi('offsetof_kvm_ioapic_state_redirtbl') + 8 * pin);
+/** Byte offset of IOAPIC redirection table entry `pin` (a 64-bit register) in a KVM_GET_IRQCHIP(KVM_IRQCHIP_IOAPIC) buffer. */
+export function ioapicRedirectionOffset(pin: number): number {
+  return abi('offsetof_kvm_irqchip_chip') + abi('offsetof_kvm_ioapic_state_redirtbl') + 8 * pin;
 }
 
 /** kvm_ioeventfd */
