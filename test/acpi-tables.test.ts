@@ -17,7 +17,6 @@ import { requireTool } from './helpers/tsvmm';
 
 const sum8 = (b: Uint8Array): number => b.reduce((s, x) => (s + x) & 0xff, 0);
 
-
 /** Disassemble one table with `iasl -d`; returns the .dsl text and iasl's output. */
 function disassemble(name: string, table: Buffer): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvmm-acpi-'));

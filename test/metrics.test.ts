@@ -8,13 +8,8 @@ import * as http from 'http';
 import * as net from 'net';
 import * as path from 'path';
 import { spawnSync } from 'child_process';
-import { requireKvm, requireTool } from './helpers/tsvmm';
+import { haveTool, requireKvm, requireTool } from './helpers/tsvmm';
 import { sleep, startVm, TestVm, runScenario } from './helpers/control-plane';
-
-function promtool(): string | undefined {
-  const r = spawnSync('promtool', ['--version'], { encoding: 'utf8' });
-  return r.error ? undefined : 'promtool';
-}
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -157,7 +152,7 @@ describe('Prometheus metrics', function () {
     assert.equal(value(last, 'tsvmm_component_up', { component: 'driver-domain' }), 1);
     assert.ok(value(last, 'tsvmm_component_heartbeat_age_seconds', { component: 'driver-domain' }) < 1);
     // promtool is optional outside CI; where scripts/install-deps.sh ran, check() fails if it is missing.
-    if (promtool() || process.env.TSVMM_DEPS_INSTALLED === '1') {
+    if (haveTool('promtool') || process.env.TSVMM_DEPS_INSTALLED === '1') {
       const c = check(last);
       assert.equal(c.status, 0, c.out);
     }

@@ -26,7 +26,6 @@
 namespace tsvmm {
 namespace {
 
-
 int64_t Int(const Napi::Value& v) {
   if (v.IsBigInt()) {
     bool lossless;

@@ -30,7 +30,6 @@
 
 namespace {
 
-
 void Unmap(Napi::Env, void* data, size_t* len) {
   munmap(data, *len);
   delete len;

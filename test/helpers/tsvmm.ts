@@ -29,13 +29,18 @@ export function skipBecause(ctx: Mocha.Context, why: string): never {
   throw new Error('unreachable');
 }
 
+/** True when `cmd` is on the PATH. */
+export function haveTool(cmd: string): boolean {
+  return spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
+}
+
 /**
  * A host tool that scripts/install-deps.sh installs (`cmd`, from Debian package `pkg`). Missing, it
  * skips with the reason, except where the install ran (.ci/run sets TSVMM_DEPS_INSTALLED=1): there
  * a missing tool is a broken install, and the test fails instead of hiding it.
  */
 export function requireTool(ctx: Mocha.Context, cmd: string, pkg: string): void {
-  if (spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0) return;
+  if (haveTool(cmd)) return;
   const why = `${cmd} is not installed (Debian package ${pkg}; scripts/install-deps.sh installs it)`;
   if (process.env.TSVMM_DEPS_INSTALLED === '1') throw new Error(`${why}, yet scripts/install-deps.sh ran`);
   skipBecause(ctx, why);
