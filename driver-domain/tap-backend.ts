@@ -54,6 +54,8 @@ export class TapBackend implements NetBackend {
   private readonly tx?: TxRing;
   /** Frames the TAP refused (queue full, link down): a NIC drops too. */
   dropped = 0;
+  /** flush()'s completion callback, made once (not a closure per batch). */
+  private readonly onTxCqe = (_ud: number, res: number): void => { if (res < 0) this.dropped++; };
 
   constructor(readonly fd: number, io: 'uring' | 'writev' = process.env.TSVMM_TAP_IO === 'writev' ? 'writev' : 'uring') {
     if (io === 'uring') this.tx = openTxRing();
@@ -118,16 +120,11 @@ export class TapBackend implements NetBackend {
     for (let i = 0; i < 3 && (r === -4 /* EINTR */ || r === -11 /* EAGAIN */ || r === -16 /* EBUSY */); i++) r = ring.submit();
     const taken = r < 0 ? 0 : r;
     if (ring.unsubmitted > 0) this.dropped += ring.unqueue().length;
-    let done = 0;
-    const onCqe = (_ud: number, res: number) => {
-      done++;
-      if (res < 0) this.dropped++;
-    };
-    ring.reap(onCqe);
+    let done = ring.reap(this.onTxCqe);
     while (done < taken) {
       // Not completed inline (a TAP write handed to an io_uring worker): wait for it.
       const e = ring.submit(taken - done);
-      ring.reap(onCqe);
+      done += ring.reap(this.onTxCqe);
       if (e < 0 && e !== -4 /* EINTR */) break;
     }
     t.queued = 0;
