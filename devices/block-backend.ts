@@ -24,6 +24,7 @@ import * as fs from 'fs';
 import { native } from '../native/kvm';
 import { IoUring, putIovec, uringConstants } from './io-uring';
 import { iovLength, iovSlice } from './iov';
+import type { GuestMemory } from './memory';
 
 export interface BlockBackend {
   /** Size in bytes (the device exposes floor(size / 512) sectors). */
@@ -65,6 +66,8 @@ export interface BatchedBlockBackend extends BlockBackend {
   readonly completionFd: number;
   /** Operations queued or in the kernel. */
   readonly pending: number;
+  /** Learn the host addresses of `mem`'s regions up front (buffers are views of guest RAM). */
+  useMemory(mem: GuestMemory): void;
   close(): void;
 }
 
@@ -244,6 +247,16 @@ export class UringBlockBackend implements BatchedBlockBackend {
 
   get pending(): number {
     return this.inKernelOrQueued;
+  }
+
+  /**
+   * Every buffer the device hands over is a view of guest RAM: knowing each region's address
+   * before the first request keeps `addr()`'s lookup from missing on the live path (a miss there,
+   * after the JIT warm-up optimized `prepSlot` on other memory, deoptimized it at the guest's
+   * first request).
+   */
+  useMemory(mem: GuestMemory): void {
+    for (const r of mem.regions) this.bases.set(r.bytes.buffer, r.host - r.bytes.byteOffset);
   }
 
   queueRead(buffers: Uint8Array[], offset: number, done: IoDone): void {

@@ -17,7 +17,7 @@ import { Component, StatePage } from '../devices/state-page';
 import { Status } from '../devices/virtio-mmio-layout';
 import { VirtioBlk } from '../devices/virtio-blk';
 import { VirtioNet } from '../devices/virtio-net';
-import { isBatched, openBlockBackend } from '../devices/block-backend';
+import { UringBlockBackend, isBatched, openBlockBackend } from '../devices/block-backend';
 import { mapGuestRam } from '../vmm/guest-ram';
 import { deviceList } from '../vmm/devices';
 import { DEVICE_PAGE_OFFSET, deviceFds, FD, STATE_MEMFD_SIZE } from '../vmm/fds';
@@ -67,7 +67,7 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
   const served: Served[] = [];
   const active: boolean[] = [];
   /** io_uring disks, for the JIT warm-up (driver-domain/warm-up.ts). */
-  const uringDisks: { fd: number; size: number }[] = [];
+  const uringDisks: UringBlockBackend[] = [];
   const ensure = (i: number): boolean => {
     const s = served[i];
     if (!s.running()) {
@@ -112,7 +112,7 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
       const io = openBlockBackend(fds.backend, size, disk.readOnly, `tsvmm-disk${d.index}`);
       process.stderr.write(`tsvmm: driver-domain: disk ${d.index} I/O: ${io.kind === 'uring' ? 'io_uring' : `thread pool (fs.readv/writev; ${io.why})`}\n`);
       const blk = new VirtioBlk(ram.memory, slot, io.backend, notify);
-      if (io.kind === 'uring') uringDisks.push({ fd: fds.backend, size });
+      if (io.backend instanceof UringBlockBackend) uringDisks.push(io.backend);
       if (isBatched(io.backend) && io.backend.completionFd >= 0) {
         const b = io.backend;
         ioDone.set(d.index, () => b.reap());
@@ -178,10 +178,10 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
   // Warm the block path's JIT up while no guest I/O can be waiting for it: at boot (no device live
   // yet) or in a standby, never in a cold restart under a running guest (that would delay recovery).
   const warmUp = () => {
-    const n = Number(process.env.TSVMM_BLK_WARMUP ?? 2048); // requests; 0 turns the warm-up off
+    const n = Number(process.env.TSVMM_BLK_WARMUP ?? 4096); // requests; 0 turns the warm-up off
     if (!(n > 0)) return;
-    for (const d of uringDisks) {
-      const ms = warmUpBlk(d.fd, d.size, n);
+    for (const be of uringDisks) {
+      const ms = warmUpBlk(be, n);
       if (process.env.TSVMM_RESTORE_DEBUG) process.stderr.write(`tsvmm driver-domain: block path warm-up ${ms < 0 ? 'skipped' : `${ms.toFixed(1)} ms`}\n`);
     }
   };

@@ -1,20 +1,25 @@
 /**
  * JIT warm-up of the block data path. A fresh driver-domain runs its
  * per-request JavaScript (pop, chain walk, request parse, SQE prep, reap,
- * used-ring publish) in V8's interpreter and baseline tiers for the first few
- * thousand requests, and V8's optimizing compiler threads then compete with
- * the I/O for the one CPU the guest's vCPU leaves free. This pushes a few
- * thousand read requests through the same classes (VirtioBlk, Virtqueue,
- * UringBlockBackend) on a private ring in private memory before the guest
- * uses the disk, so the guest's first requests already run optimized code.
+ * used-ring publish, the busy poll) in V8's interpreter and baseline tiers for
+ * the first few thousand requests, and V8's optimizing compiler threads then
+ * compete with the I/O for the one CPU the guest's vCPU leaves free. This
+ * pushes a few thousand read requests through the same classes (VirtioBlk,
+ * Virtqueue, UringBlockBackend, BusyPoll) on a private virtqueue in private
+ * memory before the guest uses the disk, so the guest's first requests
+ * already run optimized code.
  *
- * Nothing the guest can see is touched: a private bed (guest-RAM stand-in,
- * state page and ring), a second io_uring of its own, reads only
- * (the backend is opened read-only) from the start of the disk, which is read
- * into the page cache first so every warm-up read completes inline.
+ * The requests go through the disk's own backend, the object that will serve
+ * the guest: the optimized code is specialised to that object, and nothing
+ * the warm-up does afterwards invalidates it (closing a private backend did:
+ * it changed fields the code had assumed constant). Nothing the guest can see
+ * is touched: a private VirtioBlk is only ever given read and GET_ID requests,
+ * for the start of the disk, which is read into the page cache first so every
+ * warm-up read completes inline.
  */
 import * as fs from 'fs';
 import { UringBlockBackend } from '../devices/block-backend';
+import { BusyPoll } from './busy-poll';
 import { GuestMemory, hostRegion } from '../devices/memory';
 import { ControlPage, DeviceCounters } from '../vmm/control-page';
 import { CONTROL_SIZE } from '../vmm/fds';
@@ -25,6 +30,9 @@ import { VirtioBlk, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, b
 
 /** Keeps alive what an unfinished warm-up's reads may still write into (never expected to be used). */
 const abandoned: unknown[] = [];
+
+/** The warm-up's busy-poll window (us): it only needs the poll's code to run, not to wait. */
+const POLL_WINDOW_US = 10;
 
 /** How long the warm-up waits at most for V8's background threads to finish their work (ms). */
 const SETTLE_MAX_MS = 300;
@@ -58,24 +66,18 @@ function settleCompiler(): void {
 
 /**
  * Run about `requests` reads (batches of 1 to 32: mostly 4 KiB, every 8th batch 256 KiB)
- * through a private VirtioBlk on io_uring over the image fd `fd`. Returns the
- * milliseconds it took, or -1 when it was skipped (tiny disk, or io_uring
- * unavailable). Never throws.
+ * through a private VirtioBlk on `be`, the idle backend of a disk no guest uses yet. Returns the
+ * milliseconds it took, or -1 when it was skipped (tiny disk) or failed. Never throws.
  */
-export function warmUpBlk(fd: number, size: number, requests = 2048): number {
+export function warmUpBlk(be: UringBlockBackend, requests = 4096): number {
   const t0 = performance.now();
+  const { fd, size } = be;
   const QD = 32;
   const SMALL = 4096;
   const LARGE = 256 * 1024;
   const span = Math.min(size, 4 << 20) - (Math.min(size, 4 << 20) % LARGE);
   if (span < LARGE) return -1;
-  let be: UringBlockBackend;
-  try {
-    // With an eventfd, as in the driver-domain (the eventfd is never watched: every read completes inline).
-    be = new UringBlockBackend(fd, size, true, 'warm-up', { completions: 'eventfd' });
-  } catch {
-    return -1;
-  }
+  const onBatch = be.onBatch; // the live device's: the private VirtioBlk takes it over meanwhile
   try {
     // Page-cache the span so every warm-up read completes inside io_uring_enter.
     const chunk = Buffer.allocUnsafe(LARGE);
@@ -98,10 +100,8 @@ export function warmUpBlk(fd: number, size: number, requests = 2048): number {
     const blk = new VirtioBlk(mem, slot, be, () => {});
     // Counting into a private control page, as every served disk counts into the real one.
     blk.counters = new DeviceCounters(new ControlPage(new ArrayBuffer(CONTROL_SIZE)), 0);
-    if (!blk.activate().ok) {
-      be.close();
-      return -1;
-    }
+    if (!blk.activate().ok) return -1;
+    const kept = new BusyPoll(POLL_WINDOW_US);
     // Per slot: an indirect table (3 entries), the 16-byte header, the status byte, then the data buffer.
     const slotBytes = LARGE + 4096;
     const sectors = span / 512;
@@ -124,10 +124,14 @@ export function warmUpBlk(fd: number, size: number, requests = 2048): number {
         const dataLen = getId ? VIRTIO_BLK_ID_BYTES : len;
         d.publish(d.addIndirectChain(table, [{ addr: hdr, len: 16 }, { addr: data, len: dataLen, write: true }, { addr: status, len: 1, write: true }]));
       }
-      blk.kick();
+      // Every other batch through a busy poll, as the live disk serves a polling guest's next
+      // requests: alternately a fresh one (no back-off, so its wait spins out a window) and one
+      // kept across batches (whose back-off skips polls).
+      if (batch % 2) (batch % 4 === 1 ? new BusyPoll(POLL_WINDOW_US) : kept).follow(blk.vq, () => blk.kick(), true);
+      else blk.kick();
       for (let spin = 0; blk.inflightCount > 0 && spin < 100000; spin++) be.reap();
       if (blk.inflightCount > 0) {
-        abandoned.push(be, ram);
+        abandoned.push(ram);
         return -1;
       }
       // What the safety timer does once the disk is idle: stop it (the next request starts it again).
@@ -135,11 +139,11 @@ export function warmUpBlk(fd: number, size: number, requests = 2048): number {
       d.takeUsed();
       done += n;
     }
-    be.close();
     settleCompiler();
     return performance.now() - t0;
   } catch {
-    abandoned.push(be);
     return -1;
+  } finally {
+    be.onBatch = onBatch;
   }
 }

@@ -21,6 +21,7 @@ import { StatePage } from '../devices/state-page';
 import { GuestMemory, hostRegion } from '../devices/memory';
 import { execFileSync } from 'child_process';
 import { skipBecause } from './helpers/tsvmm';
+import { warmUpBlk } from '../driver-domain/warm-up';
 
 const DISK = 1024 * 1024;
 
@@ -300,6 +301,30 @@ describe('virtio-blk on io_uring', () => {
     assert.ok(fs.readFileSync(ro.path).every((x) => x === 0x33));
     rbe.close();
     fs.closeSync(ro.fd);
+  });
+
+  it('the JIT warm-up runs on the live disk\'s backend, writes nothing, and leaves it serving the live device', async () => {
+    const d = tempDisk();
+    const f = Buffer.alloc(DISK);
+    for (let s = 0; s < DISK / 512; s++) f.fill((s * 7) & 0xff, s * 512, s * 512 + 512);
+    fs.writeSync(d.fd, f, 0, DISK, 0);
+    // As in the driver-domain: completions by eventfd, the live device built before the warm-up.
+    const be = new UringBlockBackend(d.fd, DISK, false, 'warm-test', { completions: 'eventfd' });
+    const r = blkRig(be);
+    const live = be.onBatch;
+    assert.ok(warmUpBlk(be, 512) >= 0, 'warm-up ran');
+    assert.equal(be.pending, 0);
+    assert.equal(be.onBatch, live, 'completion batches go to the live device again');
+    const q = r.submit(VIRTIO_BLK_T_IN, 100, 4096);
+    assert.equal(r.blk.kick(), 1);
+    await r.blk.idle();
+    assert.equal(r.tb.ram[q.status], VIRTIO_BLK_S_OK);
+    for (let k = 0; k < 8; k++) assert.equal(r.tb.ram[q.data + k * 512], ((100 + k) * 7) & 0xff, `sector ${100 + k}`);
+    assert.deepEqual(r.tb.drivers[0].takeUsed().map((u) => u.id), [q.head], 'published by the live device');
+    assert.ok(r.notes.length >= 1, 'the live device signalled its completion');
+    assert.ok(fs.readFileSync(d.path).equals(f), 'the disk is unchanged');
+    be.close();
+    fs.closeSync(d.fd);
   });
 
   it('a restarted device resubmits requests still in flight through io_uring, in order', async () => {
