@@ -24,6 +24,7 @@ interface UringNative {
   uringSetup(entries: number, flags: number): UringSetup;
   uringEnter(fd: number, toSubmit: number, minComplete: number, flags: number): number;
   uringRegisterEventfd(fd: number, eventfd: number, asyncOnly: boolean): number;
+  uringRegisterIowqMaxWorkers(fd: number, bounded: number, unbounded: number): number;
   uringConstants: Record<string, number>;
 }
 
@@ -218,6 +219,12 @@ export class IoUring {
   registerEventfd(eventfd: number): void {
     const r = un.uringRegisterEventfd!(this.fd, eventfd, false);
     if (r < 0) throw Object.assign(new Error(`io_uring_register(EVENTFD): errno ${-r}`), { errno: -r });
+  }
+
+  /** At most `bounded` io_uring workers for regular-file I/O (IORING_REGISTER_IOWQ_MAX_WORKERS). Throws on failure. */
+  setMaxWorkers(bounded: number): void {
+    const r = un.uringRegisterIowqMaxWorkers!(this.fd, bounded, 0);
+    if (r < 0) throw Object.assign(new Error(`io_uring_register(IOWQ_MAX_WORKERS): errno ${-r}`), { errno: -r });
   }
 
   /**

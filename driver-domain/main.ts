@@ -17,7 +17,7 @@ import { Component, StatePage } from '../devices/state-page';
 import { Status } from '../devices/virtio-mmio-layout';
 import { VirtioBlk } from '../devices/virtio-blk';
 import { VirtioNet } from '../devices/virtio-net';
-import { UringBlockBackend, isBatched, openBlockBackend } from '../devices/block-backend';
+import { UringBlockBackend, isBatched, largeTransferPolicy, openBlockBackend } from '../devices/block-backend';
 import { mapGuestRam } from '../vmm/guest-ram';
 import { deviceList } from '../vmm/devices';
 import { DEVICE_PAGE_OFFSET, deviceFds, FD, STATE_MEMFD_SIZE } from '../vmm/fds';
@@ -109,13 +109,18 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
     if (d.kind === 'blk') {
       const disk = cfg.disks[d.index];
       const size = fs.fstatSync(fds.backend).size;
-      const io = openBlockBackend(fds.backend, size, disk.readOnly, `tsvmm-disk${d.index}`);
-      process.stderr.write(`tsvmm: driver-domain: disk ${d.index} I/O: ${io.kind === 'uring' ? 'io_uring' : `thread pool (fs.readv/writev; ${io.why})`}\n`);
+      const large = largeTransferPolicy(cfg.cpus);
+      const io = openBlockBackend(fds.backend, size, disk.readOnly, `tsvmm-disk${d.index}`, large);
+      const offload = !((large.largeFrom ?? Infinity) < Infinity) ? '' : `, transfers from ${large.largeFrom! / 1024} KiB on ${
+        large.large === 'pool' ? 'the libuv pool' : `io_uring workers${large.workers ? ` (at most ${large.workers})` : ''}`}`;
+      process.stderr.write(`tsvmm: driver-domain: disk ${d.index} I/O: ${io.kind === 'uring' ? `io_uring${offload}` : `thread pool (fs.readv/writev; ${io.why})`}\n`);
       const blk = new VirtioBlk(ram.memory, slot, io.backend, notify);
       if (io.backend instanceof UringBlockBackend) uringDisks.push(io.backend);
+      let reap: (() => number) | undefined;
       if (isBatched(io.backend) && io.backend.completionFd >= 0) {
         const b = io.backend;
-        ioDone.set(d.index, () => b.reap());
+        reap = () => b.reap();
+        ioDone.set(d.index, reap);
         // Tag space: device index * 16 + 14 for the disk's I/O completion eventfd.
         registrations.push(() => poller.pollerAdd(b.completionFd, d.index * 16 + 14, true));
       }
@@ -123,7 +128,9 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
       const poll = new BusyPoll();
       served.push({
         activate: () => { blk.activate(); }, kick: () => { blk.kick(); }, running, deactivate: () => blk.vq.deactivate(),
-        follow: () => poll.follow(blk.vq, () => blk.kick(), true),
+        // While it polls it also reaps: I/O that completes off this thread (io_uring workers) is
+        // published then, not when the poll ends and the completion eventfd is read.
+        follow: () => poll.follow(blk.vq, () => blk.kick(), true, reap),
       });
     } else {
       const tap = new TapBackend(fds.backend);
@@ -213,7 +220,7 @@ function waitForDeath(pid: number): bigint {
 
 /** Per net device index: drain its TAP into the guest (frames delivered). */
 const tapDrains = new Map<number, () => number>();
-const ioDone = new Map<number, () => void>();
+const ioDone = new Map<number, () => number>();
 
 function main(): void {
   exitOnUncaughtException('driver-domain');

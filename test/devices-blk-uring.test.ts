@@ -15,7 +15,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { makeTestBed } from '../devices/testbed';
-import { BlockBackend, FileBlockBackend, UringBlockBackend, isBatched, openBlockBackend } from '../devices/block-backend';
+import { BlockBackend, FileBlockBackend, UringBlockBackend, isBatched, largeTransferPolicy, openBlockBackend } from '../devices/block-backend';
 import { VirtioBlk, blkDeviceSpec, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR } from '../devices/virtio-blk';
 import { StatePage } from '../devices/state-page';
 import { GuestMemory, hostRegion } from '../devices/memory';
@@ -110,6 +110,38 @@ describe('devices/io-uring block backend', () => {
       be.close();
       fs.closeSync(d.fd);
     }
+  });
+
+  it('large transfers leave the submitting thread only where the host has CPUs to spare', () => {
+    const saved = { from: process.env.TSVMM_BLK_LARGE_FROM, large: process.env.TSVMM_BLK_LARGE };
+    delete process.env.TSVMM_BLK_LARGE_FROM;
+    delete process.env.TSVMM_BLK_LARGE;
+    try {
+      assert.deepEqual(largeTransferPolicy(1, 2), {}, '2 CPUs, 1 vCPU: all inline');
+      assert.deepEqual(largeTransferPolicy(2, 4), {}, '4 CPUs, 2 vCPUs: one spare is not enough');
+      assert.deepEqual(largeTransferPolicy(1, 16), { largeFrom: 256 * 1024, large: 'wq', workers: 14 });
+      process.env.TSVMM_BLK_LARGE_FROM = 'Infinity';
+      assert.equal(largeTransferPolicy(1, 16).largeFrom, Infinity, 'the env turns it off');
+      process.env.TSVMM_BLK_LARGE_FROM = '65536';
+      process.env.TSVMM_BLK_LARGE = 'pool';
+      assert.deepEqual(largeTransferPolicy(1, 2), { largeFrom: 65536, large: 'pool', workers: undefined }, 'or on');
+    } finally {
+      for (const [k, v] of [['TSVMM_BLK_LARGE_FROM', saved.from], ['TSVMM_BLK_LARGE', saved.large]] as const) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    }
+  });
+
+  it('io_uring workers capped at one still complete every large transfer', async () => {
+    const d = tempDisk(0x42);
+    const be = new UringBlockBackend(d.fd, DISK, false, 'x', { completions: 'poll', largeFrom: 4096, large: 'wq', workers: 1 });
+    const ram = new Uint8Array(new ArrayBuffer(1 << 20));
+    const reads = Array.from({ length: 8 }, (_, i) => be.read([ram.subarray(i * 65536, (i + 1) * 65536)], i * 65536));
+    assert.deepEqual(await Promise.all(reads), Array(8).fill(65536));
+    assert.ok(ram.subarray(0, 8 * 65536).every((x) => x === 0x42));
+    be.close();
+    fs.closeSync(d.fd);
   });
 
   it('an end-of-disk read fails (also when it starts inside the disk)', async () => {

@@ -127,6 +127,15 @@ Napi::Value UringRegisterEventfd(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), r < 0 ? -errno : 0);
 }
 
+// uringRegisterIowqMaxWorkers(fd, bounded, unbounded) -> 0 or -errno (IORING_REGISTER_IOWQ_MAX_WORKERS;
+// 0 leaves a limit as it is).
+Napi::Value UringRegisterIowqMaxWorkers(const Napi::CallbackInfo& info) {
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  __u32 counts[2] = {info[1].As<Napi::Number>().Uint32Value(), info[2].As<Napi::Number>().Uint32Value()};
+  long r = syscall(__NR_io_uring_register, fd, IORING_REGISTER_IOWQ_MAX_WORKERS, counts, 2);
+  return Napi::Number::New(info.Env(), r < 0 ? -errno : 0);
+}
+
 Napi::Object Constants(Napi::Env env) {
   Napi::Object c = Napi::Object::New(env);
 #define C(name) c.Set(#name, Napi::Number::New(env, static_cast<double>(name)))
@@ -173,6 +182,7 @@ void InitUring(Napi::Env env, Napi::Object exports) {
   exports.Set("uringSetup", Napi::Function::New(env, UringSetup));
   exports.Set("uringEnter", Napi::Function::New(env, UringEnter));
   exports.Set("uringRegisterEventfd", Napi::Function::New(env, UringRegisterEventfd));
+  exports.Set("uringRegisterIowqMaxWorkers", Napi::Function::New(env, UringRegisterIowqMaxWorkers));
   exports.Set("uringConstants", Constants(env));
 }
 }  // namespace tsvmm
