@@ -116,7 +116,10 @@ async function latency(component: ComponentName, warm: boolean, kills: number, c
   row.errors = guestErrors(vm.out).length;
   if (component === 'vmm') {
     row.stall = guestStalls(vm.lines, killedAt, tscKhz());
-    row.running = killToRunning(vm.err, killedNs);
+    // A kill whose restarted vmm never stamped "vCPU 0 running" (e.g. the run ended first) has no sample.
+    const running = killToRunning(vm.err, killedNs);
+    row.running = running.filter(Number.isFinite);
+    if (row.running.length < running.length) process.stderr.write(`  ${row.name}: ${running.length - row.running.length} kill(s) without a vCPU-running stamp\n`);
   }
   return row;
 }
