@@ -195,10 +195,10 @@ export function largeTransferPolicy(vcpus: number, hostCpus = os.availableParall
   const spare = hostCpus - vcpus - 1;
   const envFrom = Number(process.env.TSVMM_BLK_LARGE_FROM);
   const envLarge = process.env.TSVMM_BLK_LARGE === 'pool' ? 'pool' : 'wq';
+  if (envFrom === Infinity) return {};
   if (envFrom > 0) return { largeFrom: envFrom, large: envLarge, workers: spare > 0 ? spare : undefined };
   return spare >= 2 ? { largeFrom: LARGE_TRANSFER, large: envLarge, workers: spare } : {};
 }
-
 
 function errnoError(errno: number, what: string): Error {
   const e = new Error(`${what}: errno ${errno}`) as NodeJS.ErrnoException;

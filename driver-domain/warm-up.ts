@@ -14,8 +14,8 @@
  * the warm-up does afterwards invalidates it (closing a private backend did:
  * it changed fields the code had assumed constant). Nothing the guest can see
  * is touched: a private VirtioBlk is only ever given read and GET_ID requests,
- * for the start of the disk, which is read into the page cache first so every
- * warm-up read completes inline.
+ * for the start of the disk, which is read into the page cache first so no
+ * warm-up read waits for the disk.
  */
 import * as fs from 'fs';
 import { UringBlockBackend } from '../devices/block-backend';
@@ -79,7 +79,8 @@ export function warmUpBlk(be: UringBlockBackend, requests = 4096): number {
   if (span < LARGE) return -1;
   const onBatch = be.onBatch; // the live device's: the private VirtioBlk takes it over meanwhile
   try {
-    // Page-cache the span so every warm-up read completes inside io_uring_enter.
+    // Page-cache the span: warm-up reads complete inside io_uring_enter (large ones on a worker
+    // where the host has CPUs to spare, as the live disk's do).
     const chunk = Buffer.allocUnsafe(LARGE);
     for (let off = 0; off < span; off += LARGE) fs.readSync(fd, chunk, 0, LARGE, off);
 
@@ -127,7 +128,7 @@ export function warmUpBlk(be: UringBlockBackend, requests = 4096): number {
       // Every other batch through a busy poll, as the live disk serves a polling guest's next
       // requests: alternately a fresh one (no back-off, so its wait spins out a window) and one
       // kept across batches (whose back-off skips polls).
-      if (batch % 2) (batch % 4 === 1 ? new BusyPoll(POLL_WINDOW_US) : kept).follow(blk.vq, () => blk.kick(), true);
+      if (batch % 2) (batch % 4 === 1 ? new BusyPoll(POLL_WINDOW_US) : kept).follow(blk.vq, () => blk.kick(), true, () => be.reap());
       else blk.kick();
       for (let spin = 0; blk.inflightCount > 0 && spin < 100000; spin++) be.reap();
       if (blk.inflightCount > 0) {
