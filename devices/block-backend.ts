@@ -200,6 +200,13 @@ export function largeTransferPolicy(vcpus: number, hostCpus = os.availableParall
   return spare >= 2 ? { largeFrom: LARGE_TRANSFER, large: envLarge, workers: spare } : {};
 }
 
+/** largeTransferPolicy's choice in words, for logs: 'inline' or where transfers from which size go. */
+export function describeLargeTransfers(p: Pick<UringBackendOptions, 'largeFrom' | 'large' | 'workers'>): string {
+  if (p.largeFrom === undefined || p.largeFrom === Infinity) return 'inline';
+  const where = p.large === 'pool' ? 'the libuv pool' : `io_uring workers${p.workers ? ` (at most ${p.workers})` : ''}`;
+  return `from ${p.largeFrom / 1024} KiB on ${where}`;
+}
+
 function errnoError(errno: number, what: string): Error {
   const e = new Error(`${what}: errno ${errno}`) as NodeJS.ErrnoException;
   e.errno = errno;

@@ -17,7 +17,7 @@ import { Component, StatePage } from '../devices/state-page';
 import { Status } from '../devices/virtio-mmio-layout';
 import { VirtioBlk } from '../devices/virtio-blk';
 import { VirtioNet } from '../devices/virtio-net';
-import { UringBlockBackend, isBatched, largeTransferPolicy, openBlockBackend } from '../devices/block-backend';
+import { UringBlockBackend, describeLargeTransfers, isBatched, largeTransferPolicy, openBlockBackend } from '../devices/block-backend';
 import { mapGuestRam } from '../vmm/guest-ram';
 import { deviceList } from '../vmm/devices';
 import { DEVICE_PAGE_OFFSET, deviceFds, FD, STATE_MEMFD_SIZE } from '../vmm/fds';
@@ -111,8 +111,7 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
       const size = fs.fstatSync(fds.backend).size;
       const large = largeTransferPolicy(cfg.cpus);
       const io = openBlockBackend(fds.backend, size, disk.readOnly, `tsvmm-disk${d.index}`, large);
-      const offload = large.largeFrom === undefined ? '' : `, transfers from ${large.largeFrom / 1024} KiB on ${
-        large.large === 'pool' ? 'the libuv pool' : 'io_uring workers'}${large.workers ? ` (at most ${large.workers})` : ''}`;
+      const offload = large.largeFrom === undefined ? '' : `, transfers ${describeLargeTransfers(large)}`;
       process.stderr.write(`tsvmm: driver-domain: disk ${d.index} I/O: ${io.kind === 'uring' ? `io_uring${offload}` : `thread pool (fs.readv/writev; ${io.why})`}\n`);
       const blk = new VirtioBlk(ram.memory, slot, io.backend, notify);
       if (io.backend instanceof UringBlockBackend) uringDisks.push(io.backend);
