@@ -26,7 +26,7 @@ import * as os from 'os';
 import { native } from '../native/kvm';
 import { IoUring, putIovec, uringConstants } from './io-uring';
 import { iovLength, iovSlice } from './iov';
-import type { GuestMemory } from './memory';
+import { hostAddress } from './memory';
 
 export interface BlockBackend {
   /** Size in bytes (the device exposes floor(size / 512) sectors). */
@@ -68,8 +68,6 @@ export interface BatchedBlockBackend extends BlockBackend {
   readonly completionFd: number;
   /** Operations queued or in the kernel. */
   readonly pending: number;
-  /** Learn the host addresses of `mem`'s regions up front (buffers are views of guest RAM). */
-  useMemory(mem: GuestMemory): void;
   close(): void;
 }
 
@@ -230,7 +228,6 @@ export class UringBlockBackend implements BatchedBlockBackend {
   private readonly iov: Uint32Array;
   private readonly iovAddr: number;
   private iovNext = 0;
-  private readonly bases = new WeakMap<ArrayBufferLike, number>();
   /** Completions failed before reaching the kernel, delivered with the next batch. */
   private early: { slot: number; err: Error | null }[] = [];
   private delivered = 0;
@@ -276,16 +273,6 @@ export class UringBlockBackend implements BatchedBlockBackend {
 
   get pending(): number {
     return this.inKernelOrQueued;
-  }
-
-  /**
-   * Every buffer the device hands over is a view of guest RAM: knowing each region's address
-   * before the first request keeps `addr()`'s lookup from missing on the live path (a miss there,
-   * after the JIT warm-up optimized `prepSlot` on other memory, deoptimized it at the guest's
-   * first request).
-   */
-  useMemory(mem: GuestMemory): void {
-    for (const r of mem.regions) this.bases.set(r.bytes.buffer, r.host - r.bytes.byteOffset);
   }
 
   queueRead(buffers: Uint8Array[], offset: number, done: IoDone): void {
@@ -403,16 +390,6 @@ export class UringBlockBackend implements BatchedBlockBackend {
     this.early.push({ slot, err });
   }
 
-  /** Host address of a view of guest memory (cached per backing ArrayBuffer). */
-  private addr(v: Uint8Array): number {
-    let base = this.bases.get(v.buffer);
-    if (base === undefined) {
-      base = Number(native.address(v)) - v.byteOffset;
-      this.bases.set(v.buffer, base);
-    }
-    return base + v.byteOffset;
-  }
-
   /** Write the SQE for what remains of op `slot`. */
   private prepSlot(slot: number): void {
     const op = this.ops[slot]!;
@@ -432,7 +409,7 @@ export class UringBlockBackend implements BatchedBlockBackend {
     const flags = op.total - op.moved >= this.largeFrom ? k.IOSQE_ASYNC : 0;
     if (segs.length === 1) {
       const b = segs[0];
-      this.ring.prep(op.kind === OP_READ ? k.IORING_OP_READ : k.IORING_OP_WRITE, this.fd, this.addr(b), b.length, pos, 0, slot, flags);
+      this.ring.prep(op.kind === OP_READ ? k.IORING_OP_READ : k.IORING_OP_WRITE, this.fd, hostAddress(b), b.length, pos, 0, slot, flags);
       return;
     }
     if (segs.length > UIO_MAXIOV) {
@@ -446,7 +423,7 @@ export class UringBlockBackend implements BatchedBlockBackend {
       return;
     }
     const first = this.iovNext;
-    for (let i = 0; i < segs.length; i++) putIovec(this.iov, first + i, this.addr(segs[i]), segs[i].length);
+    for (let i = 0; i < segs.length; i++) putIovec(this.iov, first + i, hostAddress(segs[i]), segs[i].length);
     this.iovNext += segs.length;
     this.ring.prep(op.kind === OP_READ ? k.IORING_OP_READV : k.IORING_OP_WRITEV, this.fd, this.iovAddr + first * 16, segs.length, pos, 0, slot, flags);
   }

@@ -19,15 +19,33 @@ export interface MemoryRegion {
   host: number;
 }
 
+/** Host address of the first byte of each buffer seen so far (hostRegion records guest RAM's up front). */
+const hostBases = new WeakMap<ArrayBufferLike, number>();
+
+/**
+ * Host address of `v`'s first byte, for iovecs and SQEs handed to the kernel.
+ * Views of guest RAM find their buffer's address recorded by hostRegion; any
+ * other buffer is asked of the addon once, then recorded too.
+ */
+export function hostAddress(v: Uint8Array): number {
+  let base = hostBases.get(v.buffer);
+  if (base === undefined) {
+    base = Number(native.address(v)) - v.byteOffset;
+    hostBases.set(v.buffer, base);
+  }
+  return base + v.byteOffset;
+}
+
 /**
  * The region for guest-physical `gpa` backed by `mem` (a mapping, or any
  * buffer), with its host address. Every GuestMemory is built of these, so
  * every region has one object shape (the driver-domain's optimized code sees
- * only that one) and an address for the kernel.
+ * only that one) and an address for the kernel, and views of it find their
+ * address in hostAddress() without a call into the addon.
  */
 export function hostRegion(gpa: number, mem: ArrayBuffer | Uint8Array): MemoryRegion {
   const bytes = mem instanceof Uint8Array ? mem : new Uint8Array(mem);
-  return { gpa, bytes, host: Number(native.address(bytes)) };
+  return { gpa, bytes, host: hostAddress(bytes) };
 }
 
 /** Thrown when the guest names memory it does not have. */

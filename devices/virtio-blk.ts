@@ -194,7 +194,6 @@ export class VirtioBlk {
     this.capacity = Math.floor(backend.size / SECTOR_SIZE);
     if (isBatched(backend)) {
       this.batched = backend;
-      backend.useMemory(mem);
       backend.onBatch = () => this.flushCompletions();
     }
   }

@@ -37,4 +37,3 @@ export function mapGuestRam(ramFd: number, memBytes: number): MappedRam {
   });
   return { memory: new GuestMemory(slots.map((s) => hostRegion(s.gpa, s.host))), slots };
 }
-
