@@ -10,7 +10,7 @@
  *   cache complete inside that syscall and are reaped right after it; the
  *   rest complete later and the ring's eventfd (watched by the
  *   driver-domain's poller) wakes one reap of the whole batch. The device is
- *   told once per reaped batch (`onBatch`) so it publishes used and signals
+ *   told once per reaped batch (`sink`) so it publishes used and signals
  *   once per batch. No thread hand-off and no Promise per request; only
  *   where the host has CPUs to spare, large transfers go to io_uring's
  *   workers, which copy several at once (largeTransferPolicy).
@@ -42,6 +42,9 @@ export interface BlockBackend {
   flush(): Promise<void>;
 }
 
+/** What a batched backend tells after each batch of completions (VirtioBlk). */
+export interface BatchSink { flushCompletions(): void }
+
 /** Completion of a queued operation: null when every byte was transferred (or the flush is done). */
 export type IoDone = (err: Error | null) => void;
 
@@ -50,7 +53,7 @@ export type IoDone = (err: Error | null) => void;
  * queued (nothing reaches the kernel yet), `submit()` hands all of them over
  * at once; completions are delivered by `submit()` (those that finished
  * inside the syscall) or by `reap()` (the rest), and after each delivered
- * batch `onBatch` runs once. A `done` callback never runs inside a queue*
+ * batch `sink` is told once. A `done` callback never runs inside a queue*
  * call.
  */
 export interface BatchedBlockBackend extends BlockBackend {
@@ -62,8 +65,12 @@ export interface BatchedBlockBackend extends BlockBackend {
   submit(): void;
   /** Deliver the completions that have arrived (the completion eventfd fired); returns how many. */
   reap(): number;
-  /** Runs once after each batch of delivered completions. */
-  onBatch: (() => void) | undefined;
+  /**
+   * Told once after each batch of delivered completions (VirtioBlk publishes them then). An
+   * object, not a callback: every device is one call target for the optimized code, the JIT
+   * warm-up's private one included, where a closure per device made another target.
+   */
+  sink: BatchSink | undefined;
   /** An eventfd that becomes readable when completions arrive (for an external poller), or -1. */
   readonly completionFd: number;
   /** Operations queued or in the kernel. */
@@ -217,7 +224,7 @@ function errnoError(errno: number, what: string): Error {
  */
 export class UringBlockBackend implements BatchedBlockBackend {
   readonly batched = true as const;
-  onBatch: (() => void) | undefined;
+  sink: BatchSink | undefined;
   readonly completionFd: number;
   private readonly ring: IoUring;
   private readonly k: Record<string, number>;
@@ -265,10 +272,6 @@ export class UringBlockBackend implements BatchedBlockBackend {
     const arena = new ArrayBuffer(16 * 4 * UIO_MAXIOV);
     this.iov = new Uint32Array(arena);
     this.iovAddr = Number(native.address(arena));
-    // Give `ops` the elements kind it has once it held an op (objects, not small integers) now, so
-    // a fresh backend fits the code optimized on an older one (the driver-domain's JIT warm-up).
-    this.ops.push(undefined);
-    this.ops.pop();
   }
 
   get pending(): number {
@@ -486,7 +489,7 @@ export class UringBlockBackend implements BatchedBlockBackend {
   private endBatch(): void {
     if (this.delivered === 0) return;
     this.delivered = 0;
-    this.onBatch?.();
+    this.sink?.flushCompletions();
   }
 
   /**

@@ -194,7 +194,7 @@ export class VirtioBlk {
     this.capacity = Math.floor(backend.size / SECTOR_SIZE);
     if (isBatched(backend)) {
       this.batched = backend;
-      backend.onBatch = () => this.flushCompletions();
+      backend.sink = this;
     }
   }
 

@@ -66,8 +66,8 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
 
   const served: Served[] = [];
   const active: boolean[] = [];
-  /** io_uring disks, for the JIT warm-up (driver-domain/warm-up.ts). */
-  const uringDisks: UringBlockBackend[] = [];
+  /** io_uring disks and their busy poll's reaper, for the JIT warm-up (driver-domain/warm-up.ts). */
+  const uringDisks: { be: UringBlockBackend; reap: () => number }[] = [];
   const ensure = (i: number): boolean => {
     const s = served[i];
     if (!s.running()) {
@@ -114,7 +114,6 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
       const offload = large.largeFrom === undefined ? '' : `, transfers ${describeLargeTransfers(large)}`;
       process.stderr.write(`tsvmm: driver-domain: disk ${d.index} I/O: ${io.kind === 'uring' ? `io_uring${offload}` : `thread pool (fs.readv/writev; ${io.why})`}\n`);
       const blk = new VirtioBlk(ram.memory, slot, io.backend, notify);
-      if (io.backend instanceof UringBlockBackend) uringDisks.push(io.backend);
       let reap: (() => number) | undefined;
       if (isBatched(io.backend) && io.backend.completionFd >= 0) {
         const b = io.backend;
@@ -122,6 +121,7 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
         ioDone.set(d.index, reap);
         // Tag space: device index * 16 + 14 for the disk's I/O completion eventfd.
         registrations.push(() => poller.pollerAdd(b.completionFd, d.index * 16 + 14, true));
+        if (b instanceof UringBlockBackend) uringDisks.push({ be: b, reap });
       }
       if (control) blk.counters = new DeviceCounters(control, d.index);
       const poll = new BusyPoll();
@@ -186,8 +186,8 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
   const warmUp = () => {
     const n = Number(process.env.TSVMM_BLK_WARMUP ?? 4096); // requests; 0 turns the warm-up off
     if (!(n > 0)) return;
-    for (const be of uringDisks) {
-      const ms = warmUpBlk(be, n);
+    for (const { be, reap } of uringDisks) {
+      const ms = warmUpBlk(be, reap, n);
       if (process.env.TSVMM_RESTORE_DEBUG) process.stderr.write(`tsvmm driver-domain: block path warm-up ${ms < 0 ? 'skipped' : `${ms.toFixed(1)} ms`}\n`);
     }
   };

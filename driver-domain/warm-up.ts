@@ -34,6 +34,9 @@ const abandoned: unknown[] = [];
 /** The warm-up's busy-poll window (us): it only needs the poll's code to run, not to wait. */
 const POLL_WINDOW_US = 10;
 
+/** How long the warm-up waits at most for a batch's reads to complete (ms); then it gives up. */
+const INFLIGHT_WAIT_MS = 1000;
+
 /** How long the warm-up waits at most for V8's background threads to finish their work (ms). */
 const SETTLE_MAX_MS = 300;
 
@@ -66,10 +69,12 @@ function settleCompiler(): void {
 
 /**
  * Run about `requests` reads (batches of 1 to 32: mostly 4 KiB, every 8th batch 256 KiB)
- * through a private VirtioBlk on `be`, the idle backend of a disk no guest uses yet. Returns the
- * milliseconds it took, or -1 when it was skipped (tiny disk) or failed. Never throws.
+ * through a private VirtioBlk on `be`, the idle backend of a disk no guest uses yet; `reap` is
+ * the very function the live disk's busy poll runs as side work (another closure there would
+ * not match the optimized poll: a deopt at the guest's first poll). Returns the milliseconds it
+ * took, or -1 when it was skipped (tiny disk) or failed. Never throws.
  */
-export function warmUpBlk(be: UringBlockBackend, requests = 4096): number {
+export function warmUpBlk(be: UringBlockBackend, reap: () => number, requests = 4096): number {
   const t0 = performance.now();
   const { fd, size } = be;
   const QD = 32;
@@ -77,7 +82,7 @@ export function warmUpBlk(be: UringBlockBackend, requests = 4096): number {
   const LARGE = 256 * 1024;
   const span = Math.min(size, 4 << 20) - (Math.min(size, 4 << 20) % LARGE);
   if (span < LARGE) return -1;
-  const onBatch = be.onBatch; // the live device's: the private VirtioBlk takes it over meanwhile
+  const sink = be.sink; // the live device: the private VirtioBlk takes its place meanwhile
   try {
     // Page-cache the span: warm-up reads complete inside io_uring_enter (large ones on a worker
     // where the host has CPUs to spare, as the live disk's do).
@@ -128,9 +133,11 @@ export function warmUpBlk(be: UringBlockBackend, requests = 4096): number {
       // Every other batch through a busy poll, as the live disk serves a polling guest's next
       // requests: alternately a fresh one (no back-off, so its wait spins out a window) and one
       // kept across batches (whose back-off skips polls).
-      if (batch % 2) (batch % 4 === 1 ? new BusyPoll(POLL_WINDOW_US) : kept).follow(blk.vq, () => blk.kick(), true, () => be.reap());
+      if (batch % 2) (batch % 4 === 1 ? new BusyPoll(POLL_WINDOW_US) : kept).follow(blk.vq, () => blk.kick(), true, reap);
       else blk.kick();
-      for (let spin = 0; blk.inflightCount > 0 && spin < 100000; spin++) be.reap();
+      // Inline reads are done already; a worker's (large ones, where the host has CPUs to spare) may
+      // take a moment, the first while the worker starts.
+      for (const until = performance.now() + INFLIGHT_WAIT_MS; blk.inflightCount > 0 && performance.now() < until;) be.reap();
       if (blk.inflightCount > 0) {
         abandoned.push(ram);
         return -1;
@@ -145,6 +152,6 @@ export function warmUpBlk(be: UringBlockBackend, requests = 4096): number {
   } catch {
     return -1;
   } finally {
-    be.onBatch = onBatch;
+    be.sink = sink;
   }
 }
