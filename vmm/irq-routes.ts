@@ -29,7 +29,7 @@ import { DeviceEntry } from './devices';
 /** Pins of KVM's in-kernel IOAPIC; GSIs from here on are free for the devices' irqfds. */
 const IOAPIC_PINS = 24;
 /** How often the vmm re-reads the guest's IOAPIC programming (ms). */
-export const IRQ_ROUTE_SYNC_MS = 10;
+const IRQ_ROUTE_SYNC_MS = 10;
 
 type Msi = { addressLo: number; addressHi: number; data: number };
 
@@ -64,11 +64,18 @@ export class IrqRoutes {
   private syncing = process.env.TSVMM_IRQ_ROUTES !== 'pin';
   /** Route changes made (for tests and debugging). */
   changes = 0;
+  private timer?: NodeJS.Timeout;
 
   /** Installs the routing table with every device on its IOAPIC pin (before any irqfd is registered). */
   constructor(private readonly vm: Vm, private readonly devices: DeviceEntry[]) {
     this.installed = devices.map(() => undefined);
     this.install();
+  }
+
+  /** Syncs now, then every IRQ_ROUTE_SYNC_MS while there is anything to route (devices, syncing on). */
+  start(): void {
+    this.sync();
+    if (this.devices.length && this.syncing) this.timer = setInterval(() => this.sync(), IRQ_ROUTE_SYNC_MS);
   }
 
   /**
@@ -87,6 +94,7 @@ export class IrqRoutes {
       this.changes++;
     } catch (e) {
       this.syncing = false;
+      clearInterval(this.timer);
       process.stderr.write(`tsvmm vmm: interrupt routes: ${(e as Error).message}; devices stay on their IOAPIC pins\n`);
       this.installed = this.devices.map(() => undefined);
       try { this.install(); } catch { /* the table from before stays: its MSI routes were valid when set */ }

@@ -14,7 +14,7 @@ import type { kvmBootState } from './boot/kernel';
 import { mapGuestRam } from './guest-ram';
 import { deviceFds, FD } from './fds';
 import { deviceList, virtioCmdline } from './devices';
-import { IRQ_ROUTE_SYNC_MS, irqfdGsi, IrqRoutes } from './irq-routes';
+import { irqfdGsi, IrqRoutes } from './irq-routes';
 import { MmioReg } from '../devices/virtio-mmio-layout';
 import { PLATFORM_PAGE_SIZE, PlatformPage } from './platform-page';
 import { Serial } from './serial';
@@ -198,8 +198,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
         warm, resumedNs: Number(resumedNs),
       },
     });
-    irqRoutes.sync();
-    setInterval(() => irqRoutes.sync(), IRQ_ROUTE_SYNC_MS);
+    irqRoutes.start();
     // Hang detection: the supervisor watches this counter (the main thread's event loop beats it).
     if (recovery) {
       devPage.beat(Component.Vmm);
