@@ -86,6 +86,9 @@ u32 lapic_read(u32 reg);
 void lapic_write(u32 reg, u32 v);
 void lapic_enable(void);
 u32 lapic_id(void);
+#define LAPIC_TIMER_INIT 0x380                  /* initial count: writing it (re)starts the timer */
+void lapic_timer(int periodic);
+void lapic_timer_mask(void);
 u32 smp_start_aps(u32 cpus);
 extern volatile u32 smp_go;
 

@@ -18,6 +18,15 @@ void lapic_enable(void)
     lapic_write(0xF0, 0x100 | VEC_SPURIOUS);    /* SVR: software enable */
 }
 
+/* The LAPIC timer on VEC_TIMER, divide by 1, one-shot or periodic; it runs once LAPIC_TIMER_INIT is written. */
+void lapic_timer(int periodic)
+{
+    lapic_write(0x3E0, 0xB);                            /* divide configuration: by 1 */
+    lapic_write(0x320, VEC_TIMER | (periodic ? 1u << 17 : 0)); /* LVT timer, unmasked */
+}
+
+void lapic_timer_mask(void) { lapic_write(0x320, 1u << 16); }
+
 /* CPU i's TSS: RSP0 = top of its CPL0 stack, full zeroed I/O bitmap; and its GDT descriptor. */
 static void setup_tss(u32 i)
 {

@@ -195,9 +195,8 @@ void virtio_ready(struct vdev *d)
         /* A halted CPU still wakes every 10 ms (LAPIC timer, periodic, 1 GHz KVM APIC bus), so the
          * stall and lost-interrupt checks in virtio_wait keep running without the device. */
         watchdog = 1;
-        lapic_write(0x3E0, 0xB);                    /* divide by 1 */
-        lapic_write(0x320, VEC_TIMER | (1u << 17)); /* LVT timer: periodic, unmasked */
-        lapic_write(0x380, 10000000);
+        lapic_timer(1);
+        lapic_write(LAPIC_TIMER_INIT, 10000000);
     }
     wr(d, R_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
     wr(d, R_QUEUE_SEL, 0);

@@ -113,12 +113,11 @@ static void irq(void)
 {
     u64 n = boot.n_set ? boot.n : 10000, total = 0, min = ~0ul, max = 0;
     u64 khz = boot.tsc_khz ? boot.tsc_khz : 3000000;
-    lapic_write(0x3E0, 0xB);                    /* divide by 1 */
-    lapic_write(0x320, VEC_TIMER);              /* LVT timer: one-shot, unmasked */
+    lapic_timer(0);
     for (u64 i = 0; i < n; i++) {
         u64 before = irq_count;
         u64 t0 = rdtsc();
-        lapic_write(0x380, 16);                 /* initial count: fire almost at once */
+        lapic_write(LAPIC_TIMER_INIT, 16);      /* fire almost at once */
         while (irq_count == before)
             if (rdtsc() - t0 > khz * 1000)      /* 1 s */
                 fail("irq", "detail=timeout i=%lu count=%lu other=%lu", i, irq_count,
@@ -128,7 +127,7 @@ static void irq(void)
         min = d < min ? d : min;
         max = d > max ? d : max;
     }
-    lapic_write(0x320, 1u << 16);               /* mask the timer again */
+    lapic_timer_mask();
     report_time("@irq", n, total, "irq");
     out_line("@irq-stats min_cycles=%lu max_cycles=%lu other=%lu", n ? min : 0, max,
              irq_other_count);
