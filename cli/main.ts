@@ -3,6 +3,7 @@
  * input is one clear line and a non-zero exit), then becomes the
  * supervisor of a new VM.
  */
+import '../contracts/process'; // first: no debugger (the supervisor runs as root)
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';

@@ -10,6 +10,7 @@
  * live are re-activated, which resubmits in-flight requests in order and
  * signals every queue once (driver-domain recovery).
  */
+import '../contracts/process'; // first: no debugger, before anything else runs
 import * as fs from 'fs';
 import { native, poller } from '../native/kvm';
 import { ComponentMessage, ComponentMessageCodec, VmConfig, VmConfigCodec } from '../proto';

@@ -13,11 +13,11 @@ import type { Store, StoredResponse } from './store';
 import { fingerprint } from './store';
 import type { ComponentStatus, VmConfig } from '../proto';
 import type { ControlPage } from '../vmm/control-page';
+import { KILL_COMPONENTS, KillComponent, killSignal } from '../contracts/signals';
 
 export const MAX_BODY = 64 * 1024;
 const LABEL_KEY_RE = /^[A-Za-z_][A-Za-z0-9_.\-/]{0,62}$/;
 const IDEMPOTENCY_KEY_RE = /^[\x21-\x7e]{1,200}$/;
-export const COMPONENTS = ['vmm', 'driver-domain', 'priv-domain', 'keeper'];
 
 export class ApiError extends Error {
   constructor(readonly status: number, message: string) { super(message); }
@@ -35,7 +35,6 @@ export interface ApiContext {
   command(command: string, component?: string, signal?: string): Promise<{ pid?: number }>;
   metrics(): Promise<{ text: string; contentType: string }>;
   onRequest(method: string, code: number): void;
-  signalNumber(sig: string): number | undefined;
 }
 
 type Reply = StoredResponse & { headers?: Record<string, string> };
@@ -232,20 +231,20 @@ async function handle(ctx: ApiContext, req: http.IncomingMessage, res: http.Serv
   const kill = /^\/v1\/vm\/components\/([^/]+)\/kill$/.exec(p);
   if (kill) {
     allow('POST');
-    const component = decodeURIComponent(kill[1]);
-    if (!COMPONENTS.includes(component)) {
-      throw new ApiError(component === 'supervisor' ? 400 : 404,
-        component === 'supervisor' ? 'the supervisor is not killed through its own API: use `tsvmm stop`' : `unknown component "${component}" (${COMPONENTS.join(', ')})`);
+    const component = decodeURIComponent(kill[1]) as KillComponent;
+    if (!KILL_COMPONENTS.includes(component)) {
+      throw new ApiError((component as string) === 'supervisor' ? 400 : 404,
+        (component as string) === 'supervisor' ? 'the supervisor is not killed through its own API: use `tsvmm stop`' : `unknown component "${component}" (${KILL_COMPONENTS.join(', ')})`);
     }
     const o = parseJson(body);
     onlyFields(o, ['signal']);
-    const signal = str(o, 'signal', false, 16) ?? 'SIGKILL';
+    const asked = killSignal(component, str(o, 'signal', false, 16) ?? 'SIGKILL');
+    if ('error' in asked) throw new ApiError(400, asked.error);
+    const signal = asked.name;
     if (component === 'priv-domain') {
       // This process: record it, answer, then take the signal.
-      const sig = ctx.signalNumber(signal);
-      if (sig === undefined) throw new ApiError(400, `unknown signal "${signal}"`);
       commit(() => { ctx.store.addEvent(ctx.runId, 'kill', { component, signal, pid: process.pid }); return { status: 200, body: { component, signal, pid: process.pid } }; });
-      res.on('finish', () => setTimeout(() => process.kill(process.pid, sig), 20));
+      res.on('finish', () => setTimeout(() => process.kill(process.pid, asked.signal), 20));
       return;
     }
     const r = await ctx.command('kill', component, signal);

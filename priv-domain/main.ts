@@ -12,6 +12,7 @@
  * the store, re-attaches to the shared pages, resumes the console log from the shared offset
  * and gets the full component status from the supervisor.
  */
+import '../contracts/process'; // first: no debugger, before anything else runs
 import * as fs from 'fs';
 import * as http from 'http';
 import * as net from 'net';
@@ -29,7 +30,6 @@ import { mkdirPrivate, vmPaths } from './paths';
 import { Store } from './store';
 import { Metrics, HEARTBEAT_COMPONENTS } from './metrics';
 import { ApiError, createApiHandler } from './api';
-import { signalNumber } from '../recovery/control';
 
 const HEARTBEAT_MS = 20;
 const CONSOLE_POLL_MS = 50;
@@ -173,7 +173,6 @@ function main(): void {
     command,
     metrics: async () => ({ text: await metrics.text(), contentType: metrics.contentType }),
     onRequest: (method, code) => metrics.apiRequests.inc({ method, code: String(code) }),
-    signalNumber,
   }, consoleHandler);
 
   // The API socket: mode 0600 in a 0700 directory (node cannot read SO_PEERCRED, so the file

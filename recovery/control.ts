@@ -10,10 +10,10 @@
  * The supervisor calls `start()` first thing in its own start() and `stop()` when it finishes.
  */
 import * as fs from 'fs';
-import * as os from 'os';
 import * as path from 'path';
 import { ChildProcess, spawn } from 'child_process';
 import { componentEnv } from './component-env';
+import { KILL_COMPONENTS, KillComponent, killSignal } from '../contracts/signals';
 import type { RunResult, Supervisor } from './supervisor';
 import {
   ComponentMessage, ComponentMessageCodec, ComponentStatus, ControlReply, ControlRequest, ControlStatus,
@@ -47,15 +47,6 @@ export function processStartTime(pid: number): number | undefined {
     startTimes.set(pid, t);
     return t;
   } catch { return undefined; }
-}
-
-export function signalNumber(sig: string): number | undefined {
-  if (/^\d+$/.test(sig)) {
-    const n = Number(sig);
-    return n >= 1 && n <= 64 ? n : undefined;
-  }
-  const name = sig.toUpperCase().startsWith('SIG') ? sig.toUpperCase() : `SIG${sig.toUpperCase()}`;
-  return (os.constants.signals as Record<string, number>)[name];
 }
 
 export class Control {
@@ -229,13 +220,12 @@ export class Control {
     try {
       switch (req.command) {
         case 'kill': {
-          const component = req.component ?? '';
-          if (component === 'supervisor') throw new Error('the supervisor is not killed through its own API: use `tsvmm stop`');
-          if (!['vmm', 'driver-domain', 'priv-domain', 'keeper'].includes(component)) {
-            throw new Error(`unknown component "${component}" (vmm, driver-domain, priv-domain, keeper)`);
-          }
-          const sig = signalNumber(req.signal || 'SIGKILL');
-          if (sig === undefined) throw new Error(`unknown signal "${req.signal}"`);
+          const component = (req.component ?? '') as KillComponent;
+          if ((component as string) === 'supervisor') throw new Error('the supervisor is not killed through its own API: use `tsvmm stop`');
+          if (!KILL_COMPONENTS.includes(component)) throw new Error(`unknown component "${component}" (${KILL_COMPONENTS.join(', ')})`);
+          const asked = killSignal(component, req.signal || 'SIGKILL');
+          if ('error' in asked) throw new Error(asked.error);
+          const sig = asked.signal;
           const pid = this.pidOf(component);
           if (!pid) throw new Error(`${component} is not running`);
           this.reply({ id, ok: true, pid });

@@ -3,7 +3,8 @@
  * supervisor passed (guest RAM and state pages come in as fds), loads the
  * kernel, starts one worker thread per vCPU and reports the guest's exit.
  */
-// First: starts the vCPU threads, so their boot overlaps the loading of everything below.
+import '../contracts/process'; // first: no debugger, before anything else runs
+// Next: starts the vCPU threads, so their boot overlaps the loading of everything below.
 import { releaseUnusedVcpuThreads, vcpuThread } from './early-vcpu-threads';
 import * as fs from 'fs';
 import { ComponentMessage, ComponentMessageCodec, VmConfig, VmConfigCodec } from '../proto';
