@@ -225,7 +225,7 @@ KEEPER_FN static int keeper_main(void* arg) {
   /* Only SIGKILL (and SIGSTOP) reach the keeper: a signal meant for the vmm or its group must not
    * take the VM's last holder with it. The supervisor kills it by pid when it stops. */
   uint64_t all = ~0ull;
-  raw3(SYS_rt_sigprocmask, SIG_SETMASK, &all, 8);
+  raw6(SYS_rt_sigprocmask, SIG_SETMASK, (long)&all, 0, 8 /* sigsetsize */, 0, 0);
 
   /* The supervisor is our parent (CLONE_PARENT): if it dies, nobody can restore; exit. */
   long ppid = raw3(SYS_getppid, 0, 0, 0);
