@@ -33,7 +33,7 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { checkImage, makeBlock } from '../test/helpers/blk-image';
-import { describeLargeTransfers, largeTransferPolicy } from '../devices/block-backend';
+import { describeLargeTransfers, largeTransferPolicy } from '../virtio/block-backend';
 import { buildRawkvm, cpuinfoKhz, ensureGuest, ensureQemu, machine, RAWKVM, ROOT, summarize, table } from './lib';
 
 const TARGET_RATIO = 1.0;
@@ -253,7 +253,7 @@ function main(): number {
   log(`median of ${o.rounds} rounds (min-max in brackets); TSC ${khz} kHz from ${khzSource}; MB = 10^6 bytes`);
   log(table(tab));
   log(`machine: ${machine()}; ${qemuVer}`);
-  log(`tsvmm's large transfers (devices/block-backend.ts largeTransferPolicy, 1 vCPU): ${describeLargeTransfers(largeTransferPolicy(1))}`);
+  log(`tsvmm's large transfers (virtio/block-backend.ts largeTransferPolicy, 1 vCPU): ${describeLargeTransfers(largeTransferPolicy(1))}`);
   if (failures.length) log(`failed runs (retried): ${failures.map((f) => `${f.vmm} ${f.what}`).join(', ')}`);
   log(`total wall time ${totalS.toFixed(1)} s; worst ratio ${worst.toFixed(3)} (target >= ${TARGET_RATIO}: ${worst >= TARGET_RATIO ? 'met' : 'NOT met'})`);
   return imageOk ? 0 : 1;

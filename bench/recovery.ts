@@ -33,13 +33,13 @@ import { spawnSync } from 'child_process';
 import { blkLoopVm, ComponentName, guestErrors, RunningVm } from '../test/helpers/fault-harness';
 import { percentile } from '../test/helpers/kill-harness';
 import { ROOT, median, machine, table } from './lib';
-import { Kvm } from '../vmm/kvm/system';
-import { Vm } from '../vmm/kvm/vm';
-import { Vcpu } from '../vmm/kvm/vcpu';
+import { Kvm } from '../kvm/system';
+import { Vm } from '../kvm/vm';
+import { Vcpu } from '../kvm/vcpu';
 import { native } from '../native/kvm';
-import { Journal, SNAP } from '../recovery/snapshot';
+import { Journal, SNAP } from '../contracts/snapshot';
 import { SerialLineJournal } from '../vmm/restore';
-import { QueueProgress, queueProgressSize } from '../devices/queue-progress';
+import { QueueProgress, queueProgressSize } from '../contracts/queue-progress';
 
 const GUEST = path.join(ROOT, 'guest', 'out', 'guest.elf');
 const BIN = path.join(ROOT, 'bin', 'tsvmm.js');
@@ -191,7 +191,7 @@ function nsPer(n: number, fn: (i: number) => void): number {
  * isolation (the end-to-end on/off difference is smaller than this machine's
  * run-to-run noise): the vCPU thread's exit journal (vmm/restore.ts
  * SerialLineJournal: two stores around each KVM_RUN), and the driver-domain's
- * per-request in-flight record (devices/queue-progress.ts: mark on pop,
+ * per-request in-flight record (contracts/queue-progress.ts: mark on pop,
  * clear and publish on completion). The keeper and the heartbeat cost nothing
  * per operation (a sleeping process; one store per 20 ms).
  */

@@ -20,7 +20,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { parseArgs } from 'util';
 import * as zlib from 'zlib';
-import { parseBzImage } from '../vmm/boot/bzimage';
+import { parseBzImage } from '../boot/bzimage';
 import { CpioEntry, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, writeCpio } from './cpio';
 
 export const KERNEL_META_PACKAGE = 'linux-image-cloud-amd64';

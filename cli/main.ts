@@ -9,15 +9,15 @@ import * as os from 'os';
 import * as path from 'path';
 import { parseArgs } from 'util';
 import { DiskConfig, NetConfig, VmConfig } from '../proto';
-import { parseSize } from '../vmm/boot/layout';
-import { checkKernel, isLinuxKernel } from '../vmm/boot/kernel';
-import { Kvm } from '../vmm/kvm/system';
-import { detectSoftwareKvm, softwareKvmRefusal } from '../vmm/kvm/pvm';
+import { parseSize } from '../contracts/layout';
+import { checkKernel, isLinuxKernel } from '../boot/kernel';
+import { Kvm } from '../kvm/system';
+import { detectSoftwareKvm, softwareKvmRefusal } from '../kvm/pvm';
 import { defaultImageDir, IMAGE_FILES, imageCommand, LINUX_CMDLINE } from './image';
-import { Supervisor } from '../recovery/supervisor';
-import { DEFAULT_GEOMETRY } from '../devices/state-page';
+import { Supervisor } from '../supervisor/supervisor';
+import { DEFAULT_GEOMETRY } from '../contracts/state-page';
 import { verb, VerbError, VERBS, VERBS_HELP } from './verbs';
-import { badName, pidAlive, vmPaths } from '../priv-domain/paths';
+import { badName, pidAlive, vmPaths } from '../contracts/paths';
 
 export const DEFAULT_GUEST = path.resolve(__dirname, '..', '..', 'guest', 'out', 'guest.elf');
 export const DEFAULT_DEMO_CMDLINE = 'workload=counter n=15000000000 report=500000000';
@@ -234,7 +234,7 @@ export function parseRun(argv: string[]): VmConfig {
   };
 }
 
-/** --standby, --hang-timeout MS (recovery/supervisor.ts). */
+/** --standby, --hang-timeout MS (supervisor/supervisor.ts). */
 export function parseRecoveryOptions(argv: string[]): { standby: boolean; hangTimeoutMs?: number } {
   const { values } = parseArgs({ args: argv, options: { standby: { type: 'boolean' }, 'hang-timeout': { type: 'string' } }, strict: false });
   const t = values['hang-timeout'];

@@ -2,12 +2,12 @@
  * The `tsvmm` verbs that talk to a running VM through its priv-domain's API
  * (priv-domain/openapi.yaml): ls, ps, kill, pause, resume, stop, console, metrics, events,
  * label, annotate. Each finds its VM by --name under the runtime directory
- * (priv-domain/paths.ts); with exactly one VM running, --name may be left out.
+ * (contracts/paths.ts); with exactly one VM running, --name may be left out.
  */
 import * as fs from 'fs';
 import * as http from 'http';
 import { parseArgs } from 'util';
-import { badName, listRuntimeNames, listStateNames, pidAlive, vmPaths } from '../priv-domain/paths';
+import { badName, listRuntimeNames, listStateNames, pidAlive, vmPaths } from '../contracts/paths';
 
 export class VerbError extends Error {
   constructor(message: string, readonly status = 1) { super(message); }

@@ -27,4 +27,28 @@ if ([...process.execArgv, process.env.NODE_OPTIONS ?? ''].some((a) => /--(inspec
   }
 }
 
-export {};
+/**
+ * Every component: an uncaught exception prints its stack and exits with status 1 at once
+ * (nothing swallows it). Node's default does the same, but its exit path joins worker threads,
+ * and a vmm's vCPU thread in KVM_RUN may not return for a long time: the process would hang
+ * on its way out instead of dying.
+ */
+export function exitOnUncaughtException(component: string): void {
+  // Loaded here, not at the top: this module is every component's first import and stays cheap.
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  const { keeper } = require('./snapshot') as typeof import('./snapshot');
+  process.on('uncaughtException', (e) => {
+    try { fs.writeSync(2, `tsvmm ${component}: uncaught exception: ${(e as Error)?.stack ?? String(e)}\n`); } catch { /* stderr gone */ }
+    keeper.exitNow(1);
+  });
+}
+
+/**
+ * Test hooks (contracts/test-hooks.ts), loaded only when the component was started with
+ * TSVMM_TEST_HOOKS=1: production processes never run that code.
+ */
+export function installTestHooksIfAsked(component: string): void {
+  if (process.env.TSVMM_TEST_HOOKS !== '1') return;
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  (require('./test-hooks') as typeof import('./test-hooks')).installTestHooks(component);
+}

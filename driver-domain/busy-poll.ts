@@ -13,7 +13,7 @@
  * busyloop_timeout and QEMU's adaptive aio polling do the same.)
  */
 import { performance } from 'perf_hooks';
-import { Virtqueue } from '../devices/virtqueue';
+import { Virtqueue } from '../virtio/virtqueue';
 
 /**
  * Default polling window in microseconds (env TSVMM_DD_POLL_US; 0 turns polling off). Long

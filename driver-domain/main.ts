@@ -10,26 +10,33 @@
  * live are re-activated, which resubmits in-flight requests in order and
  * signals every queue once (driver-domain recovery).
  */
-import '../contracts/process'; // first: no debugger, before anything else runs
+import { exitOnUncaughtException, installTestHooksIfAsked } from '../contracts/process'; // first: no debugger, before anything else runs
 import * as fs from 'fs';
 import { native, poller } from '../native/kvm';
 import { ComponentMessage, ComponentMessageCodec, VmConfig, VmConfigCodec } from '../proto';
-import { Component, StatePage } from '../devices/state-page';
-import { Status } from '../devices/virtio-mmio-layout';
-import { VirtioBlk } from '../devices/virtio-blk';
-import { VirtioNet } from '../devices/virtio-net';
-import { UringBlockBackend, describeLargeTransfers, isBatched, largeTransferPolicy, openBlockBackend } from '../devices/block-backend';
-import { mapGuestRam } from '../vmm/guest-ram';
-import { deviceList } from '../vmm/devices';
-import { DEVICE_PAGE_OFFSET, deviceFds, FD, STATE_MEMFD_SIZE } from '../vmm/fds';
-import { TapBackend } from './tap-backend';
+import { Component, HEARTBEAT_MS, StatePage } from '../contracts/state-page';
+import { Status } from '../contracts/virtio-mmio-layout';
+import { VirtioBlk } from '../virtio/virtio-blk';
+import { VirtioNet } from '../virtio/virtio-net';
+import { UringBlockBackend, describeLargeTransfers, isBatched, largeTransferPolicy, openBlockBackend } from '../virtio/block-backend';
+import { mapGuestRam } from '../contracts/guest-ram';
+import { deviceList } from '../contracts/device-list';
+import { DEVICE_PAGE_OFFSET, deviceFds, FD, STATE_MEMFD_SIZE } from '../contracts/fds';
+import { TapBackend } from '../virtio/tap-backend';
 import { warmUpBlk } from './warm-up';
 import { BusyPoll } from './busy-poll';
-import { ControlPage, DeviceCounters } from '../vmm/control-page';
-import { keeper } from '../recovery/snapshot';
-import { exitOnUncaughtException, installTestHooks } from '../recovery/test-hooks';
+import { ControlPage, DeviceCounters } from '../contracts/control-page';
 
-const HEARTBEAT_MS = 20;
+/**
+ * Poller tags: one fd of device `index` per slot. Slots 0..13 are its queues' kick eventfds,
+ * 14 the disk's I/O completion eventfd, 15 the TAP.
+ */
+const TAG_SLOTS = 16;
+const SLOT_COMPLETION = 14;
+const SLOT_TAP = 15;
+const tagOf = (index: number, slot: number): number => index * TAG_SLOTS + slot;
+import { keeper } from '../contracts/snapshot';
+
 const ONE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
 const ONE_IOV = [new Uint8Array(ONE)];
 /** The addon's non-throwing writev (native/kvm/fdio.cc), looked up once: the irqfd write on every signal. */
@@ -57,7 +64,7 @@ interface Served {
 function serve(cfg: VmConfig, standbyFor?: number): void {
   const ram = mapGuestRam(FD.RAM, cfg.memBytes);
   const page = StatePage.attach(new Uint8Array(native.mmap(FD.STATE, STATE_MEMFD_SIZE - DEVICE_PAGE_OFFSET, DEVICE_PAGE_OFFSET, true)));
-  const control = ControlPage.tryMap(FD.STATE); // metrics: request counters per device (vmm/control-page.ts)
+  const control = ControlPage.tryMap(FD.STATE); // metrics: request counters per device (contracts/control-page.ts)
   const checkPage = () => {
     const report = page.validate();
     if (!report.ok && report.tornDevices.length === 0) throw new Error(`device state page is corrupt: ${report.errors.join('; ')}`);
@@ -79,18 +86,18 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
     return true;
   };
   const startPoller = () => poller.pollerStart((tag) => {
-    const i = tag >> 4;
-    const q = tag & 15;
+    const i = Math.floor(tag / TAG_SLOTS);
+    const q = tag % TAG_SLOTS;
     if (i >= served.length) return;
     // Block I/O completions (io_uring eventfd): reap the whole batch, whatever the device state.
-    if (q === 14) {
+    if (q === SLOT_COMPLETION) {
       ioDone.get(i)?.();
       if (active[i]) served[i].follow(q);
       return;
     }
     const live = ensure(i);
     // A TAP is edge-triggered: always drain it (the device drops what it cannot deliver).
-    if (q === 15) {
+    if (q === SLOT_TAP) {
       const drain = tapDrains.get(i);
       if (!drain) return;
       // The guest answers on TX: poll for it (and keep draining the TAP meanwhile, see follow below).
@@ -120,8 +127,7 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
         const b = io.backend;
         reap = () => b.reap();
         ioDone.set(d.index, reap);
-        // Tag space: device index * 16 + 14 for the disk's I/O completion eventfd.
-        registrations.push(() => poller.pollerAdd(b.completionFd, d.index * 16 + 14, true));
+        registrations.push(() => poller.pollerAdd(b.completionFd, tagOf(d.index, SLOT_COMPLETION), true));
         if (b instanceof UringBlockBackend) uringDisks.push({ be: b, reap });
       }
       if (control) blk.counters = new DeviceCounters(control, d.index);
@@ -154,13 +160,12 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
         // arrive meanwhile, and taking them then (instead of sleeping until the guest's TX kick or the
         // TAP wakes this process) kept this CPU from idling between the two (UDP echo stream: idle
         // ~90-170 -> ~20-50 ms/s, +10-15% MB/s).
-        follow: (q) => { if (q === 15) poll.follow(net.tx, () => net.kickTx(), false, drainTap); },
+        follow: (q) => { if (q === SLOT_TAP) poll.follow(net.tx, () => net.kickTx(), false, drainTap); },
       });
-      // Tag space: device index * 16 + queue for kicks, + 15 for the TAP.
-      registrations.push(() => poller.pollerAdd(fds.backend, d.index * 16 + 15, false));
+      registrations.push(() => poller.pollerAdd(fds.backend, tagOf(d.index, SLOT_TAP), false));
       tapDrains.set(d.index, drainTap);
     }
-    registrations.push(() => fds.kick.forEach((fd, q) => poller.pollerAdd(fd, d.index * 16 + q, true)));
+    registrations.push(() => fds.kick.forEach((fd, q) => poller.pollerAdd(fd, tagOf(d.index, q), true)));
   }
 
   const activate = (warm: boolean, diedNs = 0n) => {
@@ -232,7 +237,7 @@ function main(): void {
   try {
     const standbyFor = process.env.TSVMM_STANDBY_FOR;
     serve(VmConfigCodec.decode(Buffer.from(b64, 'base64')), standbyFor ? Number(standbyFor) : undefined);
-    installTestHooks('driver-domain');
+    installTestHooksIfAsked('driver-domain');
   } catch (e) {
     send({ fatal: { message: `driver-domain: ${(e as Error).message}` } });
     setTimeout(() => process.exit(1), 20);

@@ -18,15 +18,15 @@
  * warm-up read waits for the disk.
  */
 import * as fs from 'fs';
-import { UringBlockBackend } from '../devices/block-backend';
+import { UringBlockBackend } from '../virtio/block-backend';
 import { BusyPoll } from './busy-poll';
-import { GuestMemory, hostRegion } from '../devices/memory';
-import { ControlPage, DeviceCounters } from '../vmm/control-page';
-import { CONTROL_SIZE } from '../vmm/fds';
-import { StatePage } from '../devices/state-page';
-import { SplitRingDriver, layoutRing } from '../devices/virtqueue-driver';
-import { Status } from '../devices/virtio-mmio-layout';
-import { VirtioBlk, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, blkDeviceSpec } from '../devices/virtio-blk';
+import { GuestMemory, hostRegion } from '../contracts/memory';
+import { ControlPage, DeviceCounters } from '../contracts/control-page';
+import { CONTROL_SIZE } from '../contracts/fds';
+import { StatePage } from '../contracts/state-page';
+import { SplitRingDriver, layoutRing } from '../virtio/virtqueue-driver';
+import { Status } from '../contracts/virtio-mmio-layout';
+import { VirtioBlk, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, blkDeviceSpec } from '../virtio/virtio-blk';
 
 /** Keeps alive what an unfinished warm-up's reads may still write into (never expected to be used). */
 const abandoned: unknown[] = [];
@@ -89,7 +89,7 @@ export function warmUpBlk(be: UringBlockBackend, reap: () => number, requests = 
     const chunk = Buffer.allocUnsafe(LARGE);
     for (let off = 0; off < span; off += LARGE) fs.readSync(fd, chunk, 0, LARGE, off);
 
-    // A private bed like devices/testbed's, but over plain ArrayBuffers, as the real guest RAM and
+    // A private bed like virtio/testbed's, but over plain ArrayBuffers, as the real guest RAM and
     // state page are (mmap'd, not shared): the optimized code then sees the same kinds of arrays.
     const ram = new ArrayBuffer(QD * (LARGE + 4096) + (1 << 20));
     const mem = new GuestMemory([hostRegion(0, ram)]);

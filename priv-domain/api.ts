@@ -12,7 +12,7 @@ import { URL } from 'url';
 import type { Store, StoredResponse } from './store';
 import { fingerprint } from './store';
 import type { ComponentStatus, VmConfig } from '../proto';
-import type { ControlPage } from '../vmm/control-page';
+import type { ControlPage } from '../contracts/control-page';
 import { KILL_COMPONENTS, KillComponent, killSignal } from '../contracts/signals';
 
 export const MAX_BODY = 64 * 1024;

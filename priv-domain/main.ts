@@ -4,10 +4,10 @@
  *     <runtime>/<name>/api.sock, mode 0600 in a 0700 directory;
  *   - the durable store (priv-domain/store.ts): configuration, lifecycle events, labels,
  *     annotations, idempotency records;
- *   - the console: copies the shared console ring (vmm/control-page.ts) to the console log and
+ *   - the console: copies the shared console ring (contracts/control-page.ts) to the console log and
  *     serves `tsvmm console`;
  *   - Prometheus metrics (priv-domain/metrics.ts) on --metrics-addr and at GET /metrics.
- * The supervisor spawns it (recovery/control.ts) and restarts it when it dies. Nothing the guest
+ * The supervisor spawns it (supervisor/control.ts) and restarts it when it dies. Nothing the guest
  * needs goes through it: when it is down the guest and its I/O keep running. A new one reloads
  * the store, re-attaches to the shared pages, resumes the console log from the shared offset
  * and gets the full component status from the supervisor.
@@ -21,17 +21,16 @@ import {
   ComponentMessage, ComponentMessageCodec, ComponentStatus, ControlReply, RecoveryRecord, SupervisorMessage,
   SupervisorMessageCodec, VmConfig, VmConfigCodec,
 } from '../proto';
-import { DEVICE_PAGE_OFFSET, FD, STATE_MEMFD_SIZE } from '../vmm/fds';
+import { DEVICE_PAGE_OFFSET, FD, STATE_MEMFD_SIZE } from '../contracts/fds';
 import { native } from '../native/kvm';
-import { ControlPage } from '../vmm/control-page';
-import { Component, StatePage } from '../devices/state-page';
-import { deviceList } from '../vmm/devices';
-import { mkdirPrivate, vmPaths } from './paths';
+import { ControlPage } from '../contracts/control-page';
+import { Component, HEARTBEAT_MS, StatePage } from '../contracts/state-page';
+import { deviceList } from '../contracts/device-list';
+import { mkdirPrivate, vmPaths } from '../contracts/paths';
 import { Store } from './store';
 import { Metrics, HEARTBEAT_COMPONENTS } from './metrics';
 import { ApiError, createApiHandler } from './api';
 
-const HEARTBEAT_MS = 20;
 const CONSOLE_POLL_MS = 50;
 const COMMAND_TIMEOUT_MS = 5000;
 export const DEFAULT_METRICS_ADDR = '127.0.0.1:9464';
@@ -89,6 +88,12 @@ function main(): void {
     } else if ('reply' in msg && msg.reply) {
       const p = pending.get(msg.reply.id);
       if (p) { pending.delete(msg.reply.id); clearTimeout(p.timer); p.resolve(msg.reply); }
+    } else if ('finished' in msg && msg.finished) {
+      // The VM has ended: this is its last record.
+      const { code, reason } = msg.finished;
+      store.tx(() => store.addEvent(runId, 'exited', { code, reason }));
+      store.close();
+      process.exit(0);
     }
   });
   // The supervisor gone means the VM is gone: so are we.

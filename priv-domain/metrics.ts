@@ -5,11 +5,11 @@
  * requests), and the supervisor's status (pids, restarts, recoveries).
  */
 import * as client from 'prom-client';
-import { ControlPage, MAX_EXIT_REASONS, MAX_STAT_OPS, STAT_OP_NAMES, StatOp } from '../vmm/control-page';
-import { Component, StatePage } from '../devices/state-page';
-import { EXIT_NAME } from '../vmm/kvm/run';
+import { ControlPage, MAX_EXIT_REASONS, MAX_STAT_OPS, STAT_OP_NAMES, StatOp } from '../contracts/control-page';
+import { Component, StatePage } from '../contracts/state-page';
+import { EXIT_NAME } from '../kvm/run';
 import type { ControlStatus, RecoveryRecord, VmConfig } from '../proto';
-import type { DeviceEntry } from '../vmm/devices';
+import type { DeviceEntry } from '../contracts/device-list';
 
 export interface MetricsSource {
   cfg: VmConfig;

@@ -34,7 +34,7 @@ export interface ComponentStatus {
   name: string; pid: number; state: string; startedAt: number; restarts: number; lastRecovery?: RecoveryRecord | null;
 }
 export interface ControlStatus { components: ComponentStatus[]; recoveries: RecoveryRecord[]; full: boolean; paused: boolean }
-export type SupervisorMessage = { status: ControlStatus } | { reply: ControlReply };
+export type SupervisorMessage = { status: ControlStatus } | { reply: ControlReply } | { finished: { code: number; reason: string } };
 
 function codec<T>(name: string) {
   const type = root.lookupType(name);

@@ -3,7 +3,7 @@
 // critical path (a cold vmm restart, a cold driver-domain restart) into one
 // file each: Node then loads one script instead of ~100 modules, ~30 ms less
 // per start on the development machine. Run after `tsc -p .` (npm run build,
-// npm test and the install do). recovery/component-entry.ts uses a bundle
+// npm test and the install do). supervisor/component-entry.ts uses a bundle
 // only while it is at least as new as its entry's tsc output, so a tree
 // rebuilt with plain `tsc` runs the fresh unbundled code.
 const path = require('path');

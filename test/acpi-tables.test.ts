@@ -11,7 +11,7 @@ import * as path from 'path';
 import { buildAcpi, encodeAcpi, AcpiTables } from '../vmm/acpi';
 import * as aml from '../vmm/acpi/aml';
 import { checksum } from '../vmm/acpi/sdt';
-import { MiB, virtioMmioWindow, ACPI_START, ACPI_END, VIRTIO_MMIO_MAX } from '../vmm/boot/layout';
+import { MiB, virtioMmioWindow, ACPI_START, ACPI_END, VIRTIO_MMIO_MAX } from '../contracts/layout';
 import { makeMemory } from './boot-fixtures';
 import { requireTool } from './helpers/tsvmm';
 

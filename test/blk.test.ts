@@ -54,7 +54,7 @@ describe('virtio-blk through the driver-domain', function () {
   }
 
   // Hosts with CPUs to spare send transfers of 256 KiB and more to io_uring's workers
-  // (devices/block-backend.ts largeTransferPolicy); forced here, whatever this host has.
+  // (virtio/block-backend.ts largeTransferPolicy); forced here, whatever this host has.
   for (const [label, extra] of [['polled', 'virtio_irq=0'], ['interrupt-driven', 'virtio_irq=1']] as const) {
     it(`large transfers on io_uring workers: 256 KiB blocks written, read back and verified (${label})`, () => {
       const img = image(`large-${label}.img`);

@@ -1,6 +1,6 @@
 import * as assert from 'assert';
-import { parseBzImage, loadBzImage, HDR, BOOT_PARAMS } from '../vmm/boot/bzimage';
-import { e820, MiB, CMDLINE_ADDR, ZERO_PAGE_ADDR } from '../vmm/boot/layout';
+import { parseBzImage, loadBzImage, HDR, BOOT_PARAMS } from '../boot/bzimage';
+import { e820, MiB, CMDLINE_ADDR, ZERO_PAGE_ADDR } from '../contracts/layout';
 import { makeMemory } from './boot-fixtures';
 
 interface Fake {

@@ -1,5 +1,5 @@
 import * as assert from 'assert';
-import { parseElf, ElfError } from '../vmm/boot/elf';
+import { parseElf, ElfError } from '../boot/elf';
 import { makeElf, pvhNote } from './boot-fixtures';
 
 describe('boot/elf', () => {

@@ -2,8 +2,8 @@
  * Synthetic kernels and guest memory for the boot tests: a tiny ELF64 writer
  * (PT_LOAD + PT_NOTE) and a GuestMemory over plain buffers laid out like the VM.
  */
-import { GuestMemory, hostRegion } from '../devices/memory';
-import { ramRegions } from '../vmm/boot/layout';
+import { GuestMemory, hostRegion } from '../contracts/memory';
+import { ramRegions } from '../contracts/layout';
 
 export interface FixtureSegment { paddr: number; data: Buffer; memsz?: number; vaddr?: bigint }
 export interface FixtureNote { name: string; type: number; desc: Buffer }

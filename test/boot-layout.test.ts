@@ -3,7 +3,7 @@ import {
   ramRegions, e820, parseSize, checkMemSize, lowRamEnd, virtioMmioWindow, MiB, GiB,
   E820_RAM, E820_RESERVED, PVH_START_INFO_ADDR, CMDLINE_ADDR, ACPI_START, ACPI_END, RSDP_ADDR,
   ZERO_PAGE_ADDR, BOOT_GDT_ADDR, BOOT_IDT_ADDR, EBDA_START, MMIO_HOLE_START, IOAPIC_ADDR, LAPIC_ADDR,
-} from '../vmm/boot/layout';
+} from '../contracts/layout';
 
 describe('boot/layout', () => {
   it('puts small RAM in one slot at 0', () => {

@@ -3,10 +3,10 @@ import * as fs from 'fs';
 import * as path from 'path';
 import {
   loadPvh, writeStartInfo, START_INFO, MEMMAP_ENTRY, MODLIST_ENTRY, HVM_START_MAGIC, PVH_MEMMAP_ADDR, PVH_MODLIST_ADDR,
-} from '../vmm/boot/pvh';
-import { parseElf } from '../vmm/boot/elf';
-import { e820, MiB, CMDLINE_ADDR, PVH_START_INFO_ADDR, BOOT_GDT_ADDR } from '../vmm/boot/layout';
-import { pvhCpuState, writeBootGdt, encodeGdtEntry, BOOT_CODE, BOOT_DATA, BOOT_TSS } from '../vmm/boot/cpu-state';
+} from '../boot/pvh';
+import { parseElf } from '../boot/elf';
+import { e820, MiB, CMDLINE_ADDR, PVH_START_INFO_ADDR, BOOT_GDT_ADDR } from '../contracts/layout';
+import { pvhCpuState, writeBootGdt, encodeGdtEntry, BOOT_CODE, BOOT_DATA, BOOT_TSS } from '../boot/cpu-state';
 import { makeElf, makeMemory, pvhNote } from './boot-fixtures';
 
 describe('boot/pvh', () => {

@@ -1,6 +1,6 @@
 /**
- * The io_uring block backend (devices/block-backend.ts UringBlockBackend over
- * devices/io-uring.ts) on its own and under virtio-blk: correct data through
+ * The io_uring block backend (virtio/block-backend.ts UringBlockBackend over
+ * virtio/io-uring.ts) on its own and under virtio-blk: correct data through
  * single-buffer and vectored reads/writes, many requests really in flight in
  * the kernel at once (reads on a pipe that block until written), a drained
  * batch submitted together and published with one used->idx update and at
@@ -14,11 +14,11 @@ import { strict as assert } from 'assert';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { makeTestBed } from '../devices/testbed';
-import { BlockBackend, FileBlockBackend, UringBlockBackend, isBatched, largeTransferPolicy, openBlockBackend } from '../devices/block-backend';
-import { VirtioBlk, blkDeviceSpec, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR } from '../devices/virtio-blk';
-import { StatePage } from '../devices/state-page';
-import { GuestMemory, hostRegion } from '../devices/memory';
+import { makeTestBed } from '../virtio/testbed';
+import { BlockBackend, FileBlockBackend, UringBlockBackend, isBatched, largeTransferPolicy, openBlockBackend } from '../virtio/block-backend';
+import { VirtioBlk, blkDeviceSpec, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR } from '../virtio/virtio-blk';
+import { StatePage } from '../contracts/state-page';
+import { GuestMemory, hostRegion } from '../contracts/memory';
 import { execFileSync } from 'child_process';
 import { skipBecause } from './helpers/tsvmm';
 import { warmUpBlk } from '../driver-domain/warm-up';
@@ -57,7 +57,7 @@ const until = async (cond: () => boolean, ms = 2000): Promise<void> => {
   }
 };
 
-describe('devices/io-uring block backend', () => {
+describe('virtio/io-uring block backend', () => {
   it('is available here (io_uring_setup works)', function () {
     const d = tempDisk();
     try {

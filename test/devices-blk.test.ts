@@ -8,15 +8,15 @@ import { strict as assert } from 'assert';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { makeTestBed, TestBed } from '../devices/testbed';
-import { FileBlockBackend, BlockBackend } from '../devices/block-backend';
+import { makeTestBed, TestBed } from '../virtio/testbed';
+import { FileBlockBackend, BlockBackend } from '../virtio/block-backend';
 import {
   VirtioBlk, blkDeviceSpec, parseBlkRequest, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
   VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP,
-} from '../devices/virtio-blk';
-import { StatePage } from '../devices/state-page';
-import { GuestMemory, hostRegion } from '../devices/memory';
-import { hasFeature, VIRTIO_BLK_F_RO, VIRTQ_DESC_F_NEXT, Interrupt } from '../devices/virtio-mmio-layout';
+} from '../virtio/virtio-blk';
+import { StatePage } from '../contracts/state-page';
+import { GuestMemory, hostRegion } from '../contracts/memory';
+import { hasFeature, VIRTIO_BLK_F_RO, VIRTQ_DESC_F_NEXT, Interrupt } from '../contracts/virtio-mmio-layout';
 
 const DISK = 1024 * 1024; // 2048 sectors
 
@@ -73,7 +73,7 @@ function submit(r: Rig, type: number, sector: number, dataLen: number, fill?: nu
   return { head, data, status };
 }
 
-describe('devices/virtio-blk', () => {
+describe('virtio/virtio-blk', () => {
   it('exposes capacity, seg_max and blk_size in config space', () => {
     const be = FileBlockBackend.open(tempDisk());
     const spec = blkDeviceSpec(be, { segMax: 64 });

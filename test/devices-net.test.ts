@@ -6,11 +6,11 @@
  */
 
 import { strict as assert } from 'assert';
-import { makeTestBed, TestBed } from '../devices/testbed';
-import { VirtioNet, NetBackend, netDeviceSpec, parseMac, NET_HDR_SIZE, RX_QUEUE, TX_QUEUE } from '../devices/virtio-net';
-import { StatePage } from '../devices/state-page';
-import { GuestMemory, hostRegion } from '../devices/memory';
-import { iovLength } from '../devices/iov';
+import { makeTestBed, TestBed } from '../virtio/testbed';
+import { VirtioNet, NetBackend, netDeviceSpec, parseMac, NET_HDR_SIZE, RX_QUEUE, TX_QUEUE } from '../virtio/virtio-net';
+import { StatePage } from '../contracts/state-page';
+import { GuestMemory, hostRegion } from '../contracts/memory';
+import { iovLength } from '../virtio/iov';
 
 class FakeTap implements NetBackend {
   sent: Uint8Array[] = [];
@@ -39,7 +39,7 @@ function rig(): { tb: TestBed; net: VirtioNet; tap: FakeTap; notes: number[] } {
 
 const frame = (n: number, seed: number) => Uint8Array.from({ length: n }, (_, i) => (i * 7 + seed) & 0xff);
 
-describe('devices/virtio-net', () => {
+describe('virtio/virtio-net', () => {
   it('config space holds the MAC and link-up status', () => {
     const spec = netDeviceSpec({ mac: MAC });
     assert.deepEqual([...spec.config.subarray(0, 6)], [0x52, 0x54, 0, 0x12, 0x34, 0x56]);

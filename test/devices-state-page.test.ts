@@ -6,7 +6,7 @@
 
 import { strict as assert } from 'assert';
 import { Worker } from 'worker_threads';
-import { StatePage, StatePageError, Component, DEFAULT_GEOMETRY, HEADER_SIZE, DeviceSpec } from '../devices/state-page';
+import { StatePage, StatePageError, Component, DEFAULT_GEOMETRY, HEADER_SIZE, DeviceSpec } from '../contracts/state-page';
 
 const spec = (id = 2): DeviceSpec => ({ deviceId: id, vendorId: 7, numQueues: 2, queueNumMax: 128, deviceFeatures: (1n << 32n) | (1n << 29n), config: Uint8Array.from([1, 2, 3, 4, 5]) });
 
@@ -18,7 +18,7 @@ function fresh(): { bytes: Uint8Array; page: StatePage } {
   return { bytes, page };
 }
 
-describe('devices/state-page', () => {
+describe('contracts/state-page', () => {
   it('formats a page that validates, and attaches to it', () => {
     const { bytes, page } = fresh();
     assert.deepEqual(page.validate(), { ok: true, errors: [], tornDevices: [] });
@@ -179,7 +179,7 @@ describe('devices/state-page', () => {
       const stop = new Int32Array(workerData.stop);
       parentPort.postMessage('go');
       for (let i = 0; Atomics.load(stop, 0) === 0; i++) slot.update(() => { slot.queueSel = i & 1; slot.deviceFeaturesSel = i & 1; });
-    `, { eval: true, workerData: { bytes, mod: require.resolve('../devices/state-page'), stop: stopFlag } });
+    `, { eval: true, workerData: { bytes, mod: require.resolve('../contracts/state-page'), stop: stopFlag } });
     await new Promise((r) => worker.once('message', r));
     const mismatches: string[] = [];
     const t0 = Date.now();

@@ -5,14 +5,14 @@
  */
 
 import { strict as assert } from 'assert';
-import { makeTestBed, TestBed } from '../devices/testbed';
-import { Virtqueue, PopResult, QUEUE_BROKEN, ChainSegments, segmentViews } from '../devices/virtqueue';
-import { DeviceSpec, StatePage } from '../devices/state-page';
-import { GuestMemory, hostRegion } from '../devices/memory';
+import { makeTestBed, TestBed } from '../virtio/testbed';
+import { Virtqueue, PopResult, QUEUE_BROKEN, ChainSegments, segmentViews } from '../virtio/virtqueue';
+import { DeviceSpec, StatePage } from '../contracts/state-page';
+import { GuestMemory, hostRegion } from '../contracts/memory';
 import {
   features, Status, VIRTIO_F_VERSION_1, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTQ_DESC_F_NEXT,
   VIRTQ_DESC_F_INDIRECT, VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_USED_F_NO_NOTIFY,
-} from '../devices/virtio-mmio-layout';
+} from '../contracts/virtio-mmio-layout';
 
 const ALL = features(VIRTIO_F_VERSION_1, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_INDIRECT_DESC);
 const spec = (): DeviceSpec => ({ deviceId: 2, vendorId: 1, numQueues: 1, queueNumMax: 16, deviceFeatures: ALL, config: new Uint8Array(8) });
@@ -55,7 +55,7 @@ function serveGood(tb: TestBed, vq: Virtqueue): void {
   assert.equal(vq.progress.isInflight(head), false);
 }
 
-describe('devices/virtqueue', () => {
+describe('virtio/virtqueue', () => {
   it('pops a chain, tracks it in flight, and pushes used', () => {
     const { tb, vq } = bed();
     const d = tb.drivers[0];
@@ -205,7 +205,7 @@ describe('devices/virtqueue', () => {
       // the guest resets the device (the vmm clears registers and progress) and sets it up again
       tb.slot.resetRegisters();
       tb.ram.fill(0, d.ring.desc, d.ring.used + 6 + 8 * d.ring.size);
-      const d2 = new (d.constructor as typeof import('../devices/virtqueue-driver').SplitRingDriver)(tb.mem, d.ring);
+      const d2 = new (d.constructor as typeof import('../virtio/virtqueue-driver').SplitRingDriver)(tb.mem, d.ring);
       tb.drivers[0] = d2;
       d2.configure(tb.slot, 0);
       tb.slot.driverFeatures = ALL;

@@ -7,9 +7,9 @@
  */
 import { strict as assert } from 'assert';
 import { BusyPoll } from '../driver-domain/busy-poll';
-import { makeTestBed } from '../devices/testbed';
-import { Virtqueue } from '../devices/virtqueue';
-import { features, VIRTIO_F_VERSION_1, VIRTIO_F_RING_EVENT_IDX } from '../devices/virtio-mmio-layout';
+import { makeTestBed } from '../virtio/testbed';
+import { Virtqueue } from '../virtio/virtqueue';
+import { features, VIRTIO_F_VERSION_1, VIRTIO_F_RING_EVENT_IDX } from '../contracts/virtio-mmio-layout';
 
 function bed() {
   const tb = makeTestBed({ deviceId: 2, vendorId: 1, numQueues: 1, queueNumMax: 16, deviceFeatures: features(VIRTIO_F_VERSION_1, VIRTIO_F_RING_EVENT_IDX), config: new Uint8Array(8) });

@@ -1,5 +1,5 @@
 /**
- * driver-domain/tap-backend: transmitted frames (guest-RAM segments) are
+ * virtio/tap-backend: transmitted frames (guest-RAM segments) are
  * batched into one io_uring_enter and only reach the fd at flush(), which
  * VirtioNet calls before it hands the TX buffers back to the guest; the
  * writev mode (and the fallback where io_uring is unavailable, and frames
@@ -12,11 +12,11 @@ import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { TapBackend } from '../driver-domain/tap-backend';
-import { makeTestBed } from '../devices/testbed';
-import { VirtioNet, netDeviceSpec, parseMac, NET_HDR_SIZE, TX_QUEUE } from '../devices/virtio-net';
-import { GuestMemory, hostRegion } from '../devices/memory';
-import { ChainSegments } from '../devices/virtqueue';
+import { TapBackend } from '../virtio/tap-backend';
+import { makeTestBed } from '../virtio/testbed';
+import { VirtioNet, netDeviceSpec, parseMac, NET_HDR_SIZE, TX_QUEUE } from '../virtio/virtio-net';
+import { GuestMemory, hostRegion } from '../contracts/memory';
+import { ChainSegments } from '../virtio/virtqueue';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvmm-tap-'));
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -48,7 +48,7 @@ function readAll(fd: number): number[] {
 
 const bytes = (n: number, seed: number) => Uint8Array.from({ length: n }, (_, i) => (i * 13 + seed) & 0xff);
 
-/** A guest RAM whose region knows its host address (as vmm/guest-ram.ts maps it), and TX chains in it. */
+/** A guest RAM whose region knows its host address (as contracts/guest-ram.ts maps it), and TX chains in it. */
 function guest(): { mem: GuestMemory; chain: (segs: [number, Uint8Array][]) => ChainSegments } {
   const buf = new ArrayBuffer(64 * 1024);
   const ram = new Uint8Array(buf);
@@ -70,7 +70,7 @@ function guest(): { mem: GuestMemory; chain: (segs: [number, Uint8Array][]) => C
   return { mem, chain };
 }
 
-describe('driver-domain/tap-backend', () => {
+describe('virtio/tap-backend', () => {
   it('io_uring: frames are held until flush(), then written in order in one batch; a frame given as views goes after them', () => {
     const f = fifo();
     const tap = new TapBackend(f.write, 'uring');

@@ -8,13 +8,13 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { native } from '../native/kvm';
-import { mapGuestRam } from '../vmm/guest-ram';
+import { mapGuestRam } from '../contracts/guest-ram';
 
 describe('guest RAM mapping lifetime', () => {
   it('survives a full GC after the caller drops it', () => {
     const script = `
       const { native } = require(${JSON.stringify(path.resolve(__dirname, '..', 'native', 'kvm'))});
-      const { mapGuestRam } = require(${JSON.stringify(path.resolve(__dirname, '..', 'vmm', 'guest-ram'))});
+      const { mapGuestRam } = require(${JSON.stringify(path.resolve(__dirname, '..', 'contracts', 'guest-ram'))});
       const fs = require('fs');
       const size = 16 * 1024 * 1024;
       const fd = native.memfdCreate('tsvmm-ram-gc-test', size);

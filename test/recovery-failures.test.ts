@@ -2,7 +2,7 @@
  * Failure kinds and hang detection (issue 4 items 1, 5 and 6): every
  * component (vmm, driver-domain) is failed by SIGSTOP (a hang), a busy loop
  * and an uncaught exception injected through the test hook
- * (recovery/test-hooks.ts, TSVMM_TEST_HOOKS=1), and the real SIGSEGV and
+ * (contracts/test-hooks.ts, TSVMM_TEST_HOOKS=1), and the real SIGSEGV and
  * SIGABRT, a few rounds each, while the guest writes and verifies its disk.
  * Each failure must be detected (a hang within the threshold plus scheduling
  * slack), recorded with the right cause and recovered, and the guest must see

@@ -12,7 +12,7 @@
 import { strict as assert } from 'assert';
 import { requireKvm } from './helpers/tsvmm';
 import { blkLoopVm, guestErrors } from './helpers/fault-harness';
-import { MmioReg } from '../devices/virtio-mmio-layout';
+import { MmioReg } from '../contracts/virtio-mmio-layout';
 
 /** register, which write to it (1-based, during init unless noted), when to die. */
 const CASES: [keyof typeof MmioReg, number, 'before' | 'after'][] = [

@@ -7,11 +7,11 @@
 import { strict as assert } from 'assert';
 import * as fs from 'fs';
 import { abi, native } from '../native/kvm';
-import { Kvm } from '../vmm/kvm/system';
-import { Vm } from '../vmm/kvm/vm';
-import { Vcpu } from '../vmm/kvm/vcpu';
-import { ioapicRedirectionOffset } from '../vmm/kvm/structs';
-import { DeviceEntry } from '../vmm/devices';
+import { Kvm } from '../kvm/system';
+import { Vm } from '../kvm/vm';
+import { Vcpu } from '../kvm/vcpu';
+import { ioapicRedirectionOffset } from '../kvm/structs';
+import { DeviceEntry } from '../contracts/device-list';
 import { irqfdGsi, IrqRoutes, msiFor } from '../vmm/irq-routes';
 import { requireKvm } from './helpers/tsvmm';
 

@@ -13,7 +13,7 @@
  * (0x4b564d00), which KVM handles in the kernel; the snapshot/restore MSR
  * list (vmm/restore.ts) comes from KVM_GET_MSR_INDEX_LIST and so carries them.
  */
-import { CpuidEntry } from './kvm/structs';
+import { CpuidEntry } from '../kvm/structs';
 
 export const KVM_SIGNATURE = 'KVMKVMKVM\0\0\0';
 export const KVM_CPUID_SIGNATURE = 0x40000000;

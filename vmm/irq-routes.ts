@@ -22,9 +22,9 @@
  * TSVMM_IRQ_ROUTES=pin keeps every device on its IOAPIC pin.
  */
 import { abi } from '../native/kvm';
-import { Vm } from './kvm/vm';
-import { IrqRoute, ioapicRedirectionOffset } from './kvm/structs';
-import { DeviceEntry } from './devices';
+import { Vm } from '../kvm/vm';
+import { IrqRoute, ioapicRedirectionOffset } from '../kvm/structs';
+import { DeviceEntry } from '../contracts/device-list';
 
 /** Pins of KVM's in-kernel IOAPIC; GSIs from here on are free for the devices' irqfds. */
 const IOAPIC_PINS = 24;

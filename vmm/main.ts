@@ -3,40 +3,37 @@
  * supervisor passed (guest RAM and state pages come in as fds), loads the
  * kernel, starts one worker thread per vCPU and reports the guest's exit.
  */
-import '../contracts/process'; // first: no debugger, before anything else runs
+import { exitOnUncaughtException, installTestHooksIfAsked } from '../contracts/process'; // first: no debugger, before anything else runs
 // Next: starts the vCPU threads, so their boot overlaps the loading of everything below.
 import { releaseUnusedVcpuThreads, vcpuThread } from './early-vcpu-threads';
 import * as fs from 'fs';
 import { ComponentMessage, ComponentMessageCodec, VmConfig, VmConfigCodec } from '../proto';
 import { abi, native, poller } from '../native/kvm';
-import { Kvm } from './kvm/system';
-import { Vm } from './kvm/vm';
-import type { kvmBootState } from './boot/kernel';
-import { mapGuestRam } from './guest-ram';
-import { deviceFds, FD } from './fds';
-import { deviceList, virtioCmdline } from './devices';
+import { Kvm } from '../kvm/system';
+import { Vm } from '../kvm/vm';
+import type { kvmBootState } from '../boot/kernel';
+import { mapGuestRam } from '../contracts/guest-ram';
+import { deviceFds, FD } from '../contracts/fds';
+import { deviceList, virtioCmdline } from '../contracts/device-list';
 import { irqfdGsi, IrqRoutes } from './irq-routes';
-import { MmioReg } from '../devices/virtio-mmio-layout';
-import { PLATFORM_PAGE_SIZE, PlatformPage } from './platform-page';
+import { MmioReg } from '../contracts/virtio-mmio-layout';
+import { PLATFORM_PAGE_SIZE, PlatformPage } from '../contracts/platform-page';
 import { Serial } from './serial';
 import type { VcpuThreadData, VcpuThreadMessage } from './vcpu-thread';
-import { Vcpu } from './kvm/vcpu';
+import { Vcpu } from '../kvm/vcpu';
 import { vcpuCpuid } from './cpuid';
-import { keeper, RestoreResult, restoreFailure, SavedSnapshot, SnapshotError, SnapshotView } from '../recovery/snapshot';
-import { exitOnUncaughtException, installTestHooks } from '../recovery/test-hooks';
-import { EXIT_NOT_NEEDED } from './exit-codes';
-import { decodeMsrs } from './kvm/structs';
-import { Component, StatePage } from '../devices/state-page';
-import { DEVICE_PAGE_OFFSET, STATE_MEMFD_SIZE } from './fds';
+import { keeper, RestoreResult, restoreFailure, SavedSnapshot, SnapshotError, SnapshotView } from '../contracts/snapshot';
+import { EXIT_NOT_NEEDED } from '../contracts/exit-codes';
+import { decodeMsrs } from '../kvm/structs';
+import { Component, HEARTBEAT_MS, StatePage } from '../contracts/state-page';
+import { DEVICE_PAGE_OFFSET, STATE_MEMFD_SIZE } from '../contracts/fds';
 import { msrIndexList, probeMsrs } from './restore';
-import { ControlPage } from './control-page';
+import { ControlPage } from '../contracts/control-page';
 import { PauseControl } from './pause';
 
 /** Where KVM puts its real-mode TSS and identity map (below the LAPIC, above the IOAPIC). */
 const KVM_TSS_ADDR = 0xfffbd000;
 const KVM_IDENTITY_MAP_ADDR = 0xfffbc000;
-/** The main thread's heartbeat period (the supervisor's hang threshold is 250 ms by default). */
-const HEARTBEAT_MS = 20;
 /** How long a fresh guest waits for the driver-domain to serve its devices before it starts anyway. */
 const DEVICE_WAIT_MS = 10_000;
 
@@ -50,13 +47,13 @@ export type VmmMode = 'boot' | 'restore' | 'standby';
 /**
  * Builds the VM and starts it. `restore`: this vmm replaces one that died;
  * instead of loading the kernel it restores the state its keeper saved in the
- * snapshot memfd into a fresh VM on the same guest RAM (recovery/snapshot.ts,
+ * snapshot memfd into a fresh VM on the same guest RAM (contracts/snapshot.ts,
  * vmm/restore.ts), replays a guest write that was in flight, and resumes.
  * `standby` (tsvmm run --standby): builds everything a restore needs (VM,
  * irqchip, PIT, memory slots, ioeventfds, vCPUs with their CPUID, the MSR
  * list, vCPU threads parked on a flag), reports itself ready, then blocks on
  * the snapshot's futex until the primary's keeper has saved it; it claims
- * that generation and resumes the guest (the warm path, recovery/supervisor.ts).
+ * that generation and resumes the guest (the warm path, supervisor/supervisor.ts).
  */
 export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   const restore = mode !== 'boot';
@@ -96,11 +93,11 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   // The guest learns its CPUs and devices from ACPI (as Linux does) and the command line.
   if (!restore) {
     // Loaded only to boot: a restarting vmm (on the guest's critical path) never needs them.
-    const { kvmBootState, loadKernel } = require('./boot/kernel') as typeof import('./boot/kernel');
+    const { kvmBootState, loadKernel } = require('../boot/kernel') as typeof import('../boot/kernel');
     const { buildAcpi } = require('./acpi') as typeof import('./acpi');
     const rsdp = buildAcpi(ram.memory, { cpus: cfg.cpus, virtio: devices.map((d) => ({ base: d.base, gsi: d.gsi })) });
     const cmdline = [cfg.cmdline, virtioCmdline(devices)].filter((s) => s).join(' ');
-    // A bzImage (64-bit boot protocol) or a PVH ELF: vmm/boot/kernel.ts picks the path by magic.
+    // A bzImage (64-bit boot protocol) or a PVH ELF: boot/kernel.ts picks the path by magic.
     const initrd = cfg.initrd ? fs.readFileSync(cfg.initrd) : undefined;
     boot = kvmBootState(loadKernel(ram.memory, kernel!, { cmdline, initrd, memBytes: cfg.memBytes, rsdp }).cpu);
   }
@@ -254,7 +251,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
 
   // Keep the vCPUs' kvm_run mappings (the keeper reads them) alive with the process.
   (globalThis as { tsvmmVcpus?: Vcpu[] }).tsvmmVcpus = vcpus;
-  installTestHooks('vmm');
+  installTestHooksIfAsked('vmm');
 }
 
 /**

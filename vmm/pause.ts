@@ -1,7 +1,7 @@
 /**
  * Pause and resume of the vCPUs (`tsvmm pause` / `tsvmm resume`).
  *
- * The request lives in the control page (vmm/control-page.ts), written by the supervisor, so it
+ * The request lives in the control page (contracts/control-page.ts), written by the supervisor, so it
  * outlives the vmm: a vmm restarted while the VM is paused parks its vCPUs as soon as they start.
  * The vmm's main thread polls it; to pause it sets a flag the vCPU threads share, sets
  * kvm_run.immediate_exit on every vCPU and kicks each vCPU thread (a signal, so a KVM_RUN in
@@ -10,9 +10,9 @@
  * control page, which is how the supervisor knows the pause took effect.
  */
 import { native } from '../native/kvm';
-import { ControlPage } from './control-page';
-import { RUN } from './kvm/run';
-import type { Vcpu } from './kvm/vcpu';
+import { ControlPage } from '../contracts/control-page';
+import { RUN } from '../kvm/run';
+import type { Vcpu } from '../kvm/vcpu';
 
 const POLL_MS = 20;
 /** Flag slots in the shared buffer the vCPU threads get. */

@@ -7,9 +7,9 @@
  */
 import * as fs from 'fs';
 import { abi, errnoCode, ioctl } from '../native/kvm';
-import { Vcpu } from './kvm/vcpu';
-import { encodeMsrs } from './kvm/structs';
-import { Journal, Pending, PendingWrite, SNAP } from '../recovery/snapshot';
+import { Vcpu } from '../kvm/vcpu';
+import { encodeMsrs } from '../kvm/structs';
+import { Journal, Pending, PendingWrite, SNAP } from '../contracts/snapshot';
 import type { Platform } from './platform';
 
 /** KVM_GET_MSR_INDEX_LIST on /dev/kvm: every MSR KVM can save and restore. */

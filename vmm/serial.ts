@@ -3,7 +3,7 @@
  * page (shared memory), so any vCPU thread, and a restarted vmm, sees the
  * same device. Output bytes go to `sink`; interrupts are pulsed on `irq`.
  */
-import { PlatformPage, Uart } from './platform-page';
+import { PlatformPage, Uart } from '../contracts/platform-page';
 
 export const COM1_BASE = 0x3f8;
 export const COM1_IRQ = 4;

@@ -1,5 +1,5 @@
 /** A one-line summary of a vCPU's registers, for fatal-exit errors. */
-import { Vcpu } from './kvm/vcpu';
+import { Vcpu } from '../kvm/vcpu';
 
 const hex = (v: bigint) => '0x' + v.toString(16);
 

@@ -6,22 +6,22 @@
 import * as fs from 'fs';
 import { parentPort, workerData } from 'worker_threads';
 import { native } from '../native/kvm';
-import { Vcpu } from './kvm/vcpu';
-import { Vm } from './kvm/vm';
-import { EXIT, EXIT_NAME, INTERNAL_SUBERROR, RUN, SYSTEM_EVENT } from './kvm/run';
-import { CpuidEntry, Regs, Sregs } from './kvm/structs';
-import { PLATFORM_PAGE_SIZE, PlatformPage } from './platform-page';
+import { Vcpu } from '../kvm/vcpu';
+import { Vm } from '../kvm/vm';
+import { EXIT, EXIT_NAME, INTERNAL_SUBERROR, RUN, SYSTEM_EVENT } from '../kvm/run';
+import { CpuidEntry, Regs, Sregs } from '../kvm/structs';
+import { PLATFORM_PAGE_SIZE, PlatformPage } from '../contracts/platform-page';
 import { COM1_BASE, COM1_IRQ, Serial } from './serial';
 import { Platform, PlatformEvent } from './platform';
 import { describeVcpu } from './vcpu-report';
 import { vcpuCpuid } from './cpuid';
-import { DeviceEntry } from './devices';
-import { DEVICE_PAGE_OFFSET, STATE_MEMFD_SIZE } from './fds';
-import { StatePage } from '../devices/state-page';
-import { VirtioMmioTransport } from '../devices/virtio-mmio';
-import { Journal, keeper, RestoreConfig, restoreFailure, SNAP, SnapshotView } from '../recovery/snapshot';
+import { DeviceEntry } from '../contracts/device-list';
+import { DEVICE_PAGE_OFFSET, STATE_MEMFD_SIZE } from '../contracts/fds';
+import { StatePage } from '../contracts/state-page';
+import { VirtioMmioTransport } from '../virtio/virtio-mmio';
+import { Journal, keeper, RestoreConfig, restoreFailure, SNAP, SnapshotView } from '../contracts/snapshot';
 import { replayPendingWrite, SerialLineJournal } from './restore';
-import { ControlPage } from './control-page';
+import { ControlPage } from '../contracts/control-page';
 import { parkIfPaused } from './pause';
 
 export interface VcpuThreadData {
@@ -40,7 +40,7 @@ export interface VcpuThreadData {
   devices: DeviceEntry[];
   /** Shared exit counters: [reason] += 1 (Float64 slots). */
   counters: SharedArrayBuffer;
-  /** The snapshot memfd: this vCPU's exit journal and serial line live there (recovery/snapshot.ts). */
+  /** The snapshot memfd: this vCPU's exit journal and serial line live there (contracts/snapshot.ts). */
   snapFd: number;
   /** CPUID and the initial (or restored) state were set by the main thread before the keeper was armed. */
   prepared?: boolean;
@@ -106,7 +106,7 @@ function main(d: VcpuThreadData): void {
   // the vmm this one replaces until the go).
   let journal!: SerialLineJournal;
   const flush = () => journal.flush();
-  // Control page (vmm/control-page.ts): serial bytes also go to the console ring; exit counters live there.
+  // Control page (contracts/control-page.ts): serial bytes also go to the console ring; exit counters live there.
   const control = ControlPage.tryMap(d.stateFd);
   const serial = new Serial(page, (b) => { journal.push(b); control?.consolePush(b); }, () => { vm.irqLine(COM1_IRQ, 1); vm.irqLine(COM1_IRQ, 0); });
 

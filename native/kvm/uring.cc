@@ -1,5 +1,5 @@
 // io_uring through raw syscalls (no liburing): the thin native half of
-// devices/io-uring.ts. Only what must be native lives here: the three
+// virtio/io-uring.ts. Only what must be native lives here: the three
 // syscalls and the mmap of the rings. Building SQEs and reaping CQEs happens
 // in TypeScript over the mapped rings, with the field offsets and constants
 // exported below from <linux/io_uring.h> (nothing about the layout is

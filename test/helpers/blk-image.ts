@@ -12,7 +12,7 @@
  * before a read-only benchmark, or for tests of the checker itself).
  */
 import * as fs from 'fs';
-import { crc32 } from '../../devices/crc32';
+import { crc32 } from '../../contracts/crc32';
 
 export const BLOCK_MAGIC = 'TSVB';
 export const BLOCK_HEADER_SIZE = 32;

@@ -9,7 +9,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { ChildProcess, spawn } from 'child_process';
-import { inject } from '../../recovery/test-hooks';
+import { inject } from '../../contracts/test-hooks';
 import { BIN, GUEST } from './tsvmm';
 
 export type Fault = 'SIGKILL' | 'SIGSEGV' | 'SIGABRT' | 'SIGSTOP' | 'throw' | 'loop';

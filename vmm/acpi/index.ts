@@ -4,8 +4,8 @@
  * (hardware-reduced) -> DSDT, and the MADT. Returns the RSDP address, which
  * goes into hvm_start_info.rsdp_paddr or boot_params.acpi_rsdp_addr.
  */
-import { GuestMemory } from '../../devices/memory';
-import { ACPI_END, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR, RSDP_ADDR } from '../boot/layout';
+import { GuestMemory } from '../../contracts/memory';
+import { ACPI_END, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR, RSDP_ADDR } from '../../contracts/layout';
 import { encodeDsdt, VirtioMmioDevice } from './dsdt';
 import { encodeFadt, FadtOptions } from './fadt';
 import { encodeMadt } from './madt';

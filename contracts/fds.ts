@@ -1,0 +1,47 @@
+/**
+ * The file descriptors the supervisor hands a component at spawn, by
+ * position in its stdio array. Shared by the supervisor (which builds the
+ * array) and the components (which read them).
+ */
+export const FD = {
+  /** Node's IPC channel to the supervisor. */
+  IPC: 3,
+  /** Guest RAM memfd. */
+  RAM: 4,
+  /** Shared state memfd (platform page, then device pages). */
+  STATE: 5,
+  /** Where guest serial output is written. */
+  SERIAL_OUT: 6,
+  /** The vmm's snapshot memfd: exit journals + what its keeper saves when it dies (contracts/snapshot.ts). */
+  SNAPSHOT: 7,
+} as const;
+
+/**
+ * The state memfd: the platform page at 0, the virtio state page (contracts/state-page.ts) at
+ * DEVICE_PAGE_OFFSET, the control page (contracts/control-page.ts: console ring, exit and device
+ * counters, pause flag) at CONTROL_OFFSET.
+ */
+export const DEVICE_PAGE_OFFSET = 4096;
+export const DEVICE_PAGE_SIZE = 256 * 1024;
+export const CONTROL_OFFSET = DEVICE_PAGE_OFFSET + DEVICE_PAGE_SIZE;
+export const CONTROL_SIZE = 1024 * 1024;
+export const STATE_MEMFD_SIZE = CONTROL_OFFSET + CONTROL_SIZE;
+
+/**
+ * Virtio devices: device i (disks first, then NICs, in command-line order)
+ * gets a block of fds starting at DEVICE_FD_BASE + i * DEVICE_FD_STRIDE:
+ * its backend (disk file or TAP; driver-domain only), then one kick eventfd
+ * per queue (a KVM ioeventfd on QueueNotify), then one call eventfd per
+ * queue (a KVM irqfd).
+ */
+export const DEVICE_FD_BASE = 10;
+export const MAX_DEVICE_QUEUES = 2;
+export const DEVICE_FD_STRIDE = 1 + 2 * MAX_DEVICE_QUEUES;
+
+export interface DeviceFds { backend: number; kick: number[]; call: number[] }
+
+export function deviceFds(i: number, queues: number): DeviceFds {
+  const base = DEVICE_FD_BASE + i * DEVICE_FD_STRIDE;
+  const q = Array.from({ length: queues }, (_, n) => n);
+  return { backend: base, kick: q.map((n) => base + 1 + n), call: q.map((n) => base + 1 + MAX_DEVICE_QUEUES + n) };
+}

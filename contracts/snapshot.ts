@@ -1,0 +1,330 @@
+/**
+ * The snapshot memfd the vmm's keeper writes when the vmm dies, and the
+ * per-vCPU exit journal the vmm writes while it runs. The layout is defined
+ * once, in native/kvm/keeper.h; every offset here comes from the addon's
+ * constants (snap_* names), so TypeScript never restates it.
+ *
+ * Held by the supervisor (it creates and formats it, and reads the header to
+ * tell why a vmm died); mapped by the vmm (its vCPU threads write the journal,
+ * a restoring vmm reads and verifies the saved state).
+ */
+import { abi, native } from '../native/kvm';
+
+/** The addon functions implemented in native/kvm/keeper-binding.cc. */
+export interface NativeKeeper {
+  snapshotTotalSize(ncpus: number): number;
+  snapshotFormat(fd: number, ncpus: number): void;
+  keeperStart(o: {
+    vmFd: number; snapFd: number; vcpus: { fd: number; run: bigint }[]; msrs: number[]; irqfds?: { fd: number; gsi: number }[]; dormant?: boolean;
+  }): number;
+  keeperStop(): void;
+  /** Sets a claimed snapshot's state into this VM (native/kvm/restore.c). status 0, or -1: failed. */
+  restore(cfg: RestoreConfig): RestoreResult;
+  /**
+   * A warm standby's wait and takeover, blocking, native end to end: waits up to `timeoutMs` for an
+   * unclaimed SAVED snapshot, claims it, restores it, arms the dormant keeper, releases `go`.
+   * status 1: resumed; 0: timed out; -1: the restore failed.
+   */
+  takeover(cfg: RestoreConfig & TakeoverOptions, go: Int32Array, timeoutMs: number): RestoreResult;
+  /** The result of this process's successful takeover (published before `notifyFd` is armed). */
+  lastTakeover(): RestoreResult;
+  /** A non-blocking CLOCK_MONOTONIC timerfd (a takeover's notifyFd). */
+  timerfdCreate(): number;
+  waitExit(pid: number): Promise<{ code?: number; signal?: number; error?: string }>;
+  /** Blocking FUTEX_WAIT (shared) on the u32 at `off` of a mapping or a typed array: 0, or -errno (-ETIMEDOUT = -110). */
+  futexWait(buf: ArrayBuffer | Int32Array, off: number, expected: number, timeoutMs: number): number;
+  futexWake(buf: ArrayBuffer | Int32Array, off: number): number;
+  /** pidfd_open(pid): fd or -errno. */
+  pidfdOpen(pid: number): number;
+  /** Blocking poll for POLLIN: 1, 0 on timeout, or -errno. */
+  pollIn(fd: number, timeoutMs: number): number;
+  /** CRC-32 (same as contracts/crc32.ts), native. */
+  crc32(buf: ArrayBuffer | ArrayBufferView, off: number, len: number): number;
+  /** _exit(code), skipping Node's exit path (which joins worker threads). */
+  exitNow(code: number): never;
+}
+export const keeper = native as unknown as NativeKeeper;
+
+export interface RestoreConfig { vmFd: number; snap: ArrayBuffer; vcpuFds: number[]; irqfds: { fd: number; gsi: number }[] }
+export interface TakeoverOptions {
+  /** A timerfd the takeover arms (2 ms) once the guest runs: how the vmm's main thread learns of it. */
+  notifyFd?: number;
+  /** The calling thread's vCPU: the takeover makes its first KVM_RUN unless it has a write to replay. */
+  runVcpu?: { id: number; run: bigint };
+}
+
+export interface RestoreResult {
+  status: number; generation: number; failStep: number; failErrno: number; failVcpu: number;
+  /** MSRs KVM refused to set (skipped). */
+  refusedMsrs: number[];
+  /** The keeper's CLOCK_MONOTONIC stamps (the header's, before the next keeper was armed), then the restorer's. */
+  diedNs: bigint; savedNs: bigint; claimedNs: bigint; resumedNs: bigint;
+  /** takeover(): it made the first KVM_RUN of `runVcpu` (entered at enteredNs); runRc is its result. */
+  ran: boolean; enteredNs: bigint; runRc: number;
+}
+
+const c = (n: string) => abi(`snap_${n}`);
+
+export const SNAP = {
+  MAGIC: c('TSVMM_SNAP_MAGIC'), VERSION: c('TSVMM_SNAP_VERSION'), MAX_VCPUS: c('TSVMM_MAX_VCPUS'),
+  HEADER_SIZE: c('header_size'), JOURNAL_SIZE: c('TSVMM_JOURNAL_SIZE'), LINE_MAX: c('TSVMM_JOURNAL_LINE_MAX'),
+  SENTINEL: c('TSVMM_EXIT_SENTINEL'), HANDLED: c('TSVMM_JOURNAL_HANDLED'), REPLAY_DATA_MAX: c('TSVMM_REPLAY_DATA_MAX'),
+  VCPU_SIZE: c('sizeof_vcpu'), VM_SIZE: c('sizeof_vm'),
+} as const;
+
+export const SnapState = {
+  EMPTY: c('TSVMM_SNAP_EMPTY'), ARMED: c('TSVMM_SNAP_ARMED'), SAVING: c('TSVMM_SNAP_SAVING'),
+  SAVED: c('TSVMM_SNAP_SAVED'), FAILED: c('TSVMM_SNAP_FAILED'), STOPPED: c('TSVMM_SNAP_STOPPED'),
+} as const;
+const STATE_NAME: Record<number, string> = Object.fromEntries(Object.entries(SnapState).map(([k, v]) => [v, k.toLowerCase()]));
+
+export const Pending = {
+  NONE: c('TSVMM_PENDING_NONE'), REEXEC: c('TSVMM_PENDING_REEXEC'),
+  PIO_OUT: c('TSVMM_PENDING_PIO_OUT'), MMIO_WRITE: c('TSVMM_PENDING_MMIO_WRITE'),
+} as const;
+
+/** keeper.h's TSVMM_STEP_* order, for error messages. */
+const STEP_NAME = ['none', 'KVM_RUN (completing a pending exit)', 'KVM_GET_MP_STATE', 'KVM_GET_REGS', 'KVM_GET_SREGS',
+  'KVM_GET_XSAVE', 'KVM_GET_XCRS', 'KVM_GET_DEBUGREGS', 'KVM_GET_LAPIC', 'KVM_GET_MSRS', 'KVM_GET_VCPU_EVENTS',
+  'KVM_GET_PIT2', 'KVM_GET_CLOCK', 'KVM_GET_IRQCHIP', 'a pending PIO write too large to replay',
+  'the checksum', 'the vCPU record id', 'KVM_IRQFD'];
+
+/** Why native restore() / takeover() failed, as one line. */
+export function restoreFailure(r: RestoreResult): string {
+  if (r.failStep === c('step_checksum')) return 'snapshot checksum mismatch: refusing to resume a corrupt guest';
+  const what = (STEP_NAME[r.failStep] ?? `step ${r.failStep}`).replace('KVM_GET_', 'KVM_SET_');
+  return `restoring ${r.failVcpu >= 0 ? `vCPU ${r.failVcpu}` : 'the VM'} failed at ${what} (errno ${r.failErrno})`;
+}
+
+const H = (f: string) => c(`off_h_${f}`);
+const V = (f: string) => c(`off_${f}`);
+
+/** Per-vCPU blobs of a saved record, in the order native/kvm/restore.c sets them (after CPUID). */
+export const VCPU_BLOBS = [
+  ['mpState', 'v_mp_state', 'sizeof_kvm_mp_state'],
+  ['regs', 'v_regs', 'sizeof_kvm_regs'],
+  ['sregs', 'v_sregs', 'sizeof_kvm_sregs'],
+  ['xsave', 'v_xsave', 'sizeof_kvm_xsave'],
+  ['xcrs', 'v_xcrs', 'sizeof_kvm_xcrs'],
+  ['debugregs', 'v_debugregs', 'sizeof_kvm_debugregs'],
+  ['lapic', 'v_lapic', 'sizeof_kvm_lapic_state'],
+  ['msrs', 'v_msrs', ''],
+  ['events', 'v_events', 'sizeof_kvm_vcpu_events'],
+] as const;
+export type VcpuBlob = (typeof VCPU_BLOBS)[number][0];
+
+/** One vCPU's saved record (a private copy). */
+export interface VcpuSnapshot {
+  id: number;
+  pending: number;
+  exitReason: number;
+  journalCommit: number;
+  completed: boolean;
+  ripBefore: bigint;
+  ripAfter: bigint;
+  replay?: { addr: number; size: number; count: number; data: Uint8Array };
+  /** kvm_msrs with nmsrs = the count the keeper read. */
+  blobs: Record<VcpuBlob, Uint8Array>;
+}
+
+export type PendingWrite = Pick<VcpuSnapshot, 'pending' | 'replay'>;
+
+export interface VmSnapshot { pit2: Uint8Array; clock: Uint8Array; irqchips: Uint8Array[] }
+
+export interface SavedSnapshot {
+  generation: number;
+  diedNs: bigint;
+  savedNs: bigint;
+  vcpus: VcpuSnapshot[];
+  vm: VmSnapshot;
+}
+
+export class SnapshotError extends Error {
+  constructor(message: string) { super(message); this.name = 'SnapshotError'; }
+}
+
+export function snapshotSize(ncpus: number): number { return keeper.snapshotTotalSize(ncpus); }
+
+/** Parses a vCPU record out of its bytes (a copy: it can cross to a worker thread). */
+export function decodeVcpuRecord(rec: Uint8Array): VcpuSnapshot {
+  const dv = new DataView(rec.buffer, rec.byteOffset, rec.byteLength);
+  const u32 = (o: number) => dv.getUint32(o, true);
+  const blobs = {} as Record<VcpuBlob, Uint8Array>;
+  for (const [name, off, size] of VCPU_BLOBS) {
+    const at = V(off);
+    if (name === 'msrs') {
+      const n = u32(V('v_nmsrs_saved'));
+      const b = rec.slice(at, at + 8 + 16 * n);
+      new DataView(b.buffer).setUint32(0, n, true);
+      blobs.msrs = b;
+    } else {
+      blobs[name] = rec.slice(at, at + abi(size));
+    }
+  }
+  return {
+    id: u32(V('v_id')), exitReason: u32(V('v_exit_reason')), journalCommit: u32(V('v_journal_commit')),
+    completed: u32(V('v_completed')) !== 0,
+    ripBefore: dv.getBigUint64(V('v_rip_before'), true), ripAfter: dv.getBigUint64(V('v_rip_after'), true),
+    blobs, ...decodePendingWrite(rec),
+  };
+}
+
+/** What a vCPU record says was in flight: the pending kind and, for a write, what to replay. */
+export function decodePendingWrite(rec: Uint8Array): PendingWrite {
+  const dv = new DataView(rec.buffer, rec.byteOffset, rec.byteLength);
+  const pending = dv.getUint32(V('v_pending'), true);
+  if (pending !== Pending.PIO_OUT && pending !== Pending.MMIO_WRITE) return { pending };
+  const size = dv.getUint32(V('v_replay_size'), true);
+  const count = dv.getUint32(V('v_replay_count'), true);
+  const at = V('v_replay_data');
+  return {
+    pending,
+    replay: { addr: Number(dv.getBigUint64(V('v_replay_addr'), true)), size, count, data: rec.slice(at, at + Math.min(size * count, SNAP.REPLAY_DATA_MAX)) },
+  };
+}
+
+/** A view over a mapping of the snapshot memfd. */
+export class SnapshotView {
+  readonly dv: DataView;
+  readonly bytes: Uint8Array;
+  private readonly i32: Int32Array;
+
+  constructor(readonly buf: ArrayBuffer) {
+    this.dv = new DataView(buf);
+    this.bytes = new Uint8Array(buf);
+    this.i32 = new Int32Array(buf);
+  }
+
+  /** Maps the snapshot memfd `fd` (all of it, or just the header). */
+  static map(fd: number, ncpus: number, headerOnly = false): SnapshotView {
+    return new SnapshotView(native.mmap(fd, headerOnly ? SNAP.HEADER_SIZE : snapshotSize(ncpus), 0, true));
+  }
+
+  private u32(off: number): number { return Atomics.load(this.i32, off >> 2) >>> 0; }
+  get magic(): number { return this.u32(H('magic')); }
+  get state(): number { return this.u32(H('state')); }
+  get stateName(): string { return STATE_NAME[this.state] ?? `unknown(${this.state})`; }
+  get ncpus(): number { return this.u32(H('ncpus')); }
+  get generation(): number { return this.u32(H('generation')); }
+  get keeperPid(): number { return this.u32(H('keeper_pid')); }
+  get diedNs(): bigint { return this.dv.getBigUint64(H('died_ns'), true); }
+  get savedNs(): bigint { return this.dv.getBigUint64(H('saved_ns'), true); }
+  get journalOffset(): number { return this.u32(H('journal_offset')); }
+  /** The futex word the keeper bumps when it has saved (or failed). */
+  get claimGen(): number { return this.u32(H('claim_gen')); }
+
+  /**
+   * Claims the saved snapshot `generation` for this vmm: exactly one vmm (a warm standby or a cold
+   * restore) wins each generation. False if another already did.
+   */
+  claim(generation: number): boolean {
+    const i = H('claim_gen') >> 2;
+    return Atomics.compareExchange(this.i32, i, (generation - 1) | 0, generation | 0) === ((generation - 1) | 0);
+  }
+
+  /** The supervisor: the vmm that claimed `generation` died before resuming it; let another claim it. */
+  releaseClaim(generation: number): void {
+    Atomics.compareExchange(this.i32, H('claim_gen') >> 2, generation | 0, (generation - 1) | 0);
+    Atomics.add(this.i32, H('wake_seq') >> 2, 1);
+    keeper.futexWake(this.buf, H('wake_seq'));
+  }
+
+  /** The keeper's failure as one line. */
+  failure(): string {
+    const step = this.u32(H('fail_step'));
+    const errno = this.dv.getInt32(H('fail_errno'), true);
+    const vcpu = this.dv.getInt32(H('fail_vcpu'), true);
+    const where = vcpu >= 0 ? `vCPU ${vcpu}` : 'the VM';
+    const err = errno > 1000 ? `unexpected exit reason ${errno - 1000}` : `errno ${errno}`;
+    return `the keeper failed to save ${where}: ${STEP_NAME[step] ?? `step ${step}`} (${err})`;
+  }
+
+  /** Checks magic, version and that the layout matches this build and `ncpus`. */
+  checkLayout(ncpus: number): void {
+    if (this.magic !== SNAP.MAGIC) throw new SnapshotError('snapshot memfd has a bad magic (not formatted, or corrupted)');
+    const version = this.u32(H('version'));
+    if (version !== SNAP.VERSION) throw new SnapshotError(`snapshot layout version ${version}, this vmm reads ${SNAP.VERSION}`);
+    if (this.ncpus !== ncpus) throw new SnapshotError(`snapshot is for ${this.ncpus} vCPUs, this VM has ${ncpus}`);
+    const want = { vcpu_size: SNAP.VCPU_SIZE, vm_size: SNAP.VM_SIZE, total_size: snapshotSize(ncpus) } as Record<string, number>;
+    for (const [k, v] of Object.entries(want)) {
+      if (this.u32(H(k)) !== v) throw new SnapshotError(`snapshot header ${k}=${this.u32(H(k))}, this build expects ${v}`);
+    }
+  }
+
+  /**
+   * Waits (blocking, short sleeps) until the keeper has finished, then
+   * verifies the snapshot and returns a private copy of it. Throws a
+   * SnapshotError that says why when there is nothing good to restore.
+   */
+  readSaved(ncpus: number, timeoutMs = 3000): SavedSnapshot {
+    this.checkLayout(ncpus);
+    const sleeper = new Int32Array(new SharedArrayBuffer(4));
+    const deadline = Date.now() + timeoutMs;
+    while (this.state === SnapState.ARMED || this.state === SnapState.SAVING) {
+      if (Date.now() > deadline) {
+        throw new SnapshotError(`the keeper did not finish saving within ${timeoutMs} ms (state ${this.stateName}; keeper pid ${this.keeperPid})`);
+      }
+      Atomics.wait(sleeper, 0, 0, 0.5);
+    }
+    const state = this.state;
+    if (state === SnapState.FAILED) throw new SnapshotError(this.failure());
+    if (state === SnapState.EMPTY) throw new SnapshotError('no snapshot: the vmm died before its keeper was armed');
+    if (state === SnapState.STOPPED) throw new SnapshotError('no snapshot: the guest had already stopped');
+    if (state !== SnapState.SAVED) throw new SnapshotError(`snapshot state ${this.stateName}`);
+    const vcpuOff = this.u32(H('vcpu_offset'));
+    const vmOff = this.u32(H('vm_offset'));
+    const end = vmOff + this.u32(H('vm_size'));
+    const body = this.bytes.slice(vcpuOff, end); // a private copy: a later keeper rewrites the memfd
+    const want = this.u32(H('checksum'));
+    const got = keeper.crc32(body, 0, body.byteLength);
+    if (got !== want) {
+      throw new SnapshotError(`snapshot checksum mismatch (header 0x${want.toString(16)}, body 0x${got.toString(16)}): refusing to resume a corrupt guest`);
+    }
+    const vcpus: VcpuSnapshot[] = [];
+    for (let i = 0; i < ncpus; i++) {
+      const at = i * SNAP.VCPU_SIZE;
+      const v = decodeVcpuRecord(body.subarray(at, at + SNAP.VCPU_SIZE));
+      if (v.id !== i) throw new SnapshotError(`snapshot vCPU record ${i} has id ${v.id}`);
+      vcpus.push(v);
+    }
+    const vmAt = vmOff - vcpuOff;
+    const kc = abi('sizeof_kvm_irqchip');
+    const vm: VmSnapshot = {
+      pit2: body.slice(vmAt + c('off_vm_pit2'), vmAt + c('off_vm_pit2') + abi('sizeof_kvm_pit_state2')),
+      clock: body.slice(vmAt + c('off_vm_clock'), vmAt + c('off_vm_clock') + abi('sizeof_kvm_clock_data')),
+      irqchips: [0, 1, 2].map((k) => body.slice(vmAt + c('off_vm_irqchip') + k * kc, vmAt + c('off_vm_irqchip') + (k + 1) * kc)),
+    };
+    return { generation: this.generation, diedNs: this.diedNs, savedNs: this.savedNs, vcpus, vm };
+  }
+
+  /** vCPU `id`'s pending write as saved (live memory: read it before this vmm's keeper can save again). */
+  pendingWrite(id: number): PendingWrite {
+    const at = this.u32(H('vcpu_offset')) + id * SNAP.VCPU_SIZE;
+    return decodePendingWrite(this.bytes.subarray(at, at + SNAP.VCPU_SIZE));
+  }
+
+  /** vCPU `id`'s journal, written by its thread while it runs. */
+  journal(id: number): Journal {
+    return new Journal(this.buf, this.journalOffset + id * SNAP.JOURNAL_SIZE);
+  }
+}
+
+/**
+ * A vCPU's exit journal (keeper.h struct tsvmm_journal). `commit` holds the
+ * handled bit and the committed length of the serial line being assembled,
+ * in one word, so "handled" and "the byte is in the line" change together.
+ */
+export class Journal {
+  readonly commit: Int32Array;
+  readonly replayedGeneration: Int32Array;
+  readonly line: Uint8Array;
+
+  constructor(buf: ArrayBuffer, at: number) {
+    this.commit = new Int32Array(buf, at + c('off_j_commit'), 1);
+    this.replayedGeneration = new Int32Array(buf, at + c('off_j_replayed_generation'), 1);
+    this.line = new Uint8Array(buf, at + c('off_j_line'), SNAP.LINE_MAX);
+  }
+
+  /** Committed line length. */
+  get lineLength(): number { return Atomics.load(this.commit, 0) & 0x7fffffff; }
+}
