@@ -40,7 +40,7 @@ import { keeper } from '../contracts/snapshot';
 const ONE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
 const ONE_IOV = [new Uint8Array(ONE)];
 /** The addon's non-throwing writev (native/kvm/fdio.cc), looked up once: the irqfd write on every signal. */
-const fdWritev = (native as unknown as { fdWritev?: (fd: number, bufs: Uint8Array[]) => number }).fdWritev?.bind(native);
+const fdWritev = native.fdWritev.bind(native);
 
 function send(msg: ComponentMessage): void {
   process.send?.({ pb: Buffer.from(ComponentMessageCodec.encode(msg)).toString('base64') });
@@ -110,9 +110,7 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
   for (const d of deviceList(cfg)) {
     const slot = page.device(d.index);
     const fds = deviceFds(d.index, d.queues);
-    const notify = fdWritev
-      ? (q: number) => { if (fdWritev(fds.call[q], ONE_IOV) < 0) fs.writeSync(fds.call[q], ONE); }
-      : (q: number) => { fs.writeSync(fds.call[q], ONE); };
+    const notify = (q: number) => { if (fdWritev(fds.call[q], ONE_IOV) < 0) fs.writeSync(fds.call[q], ONE); };
     const running = () => (slot.status & Status.DRIVER_OK) !== 0 && !slot.needsReset;
     if (d.kind === 'blk') {
       const disk = cfg.disks[d.index];

@@ -13,27 +13,11 @@
  * sequentially consistent, i.e. a full fence).
  */
 
-import { native } from '../native/kvm';
+import { native, UringSetup } from '../native/kvm';
 
-interface RingOffsets { [k: string]: number }
-interface UringSetup {
-  fd: number; features: number; flags: number; sqEntries: number; cqEntries: number;
-  sq: ArrayBuffer; cq: ArrayBuffer; sqes: ArrayBuffer; sqOff: RingOffsets; cqOff: RingOffsets;
-}
-interface UringNative {
-  uringSetup(entries: number, flags: number): UringSetup;
-  uringEnter(fd: number, toSubmit: number, minComplete: number, flags: number): number;
-  uringRegisterEventfd(fd: number, eventfd: number, asyncOnly: boolean): number;
-  uringRegisterIowqMaxWorkers(fd: number, bounded: number, unbounded: number): number;
-  uringConstants: Record<string, number>;
-}
-
-const un = native as unknown as Partial<UringNative>;
-
-/** The addon's io_uring constants (opcodes, flags, SQE/CQE field offsets); throws if the addon predates uring.cc. */
+/** The addon's io_uring constants (opcodes, flags, SQE/CQE field offsets). */
 export function uringConstants(): Record<string, number> {
-  if (!un.uringConstants) throw Object.assign(new Error('the native addon has no io_uring support (rebuild it: npm run install)'), { code: 'ENOSYS' });
-  return un.uringConstants;
+  return native.uringConstants;
 }
 
 const U32 = 0x1_0000_0000;
@@ -87,11 +71,11 @@ export class IoUring {
     let s: UringSetup;
     const all = k.IORING_SETUP_SUBMIT_ALL ?? 0;
     try {
-      s = un.uringSetup!(entries, all);
+      s = native.uringSetup(entries, all);
     } catch (e) {
       // Kernels before 5.18 reject IORING_SETUP_SUBMIT_ALL with EINVAL.
       if (all === 0 || (e as { code?: string }).code !== 'EINVAL') throw e;
-      s = un.uringSetup!(entries, 0);
+      s = native.uringSetup(entries, 0);
     }
     return new IoUring(s, k);
   }
@@ -171,7 +155,7 @@ export class IoUring {
     const n = this.unsubmitted;
     if (n === 0 && minComplete === 0) return 0;
     Atomics.store(this.sq, this.sqTail, this.tail);
-    const r = un.uringEnter!(this.fd, n, minComplete, minComplete > 0 ? this.k.IORING_ENTER_GETEVENTS : 0);
+    const r = native.uringEnter(this.fd, n, minComplete, minComplete > 0 ? this.k.IORING_ENTER_GETEVENTS : 0);
     if (r >= 0) this.submittedTail = (this.submittedTail + Math.min(r, n)) >>> 0;
     return r;
   }
@@ -217,13 +201,13 @@ export class IoUring {
 
   /** Route completions to `eventfd` (IORING_REGISTER_EVENTFD). Throws on failure. */
   registerEventfd(eventfd: number): void {
-    const r = un.uringRegisterEventfd!(this.fd, eventfd, false);
+    const r = native.uringRegisterEventfd(this.fd, eventfd, false);
     if (r < 0) throw Object.assign(new Error(`io_uring_register(EVENTFD): errno ${-r}`), { errno: -r });
   }
 
   /** At most `bounded` io_uring workers for regular-file I/O (IORING_REGISTER_IOWQ_MAX_WORKERS). Throws on failure. */
   setMaxWorkers(bounded: number): void {
-    const r = un.uringRegisterIowqMaxWorkers!(this.fd, bounded, 0);
+    const r = native.uringRegisterIowqMaxWorkers(this.fd, bounded, 0);
     if (r < 0) throw Object.assign(new Error(`io_uring_register(IOWQ_MAX_WORKERS): errno ${-r}`), { errno: -r });
   }
 

@@ -16,7 +16,6 @@
  * (kernel.io_uring_disabled, old kernels) or TSVMM_TAP_IO=writev, and for
  * frames given as views (write()), each frame is written with writev at once.
  */
-import * as fs from 'fs';
 import * as os from 'os';
 import { NetBackend } from './virtio-net';
 import { GuestMemory } from '../contracts/memory';
@@ -27,11 +26,9 @@ import { IOVEC_SIZE } from './iov';
 
 const { EAGAIN, EBUSY, EINTR } = os.constants.errno;
 
-/** Non-throwing read/writev from the addon (native/kvm/fdio.cc): -errno instead of an exception per EAGAIN. */
-const fdio = native as unknown as { fdRead?: (fd: number, buf: Uint8Array) => number; fdWritev?: (fd: number, bufs: Uint8Array[]) => number };
 // Looked up once: a property load from the addon's exports object is a slow, megamorphic load per frame.
-const fdRead = fdio.fdRead?.bind(fdio);
-const fdWritev = fdio.fdWritev?.bind(fdio);
+const fdRead = native.fdRead.bind(native);
+const fdWritev = native.fdWritev.bind(native);
 
 /** The TAP read buffer: the largest frame a TAP hands out (64 KiB, IP's limit), whatever the guest's MTU. */
 const TAP_READ_BYTES = 65536;
@@ -73,15 +70,7 @@ export class TapBackend implements NetBackend {
   /** Send a frame given as views, now (after the frames already queued, so they stay in order). */
   write(frame: Uint8Array[]): void {
     this.flush();
-    if (fdWritev) {
-      if (fdWritev(this.fd, frame) < 0) this.dropped++;
-      return;
-    }
-    try {
-      fs.writevSync(this.fd, frame);
-    } catch {
-      this.dropped++;
-    }
+    if (fdWritev(this.fd, frame) < 0) this.dropped++;
   }
 
   /**
@@ -139,24 +128,10 @@ export class TapBackend implements NetBackend {
 
   /** Read every frame waiting on the TAP. */
   drain(): void {
-    const read = fdRead;
-    if (read) {
-      for (;;) {
-        const n = read(this.fd, this.buf);
-        if (n === -EAGAIN || n === 0) return;
-        if (n < 0) throw new Error(`TAP read failed: errno ${-n}`);
-        this.receiver?.(this.buf.subarray(0, n));
-      }
-    }
     for (;;) {
-      let n: number;
-      try {
-        n = fs.readSync(this.fd, this.buf, 0, TAP_READ_BYTES, null);
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === 'EAGAIN') return;
-        throw e;
-      }
-      if (n <= 0) return;
+      const n = fdRead(this.fd, this.buf);
+      if (n === -EAGAIN || n === 0) return;
+      if (n < 0) throw new Error(`TAP read failed: errno ${-n}`);
       this.receiver?.(this.buf.subarray(0, n));
     }
   }

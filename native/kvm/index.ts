@@ -23,15 +23,45 @@ export interface NativeKvm {
   installKick(): number;
   kick(tid: number): void;
   constants: Record<string, number>;
+  /** read(2) that returns -errno instead of throwing (native/kvm/fdio.cc): no exception per EAGAIN. */
+  fdRead(fd: number, buf: Uint8Array): number;
+  /** writev(2) that returns -errno instead of throwing (native/kvm/fdio.cc). */
+  fdWritev(fd: number, bufs: Uint8Array[]): number;
 }
 
-function load(): NativeKvm {
+/** What io_uring_setup returns, with the rings already mapped (native/kvm/uring.cc). */
+export interface UringSetup {
+  fd: number; features: number; flags: number; sqEntries: number; cqEntries: number;
+  sq: ArrayBuffer; cq: ArrayBuffer; sqes: ArrayBuffer; sqOff: Record<string, number>; cqOff: Record<string, number>;
+}
+
+/** io_uring over raw syscalls (native/kvm/uring.cc); used by virtio/io-uring.ts. */
+export interface NativeUring {
+  uringSetup(entries: number, flags: number): UringSetup;
+  uringEnter(fd: number, toSubmit: number, minComplete: number, flags: number): number;
+  uringRegisterEventfd(fd: number, eventfd: number, asyncOnly: boolean): number;
+  uringRegisterIowqMaxWorkers(fd: number, bounded: number, unbounded: number): number;
+  /** Opcodes, flags and SQE/CQE field offsets from <linux/io_uring.h>. */
+  uringConstants: Record<string, number>;
+}
+
+/** The fd poller (native/kvm/poller.cc): uv_poll watches on the JS thread's event loop. */
+export interface NativePoller {
+  pollerStart(cb: (tag: number, count: number) => void): void;
+  pollerAdd(fd: number, tag: number, isEventfd: boolean): void;
+  pollerRemove(fd: number): void;
+}
+
+/** Everything the addon exports but the keeper's and the restore's functions (contracts/snapshot.ts). */
+export type NativeAddon = NativeKvm & NativeUring & NativePoller;
+
+function load(): NativeAddon {
   // The repo root is the first directory above this file with build/Release in it: dist/native/kvm
   // (tsc output), dist/<component> (an esbuild bundle, scripts/bundle.js) or native/kvm (sources).
   for (let dir = __dirname, up = 0; up < 4; dir = path.dirname(dir), up++) {
     try {
       // eslint-disable-next-line @typescript-eslint/no-var-requires
-      return require(path.join(dir, 'build', 'Release', 'tsvmm_kvm.node')) as NativeKvm;
+      return require(path.join(dir, 'build', 'Release', 'tsvmm_kvm.node')) as NativeAddon;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw e;
     }
@@ -39,7 +69,7 @@ function load(): NativeKvm {
   throw new Error('the native addon build/Release/tsvmm_kvm.node is missing: run `npm install`');
 }
 
-export const native: NativeKvm = load();
+export const native: NativeAddon = load();
 
 /** An ABI constant from <linux/kvm.h>; throws if the addon does not export it. */
 export function abi(name: string): number {
@@ -65,10 +95,5 @@ export function ioctl(fd: number, name: string, arg?: number | bigint | ArrayBuf
   }
 }
 
-/** The fd poller (native/kvm/poller.cc): uv_poll watches on the JS thread's event loop. */
-export interface NativePoller {
-  pollerStart(cb: (tag: number, count: number) => void): void;
-  pollerAdd(fd: number, tag: number, isEventfd: boolean): void;
-  pollerRemove(fd: number): void;
-}
-export const poller = native as unknown as NativePoller;
+/** The poller's functions, by their own name at call sites. */
+export const poller: NativePoller = native;
