@@ -9,7 +9,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { parseArgs } from 'util';
 import { DiskConfig, NetConfig, VmConfig } from '../proto';
-import { parseSize } from '../contracts/layout';
+import { MAX_VCPUS, parseSize } from '../contracts/layout';
 import { checkKernel, isLinuxKernel } from '../boot/kernel';
 import { Kvm } from '../kvm/system';
 import { detectSoftwareKvm, softwareKvmRefusal } from '../kvm/pvm';
@@ -21,8 +21,6 @@ import { badName, pidAlive, vmPaths } from '../contracts/paths';
 
 export const DEFAULT_GUEST = path.resolve(__dirname, '..', '..', 'guest', 'out', 'guest.elf');
 export const DEFAULT_DEMO_CMDLINE = 'workload=counter n=15000000000 report=500000000';
-/** A VMM limit (xAPIC ids are 8 bits, one is the IOAPIC's). */
-export const MAX_CPUS = 254;
 /** Device slots in the shared state page. */
 export const MAX_DEVICES = DEFAULT_GEOMETRY.maxDevices;
 
@@ -212,7 +210,7 @@ export function parseRun(argv: string[]): VmConfig {
   } catch (e) {
     throw new UsageError((e as Error).message, 1);
   }
-  const max = Math.min(kvm.maxVcpus(), MAX_CPUS);
+  const max = Math.min(kvm.maxVcpus(), MAX_VCPUS);
   kvm.close();
   if (cpus > max) throw new UsageError(`--cpus ${cpus} is too many: at most ${max} here`);
   const softKvm = linux && !values.force ? detectSoftwareKvm() : undefined;

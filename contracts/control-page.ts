@@ -19,16 +19,19 @@
  *     68 console logged (u32, how far the priv-domain copied the ring into the log file)
  *     72 console ring size
  *   4096 device stats: [MAX_STAT_DEVICES][MAX_STAT_OPS] x {requests, bytes, errors} float64
- *   8192 exit counters: [MAX_VCPUS][MAX_EXIT_REASONS] float64
+ *   8192 exit counters: [VCPU_SLOTS][MAX_EXIT_REASONS] float64
  * 262144 console ring (CONSOLE_SIZE bytes)
  */
 import { native } from '../native/kvm';
 import { CONTROL_OFFSET, CONTROL_SIZE } from './fds';
+import { MAX_VCPUS } from './layout';
 
 export const CONTROL_MAGIC = 0x54435354; // 'TSCT'
 export const CONTROL_VERSION = 1;
 export const MAX_EXIT_REASONS = 64;
-export const MAX_VCPUS = 256;
+/** vCPU slots of the exit-counter table (at least layout.ts's MAX_VCPUS). */
+export const VCPU_SLOTS = 256;
+if (MAX_VCPUS > VCPU_SLOTS) throw new Error(`the control page has exit counters for ${VCPU_SLOTS} vCPUs, a VM may have ${MAX_VCPUS}`);
 export const MAX_STAT_DEVICES = 8;
 export const MAX_STAT_OPS = 8;
 export const CONSOLE_OFFSET = 256 * 1024;
@@ -94,7 +97,7 @@ export class ControlPage {
   // --- exit counters ---
   /** The exit counters of one vCPU (index = KVM exit reason); written only by that vCPU's thread. */
   exitCounters(vcpu: number): Float64Array {
-    if (vcpu < 0 || vcpu >= MAX_VCPUS) throw new Error(`vCPU ${vcpu} has no exit counters`);
+    if (vcpu < 0 || vcpu >= VCPU_SLOTS) throw new Error(`vCPU ${vcpu} has no exit counters`);
     return new Float64Array(this.buf, EXITS + vcpu * MAX_EXIT_REASONS * 8, MAX_EXIT_REASONS);
   }
 

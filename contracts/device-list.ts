@@ -3,7 +3,7 @@
  * disks first, then NICs. Device i sits in virtio-mmio window i.
  */
 import { VmConfig } from '../proto';
-import { virtioMmioWindow, VIRTIO_MMIO_SIZE } from './layout';
+import { virtioMmioWindow, VIRTIO_MMIO_SIZE, VIRTIO_QUEUES } from './layout';
 
 export type DeviceKind = 'blk' | 'net';
 
@@ -17,7 +17,7 @@ export interface DeviceEntry {
 
 export function deviceList(cfg: VmConfig): DeviceEntry[] {
   const kinds: DeviceKind[] = [...cfg.disks.map(() => 'blk' as const), ...cfg.nets.map(() => 'net' as const)];
-  return kinds.map((kind, index) => ({ index, kind, queues: kind === 'blk' ? 1 : 2, ...virtioMmioWindow(index) }));
+  return kinds.map((kind, index) => ({ index, kind, queues: VIRTIO_QUEUES[kind], ...virtioMmioWindow(index) }));
 }
 
 /** The Linux command-line announcement of each device: virtio_mmio.device=4K@ADDR:GSI. */

@@ -16,6 +16,12 @@ export const GiB = 1024 * MiB;
 export const TiB = 1024 * GiB;
 export const PAGE_SIZE = 4 * KiB;
 
+/**
+ * The most vCPUs a VM can have: xAPIC ids are 8 bits, 0xff is the broadcast id and the IOAPIC
+ * takes the id after the last vCPU's (ACPI MADT), so ids 0..253 are left for vCPUs.
+ */
+export const MAX_VCPUS = 254;
+
 /** Start of the MMIO hole; RAM below it starts at 0. */
 export const MMIO_HOLE_START = 0xc000_0000;
 /** End of the MMIO hole; RAM beyond MMIO_HOLE_START continues here. */
@@ -26,6 +32,8 @@ export const UNBACKED_TEST_ADDR = 0xc000_0000;
 /** virtio-mmio windows: window i is at VIRTIO_MMIO_BASE + i*VIRTIO_MMIO_SIZE, GSI VIRTIO_MMIO_GSI_BASE + i. */
 export const VIRTIO_MMIO_BASE = 0xd000_0000;
 export const VIRTIO_MMIO_SIZE = 0x1000;
+/** Virtqueues per device kind (virtio-blk: one request queue; virtio-net: RX and TX). */
+export const VIRTIO_QUEUES = { blk: 1, net: 2 } as const;
 export const VIRTIO_MMIO_GSI_BASE = 5;
 /** Windows that fit before the IOAPIC (the lead may use fewer). */
 export const VIRTIO_MMIO_MAX = 24 - VIRTIO_MMIO_GSI_BASE; // the IOAPIC has 24 pins

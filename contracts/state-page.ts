@@ -45,6 +45,8 @@
  */
 
 import { crc32 } from './crc32';
+import { native } from '../native/kvm';
+import { DEVICE_PAGE_OFFSET, DEVICE_PAGE_SIZE } from './fds';
 import { Words, isPow2, u64, lo32, hi32 } from './page-words';
 import { QueueProgress, queueProgressSize } from './queue-progress';
 
@@ -518,3 +520,13 @@ export class DeviceSlot {
   }
 }
 
+// The device page sits between the platform page and the control page of the state memfd
+// (contracts/fds.ts): a layout that outgrew it would silently overlap the control page.
+if (StatePage.layoutSize(DEFAULT_GEOMETRY) > DEVICE_PAGE_SIZE) {
+  throw new Error(`the state page layout (${StatePage.layoutSize(DEFAULT_GEOMETRY)} bytes) does not fit its ${DEVICE_PAGE_SIZE} bytes of the state memfd`);
+}
+
+/** The device state page of a state memfd, as every component maps it: its own bytes only. */
+export function mapDevicePage(stateFd: number): StatePage {
+  return StatePage.attach(new Uint8Array(native.mmap(stateFd, DEVICE_PAGE_SIZE, DEVICE_PAGE_OFFSET, true)));
+}

@@ -40,8 +40,6 @@ export const MmioReg = {
 export const VIRTIO_MMIO_MAGIC = 0x74726976;
 /** Modern (virtio 1.x) virtio-mmio. */
 export const VIRTIO_MMIO_VERSION = 2;
-/** Size of one device's MMIO window. */
-export const VIRTIO_MMIO_WINDOW = 0x1000;
 /** Our vendor id ("TSVM" would not fit the spirit; QEMU uses 0x554d4551 "QEMU"). */
 export const TSVMM_VENDOR_ID = 0x4d565354; // "TSVM"
 

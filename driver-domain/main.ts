@@ -14,14 +14,14 @@ import { exitOnUncaughtException, installTestHooksIfAsked } from '../contracts/p
 import * as fs from 'fs';
 import { native, poller } from '../native/kvm';
 import { ComponentMessage, ComponentMessageCodec, VmConfig, VmConfigCodec } from '../proto';
-import { Component, HEARTBEAT_MS, StatePage } from '../contracts/state-page';
+import { Component, HEARTBEAT_MS, mapDevicePage } from '../contracts/state-page';
 import { Status } from '../contracts/virtio-mmio-layout';
 import { VirtioBlk } from '../virtio/virtio-blk';
 import { VirtioNet } from '../virtio/virtio-net';
 import { UringBlockBackend, describeLargeTransfers, isBatched, largeTransferPolicy, openBlockBackend } from '../virtio/block-backend';
 import { mapGuestRam } from '../contracts/guest-ram';
 import { deviceList } from '../contracts/device-list';
-import { DEVICE_PAGE_OFFSET, deviceFds, FD, STATE_MEMFD_SIZE } from '../contracts/fds';
+import { deviceFds, FD } from '../contracts/fds';
 import { TapBackend } from '../virtio/tap-backend';
 import { warmUpBlk } from './warm-up';
 import { BusyPoll } from './busy-poll';
@@ -63,7 +63,7 @@ interface Served {
  */
 function serve(cfg: VmConfig, standbyFor?: number): void {
   const ram = mapGuestRam(FD.RAM, cfg.memBytes);
-  const page = StatePage.attach(new Uint8Array(native.mmap(FD.STATE, STATE_MEMFD_SIZE - DEVICE_PAGE_OFFSET, DEVICE_PAGE_OFFSET, true)));
+  const page = mapDevicePage(FD.STATE);
   const control = ControlPage.tryMap(FD.STATE); // metrics: request counters per device (contracts/control-page.ts)
   const checkPage = () => {
     const report = page.validate();

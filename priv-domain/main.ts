@@ -21,10 +21,9 @@ import {
   ComponentMessage, ComponentMessageCodec, ComponentStatus, ControlReply, RecoveryRecord, SupervisorMessage,
   SupervisorMessageCodec, VmConfig, VmConfigCodec,
 } from '../proto';
-import { DEVICE_PAGE_OFFSET, FD, STATE_MEMFD_SIZE } from '../contracts/fds';
-import { native } from '../native/kvm';
+import { FD } from '../contracts/fds';
 import { ControlPage } from '../contracts/control-page';
-import { Component, HEARTBEAT_MS, StatePage } from '../contracts/state-page';
+import { Component, HEARTBEAT_MS, mapDevicePage, StatePage } from '../contracts/state-page';
 import { deviceList } from '../contracts/device-list';
 import { mkdirPrivate, vmPaths } from '../contracts/paths';
 import { Store } from './store';
@@ -68,7 +67,7 @@ function main(): void {
   const control = ControlPage.tryMap(FD.STATE);
   let statePage: StatePage | undefined;
   try {
-    statePage = StatePage.attach(new Uint8Array(native.mmap(FD.STATE, STATE_MEMFD_SIZE - DEVICE_PAGE_OFFSET, DEVICE_PAGE_OFFSET, true)));
+    statePage = mapDevicePage(FD.STATE);
   } catch { statePage = undefined; }
   const devices = deviceList(cfg);
 

@@ -50,7 +50,7 @@ export class Metrics {
         this.reset();
         const c = src.control;
         if (!c) return;
-        for (let v = 0; v < src.cfg.cpus && v < 256; v++) {
+        for (let v = 0; v < src.cfg.cpus; v++) {
           const counters = c.exitCounters(v);
           for (let reason = 0; reason < MAX_EXIT_REASONS; reason++) {
             if (counters[reason] > 0) this.inc({ vcpu: String(v), reason: EXIT_NAME[reason] ?? `exit_${reason}` }, counters[reason]);

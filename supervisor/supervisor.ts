@@ -10,7 +10,7 @@ import { componentEnv } from './component-env';
 import { componentEntry } from './component-entry';
 import { native } from '../native/kvm';
 import { ComponentMessage, ComponentMessageCodec, VmConfig, VmConfigCodec } from '../proto';
-import { DEVICE_PAGE_OFFSET, FD, STATE_MEMFD_SIZE } from '../contracts/fds';
+import { DEVICE_PAGE_OFFSET, DEVICE_PAGE_SIZE, FD, STATE_MEMFD_SIZE } from '../contracts/fds';
 import { keeper, SnapshotView, SnapState, snapshotSize } from '../contracts/snapshot';
 import { Component, StatePage } from '../contracts/state-page';
 import { EXIT_NOT_NEEDED } from '../contracts/exit-codes';
@@ -148,7 +148,7 @@ export class Supervisor {
     this.stateFd = native.memfdCreate(`tsvmm-state-${cfg.name}`, STATE_MEMFD_SIZE);
     const state = native.mmap(this.stateFd, STATE_MEMFD_SIZE, 0, true);
     new PlatformPage(state).init();
-    const devPage = StatePage.format(new Uint8Array(state, DEVICE_PAGE_OFFSET, STATE_MEMFD_SIZE - DEVICE_PAGE_OFFSET));
+    const devPage = StatePage.format(new Uint8Array(state, DEVICE_PAGE_OFFSET, DEVICE_PAGE_SIZE));
     this.page = devPage;
     this.devices = openDevices(cfg, devPage);
     this.serialFd = cfg.serialPath ? fs.openSync(cfg.serialPath, 'a') : 1;

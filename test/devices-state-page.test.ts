@@ -6,7 +6,9 @@
 
 import { strict as assert } from 'assert';
 import { Worker } from 'worker_threads';
-import { StatePage, StatePageError, Component, DEFAULT_GEOMETRY, HEADER_SIZE, DeviceSpec } from '../contracts/state-page';
+import { StatePage, StatePageError, Component, DEFAULT_GEOMETRY, HEADER_SIZE, DeviceSpec, mapDevicePage } from '../contracts/state-page';
+import { CONTROL_OFFSET, DEVICE_PAGE_OFFSET, DEVICE_PAGE_SIZE, STATE_MEMFD_SIZE } from '../contracts/fds';
+import { native } from '../native/kvm';
 
 const spec = (id = 2): DeviceSpec => ({ deviceId: id, vendorId: 7, numQueues: 2, queueNumMax: 128, deviceFeatures: (1n << 32n) | (1n << 29n), config: Uint8Array.from([1, 2, 3, 4, 5]) });
 
@@ -19,6 +21,22 @@ function fresh(): { bytes: Uint8Array; page: StatePage } {
 }
 
 describe('contracts/state-page', () => {
+  it('the layout fits its part of the state memfd, and components map only that part', () => {
+    assert.ok(StatePage.layoutSize(DEFAULT_GEOMETRY) <= DEVICE_PAGE_SIZE);
+    assert.equal(DEVICE_PAGE_OFFSET + DEVICE_PAGE_SIZE, CONTROL_OFFSET);
+    const fd = native.memfdCreate('tsvmm-test-state', STATE_MEMFD_SIZE);
+    try {
+      const whole = new Uint8Array(native.mmap(fd, STATE_MEMFD_SIZE, 0, true));
+      StatePage.format(whole.subarray(DEVICE_PAGE_OFFSET, CONTROL_OFFSET));
+      whole.fill(0xa5, CONTROL_OFFSET, CONTROL_OFFSET + 64); // the control page's first bytes
+      const page = mapDevicePage(fd);
+      assert.deepEqual(page.validate().errors, []);
+      assert.equal(page.bytes.byteLength, DEVICE_PAGE_SIZE);
+    } finally {
+      native.close(fd);
+    }
+  });
+
   it('formats a page that validates, and attaches to it', () => {
     const { bytes, page } = fresh();
     assert.deepEqual(page.validate(), { ok: true, errors: [], tornDevices: [] });

@@ -31,6 +31,7 @@ import { Virtqueue, Chain, PopResult, ActivateResult, VirtqueueOptions } from '.
 import { BatchedBlockBackend, BlockBackend, isBatched } from './block-backend';
 import { Notify, deviceRunning, drain, signal, signalIfNeeded } from './queue-runner';
 import { iovLength, iovRead, iovSlice, iovWrite } from './iov';
+import { VIRTIO_QUEUES } from '../contracts/layout';
 import {
   DeviceId, TSVMM_VENDOR_ID, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
   VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1, features,
@@ -93,7 +94,7 @@ export function blkDeviceSpec(backend: BlockBackend, opts: BlkOptions = {}): Dev
   return {
     deviceId: DeviceId.Block,
     vendorId: TSVMM_VENDOR_ID,
-    numQueues: 1,
+    numQueues: VIRTIO_QUEUES.blk,
     queueNumMax: opts.queueNumMax ?? 256,
     deviceFeatures: blkFeatures(backend.readOnly),
     config: blkConfig(Math.floor(backend.size / SECTOR_SIZE), opts.segMax ?? 126, opts.blkSize ?? SECTOR_SIZE),

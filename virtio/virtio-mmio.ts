@@ -8,7 +8,8 @@
  * ioeventfd that goes straight to the driver-domain.
  */
 import { DeviceSlot } from '../contracts/state-page';
-import { MmioReg, Status, VIRTIO_MMIO_MAGIC, VIRTIO_MMIO_VERSION, VIRTIO_MMIO_WINDOW } from '../contracts/virtio-mmio-layout';
+import { MmioReg, Status, VIRTIO_MMIO_MAGIC, VIRTIO_MMIO_VERSION } from '../contracts/virtio-mmio-layout';
+import { VIRTIO_MMIO_SIZE } from '../contracts/layout';
 
 type QueueField = 'num' | 'ready' | 'descLo' | 'descHi' | 'driverLo' | 'driverHi' | 'deviceLo' | 'deviceHi';
 const QUEUE_REG: Record<number, QueueField> = {
@@ -19,7 +20,7 @@ const QUEUE_REG: Record<number, QueueField> = {
 };
 
 export class VirtioMmioTransport {
-  readonly size = VIRTIO_MMIO_WINDOW;
+  readonly size = VIRTIO_MMIO_SIZE;
 
   constructor(readonly base: number, readonly slot: DeviceSlot, private readonly onReset: () => void = () => undefined) {}
 

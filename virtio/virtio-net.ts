@@ -21,6 +21,7 @@ import { DeviceSlot, DeviceSpec } from '../contracts/state-page';
 import { Virtqueue, Chain, ChainSegments, ActivateResult, VirtqueueOptions, segmentViews } from './virtqueue';
 import { Notify, complete, deviceRunning, signal, signalIfNeeded } from './queue-runner';
 import { iovCopy } from './iov';
+import { VIRTIO_QUEUES } from '../contracts/layout';
 import {
   DeviceId, TSVMM_VENDOR_ID, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC,
   VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP, features,
@@ -79,7 +80,7 @@ export function netDeviceSpec(opts: NetOptions): DeviceSpec {
   return {
     deviceId: DeviceId.Net,
     vendorId: TSVMM_VENDOR_ID,
-    numQueues: 2,
+    numQueues: VIRTIO_QUEUES.net,
     queueNumMax: opts.queueNumMax ?? 256,
     deviceFeatures: netFeatures(),
     config: netConfig(opts.mac),

@@ -10,10 +10,11 @@
  * imports this module first, so it runs before any heavier import.
  */
 import * as path from 'path';
+import { MAX_VCPUS } from '../contracts/layout';
 import { Worker } from 'worker_threads';
 
 const expected = Number(process.env.TSVMM_VCPUS);
-const early: Worker[] = Number.isInteger(expected) && expected > 0 && expected <= 256
+const early: Worker[] = Number.isInteger(expected) && expected > 0 && expected <= MAX_VCPUS
   ? Array.from({ length: expected }, () => new Worker(path.join(__dirname, 'vcpu-thread.js')))
   : [];
 

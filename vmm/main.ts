@@ -25,8 +25,7 @@ import { vcpuCpuid } from './cpuid';
 import { keeper, RestoreResult, restoreFailure, SavedSnapshot, SnapshotError, SnapshotView } from '../contracts/snapshot';
 import { EXIT_NOT_NEEDED } from '../contracts/exit-codes';
 import { decodeMsrs } from '../kvm/structs';
-import { Component, HEARTBEAT_MS, StatePage } from '../contracts/state-page';
-import { DEVICE_PAGE_OFFSET, STATE_MEMFD_SIZE } from '../contracts/fds';
+import { Component, HEARTBEAT_MS, mapDevicePage, StatePage } from '../contracts/state-page';
 import { msrIndexList, probeMsrs } from './restore';
 import { ControlPage } from '../contracts/control-page';
 import { PauseControl } from './pause';
@@ -104,7 +103,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
 
   const page = new PlatformPage(native.mmap(FD.STATE, PLATFORM_PAGE_SIZE, 0, true));
   page.check();
-  const devPage = StatePage.attach(new Uint8Array(native.mmap(FD.STATE, STATE_MEMFD_SIZE - DEVICE_PAGE_OFFSET, DEVICE_PAGE_OFFSET, true)));
+  const devPage = mapDevicePage(FD.STATE);
 
   const supported = kvm.supportedCpuid();
   const counters = new SharedArrayBuffer(64 * 8);

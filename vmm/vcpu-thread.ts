@@ -16,8 +16,7 @@ import { Platform, PlatformEvent } from './platform';
 import { describeVcpu } from './vcpu-report';
 import { vcpuCpuid } from './cpuid';
 import { DeviceEntry } from '../contracts/device-list';
-import { DEVICE_PAGE_OFFSET, STATE_MEMFD_SIZE } from '../contracts/fds';
-import { StatePage } from '../contracts/state-page';
+import { mapDevicePage } from '../contracts/state-page';
 import { VirtioMmioTransport } from '../virtio/virtio-mmio';
 import { Journal, keeper, RestoreConfig, restoreFailure, SNAP, SnapshotView } from '../contracts/snapshot';
 import { replayPendingWrite, SerialLineJournal } from './restore';
@@ -113,10 +112,10 @@ function main(d: VcpuThreadData): void {
   let stop: PlatformEvent | undefined;
   const platform = new Platform(serial, (e) => { stop = e; });
   if (d.devices.length) {
-    const devPage = StatePage.attach(new Uint8Array(native.mmap(d.stateFd, STATE_MEMFD_SIZE - DEVICE_PAGE_OFFSET, DEVICE_PAGE_OFFSET, true)));
+    const devPage = mapDevicePage(d.stateFd);
     for (const dev of d.devices) platform.mmio.push(new VirtioMmioTransport(dev.base, devPage.device(dev.index)));
   }
-  const counters = control && d.id < 256 ? control.exitCounters(d.id) : new Float64Array(d.counters);
+  const counters = control ? control.exitCounters(d.id) : new Float64Array(d.counters);
   const run = vcpu.run;
   const bytes = vcpu.runBytes;
   installDieHook(platform, d);

@@ -10,6 +10,7 @@
  * (Firecracker ships none); hence it is opt-in.
  */
 import { encodeSdt } from './sdt';
+import { MAX_VCPUS } from '../../contracts/layout';
 
 export const MADT_REVISION = 5;
 export const MADT_LOCAL_APIC = 0;
@@ -17,8 +18,6 @@ export const MADT_IO_APIC = 1;
 export const MADT_INT_SRC_OVERRIDE = 2;
 export const MADT_LOCAL_APIC_NMI = 4;
 export const MADT_PCAT_COMPAT = 1;
-/** Max vCPUs with xAPIC entries: APIC ids 0..253, the IOAPIC takes N, 0xff is broadcast. */
-export const MADT_MAX_CPUS = 254;
 
 export interface MadtOptions {
   cpus: number;
@@ -29,8 +28,8 @@ export interface MadtOptions {
 }
 
 export function encodeMadt(o: MadtOptions): Buffer {
-  if (!Number.isInteger(o.cpus) || o.cpus < 1 || o.cpus > MADT_MAX_CPUS) {
-    throw new Error(`ACPI MADT: ${o.cpus} vCPUs is out of range (1..${MADT_MAX_CPUS})`);
+  if (!Number.isInteger(o.cpus) || o.cpus < 1 || o.cpus > MAX_VCPUS) {
+    throw new Error(`ACPI MADT: ${o.cpus} vCPUs is out of range (1..${MAX_VCPUS})`);
   }
   const parts: Buffer[] = [];
   const head = Buffer.alloc(8);
