@@ -18,6 +18,8 @@ export interface NativeKeeper {
     vmFd: number; snapFd: number; vcpus: { fd: number; run: bigint }[]; msrs: number[]; irqfds?: { fd: number; gsi: number }[]; dormant?: boolean;
   }): number;
   keeperStop(): void;
+  /** A new, armed keeper for this running vmm once its keeper has exited: its pid (throws EBUSY while the old one lives). */
+  keeperRestart(): number;
   /** Sets a claimed snapshot's state into this VM (native/kvm/restore.c). status 0, or -1: failed. */
   restore(cfg: RestoreConfig): RestoreResult;
   /**

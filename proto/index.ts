@@ -25,7 +25,8 @@ export type ComponentMessage =
   } }
   | { guestExit: { code: number; reason: string } }
   | { fatal: { message: string } }
-  | { controlRequest: ControlRequest };
+  | { controlRequest: ControlRequest }
+  | { keeperArmed: { pid: number; error?: string } };
 
 export interface ControlRequest { id: number; command: string; component?: string; signal?: string }
 export interface ControlReply { id: number; ok: boolean; error?: string; pid?: number }
@@ -34,7 +35,8 @@ export interface ComponentStatus {
   name: string; pid: number; state: string; startedAt: number; restarts: number; lastRecovery?: RecoveryRecord | null;
 }
 export interface ControlStatus { components: ComponentStatus[]; recoveries: RecoveryRecord[]; full: boolean; paused: boolean }
-export type SupervisorMessage = { status: ControlStatus } | { reply: ControlReply } | { finished: { code: number; reason: string } };
+export type SupervisorMessage = { status: ControlStatus } | { reply: ControlReply } | { finished: { code: number; reason: string } }
+  | { armKeeper: { deadPid: number } };
 
 function codec<T>(name: string) {
   const type = root.lookupType(name);

@@ -178,8 +178,8 @@ export class Control {
       { name: 'supervisor', pid: process.pid, state: 'running', startedAt: processStartTime(process.pid) ?? this.startedAt, restarts: 0, lastRecovery: null },
       this.component('vmm', this.sup.vmmPid),
     ];
-    const keepers = this.sup.keeperPids;
-    if (keepers.length) components.push(this.component('keeper', keepers[keepers.length - 1]));
+    // The keeper that would save the running vmm (none for a moment after it died, until re-armed).
+    if (this.sup.vmmPid) components.push(this.component('keeper', this.sup.keeperPid));
     if (this.sup.devices.length) components.push(this.component('driver-domain', this.sup.driverDomainPid));
     components.push(this.component('priv-domain', this.priv?.exitCode === null && this.priv.signalCode === null ? this.priv.pid : undefined));
     return { components, recoveries: [], full: false, paused: this.page.pauseRequested };
@@ -211,7 +211,7 @@ export class Control {
       case 'vmm': return this.sup.vmmPid;
       case 'driver-domain': return this.sup.driverDomainPid;
       case 'priv-domain': return this.priv?.pid;
-      case 'keeper': { const k = this.sup.keeperPids; return k[k.length - 1]; }
+      case 'keeper': return this.sup.keeperPid;
       default: return undefined;
     }
   }

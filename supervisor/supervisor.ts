@@ -5,11 +5,12 @@
  * reports into tsvmm's exit status.
  */
 import * as fs from 'fs';
+import * as os from 'os';
 import { ChildProcess, spawn } from 'child_process';
 import { componentEnv } from './component-env';
 import { componentEntry } from './component-entry';
 import { native } from '../native/kvm';
-import { ComponentMessage, ComponentMessageCodec, VmConfig, VmConfigCodec } from '../proto';
+import { ComponentMessage, ComponentMessageCodec, SupervisorMessage, SupervisorMessageCodec, VmConfig, VmConfigCodec } from '../proto';
 import { DEVICE_PAGE_OFFSET, DEVICE_PAGE_SIZE, FD, STATE_MEMFD_SIZE } from '../contracts/fds';
 import { keeper, SnapshotView, SnapState, snapshotSize } from '../contracts/snapshot';
 import { Component, StatePage } from '../contracts/state-page';
@@ -17,6 +18,7 @@ import { EXIT_NOT_NEEDED } from '../contracts/exit-codes';
 import { deviceStdio, HeldDevice, openDevices } from './held-devices';
 import { PlatformPage } from '../contracts/platform-page';
 import { Control } from './control';
+import { RESTART_LIMITS, RestartPolicy } from './restart-policy';
 
 export interface RunResult {
   code: number;
@@ -99,6 +101,20 @@ function threadState(pid: number | undefined): string | undefined {
   }
 }
 
+/** A process's state letter (R, S, D, T, Z, ...), from /proc/PID/stat. */
+function processState(pid: number): string | undefined {
+  try {
+    const st = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
+    return st.slice(st.lastIndexOf(')') + 2, st.lastIndexOf(')') + 3);
+  } catch {
+    return undefined;
+  }
+}
+
+/** keeper.c's exit status when its poll() fails (the only exit of a keeper whose vmm may still live). */
+const KEEPER_EXIT_POLL_FAILED = 2;
+const SIGNAL_NAME: Record<number, string> = Object.fromEntries(Object.entries(os.constants.signals).map(([k, v]) => [v, k]));
+
 export class Supervisor {
   readonly ramFd: number;
   readonly stateFd: number;
@@ -123,6 +139,15 @@ export class Supervisor {
   /** Live keepers (our children through CLONE_PARENT), reaped by waitExit; pids ever tracked. */
   private readonly keepers = new Set<number>();
   private readonly keepersSeen = new Set<number>();
+  /** Each vmm's current keeper (a standby's is dormant until it takes over). */
+  private readonly keeperOf = new WeakMap<ChildProcess, number>();
+  /** A keeper that died under a running vmm, until the vmm reports its new one. */
+  private keeperPending?: { cause: string; t0: bigint; dead: number; vmm: ChildProcess };
+  private readonly keeperPolicy = new RestartPolicy('keeper', RESTART_LIMITS.keeper);
+  /** Keepers the hang watch found stopped and killed. */
+  private readonly keepersStoppedKilled = new Set<number>();
+  /** Since when each watched keeper has been seen stopped (state T/t). */
+  private readonly keeperStoppedSince = new Map<number, number>();
   private vmmPending?: { cause: string; t0: bigint; dead: ChildProcess; fallback?: NodeJS.Timeout };
   private vmmFailuresInARow = 0;
   private vmmFailureTimes: number[] = [];
@@ -191,6 +216,7 @@ export class Supervisor {
     // a component for time nobody could run; restart its clock instead.
     const stalled = now - this.lastTick > this.hangTimeoutMs / 2;
     this.lastTick = now;
+    this.checkKeepers(now, stalled);
     for (const [child, w] of this.watched) {
       const hb = this.page.heartbeat(w.slot);
       if (hb !== w.last || stalled) { w.last = hb; w.since = now; w.sched = schedstat(child.pid); continue; }
@@ -212,6 +238,27 @@ export class Supervisor {
       this.hangs.push({ component: w.name, pid: child.pid ?? 0, stillMs: still });
       this.opts.log?.(`${w.name} hung: no heartbeat for ${still.toFixed(0)} ms (threshold ${this.hangTimeoutMs} ms; its main thread ran ${ranMs.toFixed(0)} ms, waited for a CPU ${waitedMs.toFixed(0)} ms, state ${state ?? '?'}); killing pid ${child.pid}`);
       child.kill('SIGKILL');
+    }
+  }
+
+  /**
+   * A keeper has no event loop to beat: it sleeps in poll() until its vmm dies. What can go wrong
+   * with it short of dying (which waitExit sees) is being stopped (SIGSTOP: state T), and a stopped
+   * keeper cannot save. One stopped for the hang threshold is killed; its death re-arms a new one.
+   */
+  private checkKeepers(now: number, stalled: boolean): void {
+    for (const pid of this.keepers) {
+      const st = processState(pid);
+      if (st !== 'T' && st !== 't') { this.keeperStoppedSince.delete(pid); continue; }
+      const since = this.keeperStoppedSince.get(pid);
+      if (since === undefined || stalled) { this.keeperStoppedSince.set(pid, since ?? now); continue; }
+      const still = now - since;
+      if (still < this.hangTimeoutMs) continue;
+      this.keeperStoppedSince.delete(pid);
+      this.keepersStoppedKilled.add(pid);
+      this.hangs.push({ component: 'keeper', pid, stillMs: still });
+      this.opts.log?.(`keeper hung: stopped (state ${st}) for ${still.toFixed(0)} ms (threshold ${this.hangTimeoutMs} ms); killing pid ${pid}`);
+      try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
     }
   }
 
@@ -251,8 +298,13 @@ export class Supervisor {
 
   private onVmmExit(dead: ChildProcess, cause: string): void {
     const state = this.snapHeader.state;
-    if (state !== SnapState.EMPTY) this.trackKeeper(this.snapHeader.keeperPid);
+    if (state !== SnapState.EMPTY) this.trackKeeper(this.snapHeader.keeperPid, dead);
     if (state === SnapState.SAVED && !this.vmmRunning.has(dead)) this.releaseDeadClaim();
+    const keeperPid = this.snapHeader.keeperPid;
+    if (state === SnapState.ARMED && this.keepersSeen.has(keeperPid) && !this.keepers.has(keeperPid)) {
+      this.finish({ code: 1, reason: `vmm exited (${cause}) while it had no keeper (pid ${keeperPid} died before it and no new one was armed yet): the guest cannot be recovered` });
+      return;
+    }
     if (state === SnapState.EMPTY) {
       this.finish({ code: 1, reason: `vmm exited unexpectedly (${cause}) before its keeper was armed: the guest cannot be recovered` });
       return;
@@ -315,7 +367,7 @@ export class Supervisor {
   }
 
   private onVmmReady(child: ChildProcess, r: ReadyMsg): void {
-    if (r.keeperPid) this.trackKeeper(r.keeperPid); // a standby's is dormant until it takes over
+    if (r.keeperPid) this.trackKeeper(r.keeperPid, child); // a standby's is dormant until it takes over
     if (r.standby) return;
     const readyAt = process.hrtime.bigint();
     let p = this.vmmPending;
@@ -354,15 +406,95 @@ export class Supervisor {
   }
 
   /** A keeper is the supervisor's child (CLONE_PARENT): reap it when it exits, kill it when stopping. */
-  private trackKeeper(pid: number): void {
-    if (!pid || this.keepersSeen.has(pid)) return;
+  private trackKeeper(pid: number, vmm: ChildProcess): void {
+    if (!pid) return;
+    if (this.exits.has(vmm)) {
+      // A dead vmm's keeper is saving (or saved): it is still that vmm's, but no longer anyone's to re-arm.
+      if (!this.keeperOf.has(vmm)) this.keeperOf.set(vmm, pid);
+    } else {
+      this.keeperOf.set(vmm, pid);
+    }
+    if (this.keepersSeen.has(pid)) return;
     this.keepersSeen.add(pid);
     this.keepers.add(pid);
-    keeper.waitExit(pid).then(() => this.keepers.delete(pid), () => this.keepers.delete(pid));
+    const gone = (r: { code?: number; signal?: number; error?: string }) => {
+      this.keepers.delete(pid);
+      this.keeperStoppedSince.delete(pid);
+      const hung = this.keepersStoppedKilled.delete(pid);
+      // A keeper exits by itself only when its work is over: 0 (the guest stopped, or its vmm died while
+      // it was dormant), 1 (its save failed: the vmm died), 3 (the supervisor died). A signal, or 2 (its
+      // poll failed), leaves its vmm without one.
+      if (!hung && r.signal === undefined && r.code !== KEEPER_EXIT_POLL_FAILED) return;
+      this.onKeeperExit(pid, vmm, hung ? 'hang' : r.signal !== undefined ? `signal ${SIGNAL_NAME[r.signal] ?? r.signal}` : `exit code ${r.code}`);
+    };
+    keeper.waitExit(pid).then(gone, (e: Error) => gone({ error: e.message }));
+  }
+
+  /**
+   * A keeper exited. That is its job once its vmm died (it saved, lingered and went), or when the
+   * guest stopped; a dormant standby's keeper goes with its standby. Any other exit leaves a
+   * running vmm unprotected: the next death of that vmm would lose the guest. The vmm clones a new
+   * keeper on request (ArmKeeper); a standby that lost its dormant keeper is replaced.
+   */
+  private onKeeperExit(pid: number, vmm: ChildProcess, cause: string): void {
+    if (this.result || this.keeperOf.get(vmm) !== pid || this.exits.has(vmm)) return;
+    // Its vmm may be dying at this very moment: a keeper that started saving did its job.
+    if (this.snapHeader.keeperPid === pid && this.snapHeader.state !== SnapState.ARMED) return;
+    if (vmm === this.vmmStandby) {
+      this.opts.log?.(`keeper (pid ${pid}) of the vmm standby (pid ${vmm.pid}) died (${cause}); replacing the standby`);
+      vmm.kill('SIGKILL');
+      return;
+    }
+    if (vmm !== this.vmm || !this.vmmRunning.has(vmm)) return;
+    this.opts.log?.(`keeper (pid ${pid}) of vmm pid ${vmm.pid} died (${cause}): the vmm is unprotected; arming a new keeper`);
+    this.keeperPending = { cause, t0: process.hrtime.bigint(), dead: pid, vmm };
+    this.armKeeper();
+  }
+
+  /** Asks the running vmm for a new keeper (after the restart policy's delay). */
+  private armKeeper(): void {
+    const p = this.keeperPending;
+    if (!p) return;
+    const d = this.keeperPolicy.failed(p.cause);
+    const delay = 'delayMs' in d ? d.delayMs : 0;
+    const ask = () => {
+      if (this.result || this.keeperPending !== p || this.exits.has(p.vmm)) return;
+      this.sendTo(p.vmm, { armKeeper: { deadPid: p.dead } });
+    };
+    if (delay) setTimeout(ask, delay); else ask();
+  }
+
+  private onKeeperArmed(child: ChildProcess, k: { pid: number; error?: string }): void {
+    const p = this.keeperPending;
+    if (!p || p.vmm !== child) return;
+    if (!k.pid) {
+      this.opts.log?.(`vmm pid ${child.pid} could not arm a new keeper: ${k.error}; retrying`);
+      this.armKeeper();
+      return;
+    }
+    this.keeperPending = undefined;
+    this.keeperPolicy.succeeded();
+    this.trackKeeper(k.pid, child);
+    const ms = Number(process.hrtime.bigint() - p.t0) / 1e6;
+    this.recoveries.push({ component: 'keeper', cause: p.cause, ms });
+    this.opts.log?.(`recovered keeper (cause: ${p.cause}) in ${ms.toFixed(1)} ms (new keeper pid ${k.pid} for vmm pid ${child.pid})`);
+  }
+
+  private sendTo(child: ChildProcess, msg: SupervisorMessage): void {
+    if (!child.connected) return;
+    try {
+      child.send({ pb: Buffer.from(SupervisorMessageCodec.encode(msg)).toString('base64') }, () => undefined);
+    } catch { /* it died: its exit is handled */ }
   }
 
   /** pids of the keepers still alive (tests check none is left behind). */
   get keeperPids(): number[] { return [...this.keepers]; }
+
+  /** pid of the running vmm's keeper (the one that saves it if it dies), if it has one. */
+  get keeperPid(): number | undefined {
+    const pid = this.vmm && this.keeperOf.get(this.vmm);
+    return pid && this.keepers.has(pid) ? pid : undefined;
+  }
 
   /** pid of the running driver-domain. */
   get driverDomainPid(): number | undefined { return this.driverDomain?.pid; }
@@ -466,6 +598,7 @@ export class Supervisor {
       if (name === 'vmm') this.onVmmReady(child, r);
       else if (name === 'driver-domain') this.onDriverDomainReady(child, r);
     }
+    else if ('keeperArmed' in m && m.keeperArmed) this.onKeeperArmed(child, m.keeperArmed);
     else if ('guestExit' in m && m.guestExit) this.finish({ code: m.guestExit.code, reason: m.guestExit.reason });
     else if ('fatal' in m && m.fatal) {
       if ((child === this.vmmStandby && !this.vmmPending) || child === this.ddStandby) {

@@ -7,7 +7,7 @@ import { exitOnUncaughtException, installTestHooksIfAsked } from '../contracts/p
 // Next: starts the vCPU threads, so their boot overlaps the loading of everything below.
 import { releaseUnusedVcpuThreads, vcpuThread } from './early-vcpu-threads';
 import * as fs from 'fs';
-import { ComponentMessage, ComponentMessageCodec, VmConfig, VmConfigCodec } from '../proto';
+import { ComponentMessage, ComponentMessageCodec, SupervisorMessage, SupervisorMessageCodec, VmConfig, VmConfigCodec } from '../proto';
 import { abi, native, poller } from '../native/kvm';
 import { Kvm } from '../kvm/system';
 import { Vm } from '../kvm/vm';
@@ -242,6 +242,22 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
     if (mode === 'boot' && devices.length) whenDriverDomainReady(devPage, start);
     else start();
   }
+
+  // The supervisor saw this vmm's keeper die (or killed it stopped): clone a new one, or the next
+  // death of this vmm would lose the guest.
+  process.on('message', (m: { pb?: string }) => {
+    if (typeof m?.pb !== 'string') return;
+    let msg: SupervisorMessage;
+    try { msg = SupervisorMessageCodec.decode(Buffer.from(m.pb, 'base64')); } catch { return; }
+    if (!('armKeeper' in msg) || !msg.armKeeper || finished || !recovery) return;
+    if (msg.armKeeper.deadPid !== keeperPid) return; // an old request: this keeper is already a new one
+    try {
+      keeperPid = keeper.keeperRestart();
+      send({ keeperArmed: { pid: keeperPid } });
+    } catch (e) {
+      send({ keeperArmed: { pid: 0, error: (e as Error).message } });
+    }
+  });
 
   // Terminal input -> the UART's receive ring.
   const serial = new Serial(page, () => undefined, () => { vm.irqLine(4, 1); vm.irqLine(4, 0); });

@@ -114,6 +114,16 @@ Napi::Value KeeperStart(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, pid);
 }
 
+// keeperRestart() -> pid of a new, armed keeper, once this running vmm's keeper has exited (the
+// supervisor saw it die, or killed it stopped). Throws EBUSY while the old one is still alive.
+Napi::Value KeeperRestart(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!g_started) return ThrowErrno(env, "keeperRestart: this vmm has no keeper to replace", EINVAL);
+  int pid = tsvmm_keeper_restart(&g_cfg);
+  if (pid < 0) return ThrowErrno(env, pid == -EBUSY ? "keeperRestart: the previous keeper has not exited" : "keeperRestart: clone", -pid);
+  return Napi::Number::New(env, pid);
+}
+
 // keeperStop(): the guest exited normally; the keeper exits without saving.
 Napi::Value KeeperStop(const Napi::CallbackInfo& info) {
   if (g_started) {
@@ -373,6 +383,7 @@ void RegisterKeeper(Napi::Env env, Napi::Object exports) {
   exports.Set("snapshotFormat", Napi::Function::New(env, SnapshotFormat));
   exports.Set("keeperStart", Napi::Function::New(env, KeeperStart));
   exports.Set("keeperStop", Napi::Function::New(env, KeeperStop));
+  exports.Set("keeperRestart", Napi::Function::New(env, KeeperRestart));
   exports.Set("restore", Napi::Function::New(env, Restore));
   exports.Set("takeover", Napi::Function::New(env, Takeover));
   exports.Set("lastTakeover", Napi::Function::New(env, LastTakeover));

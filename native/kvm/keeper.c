@@ -289,24 +289,51 @@ KEEPER_FN static int keeper_main(void* arg) {
 
 static void write_armed_header(struct tsvmm_keeper_config* cfg);
 
-int tsvmm_keeper_start(struct tsvmm_keeper_config* cfg) {
-  crc_init();
+static int clone_keeper(struct tsvmm_keeper_config* cfg, uint32_t state_on_failure) {
   struct tsvmm_snap_header* h = (struct tsvmm_snap_header*)cfg->snap;
-  void* stack = mmap(NULL, KEEPER_STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-  if (stack == MAP_FAILED) return -12;
   int armed = cfg->armed;
   if (armed) h->state = TSVMM_SNAP_ARMED;
   /* CLONE_PARENT: the keeper is the supervisor's child, so the supervisor reaps it and it is never
    * orphaned; its exit signal is the vmm's (SIGCHLD). No CLONE_THREAD: it is its own process. */
-  int pid = clone(keeper_main, (uint8_t*)stack + KEEPER_STACK, CLONE_VM | CLONE_FILES | CLONE_PARENT, cfg);
+  int pid = clone(keeper_main, (uint8_t*)cfg->stack + KEEPER_STACK, CLONE_VM | CLONE_FILES | CLONE_PARENT, cfg);
   if (pid < 0) {
-    if (armed) h->state = TSVMM_SNAP_EMPTY;
-    munmap(stack, KEEPER_STACK);
+    if (armed) h->state = state_on_failure;
     return -1;
   }
   cfg->keeper_pid = pid;
+  /* Not the vmm's child, but a pidfd still becomes readable when it exits (tsvmm_keeper_restart). */
+  cfg->keeper_pidfd = (int)raw3(SYS_pidfd_open, pid, 0, 0);
   if (armed) write_armed_header(cfg);
   return pid;
+}
+
+int tsvmm_keeper_start(struct tsvmm_keeper_config* cfg) {
+  crc_init();
+  void* stack = mmap(NULL, KEEPER_STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  if (stack == MAP_FAILED) return -12;
+  cfg->stack = stack;
+  int pid = clone_keeper(cfg, TSVMM_SNAP_EMPTY);
+  if (pid < 0) {
+    munmap(stack, KEEPER_STACK);
+    cfg->stack = NULL;
+  }
+  return pid;
+}
+
+int tsvmm_keeper_restart(struct tsvmm_keeper_config* cfg) {
+  /* The previous keeper must be gone: it runs on the same stack, and two keepers must never both
+   * save one death. Its pidfd is readable once it exited. */
+  if (cfg->keeper_pidfd < 0) return -16 /* EBUSY: cannot tell */;
+  struct pollfd p;
+  p.fd = cfg->keeper_pidfd; p.events = POLLIN; p.revents = 0;
+  if (raw3(SYS_poll, &p, 1, 0) != 1) return -16 /* EBUSY */;
+  raw3(SYS_close, cfg->keeper_pidfd, 0, 0);
+  cfg->keeper_pidfd = -1;
+  /* Only a vmm that runs the guest gets a new keeper: it saves from its first moment. */
+  __atomic_store_n(&cfg->armed, 1, __ATOMIC_RELEASE);
+  struct tsvmm_snap_header* h = (struct tsvmm_snap_header*)cfg->snap;
+  int pid = clone_keeper(cfg, h->state);
+  return pid < 0 ? -12 : pid;
 }
 
 void tsvmm_keeper_arm(struct tsvmm_keeper_config* cfg) {

@@ -177,6 +177,8 @@ struct tsvmm_keeper_config {
    * exit without saving. tsvmm_keeper_arm sets it when the vmm takes the guest over. */
   uint32_t armed;
   int keeper_pid;
+  int keeper_pidfd;         /* the vmm's pidfd of its keeper: readable once that keeper exited */
+  void* stack;              /* the keeper's stack (reused by the next keeper once this one exited) */
 };
 
 /* Layout helpers. */
@@ -191,6 +193,10 @@ void tsvmm_snap_format_crc_init(void);
 int tsvmm_keeper_start(struct tsvmm_keeper_config* cfg);
 /* Arms a dormant keeper: from now on this vmm's death is saved (header state ARMED). */
 void tsvmm_keeper_arm(struct tsvmm_keeper_config* cfg);
+/* Clones a new, armed keeper for a running vmm whose keeper died (killed or stopped and killed by the
+ * supervisor): same configuration, same stack. Its pid, -EBUSY while the previous keeper has not
+ * exited (two keepers must never save the same death), or -errno. */
+int tsvmm_keeper_restart(struct tsvmm_keeper_config* cfg);
 
 /* ---- restore.c: putting a SAVED snapshot into this vmm's fresh VM ---- */
 struct tsvmm_restore_config {
