@@ -1,32 +1,27 @@
 /**
- * The supervisor's side of the control plane. It
+ * The supervisor's side of the control plane (the relay). It
  *   - formats the control page (contracts/control-page.ts) before any component starts;
- *   - spawns the priv-domain (priv-domain/main.ts) and restarts it whenever it dies: the guest
- *     and its I/O never depend on it, so there is no give-up limit, only a back-off when
- *     restarted ones keep dying before they are ready;
- *   - relays every component's pid, state, start time, restarts and recoveries to it
- *     (ControlStatus, on change and once a second, all of it after each priv-domain start);
+ *   - relays every component's pid, state, start time, restarts and recoveries to the
+ *     priv-domain (ControlStatus, on change and once a second, all of it after each priv-domain
+ *     start);
  *   - executes its commands (ControlRequest): kill COMPONENT [SIGNAL], pause, resume, stop.
- * The supervisor calls `start()` first thing in its own start() and `stop()` when it finishes.
+ * It sees the supervisor only through ControlTarget, and reaches the priv-domain (whose lifecycle
+ * is supervisor/priv-domain-lifecycle.ts) only through a PrivChannel.
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { ChildProcess, spawn } from 'child_process';
-import { componentEnv } from './component-env';
-import { KILL_COMPONENTS, KillComponent, killSignal } from '../contracts/signals';
-import type { RunResult, Supervisor } from './supervisor';
 import {
-  ComponentMessage, ComponentMessageCodec, ComponentStatus, ControlReply, ControlRequest, ControlStatus,
-  RecoveryRecord, SupervisorMessage, SupervisorMessageCodec, VmConfigCodec,
+  ComponentStatus, ControlReply, ControlRequest, ControlStatus, RecoveryRecord, SupervisorMessage, VmConfig,
 } from '../proto';
 import { ControlPage } from '../contracts/control-page';
 import { mkdirPrivate, vmPaths, VmPaths } from '../contracts/paths';
+import type { Recovery, RunResult } from './lifecycle';
+import { KILL_COMPONENTS, KillComponent, killSignal } from '../contracts/signals';
 
-const DIST = path.resolve(__dirname, '..');
 const STATUS_MS = 100;
-const PAUSE_TIMEOUT_MS = 3000;
 /** How long the priv-domain gets to record the VM's end before it is killed. */
 const FINISH_TIMEOUT_MS = 2000;
+const PAUSE_TIMEOUT_MS = 3000;
 
 /** Process start time (unix seconds) from /proc, or undefined. */
 const bootTime = (() => {
@@ -51,15 +46,34 @@ export function processStartTime(pid: number): number | undefined {
   } catch { return undefined; }
 }
 
+/** The components the relay reports and signals. */
+export type ControlledComponent = KillComponent;
+
+/** What the relay needs of the supervisor, and nothing more. */
+export interface ControlTarget {
+  readonly cfg: VmConfig;
+  readonly stateFd: number;
+  /** The VM has virtio devices (so a driver-domain). */
+  readonly hasDevices: boolean;
+  /** Every recovery so far, in order (appended to, never rewritten). */
+  readonly recoveries: readonly Recovery[];
+  pidOf(component: ControlledComponent): number | undefined;
+  stop(reason: string): void;
+}
+
+/** How the relay reaches the priv-domain. */
+export interface PrivChannel {
+  readonly connected: boolean;
+  send(msg: SupervisorMessage): void;
+  /** The VM ended: a ready priv-domain records it and exits; any other is killed. */
+  finish(r: RunResult, timeoutMs: number): Promise<'recorded' | 'timeout' | 'not running'>;
+}
+
 export class Control {
   readonly page: ControlPage;
   readonly paths: VmPaths;
   readonly runId: string;
-  private priv?: ChildProcess;
-  private privReadyOnce = false;
-  private privPending?: { cause: string; t0: bigint };
-  private privFailuresInARow = 0;
-  private privRestarts = 0;
+  private priv?: PrivChannel;
   private readonly recs: RecoveryRecord[] = [];
   private supRecsSeen = 0;
   private sentRecs = 0;
@@ -70,14 +84,16 @@ export class Control {
   private stopped = false;
   private readonly startedAt = Date.now() / 1000;
 
-  constructor(private readonly sup: Supervisor, private readonly log: (line: string) => void = () => undefined) {
+  constructor(private readonly sup: ControlTarget, private readonly log: (line: string) => void = () => undefined) {
     this.page = ControlPage.map(sup.stateFd);
     this.page.init(sup.cfg.cpus);
     this.paths = vmPaths(sup.cfg.name);
     this.runId = `${process.pid}-${Math.round(this.startedAt * 1000)}`;
   }
 
-  start(): void {
+  /** The runtime directory and pid file, then the status relay to `priv` (started by the caller). */
+  start(priv: PrivChannel): void {
+    this.priv = priv;
     try {
       mkdirPrivate(path.dirname(this.paths.runDir));
       mkdirPrivate(this.paths.runDir);
@@ -85,74 +101,26 @@ export class Control {
     } catch (e) {
       this.log(`control plane: cannot create ${this.paths.runDir}: ${(e as Error).message}`);
     }
-    this.spawnPriv();
     this.timer = setInterval(() => this.tick(), STATUS_MS);
     this.timer.unref();
   }
 
-  get privDomainPid(): number | undefined { return this.priv?.pid; }
+  /** The environment the priv-domain needs from the relay. */
+  get privEnv(): Record<string, string> {
+    return { TSVMM_RUN_ID: this.runId, TSVMM_SUPERVISOR_PID: String(process.pid) };
+  }
 
   /** Recoveries of every component, the priv-domain's included. */
   get recoveries(): readonly RecoveryRecord[] { return this.recs; }
 
-  private spawnPriv(cause?: string): void {
-    if (this.stopped) return;
-    const stdio: ('ignore' | 'inherit' | 'ipc' | number)[] = ['ignore', 'ignore', 'inherit', 'ipc', 'ignore', this.sup.stateFd];
-    const child = spawn(process.execPath, [path.join(DIST, 'priv-domain', 'main.js')], {
-      stdio,
-      env: componentEnv({
-        TSVMM_CONFIG: Buffer.from(VmConfigCodec.encode(this.sup.cfg)).toString('base64'),
-        TSVMM_RUN_ID: this.runId,
-        TSVMM_SUPERVISOR_PID: String(process.pid),
-      }),
-    });
-    this.priv = child;
-    this.needFull = true;
-    if (cause) this.privPending = { cause, t0: process.hrtime.bigint() };
-    child.on('message', (m: { pb?: string }) => {
-      if (child !== this.priv || typeof m?.pb !== 'string') return;
-      let msg: ComponentMessage;
-      try { msg = ComponentMessageCodec.decode(Buffer.from(m.pb, 'base64')); } catch { return; }
-      if ('ready' in msg && msg.ready) this.onPrivReady(msg.ready.pid);
-      else if ('controlRequest' in msg && msg.controlRequest) void this.execute(msg.controlRequest);
-      else if ('fatal' in msg && msg.fatal) this.log(`priv-domain: ${msg.fatal.message}`);
-    });
-    child.on('error', () => undefined);
-    child.on('exit', (code, signal) => {
-      if (child !== this.priv || this.stopped) return;
-      const why = signal ? `signal ${signal}` : `exit code ${code}`;
-      // Dying before ready again and again (a broken store, say): restart, but slower.
-      const delay = this.privFailuresInARow >= 3 ? Math.min(5000, 250 * 2 ** (this.privFailuresInARow - 3)) : 0;
-      this.privFailuresInARow++;
-      if (delay) setTimeout(() => this.spawnPriv(why), delay).unref();
-      else this.spawnPriv(why);
-    });
-  }
-
-  private onPrivReady(pid: number): void {
-    this.privFailuresInARow = 0;
-    if (!this.privReadyOnce) {
-      this.privReadyOnce = true;
-      this.log(`priv-domain ready (pid ${pid})`);
-    }
-    const p = this.privPending;
-    this.privPending = undefined;
-    if (p) {
-      const ms = Number(process.hrtime.bigint() - p.t0) / 1e6;
-      this.privRestarts++;
-      this.recs.push({ component: 'priv-domain', cause: p.cause, seconds: ms / 1000, at: Date.now() / 1000 });
-      this.log(`recovered priv-domain (cause: ${p.cause}) in ${ms.toFixed(1)} ms`);
-    }
+  /** A priv-domain (the first or a restarted one) is ready: it gets the full status now. */
+  privReady(): void {
     this.needFull = true;
     this.tick();
   }
 
   private send(msg: SupervisorMessage): void {
-    const child = this.priv;
-    if (!child?.connected) return;
-    try {
-      child.send({ pb: Buffer.from(SupervisorMessageCodec.encode(msg)).toString('base64') }, () => undefined);
-    } catch { /* it died: it gets everything again when it is back */ }
+    if (this.priv?.connected) this.priv.send(msg);
   }
 
   private component(name: string, pid: number | undefined): ComponentStatus {
@@ -162,13 +130,13 @@ export class Control {
     if (pid && name === 'vmm' && this.page.pauseRequested) state = 'paused';
     return {
       name, pid: pid ?? 0, state, startedAt: (pid && processStartTime(pid)) || 0,
-      restarts: name === 'priv-domain' ? this.privRestarts : mine.length, lastRecovery: last ?? null,
+      restarts: mine.length, lastRecovery: last ?? null,
     };
   }
 
   /** The status the priv-domain serves (`tsvmm ps`). */
   status(): ControlStatus {
-    // Recoveries the supervisor measured (vmm, driver-domain), stamped when first seen here.
+    // Recoveries the supervisor measured, stamped when first seen here.
     const supRecs = this.sup.recoveries;
     for (; this.supRecsSeen < supRecs.length; this.supRecsSeen++) {
       const r = supRecs[this.supRecsSeen];
@@ -176,12 +144,12 @@ export class Control {
     }
     const components: ComponentStatus[] = [
       { name: 'supervisor', pid: process.pid, state: 'running', startedAt: processStartTime(process.pid) ?? this.startedAt, restarts: 0, lastRecovery: null },
-      this.component('vmm', this.sup.vmmPid),
+      this.component('vmm', this.sup.pidOf('vmm')),
     ];
     // The keeper that would save the running vmm (none for a moment after it died, until re-armed).
-    if (this.sup.vmmPid) components.push(this.component('keeper', this.sup.keeperPid));
-    if (this.sup.devices.length) components.push(this.component('driver-domain', this.sup.driverDomainPid));
-    components.push(this.component('priv-domain', this.priv?.exitCode === null && this.priv.signalCode === null ? this.priv.pid : undefined));
+    if (this.sup.pidOf('vmm')) components.push(this.component('keeper', this.sup.pidOf('keeper')));
+    if (this.sup.hasDevices) components.push(this.component('driver-domain', this.sup.pidOf('driver-domain')));
+    components.push(this.component('priv-domain', this.sup.pidOf('priv-domain')));
     return { components, recoveries: [], full: false, paused: this.page.pauseRequested };
   }
 
@@ -207,13 +175,7 @@ export class Control {
   }
 
   private pidOf(component: string): number | undefined {
-    switch (component) {
-      case 'vmm': return this.sup.vmmPid;
-      case 'driver-domain': return this.sup.driverDomainPid;
-      case 'priv-domain': return this.priv?.pid;
-      case 'keeper': return this.sup.keeperPid;
-      default: return undefined;
-    }
+    return (KILL_COMPONENTS as readonly string[]).includes(component) ? this.sup.pidOf(component as KillComponent) : undefined;
   }
 
   /** Runs one command from the priv-domain and answers it. */
@@ -265,25 +227,17 @@ export class Control {
   }
 
   /**
-   * The VM is done: the priv-domain records it in its store and exits (SIGKILLed if it has not
-   * within FINISH_TIMEOUT_MS, or if it is not running: the record is then missing, and said so),
-   * then the runtime directory goes.
+   * The VM is done: the priv-domain records it in its store and exits (killed if it has not within
+   * FINISH_TIMEOUT_MS, or if it is not running: the record is then missing, and said so), then the
+   * runtime directory goes.
    */
   async stop(r: RunResult): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
-    const priv = this.priv;
-    if (priv && priv.exitCode === null && priv.signalCode === null && priv.connected && this.privReadyOnce && !this.privPending) {
-      const exited = new Promise<void>((resolve) => priv.once('exit', () => resolve()));
-      this.send({ finished: { code: r.code, reason: r.reason } });
-      const timer = setTimeout(() => { this.log('control plane: the priv-domain did not record the VM\'s exit in time'); priv.kill('SIGKILL'); }, FINISH_TIMEOUT_MS);
-      await exited;
-      clearTimeout(timer);
-    } else {
-      try { priv?.kill('SIGKILL'); } catch { /* gone */ }
-      this.log('control plane: the priv-domain was not running: the VM\'s exit is not in its store');
-    }
+    const recorded = await this.priv?.finish({ code: r.code, reason: r.reason }, FINISH_TIMEOUT_MS);
+    if (recorded === 'timeout') this.log('control plane: the priv-domain did not record the VM\'s exit in time');
+    else if (recorded !== 'recorded') this.log('control plane: the priv-domain was not running: the VM\'s exit is not in its store');
     try {
       const pid = Number(fs.readFileSync(this.paths.pidFile, 'utf8'));
       if (pid === process.pid) fs.rmSync(this.paths.runDir, { recursive: true, force: true });

@@ -1,0 +1,134 @@
+/**
+ * The driver-domain's lifecycle. It holds no state of its own (queue progress
+ * is in the state page; kicks wait in their eventfds), so a dead one is simply
+ * started again (or its warm standby takes over) and re-attaches.
+ */
+import { ChildProcess } from 'child_process';
+import { componentEntry } from './component-entry';
+import { Component } from '../contracts/state-page';
+import { LifecycleHost } from './lifecycle';
+import { RESTART_LIMITS, RestartPolicy } from './restart-policy';
+import { componentStdio, configEnv, killHung, ReadyMsg, spawnProcess, whenExited } from './spawn';
+
+/** After a standby took over, its replacement starts this much later (a Node start competes with the guest). */
+export const STANDBY_RESPAWN_MS = 300;
+
+export class DriverDomainLifecycle {
+  private primary?: ChildProcess;
+  private spare?: ChildProcess;
+  private pending?: { cause: string; t0: bigint };
+  private readonly policy = new RestartPolicy('driver-domain', RESTART_LIMITS.driverDomain);
+  private readonly sparePolicy = new RestartPolicy('driver-domain standby', RESTART_LIMITS.standby);
+  private spareGaveUp = false;
+
+  constructor(private readonly host: LifecycleHost) {}
+
+  get pid(): number | undefined { return this.primary?.pid; }
+
+  start(): void { this.spawn(); }
+
+  /** Kills both (the VM is over). */
+  stop(): void {
+    this.spare?.kill('SIGKILL');
+    this.primary?.kill('SIGKILL');
+  }
+
+  private spawn(standbyFor?: number): ChildProcess {
+    const h = this.host;
+    const child = spawnProcess({
+      script: componentEntry('driver-domain'),
+      stdio: componentStdio(h.held, 'driver-domain'),
+      // Block I/O that io_uring does not serve inline (large transfers, the thread-pool fallback) runs
+      // on libuv's pool: give the driver-domain a deep one.
+      env: { TSVMM_CONFIG: configEnv(h.cfg), UV_THREADPOOL_SIZE: '64', ...(standbyFor ? { TSVMM_STANDBY_FOR: String(standbyFor) } : {}) },
+      onMessage: (m) => {
+        if ('ready' in m && m.ready) {
+          h.log(`driver-domain${m.ready.standby ? ' standby' : ''} ready (pid ${m.ready.pid})`);
+          this.onReady(child, m.ready);
+        } else if ('fatal' in m && m.fatal) {
+          if (child === this.spare) {
+            // A standby that failed to build: the primary is fine; drop it (its exit schedules a new one).
+            h.log(`driver-domain standby failed: ${m.fatal.message}`);
+            child.kill('SIGKILL');
+            return;
+          }
+          h.finish({ code: 1, reason: m.fatal.message });
+        }
+      },
+      onExit: (cause) => this.onExit(child, cause),
+    });
+    if (standbyFor) this.spare = child;
+    else this.primary = child;
+    return child;
+  }
+
+  private onExit(child: ChildProcess, cause: string): void {
+    const h = this.host;
+    h.hangWatch.unwatch(child);
+    if (h.finished) return;
+    if (child === this.spare) {
+      this.spare = undefined;
+      this.scheduleSpare(cause);
+      return;
+    }
+    if (child !== this.primary) return;
+    this.pending ??= { cause, t0: process.hrtime.bigint() };
+    if (this.spare) {
+      // Warm: the standby saw the death on its pidfd and is (or soon is) serving.
+      this.primary = this.spare;
+      this.spare = undefined;
+      return;
+    }
+    const d = this.policy.failed(cause);
+    if ('giveUp' in d) { h.finish({ code: 1, reason: `driver-domain recovery gave up: ${d.giveUp}` }); return; }
+    this.primary = undefined;
+    const restart = () => { if (!h.finished && !this.primary) this.spawn(); };
+    if (d.delayMs) {
+      h.log(`driver-domain: ${this.policy.failuresInARow} failures in a row; restarting it in ${d.delayMs} ms`);
+      setTimeout(restart, d.delayMs);
+    } else restart();
+  }
+
+  private scheduleSpare(cause: string): void {
+    const h = this.host;
+    const d = this.sparePolicy.failed(cause);
+    if ('giveUp' in d) {
+      if (!this.spareGaveUp) h.log(`driver-domain standby keeps failing (${d.giveUp}); running without one`);
+      this.spareGaveUp = true;
+      return;
+    }
+    setTimeout(() => this.startSpare(), d.delayMs);
+  }
+
+  private startSpare(): void {
+    if (this.host.finished || !this.host.standby || this.spare || this.spareGaveUp || !this.primary?.pid) return;
+    this.spawn(this.primary.pid);
+  }
+
+  private onReady(child: ChildProcess, r: ReadyMsg): void {
+    if (r.standby) return;
+    const readyAt = process.hrtime.bigint();
+    if (child === this.spare) {
+      // Took over before we saw the primary's exit.
+      const dead = this.primary!;
+      this.spare = undefined;
+      this.primary = child;
+      void whenExited(dead).then((cause) => this.record(cause, readyAt, r, true));
+    } else if (child === this.primary && this.pending) {
+      this.record(this.pending.cause, this.pending.t0, r, r.warm === true);
+    } else if (child !== this.primary) return;
+    this.pending = undefined;
+    this.policy.succeeded();
+    if (r.warm) this.sparePolicy.succeeded();
+    this.host.hangWatch.watchHeartbeat(child, 'driver-domain', child.pid, Component.DriverDomain, () => killHung(child));
+    if (this.host.standby) setTimeout(() => this.startSpare(), r.warm ? STANDBY_RESPAWN_MS : 0);
+  }
+
+  private record(cause: string, t0: bigint, r: ReadyMsg, warm: boolean): void {
+    const resumed = r.resumedNs ? BigInt(r.resumedNs) : process.hrtime.bigint();
+    const died = r.diedNs && BigInt(r.diedNs) < t0 ? BigInt(r.diedNs) : t0;
+    const ms = Number(resumed - died) / 1e6;
+    this.host.recovered({ component: 'driver-domain', cause, ms, warm });
+    this.host.log(`recovered driver-domain (cause: ${cause}) in ${ms.toFixed(warm ? 2 : 1)} ms (${warm ? 'warm standby' : 'cold restart'})`);
+  }
+}

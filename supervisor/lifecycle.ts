@@ -1,0 +1,42 @@
+/**
+ * What every component lifecycle (vmm-lifecycle.ts, driver-domain-lifecycle.ts,
+ * priv-domain-lifecycle.ts) gets from the supervisor, and the records they
+ * produce. A lifecycle starts its component, watches it (hang-watch.ts),
+ * decides with its RestartPolicy (restart-policy.ts) when to start the next
+ * one, and reports each recovery; only the supervisor ends the VM.
+ */
+import { VmConfig } from '../proto';
+import { StatePage } from '../contracts/state-page';
+import { HangWatch } from './hang-watch';
+import { HeldFds } from './spawn';
+
+export interface RunResult {
+  code: number;
+  reason: string;
+}
+
+/** One recovery of any component. */
+export interface Recovery {
+  component: string;
+  cause: string;
+  /** death -> resumed (vmm) / serving again (driver-domain) / ready (priv-domain) / armed (keeper) */
+  ms: number;
+  warm?: boolean;
+}
+
+export interface LifecycleHost {
+  readonly cfg: VmConfig;
+  readonly held: HeldFds;
+  /** The device state page (heartbeats). */
+  readonly page: StatePage;
+  readonly hangWatch: HangWatch;
+  /** tsvmm run --standby: keep warm standbys. */
+  readonly standby: boolean;
+  log(line: string): void;
+  /** A component recovered: recorded, relayed to the priv-domain (`tsvmm ps`, metrics). */
+  recovered(r: Recovery): void;
+  /** The VM ends (guest exit, or nothing left to recover from). */
+  finish(r: RunResult): void;
+  /** True once the VM has ended: lifecycles start nothing new. */
+  readonly finished: boolean;
+}

@@ -1,0 +1,107 @@
+/**
+ * The priv-domain's lifecycle (priv-domain/main.ts): the guest and its I/O
+ * never depend on it, so it is always restarted (the RestartPolicy backs off
+ * when restarted ones keep dying before they are ready) and watched like the
+ * others: once ready, its heartbeat in the state page (Component.PrivDomain);
+ * a stopped or hung priv-domain is killed and restarted with cause `hang`.
+ */
+import * as path from 'path';
+import { ChildProcess } from 'child_process';
+import { Component } from '../contracts/state-page';
+import { ControlRequest, SupervisorMessage } from '../proto';
+import { LifecycleHost, RunResult } from './lifecycle';
+import { RESTART_LIMITS, RestartPolicy } from './restart-policy';
+import { configEnv, hasExited, killHung, sendTo, spawnProcess, whenExited } from './spawn';
+
+const SCRIPT = path.resolve(__dirname, '..', 'priv-domain', 'main.js');
+
+export interface PrivDomainEvents {
+  /** A priv-domain is ready (the first, or a restarted one): it needs the full status. */
+  ready(): void;
+  request(req: ControlRequest): void;
+}
+
+export class PrivDomainLifecycle {
+  private child?: ChildProcess;
+  private readyOnce = false;
+  private pending?: { cause: string; t0: bigint };
+  private readonly policy = new RestartPolicy('priv-domain', RESTART_LIMITS.privDomain);
+  private stopped = false;
+
+  constructor(private readonly host: LifecycleHost, private readonly env: Record<string, string>, private readonly events: PrivDomainEvents) {}
+
+  /** pid of the priv-domain while it is alive. */
+  get pid(): number | undefined { return this.child && !hasExited(this.child) ? this.child.pid : undefined; }
+  get connected(): boolean { return this.child?.connected === true; }
+
+  start(): void { this.spawn(); }
+
+  /**
+   * The VM ended: a ready priv-domain gets `finished`, records it in its store and exits (killed
+   * after `timeoutMs`); one that is not running or not ready is killed.
+   */
+  async finish(r: RunResult, timeoutMs: number): Promise<'recorded' | 'timeout' | 'not running'> {
+    this.stopped = true;
+    const child = this.child;
+    if (!child || hasExited(child) || !child.connected || !this.readyOnce || this.pending) {
+      try { child?.kill('SIGKILL'); } catch { /* gone */ }
+      return 'not running';
+    }
+    const exited = whenExited(child);
+    sendTo(child, { finished: { code: r.code, reason: r.reason } });
+    let late = false;
+    const timer = setTimeout(() => { late = true; child.kill('SIGKILL'); }, timeoutMs);
+    await exited;
+    clearTimeout(timer);
+    return late ? 'timeout' : 'recorded';
+  }
+
+  send(msg: SupervisorMessage): void { if (this.child) sendTo(this.child, msg); }
+
+  private spawn(): void {
+    if (this.stopped || this.host.finished) return;
+    const h = this.host;
+    const child = spawnProcess({
+      script: SCRIPT,
+      stdio: ['ignore', 'ignore', 'inherit', 'ipc', 'ignore', h.held.stateFd],
+      env: { TSVMM_CONFIG: configEnv(h.cfg), ...this.env },
+      onMessage: (m) => {
+        if (child !== this.child) return;
+        if ('ready' in m && m.ready) this.onReady(child, m.ready.pid);
+        else if ('controlRequest' in m && m.controlRequest) this.events.request(m.controlRequest);
+        else if ('fatal' in m && m.fatal) h.log(`priv-domain: ${m.fatal.message}`);
+      },
+      onExit: (cause) => {
+        h.hangWatch.unwatch(child);
+        if (child !== this.child || this.stopped || h.finished) return;
+        this.pending ??= { cause, t0: process.hrtime.bigint() };
+        const d = this.policy.failed(cause);
+        // No limit: the policy never gives up on the priv-domain, it only slows down.
+        const delay = 'delayMs' in d ? d.delayMs : RESTART_LIMITS.privDomain.maxDelayMs;
+        if (delay) {
+          h.log(`priv-domain: ${this.policy.failuresInARow} failures in a row (last: ${cause}); restarting it in ${delay} ms`);
+          setTimeout(() => this.spawn(), delay).unref();
+        } else this.spawn();
+      },
+    });
+    this.child = child;
+  }
+
+  private onReady(child: ChildProcess, pid: number): void {
+    const h = this.host;
+    this.policy.succeeded();
+    if (!this.readyOnce) {
+      this.readyOnce = true;
+      h.log(`priv-domain ready (pid ${pid})`);
+    }
+    h.hangWatch.watchHeartbeat(child, 'priv-domain', child.pid, Component.PrivDomain, () => killHung(child));
+    const p = this.pending;
+    this.pending = undefined;
+    if (p) {
+      const ms = Number(process.hrtime.bigint() - p.t0) / 1e6;
+      h.recovered({ component: 'priv-domain', cause: p.cause, ms });
+      h.log(`recovered priv-domain (cause: ${p.cause}) in ${ms.toFixed(1)} ms`);
+    }
+    this.events.ready();
+  }
+}

@@ -1,0 +1,98 @@
+/**
+ * Spawning a component process with the fds the supervisor holds, and the
+ * plumbing every lifecycle shares: the protobuf IPC in both directions and
+ * the cause of each exit (`hang` when the hang watch killed it).
+ */
+import { ChildProcess, spawn, StdioOptions } from 'child_process';
+import { componentEnv } from './component-env';
+import { ComponentMessage, ComponentMessageCodec, SupervisorMessage, SupervisorMessageCodec, VmConfig, VmConfigCodec } from '../proto';
+import { FD } from '../contracts/fds';
+import { deviceStdio, HeldDevice } from './held-devices';
+
+/** What the supervisor holds for the VM's whole life and hands every component at spawn. */
+export interface HeldFds {
+  readonly ramFd: number;
+  readonly stateFd: number;
+  readonly serialFd: number;
+  /** The vmm's snapshot memfd (contracts/snapshot.ts). */
+  readonly snapFd: number;
+  readonly devices: HeldDevice[];
+}
+
+export type ReadyMsg = Extract<ComponentMessage, { ready: unknown }>['ready'];
+
+const exitCauses = new WeakMap<ChildProcess, string>();
+const hangKilled = new WeakSet<ChildProcess>();
+
+/** Why `child` exited, once it has: `hang`, `signal SIGxxx` or `exit code N`. */
+export function exitCause(child: ChildProcess): string | undefined { return exitCauses.get(child); }
+
+/** Kills a child the hang watch found hung: its exit is recorded with cause `hang`. */
+export function killHung(child: ChildProcess): void {
+  hangKilled.add(child);
+  child.kill('SIGKILL');
+}
+
+/** The cause of `child`'s exit, once it has exited. */
+export function whenExited(child: ChildProcess): Promise<string> {
+  const seen = exitCauses.get(child);
+  if (seen) return Promise.resolve(seen);
+  return new Promise((resolve) => child.once('exit', () => resolve(exitCauses.get(child) ?? 'exit')));
+}
+
+/** True once the child exited (or its exit is known). */
+export function hasExited(child: ChildProcess): boolean {
+  return exitCauses.has(child) || child.exitCode !== null || child.signalCode !== null;
+}
+
+/** Sends a SupervisorMessage to a component; a dead one is ignored (its exit is handled). */
+export function sendTo(child: ChildProcess, msg: SupervisorMessage): void {
+  if (!child.connected) return;
+  try {
+    child.send({ pb: Buffer.from(SupervisorMessageCodec.encode(msg)).toString('base64') }, () => undefined);
+  } catch { /* it died */ }
+}
+
+export interface SpawnOptions {
+  /** The script to run with this Node. */
+  script: string;
+  stdio: StdioOptions;
+  env: Record<string, string>;
+  onMessage: (m: ComponentMessage) => void;
+  onExit: (cause: string) => void;
+}
+
+/** Spawns a component process; messages arrive decoded, the exit with its cause. */
+export function spawnProcess(o: SpawnOptions): ChildProcess {
+  const child = spawn(process.execPath, [o.script], { stdio: o.stdio, env: componentEnv(o.env) });
+  child.on('error', () => undefined); // a failed spawn also exits
+  child.on('exit', (code, signal) => {
+    const cause = hangKilled.has(child) ? 'hang' : signal ? `signal ${signal}` : `exit code ${code}`;
+    exitCauses.set(child, cause);
+    o.onExit(cause);
+  });
+  child.on('message', (m: { pb?: string }) => {
+    if (typeof m?.pb !== 'string') return;
+    let msg: ComponentMessage;
+    try { msg = ComponentMessageCodec.decode(Buffer.from(m.pb, 'base64')); } catch { return; }
+    o.onMessage(msg);
+  });
+  return child;
+}
+
+/** The base64 VmConfig every component reads from TSVMM_CONFIG. */
+export function configEnv(cfg: VmConfig): string {
+  return Buffer.from(VmConfigCodec.encode(cfg)).toString('base64');
+}
+
+/**
+ * The stdio of a vmm or driver-domain: 3 IPC, 4 RAM, 5 state, 6 serial output, the vmm's snapshot
+ * memfd, then the device fds (contracts/fds.ts). The driver-domain gets the disks and TAPs, and no stdin.
+ */
+export function componentStdio(held: HeldFds, name: 'vmm' | 'driver-domain'): StdioOptions {
+  const stdio: (number | 'ignore' | 'inherit' | 'ipc')[] = ['inherit', 'inherit', 'inherit', 'ipc', held.ramFd, held.stateFd, held.serialFd];
+  if (name === 'vmm') stdio[FD.SNAPSHOT] = held.snapFd;
+  deviceStdio(held.devices, name === 'driver-domain').forEach((fd, i) => { if (i >= stdio.length) stdio[i] = fd; });
+  if (name !== 'vmm') stdio[0] = 'ignore';
+  return stdio;
+}

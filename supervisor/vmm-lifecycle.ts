@@ -1,0 +1,332 @@
+/**
+ * The vmm's lifecycle, its keepers and its warm standby.
+ *
+ * A vmm boots the guest, or (cold) restores the snapshot its predecessor's
+ * keeper saved, or waits as a warm standby to do that the moment the primary
+ * dies. A vmm that exits without having reported the guest's exit is recovered
+ * that way while a snapshot can be saved or exists; one that dies while it
+ * boots, before its keeper was armed (the guest has not run), boots again.
+ * Restarts follow the vmm's RestartPolicy: back-off, never giving up while
+ * there is a snapshot to resume.
+ *
+ * A keeper is the supervisor's child (CLONE_PARENT): reaped here by pidfd, so
+ * its death is seen at once; the hang watch kills one that is stopped. A keeper
+ * that dies while its vmm runs leaves the vmm unprotected: the vmm is asked to
+ * clone a new one (ArmKeeper / KeeperArmed).
+ */
+import * as os from 'os';
+import { ChildProcess } from 'child_process';
+import { componentEntry } from './component-entry';
+import { Component } from '../contracts/state-page';
+import { EXIT_NOT_NEEDED } from '../contracts/exit-codes';
+import { keeper, SnapshotView, SnapState } from '../contracts/snapshot';
+import { LifecycleHost } from './lifecycle';
+import { RESTART_LIMITS, RestartPolicy } from './restart-policy';
+import { componentStdio, configEnv, hasExited, killHung, ReadyMsg, sendTo, spawnProcess, whenExited } from './spawn';
+import { STANDBY_RESPAWN_MS } from './driver-domain-lifecycle';
+
+/** A warm standby that has not taken over this long after its primary died is replaced by a cold start. */
+const STANDBY_TAKEOVER_TIMEOUT_MS = 3000;
+/** keeper.c's exit status when its poll() fails (the only exit of a keeper whose vmm may still live). */
+const KEEPER_EXIT_POLL_FAILED = 2;
+const SIGNAL_NAME: Record<number, string> = Object.fromEntries(Object.entries(os.constants.signals).map(([k, v]) => [v, k]));
+
+/** One vmm recovery, as the supervisor measured it. */
+export interface VmmRecovery {
+  cause: string;
+  /** From the keeper seeing the vmm die (or the supervisor seeing it exit, if earlier) to the guest resumed. */
+  totalMs: number;
+  /** The keeper's save. */
+  saveMs: number;
+  /** From the supervisor seeing the vmm exit to the guest resumed (negative: the standby was faster than the supervisor). */
+  restartMs: number;
+  /** A warm standby took over (else a new vmm was started cold). */
+  warm: boolean;
+}
+
+type VmmMode = 'boot' | 'restore' | 'standby';
+
+export class VmmLifecycle {
+  /** vmm recoveries in detail (reported to the host as well). */
+  readonly recoveries: VmmRecovery[] = [];
+  private primary?: ChildProcess;
+  private spare?: ChildProcess;
+  private pending?: { cause: string; t0: bigint; dead: ChildProcess; fallback?: NodeJS.Timeout };
+  private readonly policy = new RestartPolicy('vmm', RESTART_LIMITS.vmm);
+  private readonly bootPolicy = new RestartPolicy('vmm boot', RESTART_LIMITS.vmmBoot);
+  private readonly sparePolicy = new RestartPolicy('vmm standby', RESTART_LIMITS.standby);
+  private spareGaveUp = false;
+  /** vmms that reported the guest running (booted or resumed). */
+  private readonly running = new WeakSet<ChildProcess>();
+  private readonly snap: SnapshotView;
+  /** TSVMM_NO_RECOVERY=1 (bench/recovery's overhead row only): no keeper, nothing to recover from. */
+  private readonly noRecovery = process.env.TSVMM_NO_RECOVERY === '1';
+
+  // ---- keepers ----
+  /** Live keepers (our children through CLONE_PARENT), reaped by waitExit; pids ever tracked. */
+  private readonly keepers = new Set<number>();
+  private readonly keepersSeen = new Set<number>();
+  /** Each vmm's current keeper (a standby's is dormant until it takes over). */
+  private readonly keeperOf = new WeakMap<ChildProcess, number>();
+  /** A keeper that died under a running vmm, until the vmm reports its new one. */
+  private keeperPending?: { cause: string; t0: bigint; dead: number; vmm: ChildProcess };
+  private readonly keeperPolicy = new RestartPolicy('keeper', RESTART_LIMITS.keeper);
+  /** Keepers the hang watch found stopped and killed. */
+  private readonly keepersHung = new Set<number>();
+
+  constructor(private readonly host: LifecycleHost) {
+    this.snap = SnapshotView.map(host.held.snapFd, host.cfg.cpus, true);
+  }
+
+  /** pid of the running vmm. */
+  get pid(): number | undefined { return this.primary?.pid; }
+  /** pids of the keepers still alive (tests check none is left behind). */
+  get keeperPids(): number[] { return [...this.keepers]; }
+  /** pid of the running vmm's keeper (the one that saves it if it dies), if it has one. */
+  get keeperPid(): number | undefined {
+    const pid = this.primary && this.keeperOf.get(this.primary);
+    return pid && this.keepers.has(pid) ? pid : undefined;
+  }
+
+  start(): void { this.spawn('boot'); }
+
+  /** The VM is over: keepers first (one that saw its vmm die would save a snapshot nobody needs). */
+  stop(): void {
+    for (const pid of this.keepers) { try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ } }
+    this.spare?.kill('SIGKILL');
+    this.primary?.kill('SIGKILL');
+  }
+
+  private spawn(mode: VmmMode): ChildProcess {
+    const h = this.host;
+    const env: Record<string, string> = mode === 'restore' ? { TSVMM_RESTORE: '1' } : mode === 'standby' ? { TSVMM_STANDBY: '1' } : {};
+    env.TSVMM_CONFIG = configEnv(h.cfg);
+    env.TSVMM_VCPUS = String(h.cfg.cpus); // the vmm starts that many vCPU threads first (vmm/early-vcpu-threads.ts)
+    const child = spawnProcess({
+      script: componentEntry('vmm'),
+      stdio: componentStdio(h.held, 'vmm'),
+      env,
+      onMessage: (m) => {
+        if ('ready' in m && m.ready) {
+          h.log(`vmm${m.ready.standby ? ' standby' : ''} ready (pid ${m.ready.pid})`);
+          this.onReady(child, m.ready);
+        } else if ('keeperArmed' in m && m.keeperArmed) this.onKeeperArmed(child, m.keeperArmed);
+        else if ('guestExit' in m && m.guestExit) h.finish({ code: m.guestExit.code, reason: m.guestExit.reason });
+        else if ('fatal' in m && m.fatal) {
+          if (child === this.spare && !this.pending) {
+            // A standby that failed to build: the primary is fine; drop it (its exit schedules a new one).
+            h.log(`vmm standby failed: ${m.fatal.message}`);
+            child.kill('SIGKILL');
+            return;
+          }
+          h.finish({ code: 1, reason: m.fatal.message });
+        }
+      },
+      onExit: (cause) => {
+        h.hangWatch.unwatch(child);
+        if (h.finished) return;
+        if (child === this.spare) { this.onSpareExit(cause); return; }
+        if (child !== this.primary || child.exitCode === EXIT_NOT_NEEDED) return;
+        this.onExit(child, cause);
+      },
+    });
+    if (mode === 'standby') this.spare = child;
+    else this.primary = child;
+    return child;
+  }
+
+  private onExit(dead: ChildProcess, cause: string): void {
+    const h = this.host;
+    const state = this.snap.state;
+    const keeperPid = this.snap.keeperPid;
+    if (state !== SnapState.EMPTY) this.trackKeeper(keeperPid, dead);
+    if (state === SnapState.SAVED && !this.running.has(dead)) this.releaseDeadClaim();
+    if (state === SnapState.ARMED && this.keepersSeen.has(keeperPid) && !this.keepers.has(keeperPid)) {
+      h.finish({ code: 1, reason: `vmm exited (${cause}) while it had no keeper (pid ${keeperPid} died before it and no new one was armed yet): the guest cannot be recovered` });
+      return;
+    }
+    if (state === SnapState.EMPTY) {
+      // No keeper was ever armed: the guest has not run a single instruction (or recovery is off).
+      if (this.running.has(dead) || this.noRecovery) {
+        h.finish({ code: 1, reason: `vmm exited unexpectedly (${cause}) and recovery is off: the guest cannot be recovered` });
+        return;
+      }
+      const d = this.bootPolicy.failed(cause);
+      if ('giveUp' in d) { h.finish({ code: 1, reason: `the vmm keeps dying while it boots: ${d.giveUp}` }); return; }
+      h.log(`vmm exited (${cause}) while booting, before the guest ran; booting again${d.delayMs ? ` in ${d.delayMs} ms` : ''}`);
+      this.primary = undefined;
+      setTimeout(() => { if (!h.finished && !this.primary) this.spawn('boot'); }, d.delayMs);
+      return;
+    }
+    if (state === SnapState.STOPPED) {
+      // The guest had stopped; its report may still be in flight on the IPC channel.
+      setTimeout(() => h.finish({ code: 1, reason: `vmm exited (${cause}) after the guest stopped, without reporting why` }), 200);
+      return;
+    }
+    const d = this.policy.failed(cause);
+    if ('giveUp' in d) { h.finish({ code: 1, reason: `vmm recovery gave up: ${d.giveUp}` }); return; }
+    this.pending ??= { cause, t0: process.hrtime.bigint(), dead };
+    this.pending.dead = dead;
+    if (this.spare) {
+      // Warm path: the standby claims the keeper's snapshot by itself (futex). Go cold if it does not.
+      const standby = this.spare;
+      this.pending.fallback = setTimeout(() => {
+        if (h.finished || this.spare !== standby) return;
+        h.log(`vmm standby (pid ${standby.pid}) did not take over within ${STANDBY_TAKEOVER_TIMEOUT_MS} ms; starting a vmm cold`);
+        this.spare = undefined;
+        standby.kill('SIGKILL');
+        void whenExited(standby).then(() => { if (!h.finished && this.pending) { this.releaseDeadClaim(); this.spawn('restore'); } });
+      }, STANDBY_TAKEOVER_TIMEOUT_MS);
+      return;
+    }
+    this.restoreAfter(d.delayMs);
+  }
+
+  /** Starts a cold vmm after `delayMs` (the policy's back-off when restored vmms keep dying). */
+  private restoreAfter(delayMs: number): void {
+    const h = this.host;
+    if (delayMs) h.log(`vmm: ${this.policy.failuresInARow} failures in a row; restoring the saved guest in ${delayMs} ms`);
+    const go = () => {
+      if (h.finished || !this.pending) return;
+      this.releaseDeadClaim();
+      this.spawn('restore');
+    };
+    if (delayMs) setTimeout(go, delayMs); else go();
+  }
+
+  /** A vmm that claimed the saved snapshot died before resuming it: let the next one claim it. */
+  private releaseDeadClaim(): void {
+    const gen = this.snap.generation;
+    if (this.snap.state === SnapState.SAVED && this.snap.claimGen === gen) this.snap.releaseClaim(gen);
+  }
+
+  private onSpareExit(cause: string): void {
+    this.spare = undefined;
+    if (this.pending) {
+      // It died while taking over: whatever it claimed is free again, and a cold vmm finishes the job.
+      this.releaseDeadClaim();
+      clearTimeout(this.pending.fallback);
+      this.spawn('restore');
+    }
+    const d = this.sparePolicy.failed(cause);
+    if ('giveUp' in d) {
+      if (!this.spareGaveUp) this.host.log(`vmm standby keeps failing (${d.giveUp}); running without one`);
+      this.spareGaveUp = true;
+      return;
+    }
+    setTimeout(() => { if (!this.host.finished && !this.spare && this.host.standby) this.spawn('standby'); }, d.delayMs);
+  }
+
+  private onReady(child: ChildProcess, r: ReadyMsg): void {
+    const h = this.host;
+    if (r.keeperPid) this.trackKeeper(r.keeperPid, child); // a standby's is dormant until it takes over
+    if (r.standby) return;
+    const readyAt = process.hrtime.bigint();
+    let p = this.pending;
+    const warm = child === this.spare;
+    if (warm) {
+      // The standby took over (possibly before we saw the primary's exit).
+      const dead = this.primary!;
+      this.spare = undefined;
+      this.primary = child;
+      this.sparePolicy.succeeded();
+      if (p) clearTimeout(p.fallback);
+      else p = { cause: '', t0: readyAt, dead };
+    } else if (child !== this.primary) return;
+    this.running.add(child);
+    this.policy.succeeded();
+    this.bootPolicy.succeeded();
+    this.pending = undefined;
+    h.hangWatch.watchHeartbeat(child, 'vmm', child.pid, Component.Vmm, () => killHung(child));
+    if (h.standby && !this.spare && !this.spareGaveUp) {
+      setTimeout(() => { if (!h.finished && !this.spare) this.spawn('standby'); }, p ? STANDBY_RESPAWN_MS : 0);
+    }
+    if (!p) return;
+    const resumed = r.resumedNs ? BigInt(r.resumedNs) : readyAt;
+    // From whichever saw the death first: the keeper (its pidfd) or the supervisor (SIGCHLD).
+    const died = r.diedNs && BigInt(r.diedNs) < p.t0 ? BigInt(r.diedNs) : p.t0;
+    const totalMs = Number(resumed - died) / 1e6;
+    const restartMs = Number(resumed - p.t0) / 1e6;
+    const saveMs = r.diedNs && r.savedNs ? (r.savedNs - r.diedNs) / 1e6 : 0;
+    const pending = p;
+    void whenExited(pending.dead).then((exitCause) => {
+      const cause = pending.cause || exitCause;
+      this.recoveries.push({ cause, totalMs, saveMs, restartMs, warm });
+      h.recovered({ component: 'vmm', cause, ms: totalMs, warm });
+      h.log(`recovered vmm (cause: ${cause}) in ${totalMs.toFixed(warm ? 2 : 1)} ms (keeper save ${saveMs.toFixed(2)} ms, ` +
+        `${warm ? 'warm standby' : 'cold restart'}: exit seen to resumed ${restartMs.toFixed(warm ? 2 : 1)} ms)`);
+    });
+  }
+
+  // ---- keepers ----
+
+  private trackKeeper(pid: number, vmm: ChildProcess): void {
+    if (!pid) return;
+    // A dead vmm's keeper is saving (or saved): still that vmm's, but nobody's to re-arm.
+    if (!hasExited(vmm) || !this.keeperOf.has(vmm)) this.keeperOf.set(vmm, pid);
+    if (this.keepersSeen.has(pid)) return;
+    this.keepersSeen.add(pid);
+    this.keepers.add(pid);
+    this.host.hangWatch.watchStopped(pid, 'keeper', () => {
+      this.keepersHung.add(pid);
+      try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+    });
+    const gone = (r: { code?: number; signal?: number; error?: string }) => {
+      this.keepers.delete(pid);
+      this.host.hangWatch.unwatch(pid);
+      const hung = this.keepersHung.delete(pid);
+      // A keeper exits by itself only when its work is over: 0 (the guest stopped, or its vmm died while
+      // it was dormant), 1 (its save failed: the vmm died), 3 (the supervisor died). A signal, or 2 (its
+      // poll failed), leaves its vmm without one.
+      if (!hung && r.signal === undefined && r.code !== KEEPER_EXIT_POLL_FAILED) return;
+      this.onKeeperExit(pid, vmm, hung ? 'hang' : r.signal !== undefined ? `signal ${SIGNAL_NAME[r.signal] ?? r.signal}` : `exit code ${r.code}`);
+    };
+    keeper.waitExit(pid).then(gone, (e: Error) => gone({ error: e.message }));
+  }
+
+  private onKeeperExit(pid: number, vmm: ChildProcess, cause: string): void {
+    const h = this.host;
+    if (h.finished || this.keeperOf.get(vmm) !== pid || hasExited(vmm)) return;
+    // Its vmm may be dying at this very moment: a keeper that started saving did its job.
+    if (this.snap.keeperPid === pid && this.snap.state !== SnapState.ARMED) return;
+    if (vmm === this.spare) {
+      h.log(`keeper (pid ${pid}) of the vmm standby (pid ${vmm.pid}) died (${cause}); replacing the standby`);
+      vmm.kill('SIGKILL');
+      return;
+    }
+    if (vmm !== this.primary || !this.running.has(vmm)) return;
+    h.log(`keeper (pid ${pid}) of vmm pid ${vmm.pid} died (${cause}): the vmm is unprotected; arming a new keeper`);
+    this.keeperPending = { cause, t0: process.hrtime.bigint(), dead: pid, vmm };
+    this.armKeeper();
+  }
+
+  /** Asks the running vmm for a new keeper (after the restart policy's delay). */
+  private armKeeper(): void {
+    const p = this.keeperPending;
+    if (!p) return;
+    const d = this.keeperPolicy.failed(p.cause);
+    const ask = () => {
+      if (this.host.finished || this.keeperPending !== p || hasExited(p.vmm)) return;
+      sendTo(p.vmm, { armKeeper: { deadPid: p.dead } });
+    };
+    const delay = 'delayMs' in d ? d.delayMs : 0;
+    if (delay) setTimeout(ask, delay); else ask();
+  }
+
+  private onKeeperArmed(child: ChildProcess, k: { pid: number; error?: string }): void {
+    const p = this.keeperPending;
+    if (!p || p.vmm !== child) return;
+    if (!k.pid) {
+      this.host.log(`vmm pid ${child.pid} could not arm a new keeper: ${k.error}; retrying`);
+      this.armKeeper();
+      return;
+    }
+    this.keeperPending = undefined;
+    this.keeperPolicy.succeeded();
+    this.trackKeeper(k.pid, child);
+    const ms = Number(process.hrtime.bigint() - p.t0) / 1e6;
+    this.host.recovered({ component: 'keeper', cause: p.cause, ms });
+    this.host.log(`recovered keeper (cause: ${p.cause}) in ${ms.toFixed(1)} ms (new keeper pid ${k.pid} for vmm pid ${child.pid})`);
+  }
+
+}
