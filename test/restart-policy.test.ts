@@ -1,5 +1,5 @@
 /**
- * One restart policy for every component (recovery/restart-policy.ts), and what it means for the
+ * One restart policy for every component (supervisor/restart-policy.ts), and what it means for the
  * vmm (issue 14): recovery never gives up while a valid snapshot exists (restored vmms killed again
  * and again before they resume only slow it down), and a vmm killed while it boots, before its
  * keeper is armed, boots again from the start instead of ending the VM.
@@ -8,7 +8,7 @@ import { strict as assert } from 'assert';
 import * as fs from 'fs';
 import { requireKvm } from './helpers/tsvmm';
 import { blkLoopVm, guestErrors, RunningVm } from './helpers/fault-harness';
-import { RESTART_LIMITS, RestartPolicy } from '../recovery/restart-policy';
+import { RESTART_LIMITS, RestartPolicy } from '../supervisor/restart-policy';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
