@@ -32,8 +32,11 @@ const RETRY_MS = Number(process.env.TSVMM_API_RETRY_MS ?? 5000);
 
 export interface ApiResponse { status: number; headers: http.IncomingHttpHeaders; body: string }
 
-/** One HTTP request on a unix socket. */
-export function request(socket: string, method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<ApiResponse> {
+/**
+ * One HTTP request on a unix socket. An API that accepts the connection but does not answer within
+ * `timeoutMs` (a stopped priv-domain: the kernel accepts for it) fails with code ETIMEDOUT.
+ */
+export function request(socket: string, method: string, path: string, body?: unknown, headers: Record<string, string> = {}, timeoutMs = RETRY_MS): Promise<ApiResponse> {
   return new Promise((resolve, reject) => {
     const data = body === undefined ? undefined : JSON.stringify(body);
     const req = http.request({
@@ -46,6 +49,7 @@ export function request(socket: string, method: string, path: string, body?: unk
       res.on('error', reject);
     });
     req.on('error', reject);
+    req.setTimeout(timeoutMs, () => req.destroy(Object.assign(new Error(`no answer within ${timeoutMs} ms`), { code: 'ETIMEDOUT' })));
     if (data) req.write(data);
     req.end();
   });
@@ -108,7 +112,7 @@ export async function api(name: string, method: string, path: string, body?: unk
   const headers: Record<string, string> = opts.key ? { 'Idempotency-Key': opts.key } : {};
   for (;;) {
     try {
-      const r = await request(socket, method, path, body, headers);
+      const r = await request(socket, method, path, body, headers, Math.max(100, deadline - Date.now()));
       // 503: a priv-domain that just started and has not heard from the supervisor yet.
       if (r.status === 503 && Date.now() < deadline) { await sleep(50); continue; }
       if (r.status >= 400 && !opts.raw) {
@@ -124,6 +128,10 @@ export async function api(name: string, method: string, path: string, body?: unk
         let owner = '';
         try { owner = ` (it belongs to uid ${fs.statSync(socket).uid})`; } catch { /* hidden from us too */ }
         throw new VerbError(`cannot reach VM "${name}": permission denied on its API socket${owner}; only the user who started the VM may manage it`);
+      }
+      if (code === 'ETIMEDOUT') {
+        throw new VerbError(`VM "${name}" did not answer within ${(RETRY_MS / 1000).toFixed(1)} s: its management API (the priv-domain) is stopped or hung` +
+          `${supervisorAlive(name) ? ' and the supervisor has not replaced it yet' : ''}`);
       }
       const transient = TRANSIENT.has(code) && supervisorAlive(name);
       if (!transient || Date.now() > deadline) {

@@ -8,30 +8,10 @@
 import { strict as assert } from 'assert';
 import * as fs from 'fs';
 import { requireKvm } from './helpers/tsvmm';
-import { sleep, startVm, TestVm, runScenario } from './helpers/control-plane';
+import { components, sleep, startVm, TestVm, runScenario, waitComponents } from './helpers/control-plane';
 import { guestErrors } from './helpers/fault-harness';
 
 const ROUNDS = Number(process.env.TSVMM_KEEPER_ROUNDS ?? 3);
-
-export interface ComponentRow { name: string; pid: number; state: string; restarts: number }
-
-export async function components(vm: TestVm): Promise<Record<string, ComponentRow>> {
-  const r = await vm.api('GET', '/v1/vm/components');
-  if (r.status !== 200) return {};
-  return Object.fromEntries((JSON.parse(r.body) as ComponentRow[]).map((c) => [c.name, c]));
-}
-
-export async function waitComponents(vm: TestVm, what: string, cond: (c: Record<string, ComponentRow>) => boolean, ms = 15_000): Promise<Record<string, ComponentRow>> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    let c: Record<string, ComponentRow> = {};
-    try { c = await components(vm); } catch { /* the priv-domain is restarting */ }
-    if (Object.keys(c).length && cond(c)) return c;
-    if (vm.proc.exitCode !== null) throw Object.assign(new Error(`tsvmm exited while waiting for ${what}`), { vm });
-    if (Date.now() > deadline) throw Object.assign(new Error(`timed out waiting for ${what}: ${JSON.stringify(c)}`), { vm });
-    await sleep(20);
-  }
-}
 
 function alive(pid: number): boolean {
   try { process.kill(pid, 0); return true; } catch { return false; }

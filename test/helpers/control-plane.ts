@@ -80,3 +80,26 @@ export async function runScenario(scenario: () => Promise<TestVm | undefined>): 
     throw e;
   }
 }
+
+/** One row of GET /v1/vm/components. */
+export interface ComponentRow { name: string; pid: number; state: string; restarts: number }
+
+/** The components by name (empty while the API does not answer). */
+export async function components(vm: TestVm): Promise<Record<string, ComponentRow>> {
+  const r = await vm.api('GET', '/v1/vm/components');
+  if (r.status !== 200) return {};
+  return Object.fromEntries((JSON.parse(r.body) as ComponentRow[]).map((c) => [c.name, c]));
+}
+
+/** Polls the components until `cond` holds. */
+export async function waitComponents(vm: TestVm, what: string, cond: (c: Record<string, ComponentRow>) => boolean, ms = 15_000): Promise<Record<string, ComponentRow>> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    let c: Record<string, ComponentRow> = {};
+    try { c = await components(vm); } catch { /* the priv-domain is restarting */ }
+    if (Object.keys(c).length && cond(c)) return c;
+    if (vm.proc.exitCode !== null) throw Object.assign(new Error(`tsvmm exited while waiting for ${what}`), { vm });
+    if (Date.now() > deadline) throw Object.assign(new Error(`timed out waiting for ${what}: ${JSON.stringify(c)}`), { vm });
+    await sleep(20);
+  }
+}
