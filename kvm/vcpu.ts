@@ -5,8 +5,8 @@
  */
 import { abi, ioctl, native } from '../native/kvm';
 import {
-  CpuidEntry, decodeMsrs, decodeRegs, decodeSregs, encodeCpuid2, encodeMsrs, encodeRegs, encodeSregs,
-  MsrEntry, Regs, Sregs,
+  CpuidEntry, decodeRegs, decodeSregs, encodeCpuid2, encodeRegs, encodeSregs,
+  Regs, Sregs,
 } from './structs';
 
 export class Vcpu {
@@ -31,17 +31,6 @@ export class Vcpu {
     ioctl(this.fd, 'KVM_SET_SREGS', encodeSregs(b, s));
   }
   setCpuid(entries: CpuidEntry[]): void { ioctl(this.fd, 'KVM_SET_CPUID2', encodeCpuid2(entries)); }
-  setMsrs(entries: MsrEntry[]): number { return ioctl(this.fd, 'KVM_SET_MSRS', encodeMsrs(entries)); }
-  getMsrs(indices: number[]): MsrEntry[] {
-    const b = encodeMsrs(indices.map((index) => ({ index, data: 0n })));
-    const n = ioctl(this.fd, 'KVM_GET_MSRS', b);
-    return decodeMsrs(b, n);
-  }
-  getMpState(): number { return this.get('KVM_GET_MP_STATE', 'sizeof_kvm_mp_state').readUInt32LE(0); }
-  setMpState(state: number): void {
-    const b = Buffer.alloc(4); b.writeUInt32LE(state);
-    ioctl(this.fd, 'KVM_SET_MP_STATE', b);
-  }
   tscKhz(): number { return ioctl(this.fd, 'KVM_GET_TSC_KHZ', 0); }
 
   /** Raw state blobs, for save/restore. */

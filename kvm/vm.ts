@@ -30,10 +30,6 @@ export class Vm {
   }
 
   /** VM-level state as raw structs (struct layouts from <linux/kvm.h>). */
-  getPit2(): Buffer { return this.get('KVM_GET_PIT2', 'sizeof_kvm_pit_state2'); }
-  setPit2(b: Buffer): void { ioctl(this.fd, 'KVM_SET_PIT2', b); }
-  getClock(): Buffer { return this.get('KVM_GET_CLOCK', 'sizeof_kvm_clock_data'); }
-  setClock(b: Buffer): void { ioctl(this.fd, 'KVM_SET_CLOCK', b); }
   /** chip: KVM_IRQCHIP_PIC_MASTER / _SLAVE / _IOAPIC */
   getIrqchip(chip: number): Buffer {
     const b = Buffer.alloc(abi('sizeof_kvm_irqchip')); b.writeUInt32LE(chip, 0);
@@ -41,10 +37,4 @@ export class Vm {
     return b;
   }
   setIrqchip(b: Buffer): void { ioctl(this.fd, 'KVM_SET_IRQCHIP', b); }
-
-  private get(name: string, size: string): Buffer {
-    const b = Buffer.alloc(abi(size));
-    ioctl(this.fd, name, b);
-    return b;
-  }
 }
