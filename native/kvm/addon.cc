@@ -16,6 +16,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -179,13 +180,14 @@ Napi::Value Eventfd(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
-// fdSize(fd) -> size in bytes (fstat), for checking inherited memfds.
-Napi::Value Lseek(const Napi::CallbackInfo& info) {
+// fdSize(fd) -> size in bytes, for checking inherited memfds. fstat, not lseek(SEEK_END): the
+// offset of a file description shared with other processes stays where it was.
+Napi::Value FdSize(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = info[0].As<Napi::Number>().Int32Value();
-  off_t r = lseek(fd, 0, SEEK_END);
-  if (r < 0) THROW_ERRNO(env, "lseek");
-  return Napi::Number::New(env, static_cast<double>(r));
+  struct stat st;
+  if (fstat(fd, &st) < 0) THROW_ERRNO(env, "fstat");
+  return Napi::Number::New(env, static_cast<double>(st.st_size));
 }
 
 Napi::Value Gettid(const Napi::CallbackInfo& info) {
@@ -223,7 +225,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("madviseHugepage", Napi::Function::New(env, MadviseHugepage));
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate));
   exports.Set("eventfd", Napi::Function::New(env, Eventfd));
-  exports.Set("fdSize", Napi::Function::New(env, Lseek));
+  exports.Set("fdSize", Napi::Function::New(env, FdSize));
   exports.Set("gettid", Napi::Function::New(env, Gettid));
   exports.Set("installKick", Napi::Function::New(env, InstallKick));
   exports.Set("kick", Napi::Function::New(env, Kick));
