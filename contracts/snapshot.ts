@@ -28,6 +28,16 @@ export interface NativeKeeper {
    * status 1: resumed; 0: timed out; -1: the restore failed.
    */
   takeover(cfg: RestoreConfig & TakeoverOptions, go: Int32Array, timeoutMs: number): RestoreResult;
+  /**
+   * A cold restore's wait for the keeper (FUTEX_WAIT on the header's wake_seq, as the warm takeover)
+   * and its claim of the saved generation. state: what the keeper left (SnapState), -1 if it did not
+   * finish within timeoutMs; claimed: this vmm won the generation.
+   */
+  snapshotClaim(snap: ArrayBuffer, timeoutMs: number): { state: number; claimed: boolean };
+  /** keeper.h's name of a save or restore step (KVM_GET_REGS / KVM_SET_REGS, "the checksum", ...). */
+  snapshotStepName(step: number, restoring: boolean): string | undefined;
+  /** The whole snapshot of this (paused) vmm, saved now by the keeper's code: the keeper's layout, state SAVED or FAILED. */
+  snapshotSaveLive(): ArrayBuffer;
   /** The result of this process's successful takeover (published before `notifyFd` is armed). */
   lastTakeover(): RestoreResult;
   /** A non-blocking CLOCK_MONOTONIC timerfd (a takeover's notifyFd). */
@@ -85,60 +95,21 @@ export const Pending = {
   PIO_OUT: c('TSVMM_PENDING_PIO_OUT'), MMIO_WRITE: c('TSVMM_PENDING_MMIO_WRITE'),
 } as const;
 
-/** keeper.h's TSVMM_STEP_* order, for error messages. */
-const STEP_NAME = ['none', 'KVM_RUN (completing a pending exit)', 'KVM_GET_MP_STATE', 'KVM_GET_REGS', 'KVM_GET_SREGS',
-  'KVM_GET_XSAVE', 'KVM_GET_XCRS', 'KVM_GET_DEBUGREGS', 'KVM_GET_LAPIC', 'KVM_GET_MSRS', 'KVM_GET_VCPU_EVENTS',
-  'KVM_GET_PIT2', 'KVM_GET_CLOCK', 'KVM_GET_IRQCHIP', 'a pending PIO write too large to replay',
-  'the checksum', 'the vCPU record id', 'KVM_IRQFD'];
+const stepName = (step: number, restoring: boolean) => keeper.snapshotStepName(step, restoring) ?? `step ${step}`;
 
 /** Why native restore() / takeover() failed, as one line. */
 export function restoreFailure(r: RestoreResult): string {
   if (r.failStep === c('step_checksum')) return 'snapshot checksum mismatch: refusing to resume a corrupt guest';
-  const what = (STEP_NAME[r.failStep] ?? `step ${r.failStep}`).replace('KVM_GET_', 'KVM_SET_');
-  return `restoring ${r.failVcpu >= 0 ? `vCPU ${r.failVcpu}` : 'the VM'} failed at ${what} (errno ${r.failErrno})`;
+  return `restoring ${r.failVcpu >= 0 ? `vCPU ${r.failVcpu}` : 'the VM'} failed at ${stepName(r.failStep, true)} (errno ${r.failErrno})`;
 }
 
 const H = (f: string) => c(`off_h_${f}`);
 const V = (f: string) => c(`off_${f}`);
 
-/** Per-vCPU blobs of a saved record, in the order native/kvm/restore.c sets them (after CPUID). */
-export const VCPU_BLOBS = [
-  ['mpState', 'v_mp_state', 'sizeof_kvm_mp_state'],
-  ['regs', 'v_regs', 'sizeof_kvm_regs'],
-  ['sregs', 'v_sregs', 'sizeof_kvm_sregs'],
-  ['xsave', 'v_xsave', 'sizeof_kvm_xsave'],
-  ['xcrs', 'v_xcrs', 'sizeof_kvm_xcrs'],
-  ['debugregs', 'v_debugregs', 'sizeof_kvm_debugregs'],
-  ['lapic', 'v_lapic', 'sizeof_kvm_lapic_state'],
-  ['msrs', 'v_msrs', ''],
-  ['events', 'v_events', 'sizeof_kvm_vcpu_events'],
-] as const;
-export type VcpuBlob = (typeof VCPU_BLOBS)[number][0];
-
-/** One vCPU's saved record (a private copy). */
-export interface VcpuSnapshot {
-  id: number;
+/** What a vCPU record says was in flight: the pending kind and, for a write, what to replay. */
+export interface PendingWrite {
   pending: number;
-  exitReason: number;
-  journalCommit: number;
-  completed: boolean;
-  ripBefore: bigint;
-  ripAfter: bigint;
   replay?: { addr: number; size: number; count: number; data: Uint8Array };
-  /** kvm_msrs with nmsrs = the count the keeper read. */
-  blobs: Record<VcpuBlob, Uint8Array>;
-}
-
-export type PendingWrite = Pick<VcpuSnapshot, 'pending' | 'replay'>;
-
-export interface VmSnapshot { pit2: Uint8Array; clock: Uint8Array; irqchips: Uint8Array[] }
-
-export interface SavedSnapshot {
-  generation: number;
-  diedNs: bigint;
-  savedNs: bigint;
-  vcpus: VcpuSnapshot[];
-  vm: VmSnapshot;
 }
 
 export class SnapshotError extends Error {
@@ -146,30 +117,6 @@ export class SnapshotError extends Error {
 }
 
 export function snapshotSize(ncpus: number): number { return keeper.snapshotTotalSize(ncpus); }
-
-/** Parses a vCPU record out of its bytes (a copy: it can cross to a worker thread). */
-export function decodeVcpuRecord(rec: Uint8Array): VcpuSnapshot {
-  const dv = new DataView(rec.buffer, rec.byteOffset, rec.byteLength);
-  const u32 = (o: number) => dv.getUint32(o, true);
-  const blobs = {} as Record<VcpuBlob, Uint8Array>;
-  for (const [name, off, size] of VCPU_BLOBS) {
-    const at = V(off);
-    if (name === 'msrs') {
-      const n = u32(V('v_nmsrs_saved'));
-      const b = rec.slice(at, at + 8 + 16 * n);
-      new DataView(b.buffer).setUint32(0, n, true);
-      blobs.msrs = b;
-    } else {
-      blobs[name] = rec.slice(at, at + abi(size));
-    }
-  }
-  return {
-    id: u32(V('v_id')), exitReason: u32(V('v_exit_reason')), journalCommit: u32(V('v_journal_commit')),
-    completed: u32(V('v_completed')) !== 0,
-    ripBefore: dv.getBigUint64(V('v_rip_before'), true), ripAfter: dv.getBigUint64(V('v_rip_after'), true),
-    blobs, ...decodePendingWrite(rec),
-  };
-}
 
 /** What a vCPU record says was in flight: the pending kind and, for a write, what to replay. */
 export function decodePendingWrite(rec: Uint8Array): PendingWrite {
@@ -238,7 +185,7 @@ export class SnapshotView {
     const vcpu = this.dv.getInt32(H('fail_vcpu'), true);
     const where = vcpu >= 0 ? `vCPU ${vcpu}` : 'the VM';
     const err = errno > 1000 ? `unexpected exit reason ${errno - 1000}` : `errno ${errno}`;
-    return `the keeper failed to save ${where}: ${STEP_NAME[step] ?? `step ${step}`} (${err})`;
+    return `the keeper failed to save ${where}: ${stepName(step, false)} (${err})`;
   }
 
   /** Checks magic, version and that the layout matches this build and `ncpus`. */
@@ -254,55 +201,45 @@ export class SnapshotView {
   }
 
   /**
-   * Waits (blocking, short sleeps) until the keeper has finished, then
-   * verifies the snapshot and returns a private copy of it. Throws a
-   * SnapshotError that says why when there is nothing good to restore.
+   * A cold restore: waits for the keeper to finish (the futex it wakes), then claims the saved
+   * generation. Returns it, or undefined if another vmm (a warm standby) claimed it first; throws a
+   * SnapshotError that says why when there is nothing good to restore. The checksum is verified
+   * once, by the native restore that sets the state.
    */
-  readSaved(ncpus: number, timeoutMs = 3000): SavedSnapshot {
+  claimSaved(ncpus: number, timeoutMs = 3000): number | undefined {
     this.checkLayout(ncpus);
-    const sleeper = new Int32Array(new SharedArrayBuffer(4));
-    const deadline = Date.now() + timeoutMs;
-    while (this.state === SnapState.ARMED || this.state === SnapState.SAVING) {
-      if (Date.now() > deadline) {
-        throw new SnapshotError(`the keeper did not finish saving within ${timeoutMs} ms (state ${this.stateName}; keeper pid ${this.keeperPid})`);
-      }
-      Atomics.wait(sleeper, 0, 0, 0.5);
-    }
-    const state = this.state;
+    const { state, claimed } = keeper.snapshotClaim(this.buf, timeoutMs);
+    if (state < 0) throw new SnapshotError(`the keeper did not finish saving within ${timeoutMs} ms (state ${this.stateName}; keeper pid ${this.keeperPid})`);
     if (state === SnapState.FAILED) throw new SnapshotError(this.failure());
     if (state === SnapState.EMPTY) throw new SnapshotError('no snapshot: the vmm died before its keeper was armed');
     if (state === SnapState.STOPPED) throw new SnapshotError('no snapshot: the guest had already stopped');
-    if (state !== SnapState.SAVED) throw new SnapshotError(`snapshot state ${this.stateName}`);
-    const vcpuOff = this.u32(H('vcpu_offset'));
-    const vmOff = this.u32(H('vm_offset'));
-    const end = vmOff + this.u32(H('vm_size'));
-    const body = this.bytes.slice(vcpuOff, end); // a private copy: a later keeper rewrites the memfd
-    const want = this.u32(H('checksum'));
-    const got = keeper.crc32(body, 0, body.byteLength);
-    if (got !== want) {
-      throw new SnapshotError(`snapshot checksum mismatch (header 0x${want.toString(16)}, body 0x${got.toString(16)}): refusing to resume a corrupt guest`);
-    }
-    const vcpus: VcpuSnapshot[] = [];
-    for (let i = 0; i < ncpus; i++) {
-      const at = i * SNAP.VCPU_SIZE;
-      const v = decodeVcpuRecord(body.subarray(at, at + SNAP.VCPU_SIZE));
-      if (v.id !== i) throw new SnapshotError(`snapshot vCPU record ${i} has id ${v.id}`);
-      vcpus.push(v);
-    }
-    const vmAt = vmOff - vcpuOff;
-    const kc = abi('sizeof_kvm_irqchip');
-    const vm: VmSnapshot = {
-      pit2: body.slice(vmAt + c('off_vm_pit2'), vmAt + c('off_vm_pit2') + abi('sizeof_kvm_pit_state2')),
-      clock: body.slice(vmAt + c('off_vm_clock'), vmAt + c('off_vm_clock') + abi('sizeof_kvm_clock_data')),
-      irqchips: [0, 1, 2].map((k) => body.slice(vmAt + c('off_vm_irqchip') + k * kc, vmAt + c('off_vm_irqchip') + (k + 1) * kc)),
-    };
-    return { generation: this.generation, diedNs: this.diedNs, savedNs: this.savedNs, vcpus, vm };
+    if (state !== SnapState.SAVED) throw new SnapshotError(`snapshot state ${STATE_NAME[state] ?? state}`);
+    return claimed ? this.generation : undefined;
+  }
+
+  /** The MSR indices vCPU 0's record saved (every vCPU saves the same list): the next keeper's list. */
+  savedMsrs(): number[] {
+    const at = this.u32(H('vcpu_offset'));
+    const n = this.u32(at + V('v_nmsrs_saved'));
+    const entries = at + V('v_msrs') + 8; // struct kvm_msrs: nmsrs, pad, then 16-byte entries
+    return Array.from({ length: n }, (_, k) => this.dv.getUint32(entries + 16 * k, true));
   }
 
   /** vCPU `id`'s pending write as saved (live memory: read it before this vmm's keeper can save again). */
   pendingWrite(id: number): PendingWrite {
     const at = this.u32(H('vcpu_offset')) + id * SNAP.VCPU_SIZE;
     return decodePendingWrite(this.bytes.subarray(at, at + SNAP.VCPU_SIZE));
+  }
+
+  /** vCPU `id`'s saved record in one line (TSVMM_RESTORE_DEBUG). */
+  describeVcpu(id: number): string {
+    const at = this.u32(H('vcpu_offset')) + id * SNAP.VCPU_SIZE;
+    const f = (n: string) => this.u32(at + V(n));
+    const rip = (n: string) => this.dv.getBigUint64(at + V(n), true).toString(16);
+    const w = this.pendingWrite(id);
+    return `vCPU ${id}: pending=${w.pending} exit=${f('v_exit_reason')} handled=${f('v_journal_commit') >>> 31} completed=${f('v_completed')} ` +
+      `rip 0x${rip('v_rip_before')} -> 0x${rip('v_rip_after')}` +
+      `${w.replay ? ` replay addr=0x${w.replay.addr.toString(16)} size=${w.replay.size} data=${Buffer.from(w.replay.data).toString('hex')}` : ''}`;
   }
 
   /** vCPU `id`'s journal, written by its thread while it runs. */

@@ -22,9 +22,8 @@ import { Serial } from './serial';
 import type { VcpuThreadData, VcpuThreadMessage } from './vcpu-thread';
 import { Vcpu } from '../kvm/vcpu';
 import { vcpuCpuid } from './cpuid';
-import { keeper, RestoreResult, restoreFailure, SavedSnapshot, SnapshotError, SnapshotView } from '../contracts/snapshot';
+import { keeper, RestoreResult, restoreFailure, SnapshotError, SnapshotView } from '../contracts/snapshot';
 import { EXIT_NOT_NEEDED } from '../contracts/exit-codes';
-import { decodeMsrs } from '../kvm/structs';
 import { Component, HEARTBEAT_MS, mapDevicePage, StatePage } from '../contracts/state-page';
 import { msrIndexList, probeMsrs } from './restore';
 import { ControlPage } from '../contracts/control-page';
@@ -60,7 +59,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   snapView.checkLayout(cfg.cpus);
   // First, so a bad or missing snapshot fails before anything is built.
   const tModules = performance.now();
-  let saved: SavedSnapshot | undefined = mode === 'restore' ? claimSnapshot(snapView, cfg.cpus) : undefined;
+  const claimed = mode === 'restore' ? claimSnapshot(snapView, cfg.cpus) : undefined;
   const tSnap = performance.now();
   const kvm = Kvm.open();
   const vm = new Vm(kvm.createVm());
@@ -127,7 +126,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
     vcpus[0].setRegs(boot.regs);
   }
   // The MSRs the keeper saves: a restore reuses the list its snapshot was saved with (no re-probe).
-  const msrs = saved ? savedMsrIndices(saved) : probeMsrs(vcpus[0], msrIndexList(kvm.fd), abi('snap_TSVMM_MAX_MSRS'));
+  const msrs = claimed !== undefined ? snapView.savedMsrs() : probeMsrs(vcpus[0], msrIndexList(kvm.fd), abi('snap_TSVMM_MAX_MSRS'));
 
   // The vCPU threads (started first thing, vmm/early-vcpu-threads.ts) get their vCPUs now and park
   // on `go` until the keeper is armed.
@@ -219,15 +218,12 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
     };
   } else {
     let r: RestoreResult | undefined;
-    if (saved) {
+    if (claimed !== undefined) {
+      // Verifies the checksum, sets every vCPU's and the VM's state, registers the irqfds (restore.c).
       r = keeper.restore({ ...restoreConfig, snap: snapView.buf });
       if (r.status < 0) throw new SnapshotError(restoreFailure(r));
       if (process.env.TSVMM_RESTORE_DEBUG) {
-        for (const v of saved.vcpus) {
-          process.stderr.write(`tsvmm vmm: restore gen ${saved.generation} vCPU ${v.id}: pending=${v.pending} exit=${v.exitReason} ` +
-            `handled=${v.journalCommit >>> 31} completed=${v.completed} rip 0x${v.ripBefore.toString(16)} -> 0x${v.ripAfter.toString(16)}` +
-            `${v.replay ? ` replay addr=0x${v.replay.addr.toString(16)} size=${v.replay.size} data=${Buffer.from(v.replay.data).toString('hex')}` : ''}\n`);
-        }
+        for (let id = 0; id < cfg.cpus; id++) process.stderr.write(`tsvmm vmm: restore gen ${r.generation} ${snapView.describeVcpu(id)}\n`);
       }
     } else {
       for (const q of irqfds) vm.irqfd(q.fd, q.gsi);
@@ -287,22 +283,15 @@ function whenDriverDomainReady(page: StatePage, then: () => void): void {
   check();
 }
 
-/** The MSR indices a snapshot saved (vCPU 0's list; all vCPUs save the same one). */
-function savedMsrIndices(saved: SavedSnapshot): number[] {
-  const b = Buffer.from(saved.vcpus[0].blobs.msrs);
-  return decodeMsrs(b, b.readUInt32LE(0)).map((e) => e.index);
-}
-
 /** A cold restore: waits for the keeper, then claims its snapshot (exits quietly if a standby won it). */
-function claimSnapshot(snapView: SnapshotView, cpus: number): SavedSnapshot {
-  const saved = snapView.readSaved(cpus);
-  if (!snapView.claim(saved.generation)) {
-    process.stderr.write(`tsvmm vmm: snapshot generation ${saved.generation} was already claimed by another vmm; exiting\n`);
+function claimSnapshot(snapView: SnapshotView, cpus: number): number {
+  const generation = snapView.claimSaved(cpus);
+  if (generation === undefined) {
+    process.stderr.write(`tsvmm vmm: snapshot generation ${snapView.generation} was already claimed by another vmm; exiting\n`);
     process.exit(EXIT_NOT_NEEDED);
   }
-  return saved;
+  return generation;
 }
-
 
 function main(): void {
   exitOnUncaughtException('vmm');

@@ -295,6 +295,39 @@ Napi::Value Takeover(const Napi::CallbackInfo& info) {
   return RestoreResult(env, status, r);
 }
 
+// snapshotClaim(snap: ArrayBuffer, timeoutMs) -> { state, claimed }: a cold restore's wait for the
+// keeper (a futex, as the warm takeover's) and its claim of the saved generation (restore.c).
+// state -1: the keeper did not finish in time.
+Napi::Value SnapshotClaim(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArrayBuffer()) return ThrowErrno(env, "snapshotClaim: expected the snapshot mapping", EINVAL);
+  auto snap = info[0].As<Napi::ArrayBuffer>();
+  if (snap.ByteLength() < sizeof(tsvmm_snap_header)) return ThrowErrno(env, "snapshotClaim: mapping too small", EINVAL);
+  uint32_t claimed = 0;
+  int state = tsvmm_snap_claim(static_cast<uint8_t*>(snap.Data()), info[1].As<Napi::Number>().Int32Value(), 0, &claimed);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("state", Napi::Number::New(env, state));
+  o.Set("claimed", Napi::Boolean::New(env, claimed != 0));
+  return o;
+}
+
+// snapshotStepName(step, restoring) -> the step's name (keeper.h TSVMM_STEPS), or undefined.
+Napi::Value SnapshotStepName(const Napi::CallbackInfo& info) {
+  const char* n = tsvmm_step_name(info[0].As<Napi::Number>().Uint32Value(), info[1].ToBoolean());
+  return n ? Napi::String::New(info.Env(), n) : info.Env().Undefined();
+}
+
+// snapshotSaveLive() -> ArrayBuffer: this vmm's whole snapshot (the keeper's layout, state SAVED),
+// saved now by the keeper's code while the vCPUs are parked (keeper.c tsvmm_snap_save_live). On
+// failure the image's header says why (state FAILED, fail_step...): the caller reads it.
+Napi::Value SnapshotSaveLive(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!g_started) return ThrowErrno(env, "snapshotSaveLive: this vmm runs without a keeper", EINVAL);
+  Napi::ArrayBuffer image = Napi::ArrayBuffer::New(env, g_cfg.snap_size);
+  tsvmm_snap_save_live(&g_cfg, static_cast<uint8_t*>(image.Data()));
+  return image;
+}
+
 // timerfdCreate() -> a CLOCK_MONOTONIC timerfd (non-blocking): takeover()'s notifyFd.
 Napi::Value TimerfdCreate(const Napi::CallbackInfo& info) {
   int fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
@@ -387,6 +420,9 @@ void RegisterKeeper(Napi::Env env, Napi::Object exports) {
   exports.Set("restore", Napi::Function::New(env, Restore));
   exports.Set("takeover", Napi::Function::New(env, Takeover));
   exports.Set("lastTakeover", Napi::Function::New(env, LastTakeover));
+  exports.Set("snapshotClaim", Napi::Function::New(env, SnapshotClaim));
+  exports.Set("snapshotStepName", Napi::Function::New(env, SnapshotStepName));
+  exports.Set("snapshotSaveLive", Napi::Function::New(env, SnapshotSaveLive));
   exports.Set("timerfdCreate", Napi::Function::New(env, TimerfdCreate));
   exports.Set("waitExit", Napi::Function::New(env, WaitExit));
   exports.Set("futexWait", Napi::Function::New(env, FutexWait));

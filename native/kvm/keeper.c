@@ -99,7 +99,22 @@ const struct tsvmm_vcpu_blob tsvmm_vcpu_blobs[TSVMM_VCPU_BLOBS] = {
 #undef BLOB
 };
 
-/* ---- the keeper process ---- */
+static const struct { const char* text; int ioctl; } step_names[TSVMM_STEP_COUNT] = {
+#define STEP_NAME(name, text, ioctl) {text, ioctl},
+    TSVMM_STEPS(STEP_NAME)
+#undef STEP_NAME
+};
+
+const char* tsvmm_step_name(uint32_t step, int restoring) {
+  static char buf[64];
+  if (step >= TSVMM_STEP_COUNT) return NULL;
+  if (!step_names[step].ioctl) return step_names[step].text;
+  strcpy(buf, restoring ? "KVM_SET_" : "KVM_GET_");
+  strcat(buf, step_names[step].text);
+  return buf;
+}
+
+/* ---- saving (the keeper process, and a live snapshot of a paused vmm) ---- */
 
 KEEPER_FN static void kzero(void* p, uint64_t n) {
   volatile uint8_t* b = (volatile uint8_t*)p;
@@ -121,19 +136,18 @@ KEEPER_FN static void k_wake(struct tsvmm_snap_header* h) {
   raw6(SYS_futex, (long)&h->wake_seq, 1 /* FUTEX_WAKE */, 0x7fffffff, 0, 0, 0);
 }
 
-KEEPER_FN static __attribute__((noreturn)) void k_fail(struct tsvmm_snap_header* h, uint32_t step, uint32_t vcpu, long err) {
+/* Records why a save failed in the header; the caller gives up (returns -1). */
+KEEPER_FN static int k_fail(struct tsvmm_snap_header* h, uint32_t step, uint32_t vcpu, long err) {
   h->fail_step = step;
   h->fail_vcpu = vcpu;
   h->fail_errno = (int32_t)-err;
-  __atomic_store_n(&h->state, TSVMM_SNAP_FAILED, __ATOMIC_RELEASE);
-  k_wake(h);
-  k_exit(1);
+  return -1;
 }
 
-#define GET(step, fd, req, ptr)                        \
-  do {                                                 \
-    long r_ = k_ioctl((fd), (req), (ptr));             \
-    if (r_ < 0) k_fail(h, (step), (uint32_t)i, r_);    \
+#define GET(step, fd, req, ptr)                                \
+  do {                                                         \
+    long r_ = k_ioctl((fd), (req), (ptr));                     \
+    if (r_ < 0) return k_fail(h, (step), (uint32_t)i, r_);     \
   } while (0)
 
 KEEPER_FN static uint64_t k_rip(int fd, long* err) {
@@ -148,8 +162,8 @@ KEEPER_FN static uint64_t k_rip(int fd, long* err) {
  *  - unhandled PIO in / MMIO read: RIP was not advanced; leave it, the guest re-executes it;
  *  - unhandled PIO out / MMIO write: record it for the new vmm to replay, then complete it so RIP
  *    is past the instruction whichever way the kernel emulated it. */
-KEEPER_FN static void save_vcpu(struct tsvmm_keeper_config* cfg, struct tsvmm_snap_header* h, int i) {
-  uint8_t* snap = cfg->snap;
+KEEPER_FN static int save_vcpu(const struct tsvmm_keeper_config* cfg, uint8_t* snap, int i) {
+  struct tsvmm_snap_header* h = (struct tsvmm_snap_header*)snap;
   struct tsvmm_snap_vcpu* v = (struct tsvmm_snap_vcpu*)(snap + h->vcpu_offset + (uint64_t)i * h->vcpu_size);
   struct tsvmm_journal* j = (struct tsvmm_journal*)(snap + h->journal_offset + (uint64_t)i * TSVMM_JOURNAL_SIZE);
   struct kvm_run* run = cfg->run[i];
@@ -169,7 +183,7 @@ KEEPER_FN static void save_vcpu(struct tsvmm_keeper_config* cfg, struct tsvmm_sn
       complete = 0;
     } else {
       uint64_t n = (uint64_t)run->io.size * run->io.count;
-      if (n > TSVMM_REPLAY_DATA_MAX) k_fail(h, TSVMM_STEP_REPLAY_TOO_BIG, (uint32_t)i, 0);
+      if (n > TSVMM_REPLAY_DATA_MAX) return k_fail(h, TSVMM_STEP_REPLAY_TOO_BIG, (uint32_t)i, 0);
       v->pending = TSVMM_PENDING_PIO_OUT;
       v->replay_addr = run->io.port;
       v->replay_size = run->io.size;
@@ -190,7 +204,7 @@ KEEPER_FN static void save_vcpu(struct tsvmm_keeper_config* cfg, struct tsvmm_sn
   }
   long err;
   v->rip_before = k_rip(fd, &err);
-  if (err < 0) k_fail(h, TSVMM_STEP_REGS, (uint32_t)i, err);
+  if (err < 0) return k_fail(h, TSVMM_STEP_REGS, (uint32_t)i, err);
   v->rip_after = v->rip_before;
   if (complete) {
     __atomic_store_n(&run->immediate_exit, 1, __ATOMIC_RELEASE);
@@ -200,9 +214,9 @@ KEEPER_FN static void save_vcpu(struct tsvmm_keeper_config* cfg, struct tsvmm_sn
     v->complete_rc = r < 0 ? (uint32_t)r : run->exit_reason;
     /* -EINTR is the expected answer. 0 would mean the kernel needs another userspace round trip
      * (a multi-fragment MMIO access or a string PIO): not something a keeper can finish. */
-    if (r != -4 /* EINTR */) k_fail(h, TSVMM_STEP_COMPLETE_RUN, (uint32_t)i, r < 0 ? r : -1000 - (long)run->exit_reason);
+    if (r != -4 /* EINTR */) return k_fail(h, TSVMM_STEP_COMPLETE_RUN, (uint32_t)i, r < 0 ? r : -1000 - (long)run->exit_reason);
     v->rip_after = k_rip(fd, &err);
-    if (err < 0) k_fail(h, TSVMM_STEP_REGS, (uint32_t)i, err);
+    if (err < 0) return k_fail(h, TSVMM_STEP_REGS, (uint32_t)i, err);
   }
 
   for (int b = 0; b < TSVMM_VCPU_BLOBS; b++) {
@@ -213,9 +227,32 @@ KEEPER_FN static void save_vcpu(struct tsvmm_keeper_config* cfg, struct tsvmm_sn
   v->msrs.nmsrs = cfg->nmsrs;
   for (uint32_t k = 0; k < cfg->nmsrs; k++) v->msrs.entries[k].index = cfg->msr_index[k];
   long n = k_ioctl(fd, KVM_GET_MSRS, &v->msrs);
-  if (n < 0) k_fail(h, TSVMM_STEP_MSRS, (uint32_t)i, n);
+  if (n < 0) return k_fail(h, TSVMM_STEP_MSRS, (uint32_t)i, n);
   v->nmsrs_saved = (uint32_t)n; /* the vmm probed them all readable; restore sets what was read */
   GET(TSVMM_STEP_VCPU_EVENTS, fd, KVM_GET_VCPU_EVENTS, &v->events);
+  return 0;
+}
+
+/* Saves every vCPU and the VM into `snap` (a snapshot laid out by tsvmm_snap_format, whose journals
+ * are the ones the vCPUs wrote) and seals it: checksum, generation + 1, saved_ns. The caller then
+ * publishes state SAVED. 0, or -1 with the failure in the header. */
+KEEPER_FN static int save_all(const struct tsvmm_keeper_config* cfg, uint8_t* snap) {
+  struct tsvmm_snap_header* h = (struct tsvmm_snap_header*)snap;
+  for (int v = 0; v < cfg->ncpus; v++) if (save_vcpu(cfg, snap, v) < 0) return -1;
+  struct tsvmm_snap_vm* vm = (struct tsvmm_snap_vm*)(snap + h->vm_offset);
+  int i = -1; /* for GET's error report: the VM, not a vCPU */
+  GET(TSVMM_STEP_PIT2, cfg->vm_fd, KVM_GET_PIT2, &vm->pit2);
+  GET(TSVMM_STEP_CLOCK, cfg->vm_fd, KVM_GET_CLOCK, &vm->clock);
+  for (int c = 0; c < 3; c++) {
+    kzero(&vm->irqchip[c], sizeof vm->irqchip[c]);
+    vm->irqchip[c].chip_id = (uint32_t)c;
+    GET(TSVMM_STEP_IRQCHIP, cfg->vm_fd, KVM_GET_IRQCHIP, &vm->irqchip[c]);
+  }
+  h->nmsrs = cfg->nmsrs;
+  h->checksum = tsvmm_crc32(snap + h->vcpu_offset, (uint64_t)(h->vm_offset + h->vm_size - h->vcpu_offset));
+  h->generation = h->generation + 1;
+  h->saved_ns = k_now_ns();
+  return 0;
 }
 
 KEEPER_FN static int keeper_main(void* arg) {
@@ -259,22 +296,11 @@ KEEPER_FN static int keeper_main(void* arg) {
     d.flags = KVM_IRQFD_FLAG_DEASSIGN;
     k_ioctl(cfg->vm_fd, KVM_IRQFD, &d);
   }
-  for (int i = 0; i < cfg->ncpus; i++) save_vcpu(cfg, h, i);
-
-  struct tsvmm_snap_vm* vm = (struct tsvmm_snap_vm*)(cfg->snap + h->vm_offset);
-  int i = -1; /* for GET's error report: the VM, not a vCPU */
-  GET(TSVMM_STEP_PIT2, cfg->vm_fd, KVM_GET_PIT2, &vm->pit2);
-  GET(TSVMM_STEP_CLOCK, cfg->vm_fd, KVM_GET_CLOCK, &vm->clock);
-  for (int c = 0; c < 3; c++) {
-    kzero(&vm->irqchip[c], sizeof vm->irqchip[c]);
-    vm->irqchip[c].chip_id = (uint32_t)c;
-    GET(TSVMM_STEP_IRQCHIP, cfg->vm_fd, KVM_GET_IRQCHIP, &vm->irqchip[c]);
+  if (save_all(cfg, cfg->snap) < 0) {
+    __atomic_store_n(&h->state, TSVMM_SNAP_FAILED, __ATOMIC_RELEASE);
+    k_wake(h);
+    k_exit(1);
   }
-
-  h->nmsrs = cfg->nmsrs;
-  h->checksum = tsvmm_crc32(cfg->snap + h->vcpu_offset, (uint64_t)(h->vm_offset + h->vm_size - h->vcpu_offset));
-  h->generation = h->generation + 1;
-  h->saved_ns = k_now_ns();
   __atomic_store_n(&h->state, TSVMM_SNAP_SAVED, __ATOMIC_RELEASE);
   k_wake(h);
   /* Linger before exiting: this exit drops the last hold on the dead vmm's address space and VM,
@@ -340,6 +366,20 @@ void tsvmm_keeper_arm(struct tsvmm_keeper_config* cfg) {
   /* armed first: the keeper acts only once this whole process is dead, and from here it must save. */
   __atomic_store_n(&cfg->armed, 1, __ATOMIC_RELEASE);
   write_armed_header(cfg);
+}
+
+int tsvmm_snap_save_live(const struct tsvmm_keeper_config* cfg, uint8_t* image) {
+  struct tsvmm_snap_header* h = (struct tsvmm_snap_header*)image;
+  memcpy(image, cfg->snap, cfg->snap_size); /* header and journals as the vCPUs left them */
+  h->state = TSVMM_SNAP_SAVING;
+  h->died_ns = k_now_ns();
+  if (save_all(cfg, image) < 0) {
+    h->state = TSVMM_SNAP_FAILED;
+    return -1;
+  }
+  h->state = TSVMM_SNAP_SAVED;
+  h->wake_seq = 0;
+  return 0;
 }
 
 static void write_armed_header(struct tsvmm_keeper_config* cfg) {

@@ -56,14 +56,26 @@ enum {
   TSVMM_PENDING_MMIO_WRITE = 3,/* an unhandled MMIO write: completed, the new vmm replays it */
 };
 
-/* keeper failure steps (header.fail_step) */
+/* The steps of a save (keeper.c) and a restore (restore.c), reported in header.fail_step /
+ * tsvmm_restore_result.fail_step. One list: the enum and the names TypeScript prints
+ * (tsvmm_step_name) come from it. X(NAME, text, ioctl): `ioctl` steps are named KVM_GET_<text> when
+ * saving and KVM_SET_<text> when restoring. */
+#define TSVMM_STEPS(X)                                                                                     \
+  X(NONE, "none", 0) X(COMPLETE_RUN, "KVM_RUN (completing a pending exit)", 0) X(MP_STATE, "MP_STATE", 1)   \
+  X(REGS, "REGS", 1) X(SREGS, "SREGS", 1) X(XSAVE, "XSAVE", 1) X(XCRS, "XCRS", 1)                           \
+  X(DEBUGREGS, "DEBUGREGS", 1) X(LAPIC, "LAPIC", 1) X(MSRS, "MSRS", 1) X(VCPU_EVENTS, "VCPU_EVENTS", 1)      \
+  X(PIT2, "PIT2", 1) X(CLOCK, "CLOCK", 1) X(IRQCHIP, "IRQCHIP", 1)                                         \
+  X(REPLAY_TOO_BIG, "a pending PIO write too large to replay", 0)                                          \
+  /* restore.c only */                                                                                     \
+  X(CHECKSUM, "the checksum", 0) X(VCPU_ID, "the vCPU record id", 0) X(IRQFD, "KVM_IRQFD", 0)
 enum {
-  TSVMM_STEP_NONE = 0, TSVMM_STEP_COMPLETE_RUN, TSVMM_STEP_MP_STATE, TSVMM_STEP_REGS, TSVMM_STEP_SREGS,
-  TSVMM_STEP_XSAVE, TSVMM_STEP_XCRS, TSVMM_STEP_DEBUGREGS, TSVMM_STEP_LAPIC, TSVMM_STEP_MSRS,
-  TSVMM_STEP_VCPU_EVENTS, TSVMM_STEP_PIT2, TSVMM_STEP_CLOCK, TSVMM_STEP_IRQCHIP, TSVMM_STEP_REPLAY_TOO_BIG,
-  /* restore.c only */
-  TSVMM_STEP_CHECKSUM, TSVMM_STEP_VCPU_ID, TSVMM_STEP_IRQFD,
+#define TSVMM_STEP_ENUM(name, text, ioctl) TSVMM_STEP_##name,
+  TSVMM_STEPS(TSVMM_STEP_ENUM)
+#undef TSVMM_STEP_ENUM
+  TSVMM_STEP_COUNT
 };
+/* "KVM_GET_REGS" (saving) / "KVM_SET_REGS" (restoring), "the checksum", ...; NULL past the list. */
+const char* tsvmm_step_name(uint32_t step, int restoring);
 
 struct tsvmm_snap_header {
   uint32_t magic;
@@ -242,6 +254,20 @@ struct tsvmm_takeover_opts {
 /* Verifies the snapshot's checksum and sets every vCPU's state, the VM's (PIT, clock, irqchips), and
  * the irqfds. The caller has claimed the generation. 0, or -1 with the failure in `res`. */
 int tsvmm_restore(const struct tsvmm_restore_config* cfg, struct tsvmm_restore_result* res);
+
+/* Waits up to timeout_ms (FUTEX_WAIT on header.wake_seq, which the keeper bumps when it has SAVED or
+ * FAILED) and claims the saved generation (compare-and-swap claim_gen generation-1 -> generation).
+ * A cold restore (standby = 0) returns as soon as the keeper is done, whatever the outcome; a standby
+ * waits for a SAVED generation nobody claimed. Returns the state found (TSVMM_SNAP_*), *claimed = 1
+ * if this caller won it; -1 if the time ran out first. */
+int tsvmm_snap_claim(uint8_t* snap, int timeout_ms, int standby, uint32_t* claimed);
+
+/* A live snapshot (tsvmm snapshot): the vmm's vCPUs are parked out of KVM_RUN and the driver-domain
+ * is stopped. Copies the snapshot memfd (header, journals) into `image` (cfg->snap_size bytes) and
+ * saves every vCPU's and the VM's state there through the keeper's own code, state SAVED and the
+ * generation after the live one: a fresh snapshot memfd holding `image` restores like a keeper's
+ * save. 0, or -1 with the failure in the image's header (fail_step, fail_errno, fail_vcpu). */
+int tsvmm_snap_save_live(const struct tsvmm_keeper_config* cfg, uint8_t* image);
 
 /* A warm standby's takeover, in the calling thread and without returning to JavaScript: waits up to
  * timeout_ms for a SAVED snapshot nobody claimed, claims it, restores it, arms `keeper` (dormant

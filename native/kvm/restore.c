@@ -32,6 +32,10 @@ static uint64_t now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+static long futex(uint32_t* word, int op, uint32_t val, const struct timespec* timeout) {
+  return syscall(SYS_futex, word, op, val, timeout, NULL, 0);
+}
+
 static int fail(struct tsvmm_restore_result* res, uint32_t step, int vcpu, int err) {
   res->fail_step = step;
   res->fail_vcpu = vcpu;
@@ -109,28 +113,36 @@ int tsvmm_restore(const struct tsvmm_restore_config* cfg, struct tsvmm_restore_r
   return 0;
 }
 
-static long futex(uint32_t* word, int op, uint32_t val, const struct timespec* timeout) {
-  return syscall(SYS_futex, word, op, val, timeout, NULL, 0);
+int tsvmm_snap_claim(uint8_t* snap, int timeout_ms, int standby, uint32_t* claimed) {
+  struct tsvmm_snap_header* h = (struct tsvmm_snap_header*)snap;
+  uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000ull;
+  *claimed = 0;
+  for (;;) {
+    uint32_t seq = __atomic_load_n(&h->wake_seq, __ATOMIC_ACQUIRE);
+    uint32_t state = __atomic_load_n(&h->state, __ATOMIC_ACQUIRE);
+    if (state == TSVMM_SNAP_SAVED) {
+      uint32_t gen = h->generation;
+      uint32_t expected = gen - 1;
+      /* Exactly one vmm (a warm standby or a cold one) restores each saved generation. */
+      if (__atomic_compare_exchange_n(&h->claim_gen, &expected, gen, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        *claimed = 1;
+        return (int)state;
+      }
+    }
+    if (!standby && state != TSVMM_SNAP_ARMED && state != TSVMM_SNAP_SAVING) return (int)state;
+    uint64_t now = now_ns();
+    if (now >= deadline) return -1;
+    uint64_t left = deadline - now;
+    struct timespec ts = {(time_t)(left / 1000000000ull), (long)(left % 1000000000ull)};
+    futex(&h->wake_seq, FUTEX_WAIT, seq, &ts); /* not PRIVATE: the keeper is another process */
+  }
 }
 
 int tsvmm_takeover(const struct tsvmm_restore_config* cfg, struct tsvmm_keeper_config* keeper,
                    const struct tsvmm_takeover_opts* opts, int timeout_ms, struct tsvmm_restore_result* res) {
   struct tsvmm_snap_header* h = (struct tsvmm_snap_header*)cfg->snap;
-  uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000ull;
-  for (;;) {
-    uint32_t seq = __atomic_load_n(&h->wake_seq, __ATOMIC_ACQUIRE);
-    if (__atomic_load_n(&h->state, __ATOMIC_ACQUIRE) == TSVMM_SNAP_SAVED) {
-      uint32_t gen = h->generation;
-      uint32_t expected = gen - 1;
-      /* Exactly one vmm (this standby or a cold one) restores each saved generation. */
-      if (__atomic_compare_exchange_n(&h->claim_gen, &expected, gen, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) break;
-    }
-    uint64_t now = now_ns();
-    if (now >= deadline) return 0;
-    uint64_t left = deadline - now;
-    struct timespec ts = {(time_t)(left / 1000000000ull), (long)(left % 1000000000ull)};
-    futex(&h->wake_seq, FUTEX_WAIT, seq, &ts); /* not PRIVATE: the keeper is another process */
-  }
+  uint32_t claimed;
+  if (tsvmm_snap_claim(cfg->snap, timeout_ms, 1, &claimed) < 0) return 0;
   res->claimed_ns = now_ns();
   if (tsvmm_restore(cfg, res) < 0) return -1;
   /* The vCPU record is read before arming: from then on this vmm's keeper may rewrite the snapshot. */
