@@ -14,7 +14,9 @@ import { checkKernel, isLinuxKernel } from '../boot/kernel';
 import { Kvm } from '../kvm/system';
 import { detectSoftwareKvm, softwareKvmRefusal } from '../kvm/pvm';
 import { defaultImageDir, IMAGE_FILES, imageCommand, LINUX_CMDLINE } from './image';
-import { Supervisor } from '../supervisor/supervisor';
+import { Supervisor, SupervisorOptions } from '../supervisor/supervisor';
+import { readSnapshotManifest } from '../contracts/snapshot-dir';
+import { SnapshotError } from '../contracts/snapshot';
 import { DEFAULT_GEOMETRY } from '../contracts/state-page';
 import { verb, VerbError, VERBS, VERBS_HELP } from './verbs';
 import { badName, pidAlive, vmPaths } from '../contracts/paths';
@@ -38,6 +40,9 @@ ${VERBS_HELP}
 tsvmm run [--kernel FILE] [--initrd FILE] [--cmdline STR] [--mem SIZE] [--cpus N] [--serial FILE] [--name NAME]
           [--disk FILE[,ro]]... [--net tap=NAME[,mac=MAC]]... [--linux [--image-dir DIR]] [--force]
           [--standby] [--hang-timeout MS]
+tsvmm run --restore DIR [--disk FILE[,ro]]... [--net tap=NAME[,mac=MAC]]... [--name NAME] [--serial FILE] [--standby] ...
+  --restore DIR   resume the VM \`tsvmm snapshot --out DIR\` saved, where it was: its vCPUs, devices and RAM.
+                  Its disks and TAPs unless --disk / --net name others (as many as it had, in the same order)
   --kernel FILE   a PVH ELF kernel or a Linux bzImage (default: the built-in test guest, on a demo workload)
   --initrd FILE   an initial ramdisk for the kernel
   --linux         boot the Linux guest \`tsvmm image linux\` built (its vmlinuz, initrd.img and rootfs.img
@@ -157,18 +162,65 @@ function checkMetricsAddr(addr: string | undefined): string {
 }
 
 export function parseRun(argv: string[]): VmConfig {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      kernel: { type: 'string' }, cmdline: { type: 'string' }, mem: { type: 'string' }, cpus: { type: 'string' },
-      serial: { type: 'string' }, name: { type: 'string' }, help: { type: 'boolean', short: 'h' },
-      disk: { type: 'string', multiple: true }, net: { type: 'string', multiple: true },
-      initrd: { type: 'string' }, linux: { type: 'boolean' }, 'image-dir': { type: 'string' }, force: { type: 'boolean' },
-      'metrics-addr': { type: 'string' },
-      standby: { type: 'boolean' }, 'hang-timeout': { type: 'string' },
-    },
-    strict: true, allowPositionals: false,
-  });
+  return parseRunOptions(argv).cfg;
+}
+
+const RUN_OPTIONS = {
+  kernel: { type: 'string' }, cmdline: { type: 'string' }, mem: { type: 'string' }, cpus: { type: 'string' },
+  serial: { type: 'string' }, name: { type: 'string' }, help: { type: 'boolean', short: 'h' },
+  disk: { type: 'string', multiple: true }, net: { type: 'string', multiple: true },
+  initrd: { type: 'string' }, linux: { type: 'boolean' }, 'image-dir': { type: 'string' }, force: { type: 'boolean' },
+  'metrics-addr': { type: 'string' },
+  standby: { type: 'boolean' }, 'hang-timeout': { type: 'string' }, restore: { type: 'string' },
+} as const;
+
+/** `tsvmm run` options: the VM's configuration, and the snapshot it resumes with --restore. */
+export function parseRunOptions(argv: string[]): { cfg: VmConfig; restore?: SupervisorOptions['restore'] } {
+  const { values } = parseArgs({ args: argv, options: RUN_OPTIONS, strict: true, allowPositionals: false });
+  if (values.help) { process.stdout.write(HELP); process.exit(0); }
+  if (values.restore !== undefined) return parseRestore(values.restore, values);
+  return { cfg: parseBoot(argv) };
+}
+
+/** --restore DIR: the configuration comes from the snapshot's manifest; disks and TAPs may be swapped. */
+function parseRestore(dirArg: string, values: { disk?: string[]; net?: string[]; name?: string; serial?: string; 'metrics-addr'?: string } & Record<string, unknown>): { cfg: VmConfig; restore: SupervisorOptions['restore'] } {
+  for (const k of ['kernel', 'initrd', 'cmdline', 'mem', 'cpus', 'linux', 'image-dir', 'force']) {
+    if (values[k] !== undefined) throw new UsageError(`--${k} cannot be combined with --restore: the snapshot has the VM's configuration`);
+  }
+  const dir = path.resolve(dirArg);
+  let manifest;
+  try { manifest = readSnapshotManifest(dir); } catch (e) {
+    if (e instanceof SnapshotError) throw new UsageError(e.message, 1);
+    throw e;
+  }
+  const saved = manifest.config;
+  const swap = <T>(given: string[] | undefined, had: T[], what: string, parse: (s: string) => T, keep: (t: T) => T): T[] => {
+    if (given === undefined) return had.map(keep);
+    if (given.length !== had.length) throw new UsageError(`the snapshot has ${had.length} ${what}; --restore takes as many --${what === 'disks' ? 'disk' : 'net'} (${given.length} given)`);
+    return given.map(parse);
+  };
+  const disks = swap(values.disk, saved.disks, 'disks', parseDisk, (d) => parseDisk(`${d.path}${d.readOnly ? ',ro' : ''}`));
+  const nets = swap(values.net, saved.nets, 'nets', parseNet, (n) => n);
+  let kvm: Kvm;
+  try { kvm = Kvm.open(); } catch (e) { throw new UsageError((e as Error).message, 1); }
+  const max = Math.min(kvm.maxVcpus(), MAX_VCPUS);
+  kvm.close();
+  if (saved.cpus > max) throw new UsageError(`the snapshot has ${saved.cpus} vCPUs: at most ${max} here`, 1);
+  if (saved.memBytes > os.totalmem()) throw new UsageError(`the snapshot has ${saved.memBytes} bytes of RAM, more than this host has`, 1);
+  if (values.serial !== undefined) {
+    try { fs.closeSync(fs.openSync(values.serial, 'a')); } catch (e) {
+      throw new UsageError(`cannot open serial output ${values.serial}: ${(e as Error).message}`);
+    }
+  }
+  const cfg: VmConfig = {
+    ...saved, name: checkName(values.name ?? saved.name), metricsAddr: checkMetricsAddr(values['metrics-addr']),
+    serialPath: values.serial ? path.resolve(values.serial) : '', disks, nets,
+  };
+  return { cfg, restore: { dir, manifest } };
+}
+
+function parseBoot(argv: string[]): VmConfig {
+  const { values } = parseArgs({ args: argv, options: RUN_OPTIONS, strict: true, allowPositionals: false });
   if (values.help) { process.stdout.write(HELP); process.exit(0); }
 
   // --linux without --kernel: the image `tsvmm image linux` built.
@@ -234,16 +286,22 @@ export function parseRun(argv: string[]): VmConfig {
 
 /** --standby, --hang-timeout MS (supervisor/supervisor.ts). */
 export function parseRecoveryOptions(argv: string[]): { standby: boolean; hangTimeoutMs?: number } {
-  const { values } = parseArgs({ args: argv, options: { standby: { type: 'boolean' }, 'hang-timeout': { type: 'string' } }, strict: false });
+  const { values } = parseArgs({ args: argv, options: { standby: { type: 'boolean' }, 'hang-timeout': { type: 'string' } }, strict: false, allowPositionals: true });
   const t = values['hang-timeout'];
   if (t !== undefined && (typeof t !== 'string' || !/^\d+$/.test(t))) throw new UsageError(`invalid --hang-timeout "${t}": expected a whole number of milliseconds (0 = off)`);
   return { standby: values.standby === true, hangTimeoutMs: t === undefined ? undefined : Number(t) };
 }
 
 async function run(argv: string[]): Promise<number> {
-  const cfg = parseRun(argv);
+  const { cfg, restore } = parseRunOptions(argv);
   const log = (line: string) => process.stderr.write(`tsvmm: ${line}\n`);
-  const sup = new Supervisor(cfg, { log, ...parseRecoveryOptions(argv) });
+  let sup: Supervisor;
+  try {
+    sup = new Supervisor(cfg, { log, restore, ...parseRecoveryOptions(argv) });
+  } catch (e) {
+    if (e instanceof SnapshotError) throw new UsageError(e.message, 1);
+    throw e;
+  }
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => sup.stop(`stopped by ${sig}`));
   sup.start();
   log(`the guest survives its VMM: run \`kill -9 ${sup.vmmPid}\` (the vmm${sup.driverDomainPid ? `; ${sup.driverDomainPid} is the driver-domain` : ''}) in another terminal and watch it carry on`);

@@ -6,6 +6,7 @@
  */
 import * as fs from 'fs';
 import * as http from 'http';
+import * as path from 'path';
 import { parseArgs } from 'util';
 import { badName, listRuntimeNames, listStateNames, pidAlive, vmPaths } from '../contracts/paths';
 
@@ -13,13 +14,16 @@ export class VerbError extends Error {
   constructor(message: string, readonly status = 1) { super(message); }
 }
 
-export const VERBS = ['ls', 'ps', 'kill', 'pause', 'resume', 'stop', 'console', 'metrics', 'events', 'label', 'annotate'];
+export const VERBS = ['ls', 'ps', 'kill', 'pause', 'resume', 'stop', 'snapshot', 'console', 'metrics', 'events', 'label', 'annotate'];
 
 export const VERBS_HELP = `
   ls         list VMs (--all: also those that are not running)
   ps         the VM's components: pid, state, uptime, restarts, last recovery
   kill       tsvmm kill COMPONENT [--signal SIG]: signal vmm, driver-domain, priv-domain or keeper
   pause      stop the VM's vCPUs;  resume: start them again;  stop: stop the VM
+  snapshot   tsvmm snapshot --out DIR [--stop]: save the running VM into the new directory DIR (its
+             vCPUs, devices and touched RAM); it resumes, or stops with --stop. tsvmm run --restore DIR
+             resumes it
   console    show the guest's serial console history, then follow it (--no-follow: history only)
   metrics    print the VM's Prometheus metrics
   events     the VM's lifecycle events from the durable store
@@ -171,7 +175,7 @@ function parse(argv: string[], extra: Record<string, { type: 'string' | 'boolean
   }
   if (r.positionals.length > positionals) throw new VerbError(`unexpected argument "${r.positionals[positionals]}"`, 2);
   if (r.values.help) { process.stdout.write(VERBS_HELP); process.exit(0); }
-  return r as unknown as { values: { name?: string; json?: boolean; all?: boolean; signal?: string; 'no-follow'?: boolean }; positionals: string[] };
+  return r as unknown as { values: { name?: string; json?: boolean; all?: boolean; signal?: string; 'no-follow'?: boolean; out?: string; stop?: boolean }; positionals: string[] };
 }
 
 const out = (s: string) => { process.stdout.write(s); };
@@ -227,6 +231,17 @@ export async function verb(cmd: string, argv: string[]): Promise<number> {
       const key = `${cmd}-${process.pid}-${Date.now()}`;
       const r = JSON.parse((await api(name, 'POST', `/v1/vm/${cmd}`, {}, { key })).body) as { state: string };
       out(`VM ${name}: ${r.state}\n`);
+      return 0;
+    }
+    case 'snapshot': {
+      const { values } = parse(argv, { out: { type: 'string' }, stop: { type: 'boolean' } });
+      if (!values.out) throw new VerbError('usage: tsvmm snapshot --out DIR [--stop] [--name NAME]', 2);
+      const name = resolveName(values.name);
+      const dir = path.resolve(values.out);
+      const r = JSON.parse((await api(name, 'POST', '/v1/vm/snapshot', { dir, stop: values.stop === true }, { key: `snapshot-${process.pid}-${Date.now()}` })).body) as
+        { pauseMs: number; ramDataBytes: number; state: string };
+      if (values.json) { out(JSON.stringify(r, null, 1) + '\n'); return 0; }
+      out(`VM ${name}: snapshot in ${dir} (guest paused ${r.pauseMs.toFixed(1)} ms, ${(r.ramDataBytes / 2 ** 20).toFixed(1)} MiB of RAM); ${r.state}\n`);
       return 0;
     }
     case 'metrics': {

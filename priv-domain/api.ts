@@ -11,7 +11,7 @@ import * as http from 'http';
 import { URL } from 'url';
 import type { Store, StoredResponse } from './store';
 import { fingerprint } from './store';
-import type { ComponentStatus, VmConfig } from '../proto';
+import type { ComponentStatus, ControlReply, VmConfig } from '../proto';
 import type { ControlPage } from '../contracts/control-page';
 import { KILL_COMPONENTS, KillComponent, killSignal } from '../contracts/signals';
 
@@ -23,6 +23,9 @@ export class ApiError extends Error {
   constructor(readonly status: number, message: string) { super(message); }
 }
 
+/** What a command for the supervisor carries besides its name (proto ControlRequest). */
+export interface CommandArgs { component?: string; signal?: string; dir?: string; stop?: boolean }
+
 export interface ApiContext {
   cfg: VmConfig;
   runId: string;
@@ -32,7 +35,7 @@ export interface ApiContext {
   metricsAddr(): string;
   components(): ComponentStatus[] | undefined;
   /** Sends a command to the supervisor; resolves with its answer or throws ApiError. */
-  command(command: string, component?: string, signal?: string): Promise<{ pid?: number }>;
+  command(command: string, args?: CommandArgs): Promise<ControlReply>;
   metrics(): Promise<{ text: string; contentType: string }>;
   onRequest(method: string, code: number): void;
 }
@@ -228,6 +231,21 @@ async function handle(ctx: ApiContext, req: http.IncomingMessage, res: http.Serv
     });
     return;
   }
+  if (p === '/v1/vm/snapshot') {
+    allow('POST');
+    const o = parseJson(body);
+    onlyFields(o, ['dir', 'stop']);
+    const dir = str(o, 'dir', true, 4096)!;
+    if (!dir.startsWith('/')) throw new ApiError(400, `dir "${dir}" is not an absolute path`);
+    if (o.stop !== undefined && typeof o.stop !== 'boolean') throw new ApiError(400, 'stop must be a boolean');
+    const stop = o.stop === true;
+    const r = await ctx.command('snapshot', { dir, stop });
+    commit(() => {
+      const ev = ctx.store.addEvent(ctx.runId, 'snapshot', { dir, stop, pauseMs: r.pauseMs ?? 0 });
+      return { status: 200, body: { name: ctx.cfg.name, dir, pauseMs: r.pauseMs ?? 0, ramDataBytes: r.ramDataBytes ?? 0, state: stop ? 'stopping' : 'running', event: ev.id } };
+    });
+    return;
+  }
   const kill = /^\/v1\/vm\/components\/([^/]+)\/kill$/.exec(p);
   if (kill) {
     allow('POST');
@@ -247,7 +265,7 @@ async function handle(ctx: ApiContext, req: http.IncomingMessage, res: http.Serv
       res.on('finish', () => setTimeout(() => process.kill(process.pid, asked.signal), 20));
       return;
     }
-    const r = await ctx.command('kill', component, signal);
+    const r = await ctx.command('kill', { component, signal });
     commit(() => { ctx.store.addEvent(ctx.runId, 'kill', { component, signal, pid: r.pid }); return { status: 200, body: { component, signal, pid: r.pid ?? 0 } }; });
     return;
   }

@@ -28,10 +28,11 @@ import { deviceList } from '../contracts/device-list';
 import { mkdirPrivate, vmPaths } from '../contracts/paths';
 import { Store } from './store';
 import { Metrics, HEARTBEAT_COMPONENTS } from './metrics';
-import { ApiError, createApiHandler } from './api';
+import { ApiError, CommandArgs, createApiHandler } from './api';
 
 const CONSOLE_POLL_MS = 50;
 const COMMAND_TIMEOUT_MS = 5000;
+const SNAPSHOT_TIMEOUT_MS = 120_000;
 export const DEFAULT_METRICS_ADDR = '127.0.0.1:9464';
 
 function send(msg: ComponentMessage): void {
@@ -97,14 +98,16 @@ function main(): void {
   });
   // The supervisor gone means the VM is gone: so are we.
   process.on('disconnect', () => process.exit(0));
-  const command = (cmd: string, component?: string, signal?: string): Promise<{ pid?: number }> => new Promise((resolve, reject) => {
+  const command = (cmd: string, args: CommandArgs = {}): Promise<ControlReply> => new Promise((resolve, reject) => {
     const id = nextId++;
-    const timer = setTimeout(() => { pending.delete(id); reject(new ApiError(504, `the supervisor did not answer "${cmd}" within ${COMMAND_TIMEOUT_MS} ms`)); }, COMMAND_TIMEOUT_MS);
+    // A snapshot writes guest RAM: give it longer.
+    const ms = cmd === 'snapshot' ? SNAPSHOT_TIMEOUT_MS : COMMAND_TIMEOUT_MS;
+    const timer = setTimeout(() => { pending.delete(id); reject(new ApiError(504, `the supervisor did not answer "${cmd}" within ${ms} ms`)); }, ms);
     pending.set(id, {
       timer,
-      resolve: (r) => (r.ok ? resolve({ pid: r.pid }) : reject(new ApiError(/unknown|not running|not killed/.test(r.error ?? '') ? 409 : 500, r.error || `${cmd} failed`))),
+      resolve: (r) => (r.ok ? resolve(r) : reject(new ApiError(/unknown|not running|not killed|not empty|not an absolute|in progress|try again/.test(r.error ?? '') ? 409 : 500, r.error || `${cmd} failed`))),
     });
-    send({ controlRequest: { id, command: cmd, component: component ?? '', signal: signal ?? '' } });
+    send({ controlRequest: { id, command: cmd, component: args.component ?? '', signal: args.signal ?? '', dir: args.dir ?? '', stop: args.stop ?? false } });
   });
 
   // Heartbeats: ours, and the age of everyone's.

@@ -26,17 +26,26 @@ export type ComponentMessage =
   | { guestExit: { code: number; reason: string } }
   | { fatal: { message: string } }
   | { controlRequest: ControlRequest }
-  | { keeperArmed: { pid: number; error?: string } };
+  | { keeperArmed: { pid: number; error?: string } }
+  | { snapshotDone: SnapshotDone };
 
-export interface ControlRequest { id: number; command: string; component?: string; signal?: string }
-export interface ControlReply { id: number; ok: boolean; error?: string; pid?: number }
+export interface ControlRequest { id: number; command: string; component?: string; signal?: string; dir?: string; stop?: boolean }
+export interface ControlReply { id: number; ok: boolean; error?: string; pid?: number; pauseMs?: number; ramDataBytes?: number }
+export interface SnapshotRequest { dir: string; stop: boolean }
+export interface SnapshotDone { ok: boolean; error?: string; pauseMs: number; ramDataBytes: number; ramExtents?: number[] }
+export interface SnapshotFile { name: string; size: number; crc32c: number; dataBytes: number }
+export interface SnapshotManifest {
+  format: string; version: number; snapLayoutVersion: number; config: VmConfig; files: SnapshotFile[]; createdAt: number; pauseMs: number;
+  ramExtents: number[];
+}
 export interface RecoveryRecord { component: string; cause: string; seconds: number; at: number }
 export interface ComponentStatus {
   name: string; pid: number; state: string; startedAt: number; restarts: number; lastRecovery?: RecoveryRecord | null;
 }
 export interface ControlStatus { components: ComponentStatus[]; recoveries: RecoveryRecord[]; full: boolean; paused: boolean }
 export type SupervisorMessage = { status: ControlStatus } | { reply: ControlReply } | { finished: { code: number; reason: string } }
-  | { armKeeper: { deadPid: number } };
+  | { armKeeper: { deadPid: number } }
+  | { snapshot: SnapshotRequest };
 
 function codec<T>(name: string) {
   const type = root.lookupType(name);
@@ -52,6 +61,28 @@ function codec<T>(name: string) {
   };
 }
 
+/** A message as JSON text (protobuf's JSON form: camelCase names), checked against its schema on the way in. */
+function jsonCodec<T>(name: string) {
+  const type = root.lookupType(name);
+  return {
+    stringify(msg: T): string {
+      const err = type.verify(msg as { [k: string]: unknown });
+      if (err) throw new Error(`${name}: ${err}`);
+      return JSON.stringify(type.toObject(type.fromObject(msg as { [k: string]: unknown }), { longs: Number, defaults: true }), null, 1) + '\n';
+    },
+    /** Throws a one-line Error when the text is not JSON or not this message. */
+    parse(text: string): T {
+      let o: unknown;
+      try { o = JSON.parse(text); } catch { throw new Error('not JSON'); }
+      if (typeof o !== 'object' || o === null || Array.isArray(o)) throw new Error('not a JSON object');
+      const err = type.verify(o as { [k: string]: unknown });
+      if (err) throw new Error(err);
+      return type.toObject(type.fromObject(o as { [k: string]: unknown }), { longs: Number, defaults: true, arrays: true }) as T;
+    },
+  };
+}
+
+export const SnapshotManifestJson = jsonCodec<SnapshotManifest>('tsvmm.SnapshotManifest');
 export const VmConfigCodec = codec<VmConfig>('tsvmm.VmConfig');
 export const ComponentMessageCodec = codec<ComponentMessage>('tsvmm.ComponentMessage');
 export const SupervisorMessageCodec = codec<SupervisorMessage>('tsvmm.SupervisorMessage');

@@ -59,6 +59,8 @@ export interface ControlTarget {
   readonly recoveries: readonly Recovery[];
   pidOf(component: ControlledComponent): number | undefined;
   stop(reason: string): void;
+  /** tsvmm snapshot: write the VM into `dir` (absolute), then resume it or stop it. */
+  snapshot(dir: string, stop: boolean): Promise<{ pauseMs: number; ramDataBytes: number }>;
 }
 
 /** How the relay reaches the priv-domain. */
@@ -212,6 +214,13 @@ export class Control {
             await new Promise((r) => setTimeout(r, 2));
           }
           this.reply({ id, ok: true });
+          return;
+        }
+        case 'snapshot': {
+          const dir = req.dir ?? '';
+          if (!path.isAbsolute(dir)) throw new Error(`snapshot: "${dir}" is not an absolute path`);
+          const r = await this.sup.snapshot(dir, req.stop === true);
+          this.reply({ id, ok: true, pauseMs: r.pauseMs, ramDataBytes: r.ramDataBytes });
           return;
         }
         case 'stop':

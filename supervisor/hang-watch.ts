@@ -101,6 +101,8 @@ export class HangWatch {
   private readonly watched = new Map<object | number, Watched>();
   private timer?: NodeJS.Timeout;
   private lastTick = 0;
+  /** A snapshot stops the driver-domain and keeps the vmm's main thread busy on purpose: no verdicts meanwhile. */
+  suspended = false;
 
   constructor(private readonly page: StatePage, readonly timeoutMs: number, private readonly log: (line: string) => void = () => undefined) {}
 
@@ -135,6 +137,11 @@ export class HangWatch {
 
   private check(): void {
     const now = performance.now();
+    if (this.suspended) {
+      this.lastTick = now;
+      for (const w of this.watched.values()) { w.since = now; w.last = w.slot === undefined ? 0 : this.page.heartbeat(w.slot); w.sched = schedstat(w.pid); }
+      return;
+    }
     // This check itself late: everything may have been starved. No verdict on what nobody could see.
     const stalled = now - this.lastTick > this.timeoutMs / 2;
     this.lastTick = now;

@@ -27,6 +27,9 @@ import { HeldFds } from './spawn';
 import { VmmLifecycle, VmmRecovery } from './vmm-lifecycle';
 import { DriverDomainLifecycle } from './driver-domain-lifecycle';
 import { PrivDomainLifecycle } from './priv-domain-lifecycle';
+import { threadState } from './hang-watch';
+import { loadSnapshotInto, sealSnapshot } from '../contracts/snapshot-dir';
+import type { SnapshotManifest } from '../proto';
 
 export type { Recovery, RunResult } from './lifecycle';
 export type { VmmRecovery } from './vmm-lifecycle';
@@ -41,7 +44,12 @@ export interface SupervisorOptions {
   hangTimeoutMs?: number;
   /** Keep a warm standby vmm and driver-domain that take over the moment the primary dies (tsvmm run --standby). */
   standby?: boolean;
+  /** tsvmm run --restore DIR: resume the guest a snapshot saved (contracts/snapshot-dir.ts), its manifest already read. */
+  restore?: { dir: string; manifest: SnapshotManifest };
 }
+
+/** What `snapshot()` did. */
+export interface SnapshotResult { pauseMs: number; ramDataBytes: number; totalMs: number }
 
 export class Supervisor implements LifecycleHost, ControlTarget {
   readonly held: HeldFds;
@@ -62,12 +70,16 @@ export class Supervisor implements LifecycleHost, ControlTarget {
     const ramFd = native.memfdCreate(`tsvmm-ram-${cfg.name}`, cfg.memBytes);
     const stateFd = native.memfdCreate(`tsvmm-state-${cfg.name}`, STATE_MEMFD_SIZE);
     const state = native.mmap(stateFd, STATE_MEMFD_SIZE, 0, true);
+    const devBytes = (b: ArrayBuffer) => new Uint8Array(b, DEVICE_PAGE_OFFSET, DEVICE_PAGE_SIZE);
     new PlatformPage(state).init();
-    this.page = StatePage.format(new Uint8Array(state, DEVICE_PAGE_OFFSET, DEVICE_PAGE_SIZE));
-    const devices = openDevices(cfg, this.page);
+    // A restore opens the disks and TAPs as a boot does (on a scratch page: the saved one replaces it).
+    const scratch = StatePage.format(devBytes(opts.restore ? new ArrayBuffer(STATE_MEMFD_SIZE) : state));
+    const devices = openDevices(cfg, scratch);
     const serialFd = cfg.serialPath ? fs.openSync(cfg.serialPath, 'a') : 1;
     const snapFd = native.memfdCreate(`tsvmm-snap-${cfg.name}`, snapshotSize(cfg.cpus));
     keeper.snapshotFormat(snapFd, cfg.cpus);
+    if (opts.restore) loadSnapshotInto(opts.restore.dir, opts.restore.manifest, { ram: ramFd, state: stateFd, snap: snapFd });
+    this.page = opts.restore ? StatePage.attach(devBytes(state)) : scratch;
     this.held = { ramFd, stateFd, serialFd, snapFd, devices };
     this.standby = opts.standby === true;
     const hangMs = opts.hangTimeoutMs ?? Number(process.env.TSVMM_HANG_TIMEOUT_MS ?? DEFAULT_HANG_TIMEOUT_MS);
@@ -86,7 +98,8 @@ export class Supervisor implements LifecycleHost, ControlTarget {
     this.control.start(this.priv);
     this.priv.start();
     this.driverDomain?.start();
-    this.vmm.start();
+    // A restored guest resumes as after a vmm crash: a cold restore from the snapshot memfd.
+    this.vmm.start(this.opts.restore !== undefined);
     this.hangWatch.start();
   }
 
@@ -122,6 +135,54 @@ export class Supervisor implements LifecycleHost, ControlTarget {
 
   stop(reason: string): void {
     this.finish({ code: 130, reason });
+  }
+
+  private snapshotting = false;
+
+  /**
+   * tsvmm snapshot (docs/snapshots.md): stops the driver-domain (SIGSTOP: what it had in flight
+   * stays recorded in the queue progress, and a restored driver-domain resubmits it, as after a
+   * crash), has the vmm park the vCPUs and write the VM's state, the pages and guest RAM into `dir`,
+   * lets the driver-domain go on, and seals the snapshot with its manifest. With `stop` the VM ends
+   * afterwards. One at a time; `dir` must not exist yet (or be empty). The hang watch waits meanwhile.
+   */
+  async snapshot(dir: string, stop: boolean): Promise<SnapshotResult> {
+    const t0 = performance.now();
+    if (this.result) throw new Error('the VM is stopping');
+    if (this.snapshotting) throw new Error('a snapshot is already in progress');
+    try {
+      fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    } catch (e) { throw new Error(`cannot create ${dir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`); }
+    if (fs.readdirSync(dir).length) throw new Error(`${dir} is not empty: a snapshot goes into a new directory`);
+    const dd = this.driverDomain?.pid;
+    let stopped = false;
+    this.snapshotting = true;
+    this.hangWatch.suspended = true;
+    try {
+      if (dd) {
+        process.kill(dd, 'SIGSTOP');
+        stopped = true;
+        // Stopped for real (state T) before the vCPUs park: no write of its can land after the copy starts.
+        for (let i = 0; i < 2000 && threadState(dd) !== 'T'; i++) await new Promise((r) => setImmediate(r));
+      }
+      const r = await this.vmm.snapshot({ dir, stop });
+      if (!r.ok) throw new Error(`snapshot failed: ${r.error}`);
+      // The VM stops: its driver-domain stays stopped until it is killed with the rest.
+      if (stopped && !stop) process.kill(dd!, 'SIGCONT');
+      stopped = false;
+      sealSnapshot(dir, this.cfg, r.ramExtents ?? [], r.pauseMs);
+      const res = { pauseMs: r.pauseMs, ramDataBytes: r.ramDataBytes, totalMs: performance.now() - t0 };
+      this.log(`snapshot of the VM in ${dir}: guest paused ${r.pauseMs.toFixed(1)} ms, ${(r.ramDataBytes / 2 ** 20).toFixed(1)} MiB of RAM, ${res.totalMs.toFixed(0)} ms in all${stop ? '; stopping the VM' : ''}`);
+      if (stop) setTimeout(() => this.finish({ code: 0, reason: `stopped after a snapshot to ${dir}` }), 20);
+      return res;
+    } catch (e) {
+      fs.rmSync(dir, { recursive: true, force: true }); // it was new or empty: no half snapshot stays
+      throw e;
+    } finally {
+      if (stopped) { try { process.kill(dd!, 'SIGCONT'); } catch { /* gone */ } }
+      this.snapshotting = false;
+      this.hangWatch.suspended = false;
+    }
   }
 
   // ---- for the CLI and tests ----

@@ -16,6 +16,7 @@
  */
 import * as os from 'os';
 import { ChildProcess } from 'child_process';
+import type { SnapshotDone, SnapshotRequest } from '../proto';
 import { componentEntry } from './component-entry';
 import { Component } from '../contracts/state-page';
 import { EXIT_NOT_NEEDED } from '../contracts/exit-codes';
@@ -88,7 +89,24 @@ export class VmmLifecycle {
     return pid && this.keepers.has(pid) ? pid : undefined;
   }
 
-  start(): void { this.spawn('boot'); }
+  /** `restore`: the snapshot memfd holds a SAVED snapshot (tsvmm run --restore): resume it, cold. */
+  start(restore = false): void { this.spawn(restore ? 'restore' : 'boot'); }
+
+  /**
+   * tsvmm snapshot: asks the running vmm to park its vCPUs and write the VM into `dir`
+   * (vmm/main.ts snapshotNow); resolves with its answer, or a failure if it exits first.
+   */
+  snapshot(req: SnapshotRequest): Promise<SnapshotDone> {
+    const vmm = this.primary;
+    if (!vmm || !this.running.has(vmm) || this.pending || hasExited(vmm)) {
+      return Promise.reject(new Error('the vmm is not running the guest right now (recovering?); try again'));
+    }
+    const exited = whenExited(vmm).then((cause): SnapshotDone => ({ ok: false, error: `the vmm exited during the snapshot (${cause})`, pauseMs: 0, ramDataBytes: 0 }));
+    const done = new Promise<SnapshotDone>((resolve) => { this.snapshotDone = resolve; });
+    sendTo(vmm, { snapshot: req });
+    return Promise.race([done, exited]).finally(() => { this.snapshotDone = undefined; });
+  }
+  private snapshotDone?: (d: SnapshotDone) => void;
 
   /** The VM is over: keepers first (one that saw its vmm die would save a snapshot nobody needs). */
   stop(): void {
@@ -111,6 +129,7 @@ export class VmmLifecycle {
           h.log(`vmm${m.ready.standby ? ' standby' : ''} ready (pid ${m.ready.pid})`);
           this.onReady(child, m.ready);
         } else if ('keeperArmed' in m && m.keeperArmed) this.onKeeperArmed(child, m.keeperArmed);
+        else if ('snapshotDone' in m && m.snapshotDone) { if (child === this.primary) this.snapshotDone?.(m.snapshotDone); }
         else if ('guestExit' in m && m.guestExit) h.finish({ code: m.guestExit.code, reason: m.guestExit.reason });
         else if ('fatal' in m && m.fatal) {
           if (child === this.spare && !this.pending) {

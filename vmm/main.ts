@@ -7,7 +7,8 @@ import { exitOnUncaughtException, installTestHooksIfAsked } from '../contracts/p
 // Next: starts the vCPU threads, so their boot overlaps the loading of everything below.
 import { releaseUnusedVcpuThreads, vcpuThread } from './early-vcpu-threads';
 import * as fs from 'fs';
-import { ComponentMessage, ComponentMessageCodec, SupervisorMessage, SupervisorMessageCodec, VmConfig, VmConfigCodec } from '../proto';
+import { ComponentMessage, ComponentMessageCodec, SnapshotRequest, SupervisorMessage, SupervisorMessageCodec, VmConfig, VmConfigCodec } from '../proto';
+import { writeSnapshotFiles } from '../contracts/snapshot-dir';
 import { abi, native, poller } from '../native/kvm';
 import { Kvm } from '../kvm/system';
 import { Vm } from '../kvm/vm';
@@ -239,12 +240,14 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
     else start();
   }
 
-  // The supervisor saw this vmm's keeper die (or killed it stopped): clone a new one, or the next
-  // death of this vmm would lose the guest.
   process.on('message', (m: { pb?: string }) => {
     if (typeof m?.pb !== 'string') return;
     let msg: SupervisorMessage;
     try { msg = SupervisorMessageCodec.decode(Buffer.from(m.pb, 'base64')); } catch { return; }
+    // tsvmm snapshot (contracts/snapshot-dir.ts).
+    if ('snapshot' in msg && msg.snapshot) { snapshotNow(msg.snapshot, cfg, pauseCtl); return; }
+    // The supervisor saw this vmm's keeper die (or killed it stopped): clone a new one, or the next
+    // death of this vmm would lose the guest.
     if (!('armKeeper' in msg) || !msg.armKeeper || finished || !recovery) return;
     if (msg.armKeeper.deadPid !== keeperPid) return; // an old request: this keeper is already a new one
     try {
@@ -263,6 +266,34 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   // Keep the vCPUs' kvm_run mappings (the keeper reads them) alive with the process.
   (globalThis as { tsvmmVcpus?: Vcpu[] }).tsvmmVcpus = vcpus;
   installTestHooksIfAsked('vmm');
+}
+
+/**
+ * A snapshot of the running guest (the supervisor has stopped the driver-domain): parks every vCPU,
+ * saves their and the VM's state through the keeper's own code (keeper.c tsvmm_snap_save_live) and
+ * writes it, the state pages and guest RAM's populated pages into the directory; answers, then lets
+ * the vCPUs run again, unless the VM stops after the snapshot.
+ */
+function snapshotNow(req: SnapshotRequest, cfg: VmConfig, pauseCtl: PauseControl): void {
+  const t0 = performance.now();
+  let held = false;
+  let ok = false;
+  try {
+    pauseCtl.hold(2000);
+    held = true;
+    const image = keeper.snapshotSaveLive();
+    const saved = new SnapshotView(image);
+    if (saved.stateName !== 'saved') throw new SnapshotError(saved.failure().replace('the keeper failed to save', 'saving'));
+    const extents = writeSnapshotFiles(req.dir, image, FD.STATE, FD.RAM, cfg.memBytes);
+    let ramDataBytes = 0;
+    for (let i = 1; i < extents.length; i += 2) ramDataBytes += extents[i];
+    ok = true;
+    send({ snapshotDone: { ok: true, pauseMs: performance.now() - t0, ramDataBytes, ramExtents: extents } });
+  } catch (e) {
+    send({ snapshotDone: { ok: false, error: (e as Error).message, pauseMs: performance.now() - t0, ramDataBytes: 0 } });
+  } finally {
+    if (held && !(ok && req.stop)) pauseCtl.release();
+  }
 }
 
 /**

@@ -24,6 +24,8 @@ export class PauseControl {
   private readonly flag = new Int32Array(this.sab);
   private readonly tids: number[] = [];
   private paused = false;
+  /** A snapshot holds the vCPUs parked whatever the control page says (hold / release). */
+  private held = false;
   private timer?: NodeJS.Timeout;
 
   constructor(private readonly page: ControlPage | undefined, private readonly vcpus: Vcpu[]) {}
@@ -42,8 +44,36 @@ export class PauseControl {
     if (this.paused) this.stopOne(id);
   }
 
+  /**
+   * Parks every vCPU now and waits (blocking: this thread has nothing else to do meanwhile) until
+   * all are parked, kicking any that has not yet every 0.1 ms. Throws after timeoutMs. Returns the
+   * ms it took.
+   */
+  hold(timeoutMs: number): number {
+    const t0 = performance.now();
+    this.held = true;
+    this.apply(true);
+    const nap = new Int32Array(new SharedArrayBuffer(4));
+    while (Atomics.load(this.flag, PARKED) < this.vcpus.length) {
+      if (performance.now() - t0 > timeoutMs) {
+        const parked = Atomics.load(this.flag, PARKED);
+        this.release();
+        throw new Error(`only ${parked} of ${this.vcpus.length} vCPUs parked within ${timeoutMs} ms`);
+      }
+      Atomics.wait(nap, 0, 0, 0.1);
+      for (let id = 0; id < this.vcpus.length; id++) if (this.tids[id]) this.stopOne(id);
+    }
+    return performance.now() - t0;
+  }
+
+  /** Ends a hold: the vCPUs run again unless the control page asks for a pause. */
+  release(): void {
+    this.held = false;
+    if (!this.page?.pauseRequested) this.apply(false);
+  }
+
   private poll(): void {
-    const want = this.page!.pauseRequested;
+    const want = this.page!.pauseRequested || this.held;
     if (want !== this.paused) this.apply(want);
     else if (want) for (let id = 0; id < this.vcpus.length; id++) if (this.tids[id]) this.stopOne(id);
     const parked = Atomics.load(this.flag, PARKED);

@@ -19,6 +19,10 @@ export interface NativeKvm {
   memfdCreate(name: string, size: number): number;
   eventfd(initval: number, nonblock?: boolean): number;
   fdSize(fd: number): number;
+  /** lseek SEEK_DATA (hole: SEEK_HOLE): the next populated (unpopulated) offset at or after `offset`; -1: no more data. */
+  seekData(fd: number, offset: number, hole: boolean): number;
+  /** CRC-32C of the bytes (hardware crc32 where the CPU has it); `prev` continues an earlier one. */
+  crc32c(view: ArrayBufferView, prev?: number): number;
   gettid(): number;
   installKick(): number;
   kick(tid: number): void;

@@ -1,0 +1,202 @@
+/**
+ * A VM snapshot on disk (`tsvmm snapshot --out DIR`, `tsvmm run --restore DIR`):
+ *
+ *   DIR/vm.state       the keeper's snapshot memfd (native/kvm/keeper.h layout), state SAVED: every
+ *                      vCPU's and the VM's KVM state, saved by the keeper's own code while the vCPUs
+ *                      were parked (keeper.snapshotSaveLive), and the vCPUs' exit journals
+ *   DIR/pages.state    the state memfd: platform page (UART), device state page (virtio registers,
+ *                      queue progress with the requests in flight), control page
+ *   DIR/ram            guest RAM's populated extents back to back (SEEK_DATA/SEEK_HOLE on the RAM
+ *                      memfd: pages the guest never touched are not written)
+ *   DIR/manifest.json  SnapshotManifest (proto/tsvmm.proto): format version, the keeper layout
+ *                      version, the VM's configuration, RAM's extents, each file's size and CRC-32C.
+ *                      Written last: a directory without it is not a snapshot.
+ *
+ * Restoring is a cold vmm restore (vmm/main.ts, mode `restore`) from memfds filled from DIR: the same
+ * claim, the same native restore (checksum, vCPU and VM state, irqfds), the same replay; the
+ * driver-domain attaches to the restored device page as after a crash and resubmits what was in flight.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { native } from '../native/kvm';
+import { SnapshotFile, SnapshotManifest, SnapshotManifestJson, VmConfig } from '../proto';
+import { SNAP, SnapshotError, SnapshotView, snapshotSize } from './snapshot';
+import { STATE_MEMFD_SIZE } from './fds';
+
+export const SNAPSHOT_FORMAT = 'tsvmm-snapshot';
+/** The directory layout and manifest; a build refuses a snapshot of another version in one line. */
+export const SNAPSHOT_FORMAT_VERSION = 1;
+export const SNAPSHOT_FILES = { manifest: 'manifest.json', vm: 'vm.state', pages: 'pages.state', ram: 'ram' } as const;
+
+/** Writes in chunks this big (a single write() stops at 2 GiB). */
+const CHUNK = 64 << 20;
+
+/** The populated extents of an fd (a memfd, a sparse file), as [offset, length] pairs. */
+export function dataExtents(fd: number, size: number): number[] {
+  const out: number[] = [];
+  for (let off = 0; off < size;) {
+    const data = native.seekData(fd, off, false);
+    if (data < 0 || data >= size) break;
+    const hole = Math.min(native.seekData(fd, data, true), size);
+    out.push(data, hole - data);
+    off = hole;
+  }
+  return out;
+}
+
+function writeAll(fd: number, bytes: Uint8Array): void {
+  for (let at = 0; at < bytes.byteLength;) at += fs.writeSync(fd, bytes, at, Math.min(CHUNK, bytes.byteLength - at));
+}
+
+function create(dir: string, name: string): number {
+  return fs.openSync(path.join(dir, name), fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
+}
+
+/**
+ * The vmm, with its vCPUs parked and the driver-domain stopped: writes vm.state (`image`), pages.state
+ * and ram into `dir` (which the supervisor created). Returns RAM's extents.
+ */
+export function writeSnapshotFiles(dir: string, image: ArrayBuffer, stateFd: number, ramFd: number, memBytes: number): number[] {
+  let fd = create(dir, SNAPSHOT_FILES.vm);
+  try { writeAll(fd, new Uint8Array(image)); } finally { fs.closeSync(fd); }
+  const pages = new Uint8Array(STATE_MEMFD_SIZE);
+  fs.readSync(stateFd, pages, 0, pages.byteLength, 0);
+  fd = create(dir, SNAPSHOT_FILES.pages);
+  try { writeAll(fd, pages); } finally { fs.closeSync(fd); }
+  const extents = dataExtents(ramFd, memBytes);
+  const ram = native.mmap(ramFd, memBytes, 0, false);
+  fd = create(dir, SNAPSHOT_FILES.ram);
+  try {
+    for (let i = 0; i < extents.length; i += 2) writeAll(fd, new Uint8Array(ram, extents[i], extents[i + 1]));
+  } finally { fs.closeSync(fd); }
+  return extents;
+}
+
+/** CRC-32C and size of a file, read in chunks. */
+function fileCrc(file: string): { size: number; crc: number } {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(CHUNK);
+    let crc = 0;
+    let size = 0;
+    for (;;) {
+      const n = fs.readSync(fd, buf, 0, CHUNK, null);
+      if (n <= 0) break;
+      crc = native.crc32c(buf.subarray(0, n), crc);
+      size += n;
+    }
+    return { size, crc };
+  } finally { fs.closeSync(fd); }
+}
+
+/**
+ * The supervisor, once the guest runs again: checksums the files (read back, so a short write is
+ * caught now) and writes manifest.json last, atomically.
+ */
+export function sealSnapshot(dir: string, config: VmConfig, ramExtents: number[], pauseMs: number): SnapshotManifest {
+  const files: SnapshotFile[] = [SNAPSHOT_FILES.vm, SNAPSHOT_FILES.pages, SNAPSHOT_FILES.ram].map((name) => {
+    const { size, crc } = fileCrc(path.join(dir, name));
+    return { name, size, crc32c: crc, dataBytes: size };
+  });
+  const m: SnapshotManifest = {
+    format: SNAPSHOT_FORMAT, version: SNAPSHOT_FORMAT_VERSION, snapLayoutVersion: SNAP.VERSION, config, files,
+    createdAt: Date.now() / 1000, pauseMs, ramExtents,
+  };
+  const tmp = path.join(dir, `.${SNAPSHOT_FILES.manifest}.tmp`);
+  fs.writeFileSync(tmp, SnapshotManifestJson.stringify(m), { mode: 0o600 });
+  fs.renameSync(tmp, path.join(dir, SNAPSHOT_FILES.manifest));
+  return m;
+}
+
+/**
+ * Reads DIR's manifest and checks everything that does not need the bulk of the data: format and
+ * versions, the files' sizes, vm.state's header (magic, layout, vCPU count against the manifest's).
+ * Every refusal is a SnapshotError with one line.
+ */
+export function readSnapshotManifest(dir: string): SnapshotManifest {
+  const where = `snapshot ${dir}`;
+  let text: string;
+  try {
+    text = fs.readFileSync(path.join(dir, SNAPSHOT_FILES.manifest), 'utf8');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new SnapshotError(code === 'ENOENT' ? `${where} has no ${SNAPSHOT_FILES.manifest}: not a tsvmm snapshot (or an unfinished one)` : `cannot read ${where}: ${code ?? (e as Error).message}`);
+  }
+  let m: SnapshotManifest;
+  try { m = SnapshotManifestJson.parse(text); } catch (e) { throw new SnapshotError(`${where}: ${SNAPSHOT_FILES.manifest} is malformed (${(e as Error).message})`); }
+  if (m.format !== SNAPSHOT_FORMAT) throw new SnapshotError(`${where} is not a tsvmm snapshot (format "${m.format}")`);
+  if (m.version !== SNAPSHOT_FORMAT_VERSION) throw new SnapshotError(`${where} has format version ${m.version}; this tsvmm reads version ${SNAPSHOT_FORMAT_VERSION}`);
+  if (m.snapLayoutVersion !== SNAP.VERSION) throw new SnapshotError(`${where} saved the VM state in layout version ${m.snapLayoutVersion}; this tsvmm reads version ${SNAP.VERSION}`);
+  const cpus = m.config?.cpus ?? 0;
+  if (cpus < 1 || cpus > SNAP.MAX_VCPUS) throw new SnapshotError(`${where}: its manifest has ${cpus} vCPUs`);
+  const extents = m.ramExtents ?? [];
+  let ramBytes = 0;
+  for (let i = 0; i < extents.length; i += 2) {
+    if (extents[i] % 4096 || extents[i] + extents[i + 1] > m.config.memBytes || (i && extents[i] < extents[i - 2] + extents[i - 1])) {
+      throw new SnapshotError(`${where}: its RAM extents do not fit ${m.config.memBytes} bytes of guest RAM`);
+    }
+    ramBytes += extents[i + 1];
+  }
+  const want: Record<string, number> = { [SNAPSHOT_FILES.vm]: snapshotSize(cpus), [SNAPSHOT_FILES.pages]: STATE_MEMFD_SIZE, [SNAPSHOT_FILES.ram]: ramBytes };
+  for (const [name, size] of Object.entries(want)) {
+    const f = m.files.find((x) => x.name === name);
+    if (!f) throw new SnapshotError(`${where}: its manifest does not list ${name}`);
+    if (f.size !== size) throw new SnapshotError(`${where}: ${name} is listed as ${f.size} bytes; a ${cpus}-vCPU snapshot's is ${size}`);
+    let st: fs.Stats;
+    try { st = fs.statSync(path.join(dir, name)); } catch { throw new SnapshotError(`${where}: ${name} is missing`); }
+    if (st.size !== f.size) throw new SnapshotError(`${where}: ${name} is ${st.size} bytes, its manifest says ${f.size} (truncated or replaced)`);
+  }
+  return m;
+}
+
+/** Reads `file` into `view` from `pos`, continuing `crc`. */
+function readInto(fd: number, view: Uint8Array, pos: number, crc: number): number {
+  for (let at = 0; at < view.byteLength;) {
+    const n = fs.readSync(fd, view, at, Math.min(CHUNK, view.byteLength - at), pos + at);
+    if (n <= 0) throw new SnapshotError('snapshot file ended early');
+    at += n;
+  }
+  return native.crc32c(view, crc);
+}
+
+/**
+ * The supervisor of `tsvmm run --restore`: fills its fresh memfds (guest RAM, state pages, the
+ * keeper's snapshot) from DIR, checking each file's CRC on the way; refuses (SnapshotError, one line)
+ * a file whose CRC does not match or a vm.state that is not a SAVED snapshot of this many vCPUs.
+ */
+export function loadSnapshotInto(dir: string, m: SnapshotManifest, fds: { ram: number; state: number; snap: number }): void {
+  const crcOf = (name: string) => m.files.find((f) => f.name === name)!.crc32c;
+  const check = (name: string, got: number) => {
+    if (got !== crcOf(name)) throw new SnapshotError(`snapshot ${dir}: ${name} fails its CRC (manifest 0x${crcOf(name).toString(16)}, file 0x${got.toString(16)}): refusing a corrupt snapshot`);
+  };
+  const open = (name: string) => fs.openSync(path.join(dir, name), 'r');
+  const cpus = m.config.cpus;
+
+  let fd = open(SNAPSHOT_FILES.vm);
+  const image = new Uint8Array(snapshotSize(cpus));
+  try { check(SNAPSHOT_FILES.vm, readInto(fd, image, 0, 0)); } finally { fs.closeSync(fd); }
+  const view = new SnapshotView(image.buffer);
+  try {
+    view.checkLayout(cpus);
+  } catch (e) {
+    throw new SnapshotError(`snapshot ${dir}: ${(e as Error).message}`);
+  }
+  if (view.stateName !== 'saved') throw new SnapshotError(`snapshot ${dir}: vm.state is in state ${view.stateName}, not a saved snapshot`);
+
+  fd = open(SNAPSHOT_FILES.pages);
+  const pages = new Uint8Array(native.mmap(fds.state, STATE_MEMFD_SIZE, 0, true));
+  try { check(SNAPSHOT_FILES.pages, readInto(fd, pages, 0, 0)); } finally { fs.closeSync(fd); }
+
+  fd = open(SNAPSHOT_FILES.ram);
+  try {
+    const ram = native.mmap(fds.ram, m.config.memBytes, 0, true);
+    let crc = 0;
+    for (let i = 0, pos = 0; i < m.ramExtents.length; pos += m.ramExtents[i + 1], i += 2) {
+      crc = readInto(fd, new Uint8Array(ram, m.ramExtents[i], m.ramExtents[i + 1]), pos, crc);
+    }
+    check(SNAPSHOT_FILES.ram, crc);
+  } finally { fs.closeSync(fd); }
+
+  // Last: the snapshot memfd a restoring vmm claims.
+  fs.writeSync(fds.snap, image, 0, image.byteLength, 0);
+}
