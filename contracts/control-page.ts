@@ -18,6 +18,7 @@
  *     64 console head (u32, bytes ever written, mod 2^32)
  *     68 console logged (u32, how far the priv-domain copied the ring into the log file)
  *     72 console ring size
+ *     76 serial output dropped (u32, bytes the --serial sink refused: a full disk, /dev/full; mod 2^32)
  *   4096 device stats: [MAX_STAT_DEVICES][MAX_STAT_OPS] x {requests, bytes, errors} float64
  *   8192 exit counters: [VCPU_SLOTS][MAX_EXIT_REASONS] float64
  * 262144 console ring (CONSOLE_SIZE bytes)
@@ -37,7 +38,7 @@ export const MAX_STAT_OPS = 8;
 export const CONSOLE_OFFSET = 256 * 1024;
 export const CONSOLE_SIZE = 512 * 1024;
 
-const W = { magic: 0, version: 1, size: 2, pauseReq: 4, parked: 5, cpus: 6, conHead: 16, conLogged: 17, conSize: 18 } as const;
+const W = { magic: 0, version: 1, size: 2, pauseReq: 4, parked: 5, cpus: 6, conHead: 16, conLogged: 17, conSize: 18, serialDropped: 19 } as const;
 const DEV_STATS = 4096;
 const EXITS = 8192;
 
@@ -119,6 +120,11 @@ export class ControlPage {
   get consoleHead(): number { return Atomics.load(this.u32, W.conHead) >>> 0; }
   get consoleLogged(): number { return Atomics.load(this.u32, W.conLogged) >>> 0; }
   set consoleLogged(v: number) { Atomics.store(this.u32, W.conLogged, v | 0); }
+
+  /** Bytes of guest serial output the serial sink refused (mod 2^32). */
+  get serialDropped(): number { return Atomics.load(this.u32, W.serialDropped) >>> 0; }
+  /** The serial sink refused `n` bytes (any vCPU thread): they are still in the console ring. */
+  countSerialDropped(n: number): void { Atomics.add(this.u32, W.serialDropped, n); }
 
   /** One byte of guest serial output (any vCPU thread). */
   consolePush(b: number): void {

@@ -148,6 +148,7 @@ function main(): void {
       return out;
     },
     consoleBytes: () => control?.consoleHead ?? 0,
+    serialDropped: () => control?.serialDropped ?? 0,
   });
 
   const consoleHandler = (req: http.IncomingMessage, res: http.ServerResponse, url: URL) => {

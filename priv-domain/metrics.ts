@@ -21,6 +21,8 @@ export interface MetricsSource {
   /** Seconds since each component's heartbeat last moved (components that beat). */
   heartbeatAges(): Map<string, number>;
   consoleBytes(): number;
+  /** Bytes of serial output the --serial sink refused. */
+  serialDropped(): number;
 }
 
 export const RECOVERY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
@@ -143,6 +145,10 @@ export class Metrics {
     new client.Counter({
       name: 'tsvmm_console_bytes_total', help: 'Bytes of guest serial output.', registers: reg,
       collect() { this.reset(); this.inc(src.consoleBytes()); },
+    });
+    new client.Counter({
+      name: 'tsvmm_serial_dropped_bytes_total', help: 'Bytes of guest serial output the --serial sink refused (a full disk, say); they are still in the console log.', registers: reg,
+      collect() { this.reset(); this.inc(src.serialDropped()); },
     });
     this.apiRequests = new client.Counter({
       name: 'tsvmm_api_requests_total', help: 'Management API requests served by this priv-domain process, by method and status code.',

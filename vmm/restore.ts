@@ -83,7 +83,8 @@ export class SerialLineJournal {
   private len: number;
   private readonly exitReasonOffset: number;
 
-  constructor(private readonly journal: Journal, private readonly outFd: number) {
+  /** `dropped(n, err)`: the serial sink refused a line (a full disk, /dev/full, a closed pipe): the guest runs on. */
+  constructor(private readonly journal: Journal, private readonly outFd: number, private readonly dropped: (n: number, err: Error) => void = () => undefined) {
     this.len = journal.lineLength;
     this.exitReasonOffset = abi('offsetof_kvm_run_exit_reason');
   }
@@ -94,7 +95,13 @@ export class SerialLineJournal {
   }
 
   flush(): void {
-    if (this.len) fs.writeSync(this.outFd, this.journal.line, 0, this.len);
+    if (this.len) {
+      try {
+        fs.writeSync(this.outFd, this.journal.line, 0, this.len);
+      } catch (e) {
+        this.dropped(this.len, e as Error);
+      }
+    }
     this.len = 0;
   }
 

@@ -146,7 +146,16 @@ function main(d: VcpuThreadData): void {
   }
   // The serial line being assembled and the exit journal live in shared memory, so a vmm that
   // dies mid-line or mid-exit loses nothing (vmm/restore.ts, SerialLineJournal).
-  journal = new SerialLineJournal(journalViews, d.outFd);
+  let warned = false;
+  journal = new SerialLineJournal(journalViews, d.outFd, (n, e) => {
+    control?.countSerialDropped(n);
+    if (warned) return;
+    warned = true;
+    try {
+      fs.writeSync(2, `tsvmm vmm: vCPU ${d.id}: the serial output failed (${(e as NodeJS.ErrnoException).code ?? e.message}); dropping guest serial output ` +
+        `(counted in tsvmm_serial_dropped_bytes_total; \`tsvmm console\` still has it)\n`);
+    } catch { /* stderr gone too */ }
+  });
   /** The guest powered off or asked for a reset (a port write): report it. */
   const stopped = (): boolean => {
     if (!stop) return false;
