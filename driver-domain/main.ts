@@ -23,7 +23,8 @@ import { warmUpBlk } from './warm-up';
 import { ServedDevice, serveBlk, serveNet, SLOT_COMPLETION, TAG_SLOTS, tagOf } from './served-device';
 
 function send(msg: ComponentMessage): void {
-  process.send?.({ pb: Buffer.from(ComponentMessageCodec.encode(msg)).toString('base64') });
+  // The supervisor may be gone (killed): a closed channel is not this process's failure, so no throw and no EPIPE event.
+  if (process.connected) process.send?.({ pb: Buffer.from(ComponentMessageCodec.encode(msg)).toString('base64') }, undefined, {}, () => undefined);
 }
 
 /**
@@ -132,6 +133,8 @@ function main(): void {
     const standbyFor = process.env.TSVMM_STANDBY_FOR;
     serve(VmConfigCodec.decode(Buffer.from(b64, 'base64')), standbyFor ? Number(standbyFor) : undefined);
     installTestHooksIfAsked('driver-domain');
+    // The supervisor gone (tsvmm run killed) means the VM is gone: exit rather than run on as an orphan.
+    process.on('disconnect', () => process.exit(0));
   } catch (e) {
     send({ fatal: { message: `driver-domain: ${(e as Error).message}` } });
     setTimeout(() => process.exit(1), 20);

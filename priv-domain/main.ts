@@ -36,7 +36,8 @@ const SNAPSHOT_TIMEOUT_MS = 120_000;
 export const DEFAULT_METRICS_ADDR = '127.0.0.1:9464';
 
 function send(msg: ComponentMessage): void {
-  process.send?.({ pb: Buffer.from(ComponentMessageCodec.encode(msg)).toString('base64') });
+  // The supervisor may be gone (killed): a closed channel is not this process's failure, so no throw and no EPIPE event.
+  if (process.connected) process.send?.({ pb: Buffer.from(ComponentMessageCodec.encode(msg)).toString('base64') }, undefined, {}, () => undefined);
 }
 
 /** HOST:PORT -> [host, port]; "none" -> undefined. */

@@ -37,7 +37,8 @@ const KVM_IDENTITY_MAP_ADDR = 0xfffbc000;
 const DEVICE_WAIT_MS = 10_000;
 
 function send(msg: ComponentMessage): void {
-  process.send?.({ pb: Buffer.from(ComponentMessageCodec.encode(msg)).toString('base64') });
+  // The supervisor may be gone (killed): a closed channel is not this process's failure, so no throw and no EPIPE event.
+  if (process.connected) process.send?.({ pb: Buffer.from(ComponentMessageCodec.encode(msg)).toString('base64') }, undefined, {}, () => undefined);
 }
 
 /** How this vmm starts: a fresh boot, a cold restore (it replaces a dead vmm), or a warm standby. */
@@ -266,6 +267,8 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   // Keep the vCPUs' kvm_run mappings (the keeper reads them) alive with the process.
   (globalThis as { tsvmmVcpus?: Vcpu[] }).tsvmmVcpus = vcpus;
   installTestHooksIfAsked('vmm');
+  // The supervisor gone (tsvmm run killed) means the VM is gone: exit rather than run on as an orphan.
+  process.on('disconnect', () => process.exit(0));
 }
 
 /**
