@@ -179,7 +179,7 @@ export function buildL1Image(opts: { extra?: { src: string; dest: string }[]; ta
     if (fs.statSync(src).isFile()) { add(src, `${L1_TREE}/${rel}`); return; }
     for (const f of files(src, skip)) add(path.join(src, f), `${L1_TREE}/${rel}/${f}`);
   };
-  for (const rel of ['dist', 'guest/out', 'proto', 'bin', 'package.json']) tree(rel, (r) => /\.map$/.test(r));
+  for (const rel of ['dist', 'guest/out', 'bench/out', 'proto', 'bin', 'package.json']) tree(rel, (r) => /\.map$/.test(r));
   for (const f of files(path.join(ROOT, 'build', 'Release'), (r) => !/\.node$/.test(r) && r.includes('.'))) add(path.join(ROOT, 'build', 'Release', f), `${L1_TREE}/build/Release/${f}`);
   tree('node_modules', (r) => SKIP_NODE_MODULES.test(r));
   add(path.join(linuxDir, IMAGE_FILES.kernel), `${L1_LINUX_IMAGE}/${IMAGE_FILES.kernel}`);
@@ -290,10 +290,25 @@ export interface RunOptions {
   nice?: number;
 }
 
+/**
+ * TCG's RDTSC reads this machine's TSC, so L1's TSC runs at this machine's rate; but L1 calibrates
+ * it against an emulated timer during boot, and on a busy machine (qemu starved of CPU) that
+ * calibration came out 10x fast: L1's clock, and the kvm-clock of the guests in it, ran ten times
+ * faster than the wall clock (timeouts inside L1 expired early, RCU stall and soft-lockup reports).
+ * So L1 is told the frequency (tsc_early_khz) and not to distrust its TSC (tsc=reliable: TCG's
+ * pauses would otherwise get it marked unstable).
+ */
+export function tscArgs(): string {
+  try {
+    const m = /^cpu MHz\s*:\s*([\d.]+)/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'));
+    return m ? `tsc_early_khz=${Math.round(Number(m[1]) * 1000)} tsc=reliable ` : 'tsc=reliable ';
+  } catch { return 'tsc=reliable '; }
+}
+
 /** Boot L1, run `command` (sh -c, in /opt/tsvmm), return its status and output. */
 export function runInEmulatedHost(command: string, opts: RunOptions): Promise<RunResult> {
   const enc = Buffer.from(command).toString('base64');
-  const append = `console=ttyS0 panic=-1 quiet loglevel=4 tsc=reliable tsvmm.cmd=${enc}`;
+  const append = `console=ttyS0 panic=-1 quiet loglevel=4 ${tscArgs()}tsvmm.cmd=${enc}`;
   if (append.length > 2000) throw new Error(`the command is too long for the kernel command line (${command.length} bytes; keep it under ~1400)`);
   const args = [
     '-n', String(opts.nice ?? (Number(process.env.TSVMM_EMULATED_HOST_NICE) || 10)), QEMU, '-M', 'q35', '-accel', 'tcg,thread=multi', '-cpu', 'max', '-smp', String(L1_CPUS), '-m', String(L1_MEM_MB),
