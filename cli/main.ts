@@ -302,11 +302,12 @@ async function run(argv: string[]): Promise<number> {
     if (e instanceof SnapshotError) throw new UsageError(e.message, 1);
     throw e;
   }
-  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => sup.stop(`stopped by ${sig}`));
+  process.on('SIGTERM', () => sup.stop('stopped by SIGTERM'));
+  process.on('SIGINT', () => sup.stop('stopped by SIGINT', 130));
   sup.start();
   log(`the guest survives its VMM: run \`kill -9 ${sup.vmmPid}\` (the vmm${sup.driverDomainPid ? `; ${sup.driverDomainPid} is the driver-domain` : ''}) in another terminal and watch it carry on`);
   const r = await sup.done;
-  log(r.code === 0 ? r.reason : `error: ${r.reason}`);
+  log(r.code === 0 || r.requested ? r.reason : `error: ${r.reason}`);
   return r.code;
 }
 

@@ -13,6 +13,8 @@ import { HeldFds } from './spawn';
 export interface RunResult {
   code: number;
   reason: string;
+  /** The user asked for it (tsvmm stop, SIGTERM, SIGINT): not an error. */
+  requested?: boolean;
 }
 
 /** One recovery of any component. */

@@ -133,8 +133,9 @@ export class Supervisor implements LifecycleHost, ControlTarget {
     }
   }
 
-  stop(reason: string): void {
-    this.finish({ code: 130, reason });
+  /** A requested stop (tsvmm stop, SIGTERM: exit 0; SIGINT: 130, as shells expect): not an error. */
+  stop(reason: string, code = 0): void {
+    this.finish({ code, reason, requested: true });
   }
 
   private snapshotting = false;

@@ -220,10 +220,12 @@ describe('tsvmm control-plane verbs', function () {
     assert.match(addr.stderr, /invalid --metrics-addr "nope"/);
   });
 
-  it('stop ends the VM; its record stays in the store', async () => {
+  it('stop ends the VM (a requested stop: tsvmm run exits 0, no "error:"); its record stays in the store', async () => {
     const s = vm.cli(['stop']);
     assert.equal(s.status, 0, s.stderr);
-    await vm.exited;
+    assert.equal(await vm.exited, 0, vm.err());
+    assert.doesNotMatch(vm.err(), /error:/);
+    assert.match(vm.err(), /tsvmm: stopped through the API \(tsvmm stop\)\n/);
     const ls = vm.cli(['ls', '--all', '--json']);
     const rows = JSON.parse(ls.stdout) as { name: string; state: string }[];
     assert.deepEqual(rows.find((r) => r.name === vm.name)?.state, 'stopped');
