@@ -14,7 +14,7 @@ export class VerbError extends Error {
   constructor(message: string, readonly status = 1) { super(message); }
 }
 
-export const VERBS = ['ls', 'ps', 'kill', 'pause', 'resume', 'stop', 'snapshot', 'console', 'metrics', 'events', 'label', 'annotate'];
+export const VERBS = ['ls', 'ps', 'kill', 'pause', 'resume', 'stop', 'snapshot', 'update', 'console', 'metrics', 'events', 'label', 'annotate'];
 
 export const VERBS_HELP = `
   ls         list VMs (--all: also those that are not running)
@@ -24,6 +24,8 @@ export const VERBS_HELP = `
   snapshot   tsvmm snapshot --out DIR [--stop]: save the running VM into the new directory DIR (its
              vCPUs, devices and touched RAM); it resumes, or stops with --stop. tsvmm run --restore DIR
              resumes it
+  update     tsvmm update [vmm|driver-domain|priv-domain|all]: replace the running components with the
+             build installed now, without a guest reboot (a standby of the new build takes over)
   console    show the guest's serial console history, then follow it (--no-follow: history only)
   metrics    print the VM's Prometheus metrics
   events     the VM's lifecycle events from the durable store
@@ -242,6 +244,21 @@ export async function verb(cmd: string, argv: string[]): Promise<number> {
         { pauseMs: number; ramDataBytes: number; state: string };
       if (values.json) { out(JSON.stringify(r, null, 1) + '\n'); return 0; }
       out(`VM ${name}: snapshot in ${dir} (guest paused ${r.pauseMs.toFixed(1)} ms, ${(r.ramDataBytes / 2 ** 20).toFixed(1)} MiB of RAM); ${r.state}\n`);
+      return 0;
+    }
+    case 'update': {
+      const { values, positionals } = parse(argv, {}, 1);
+      const component = positionals[0] ?? 'all';
+      if (!['vmm', 'driver-domain', 'priv-domain', 'all'].includes(component)) throw new VerbError(`usage: tsvmm update [vmm|driver-domain|priv-domain|all] [--name NAME] ("${component}" is not one)`, 2);
+      const name = resolveName(values.name);
+      const r = JSON.parse((await api(name, 'POST', '/v1/vm/update', { component }, { key: `update-${process.pid}-${Date.now()}` })).body) as
+        { vmmPauseMs: number; driverDomainHandoverMs: number };
+      if (values.json) { out(JSON.stringify(r, null, 1) + '\n'); return 0; }
+      const parts = [];
+      if (component === 'vmm' || component === 'all') parts.push(`vmm replaced (guest paused ${r.vmmPauseMs.toFixed(2)} ms)`);
+      if ((component === 'driver-domain' || component === 'all') && r.driverDomainHandoverMs) parts.push(`driver-domain replaced (handover ${r.driverDomainHandoverMs.toFixed(1)} ms)`);
+      if (component === 'priv-domain' || component === 'all') parts.push('priv-domain restarting');
+      out(`VM ${name}: ${parts.join('; ')}\n`);
       return 0;
     }
     case 'metrics': {

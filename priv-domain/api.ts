@@ -231,6 +231,19 @@ async function handle(ctx: ApiContext, req: http.IncomingMessage, res: http.Serv
     });
     return;
   }
+  if (p === '/v1/vm/update') {
+    allow('POST');
+    const o = parseJson(body);
+    onlyFields(o, ['component']);
+    const component = str(o, 'component', false, 32) ?? 'all';
+    if (!['vmm', 'driver-domain', 'priv-domain', 'all'].includes(component)) throw new ApiError(400, `unknown component "${component}" (vmm, driver-domain, priv-domain, all)`);
+    const r = await ctx.command('update', { component });
+    commit(() => {
+      const ev = ctx.store.addEvent(ctx.runId, 'update', { component, vmmPauseMs: r.pauseMs ?? 0, driverDomainHandoverMs: r.handoverMs ?? 0 });
+      return { status: 200, body: { name: ctx.cfg.name, component, vmmPauseMs: r.pauseMs ?? 0, driverDomainHandoverMs: r.handoverMs ?? 0, event: ev.id } };
+    });
+    return;
+  }
   if (p === '/v1/vm/snapshot') {
     allow('POST');
     const o = parseJson(body);

@@ -102,11 +102,11 @@ function main(): void {
   const command = (cmd: string, args: CommandArgs = {}): Promise<ControlReply> => new Promise((resolve, reject) => {
     const id = nextId++;
     // A snapshot writes guest RAM: give it longer.
-    const ms = cmd === 'snapshot' ? SNAPSHOT_TIMEOUT_MS : COMMAND_TIMEOUT_MS;
+    const ms = cmd === 'snapshot' || cmd === 'update' ? SNAPSHOT_TIMEOUT_MS : COMMAND_TIMEOUT_MS;
     const timer = setTimeout(() => { pending.delete(id); reject(new ApiError(504, `the supervisor did not answer "${cmd}" within ${ms} ms`)); }, ms);
     pending.set(id, {
       timer,
-      resolve: (r) => (r.ok ? resolve(r) : reject(new ApiError(/unknown|not running|not killed|not empty|not an absolute|in progress|try again/.test(r.error ?? '') ? 409 : 500, r.error || `${cmd} failed`))),
+      resolve: (r) => (r.ok ? resolve(r) : reject(new ApiError(/unknown|not running|not killed|not empty|not an absolute|in progress|try again|refused/.test(r.error ?? '') ? 409 : 500, r.error || `${cmd} failed`))),
     });
     send({ controlRequest: { id, command: cmd, component: args.component ?? '', signal: args.signal ?? '', dir: args.dir ?? '', stop: args.stop ?? false } });
   });

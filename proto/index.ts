@@ -30,7 +30,7 @@ export type ComponentMessage =
   | { snapshotDone: SnapshotDone };
 
 export interface ControlRequest { id: number; command: string; component?: string; signal?: string; dir?: string; stop?: boolean }
-export interface ControlReply { id: number; ok: boolean; error?: string; pid?: number; pauseMs?: number; ramDataBytes?: number }
+export interface ControlReply { id: number; ok: boolean; error?: string; pid?: number; pauseMs?: number; ramDataBytes?: number; handoverMs?: number }
 export interface SnapshotRequest { dir: string; stop: boolean }
 export interface SnapshotDone { ok: boolean; error?: string; pauseMs: number; ramDataBytes: number; ramExtents?: number[] }
 export interface SnapshotFile { name: string; size: number; crc32c: number; dataBytes: number }
@@ -45,7 +45,8 @@ export interface ComponentStatus {
 export interface ControlStatus { components: ComponentStatus[]; recoveries: RecoveryRecord[]; full: boolean; paused: boolean }
 export type SupervisorMessage = { status: ControlStatus } | { reply: ControlReply } | { finished: { code: number; reason: string } }
   | { armKeeper: { deadPid: number } }
-  | { snapshot: SnapshotRequest };
+  | { snapshot: SnapshotRequest }
+  | { handover: Record<string, never> };
 
 function codec<T>(name: string) {
   const type = root.lookupType(name);

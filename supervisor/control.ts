@@ -59,6 +59,8 @@ export interface ControlTarget {
   readonly recoveries: readonly Recovery[];
   pidOf(component: ControlledComponent): number | undefined;
   stop(reason: string): void;
+  /** tsvmm update: vmm and/or driver-domain replaced by the installed build (not the priv-domain: see execute). */
+  update(component: string): Promise<{ vmmPauseMs?: number; ddMs?: number }>;
   /** tsvmm snapshot: write the VM into `dir` (absolute), then resume it or stop it. */
   snapshot(dir: string, stop: boolean): Promise<{ pauseMs: number; ramDataBytes: number }>;
 }
@@ -214,6 +216,17 @@ export class Control {
             await new Promise((r) => setTimeout(r, 2));
           }
           this.reply({ id, ok: true });
+          return;
+        }
+        case 'update': {
+          const component = req.component || 'all';
+          if (!['vmm', 'driver-domain', 'priv-domain', 'all'].includes(component)) throw new Error(`update: unknown component "${component}" (vmm, driver-domain, priv-domain, all)`);
+          const r = component === 'priv-domain' ? {} : await this.sup.update(component);
+          this.reply({ id, ok: true, pauseMs: r.vmmPauseMs ?? 0, handoverMs: r.ddMs ?? 0 });
+          // The priv-domain serves this request: it goes last, once its answer has left; its
+          // lifecycle starts the installed build in its place.
+          const priv = this.pidOf('priv-domain');
+          if ((component === 'priv-domain' || component === 'all') && priv) setTimeout(() => { try { process.kill(priv, 'SIGTERM'); } catch { /* gone */ } }, 50);
           return;
         }
         case 'snapshot': {

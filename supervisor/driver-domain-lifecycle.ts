@@ -8,7 +8,7 @@ import { componentEntry } from './component-entry';
 import { Component } from '../contracts/state-page';
 import { LifecycleHost } from './lifecycle';
 import { RESTART_LIMITS, RestartPolicy } from './restart-policy';
-import { componentStdio, configEnv, killHung, ReadyMsg, spawnProcess, whenExited } from './spawn';
+import { componentStdio, configEnv, hasExited, killHung, ReadyMsg, spawnProcess, whenExited } from './spawn';
 
 /** After a standby took over, its replacement starts this much later (a Node start competes with the guest). */
 export const STANDBY_RESPAWN_MS = 300;
@@ -49,6 +49,7 @@ export class DriverDomainLifecycle {
           if (child === this.spare) {
             // A standby that failed to build: the primary is fine; drop it (its exit schedules a new one).
             h.log(`driver-domain standby failed: ${m.fatal.message}`);
+            this.spareWait?.(m.fatal.message);
             child.kill('SIGKILL');
             return;
           }
@@ -68,6 +69,7 @@ export class DriverDomainLifecycle {
     if (h.finished) return;
     if (child === this.spare) {
       this.spare = undefined;
+      this.spareWait?.(`it exited (${cause})`);
       this.scheduleSpare(cause);
       return;
     }
@@ -105,8 +107,39 @@ export class DriverDomainLifecycle {
     this.spawn(this.primary.pid);
   }
 
+  /**
+   * tsvmm update driver-domain: a standby started from the build installed now (it waits on a pidfd
+   * of the running one) takes over when the running one is told to go (SIGTERM: it exits at once;
+   * what it had in flight is resubmitted from the queue progress, as after a crash). A standby
+   * that cannot start leaves the driver-domain as it was. Resolves with the handover time.
+   */
+  async update(): Promise<{ ms: number }> {
+    const old = this.primary;
+    if (!old?.pid || this.pending || hasExited(old)) throw new Error('the driver-domain is not serving right now (recovering?); try again');
+    if (this.spare) {
+      const stale = this.spare;
+      this.spare = undefined;
+      stale.kill('SIGKILL');
+      await whenExited(stale);
+    }
+    const ready = new Promise<string | undefined>((resolve) => { this.spareWait = resolve; });
+    this.spawn(old.pid);
+    const why = await ready;
+    this.spareWait = undefined;
+    if (why !== undefined) throw new Error(`update refused, the VM runs on unchanged: the new driver-domain cannot take over: ${why}`);
+    const t0 = process.hrtime.bigint();
+    const served = new Promise<void>((resolve) => { this.tookOver = resolve; });
+    old.kill('SIGTERM');
+    await served;
+    this.tookOver = undefined;
+    return { ms: Number(process.hrtime.bigint() - t0) / 1e6 };
+  }
+  private spareWait?: (failure: string | undefined) => void;
+  private tookOver?: () => void;
+
   private onReady(child: ChildProcess, r: ReadyMsg): void {
-    if (r.standby) return;
+    if (r.standby) { if (child === this.spare) this.spareWait?.(undefined); return; }
+    if (child === this.spare || child === this.primary) this.tookOver?.();
     const readyAt = process.hrtime.bigint();
     if (child === this.spare) {
       // Took over before we saw the primary's exit.

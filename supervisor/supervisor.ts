@@ -138,6 +138,21 @@ export class Supervisor implements LifecycleHost, ControlTarget {
     this.finish({ code, reason, requested: true });
   }
 
+  /**
+   * tsvmm update COMPONENT: replaces the running vmm and/or driver-domain with the build installed
+   * now, through their standby path, without a guest reboot (vmm-lifecycle.ts / driver-domain-lifecycle.ts
+   * update()). The priv-domain is restarted by the caller once it has answered (it serves the request).
+   * A component whose new build cannot take over refuses in one line and the VM runs on as it was.
+   */
+  async update(component: string): Promise<{ vmmPauseMs?: number; ddMs?: number }> {
+    if (this.result) throw new Error('the VM is stopping');
+    if (this.snapshotting) throw new Error('a snapshot is in progress; try again');
+    const r: { vmmPauseMs?: number; ddMs?: number } = {};
+    if (component === 'vmm' || component === 'all') r.vmmPauseMs = (await this.vmm.update()).pauseMs;
+    if ((component === 'driver-domain' || component === 'all') && this.driverDomain) r.ddMs = (await this.driverDomain.update()).ms;
+    return r;
+  }
+
   private snapshotting = false;
 
   /**

@@ -108,6 +108,45 @@ export class VmmLifecycle {
   }
   private snapshotDone?: (d: SnapshotDone) => void;
 
+  /**
+   * tsvmm update vmm: a standby started from the build installed now takes over from the running
+   * vmm, which exits cleanly (status 0) once that standby is ready: its keeper saves the VM and the
+   * standby resumes it (the warm path of a crash, without the crash). A standby that cannot start
+   * (a build whose shared layouts this VM's do not match says so in one line) leaves the VM as it
+   * was. Resolves with the guest's pause (the keeper seeing the old vmm exit -> the vCPUs released).
+   */
+  async update(): Promise<{ pauseMs: number; saveMs: number }> {
+    const h = this.host;
+    const old = this.primary;
+    if (!old || !this.running.has(old) || this.pending || hasExited(old) || this.noRecovery) {
+      throw new Error('the vmm is not running the guest right now (recovering?); try again');
+    }
+    if (this.handingOver) throw new Error('an update of the vmm is already in progress');
+    // A standby already running was started from the build installed then: replace it.
+    if (this.spare) {
+      const stale = this.spare;
+      this.spare = undefined;
+      stale.kill('SIGKILL');
+      await whenExited(stale);
+    }
+    const ready = new Promise<string | undefined>((resolve) => { this.spareWait = resolve; });
+    this.spawn('standby');
+    const why = await ready;
+    this.spareWait = undefined;
+    if (why !== undefined) throw new Error(`update refused, the VM runs on unchanged: the new vmm cannot take over: ${why}`);
+    if (this.primary !== old || hasExited(old) || this.pending) throw new Error('the vmm changed during the update (a recovery); try again');
+    this.handingOver = old;
+    const done = new Promise<{ pauseMs: number; saveMs: number }>((resolve) => { this.updated = resolve; });
+    sendTo(old, { handover: {} });
+    const r = await done;
+    this.updated = undefined;
+    h.log(`vmm updated (guest paused ${r.pauseMs.toFixed(2)} ms)`);
+    return r;
+  }
+  private spareWait?: (failure: string | undefined) => void;
+  private handingOver?: ChildProcess;
+  private updated?: (r: { pauseMs: number; saveMs: number }) => void;
+
   /** The VM is over: keepers first (one that saw its vmm die would save a snapshot nobody needs). */
   stop(): void {
     for (const pid of this.keepers) { try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ } }
@@ -135,6 +174,7 @@ export class VmmLifecycle {
           if (child === this.spare && !this.pending) {
             // A standby that failed to build: the primary is fine; drop it (its exit schedules a new one).
             h.log(`vmm standby failed: ${m.fatal.message}`);
+            this.spareWait?.(m.fatal.message);
             child.kill('SIGKILL');
             return;
           }
@@ -182,9 +222,10 @@ export class VmmLifecycle {
       setTimeout(() => h.finish({ code: 1, reason: `vmm exited (${cause}) after the guest stopped, without reporting why` }), 200);
       return;
     }
-    const d = this.policy.failed(cause);
+    const handover = dead === this.handingOver;
+    const d = handover ? { delayMs: 0 } : this.policy.failed(cause);
     if ('giveUp' in d) { h.finish({ code: 1, reason: `vmm recovery gave up: ${d.giveUp}` }); return; }
-    this.pending ??= { cause, t0: process.hrtime.bigint(), dead };
+    this.pending ??= { cause: handover ? 'update' : cause, t0: process.hrtime.bigint(), dead };
     this.pending.dead = dead;
     if (this.spare) {
       // Warm path: the standby claims the keeper's snapshot by itself (futex). Go cold if it does not.
@@ -221,6 +262,7 @@ export class VmmLifecycle {
 
   private onSpareExit(cause: string): void {
     this.spare = undefined;
+    this.spareWait?.(`it exited (${cause})`);
     if (this.pending) {
       // It died while taking over: whatever it claimed is free again, and a cold vmm finishes the job.
       this.releaseDeadClaim();
@@ -239,7 +281,7 @@ export class VmmLifecycle {
   private onReady(child: ChildProcess, r: ReadyMsg): void {
     const h = this.host;
     if (r.keeperPid) this.trackKeeper(r.keeperPid, child); // a standby's is dormant until it takes over
-    if (r.standby) return;
+    if (r.standby) { if (child === this.spare) this.spareWait?.(undefined); return; }
     const readyAt = process.hrtime.bigint();
     let p = this.pending;
     const warm = child === this.spare;
@@ -268,6 +310,14 @@ export class VmmLifecycle {
     const restartMs = Number(resumed - p.t0) / 1e6;
     const saveMs = r.diedNs && r.savedNs ? (r.savedNs - r.diedNs) / 1e6 : 0;
     const pending = p;
+    if (pending.dead === this.handingOver) {
+      this.handingOver = undefined;
+      void whenExited(pending.dead).then((exitCause) => {
+        h.log(`updated vmm: the new build took over in ${totalMs.toFixed(2)} ms (keeper save ${saveMs.toFixed(2)} ms; the old vmm ${exitCause === 'exit code 0' ? 'exited cleanly' : `exited (${exitCause})`})`);
+        this.updated?.({ pauseMs: totalMs, saveMs });
+      });
+      return;
+    }
     void whenExited(pending.dead).then((exitCause) => {
       const cause = pending.cause || exitCause;
       this.recoveries.push({ cause, totalMs, saveMs, restartMs, warm });

@@ -247,6 +247,9 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
     try { msg = SupervisorMessageCodec.decode(Buffer.from(m.pb, 'base64')); } catch { return; }
     // tsvmm snapshot (contracts/snapshot-dir.ts).
     if ('snapshot' in msg && msg.snapshot) { snapshotNow(msg.snapshot, cfg, pauseCtl); return; }
+    // tsvmm update: a standby of the new build is ready. Exit at once, cleanly: the keeper saves the
+    // VM (completing or recording each vCPU's exit) and the standby resumes it.
+    if ('handover' in msg && msg.handover && !finished && recovery) keeper.exitNow(0);
     // The supervisor saw this vmm's keeper die (or killed it stopped): clone a new one, or the next
     // death of this vmm would lose the guest.
     if (!('armKeeper' in msg) || !msg.armKeeper || finished || !recovery) return;
