@@ -18,7 +18,11 @@
  *     so the per-VM figure falls as N grows.
  *
  *   npx tsc -p . && node dist/bench/footprint.js [--vms 1,4,16] [--rounds R (1)] [--settle MS (3000)]
- *        [--configs tsvmm,standby,qemu] [--kernel FILE] [--qemu BIN] [--json]
+ *        [--configs tsvmm,standby,qemu] [--hang-timeout MS (0)] [--kernel FILE] [--qemu BIN] [--json]
+ *
+ * tsvmm runs with --hang-timeout 0 by default: on a loaded machine a component that misses its
+ * heartbeats for 250 ms is killed and recovered, and a sample taken mid-recovery measures the wrong
+ * processes. A group in which any recovery happened anyway is discarded and started again (3 tries).
  */
 import * as fs from 'fs';
 import * as os from 'os';
@@ -33,15 +37,15 @@ const CMDLINE = 'workload=counter n=0 report=500000000';
 const MEM_MIB = 256;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-interface Options { vms: number[]; rounds: number; settleMs: number; configs: Config[]; kernel: string; qemu: string; json: boolean }
+interface Options { hangTimeoutMs: number; vms: number[]; rounds: number; settleMs: number; configs: Config[]; kernel: string; qemu: string; json: boolean }
 
 function usage(): never {
-  process.stderr.write('usage: node dist/bench/footprint.js [--vms 1,4,16] [--rounds R] [--settle MS] [--configs tsvmm,standby,qemu] [--kernel FILE] [--qemu BIN] [--json]\n');
+  process.stderr.write('usage: node dist/bench/footprint.js [--vms 1,4,16] [--rounds R] [--settle MS] [--configs tsvmm,standby,qemu] [--hang-timeout MS (0)] [--kernel FILE] [--qemu BIN] [--json]\n');
   process.exit(2);
 }
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = { vms: [1, 4], rounds: 1, settleMs: 3000, configs: CONFIGS, kernel: path.join(ROOT, 'guest', 'out', 'guest.elf'), qemu: 'qemu-system-x86_64', json: false };
+  const o: Options = { hangTimeoutMs: 0, vms: [1, 4], rounds: 1, settleMs: 3000, configs: CONFIGS, kernel: path.join(ROOT, 'guest', 'out', 'guest.elf'), qemu: 'qemu-system-x86_64', json: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const val = () => { const v = argv[++i]; if (v === undefined) usage(); return v; };
@@ -50,6 +54,7 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--rounds') o.rounds = int(val());
     else if (a === '--settle') { o.settleMs = Number(val()); if (!(o.settleMs >= 0)) usage(); }
     else if (a === '--configs') { o.configs = val().split(',') as Config[]; if (!o.configs.every((c) => CONFIGS.includes(c))) usage(); }
+    else if (a === '--hang-timeout') { o.hangTimeoutMs = Number(val()); if (!Number.isInteger(o.hangTimeoutMs) || o.hangTimeoutMs < 0) usage(); }
     else if (a === '--kernel') o.kernel = val();
     else if (a === '--qemu') o.qemu = val();
     else if (a === '--json') o.json = true;
@@ -107,7 +112,7 @@ function startVm(o: Options, config: Config, name: string, dir: string): Vm {
       '-drive', `id=d0,file=${disk},format=raw,if=none`, '-device', 'virtio-blk-device,drive=d0',
       '-kernel', o.kernel, '-append', CMDLINE]]
     : [process.execPath, [BIN, 'run', '--name', name, '--metrics-addr', 'none', '--kernel', o.kernel, '--mem', `${MEM_MIB}M`,
-      '--disk', disk, '--cmdline', CMDLINE, ...(config === 'standby' ? ['--standby'] : [])]];
+      '--disk', disk, '--cmdline', CMDLINE, '--hang-timeout', String(o.hangTimeoutMs), ...(config === 'standby' ? ['--standby'] : [])]];
   const t0 = performance.now();
   const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   const vm: Vm = { config, name, child, t0, err: '', ready: new Map(), exited: false, disk };
@@ -175,6 +180,8 @@ async function stopVm(vm: Vm): Promise<void> {
   fs.rmSync(vm.disk, { force: true });
 }
 
+class Recovered extends Error {}
+
 interface Sample { config: Config; n: number; round: number; startMs: number[]; parts: Record<string, number>; infraPerVm: number; ramPerVm: number }
 
 async function runGroup(o: Options, config: Config, n: number, round: number, dir: string): Promise<Sample> {
@@ -190,6 +197,8 @@ async function runGroup(o: Options, config: Config, n: number, round: number, di
     }
     await sleep(o.settleMs);
     const ms = vms.map(measure);
+    const recovered = vms.find((v) => /recovered|standby failed/.test(v.err));
+    if (recovered) throw new Recovered(`${config} ${recovered.name}: a component was recovered during the sample`);
     const parts: Record<string, number> = {};
     for (const m of ms) for (const [k, v] of Object.entries(m.parts)) parts[k] = (parts[k] ?? 0) + v / n;
     return {
@@ -216,7 +225,13 @@ async function main(): Promise<number> {
       for (const n of o.vms) {
         const order = round % 2 ? o.configs : [...o.configs].reverse();
         for (const config of order) {
-          const s = await runGroup(o, config, n, round, dir);
+          let s: Sample | undefined;
+          for (let attempt = 1; !s; attempt++) {
+            try { s = await runGroup(o, config, n, round, dir); } catch (e) {
+              if (!(e instanceof Recovered) || attempt >= 3) throw e;
+              log(`  round ${round} n=${n} ${config}: ${e.message}; again`);
+            }
+          }
           samples.push(s);
           log(`  round ${round} n=${String(n).padStart(2)} ${config.padEnd(7)} start median ${median(s.startMs).toFixed(0)} ms (max ${Math.max(...s.startMs).toFixed(0)})`
             + `  PSS/VM ${(s.infraPerVm / 1024).toFixed(1)} MiB (guest RAM ${(s.ramPerVm / 1024).toFixed(1)} MiB excluded): `

@@ -36,6 +36,7 @@ export class DriverDomainLifecycle {
   private spawn(standbyFor?: number): ChildProcess {
     const h = this.host;
     const child = spawnProcess({
+      component: 'driver-domain',
       script: componentEntry('driver-domain'),
       stdio: componentStdio(h.held, 'driver-domain'),
       // Block I/O that io_uring does not serve inline (large transfers, the thread-pool fallback) runs

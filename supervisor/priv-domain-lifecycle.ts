@@ -62,6 +62,7 @@ export class PrivDomainLifecycle {
     if (this.stopped || this.host.finished) return;
     const h = this.host;
     const child = spawnProcess({
+      component: 'priv-domain',
       script: SCRIPT,
       stdio: ['ignore', 'ignore', 'inherit', 'ipc', 'ignore', h.held.stateFd],
       env: { TSVMM_CONFIG: configEnv(h.cfg), ...this.env },

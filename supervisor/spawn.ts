@@ -5,6 +5,7 @@
  */
 import { ChildProcess, spawn, StdioOptions } from 'child_process';
 import { componentEnv } from './component-env';
+import { componentExecArgv, SpawnedComponent } from './v8-flags';
 import { ComponentMessage, ComponentMessageCodec, SupervisorMessage, SupervisorMessageCodec, VmConfig, VmConfigCodec } from '../proto';
 import { FD } from '../contracts/fds';
 import { deviceStdio, HeldDevice } from './held-devices';
@@ -54,6 +55,8 @@ export function sendTo(child: ChildProcess, msg: SupervisorMessage): void {
 }
 
 export interface SpawnOptions {
+  /** Which component: its V8 flags (supervisor/v8-flags.ts) go before the script. */
+  component: SpawnedComponent;
   /** The script to run with this Node. */
   script: string;
   stdio: StdioOptions;
@@ -64,7 +67,7 @@ export interface SpawnOptions {
 
 /** Spawns a component process; messages arrive decoded, the exit with its cause. */
 export function spawnProcess(o: SpawnOptions): ChildProcess {
-  const child = spawn(process.execPath, [o.script], { stdio: o.stdio, env: componentEnv(o.env) });
+  const child = spawn(process.execPath, [...componentExecArgv(o.component), o.script], { stdio: o.stdio, env: componentEnv(o.env) });
   child.on('error', () => undefined); // a failed spawn also exits
   child.on('exit', (code, signal) => {
     const cause = hangKilled.has(child) ? 'hang' : signal ? `signal ${signal}` : `exit code ${code}`;

@@ -160,6 +160,7 @@ export class VmmLifecycle {
     env.TSVMM_CONFIG = configEnv(h.cfg);
     env.TSVMM_VCPUS = String(h.cfg.cpus); // the vmm starts that many vCPU threads first (vmm/early-vcpu-threads.ts)
     const child = spawnProcess({
+      component: 'vmm',
       script: componentEntry('vmm'),
       stdio: componentStdio(h.held, 'vmm'),
       env,

@@ -10,6 +10,7 @@ import * as path from 'path';
 import { spawnSync } from 'child_process';
 import { BIN, requireKvm, skipBecause, tsvmm } from './helpers/tsvmm';
 import { sleep, startVm, TestVm } from './helpers/control-plane';
+import { COMPONENT_V8_FLAGS, SpawnedComponent } from '../supervisor/v8-flags';
 
 /** The driver-domain's write counter from `tsvmm metrics`. */
 function writes(vm: TestVm): number {
@@ -53,6 +54,17 @@ describe('tsvmm control-plane verbs', function () {
     }
     const table = vm.cli(['ps', '--name', vm.name]);
     assert.match(table.stdout, /^COMPONENT\s+PID\s+STATE\s+UPTIME\s+RESTARTS\s+LAST RECOVERY/);
+  });
+
+  it('each component runs with its own V8 flags (supervisor/v8-flags.ts), the priv-domain with some', () => {
+    assert.ok(COMPONENT_V8_FLAGS['priv-domain'].length > 0);
+    const comps = JSON.parse(vm.cli(['ps', '--json']).stdout) as { name: string; pid: number }[];
+    for (const name of ['vmm', 'driver-domain', 'priv-domain'] as SpawnedComponent[]) {
+      const pid = comps.find((c) => c.name === name)!.pid;
+      const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+      const script = argv.findIndex((a) => a.endsWith('.js'));
+      assert.deepEqual(argv.slice(1, script), COMPONENT_V8_FLAGS[name], `${name}: ${argv.join(' ')}`);
+    }
   });
 
   it('the API socket is mode 0600 in a 0700 directory', () => {
