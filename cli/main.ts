@@ -5,11 +5,13 @@
  */
 import '../contracts/process'; // first: no debugger (the supervisor runs as root)
 import * as fs from 'fs';
+import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
 import { parseArgs } from 'util';
 import { DiskConfig, NetConfig, VmConfig } from '../proto';
-import { MAX_VCPUS, parseSize } from '../contracts/layout';
+import { CMDLINE_MAX, MAX_VCPUS, parseSize } from '../contracts/layout';
+import { encodeCmdline } from '../boot/cmdline';
 import { checkKernel, isLinuxKernel } from '../boot/kernel';
 import { Kvm } from '../kvm/system';
 import { detectSoftwareKvm, softwareKvmRefusal } from '../kvm/pvm';
@@ -17,9 +19,10 @@ import { defaultImageDir, IMAGE_FILES, imageCommand, LINUX_CMDLINE } from './ima
 import { Supervisor, SupervisorOptions } from '../supervisor/supervisor';
 import { readSnapshotManifest } from '../contracts/snapshot-dir';
 import { SnapshotError } from '../contracts/snapshot';
+import { quietStdio } from '../supervisor/quiet-stdio';
 import { DEFAULT_GEOMETRY } from '../contracts/state-page';
 import { verb, VerbError, VERBS, VERBS_HELP } from './verbs';
-import { badName, pidAlive, vmPaths } from '../contracts/paths';
+import { badName, readSupervisorPid } from '../contracts/paths';
 
 export const DEFAULT_GUEST = path.resolve(__dirname, '..', '..', 'guest', 'out', 'guest.elf');
 export const DEFAULT_DEMO_CMDLINE = 'workload=counter n=15000000000 report=500000000';
@@ -116,12 +119,29 @@ export function parseDisk(spec: string): DiskConfig {
   }
   if (!st.isFile() && !st.isBlockDevice()) throw new UsageError(`disk image ${file} is not a regular file or block device`);
   if (st.size < 512 || st.size % 512 !== 0) throw new UsageError(`disk image ${file} is ${st.size} bytes: it must be a non-zero multiple of 512`);
+  // Root opens anything for writing: a file its owner made read-only (chmod 444) is refused unless ,ro.
+  if (!readOnly && st.isFile() && (st.mode & 0o222) === 0) {
+    throw new UsageError(`disk image ${file} is read-only (mode ${(st.mode & 0o777).toString(8)}): add ,ro to use it read-only`);
+  }
   try {
     fs.closeSync(fs.openSync(file, readOnly ? 'r' : 'r+'));
   } catch (e) {
     throw new UsageError(`cannot open disk image ${file} ${readOnly ? 'for reading' : 'for writing (add ,ro for a read-only disk)'}: ${(e as NodeJS.ErrnoException).code}`);
   }
   return { path: path.resolve(file), readOnly };
+}
+
+/** The same file (by device and inode, whatever the path) given twice would be two disks writing one image. */
+function distinctDisks(disks: DiskConfig[]): DiskConfig[] {
+  const seen = new Map<string, string>();
+  for (const d of disks) {
+    const st = fs.statSync(d.path);
+    const key = st.isBlockDevice() ? `b${st.rdev}` : `${st.dev}:${st.ino}`;
+    const first = seen.get(key);
+    if (first !== undefined) throw new UsageError(`disk image ${d.path} is given twice${first !== d.path ? ` (also as ${first})` : ''}: each --disk needs its own image`);
+    seen.set(key, d.path);
+  }
+  return disks;
 }
 
 /** --net tap=NAME[,mac=MAC] */
@@ -147,9 +167,9 @@ export function parseNet(spec: string): NetConfig {
 function checkName(name: string): string {
   const why = badName(name);
   if (why) throw new UsageError(why);
-  let pid = 0;
-  try { pid = Number(fs.readFileSync(vmPaths(name).pidFile, 'utf8')); } catch { /* no VM by that name */ }
-  if (pid && pid !== process.pid && pidAlive(pid)) throw new UsageError(`a VM named "${name}" is already running (supervisor pid ${pid})`);
+  let pid: number | undefined;
+  try { pid = readSupervisorPid(name); } catch { pid = undefined; /* someone else's: the runtime dir says so later */ }
+  if (pid && pid !== process.pid) throw new UsageError(`a VM named "${name}" is already running (supervisor pid ${pid})`);
   return name;
 }
 
@@ -239,6 +259,11 @@ function parseBoot(argv: string[]): VmConfig {
   if (initrd !== undefined) checkInitrd(initrd);
   const disks = [...(imageDir && !values.disk ? [path.join(imageDir, IMAGE_FILES.rootfs)] : []), ...(values.disk ?? [])];
   const cmdline = values.cmdline ?? (linux ? LINUX_CMDLINE : values.kernel ? '' : DEFAULT_DEMO_CMDLINE);
+  try {
+    encodeCmdline(cmdline, CMDLINE_MAX);
+  } catch (e) {
+    throw new UsageError(`invalid --cmdline: ${(e as Error).message}`);
+  }
 
   let memBytes: number;
   try {
@@ -279,7 +304,7 @@ function parseBoot(argv: string[]): VmConfig {
     name: checkName(values.name ?? `tsvmm-${process.pid}`), metricsAddr: checkMetricsAddr(values['metrics-addr']),
     kernel: path.resolve(kernel), cmdline, memBytes, cpus,
     serialPath: values.serial ? path.resolve(values.serial) : '',
-    disks: disks.map(parseDisk), nets: (values.net ?? []).map(parseNet),
+    disks: distinctDisks(disks.map(parseDisk)), nets: (values.net ?? []).map(parseNet),
     initrd: initrd ? path.resolve(initrd) : '',
   };
 }
@@ -292,9 +317,30 @@ export function parseRecoveryOptions(argv: string[]): { standby: boolean; hangTi
   return { standby: values.standby === true, hangTimeoutMs: t === undefined ? undefined : Number(t) };
 }
 
+/**
+ * A --metrics-addr the user gave must be one we can listen on: a busy or foreign address is an
+ * error now, not a warning later. (The default address, busy because another VM has it, only
+ * warns: `tsvmm metrics` still serves them.)
+ */
+function probeMetricsAddr(addr: string): Promise<void> {
+  if (addr === 'none' || addr === '') return Promise.resolve();
+  const m = /^(\[[0-9a-fA-F:.]+\]|[^:\s]+):(\d{1,5})$/.exec(addr)!;
+  const host = m[1].replace(/^\[|\]$/g, '');
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', (e: NodeJS.ErrnoException) => {
+      const why = e.code === 'EADDRINUSE' ? 'the address is in use (another VM? pick another port, port 0 for any free one, or none)'
+        : e.code === 'EADDRNOTAVAIL' || e.code === 'ENOTFOUND' || e.code === 'EAI_AGAIN' ? 'no such local address' : e.code ?? e.message;
+      reject(new UsageError(`cannot serve metrics on ${addr}: ${why}`));
+    });
+    srv.listen(Number(m[2]), host, () => srv.close(() => resolve()));
+  });
+}
+
 async function run(argv: string[]): Promise<number> {
   const { cfg, restore } = parseRunOptions(argv);
-  const log = (line: string) => process.stderr.write(`tsvmm: ${line}\n`);
+  await probeMetricsAddr(cfg.metricsAddr ?? '');
+  const log = quietStdio();
   let sup: Supervisor;
   try {
     sup = new Supervisor(cfg, { log, restore, ...parseRecoveryOptions(argv) });

@@ -8,13 +8,13 @@ import * as fs from 'fs';
 import * as http from 'http';
 import * as path from 'path';
 import { parseArgs } from 'util';
-import { badName, listRuntimeNames, listStateNames, pidAlive, vmPaths } from '../contracts/paths';
+import { badName, listRuntimeNames, listStateNames, readSupervisorPid, vmPaths } from '../contracts/paths';
 
 export class VerbError extends Error {
   constructor(message: string, readonly status = 1) { super(message); }
 }
 
-export const VERBS = ['ls', 'ps', 'kill', 'pause', 'resume', 'stop', 'snapshot', 'update', 'console', 'metrics', 'events', 'label', 'annotate'];
+export const VERBS = ['ls', 'ps', 'kill', 'pause', 'resume', 'stop', 'snapshot', 'update', 'console', 'metrics', 'events', 'label', 'annotate', 'rm'];
 
 export const VERBS_HELP = `
   ls         list VMs (--all: also those that are not running)
@@ -30,6 +30,7 @@ export const VERBS_HELP = `
   metrics    print the VM's Prometheus metrics
   events     the VM's lifecycle events from the durable store
   label      tsvmm label KEY [VALUE]: show or set a label;  annotate TEXT: add an annotation
+  rm         tsvmm rm NAME: remove a stopped VM's state (its store and console log)
   These take --name NAME (optional when one VM is running) and --json (ls, ps, events).
 `;
 
@@ -67,7 +68,7 @@ const TRANSIENT = new Set(['ECONNREFUSED', 'ENOENT', 'ECONNRESET', 'EPIPE']);
 /** Is the VM's supervisor alive (the priv-domain may be restarting)? */
 function supervisorAlive(name: string): boolean {
   try {
-    return pidAlive(Number(fs.readFileSync(vmPaths(name).pidFile, 'utf8')));
+    return readSupervisorPid(name) !== undefined;
   } catch (e) {
     // Someone else's VM: let the connection attempt say so.
     return (e as NodeJS.ErrnoException).code === 'EACCES';
@@ -197,7 +198,7 @@ export async function verb(cmd: string, argv: string[]): Promise<number> {
         else {
           try { state = (JSON.parse((await request(p.socket, 'GET', '/v1/vm')).body) as { state: string }).state; } catch { /* keep */ }
         }
-        rows.push({ name, state, pid: Number(fs.readFileSync(p.pidFile, 'utf8')), socket: p.socket });
+        rows.push({ name, state, pid: readSupervisorPid(name) ?? 0, socket: p.socket });
       }
       if (values.all) for (const name of listStateNames()) if (!running.includes(name)) rows.push({ name, state: 'stopped', pid: 0, socket: '' });
       if (values.json) { out(JSON.stringify(rows, null, 1) + '\n'); return 0; }
@@ -294,6 +295,20 @@ export async function verb(cmd: string, argv: string[]): Promise<number> {
     }
     case 'console':
       return consoleVerb(argv);
+    case 'rm': {
+      const { values, positionals } = parse(argv, {}, 1);
+      const name = positionals[0] ?? values.name;
+      if (!name) throw new VerbError('usage: tsvmm rm NAME (a stopped VM; tsvmm ls --all lists them)', 2);
+      const why = badName(name);
+      if (why) throw new VerbError(why, 2);
+      if (supervisorAlive(name)) throw new VerbError(`VM "${name}" is running: stop it first (tsvmm stop --name ${name})`);
+      const p = vmPaths(name);
+      if (!fs.existsSync(p.stateDir)) throw new VerbError(`no VM named "${name}" has any state here (tsvmm ls --all lists them)`);
+      fs.rmSync(p.stateDir, { recursive: true, force: true });
+      fs.rmSync(p.runDir, { recursive: true, force: true }); // a stale one, left by a VM that did not end cleanly
+      out(`removed VM ${name} (${p.stateDir})\n`);
+      return 0;
+    }
     default:
       throw new VerbError(`unknown command "${cmd}"`, 2);
   }

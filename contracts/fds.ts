@@ -14,6 +14,8 @@ export const FD = {
   SERIAL_OUT: 6,
   /** The vmm's snapshot memfd: exit journals + what its keeper saves when it dies (contracts/snapshot.ts). */
   SNAPSHOT: 7,
+  /** The VM's configuration: a memfd holding the encoded VmConfig (recovery/component-config.ts). */
+  CONFIG: 8,
 } as const;
 
 /**

@@ -5,7 +5,9 @@
  *   runtime dir (gone at reboot): $TSVMM_RUNTIME_DIR, else /run/tsvmm for root, else
  *     $XDG_RUNTIME_DIR/tsvmm, else /tmp/tsvmm-$UID. Mode 0700.
  *       <name>/api.sock         the priv-domain's HTTP+JSON API (mode 0600, directory 0700)
- *       <name>/supervisor.pid   the supervisor that owns the name
+ *       <name>/supervisor.pid   the supervisor that owns the name: "PID STARTTICKS"
+ *       <name>/run.pb, supervisor.sock, adopt.lock/   for adopting the VM when its supervisor
+ *                               dies (recovery/run-record.ts)
  *   state dir (survives reboots): $TSVMM_STATE_DIR, else /var/lib/tsvmm for root, else
  *     $XDG_STATE_HOME/tsvmm, else ~/.local/state/tsvmm. Mode 0700.
  *       vms/<name>/tsvmm.db     the durable store (priv-domain/store.ts)
@@ -89,5 +91,59 @@ export function pidAlive(pid: number): boolean {
     return true;
   } catch (e) {
     return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** /proc/PID/stat starttime (clock ticks since boot): with the pid, names one process for good. */
+export function startTicks(pid: number): number | undefined {
+  try {
+    const st = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
+    return Number(st.slice(st.lastIndexOf(')') + 2).split(' ')[19]);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Has `pid` exited, not reaped yet (a dead supervisor whose parent has not waited for it)? */
+function zombie(pid: number): boolean {
+  try {
+    const st = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
+    return st[st.lastIndexOf(')') + 2] === 'Z';
+  } catch {
+    return false;
+  }
+}
+
+/** Writes <runtime>/<name>/supervisor.pid for this process: "PID STARTTICKS". */
+export function writeSupervisorPid(p: VmPaths): void {
+  fs.writeFileSync(p.pidFile, `${process.pid} ${startTicks(process.pid) ?? 0}\n`, { mode: 0o600 });
+}
+
+/**
+ * The pid of VM `name`'s supervisor if it is alive: the pid in supervisor.pid, still running and
+ * started when the file says (a pid recycled by an unrelated process does not count; a file
+ * without a start time, from an older tsvmm, counts only for a process whose command line names
+ * tsvmm). undefined for none; throws EACCES (someone else's VM).
+ */
+export function readSupervisorPid(name: string): number | undefined {
+  let text: string;
+  try {
+    text = fs.readFileSync(vmPaths(name).pidFile, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EACCES') throw e;
+    return undefined;
+  }
+  const [pidText, ticksText] = text.trim().split(/\s+/);
+  const pid = Number(pidText);
+  if (!Number.isInteger(pid) || pid <= 0 || !pidAlive(pid) || zombie(pid)) return undefined;
+  if (ticksText !== undefined) {
+    const now = startTicks(pid);
+    // Not readable (another user's process under hidepid): trust the file.
+    return now === undefined || now === Number(ticksText) ? pid : undefined;
+  }
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1').includes('tsvmm') ? pid : undefined;
+  } catch {
+    return pid;
   }
 }

@@ -156,6 +156,7 @@ export class SnapshotView {
   get ncpus(): number { return this.u32(H('ncpus')); }
   get generation(): number { return this.u32(H('generation')); }
   get keeperPid(): number { return this.u32(H('keeper_pid')); }
+  get vmmPid(): number { return this.u32(H('vmm_pid')); }
   get diedNs(): bigint { return this.dv.getBigUint64(H('died_ns'), true); }
   get savedNs(): bigint { return this.dv.getBigUint64(H('saved_ns'), true); }
   get journalOffset(): number { return this.u32(H('journal_offset')); }

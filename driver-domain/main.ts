@@ -12,7 +12,9 @@
  */
 import { exitOnUncaughtException, installTestHooksIfAsked } from '../contracts/process'; // first: no debugger, before anything else runs
 import { poller } from '../native/kvm';
-import { ComponentMessage, ComponentMessageCodec, VmConfig, VmConfigCodec } from '../proto';
+import { ComponentMessage, VmConfig } from '../proto';
+import { componentConfig } from '../contracts/component-config';
+import { toSupervisor, watchSupervisor } from '../contracts/orphan';
 import { Component, HEARTBEAT_MS, mapDevicePage } from '../contracts/state-page';
 import { mapGuestRam } from '../contracts/guest-ram';
 import { deviceList } from '../contracts/device-list';
@@ -22,9 +24,9 @@ import { keeper } from '../contracts/snapshot';
 import { warmUpBlk } from './warm-up';
 import { ServedDevice, serveBlk, serveNet, SLOT_COMPLETION, TAG_SLOTS, tagOf } from './served-device';
 
+/** To the supervisor: over IPC, or to the one that adopted us if it died (recovery/orphan.ts). */
 function send(msg: ComponentMessage): void {
-  // The supervisor may be gone (killed): a closed channel is not this process's failure, so no throw and no EPIPE event.
-  if (process.connected) process.send?.({ pb: Buffer.from(ComponentMessageCodec.encode(msg)).toString('base64') }, undefined, {}, () => undefined);
+  toSupervisor(msg);
 }
 
 /**
@@ -84,6 +86,7 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
     }
     setInterval(() => page.beat(Component.DriverDomain), HEARTBEAT_MS);
     page.beat(Component.DriverDomain);
+    serving = true;
     send({ ready: { component: 'driver-domain', pid: process.pid, warm, diedNs: Number(diedNs), resumedNs: Number(resumedNs) } });
   };
   // Warm the block path's JIT up while no guest I/O can be waiting for it: at boot (no device live
@@ -122,16 +125,28 @@ function waitForDeath(pid: number): bigint {
   }
 }
 
+/** Serving the guest's devices (a standby: it took over). */
+let serving = false;
+
 function main(): void {
   exitOnUncaughtException('driver-domain');
-  const b64 = process.env.TSVMM_CONFIG;
-  if (!b64) {
+  const cfg = componentConfig();
+  if (!cfg) {
     process.stderr.write('tsvmm driver-domain: this process is started by `tsvmm run`, not by hand\n');
     process.exit(2);
   }
+  const standbyFor = process.env.TSVMM_STANDBY_FOR;
+  // Our supervisor dying is not the guest's end: a new one adopts us (recovery/orphan.ts).
+  watchSupervisor({
+    role: 'driver-domain', name: cfg.name,
+    adoptable: () => serving,
+    giveUp: (why) => {
+      if (serving) process.stderr.write(`tsvmm driver-domain: ${why}: exiting\n`);
+      process.exit(serving ? 1 : 0);
+    },
+  });
   try {
-    const standbyFor = process.env.TSVMM_STANDBY_FOR;
-    serve(VmConfigCodec.decode(Buffer.from(b64, 'base64')), standbyFor ? Number(standbyFor) : undefined);
+    serve(cfg, standbyFor ? Number(standbyFor) : undefined);
     installTestHooksIfAsked('driver-domain');
     // The supervisor gone (tsvmm run killed) means the VM is gone: exit rather than run on as an orphan.
     process.on('disconnect', () => process.exit(0));

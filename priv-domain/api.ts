@@ -52,9 +52,13 @@ function readBody(req: http.IncomingMessage): Promise<string> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let n = 0;
+    // Over the limit: answer 413 at once and discard the rest of the body (closing the connection
+    // instead would leave the client with a reset and no answer).
+    const tooBig = () => { req.removeAllListeners('data'); req.resume(); reject(new ApiError(413, `request body over ${MAX_BODY} bytes`)); };
+    if (Number(req.headers['content-length'] ?? 0) > MAX_BODY) { tooBig(); return; }
     req.on('data', (c: Buffer) => {
       n += c.length;
-      if (n > MAX_BODY) { reject(new ApiError(413, `request body over ${MAX_BODY} bytes`)); req.destroy(); return; }
+      if (n > MAX_BODY) { tooBig(); return; }
       chunks.push(c);
     });
     req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
@@ -100,7 +104,7 @@ export function createApiHandler(ctx: ApiContext, consoleHandler: (req: http.Inc
     handle(ctx, req, res, consoleHandler).catch((e: unknown) => {
       const err = e instanceof ApiError ? e : new ApiError(500, `internal error: ${(e as Error).message}`);
       if (res.headersSent) { res.destroy(); return; }
-      send(res, { status: err.status, body: { error: err.message } });
+      send(res, { status: err.status, body: { error: err.message }, headers: err.status === 413 ? { Connection: 'close' } : undefined });
     });
   };
 }

@@ -29,6 +29,7 @@ import { mkdirPrivate, vmPaths } from '../contracts/paths';
 import { Store } from './store';
 import { Metrics, HEARTBEAT_COMPONENTS } from './metrics';
 import { ApiError, CommandArgs, createApiHandler } from './api';
+import { componentConfig } from '../contracts/component-config';
 
 const CONSOLE_POLL_MS = 50;
 const COMMAND_TIMEOUT_MS = 5000;
@@ -49,12 +50,11 @@ export function parseMetricsAddr(addr: string): { host: string; port: number } |
 }
 
 function main(): void {
-  const b64 = process.env.TSVMM_CONFIG;
-  if (!b64) {
+  const cfg = componentConfig();
+  if (!cfg) {
     process.stderr.write('tsvmm priv-domain: this process is started by `tsvmm run`, not by hand\n');
     process.exit(2);
   }
-  const cfg: VmConfig = VmConfigCodec.decode(Buffer.from(b64, 'base64'));
   const runId = process.env.TSVMM_RUN_ID ?? `${process.ppid}`;
   const startedAt = Date.now() / 1000;
   const paths = vmPaths(cfg.name);

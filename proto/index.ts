@@ -27,7 +27,8 @@ export type ComponentMessage =
   | { fatal: { message: string } }
   | { controlRequest: ControlRequest }
   | { keeperArmed: { pid: number; error?: string } }
-  | { snapshotDone: SnapshotDone };
+  | { snapshotDone: SnapshotDone }
+  | { orphan: { component: string; pid: number } };
 
 export interface ControlRequest { id: number; command: string; component?: string; signal?: string; dir?: string; stop?: boolean }
 export interface ControlReply { id: number; ok: boolean; error?: string; pid?: number; pauseMs?: number; ramDataBytes?: number; handoverMs?: number }
@@ -47,6 +48,8 @@ export type SupervisorMessage = { status: ControlStatus } | { reply: ControlRepl
   | { armKeeper: { deadPid: number } }
   | { snapshot: SnapshotRequest }
   | { handover: Record<string, never> };
+export interface ProcessRef { role: string; pid: number; startTicks: number }
+export interface RunRecord { runId: string; standby: boolean; hangTimeoutMs: number; processes: ProcessRef[]; supervisors: number; startedAt: number }
 
 function codec<T>(name: string) {
   const type = root.lookupType(name);
@@ -87,3 +90,4 @@ export const SnapshotManifestJson = jsonCodec<SnapshotManifest>('tsvmm.SnapshotM
 export const VmConfigCodec = codec<VmConfig>('tsvmm.VmConfig');
 export const ComponentMessageCodec = codec<ComponentMessage>('tsvmm.ComponentMessage');
 export const SupervisorMessageCodec = codec<SupervisorMessage>('tsvmm.SupervisorMessage');
+export const RunRecordCodec = codec<RunRecord>('tsvmm.RunRecord');

@@ -14,7 +14,7 @@ import {
   ComponentStatus, ControlReply, ControlRequest, ControlStatus, RecoveryRecord, SupervisorMessage, VmConfig,
 } from '../proto';
 import { ControlPage } from '../contracts/control-page';
-import { mkdirPrivate, vmPaths, VmPaths } from '../contracts/paths';
+import { mkdirPrivate, vmPaths, VmPaths, writeSupervisorPid } from '../contracts/paths';
 import type { Recovery, RunResult } from './lifecycle';
 import { KILL_COMPONENTS, KillComponent, killSignal } from '../contracts/signals';
 
@@ -63,6 +63,8 @@ export interface ControlTarget {
   update(component: string): Promise<{ vmmPauseMs?: number; ddMs?: number }>;
   /** tsvmm snapshot: write the VM into `dir` (absolute), then resume it or stop it. */
   snapshot(dir: string, stop: boolean): Promise<{ pauseMs: number; ramDataBytes: number }>;
+  /** Adopt mode: the run this supervisor took over from a dead one (supervisor/adopt.ts). */
+  readonly adoption?: { runId: string; supervisors: number };
 }
 
 /** How the relay reaches the priv-domain. */
@@ -90,9 +92,10 @@ export class Control {
 
   constructor(private readonly sup: ControlTarget, private readonly log: (line: string) => void = () => undefined) {
     this.page = ControlPage.map(sup.stateFd);
-    this.page.init(sup.cfg.cpus);
+    // An adopting supervisor finds the page in use (console ring, counters, pause flag): as it is.
+    if (!sup.adoption) this.page.init(sup.cfg.cpus);
     this.paths = vmPaths(sup.cfg.name);
-    this.runId = `${process.pid}-${Math.round(this.startedAt * 1000)}`;
+    this.runId = sup.adoption?.runId ?? `${process.pid}-${Math.round(this.startedAt * 1000)}`;
   }
 
   /** The runtime directory and pid file, then the status relay to `priv` (started by the caller). */
@@ -101,7 +104,7 @@ export class Control {
     try {
       mkdirPrivate(path.dirname(this.paths.runDir));
       mkdirPrivate(this.paths.runDir);
-      fs.writeFileSync(this.paths.pidFile, `${process.pid}\n`, { mode: 0o600 });
+      writeSupervisorPid(this.paths);
     } catch (e) {
       this.log(`control plane: cannot create ${this.paths.runDir}: ${(e as Error).message}`);
     }
@@ -147,7 +150,8 @@ export class Control {
       this.recs.push({ component: r.component, cause: r.cause, seconds: r.ms / 1000, at: Date.now() / 1000 });
     }
     const components: ComponentStatus[] = [
-      { name: 'supervisor', pid: process.pid, state: 'running', startedAt: processStartTime(process.pid) ?? this.startedAt, restarts: 0, lastRecovery: null },
+      // Restarts: every supervisor this VM had before this one (each adopted it from the last).
+      { ...this.component('supervisor', process.pid), startedAt: processStartTime(process.pid) ?? this.startedAt, restarts: this.sup.adoption?.supervisors ?? 0 },
       this.component('vmm', this.sup.pidOf('vmm')),
     ];
     // The keeper that would save the running vmm (none for a moment after it died, until re-armed).
@@ -261,7 +265,7 @@ export class Control {
     if (recorded === 'timeout') this.log('control plane: the priv-domain did not record the VM\'s exit in time');
     else if (recorded !== 'recorded') this.log('control plane: the priv-domain was not running: the VM\'s exit is not in its store');
     try {
-      const pid = Number(fs.readFileSync(this.paths.pidFile, 'utf8'));
+      const pid = Number(fs.readFileSync(this.paths.pidFile, 'utf8').split(' ')[0]);
       if (pid === process.pid) fs.rmSync(this.paths.runDir, { recursive: true, force: true });
     } catch { /* not ours, or gone */ }
   }

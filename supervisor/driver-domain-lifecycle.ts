@@ -8,7 +8,7 @@ import { componentEntry } from './component-entry';
 import { Component } from '../contracts/state-page';
 import { LifecycleHost } from './lifecycle';
 import { RESTART_LIMITS, RestartPolicy } from './restart-policy';
-import { componentStdio, configEnv, hasExited, killHung, ReadyMsg, spawnProcess, whenExited } from './spawn';
+import { componentStdio, hasExited, killHung, ReadyMsg, spawnProcess, whenExited } from './spawn';
 
 /** After a standby took over, its replacement starts this much later (a Node start competes with the guest). */
 export const STANDBY_RESPAWN_MS = 300;
@@ -33,15 +33,29 @@ export class DriverDomainLifecycle {
     this.primary?.kill('SIGKILL');
   }
 
-  private spawn(standbyFor?: number): ChildProcess {
+  /**
+   * Adopt mode: the dead supervisor's driver-domain is ours now (watched once it serves; a new one
+   * if none was left).
+   */
+  adopt(dd: ChildProcess | undefined, serving: boolean): void {
+    if (!dd) { this.spawn(); return; }
+    this.spawn(undefined, dd);
+    if (serving) {
+      this.host.hangWatch.watchHeartbeat(dd, 'driver-domain', dd.pid, Component.DriverDomain, () => killHung(dd));
+      if (this.host.standby) setTimeout(() => this.startSpare(), STANDBY_RESPAWN_MS);
+    }
+  }
+
+  private spawn(standbyFor?: number, adopted?: ChildProcess): ChildProcess {
     const h = this.host;
     const child = spawnProcess({
       component: 'driver-domain',
+      adopted,
       script: componentEntry('driver-domain'),
       stdio: componentStdio(h.held, 'driver-domain'),
       // Block I/O that io_uring does not serve inline (large transfers, the thread-pool fallback) runs
       // on libuv's pool: give the driver-domain a deep one.
-      env: { TSVMM_CONFIG: configEnv(h.cfg), UV_THREADPOOL_SIZE: '64', ...(standbyFor ? { TSVMM_STANDBY_FOR: String(standbyFor) } : {}) },
+      env: { UV_THREADPOOL_SIZE: '64', ...(standbyFor ? { TSVMM_STANDBY_FOR: String(standbyFor) } : {}) },
       onMessage: (m) => {
         if ('ready' in m && m.ready) {
           h.log(`driver-domain${m.ready.standby ? ' standby' : ''} ready (pid ${m.ready.pid})`);
@@ -61,6 +75,7 @@ export class DriverDomainLifecycle {
     });
     if (standbyFor) this.spare = child;
     else this.primary = child;
+    h.processesChanged();
     return child;
   }
 

@@ -41,4 +41,6 @@ export interface LifecycleHost {
   finish(r: RunResult): void;
   /** True once the VM has ended: lifecycles start nothing new. */
   readonly finished: boolean;
+  /** A component's pid changed: the run record (contracts/run-record.ts) is rewritten. */
+  processesChanged(): void;
 }

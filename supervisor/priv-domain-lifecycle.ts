@@ -11,7 +11,7 @@ import { Component } from '../contracts/state-page';
 import { ControlRequest, SupervisorMessage } from '../proto';
 import { LifecycleHost, RunResult } from './lifecycle';
 import { RESTART_LIMITS, RestartPolicy } from './restart-policy';
-import { configEnv, hasExited, killHung, sendTo, spawnProcess, whenExited } from './spawn';
+import { hasExited, killHung, sendTo, spawnProcess, whenExited } from './spawn';
 
 const SCRIPT = path.resolve(__dirname, '..', 'priv-domain', 'main.js');
 
@@ -64,8 +64,8 @@ export class PrivDomainLifecycle {
     const child = spawnProcess({
       component: 'priv-domain',
       script: SCRIPT,
-      stdio: ['ignore', 'ignore', 'inherit', 'ipc', 'ignore', h.held.stateFd],
-      env: { TSVMM_CONFIG: configEnv(h.cfg), ...this.env },
+      stdio: ['ignore', 'ignore', 'inherit', 'ipc', 'ignore', h.held.stateFd, 'ignore', 'ignore', h.held.configFd],
+      env: { ...this.env },
       onMessage: (m) => {
         if (child !== this.child) return;
         if ('ready' in m && m.ready) this.onReady(child, m.ready.pid);

@@ -5,8 +5,9 @@
  */
 import { ChildProcess, spawn, StdioOptions } from 'child_process';
 import { componentEnv } from './component-env';
+import * as path from 'path';
 import { componentExecArgv, SpawnedComponent } from './v8-flags';
-import { ComponentMessage, ComponentMessageCodec, SupervisorMessage, SupervisorMessageCodec, VmConfig, VmConfigCodec } from '../proto';
+import { ComponentMessage, ComponentMessageCodec, SupervisorMessage, SupervisorMessageCodec } from '../proto';
 import { FD } from '../contracts/fds';
 import { deviceStdio, HeldDevice } from './held-devices';
 
@@ -17,6 +18,8 @@ export interface HeldFds {
   readonly serialFd: number;
   /** The vmm's snapshot memfd (contracts/snapshot.ts). */
   readonly snapFd: number;
+  /** The encoded VmConfig every component reads (FD.CONFIG, contracts/component-config.ts). */
+  readonly configFd: number;
   readonly devices: HeldDevice[];
 }
 
@@ -63,14 +66,17 @@ export interface SpawnOptions {
   env: Record<string, string>;
   onMessage: (m: ComponentMessage) => void;
   onExit: (cause: string) => void;
+  /** Adopt mode (supervisor/adopt.ts): a running process we did not start, instead of a new one. */
+  adopted?: ChildProcess;
 }
 
 /** Spawns a component process; messages arrive decoded, the exit with its cause. */
 export function spawnProcess(o: SpawnOptions): ChildProcess {
-  const child = spawn(process.execPath, [...componentExecArgv(o.component), o.script], { stdio: o.stdio, env: componentEnv(o.env) });
+  const child = o.adopted ?? spawn(process.execPath, [...componentExecArgv(o.component), o.script], { stdio: o.stdio, env: componentEnv({ TSVMM_ADOPT_ENTRY: ADOPT_ENTRY, ...o.env }) });
   child.on('error', () => undefined); // a failed spawn also exits
   child.on('exit', (code, signal) => {
-    const cause = hangKilled.has(child) ? 'hang' : signal ? `signal ${signal}` : `exit code ${code}`;
+    // An adopted process is not our child: its status may be unknown (supervisor/adopt.ts).
+    const cause = hangKilled.has(child) ? 'hang' : signal ? `signal ${signal}` : code === null ? 'exited, status unknown' : `exit code ${code}`;
     exitCauses.set(child, cause);
     o.onExit(cause);
   });
@@ -83,10 +89,8 @@ export function spawnProcess(o: SpawnOptions): ChildProcess {
   return child;
 }
 
-/** The base64 VmConfig every component reads from TSVMM_CONFIG. */
-export function configEnv(cfg: VmConfig): string {
-  return Buffer.from(VmConfigCodec.encode(cfg)).toString('base64');
-}
+/** What a component whose supervisor died starts to adopt it (contracts/orphan.ts). */
+const ADOPT_ENTRY = path.resolve(__dirname, 'adopt-main.js');
 
 /**
  * The stdio of a vmm or driver-domain: 3 IPC, 4 RAM, 5 state, 6 serial output, the vmm's snapshot
@@ -94,7 +98,8 @@ export function configEnv(cfg: VmConfig): string {
  */
 export function componentStdio(held: HeldFds, name: 'vmm' | 'driver-domain'): StdioOptions {
   const stdio: (number | 'ignore' | 'inherit' | 'ipc')[] = ['inherit', 'inherit', 'inherit', 'ipc', held.ramFd, held.stateFd, held.serialFd];
-  if (name === 'vmm') stdio[FD.SNAPSHOT] = held.snapFd;
+  stdio[FD.SNAPSHOT] = name === 'vmm' ? held.snapFd : 'ignore';
+  stdio[FD.CONFIG] = held.configFd;
   deviceStdio(held.devices, name === 'driver-domain').forEach((fd, i) => { if (i >= stdio.length) stdio[i] = fd; });
   if (name !== 'vmm') stdio[0] = 'ignore';
   return stdio;

@@ -17,7 +17,10 @@ import { native } from '../native/kvm';
 import { VmConfig } from '../proto';
 import { DEVICE_PAGE_OFFSET, DEVICE_PAGE_SIZE, STATE_MEMFD_SIZE } from '../contracts/fds';
 import { keeper, snapshotSize } from '../contracts/snapshot';
-import { StatePage } from '../contracts/state-page';
+import { mapDevicePage, StatePage } from '../contracts/state-page';
+import { configMemfd } from '../contracts/component-config';
+import { RunRecordWriter } from '../contracts/run-record';
+import type { Adoption } from './adopt';
 import { HeldDevice, openDevices } from './held-devices';
 import { PlatformPage } from '../contracts/platform-page';
 import { Control, ControlledComponent, ControlTarget } from './control';
@@ -46,6 +49,11 @@ export interface SupervisorOptions {
   standby?: boolean;
   /** tsvmm run --restore DIR: resume the guest a snapshot saved (contracts/snapshot-dir.ts), its manifest already read. */
   restore?: { dir: string; manifest: SnapshotManifest };
+  /**
+   * Adopt mode (supervisor/adopt.ts): the previous supervisor died; these are the fds it held,
+   * taken out of the running components, which `start()` adopts instead of starting new ones.
+   */
+  adopted?: Adoption;
 }
 
 /** What `snapshot()` did. */
@@ -67,26 +75,32 @@ export class Supervisor implements LifecycleHost, ControlTarget {
   readonly done: Promise<RunResult>;
 
   constructor(readonly cfg: VmConfig, private readonly opts: SupervisorOptions = {}) {
-    const ramFd = native.memfdCreate(`tsvmm-ram-${cfg.name}`, cfg.memBytes);
-    const stateFd = native.memfdCreate(`tsvmm-state-${cfg.name}`, STATE_MEMFD_SIZE);
-    const state = native.mmap(stateFd, STATE_MEMFD_SIZE, 0, true);
-    const devBytes = (b: ArrayBuffer) => new Uint8Array(b, DEVICE_PAGE_OFFSET, DEVICE_PAGE_SIZE);
-    new PlatformPage(state).init();
-    // A restore opens the disks and TAPs as a boot does (on a scratch page: the saved one replaces it).
-    const scratch = StatePage.format(devBytes(opts.restore ? new ArrayBuffer(STATE_MEMFD_SIZE) : state));
-    const devices = openDevices(cfg, scratch);
-    const serialFd = cfg.serialPath ? fs.openSync(cfg.serialPath, 'a') : 1;
-    const snapFd = native.memfdCreate(`tsvmm-snap-${cfg.name}`, snapshotSize(cfg.cpus));
-    keeper.snapshotFormat(snapFd, cfg.cpus);
-    if (opts.restore) loadSnapshotInto(opts.restore.dir, opts.restore.manifest, { ram: ramFd, state: stateFd, snap: snapFd });
-    this.page = opts.restore ? StatePage.attach(devBytes(state)) : scratch;
-    this.held = { ramFd, stateFd, serialFd, snapFd, devices };
+    if (opts.adopted) {
+      // The running components' fds and pages, as they are: nothing is formatted again.
+      this.held = opts.adopted.fds;
+      this.page = mapDevicePage(this.held.stateFd);
+    } else {
+      const ramFd = native.memfdCreate(`tsvmm-ram-${cfg.name}`, cfg.memBytes);
+      const stateFd = native.memfdCreate(`tsvmm-state-${cfg.name}`, STATE_MEMFD_SIZE);
+      const state = native.mmap(stateFd, STATE_MEMFD_SIZE, 0, true);
+      const devBytes = (b: ArrayBuffer) => new Uint8Array(b, DEVICE_PAGE_OFFSET, DEVICE_PAGE_SIZE);
+      new PlatformPage(state).init();
+      // A restore opens the disks and TAPs as a boot does (on a scratch page: the saved one replaces it).
+      const scratch = StatePage.format(devBytes(opts.restore ? new ArrayBuffer(STATE_MEMFD_SIZE) : state));
+      const devices = openDevices(cfg, scratch);
+      const serialFd = cfg.serialPath ? fs.openSync(cfg.serialPath, 'a') : 1;
+      const snapFd = native.memfdCreate(`tsvmm-snap-${cfg.name}`, snapshotSize(cfg.cpus));
+      keeper.snapshotFormat(snapFd, cfg.cpus);
+      if (opts.restore) loadSnapshotInto(opts.restore.dir, opts.restore.manifest, { ram: ramFd, state: stateFd, snap: snapFd });
+      this.page = opts.restore ? StatePage.attach(devBytes(state)) : scratch;
+      this.held = { ramFd, stateFd, serialFd, snapFd, configFd: configMemfd(cfg), devices };
+    }
     this.standby = opts.standby === true;
     const hangMs = opts.hangTimeoutMs ?? Number(process.env.TSVMM_HANG_TIMEOUT_MS ?? DEFAULT_HANG_TIMEOUT_MS);
     this.hangWatch = new HangWatch(this.page, process.env.TSVMM_NO_RECOVERY === '1' ? 0 : hangMs, (l) => this.log(l));
     this.control = new Control(this, (l) => this.log(l));
     this.vmm = new VmmLifecycle(this);
-    if (devices.length) this.driverDomain = new DriverDomainLifecycle(this);
+    if (this.held.devices.length) this.driverDomain = new DriverDomainLifecycle(this);
     this.priv = new PrivDomainLifecycle(this, this.control.privEnv, {
       ready: () => this.control.privReady(),
       request: (req) => void this.control.execute(req),
@@ -96,11 +110,37 @@ export class Supervisor implements LifecycleHost, ControlTarget {
 
   start(): void {
     this.control.start(this.priv);
+    this.record = new RunRecordWriter(this.control.paths, {
+      runId: this.control.runId, standby: this.standby, hangTimeoutMs: this.hangWatch.timeoutMs,
+      supervisors: (this.opts.adopted?.supervisors ?? 0) + 1, startedAt: this.opts.adopted?.startedAt ?? Date.now() / 1000,
+    });
     this.priv.start();
-    this.driverDomain?.start();
-    // A restored guest resumes as after a vmm crash: a cold restore from the snapshot memfd.
-    this.vmm.start(this.opts.restore !== undefined);
+    const a = this.opts.adopted;
+    if (a) {
+      this.driverDomain?.adopt(a.driverDomain, a.driverDomainServing);
+      this.vmm.adopt(a.vmm, a.vmmRunning, a.keepers, a.cause);
+      const ms = Number(process.hrtime.bigint() - a.t0) / 1e6;
+      this.recovered({ component: 'supervisor', cause: a.cause, ms });
+      this.log(`recovered supervisor (cause: ${a.cause}) in ${ms.toFixed(1)} ms: adopted ${[
+        a.vmm && `vmm ${a.vmm.pid}`, a.driverDomain && `driver-domain ${a.driverDomain.pid}`, ...a.keepers.map((k) => `keeper ${k}`),
+      ].filter((s) => s).join(', ')} (supervisor ${a.supervisors + 1} of this VM, pid ${process.pid})`);
+    } else {
+      this.driverDomain?.start();
+      // A restored guest resumes as after a vmm crash: a cold restore from the snapshot memfd.
+      this.vmm.start(this.opts.restore !== undefined);
+    }
     this.hangWatch.start();
+    this.processesChanged();
+  }
+
+  /** Adopt mode: what the dead supervisor left (supervisor/adopt.ts). */
+  get adoption(): Adoption | undefined { return this.opts.adopted; }
+
+  private record?: RunRecordWriter;
+  /** Rewrites run.pb when a pid changed: what a supervisor that adopts this VM reads. */
+  processesChanged(): void {
+    if (this.result || !this.record) return;
+    this.record.update([['vmm', this.vmm.pid], ['driver-domain', this.driverDomain?.pid], ['keeper', this.vmm.keeperPid]]);
   }
 
   // ---- LifecycleHost ----

@@ -15,6 +15,8 @@
  * clone a new one (ArmKeeper / KeeperArmed).
  */
 import * as os from 'os';
+import { EventEmitter } from 'events';
+import { isOurChild, waitNotOurChild } from './not-our-child';
 import { ChildProcess } from 'child_process';
 import type { SnapshotDone, SnapshotRequest } from '../proto';
 import { componentEntry } from './component-entry';
@@ -23,7 +25,7 @@ import { EXIT_NOT_NEEDED } from '../contracts/exit-codes';
 import { keeper, SnapshotView, SnapState } from '../contracts/snapshot';
 import { LifecycleHost } from './lifecycle';
 import { RESTART_LIMITS, RestartPolicy } from './restart-policy';
-import { componentStdio, configEnv, hasExited, killHung, ReadyMsg, sendTo, spawnProcess, whenExited } from './spawn';
+import { componentStdio, hasExited, killHung, ReadyMsg, sendTo, spawnProcess, whenExited } from './spawn';
 import { STANDBY_RESPAWN_MS } from './driver-domain-lifecycle';
 
 /** A warm standby that has not taken over this long after its primary died is replaced by a cold start. */
@@ -154,13 +156,35 @@ export class VmmLifecycle {
     this.primary?.kill('SIGKILL');
   }
 
-  private spawn(mode: VmmMode): ChildProcess {
+  /**
+   * Adopt mode (supervisor/adopt.ts): the dead supervisor's vmm and keeper are ours now. A vmm
+   * that runs the guest is watched at once; one still restoring reports ready over
+   * supervisor.sock; none left is recovered from its keeper's save, as any vmm death.
+   */
+  adopt(vmm: ChildProcess | undefined, running: boolean, keepers: number[], cause: string): void {
+    const h = this.host;
+    if (vmm) {
+      this.spawn('restore', vmm);
+      for (const k of keepers) this.trackKeeper(k, vmm);
+      if (running) {
+        this.running.add(vmm);
+        h.hangWatch.watchHeartbeat(vmm, 'vmm', vmm.pid, Component.Vmm, () => killHung(vmm));
+        if (h.standby) setTimeout(() => { if (!h.finished && !this.spare) this.spawn('standby'); }, STANDBY_RESPAWN_MS);
+      }
+      return;
+    }
+    const gone = new EventEmitter() as unknown as ChildProcess;
+    this.primary = gone;
+    this.onExit(gone, `${cause}; it died while the VM had no supervisor`);
+  }
+
+  private spawn(mode: VmmMode, adopted?: ChildProcess): ChildProcess {
     const h = this.host;
     const env: Record<string, string> = mode === 'restore' ? { TSVMM_RESTORE: '1' } : mode === 'standby' ? { TSVMM_STANDBY: '1' } : {};
-    env.TSVMM_CONFIG = configEnv(h.cfg);
     env.TSVMM_VCPUS = String(h.cfg.cpus); // the vmm starts that many vCPU threads first (vmm/early-vcpu-threads.ts)
     const child = spawnProcess({
       component: 'vmm',
+      adopted,
       script: componentEntry('vmm'),
       stdio: componentStdio(h.held, 'vmm'),
       env,
@@ -192,6 +216,7 @@ export class VmmLifecycle {
     });
     if (mode === 'standby') this.spare = child;
     else this.primary = child;
+    h.processesChanged();
     return child;
   }
 
@@ -324,7 +349,7 @@ export class VmmLifecycle {
       this.recoveries.push({ cause, totalMs, saveMs, restartMs, warm });
       h.recovered({ component: 'vmm', cause, ms: totalMs, warm });
       h.log(`recovered vmm (cause: ${cause}) in ${totalMs.toFixed(warm ? 2 : 1)} ms (keeper save ${saveMs.toFixed(2)} ms, ` +
-        `${warm ? 'warm standby' : 'cold restart'}: exit seen to resumed ${restartMs.toFixed(warm ? 2 : 1)} ms)`);
+        `${warm ? 'warm standby' : 'cold restart'}: ${restartMs >= 0 ? `exit seen to resumed ${restartMs.toFixed(warm ? 2 : 1)} ms` : `resumed ${(-restartMs).toFixed(2)} ms before the exit was seen`})`);
     });
   }
 
@@ -337,6 +362,7 @@ export class VmmLifecycle {
     if (this.keepersSeen.has(pid)) return;
     this.keepersSeen.add(pid);
     this.keepers.add(pid);
+    this.host.processesChanged();
     this.host.hangWatch.watchStopped(pid, 'keeper', () => {
       this.keepersHung.add(pid);
       try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
@@ -351,7 +377,9 @@ export class VmmLifecycle {
       if (!hung && r.signal === undefined && r.code !== KEEPER_EXIT_POLL_FAILED) return;
       this.onKeeperExit(pid, vmm, hung ? 'hang' : r.signal !== undefined ? `signal ${SIGNAL_NAME[r.signal] ?? r.signal}` : `exit code ${r.code}`);
     };
-    keeper.waitExit(pid).then(gone, (e: Error) => gone({ error: e.message }));
+    // A keeper is our child (CLONE_PARENT) unless its vmm was adopted (its parent is then init):
+    // that one is watched by pidfd, its status read without reaping (supervisor/adopt.ts).
+    (isOurChild(pid) ? keeper.waitExit(pid) : waitNotOurChild(pid)).then(gone, (e: Error) => gone({ error: e.message }));
   }
 
   private onKeeperExit(pid: number, vmm: ChildProcess, cause: string): void {

@@ -7,8 +7,10 @@ import { exitOnUncaughtException, installTestHooksIfAsked } from '../contracts/p
 // Next: starts the vCPU threads, so their boot overlaps the loading of everything below.
 import { releaseUnusedVcpuThreads, vcpuThread } from './early-vcpu-threads';
 import * as fs from 'fs';
-import { ComponentMessage, ComponentMessageCodec, SnapshotRequest, SupervisorMessage, SupervisorMessageCodec, VmConfig, VmConfigCodec } from '../proto';
+import { ComponentMessage, SnapshotRequest, SupervisorMessage, SupervisorMessageCodec, VmConfig } from '../proto';
 import { writeSnapshotFiles } from '../contracts/snapshot-dir';
+import { componentConfig } from '../contracts/component-config';
+import { toSupervisor, watchSupervisor } from '../contracts/orphan';
 import { abi, native, poller } from '../native/kvm';
 import { Kvm } from '../kvm/system';
 import { Vm } from '../kvm/vm';
@@ -36,10 +38,13 @@ const KVM_IDENTITY_MAP_ADDR = 0xfffbc000;
 /** How long a fresh guest waits for the driver-domain to serve its devices before it starts anyway. */
 const DEVICE_WAIT_MS = 10_000;
 
+/** To the supervisor: over IPC, or to the one that adopted us if it died (recovery/orphan.ts). */
 function send(msg: ComponentMessage): void {
-  // The supervisor may be gone (killed): a closed channel is not this process's failure, so no throw and no EPIPE event.
-  if (process.connected) process.send?.({ pb: Buffer.from(ComponentMessageCodec.encode(msg)).toString('base64') }, undefined, {}, () => undefined);
+  toSupervisor(msg);
 }
+
+/** The guest runs in this vmm (a standby: it took over). */
+let tookOver = false;
 
 /** How this vmm starts: a fresh boot, a cold restore (it replaces a dead vmm), or a warm standby. */
 export type VmmMode = 'boot' | 'restore' | 'standby';
@@ -180,6 +185,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   /** The guest runs (its vCPU threads are released): report, and start the heartbeat. */
   const running = (resumedNs: bigint, r?: RestoreResult) => {
     clearInterval(orphanWatch);
+    tookOver = true;
     if (r?.refusedMsrs.length) process.stderr.write(`tsvmm vmm: KVM refused to restore MSRs ${r.refusedMsrs.map((i: number) => '0x' + i.toString(16)).join(' ')}\n`);
     pauseCtl.activate();
     const warm = mode === 'standby';
@@ -332,14 +338,26 @@ function claimSnapshot(snapView: SnapshotView, cpus: number): number {
 
 function main(): void {
   exitOnUncaughtException('vmm');
-  const b64 = process.env.TSVMM_CONFIG;
+  const cfg = componentConfig();
   const mode: VmmMode = process.env.TSVMM_STANDBY === '1' ? 'standby' : process.env.TSVMM_RESTORE === '1' ? 'restore' : 'boot';
-  if (!b64) {
+  if (!cfg) {
     process.stderr.write('tsvmm vmm: this process is started by `tsvmm run`, not by hand\n');
     process.exit(2);
   }
+  // Our supervisor dying is not the guest's end: a new one adopts us (recovery/orphan.ts). A standby
+  // that has not taken over is not needed by anyone then.
+  watchSupervisor({
+    role: 'vmm', name: cfg.name,
+    adoptable: () => mode !== 'standby' || tookOver,
+    giveUp: (why) => {
+      if (mode === 'standby' && !tookOver) process.exit(EXIT_NOT_NEEDED);
+      keeper.keeperStop(); // the VM ends here: its keeper must not save it for nobody
+      process.stderr.write(`tsvmm vmm: ${why}: ending the VM\n`);
+      process.exit(1);
+    },
+  });
   try {
-    buildAndRun(VmConfigCodec.decode(Buffer.from(b64, 'base64')), mode);
+    buildAndRun(cfg, mode);
   } catch (e) {
     send({ fatal: { message: (e as Error).message } });
     setTimeout(() => process.exit(1), 20);

@@ -29,6 +29,7 @@ void RegisterKeeper(Napi::Env env, Napi::Object exports);  // keeper-binding.cc
 void InitUring(Napi::Env env, Napi::Object exports);       // uring.cc
 void InitPoller(Napi::Env env, Napi::Object exports);      // poller.cc
 void InitFdio(Napi::Env env, Napi::Object exports);        // fdio.cc
+void InitPidfd(Napi::Env env, Napi::Object exports);       // pidfd.cc
 }
 
 namespace {
@@ -234,6 +235,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   tsvmm::RegisterKeeper(env, exports);
   tsvmm::InitUring(env, exports);
   tsvmm::InitFdio(env, exports);
+  tsvmm::InitPidfd(env, exports);
   return exports;
 }
 

@@ -264,16 +264,14 @@ KEEPER_FN static int keeper_main(void* arg) {
   uint64_t all = ~0ull;
   raw6(SYS_rt_sigprocmask, SIG_SETMASK, (long)&all, 0, 8 /* sigsetsize */, 0, 0);
 
-  /* The supervisor is our parent (CLONE_PARENT): if it dies, nobody can restore; exit. */
-  long ppid = raw3(SYS_getppid, 0, 0, 0);
-  long sup = raw3(SYS_pidfd_open, ppid, 0, 0);
-
-  struct pollfd fds[3];
+  /* The supervisor's death is not ours to act on: a new supervisor adopts this keeper with the vmm
+   * (recovery/adopt.ts), and if none comes, the vmm stops this keeper before it exits. A keeper
+   * outlives its vmm only by its save and linger, so it is never left behind. */
+  struct pollfd fds[2];
   fds[0].fd = cfg->vmm_pidfd; fds[0].events = POLLIN; fds[0].revents = 0;
   fds[1].fd = cfg->stop_efd; fds[1].events = POLLIN; fds[1].revents = 0;
-  fds[2].fd = sup >= 0 ? (int)sup : -1; fds[2].events = POLLIN; fds[2].revents = 0;
   for (;;) {
-    long r = raw3(SYS_poll, fds, 3, -1);
+    long r = raw3(SYS_poll, fds, 2, -1);
     if (r > 0) break;
     if (r < 0 && r != -4 /* EINTR */) k_exit(2);
   }
@@ -282,7 +280,6 @@ KEEPER_FN static int keeper_main(void* arg) {
     if (__atomic_load_n(&cfg->armed, __ATOMIC_ACQUIRE)) __atomic_store_n(&h->state, TSVMM_SNAP_STOPPED, __ATOMIC_RELEASE);
     k_exit(0);
   }
-  if (!(fds[0].revents & (POLLIN | POLLHUP | POLLERR))) k_exit(3); /* the supervisor died */
   if (!__atomic_load_n(&cfg->armed, __ATOMIC_ACQUIRE)) k_exit(0); /* a standby that never took over */
 
   h->died_ns = k_now_ns();

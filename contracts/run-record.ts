@@ -1,0 +1,60 @@
+/**
+ * What a supervisor leaves in the VM's runtime dir so that a new one can adopt the VM's running
+ * components when it dies (recovery/orphan.ts, recovery/adopt.ts):
+ *   <runtime>/<name>/run.pb           RunRecord (proto/tsvmm.proto): the vmm, driver-domain and keeper
+ *                                     pids with their start times, the supervisor's options
+ *   <runtime>/<name>/supervisor.sock  the adopting supervisor's socket for orphaned components
+ *                                     (mode 0600 in the 0700 runtime dir)
+ *   <runtime>/<name>/adopt.lock/      taken (atomic mkdir) by the component that starts the adopter
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { ProcessRef, RunRecord, RunRecordCodec } from '../proto';
+import { startTicks, VmPaths } from './paths';
+
+export const runRecordPath = (p: VmPaths): string => path.join(p.runDir, 'run.pb');
+export const supervisorSocketPath = (p: VmPaths): string => path.join(p.runDir, 'supervisor.sock');
+export const adoptLockPath = (p: VmPaths): string => path.join(p.runDir, 'adopt.lock');
+
+/** Replaces the record atomically (write, then rename). */
+export function writeRunRecord(p: VmPaths, rec: RunRecord): void {
+  const file = runRecordPath(p);
+  const tmp = `${file}.${process.pid}`;
+  fs.writeFileSync(tmp, RunRecordCodec.encode(rec), { mode: 0o600 });
+  fs.renameSync(tmp, file);
+}
+
+export function readRunRecord(p: VmPaths): RunRecord | undefined {
+  try {
+    return RunRecordCodec.decode(fs.readFileSync(runRecordPath(p)));
+  } catch {
+    return undefined;
+  }
+}
+
+/** The supervisor's side: rewrites run.pb whenever the set of component pids changed. */
+export class RunRecordWriter {
+  private last = '';
+  private failed = false;
+
+  constructor(private readonly paths: VmPaths, private readonly base: Omit<RunRecord, 'processes'>) {}
+
+  update(procs: [role: string, pid: number | undefined][]): void {
+    const processes: ProcessRef[] = [];
+    for (const [role, pid] of procs) {
+      if (!pid) continue;
+      const t = startTicks(pid);
+      if (t !== undefined) processes.push({ role, pid, startTicks: t });
+    }
+    const key = JSON.stringify(processes);
+    if (key === this.last) return;
+    try {
+      writeRunRecord(this.paths, { ...this.base, processes });
+      this.last = key;
+    } catch (e) {
+      // No runtime dir (the control plane said why): this VM cannot be adopted, say it once.
+      if (!this.failed) process.stderr.write(`tsvmm: cannot write ${runRecordPath(this.paths)}: ${(e as Error).message}; the VM cannot be adopted if this supervisor dies\n`);
+      this.failed = true;
+    }
+  }
+}

@@ -1,0 +1,101 @@
+/**
+ * The supervisor is recoverable too (recovery/orphan.ts, recovery/adopt.ts): SIGKILL it again and
+ * again under a verifying disk workload and a new supervisor adopts the running vmm,
+ * driver-domain and keeper each time; `tsvmm ps/ls` work after every kill, the guest sees no
+ * error, `tsvmm stop` ends everything (no orphan, no runtime dir) and the image is intact. SIGHUP
+ * and a closed stdout do not stop it at all.
+ */
+import { strict as assert } from 'assert';
+import * as fs from 'fs';
+import { guestLines, requireKvm } from './helpers/tsvmm';
+import { runScenario, sleep, startVm } from './helpers/control-plane';
+import { checkImage } from './helpers/blk-image';
+import { killRole, ps, ROLES, stopAndCheckClean } from './helpers/role-kill';
+
+const KILLS = Number(process.env.TSVMM_SUPERVISOR_KILLS ?? 20);
+const NEED = ROLES.filter((r) => r !== 'keeper');
+
+describe('supervisor recovery', function () {
+  this.timeout(600_000);
+  before(requireKvm);
+
+  it(`survives ${KILLS} SIGKILLs of the supervisor under a verifying disk workload; ps, ls and stop work after each`, () => runScenario(async () => {
+    const vm = await startVm({ name: `srk${process.pid}` });
+    try {
+      while (vm.progress() < 2) await sleep(50);
+      const supervisors = new Set<number>();
+      for (let k = 0; k < KILLS; k++) {
+        const r = await killRole(vm, 'supervisor', NEED);
+        supervisors.add(r.pid);
+        // The vmm, driver-domain and keeper are adopted, not replaced.
+        await sleep(50 + Math.random() * 200);
+      }
+      assert.equal(supervisors.size, KILLS);
+      // A vmm crash after all that is still survived: the adopted keeper saves it.
+      await killRole(vm, 'vmm', NEED);
+      const { stop, leftovers, runDirLeft } = await stopAndCheckClean(vm);
+      assert.equal(stop.status, 0, stop.stderr);
+      assert.deepEqual(leftovers, [], 'processes still hold the guest after stop');
+      assert.equal(runDirLeft, false, 'stale runtime dir');
+    } catch (e) {
+      (e as { vm?: unknown }).vm = vm;
+      try { vm.cli(['stop', '--name', vm.name]); } catch { /* best effort */ }
+      throw e;
+    }
+    const lines = guestLines(vm.out());
+    assert.ok(!lines.some((l) => l.word === 'error' || l.word === 'blk-error'), vm.out().split('\n').filter((l) => /@(blk-)?error/.test(l)).slice(0, 5).join('\n'));
+    assert.equal(lines.filter((l) => l.word === 'blk-progress').pop()!.fields.errors, '0');
+    assert.equal(vm.err().split('\n').filter((l) => l.includes('recovered supervisor')).length, KILLS, vm.err());
+    const check = checkImage(`${vm.dir}/${vm.name}.img`, { bs: 4096, count: 2000 });
+    assert.equal(check.errorCount, 0, check.errors.slice(0, 5).join('\n'));
+    fs.rmSync(vm.dir, { recursive: true, force: true });
+    return vm;
+  }));
+
+  it('a sample of the kill campaign (bench/kill-campaign.ts): every role by pid, round-robin, the VM whole after each', () => runScenario(async () => {
+    const vm = await startVm({ name: `src${process.pid}` });
+    const roles = ROLES;
+    try {
+      while (vm.progress() < 2) await sleep(50);
+      for (let k = 0; k < 2 * roles.length; k++) await killRole(vm, roles[k % roles.length], ROLES);
+      const { stop, leftovers, runDirLeft } = await stopAndCheckClean(vm);
+      assert.equal(stop.status, 0, stop.stderr);
+      assert.deepEqual(leftovers, []);
+      assert.equal(runDirLeft, false);
+    } catch (e) {
+      (e as { vm?: unknown }).vm = vm;
+      try { vm.cli(['stop', '--name', vm.name]); } catch { /* best effort */ }
+      throw e;
+    }
+    assert.equal(guestLines(vm.out()).filter((l) => l.word === 'error' || l.word === 'blk-error').length, 0);
+    assert.equal(checkImage(`${vm.dir}/${vm.name}.img`, { bs: 4096, count: 2000 }).errorCount, 0);
+    fs.rmSync(vm.dir, { recursive: true, force: true });
+    return vm;
+  }));
+
+  it('does not stop on SIGHUP or when its stdout and stderr are closed', () => runScenario(async () => {
+    const vm = await startVm({ name: `srh${process.pid}` });
+    try {
+      while (vm.progress() < 1) await sleep(50);
+      const sup = ps(vm).pids.get('supervisor')!;
+      process.kill(sup, 'SIGHUP');
+      // `tsvmm run | head -3`: the reader goes away.
+      vm.proc.stdout.destroy();
+      vm.proc.stderr.destroy();
+      await sleep(1500);
+      const after = ps(vm);
+      assert.equal(after.pids.get('supervisor'), sup, `the supervisor did not survive: ${after.error ?? ''}`);
+      assert.ok(after.pids.get('vmm') && after.pids.get('driver-domain'));
+      const { stop, leftovers, runDirLeft } = await stopAndCheckClean(vm);
+      assert.equal(stop.status, 0, stop.stderr);
+      assert.deepEqual(leftovers, []);
+      assert.equal(runDirLeft, false);
+    } catch (e) {
+      (e as { vm?: unknown }).vm = vm;
+      try { vm.cli(['stop', '--name', vm.name]); } catch { /* best effort */ }
+      throw e;
+    }
+    fs.rmSync(vm.dir, { recursive: true, force: true });
+    return vm;
+  }));
+});
