@@ -57,6 +57,8 @@ describe('keeper supervision', function () {
         assert.ok(c.keeper.restarts >= ROUNDS, `keeper restarts ${c.keeper.restarts}`);
         const recovered = v.err().split('\n').filter((l) => /recovered keeper \(cause: (signal SIGKILL|hang)\)/.test(l));
         assert.equal(recovered.length, ROUNDS, v.err());
+        const ms = recovered.map((l) => Number(/ in ([\d.]+) ms/.exec(l)?.[1])).sort((a, b) => a - b);
+        console.log(`      keeper death -> new keeper armed: p50 ${ms[Math.floor(ms.length / 2)].toFixed(1)} ms, max ${ms[ms.length - 1].toFixed(1)} ms (SIGSTOP: threshold + that)`);
         assert.match(v.err(), /keeper hung: stopped for \d+ ms \(.*state T\)/);
         assert.deepEqual(guestErrors(v.out()), []);
       } catch (e) {
