@@ -60,10 +60,20 @@ function main(): void {
   const paths = vmPaths(cfg.name);
   process.umask(0o077);
 
-  // Durable store first: nothing is acknowledged before it is open.
-  mkdirPrivate(paths.stateDir);
-  const store = Store.open(paths.db);
-  store.recordRun(cfg.name, cfg, runId);
+  // Durable store first: nothing is acknowledged before it is open. A state directory that cannot
+  // hold it (a full disk, say) degrades the store to memory, with a warning, instead of a crash loop:
+  // the API and the guest go on; what is set through the API is then lost with this process.
+  let store: Store;
+  try {
+    mkdirPrivate(paths.stateDir);
+    store = Store.open(paths.db);
+    store.recordRun(cfg.name, cfg, runId);
+  } catch (e) {
+    process.stderr.write(`tsvmm priv-domain: the store ${paths.db} is unusable (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): ` +
+      'running on a store in memory; labels, annotations and events of this run are not kept\n');
+    store = Store.open(':memory:');
+    store.recordRun(cfg.name, cfg, runId);
+  }
 
   // Shared pages (the state memfd is our fd 5).
   const control = ControlPage.tryMap(FD.STATE);
@@ -128,11 +138,20 @@ function main(): void {
   // Console: ring -> log file, resuming from the shared offset a previous priv-domain reached.
   let consoleFd: number | undefined;
   try { consoleFd = fs.openSync(paths.consoleLog, 'a', 0o600); } catch { consoleFd = undefined; }
+  if (consoleFd === undefined) process.stderr.write(`tsvmm priv-domain: cannot open the console log ${paths.consoleLog}: \`tsvmm console\` still serves the ring\n`);
+  let consoleFailed = false;
   const pumpConsole = () => {
     if (!control || consoleFd === undefined) return;
     const { data, next, lost } = control.consoleRead(control.consoleLogged);
-    if (lost) fs.writeSync(consoleFd, `\n[tsvmm: ${lost} bytes of console output were lost]\n`);
-    if (data.length) fs.writeSync(consoleFd, data);
+    try {
+      if (lost) fs.writeSync(consoleFd, `\n[tsvmm: ${lost} bytes of console output were lost]\n`);
+      if (data.length) fs.writeSync(consoleFd, data);
+      consoleFailed = false;
+    } catch (e) {
+      // A full disk: the log misses these bytes (the ring still has them for `tsvmm console`).
+      if (!consoleFailed) process.stderr.write(`tsvmm priv-domain: writing the console log failed (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): it misses output until the disk has room\n`);
+      consoleFailed = true;
+    }
     control.consoleLogged = next;
   };
   setInterval(pumpConsole, CONSOLE_POLL_MS);
