@@ -356,9 +356,11 @@ export function runInEmulatedHost(command: string, opts: RunOptions): Promise<Ru
       const e = output.lastIndexOf(EXIT_MARK);
       const commandOutput = s < 0 ? '' : output.slice(output.indexOf('\n', s) + 1, e > s ? e : undefined);
       if (!error && timedOut) error = `timed out after ${Math.round(opts.timeoutMs / 1000)} s${started === undefined ? ' (L1 never reached its init)' : ' (the command did not finish)'}`;
-      const panic = /Kernel panic - [^\n]*/.exec(output);
+      // L1's own panic, not one in the command's output (a guest's console is part of that).
+      const panic = /Kernel panic - [^\n]*/.exec(s < 0 ? output : output.slice(0, s));
       if (!error && status === undefined && panic) error = `L1's kernel stopped: ${panic[0].trim()}`;
-      if (!error && status === undefined) error = `qemu exited before the command reported a status${stderr.trim() ? `: ${stderr.trim().split('\n').pop()}` : ''}`;
+      const last = stderr.trim() ? stderr.trim().split('\n').pop() : output.trim().split('\n').pop();
+      if (!error && status === undefined) error = `qemu exited before the command reported a status${last ? ` (last line: ${last.trim()})` : ''}`;
       resolve({ status, output, commandOutput, timedOut, error, bootMs: started === undefined ? undefined : started - t0, wallMs: Date.now() - t0 });
     };
     child.on('error', (e) => finish(`cannot start ${QEMU}: ${e.message}`));
