@@ -64,12 +64,14 @@ class Tftp {
   readonly sock = dgram.createSocket('udp4');
   transfers = 0;
   retransmits = 0;
+  abandoned = 0;
   constructor() {
     this.sock.on('message', (msg, peer) => {
       if (msg.readUInt16BE(0) !== 1) return; // RRQ only
       this.transfers++;
       const s = dgram.createSocket('udp4');
       let block = 1;
+      let tries = 0;
       let timer: NodeJS.Timeout | undefined;
       const send = (): void => {
         const data = BLOB.subarray((block - 1) * 512, block * 512);
@@ -79,12 +81,14 @@ class Tftp {
         data.copy(pkt, 4);
         s.send(pkt, peer.port, peer.address);
         clearTimeout(timer);
-        timer = setTimeout(() => { this.retransmits++; send(); }, 3000);
+        // Resend a block the guest did not acknowledge; a transfer the client gave up on ends.
+        timer = setTimeout(() => { if (++tries > 10) { this.abandoned++; s.close(); return; } this.retransmits++; send(); }, 3000);
       };
       s.on('message', (ack) => {
         if (ack.readUInt16BE(0) !== 4 || ack.readUInt16BE(2) !== (block & 0xffff)) return;
         if ((block - 1) * 512 + 512 > BLOB.length) { clearTimeout(timer); s.close(); return; }
         block++;
+        tries = 0;
         send();
       });
       s.bind(0, '0.0.0.0', send);
@@ -310,7 +314,7 @@ async function vmB(tftp: Tftp): Promise<void> {
     const bad = work.filter((w) => w.disk !== 'ok' || w.udp !== 'ok');
     report('recovery', bad.length === 0 && ms.vmm.length === KILLS && ms['driver-domain'].length === KILLS, {
       kills: { vmm: ms.vmm.length, 'driver-domain': ms['driver-domain'].length, 'priv-domain': ms['priv-domain'].length },
-      rounds: work.length, bad, recoveryMs: ms, udpRetransmits: tftp.retransmits - retransmitsBefore,
+      rounds: work.length, bad, recoveryMs: ms, udpRetransmits: tftp.retransmits - retransmitsBefore, udpAbandoned: tftp.abandoned,
     });
     const log = await vm.kernelLog();
     const j = judge(log.out);
