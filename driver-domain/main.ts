@@ -148,8 +148,6 @@ function main(): void {
   try {
     serve(cfg, standbyFor ? Number(standbyFor) : undefined);
     installTestHooksIfAsked('driver-domain');
-    // The supervisor gone (tsvmm run killed) means the VM is gone: exit rather than run on as an orphan.
-    process.on('disconnect', () => process.exit(0));
   } catch (e) {
     send({ fatal: { message: `driver-domain: ${(e as Error).message}` } });
     setTimeout(() => process.exit(1), 20);

@@ -276,8 +276,6 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   // Keep the vCPUs' kvm_run mappings (the keeper reads them) alive with the process.
   (globalThis as { tsvmmVcpus?: Vcpu[] }).tsvmmVcpus = vcpus;
   installTestHooksIfAsked('vmm');
-  // The supervisor gone (tsvmm run killed) means the VM is gone: exit rather than run on as an orphan.
-  process.on('disconnect', () => process.exit(0));
 }
 
 /**
