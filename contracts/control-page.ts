@@ -26,6 +26,7 @@
 import { native } from '../native/kvm';
 import { CONTROL_OFFSET, CONTROL_SIZE } from './fds';
 import { MAX_VCPUS } from './layout';
+import { VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from './virtio-mmio-layout';
 
 export const CONTROL_MAGIC = 0x54435354; // 'TSCT'
 export const CONTROL_VERSION = 1;
@@ -159,7 +160,8 @@ export class ControlPage {
 
 /** virtio-blk request type -> counted operation. */
 export function blkOp(type: number): StatOp {
-  return type === 0 ? StatOp.Read : type === 1 ? StatOp.Write : type === 4 ? StatOp.Flush : type === 8 ? StatOp.GetId : StatOp.Other;
+  return type === VIRTIO_BLK_T_IN ? StatOp.Read : type === VIRTIO_BLK_T_OUT ? StatOp.Write : type === VIRTIO_BLK_T_FLUSH ? StatOp.Flush
+    : type === VIRTIO_BLK_T_GET_ID ? StatOp.GetId : StatOp.Other;
 }
 
 /**

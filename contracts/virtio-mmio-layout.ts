@@ -126,3 +126,9 @@ export function hasFeature(features: bigint, bit: number): boolean {
 export function features(...bits: number[]): bigint {
   return bits.reduce((f, b) => f | (1n << BigInt(b)), 0n);
 }
+
+/** virtio-blk request types (virtio 1.x, 5.2.6): the device model serves them, the metrics count them. */
+export const VIRTIO_BLK_T_IN = 0;
+export const VIRTIO_BLK_T_OUT = 1;
+export const VIRTIO_BLK_T_FLUSH = 4;
+export const VIRTIO_BLK_T_GET_ID = 8;

@@ -37,10 +37,8 @@ import {
   VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1, features,
 } from '../contracts/virtio-mmio-layout';
 
-export const VIRTIO_BLK_T_IN = 0;
-export const VIRTIO_BLK_T_OUT = 1;
-export const VIRTIO_BLK_T_FLUSH = 4;
-export const VIRTIO_BLK_T_GET_ID = 8;
+export { VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID } from '../contracts/virtio-mmio-layout';
+import { VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID } from '../contracts/virtio-mmio-layout';
 export const VIRTIO_BLK_S_OK = 0;
 export const VIRTIO_BLK_S_IOERR = 1;
 export const VIRTIO_BLK_S_UNSUPP = 2;
