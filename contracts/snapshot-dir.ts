@@ -52,24 +52,51 @@ function create(dir: string, name: string): number {
   return fs.openSync(path.join(dir, name), fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
 }
 
+/** A snapshot captured in memory (captureSnapshot), to be written (writeSnapshotFiles). */
+export interface CapturedSnapshot {
+  image: Uint8Array; pages: Uint8Array; ram: Uint8Array[]; extents: number[]; ramBytes: number;
+  /** `ram` is a private copy: the guest may run on before it is written. */
+  copied: boolean;
+}
+
 /**
- * The vmm, with its vCPUs parked and the driver-domain stopped: writes vm.state (`image`), pages.state
- * and ram into `dir` (which the supervisor created). Returns RAM's extents.
+ * Above this much populated guest RAM a snapshot is written straight from guest memory while the
+ * vCPUs stay parked, instead of copied first (the copy doubles that much memory for a moment).
  */
-export function writeSnapshotFiles(dir: string, image: ArrayBuffer, stateFd: number, ramFd: number, memBytes: number): number[] {
-  let fd = create(dir, SNAPSHOT_FILES.vm);
-  try { writeAll(fd, new Uint8Array(image)); } finally { fs.closeSync(fd); }
+export const CAPTURE_COPY_MAX = 1 << 30;
+
+/**
+ * The vmm, with its vCPUs parked and the driver-domain stopped: copies the state pages and guest
+ * RAM's populated extents (SEEK_DATA/SEEK_HOLE on the RAM memfd) into private memory, so the
+ * guest runs again before anything is written to disk (a memcpy, not a write, is the pause). With
+ * `copy` false (a large guest, or a VM that stops anyway) `ram` views guest memory itself and must
+ * be written before the vCPUs run again.
+ */
+export function captureSnapshot(image: ArrayBuffer, stateFd: number, ramFd: number, memBytes: number, copy: boolean): CapturedSnapshot {
   const pages = new Uint8Array(STATE_MEMFD_SIZE);
   fs.readSync(stateFd, pages, 0, pages.byteLength, 0);
-  fd = create(dir, SNAPSHOT_FILES.pages);
-  try { writeAll(fd, pages); } finally { fs.closeSync(fd); }
   const extents = dataExtents(ramFd, memBytes);
-  const ram = native.mmap(ramFd, memBytes, 0, false);
-  fd = create(dir, SNAPSHOT_FILES.ram);
-  try {
-    for (let i = 0; i < extents.length; i += 2) writeAll(fd, new Uint8Array(ram, extents[i], extents[i + 1]));
-  } finally { fs.closeSync(fd); }
-  return extents;
+  const mapped = native.mmap(ramFd, memBytes, 0, false);
+  let total = 0;
+  for (let i = 1; i < extents.length; i += 2) total += extents[i];
+  const views = [];
+  for (let i = 0; i < extents.length; i += 2) views.push(new Uint8Array(mapped, extents[i], extents[i + 1]));
+  if (!copy || total > CAPTURE_COPY_MAX) return { image: new Uint8Array(image), pages, ram: views, extents, ramBytes: total, copied: false };
+  const buf = new Uint8Array(total);
+  let at = 0;
+  for (const v of views) { buf.set(v, at); at += v.byteLength; }
+  return { image: new Uint8Array(image), pages, ram: [buf], extents, ramBytes: total, copied: true };
+}
+
+/** Writes a captured snapshot's vm.state, pages.state and ram into `dir` (which the supervisor created). */
+export function writeSnapshotFiles(dir: string, c: CapturedSnapshot): void {
+  const write = (name: string, parts: Uint8Array[]) => {
+    const fd = create(dir, name);
+    try { for (const p of parts) writeAll(fd, p); } finally { fs.closeSync(fd); }
+  };
+  write(SNAPSHOT_FILES.vm, [c.image]);
+  write(SNAPSHOT_FILES.pages, [c.pages]);
+  write(SNAPSHOT_FILES.ram, c.ram);
 }
 
 /** CRC-32C and size of a file, read in chunks. */

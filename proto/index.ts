@@ -33,7 +33,7 @@ export type ComponentMessage =
 export interface ControlRequest { id: number; command: string; component?: string; signal?: string; dir?: string; stop?: boolean }
 export interface ControlReply { id: number; ok: boolean; error?: string; pid?: number; pauseMs?: number; ramDataBytes?: number; handoverMs?: number }
 export interface SnapshotRequest { dir: string; stop: boolean }
-export interface SnapshotDone { ok: boolean; error?: string; pauseMs: number; ramDataBytes: number; ramExtents?: number[] }
+export interface SnapshotDone { ok: boolean; error?: string; pauseMs: number; ramDataBytes: number; ramExtents?: number[]; written?: boolean }
 export interface SnapshotFile { name: string; size: number; crc32c: number; dataBytes: number }
 export interface SnapshotManifest {
   format: string; version: number; snapLayoutVersion: number; config: VmConfig; files: SnapshotFile[]; createdAt: number; pauseMs: number;

@@ -221,10 +221,11 @@ export class Supervisor implements LifecycleHost, ControlTarget {
         // Stopped for real (state T) before the vCPUs park: no write of its can land after the copy starts.
         for (let i = 0; i < 2000 && threadState(dd) !== 'T'; i++) await new Promise((r) => setImmediate(r));
       }
-      const r = await this.vmm.snapshot({ dir, stop });
+      // Once captured (the guest runs again), so does the driver-domain; a VM that stops keeps it stopped.
+      const resume = () => { if (stopped && !stop) { process.kill(dd!, 'SIGCONT'); stopped = false; } };
+      const r = await this.vmm.snapshot({ dir, stop }, resume);
       if (!r.ok) throw new Error(`snapshot failed: ${r.error}`);
-      // The VM stops: its driver-domain stays stopped until it is killed with the rest.
-      if (stopped && !stop) process.kill(dd!, 'SIGCONT');
+      resume();
       stopped = false;
       sealSnapshot(dir, this.cfg, r.ramExtents ?? [], r.pauseMs);
       const res = { pauseMs: r.pauseMs, ramDataBytes: r.ramDataBytes, totalMs: performance.now() - t0 };

@@ -96,15 +96,17 @@ export class VmmLifecycle {
 
   /**
    * tsvmm snapshot: asks the running vmm to park its vCPUs and write the VM into `dir`
-   * (vmm/main.ts snapshotNow); resolves with its answer, or a failure if it exits first.
+   * (vmm/main.ts snapshotNow); `captured` is called once the state is in the vmm's memory and the
+   * guest runs again; resolves once the files are written, or with a failure if it exits first.
    */
-  snapshot(req: SnapshotRequest): Promise<SnapshotDone> {
+  snapshot(req: SnapshotRequest, captured: () => void): Promise<SnapshotDone> {
     const vmm = this.primary;
     if (!vmm || !this.running.has(vmm) || this.pending || hasExited(vmm)) {
       return Promise.reject(new Error('the vmm is not running the guest right now (recovering?); try again'));
     }
     const exited = whenExited(vmm).then((cause): SnapshotDone => ({ ok: false, error: `the vmm exited during the snapshot (${cause})`, pauseMs: 0, ramDataBytes: 0 }));
-    const done = new Promise<SnapshotDone>((resolve) => { this.snapshotDone = resolve; });
+    // First answer `written: false`: captured, the guest runs again; then `written: true`.
+    const done = new Promise<SnapshotDone>((resolve) => { this.snapshotDone = (d) => { if (d.ok && d.written === false) captured(); else resolve(d); }; });
     sendTo(vmm, { snapshot: req });
     return Promise.race([done, exited]).finally(() => { this.snapshotDone = undefined; });
   }

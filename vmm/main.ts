@@ -8,7 +8,7 @@ import { exitOnUncaughtException, installTestHooksIfAsked } from '../contracts/p
 import { releaseUnusedVcpuThreads, vcpuThread } from './early-vcpu-threads';
 import * as fs from 'fs';
 import { ComponentMessage, SnapshotRequest, SupervisorMessage, SupervisorMessageCodec, VmConfig } from '../proto';
-import { writeSnapshotFiles } from '../contracts/snapshot-dir';
+import { captureSnapshot, writeSnapshotFiles } from '../contracts/snapshot-dir';
 import { componentConfig } from '../contracts/component-config';
 import { toSupervisor, watchSupervisor } from '../contracts/orphan';
 import { abi, native, poller } from '../native/kvm';
@@ -287,22 +287,32 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
 function snapshotNow(req: SnapshotRequest, cfg: VmConfig, pauseCtl: PauseControl): void {
   const t0 = performance.now();
   let held = false;
-  let ok = false;
   try {
     pauseCtl.hold(2000);
     held = true;
     const image = keeper.snapshotSaveLive();
     const saved = new SnapshotView(image);
     if (saved.stateName !== 'saved') throw new SnapshotError(saved.failure().replace('the keeper failed to save', 'saving'));
-    const extents = writeSnapshotFiles(req.dir, image, FD.STATE, FD.RAM, cfg.memBytes);
-    let ramDataBytes = 0;
-    for (let i = 1; i < extents.length; i += 2) ramDataBytes += extents[i];
-    ok = true;
-    send({ snapshotDone: { ok: true, pauseMs: performance.now() - t0, ramDataBytes, ramExtents: extents } });
+    // Copied into private memory, unless the VM stops anyway (or its RAM is very large): then it is
+    // written straight from guest memory while the vCPUs stay parked.
+    const c = captureSnapshot(image, FD.STATE, FD.RAM, cfg.memBytes, !req.stop);
+    const done = (written: boolean, pauseMs: number) =>
+      send({ snapshotDone: { ok: true, written, pauseMs, ramDataBytes: c.ramBytes, ramExtents: c.extents } });
+    let pauseMs = 0;
+    if (c.copied) {
+      // The guest runs on, and the driver-domain may (its writes land in guest RAM, not in the copy).
+      pauseCtl.release();
+      held = false;
+      pauseMs = performance.now() - t0;
+      done(false, pauseMs);
+    }
+    writeSnapshotFiles(req.dir, c);
+    if (held) pauseMs = performance.now() - t0;
+    done(true, pauseMs);
   } catch (e) {
     send({ snapshotDone: { ok: false, error: (e as Error).message, pauseMs: performance.now() - t0, ramDataBytes: 0 } });
   } finally {
-    if (held && !(ok && req.stop)) pauseCtl.release();
+    if (held && !req.stop) pauseCtl.release();
   }
 }
 
