@@ -37,7 +37,7 @@ describe('tsvmm snapshot and run --restore', function () {
     const vm = new RunningVm(['--kernel', GUEST, '--name', name, '--cpus', '2', '--metrics-addr', 'none', '--cmdline', `workload=counter n=0 report=${REPORT}`]);
     let restored: RunningVm | undefined;
     try {
-      await vm.waitFor(() => vm.count('@counter') >= 4, 30_000, 'counter progress');
+      await vm.waitFor(() => vm.count('@counter') >= 4 && vm.pid.vmm !== 0, 30_000, 'counter progress');
       const live = path.join(tmp, 'live');
       const r1 = snapshot(name, live, false);
       assert.strictEqual(r1.status, 0, r1.stderr);
@@ -82,7 +82,7 @@ describe('tsvmm snapshot and run --restore', function () {
     const dir = path.join(tmp, 'blk');
     let restored: RunningVm | undefined;
     try {
-      await vm.waitFor(() => vm.count('@blk-progress') >= 5, 30_000, 'blk progress');
+      await vm.waitFor(() => vm.count('@blk-progress') >= 5 && vm.pid.vmm !== 0, 30_000, 'blk progress');
       const r = snapshot(name, dir, true);
       assert.strictEqual(r.status, 0, `${r.stderr}\n${vm.err}`);
       await vm.waitFor(() => vm.exit !== undefined, 30_000, 'the VM to stop after the snapshot');
@@ -110,10 +110,10 @@ describe('tsvmm snapshot and run --restore', function () {
       const name = `snapshot-bad-${process.pid}`;
       const vm = new RunningVm(['--kernel', GUEST, '--name', name, '--metrics-addr', 'none', '--cmdline', `workload=counter n=0 report=${REPORT}`]);
       try {
-        await vm.waitFor(() => vm.count('@counter') >= 1, 30_000, 'counter progress');
+        await vm.waitFor(() => vm.count('@counter') >= 1 && vm.pid.vmm !== 0, 30_000, 'counter progress');
         good = path.join(tmp, 'good');
         const r = snapshot(name, good, true);
-        assert.strictEqual(r.status, 0, r.stderr);
+        assert.strictEqual(r.status, 0, `${r.stderr}\n${vm.err}`);
         await vm.waitFor(() => vm.exit !== undefined, 30_000, 'the VM to stop');
       } finally {
         await vm.stop();
