@@ -91,7 +91,7 @@ async function latency(component: ComponentName, warm: boolean, kills: number, c
   const extra = warm ? ['--standby'] : [];
   const vm = component === 'vmm'
     ? new RunningVm([...extra, '--cpus', String(cpus), '--cmdline', `workload=counter n=0 report=${cpus === 1 ? 2_000_000 : 4_000_000}`],
-      { TSVMM_VMM_MAX_RESTARTS: '1000', TSVMM_RESTORE_DEBUG: '1' })
+      { TSVMM_RESTORE_DEBUG: '1' })
     : blkLoopVm(extra, blkIo ? { TSVMM_BLK_IO: blkIo } : {}, { n: 1000, report: 16 });
   const prefix = component === 'vmm' ? '@counter' : '@blk-progress';
   const row: LatencyRow = { name: `${component}, ${warm ? 'warm (--standby)' : 'cold'}${component === 'vmm' ? `, ${cpus} vCPU${cpus > 1 ? 's' : ''}` : ''}`, progress: [], running: [], supervisor: [], stall: [], errors: 0, warmCount: 0 };

@@ -26,7 +26,7 @@ describe('recovery under a verifying blk workload', function () {
     fs.writeFileSync(img, '');
     fs.truncateSync(img, 32 << 20);
     const n = 2000;
-    const vm = tsvmmAsync(['run', '--kernel', GUEST, '--disk', img, '--cmdline', `workload=blk-loop blk_n=${n} qd=16 mode=seq verify=1 blk_report=200 virtio_irq=1`], { TSVMM_VMM_MAX_RESTARTS: '1000' });
+    const vm = tsvmmAsync(['run', '--kernel', GUEST, '--disk', img, '--cmdline', `workload=blk-loop blk_n=${n} qd=16 mode=seq verify=1 blk_report=200 virtio_irq=1`]);
     let out = '';
     let err = '';
     vm.stdout.on('data', (d) => { out += d; });
