@@ -66,6 +66,9 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const TRANSIENT = new Set(['ECONNREFUSED', 'ENOENT', 'ECONNRESET', 'EPIPE']);
 
 /** Is the VM's supervisor alive (the priv-domain may be restarting)? */
+/** How long `tsvmm stop` waits for a VM whose API went away mid-request to be gone. */
+const STOP_WAIT_MS = 30_000;
+
 function supervisorAlive(name: string): boolean {
   try {
     return readSupervisorPid(name) !== undefined;
@@ -232,7 +235,20 @@ export async function verb(cmd: string, argv: string[]): Promise<number> {
       const { values } = parse(argv);
       const name = resolveName(values.name);
       const key = `${cmd}-${process.pid}-${Date.now()}`;
-      const r = JSON.parse((await api(name, 'POST', `/v1/vm/${cmd}`, {}, { key })).body) as { state: string };
+      const wasRunning = supervisorAlive(name);
+      let r: { state: string };
+      try {
+        r = JSON.parse((await api(name, 'POST', `/v1/vm/${cmd}`, {}, { key })).body) as { state: string };
+      } catch (e) {
+        // A stop can take the API down before its answer gets out (the supervisor tears the VM down
+        // right after it replies, and a slow machine may not have flushed the answer yet): the
+        // request got through if the VM then goes away.
+        if (cmd !== 'stop' || !(e instanceof VerbError) || !wasRunning) throw e;
+        const until = Date.now() + STOP_WAIT_MS;
+        while (supervisorAlive(name) && Date.now() < until) await sleep(100);
+        if (supervisorAlive(name)) throw e;
+        r = { state: 'stopped' };
+      }
       out(`VM ${name}: ${r.state}\n`);
       return 0;
     }
