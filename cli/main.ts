@@ -22,7 +22,7 @@ import { SnapshotError } from '../contracts/snapshot';
 import { quietStdio } from '../supervisor/quiet-stdio';
 import { DEFAULT_GEOMETRY } from '../contracts/state-page';
 import { verb, VerbError, VERBS, VERBS_HELP } from './verbs';
-import { badName, readSupervisorPid } from '../contracts/paths';
+import { badName, DEFAULT_METRICS_ADDR, readSupervisorPid } from '../contracts/paths';
 
 export const DEFAULT_GUEST = path.resolve(__dirname, '..', '..', 'guest', 'out', 'guest.elf');
 export const DEFAULT_DEMO_CMDLINE = 'workload=counter n=15000000000 report=500000000';
@@ -59,7 +59,7 @@ tsvmm run --restore DIR [--disk FILE[,ro]]... [--net tap=NAME[,mac=MAC]]... [--n
   --cpus N        number of vCPUs (default 1)
   --serial FILE   append guest serial output to FILE instead of the terminal
   --name NAME     a name for this VM (default: tsvmm-<pid>); the other verbs find it by this name
-  --metrics-addr HOST:PORT  where to serve Prometheus metrics (default 127.0.0.1:9464; port 0: any free port; none: off)
+  --metrics-addr HOST:PORT  where to serve Prometheus metrics (default ${DEFAULT_METRICS_ADDR}; port 0: any free port; none: off)
   --disk FILE[,ro]            a virtio-blk disk on a raw image (repeatable)
   --net tap=NAME[,mac=MAC]    a virtio-net NIC on a TAP device, created if absent (repeatable)
   -h, --help      show this help
@@ -174,8 +174,8 @@ function checkName(name: string): string {
 }
 
 /** --metrics-addr HOST:PORT | none */
-function checkMetricsAddr(addr: string | undefined): string {
-  if (addr === undefined || addr === 'none') return addr ?? '';
+function checkMetricsAddr(addr: string): string {
+  if (addr === 'none') return addr;
   const m = /^(\[[0-9a-fA-F:.]+\]|[^:\s]+):(\d{1,5})$/.exec(addr);
   if (!m || Number(m[2]) > 65535) throw new UsageError(`invalid --metrics-addr "${addr}": expected HOST:PORT (port 0: any free port) or none`);
   return addr;
@@ -233,7 +233,7 @@ function parseRestore(dirArg: string, values: { disk?: string[]; net?: string[];
     }
   }
   const cfg: VmConfig = {
-    ...saved, name: checkName(values.name ?? saved.name), metricsAddr: checkMetricsAddr(values['metrics-addr']),
+    ...saved, name: checkName(values.name ?? saved.name), metricsAddr: checkMetricsAddr(values['metrics-addr'] ?? DEFAULT_METRICS_ADDR),
     serialPath: values.serial ? path.resolve(values.serial) : '', disks, nets,
   };
   return { cfg, restore: { dir, manifest } };
@@ -301,7 +301,7 @@ function parseBoot(argv: string[]): VmConfig {
   const deviceCount = disks.length + (values.net?.length ?? 0);
   if (deviceCount > MAX_DEVICES) throw new UsageError(`${deviceCount} virtio devices requested: at most ${MAX_DEVICES} (--disk and --net together)`);
   return {
-    name: checkName(values.name ?? `tsvmm-${process.pid}`), metricsAddr: checkMetricsAddr(values['metrics-addr']),
+    name: checkName(values.name ?? `tsvmm-${process.pid}`), metricsAddr: checkMetricsAddr(values['metrics-addr'] ?? DEFAULT_METRICS_ADDR),
     kernel: path.resolve(kernel), cmdline, memBytes, cpus,
     serialPath: values.serial ? path.resolve(values.serial) : '',
     disks: distinctDisks(disks.map(parseDisk)), nets: (values.net ?? []).map(parseNet),

@@ -17,6 +17,9 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 
+/** Where a VM serves Prometheus metrics unless told otherwise (--metrics-addr). */
+export const DEFAULT_METRICS_ADDR = '127.0.0.1:9464';
+
 export const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 
 /** Why `name` cannot name a VM, or undefined. */

@@ -25,7 +25,7 @@ import { FD } from '../contracts/fds';
 import { ControlPage } from '../contracts/control-page';
 import { Component, HEARTBEAT_MS, mapDevicePage, StatePage } from '../contracts/state-page';
 import { deviceList } from '../contracts/device-list';
-import { mkdirPrivate, vmPaths } from '../contracts/paths';
+import { DEFAULT_METRICS_ADDR, mkdirPrivate, vmPaths } from '../contracts/paths';
 import { Store } from './store';
 import { Metrics, HEARTBEAT_COMPONENTS } from './metrics';
 import { ApiError, CommandArgs, createApiHandler } from './api';
@@ -34,7 +34,6 @@ import { componentConfig } from '../contracts/component-config';
 const CONSOLE_POLL_MS = 50;
 const COMMAND_TIMEOUT_MS = 5000;
 const SNAPSHOT_TIMEOUT_MS = 120_000;
-export const DEFAULT_METRICS_ADDR = '127.0.0.1:9464';
 
 function send(msg: ComponentMessage): void {
   // The supervisor may be gone (killed): a closed channel is not this process's failure, so no throw and no EPIPE event.

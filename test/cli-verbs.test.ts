@@ -249,7 +249,7 @@ describe('tsvmm control-plane verbs', function () {
 
 function rawRequest(socket: string, method: string, p: string, body: string | undefined, headers: Record<string, string>): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const req = http.request({ socketPath: socket, method, path: p, headers }, (res) => {
+    const req = http.request({ socketPath: socket, method, path: p, headers: body !== undefined ? { 'Content-Type': 'application/json', ...headers } : headers }, (res) => {
       let b = '';
       res.on('data', (d) => { b += d; });
       res.on('end', () => resolve({ status: res.statusCode ?? 0, body: b }));
