@@ -88,7 +88,7 @@ function rebase(schema: unknown): Json {
 function newAjv(coerce: boolean): Ajv {
   // strict off: OpenAPI adds keywords (example, nullable is ajv's own) and the spec document
   // around the schemas is not a schema.
-  const ajv = new Ajv({ strict: false, coerceTypes: coerce, allErrors: false, formats: { binary: true }, validateSchema: false });
+  const ajv = new Ajv({ strict: false, coerceTypes: coerce, allErrors: !coerce, formats: { binary: true }, validateSchema: false });
   return ajv;
 }
 
@@ -223,7 +223,11 @@ export class ApiSpec {
     }
     if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new ApiError(400, 'the JSON body must be an object');
     const bv = r.compiled.body();
-    if (!bv(v)) throw new ApiError(400, bodyError(bv.errors![0]));
+    if (!bv(v)) {
+      // An unknown field says more than the missing one it was probably meant to be.
+      const errs = bv.errors!;
+      throw new ApiError(400, bodyError(errs.find((e) => e.keyword === 'additionalProperties') ?? errs[0]));
+    }
     out.body = v as Json;
     return out;
   }
