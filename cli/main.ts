@@ -21,7 +21,9 @@ import { readSnapshotManifest } from '../contracts/snapshot-dir';
 import { SnapshotError } from '../contracts/snapshot';
 import { quietStdio } from '../supervisor/quiet-stdio';
 import { DEFAULT_GEOMETRY } from '../contracts/state-page';
-import { verb, VerbError, VERBS, VERBS_HELP } from './verbs';
+import { HelpRequest, verb, VerbError, VERBS, VERBS_HELP } from './verbs';
+import { versionInfo } from '../priv-domain/version';
+import { TSVMM_EXIT } from '../contracts/exit-codes';
 import { badName, DEFAULT_METRICS_ADDR, readSupervisorPid } from '../contracts/paths';
 
 export const DEFAULT_GUEST = path.resolve(__dirname, '..', '..', 'guest', 'out', 'guest.elf');
@@ -34,12 +36,20 @@ export class UsageError extends Error {
   constructor(message: string, readonly status = 2) { super(message); }
 }
 
-const HELP = `usage: tsvmm <command> [options]
+const HELP = `usage: tsvmm <command> [options]        (tsvmm <command> --help: that command's options)
 
 commands:
   run        boot a guest under a new supervisor
   image      build a guest image (tsvmm image linux [--out DIR] [--cache DIR])
+  version    print the version (also --version)
 ${VERBS_HELP}
+exit status: 0 done (the guest powered off with status 0, or stopped on request: tsvmm stop,
+             SIGTERM); 1 tsvmm failed; 2 usage error; 3 the guest failed (powered off with a
+             non-zero status); 130 interrupted (Ctrl-C)
+`;
+
+const RUN_HELP = `usage: tsvmm run [options]
+Boots a guest under a new supervisor; prints the VM's API socket, metrics URL and how to stop it.
 tsvmm run [--kernel FILE] [--initrd FILE] [--cmdline STR] [--mem SIZE] [--cpus N] [--serial FILE] [--name NAME]
           [--disk FILE[,ro]]... [--net tap=NAME[,mac=MAC]]... [--linux [--image-dir DIR]] [--force]
           [--standby] [--hang-timeout MS]
@@ -63,6 +73,7 @@ tsvmm run --restore DIR [--disk FILE[,ro]]... [--net tap=NAME[,mac=MAC]]... [--n
   --disk FILE[,ro]            a virtio-blk disk on a raw image (repeatable)
   --net tap=NAME[,mac=MAC]    a virtio-net NIC on a TAP device, created if absent (repeatable)
   -h, --help      show this help
+exit status: 0 the guest powered off with status 0 or a stop on request; 1 tsvmm failed; 2 usage error; 3 the guest failed; 130 Ctrl-C
 `;
 
 function readKernel(file: string): Buffer {
@@ -197,7 +208,7 @@ const RUN_OPTIONS = {
 /** `tsvmm run` options: the VM's configuration, and the snapshot it resumes with --restore. */
 export function parseRunOptions(argv: string[]): { cfg: VmConfig; restore?: SupervisorOptions['restore'] } {
   const { values } = parseArgs({ args: argv, options: RUN_OPTIONS, strict: true, allowPositionals: false });
-  if (values.help) { process.stdout.write(HELP); process.exit(0); }
+  if (values.help) throw new HelpRequest(RUN_HELP);
   if (values.restore !== undefined) return parseRestore(values.restore, values);
   return { cfg: parseBoot(argv) };
 }
@@ -241,7 +252,7 @@ function parseRestore(dirArg: string, values: { disk?: string[]; net?: string[];
 
 function parseBoot(argv: string[]): VmConfig {
   const { values } = parseArgs({ args: argv, options: RUN_OPTIONS, strict: true, allowPositionals: false });
-  if (values.help) { process.stdout.write(HELP); process.exit(0); }
+  if (values.help) throw new HelpRequest(RUN_HELP);
 
   // --linux without --kernel: the image `tsvmm image linux` built.
   const imageDir = values.linux && !values.kernel ? path.resolve(values['image-dir'] ?? defaultImageDir()) : undefined;
@@ -349,7 +360,7 @@ async function run(argv: string[]): Promise<number> {
     throw e;
   }
   process.on('SIGTERM', () => sup.stop('stopped by SIGTERM'));
-  process.on('SIGINT', () => sup.stop('stopped by SIGINT', 130));
+  process.on('SIGINT', () => sup.stop('stopped by SIGINT', TSVMM_EXIT.interrupted));
   sup.start();
   log(`the guest survives its VMM: run \`kill -9 ${sup.vmmPid}\` (the vmm${sup.driverDomainPid ? `; ${sup.driverDomainPid} is the driver-domain` : ''}) in another terminal and watch it carry on`);
   const r = await sup.done;
@@ -360,13 +371,19 @@ async function run(argv: string[]): Promise<number> {
 export async function main(argv: string[]): Promise<number> {
   try {
     const [cmd, ...rest] = argv;
-    if (!cmd || cmd === '-h' || cmd === '--help' || cmd === 'help') { process.stdout.write(HELP); return cmd ? 0 : 2; }
+    if (!cmd || cmd === '-h' || cmd === '--help' || cmd === 'help') { process.stdout.write(HELP); return cmd ? TSVMM_EXIT.ok : TSVMM_EXIT.usage; }
+    if (cmd === '--version' || cmd === '-V' || cmd === 'version') {
+      const v = versionInfo();
+      process.stdout.write(`tsvmm ${v.version}${v.commit ? ` (commit ${v.commit})` : ''} node ${v.node}\n`);
+      return TSVMM_EXIT.ok;
+    }
     if (cmd === 'run') return await run(rest);
     if (cmd === 'image') return imageCommand(rest);
     if (VERBS.includes(cmd)) return await verb(cmd, rest);
     throw new UsageError(`unknown command "${cmd}" (try tsvmm --help)`);
   } catch (e) {
     const err = e as Error & { code?: string; status?: number };
+    if (e instanceof HelpRequest) { process.stdout.write(e.text); return TSVMM_EXIT.ok; }
     if (e instanceof UsageError || e instanceof VerbError) { process.stderr.write(`tsvmm: error: ${e.message}\n`); return e.status; }
     if (err.code?.startsWith('ERR_PARSE_ARGS')) { process.stderr.write(`tsvmm: error: ${err.message}\n`); return 2; }
     process.stderr.write(`tsvmm: error: ${err.message}\n`);

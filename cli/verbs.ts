@@ -14,6 +14,11 @@ export class VerbError extends Error {
   constructor(message: string, readonly status = 1) { super(message); }
 }
 
+/** --help: print `text` on stdout, exit 0. */
+export class HelpRequest extends Error {
+  constructor(readonly text: string) { super('help'); }
+}
+
 export const VERBS = ['ls', 'ps', 'kill', 'pause', 'resume', 'stop', 'snapshot', 'update', 'console', 'metrics', 'events', 'label', 'annotate', 'rm'];
 
 export const VERBS_HELP = `
@@ -33,6 +38,28 @@ export const VERBS_HELP = `
   rm         tsvmm rm NAME: remove a stopped VM's state (its store and console log)
   These take --name NAME (optional when one VM is running) and --json (ls, ps, events).
 `;
+
+const COMMON = `  --name NAME   the VM (optional when exactly one is running)
+  -h, --help    this help
+`;
+
+/** `tsvmm VERB --help`. */
+export const VERB_USAGE: Record<string, string> = {
+  ls: `usage: tsvmm ls [--all] [--json]\nList the VMs running on this host (--all: also those recorded in the state directory but stopped).\n  --json        machine-readable\n  -h, --help    this help\n`,
+  ps: `usage: tsvmm ps [--name NAME] [--json]\nThe VM's components: pid, state, uptime, restarts, last recovery.\n  --json        machine-readable\n${COMMON}`,
+  kill: `usage: tsvmm kill COMPONENT [--signal SIG] [--name NAME]\nSignal a component (vmm, driver-domain, priv-domain, keeper; default SIGKILL); the supervisor recovers it.\nThe keeper takes SIGKILL, SIGSTOP and SIGCONT only.\n  -s, --signal SIG  e.g. SIGTERM, TERM or 15\n${COMMON}`,
+  pause: `usage: tsvmm pause [--name NAME]\nPark every vCPU (the guest stops; its devices stay up).\n${COMMON}`,
+  resume: `usage: tsvmm resume [--name NAME]\nRelease the vCPUs of a paused VM.\n${COMMON}`,
+  stop: `usage: tsvmm stop [--name NAME]\nStop the VM: the supervisor ends every component and \`tsvmm run\` exits 130.\n${COMMON}`,
+  console: `usage: tsvmm console [--name NAME] [--no-follow]\nThe guest's serial console: the history, then new output as it comes.\n  --no-follow   the history only, then exit\n${COMMON}`,
+  metrics: `usage: tsvmm metrics [--name NAME]\nThe VM's Prometheus metrics (the same text its metrics endpoint serves).\n${COMMON}`,
+  events: `usage: tsvmm events [--name NAME] [--json]\nThe VM's lifecycle events from its durable store (started, kill, recovery, exited, ...).\n  --json        machine-readable\n${COMMON}`,
+  label: `usage: tsvmm label [KEY [VALUE]] [--name NAME]\nAll labels; one label; or set one.\n${COMMON}`,
+  snapshot: `usage: tsvmm snapshot --out DIR [--stop] [--name NAME] [--json]\nSave the running VM into DIR (new or empty); \`tsvmm run --restore DIR\` resumes it (docs/snapshots.md).\n  --out DIR     where to write it\n  --stop        stop the VM once it is saved\n  --json        machine-readable\n${COMMON}`,
+  update: `usage: tsvmm update [vmm|driver-domain|priv-domain|all] [--name NAME]\nReplace components with the build installed now, through their warm standbys, the guest running.\n${COMMON}`,
+  rm: `usage: tsvmm rm NAME\nForget a stopped VM: its durable store and console logs (tsvmm ls --all lists them).\n  -h, --help    this help\n`,
+  annotate: `usage: tsvmm annotate TEXT [--name NAME]\nAppend a free-text annotation to the VM's record.\n${COMMON}`,
+};
 
 /** How long a verb keeps retrying while the priv-domain restarts. */
 const RETRY_MS = Number(process.env.TSVMM_API_RETRY_MS ?? 5000);
@@ -172,15 +199,15 @@ interface Component {
   lastRecovery: { component: string; cause: string; seconds: number; at: number } | null;
 }
 
-function parse(argv: string[], extra: Record<string, { type: 'string' | 'boolean'; short?: string }> = {}, positionals = 0) {
+function parse(cmd: string, argv: string[], extra: Record<string, { type: 'string' | 'boolean'; short?: string }> = {}, positionals = 0) {
   let r;
   try {
     r = parseArgs({ args: argv, options: { name: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' }, ...extra }, strict: true, allowPositionals: true });
   } catch (e) {
     throw new VerbError((e as Error).message, 2);
   }
-  if (r.positionals.length > positionals) throw new VerbError(`unexpected argument "${r.positionals[positionals]}"`, 2);
-  if (r.values.help) { process.stdout.write(VERBS_HELP); process.exit(0); }
+  if (r.values.help) throw new HelpRequest(VERB_USAGE[cmd] ?? VERBS_HELP);
+  if (r.positionals.length > positionals) throw new VerbError(`unexpected argument "${r.positionals[positionals]}" (tsvmm ${cmd} --help)`, 2);
   return r as unknown as { values: { name?: string; json?: boolean; all?: boolean; signal?: string; 'no-follow'?: boolean; out?: string; stop?: boolean }; positionals: string[] };
 }
 
@@ -189,7 +216,7 @@ const out = (s: string) => { process.stdout.write(s); };
 export async function verb(cmd: string, argv: string[]): Promise<number> {
   switch (cmd) {
     case 'ls': {
-      const { values } = parse(argv, { all: { type: 'boolean' } });
+      const { values } = parse(cmd, argv, { all: { type: 'boolean' } });
       const rows: { name: string; state: string; pid: number; socket: string }[] = [];
       const running = runningNames();
       for (const name of running) {
@@ -210,7 +237,7 @@ export async function verb(cmd: string, argv: string[]): Promise<number> {
       return 0;
     }
     case 'ps': {
-      const { values } = parse(argv);
+      const { values } = parse(cmd, argv);
       const name = resolveName(values.name);
       const comps = JSON.parse((await api(name, 'GET', '/v1/vm/components')).body) as Component[];
       if (values.json) { out(JSON.stringify(comps, null, 1) + '\n'); return 0; }
@@ -222,7 +249,7 @@ export async function verb(cmd: string, argv: string[]): Promise<number> {
       return 0;
     }
     case 'kill': {
-      const { values, positionals } = parse(argv, { signal: { type: 'string', short: 's' } }, 1);
+      const { values, positionals } = parse(cmd, argv, { signal: { type: 'string', short: 's' } }, 1);
       if (!positionals[0]) throw new VerbError('usage: tsvmm kill COMPONENT [--signal SIG] [--name NAME] (COMPONENT: vmm, driver-domain, priv-domain, keeper)', 2);
       const name = resolveName(values.name);
       const r = JSON.parse((await api(name, 'POST', `/v1/vm/components/${encodeURIComponent(positionals[0])}/kill`, { signal: values.signal ?? 'SIGKILL' })).body) as { pid: number; signal: string };
@@ -232,7 +259,7 @@ export async function verb(cmd: string, argv: string[]): Promise<number> {
     case 'pause':
     case 'resume':
     case 'stop': {
-      const { values } = parse(argv);
+      const { values } = parse(cmd, argv);
       const name = resolveName(values.name);
       const key = `${cmd}-${process.pid}-${Date.now()}`;
       const wasRunning = supervisorAlive(name);
@@ -253,7 +280,7 @@ export async function verb(cmd: string, argv: string[]): Promise<number> {
       return 0;
     }
     case 'snapshot': {
-      const { values } = parse(argv, { out: { type: 'string' }, stop: { type: 'boolean' } });
+      const { values } = parse(cmd, argv, { out: { type: 'string' }, stop: { type: 'boolean' } });
       if (!values.out) throw new VerbError('usage: tsvmm snapshot --out DIR [--stop] [--name NAME]', 2);
       const name = resolveName(values.name);
       const dir = path.resolve(values.out);
@@ -264,7 +291,7 @@ export async function verb(cmd: string, argv: string[]): Promise<number> {
       return 0;
     }
     case 'update': {
-      const { values, positionals } = parse(argv, {}, 1);
+      const { values, positionals } = parse(cmd, argv, {}, 1);
       const component = positionals[0] ?? 'all';
       if (!['vmm', 'driver-domain', 'priv-domain', 'all'].includes(component)) throw new VerbError(`usage: tsvmm update [vmm|driver-domain|priv-domain|all] [--name NAME] ("${component}" is not one)`, 2);
       const name = resolveName(values.name);
@@ -279,19 +306,19 @@ export async function verb(cmd: string, argv: string[]): Promise<number> {
       return 0;
     }
     case 'metrics': {
-      const { values } = parse(argv);
+      const { values } = parse(cmd, argv);
       out((await api(resolveName(values.name), 'GET', '/metrics')).body);
       return 0;
     }
     case 'events': {
-      const { values } = parse(argv);
+      const { values } = parse(cmd, argv);
       const evs = JSON.parse((await api(resolveName(values.name), 'GET', '/v1/vm/events')).body) as { id: number; at: number; kind: string; detail: unknown }[];
       if (values.json) { out(JSON.stringify(evs, null, 1) + '\n'); return 0; }
       for (const e of evs) out(`${e.id}\t${new Date(e.at * 1000).toISOString()}\t${e.kind}\t${e.kind === 'started' ? '' : JSON.stringify(e.detail)}\n`);
       return 0;
     }
     case 'label': {
-      const { values, positionals } = parse(argv, {}, 2);
+      const { values, positionals } = parse(cmd, argv, {}, 2);
       const name = resolveName(values.name);
       if (!positionals[0]) { out(JSON.stringify(JSON.parse((await api(name, 'GET', '/v1/vm/labels')).body), null, 1) + '\n'); return 0; }
       const path = `/v1/vm/labels/${encodeURIComponent(positionals[0])}`;
@@ -303,7 +330,7 @@ export async function verb(cmd: string, argv: string[]): Promise<number> {
       return 0;
     }
     case 'annotate': {
-      const { values, positionals } = parse(argv, {}, 1);
+      const { values, positionals } = parse(cmd, argv, {}, 1);
       if (!positionals[0]) throw new VerbError('usage: tsvmm annotate TEXT [--name NAME]', 2);
       const r = JSON.parse((await api(resolveName(values.name), 'POST', '/v1/vm/annotations', { text: positionals[0] }, { key: `annotate-${process.pid}-${Date.now()}` })).body) as { id: number };
       out(`annotation ${r.id}\n`);
@@ -312,7 +339,7 @@ export async function verb(cmd: string, argv: string[]): Promise<number> {
     case 'console':
       return consoleVerb(argv);
     case 'rm': {
-      const { values, positionals } = parse(argv, {}, 1);
+      const { values, positionals } = parse(cmd, argv, {}, 1);
       const name = positionals[0] ?? values.name;
       if (!name) throw new VerbError('usage: tsvmm rm NAME (a stopped VM; tsvmm ls --all lists them)', 2);
       const why = badName(name);
@@ -332,7 +359,7 @@ export async function verb(cmd: string, argv: string[]): Promise<number> {
 
 /** History, then follow; across priv-domain restarts it reconnects from the last byte it got. */
 async function consoleVerb(argv: string[]): Promise<number> {
-  const { values } = parse(argv, { 'no-follow': { type: 'boolean' } });
+  const { values } = parse('console', argv, { 'no-follow': { type: 'boolean' } });
   const name = resolveName(values.name);
   const follow = !values['no-follow'];
   const socket = vmPaths(name).socket;
@@ -348,7 +375,11 @@ async function consoleVerb(argv: string[]): Promise<number> {
           return;
         }
         if (pos === undefined) pos = Number(res.headers['x-console-start'] ?? 0);
-        res.on('data', (c: Buffer) => { process.stdout.write(c); pos = ((pos ?? 0) + c.length) >>> 0; });
+        res.on('data', (c: Buffer) => {
+          pos = ((pos ?? 0) + c.length) >>> 0;
+          // Back-pressure: a slow reader (a pipe) holds the stream rather than memory.
+          if (!process.stdout.write(c)) { res.pause(); process.stdout.once('drain', () => res.resume()); }
+        });
         res.on('end', () => resolve('end'));
         res.on('error', () => resolve('error'));
         res.on('aborted', () => resolve('error'));

@@ -8,6 +8,7 @@
  *       <name>/supervisor.pid   the supervisor that owns the name: "PID STARTTICKS"
  *       <name>/run.pb, supervisor.sock, adopt.lock/   for adopting the VM when its supervisor
  *                               dies (recovery/run-record.ts)
+ *       <name>/prometheus.json  the VM's metrics endpoint as a Prometheus file_sd target
  *   state dir (survives reboots): $TSVMM_STATE_DIR, else /var/lib/tsvmm for root, else
  *     $XDG_STATE_HOME/tsvmm, else ~/.local/state/tsvmm. Mode 0700.
  *       vms/<name>/tsvmm.db     the durable store (priv-domain/store.ts)
@@ -17,8 +18,8 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 
-/** Where a VM serves Prometheus metrics unless told otherwise (--metrics-addr). */
-export const DEFAULT_METRICS_ADDR = '127.0.0.1:9464';
+/** Where a VM serves Prometheus metrics unless told otherwise (--metrics-addr): any free port, so VMs coexist. */
+export const DEFAULT_METRICS_ADDR = '127.0.0.1:0';
 
 export const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 
@@ -48,6 +49,7 @@ export interface VmPaths {
   runDir: string;
   socket: string;
   pidFile: string;
+  promTargets: string;
   stateDir: string;
   db: string;
   consoleLog: string;
@@ -57,7 +59,7 @@ export function vmPaths(name: string): VmPaths {
   const runDir = path.join(runtimeRoot(), name);
   const stateDir = path.join(stateRoot(), 'vms', name);
   return {
-    runDir, socket: path.join(runDir, 'api.sock'), pidFile: path.join(runDir, 'supervisor.pid'),
+    runDir, socket: path.join(runDir, 'api.sock'), pidFile: path.join(runDir, 'supervisor.pid'), promTargets: path.join(runDir, 'prometheus.json'),
     stateDir, db: path.join(stateDir, 'tsvmm.db'), consoleLog: path.join(stateDir, 'console.log'),
   };
 }

@@ -224,8 +224,8 @@ function main(): void {
     } catch (e) {
       process.stderr.write(`tsvmm priv-domain: ${(e as Error).message}\n`);
     }
-    const ready = () => send({ ready: { component: 'priv-domain', pid: process.pid } });
-    if (!target) { ready(); return; }
+    const ready = () => send({ ready: { component: 'priv-domain', pid: process.pid, metricsAddr } });
+    if (!target) { fs.rmSync(paths.promTargets, { force: true }); ready(); return; }
     const ms = http.createServer((req, res) => {
       const p = (req.url ?? '/').split('?')[0];
       if (req.method !== 'GET' || (p !== '/metrics' && p !== '/')) {
@@ -236,18 +236,46 @@ function main(): void {
       metrics.text().then((text) => { res.writeHead(200, { 'Content-Type': metrics.contentType }); res.end(text); },
         (e: Error) => { res.writeHead(500); res.end(`${e.message}\n`); });
     });
+    // Port 0 ("any free port", the default): a restarted priv-domain first tries the port the
+    // last one had, so scrapers keep their target across priv-domain recoveries.
+    const previous = target.port === 0 ? previousPort(paths.promTargets) : undefined;
+    let port = previous ?? target.port;
     ms.on('error', (e) => {
-      // Another VM on the default port, say: the API's GET /metrics still serves them.
+      if (port !== target!.port) { port = target!.port; ms.listen(port, target!.host); return; }
+      // A fixed port another process holds, say: the API's GET /metrics still serves them.
       process.stderr.write(`tsvmm priv-domain: metrics endpoint ${target!.host}:${target!.port} unavailable (${(e as NodeJS.ErrnoException).code ?? e.message}); \`tsvmm metrics\` still works\n`);
       metricsAddr = 'none';
+      fs.rmSync(paths.promTargets, { force: true });
       ready();
     });
-    ms.listen(target.port, target.host, () => {
+    ms.on('listening', () => {
       const a = ms.address() as net.AddressInfo;
       metricsAddr = a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
+      writeTargets(paths.promTargets, metricsAddr, cfg.name);
       ready();
     });
+    ms.listen(port, target.host);
   };
+}
+
+/** The port in a Prometheus file_sd target file a previous priv-domain wrote, if any. */
+function previousPort(file: string): number | undefined {
+  try {
+    const t = (JSON.parse(fs.readFileSync(file, 'utf8')) as { targets: string[] }[])[0].targets[0];
+    const port = Number(t.slice(t.lastIndexOf(':') + 1));
+    return Number.isInteger(port) && port > 0 && port < 65536 ? port : undefined;
+  } catch { return undefined; }
+}
+
+/**
+ * <runtime>/<name>/prometheus.json: this VM as a Prometheus file_sd target, so one scrape job
+ * (file_sd_configs: files: [<runtime>/*\/prometheus.json]) finds every VM on the host. Written
+ * atomically (rename); it goes away with the runtime directory when the VM stops.
+ */
+function writeTargets(file: string, addr: string, name: string): void {
+  const tmp = `${file}.${process.pid}.tmp`;
+  fs.writeFileSync(tmp, JSON.stringify([{ targets: [addr], labels: { tsvmm_vm: name } }], null, 1) + '\n', { mode: 0o644 });
+  fs.renameSync(tmp, file);
 }
 
 try {

@@ -21,7 +21,7 @@ export interface VmConfig {
 export type ComponentMessage =
   | { ready: {
     component: string; pid: number; keeperPid?: number; restoredGeneration?: number; diedNs?: number; savedNs?: number;
-    standby?: boolean; warm?: boolean; resumedNs?: number;
+    standby?: boolean; warm?: boolean; resumedNs?: number; metricsAddr?: string;
   } }
   | { guestExit: { code: number; reason: string } }
   | { fatal: { message: string } }

@@ -7,6 +7,7 @@ import { ChildProcess } from 'child_process';
 import { componentEntry } from './component-entry';
 import { Component } from '../contracts/state-page';
 import { LifecycleHost } from './lifecycle';
+import { TSVMM_EXIT } from '../contracts/exit-codes';
 import { RESTART_LIMITS, RestartPolicy } from './restart-policy';
 import { componentStdio, hasExited, killHung, ReadyMsg, spawnProcess, whenExited } from './spawn';
 
@@ -68,7 +69,7 @@ export class DriverDomainLifecycle {
             child.kill('SIGKILL');
             return;
           }
-          h.finish({ code: 1, reason: m.fatal.message });
+          h.finish({ code: TSVMM_EXIT.failed, reason: m.fatal.message });
         }
       },
       onExit: (cause) => this.onExit(child, cause),
@@ -98,7 +99,7 @@ export class DriverDomainLifecycle {
       return;
     }
     const d = this.policy.failed(cause);
-    if ('giveUp' in d) { h.finish({ code: 1, reason: `driver-domain recovery gave up: ${d.giveUp}` }); return; }
+    if ('giveUp' in d) { h.finish({ code: TSVMM_EXIT.failed, reason: `driver-domain recovery gave up: ${d.giveUp}` }); return; }
     this.primary = undefined;
     const restart = () => { if (!h.finished && !this.primary) this.spawn(); };
     if (d.delayMs) {

@@ -11,6 +11,7 @@ import { HangWatch } from './hang-watch';
 import { HeldFds } from './spawn';
 
 export interface RunResult {
+  /** tsvmm's exit status (TSVMM_EXIT in contracts/exit-codes.ts). */
   code: number;
   reason: string;
   /** The user asked for it (tsvmm stop, SIGTERM, SIGINT): not an error. */

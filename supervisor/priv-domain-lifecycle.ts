@@ -8,6 +8,7 @@
 import * as path from 'path';
 import { ChildProcess } from 'child_process';
 import { Component } from '../contracts/state-page';
+import { vmPaths } from '../contracts/paths';
 import { ControlRequest, SupervisorMessage } from '../proto';
 import { LifecycleHost, RunResult } from './lifecycle';
 import { RESTART_LIMITS, RestartPolicy } from './restart-policy';
@@ -27,6 +28,7 @@ export class PrivDomainLifecycle {
   private pending?: { cause: string; t0: bigint };
   private readonly policy = new RestartPolicy('priv-domain', RESTART_LIMITS.privDomain);
   private stopped = false;
+  private metricsAddr = '';
 
   constructor(private readonly host: LifecycleHost, private readonly env: Record<string, string>, private readonly events: PrivDomainEvents) {}
 
@@ -68,7 +70,7 @@ export class PrivDomainLifecycle {
       env: { ...this.env },
       onMessage: (m) => {
         if (child !== this.child) return;
-        if ('ready' in m && m.ready) this.onReady(child, m.ready.pid);
+        if ('ready' in m && m.ready) this.onReady(child, m.ready.pid, m.ready.metricsAddr ?? '');
         else if ('controlRequest' in m && m.controlRequest) this.events.request(m.controlRequest);
         else if ('fatal' in m && m.fatal) h.log(`priv-domain: ${m.fatal.message}`);
       },
@@ -88,13 +90,24 @@ export class PrivDomainLifecycle {
     this.child = child;
   }
 
-  private onReady(child: ChildProcess, pid: number): void {
+  private onReady(child: ChildProcess, pid: number, metricsAddr: string): void {
     const h = this.host;
     this.policy.succeeded();
+    const name = h.cfg.name;
+    const metrics = metricsAddr && metricsAddr !== 'none' ? `http://${metricsAddr}/metrics` : 'none (tsvmm metrics still works)';
     if (!this.readyOnce) {
       this.readyOnce = true;
       h.log(`priv-domain ready (pid ${pid})`);
+      // What an operator needs next, once: where to reach the VM and how to stop it.
+      h.log(`VM "${name}" is up`);
+      h.log(`  API socket  ${vmPaths(name).socket}`);
+      h.log(`  metrics     ${metrics}`);
+      h.log(`  console     tsvmm console --name ${name}   (Ctrl-] detaches)`);
+      h.log(`  stop        tsvmm stop --name ${name}, or Ctrl-C here`);
+    } else if (metricsAddr !== this.metricsAddr) {
+      h.log(`metrics moved to ${metrics}`);
     }
+    this.metricsAddr = metricsAddr;
     h.hangWatch.watchHeartbeat(child, 'priv-domain', child.pid, Component.PrivDomain, () => killHung(child));
     const p = this.pending;
     this.pending = undefined;

@@ -26,6 +26,7 @@ import { PlatformPage } from '../contracts/platform-page';
 import { Control, ControlledComponent, ControlTarget } from './control';
 import { DEFAULT_HANG_TIMEOUT_MS, Hang, HangWatch } from './hang-watch';
 import { LifecycleHost, Recovery, RunResult } from './lifecycle';
+import { TSVMM_EXIT } from '../contracts/exit-codes';
 import { HeldFds } from './spawn';
 import { VmmLifecycle, VmmRecovery } from './vmm-lifecycle';
 import { DriverDomainLifecycle } from './driver-domain-lifecycle';
@@ -174,7 +175,7 @@ export class Supervisor implements LifecycleHost, ControlTarget {
   }
 
   /** A requested stop (tsvmm stop, SIGTERM: exit 0; SIGINT: 130, as shells expect): not an error. */
-  stop(reason: string, code = 0): void {
+  stop(reason: string, code: number = TSVMM_EXIT.stopped): void {
     this.finish({ code, reason, requested: true });
   }
 

@@ -21,7 +21,7 @@ import { ChildProcess } from 'child_process';
 import type { SnapshotDone, SnapshotRequest } from '../proto';
 import { componentEntry } from './component-entry';
 import { Component } from '../contracts/state-page';
-import { EXIT_NOT_NEEDED } from '../contracts/exit-codes';
+import { EXIT_NOT_NEEDED, TSVMM_EXIT } from '../contracts/exit-codes';
 import { keeper, SnapshotView, SnapState } from '../contracts/snapshot';
 import { LifecycleHost } from './lifecycle';
 import { RESTART_LIMITS, RestartPolicy } from './restart-policy';
@@ -196,7 +196,7 @@ export class VmmLifecycle {
           this.onReady(child, m.ready);
         } else if ('keeperArmed' in m && m.keeperArmed) this.onKeeperArmed(child, m.keeperArmed);
         else if ('snapshotDone' in m && m.snapshotDone) { if (child === this.primary) this.snapshotDone?.(m.snapshotDone); }
-        else if ('guestExit' in m && m.guestExit) h.finish({ code: m.guestExit.code, reason: m.guestExit.reason });
+        else if ('guestExit' in m && m.guestExit) h.finish({ code: m.guestExit.code === 0 ? TSVMM_EXIT.ok : TSVMM_EXIT.guestFailed, reason: m.guestExit.reason });
         else if ('fatal' in m && m.fatal) {
           if (child === this.spare && !this.pending) {
             // A standby that failed to build: the primary is fine; drop it (its exit schedules a new one).
@@ -205,7 +205,7 @@ export class VmmLifecycle {
             child.kill('SIGKILL');
             return;
           }
-          h.finish({ code: 1, reason: m.fatal.message });
+          h.finish({ code: TSVMM_EXIT.failed, reason: m.fatal.message });
         }
       },
       onExit: (cause) => {
@@ -229,17 +229,17 @@ export class VmmLifecycle {
     if (state !== SnapState.EMPTY) this.trackKeeper(keeperPid, dead);
     if (state === SnapState.SAVED && !this.running.has(dead)) this.releaseDeadClaim();
     if (state === SnapState.ARMED && this.keepersSeen.has(keeperPid) && !this.keepers.has(keeperPid)) {
-      h.finish({ code: 1, reason: `vmm exited (${cause}) while it had no keeper (pid ${keeperPid} died before it and no new one was armed yet): the guest cannot be recovered` });
+      h.finish({ code: TSVMM_EXIT.failed, reason: `vmm exited (${cause}) while it had no keeper (pid ${keeperPid} died before it and no new one was armed yet): the guest cannot be recovered` });
       return;
     }
     if (state === SnapState.EMPTY) {
       // No keeper was ever armed: the guest has not run a single instruction (or recovery is off).
       if (this.running.has(dead) || this.noRecovery) {
-        h.finish({ code: 1, reason: `vmm exited unexpectedly (${cause}) and recovery is off: the guest cannot be recovered` });
+        h.finish({ code: TSVMM_EXIT.failed, reason: `vmm exited unexpectedly (${cause}) and recovery is off: the guest cannot be recovered` });
         return;
       }
       const d = this.bootPolicy.failed(cause);
-      if ('giveUp' in d) { h.finish({ code: 1, reason: `the vmm keeps dying while it boots: ${d.giveUp}` }); return; }
+      if ('giveUp' in d) { h.finish({ code: TSVMM_EXIT.failed, reason: `the vmm keeps dying while it boots: ${d.giveUp}` }); return; }
       h.log(`vmm exited (${cause}) while booting, before the guest ran; booting again${d.delayMs ? ` in ${d.delayMs} ms` : ''}`);
       this.primary = undefined;
       setTimeout(() => { if (!h.finished && !this.primary) this.spawn('boot'); }, d.delayMs);
@@ -247,12 +247,12 @@ export class VmmLifecycle {
     }
     if (state === SnapState.STOPPED) {
       // The guest had stopped; its report may still be in flight on the IPC channel.
-      setTimeout(() => h.finish({ code: 1, reason: `vmm exited (${cause}) after the guest stopped, without reporting why` }), 200);
+      setTimeout(() => h.finish({ code: TSVMM_EXIT.failed, reason: `vmm exited (${cause}) after the guest stopped, without reporting why` }), 200);
       return;
     }
     const handover = dead === this.handingOver;
     const d = handover ? { delayMs: 0 } : this.policy.failed(cause);
-    if ('giveUp' in d) { h.finish({ code: 1, reason: `vmm recovery gave up: ${d.giveUp}` }); return; }
+    if ('giveUp' in d) { h.finish({ code: TSVMM_EXIT.failed, reason: `vmm recovery gave up: ${d.giveUp}` }); return; }
     this.pending ??= { cause: handover ? 'update' : cause, t0: process.hrtime.bigint(), dead };
     this.pending.dead = dead;
     if (this.spare) {

@@ -58,16 +58,17 @@ describe('tsvmm run (boots the test guest)', function () {
     assert.ok(Number(irq?.fields.cycles_per_irq) > 0);
   });
 
-  it('the guest exit status becomes tsvmm\'s exit status', () => {
+  it('a guest that fails makes tsvmm exit 3, distinct from its own failures (1) and usage errors (2)', () => {
     const r = tsvmm(['run', '--kernel', GUEST, '--cmdline', 'workload=nonsense']);
-    assert.equal(r.status, 1, r.stdout + r.stderr);
+    assert.equal(r.status, 3, r.stdout + r.stderr);
     assert.ok(guestLines(r.stdout).some((l) => l.word === 'error' && l.fields.what === 'cmdline'));
     assert.match(r.stderr, /guest powered off with status 1/);
   });
 
   it('a guest CPU exception is reported by the guest, not a VMM crash', () => {
     const r = tsvmm(['run', '--kernel', GUEST, '--cmdline', 'workload=fault']);
-    assert.equal(r.status, 2, r.stdout + r.stderr);
+    assert.equal(r.status, 3, r.stdout + r.stderr);
+    assert.match(r.stderr, /guest powered off with status 2/);
     assert.ok(guestLines(r.stdout).some((l) => l.word === 'error' && l.fields.what === 'exception'));
   });
 
