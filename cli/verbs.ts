@@ -31,7 +31,8 @@ export const VERBS_HELP = `
              resumes it
   update     tsvmm update [vmm|driver-domain|priv-domain|all]: replace the running components with the
              build installed now, without a guest reboot (a standby of the new build takes over)
-  console    show the guest's serial console history, then follow it (--no-follow: history only)
+  console    attach to the guest's serial console: history, then follow; typing goes to the guest,
+             Ctrl-] detaches (--no-follow: history only; --read-only: no input)
   metrics    print the VM's Prometheus metrics
   events     the VM's lifecycle events from the durable store
   label      tsvmm label KEY [VALUE]: show or set a label;  annotate TEXT: add an annotation
@@ -51,7 +52,7 @@ export const VERB_USAGE: Record<string, string> = {
   pause: `usage: tsvmm pause [--name NAME]\nPark every vCPU (the guest stops; its devices stay up).\n${COMMON}`,
   resume: `usage: tsvmm resume [--name NAME]\nRelease the vCPUs of a paused VM.\n${COMMON}`,
   stop: `usage: tsvmm stop [--name NAME]\nStop the VM: the supervisor ends every component and \`tsvmm run\` exits 130.\n${COMMON}`,
-  console: `usage: tsvmm console [--name NAME] [--no-follow]\nThe guest's serial console: the history, then new output as it comes.\n  --no-follow   the history only, then exit\n${COMMON}`,
+  console: `usage: tsvmm console [--name NAME] [--no-follow | --read-only]\nAttach to the guest's serial console: the history, then new output as it comes; what you type\ngoes to the guest's serial port (raw mode on a terminal; stdin otherwise). Ctrl-] detaches.\nSeveral consoles may watch; one at a time types (another gets an error until it has been idle 10 s).\nIt stays attached across priv-domain and vmm recoveries.\n  --no-follow   the history only, then exit\n  --read-only   watch without sending input\n${COMMON}`,
   metrics: `usage: tsvmm metrics [--name NAME]\nThe VM's Prometheus metrics (the same text its metrics endpoint serves).\n${COMMON}`,
   events: `usage: tsvmm events [--name NAME] [--json]\nThe VM's lifecycle events from its durable store (started, kill, recovery, exited, ...).\n  --json        machine-readable\n${COMMON}`,
   label: `usage: tsvmm label [KEY [VALUE]] [--name NAME]\nAll labels; one label; or set one.\n${COMMON}`,
@@ -357,16 +358,30 @@ export async function verb(cmd: string, argv: string[]): Promise<number> {
   }
 }
 
-/** History, then follow; across priv-domain restarts it reconnects from the last byte it got. */
+/** Ctrl-]: detaches `tsvmm console` (as telnet's escape). */
+export const CONSOLE_ESCAPE = 0x1d;
+
+/**
+ * History, then follow; across priv-domain restarts it reconnects from the last byte it got.
+ * Following, it is also the console's writer: stdin (raw mode on a terminal) goes to the guest's
+ * UART through the API, until Ctrl-] detaches (--read-only: output only).
+ */
 async function consoleVerb(argv: string[]): Promise<number> {
-  const { values } = parse('console', argv, { 'no-follow': { type: 'boolean' } });
+  const { values } = parse('console', argv, { 'no-follow': { type: 'boolean' }, 'read-only': { type: 'boolean' } }) as
+    { values: { name?: string; 'no-follow'?: boolean; 'read-only'?: boolean } };
   const name = resolveName(values.name);
   const follow = !values['no-follow'];
   const socket = vmPaths(name).socket;
   let pos: number | undefined;
+  let detached = false;
+  let current: http.ClientRequest | undefined;
+  let wake: () => void = () => undefined;
+  const detach = () => { detached = true; current?.destroy(); wake(); };
+  if (follow && !values['read-only']) attachInput(name, detach);
   for (;;) {
     const path = `/v1/vm/console?follow=${follow ? 1 : 0}${pos !== undefined ? `&since=${pos}` : ''}`;
     const ended = await new Promise<'end' | 'error'>((resolve) => {
+      wake = () => resolve('end');
       const req = http.request({ socketPath: socket, method: 'GET', path }, (res) => {
         if ((res.statusCode ?? 0) >= 400) {
           let b = '';
@@ -384,11 +399,70 @@ async function consoleVerb(argv: string[]): Promise<number> {
         res.on('error', () => resolve('error'));
         res.on('aborted', () => resolve('error'));
       });
+      current = req;
       req.on('error', () => resolve('error'));
       req.end();
     });
+    if (detached) return 0;
     if (!follow && ended === 'end') return 0;
     if (!supervisorAlive(name)) return 0;
     await sleep(100);
   }
+}
+
+/** stdin -> POST /v1/vm/console/input, in order, retried across priv-domain restarts; Ctrl-] calls `detach`. */
+function attachInput(name: string, detach: () => void): void {
+  const stdin = process.stdin;
+  const tty = stdin.isTTY === true;
+  const session = `${process.pid}-${Date.now()}`;
+  const queue: Buffer[] = [];
+  let sending = false;
+  let closed = false;
+  const restore = () => { if (tty) { try { stdin.setRawMode(false); } catch { /* gone */ } } stdin.pause(); };
+  const pump = async () => {
+    if (sending) return;
+    sending = true;
+    try {
+      while (queue.length) {
+        const chunk = queue[0];
+        let r: { accepted: number; bytes: number };
+        try {
+          r = JSON.parse((await api(name, 'POST', '/v1/vm/console/input', { data: chunk.toString('utf8'), session })).body) as { accepted: number; bytes: number };
+        } catch (e) {
+          process.stderr.write(`\r\ntsvmm: console input: ${(e as Error).message}\r\n`);
+          queue.length = 0;
+          break;
+        }
+        if (r.accepted >= r.bytes) queue.shift();
+        else { queue[0] = chunk.subarray(r.accepted); await sleep(20); }
+      }
+    } finally {
+      sending = false;
+      if (closed && !queue.length) restore();
+    }
+  };
+  if (tty) {
+    stdin.setRawMode(true);
+    process.stderr.write(`tsvmm: attached to the console of VM ${name}: typing goes to the guest; Ctrl-] detaches\r\n`);
+  }
+  stdin.on('data', (c: Buffer) => {
+    if (closed) return;
+    const esc = c.indexOf(CONSOLE_ESCAPE);
+    if (esc >= 0) {
+      if (esc > 0) queue.push(c.subarray(0, esc));
+      closed = true;
+      void pump().then(async () => {
+        restore();
+        // Give up the input at once, so another console can type.
+        await api(name, 'POST', '/v1/vm/console/input', { data: '', session, release: true }).catch(() => undefined);
+        if (tty) process.stderr.write('\r\ntsvmm: detached\r\n');
+        detach();
+      });
+      return;
+    }
+    queue.push(c);
+    void pump();
+  });
+  stdin.on('end', () => { closed = true; if (!sending) restore(); });
+  stdin.on('error', () => { closed = true; });
 }

@@ -6,6 +6,9 @@
  * Layout v1 (all little-endian u32 slots, index = byte offset / 4):
  *   0 magic 'TSPL'   1 version   2..9 UART registers (ier lcr mcr scr dll dlm fcr thre_pending)
  *   16 rx_head  17 rx_tail   (ring of RX_SIZE bytes at byte offset RX_DATA)
+ *   18 rx_lock: pid of the producer pushing input (0 = none). Input has two producers, the
+ *      `tsvmm run` terminal (the vmm's stdin) and `tsvmm console` (through the priv-domain's
+ *      API); the lock keeps their pushes whole. A holder that died is detected and replaced.
  *   32 guest exit code + 1 (0 = still running)
  */
 export const PLATFORM_MAGIC = 0x4c505354; // 'TSPL'
@@ -19,6 +22,7 @@ export const enum Uart {
 }
 const RX_HEAD = 16;
 const RX_TAIL = 17;
+const RX_LOCK = 18;
 
 export class PlatformPage {
   readonly u32: Int32Array;
@@ -49,8 +53,25 @@ export class PlatformPage {
     return Atomics.load(this.u32, r);
   }
 
-  /** Serial input: the producer (terminal reader) side. Returns bytes queued. */
+  /** Serial input: the producer side (vmm stdin, priv-domain console input). Returns bytes queued. */
   rxPush(data: Uint8Array): number {
+    const me = process.pid;
+    for (let i = 0; ; i++) {
+      const holder = Atomics.compareExchange(this.u32, RX_LOCK, 0, me);
+      if (holder === 0 || holder === me) break;
+      if (i >= 10000 && !pidAlive(holder)) { Atomics.compareExchange(this.u32, RX_LOCK, holder, 0); i = 0; }
+    }
+    try {
+      return this.rxPushLocked(data);
+    } finally {
+      Atomics.store(this.u32, RX_LOCK, 0);
+    }
+  }
+
+  /** How far producers have written (changes whenever input arrives). */
+  rxHead(): number { return Atomics.load(this.u32, RX_HEAD); }
+
+  private rxPushLocked(data: Uint8Array): number {
     let n = 0;
     for (const b of data) {
       const head = Atomics.load(this.u32, RX_HEAD);
@@ -70,4 +91,8 @@ export class PlatformPage {
     Atomics.store(this.u32, RX_TAIL, (tail + 1) % RX_SIZE);
     return b;
   }
+}
+
+function pidAlive(pid: number): boolean {
+  try { process.kill(pid, 0); return true; } catch (e) { return (e as NodeJS.ErrnoException).code === 'EPERM'; }
 }

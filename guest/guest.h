@@ -109,6 +109,7 @@ static inline void barrier(void) { __asm__ volatile("" ::: "memory"); }
 /* blk.c, net.c */
 NORETURN void blk_workload(int loop);
 NORETURN void net_workload(void);
+NORETURN void console_workload(void);
 
 /* workloads.c */
 void workload_run(u32 cpu);

@@ -139,12 +139,15 @@ NORETURN void bsp_main(void)
     if (!streq(boot.workload, "counter") && !streq(boot.workload, "exits") &&
         !streq(boot.workload, "irq") && !streq(boot.workload, "idle") &&
         !streq(boot.workload, "fault") && !streq(boot.workload, "blk") &&
-        !streq(boot.workload, "blk-loop") && !streq(boot.workload, "net"))
+        !streq(boot.workload, "blk-loop") && !streq(boot.workload, "net") &&
+        !streq(boot.workload, "console"))
         fail("cmdline", "detail=unknown_workload workload=%s", boot.workload);
     if (streq(boot.workload, "blk") || streq(boot.workload, "blk-loop"))
         blk_workload(streq(boot.workload, "blk-loop"));
     if (streq(boot.workload, "net"))
         net_workload();
+    if (streq(boot.workload, "console"))
+        console_workload();
     workload_run(0);
     spin_forever();
 }

@@ -149,3 +149,41 @@ void workload_run(u32 cpu)
         *(volatile u32 *)0x100000000ul = 1;     /* unmapped: #PF -> @error what=exception */
     spin_forever();
 }
+
+/* console: prints spam=BYTES of numbered @spam lines (to exercise the console's output path),
+ * then "@console-ready", then echoes serial input (the UART's receive side): each line typed
+ * comes back as "@echo line=<text>"; the line "poweroff" powers off with status 0. Input is
+ * polled about every millisecond (no IRQ: the guest runs at CPL3 without an IDT for it). */
+NORETURN void console_workload(void)
+{
+    u64 spam = cmdline_u64("spam", 0), done = 0;
+    for (u32 i = 0; done < spam; i++) {
+        char buf[128];
+        int n = format(buf, sizeof buf, "@spam i=%u %s", i, "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ");
+        out_line("%s", buf);
+        done += (u64)n + 1;
+    }
+    out_line("@console-ready");
+    char line[200];
+    u32 n = 0;
+    for (;;) {
+        if (!(inb(0x3f8 + 5) & 1)) {
+            delay_us(1000);
+            continue;
+        }
+        char c = (char)inb(0x3f8);
+        if (c == '\r' || c == '\n') {
+            if (!n)
+                continue;
+            line[n] = 0;
+            out_line("@echo line=%s", line);
+            if (streq(line, "poweroff")) {
+                out_line("@done ok");
+                poweroff(0);
+            }
+            n = 0;
+        } else if (n < sizeof line - 1 && c >= 0x20 && c < 0x7f) {
+            line[n++] = c;
+        }
+    }
+}

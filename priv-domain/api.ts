@@ -35,6 +35,8 @@ export interface ApiContext {
   command(command: string, args?: CommandArgs): Promise<ControlReply>;
   metrics(): Promise<{ text: string; contentType: string }>;
   onRequest(method: string, code: number): void;
+  /** Pushes serial input for `session` (one writer at a time); returns the bytes queued. */
+  consoleInput(data: Buffer, session: string, release: boolean): number;
 }
 
 type Reply = StoredResponse & { headers?: Record<string, string> };
@@ -220,6 +222,11 @@ async function handle(ctx: ApiContext, req: http.IncomingMessage, res: http.Serv
       return;
     }
     case 'readConsole': consoleHandler(req, res, url); return;
+    case 'writeConsole': {
+      const data = Buffer.from(b.data as string, 'utf8');
+      send(res, { status: 200, body: { bytes: data.length, accepted: ctx.consoleInput(data, b.session as string, b.release === true) } });
+      return;
+    }
     default:
       throw new ApiError(501, `${input.op.method} ${input.op.template} (${input.op.id}) is in the schema but not implemented`);
   }

@@ -26,6 +26,8 @@ import { ControlPage } from '../contracts/control-page';
 import { Component, HEARTBEAT_MS, mapDevicePage, StatePage } from '../contracts/state-page';
 import { deviceList } from '../contracts/device-list';
 import { DEFAULT_METRICS_ADDR, mkdirPrivate, vmPaths } from '../contracts/paths';
+import { native } from '../native/kvm';
+import { PlatformPage, PLATFORM_PAGE_SIZE } from '../contracts/platform-page';
 import { Store } from './store';
 import { Metrics, HEARTBEAT_COMPONENTS } from './metrics';
 import { ApiError, CommandArgs, createApiHandler } from './api';
@@ -34,6 +36,11 @@ import { componentConfig } from '../contracts/component-config';
 const CONSOLE_POLL_MS = 50;
 const COMMAND_TIMEOUT_MS = 5000;
 const SNAPSHOT_TIMEOUT_MS = 120_000;
+/** A console writer idle this long gives up the console's input to the next one. */
+const CONSOLE_WRITER_IDLE_MS = 10_000;
+/** console.log is rotated past this size (env TSVMM_CONSOLE_LOG_MAX, bytes); this many old ones are kept. */
+const consoleLogMax = Number(process.env.TSVMM_CONSOLE_LOG_MAX) > 0 ? Number(process.env.TSVMM_CONSOLE_LOG_MAX) : 16 * 1024 * 1024;
+const CONSOLE_LOG_KEEP = 3;
 
 function send(msg: ComponentMessage): void {
   // The supervisor may be gone (killed): a closed channel is not this process's failure, so no throw and no EPIPE event.
@@ -63,19 +70,36 @@ function main(): void {
   // hold it (a full disk, say) degrades the store to memory, with a warning, instead of a crash loop:
   // the API and the guest go on; what is set through the API is then lost with this process.
   let store: Store;
+  let newRun = false;
   try {
     mkdirPrivate(paths.stateDir);
     store = Store.open(paths.db);
-    store.recordRun(cfg.name, cfg, runId);
+    newRun = store.recordRun(cfg.name, cfg, runId);
   } catch (e) {
     process.stderr.write(`tsvmm priv-domain: the store ${paths.db} is unusable (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): ` +
       'running on a store in memory; labels, annotations and events of this run are not kept\n');
     store = Store.open(':memory:');
-    store.recordRun(cfg.name, cfg, runId);
+    newRun = store.recordRun(cfg.name, cfg, runId);
   }
 
   // Shared pages (the state memfd is our fd 5).
   const control = ControlPage.tryMap(FD.STATE);
+  // The UART's receive ring (console input), in the platform page.
+  let platform: PlatformPage | undefined;
+  try {
+    platform = new PlatformPage(native.mmap(FD.STATE, PLATFORM_PAGE_SIZE, 0, true));
+    platform.check();
+  } catch { platform = undefined; }
+  let writer: { session: string; last: number } | undefined;
+  const consoleInput = (data: Buffer, session: string, release: boolean): number => {
+    if (!platform) throw new ApiError(503, 'this VM has no serial input ring');
+    const now = Date.now();
+    if (writer && writer.session !== session && now - writer.last < CONSOLE_WRITER_IDLE_MS) {
+      throw new ApiError(409, `another console session is typing (${((now - writer.last) / 1000).toFixed(1)} s ago): one writer at a time; it is released after ${CONSOLE_WRITER_IDLE_MS / 1000} s idle`);
+    }
+    writer = release ? undefined : { session, last: now };
+    return data.length ? platform.rxPush(data) : 0;
+  };
   let statePage: StatePage | undefined;
   try {
     statePage = mapDevicePage(FD.STATE);
@@ -135,16 +159,43 @@ function main(): void {
   statePage?.beat(Component.PrivDomain);
 
   // Console: ring -> log file, resuming from the shared offset a previous priv-domain reached.
+  // The log is capped: past CONSOLE_LOG_MAX bytes it is rotated (console.log.1 .. .N, oldest
+  // dropped); each run starts with a marker line, so runs that reuse a name stay apart.
   let consoleFd: number | undefined;
-  try { consoleFd = fs.openSync(paths.consoleLog, 'a', 0o600); } catch { consoleFd = undefined; }
+  let consoleSize = 0;
+  const openConsole = () => {
+    try {
+      consoleFd = fs.openSync(paths.consoleLog, 'a', 0o600);
+      consoleSize = fs.fstatSync(consoleFd).size;
+    } catch { consoleFd = undefined; }
+  };
+  const rotateConsole = () => {
+    if (consoleFd !== undefined) fs.closeSync(consoleFd);
+    for (let i = CONSOLE_LOG_KEEP - 1; i >= 1; i--) {
+      try { fs.renameSync(`${paths.consoleLog}.${i}`, `${paths.consoleLog}.${i + 1}`); } catch { /* none */ }
+    }
+    try { fs.renameSync(paths.consoleLog, `${paths.consoleLog}.1`); } catch { /* none */ }
+    openConsole();
+  };
+  const writeConsole = (text: string | Uint8Array) => {
+    const data = typeof text === 'string' ? Buffer.from(text) : text;
+    if (consoleFd === undefined) return;
+    if (consoleSize > 0 && consoleSize + data.length > consoleLogMax) rotateConsole();
+    if (consoleFd === undefined) return;
+    consoleSize += fs.writeSync(consoleFd, data);
+  };
+  openConsole();
   if (consoleFd === undefined) process.stderr.write(`tsvmm priv-domain: cannot open the console log ${paths.consoleLog}: \`tsvmm console\` still serves the ring\n`);
   let consoleFailed = false;
+  try {
+    if (newRun) writeConsole(`${consoleSize > 0 ? '\n' : ''}[tsvmm: run ${runId} of VM ${cfg.name} started ${new Date().toISOString()}]\n`);
+  } catch { /* a full disk: reported by the pump */ }
   const pumpConsole = () => {
     if (!control || consoleFd === undefined) return;
     const { data, next, lost } = control.consoleRead(control.consoleLogged);
     try {
-      if (lost) fs.writeSync(consoleFd, `\n[tsvmm: ${lost} bytes of console output were lost]\n`);
-      if (data.length) fs.writeSync(consoleFd, data);
+      if (lost) writeConsole(`\n[tsvmm: ${lost} bytes of console output were lost]\n`);
+      if (data.length) writeConsole(data);
       consoleFailed = false;
     } catch (e) {
       // A full disk: the log misses these bytes (the ring still has them for `tsvmm console`).
@@ -200,6 +251,7 @@ function main(): void {
     command,
     metrics: async () => ({ text: await metrics.text(), contentType: metrics.contentType }),
     onRequest: (method, code) => metrics.apiRequests.inc({ method, code: String(code) }),
+    consoleInput,
   }, consoleHandler);
 
   // The API socket: mode 0600 in a 0700 directory (node cannot read SO_PEERCRED, so the file

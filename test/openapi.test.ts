@@ -133,6 +133,10 @@ describe('the management API and openapi.yaml', function () {
       const c = await call('readConsole', '/v1/vm/console?follow=0', 200);
       assert.match(c.headers['x-console-start'] as string, /^\d+$/);
       await call('readConsole', '/v1/vm/console?since=x', 400);
+      await call('writeConsole', '/v1/vm/console/input', 200, { data: 'typed\r', session: 'oas-a' });
+      await call('writeConsole', '/v1/vm/console/input', 409, { data: 'x', session: 'oas-b' });
+      await call('writeConsole', '/v1/vm/console/input', 200, { data: '', session: 'oas-a', release: true });
+      await call('writeConsole', '/v1/vm/console/input', 200, { data: 'x', session: 'oas-b', release: true });
       await call('metrics', '/metrics', 200);
       await call('killComponent', '/v1/vm/components/driver-domain/kill', 200, { signal: 'SIGKILL' });
       await call('killComponent', '/v1/vm/components/vmm/kill', 400, { signal: 'SIGNOPE' });

@@ -271,6 +271,13 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   // Terminal input -> the UART's receive ring.
   const serial = new Serial(page, () => undefined, () => { vm.irqLine(4, 1); vm.irqLine(4, 0); });
   process.stdin.on('data', (chunk: Buffer) => { page.rxPush(chunk); serial.inputArrived(); });
+  // Input the priv-domain pushed (tsvmm console): raise the UART's receive interrupt when the
+  // ring's head moves.
+  let rxSeen = page.rxHead();
+  setInterval(() => {
+    const h = page.rxHead();
+    if (h !== rxSeen) { rxSeen = h; serial.inputArrived(); }
+  }, SERIAL_INPUT_POLL_MS).unref();
   process.stdin.on('error', () => undefined);
 
   // Keep the vCPUs' kvm_run mappings (the keeper reads them) alive with the process.
@@ -321,6 +328,9 @@ function snapshotNow(req: SnapshotRequest, cfg: VmConfig, pauseCtl: PauseControl
  * polling every millisecond; after DEVICE_WAIT_MS it goes on anyway (the guest's drivers wait for
  * the devices, and the supervisor restarts a driver-domain that fails).
  */
+/** How often the vmm looks for console input another process pushed into the UART's ring. */
+const SERIAL_INPUT_POLL_MS = 10;
+
 function whenDriverDomainReady(page: StatePage, then: () => void): void {
   const t0 = performance.now();
   const check = () => {
