@@ -138,6 +138,8 @@ describe('the management API and openapi.yaml', function () {
       await call('writeConsole', '/v1/vm/console/input', 200, { data: '', session: 'oas-a', release: true });
       await call('writeConsole', '/v1/vm/console/input', 200, { data: 'x', session: 'oas-b', release: true });
       await call('metrics', '/metrics', 200);
+      await call('snapshot', '/v1/vm/snapshot', 400, { dir: 'relative/dir' });
+      await call('snapshot', '/v1/vm/snapshot', 200, { dir: `${vm.dir}/snap` }, { 'Idempotency-Key': `oas-snap-${Date.now()}` });
       await call('killComponent', '/v1/vm/components/driver-domain/kill', 200, { signal: 'SIGKILL' });
       await call('killComponent', '/v1/vm/components/vmm/kill', 400, { signal: 'SIGNOPE' });
       await call('killComponent', '/v1/vm/components/keeper/kill', 400, { signal: 'SIGTERM' });
