@@ -210,6 +210,15 @@ async function handle(ctx: ApiContext, req: http.IncomingMessage, res: http.Serv
       commit(() => { ctx.store.addEvent(ctx.runId, 'kill', { component, signal, pid: r.pid }); return { status: 200, body: { component, signal, pid: r.pid ?? 0 } }; });
       return;
     }
+    case 'update': {
+      const component = (b.component as string | undefined) ?? 'all';
+      const r = await ctx.command('update', { component });
+      commit(() => {
+        const ev = ctx.store.addEvent(ctx.runId, 'update', { component, vmmPauseMs: r.pauseMs ?? 0, driverDomainHandoverMs: r.handoverMs ?? 0 });
+        return { status: 200, body: { name: ctx.cfg.name, component, vmmPauseMs: r.pauseMs ?? 0, driverDomainHandoverMs: r.handoverMs ?? 0, event: ev.id } };
+      });
+      return;
+    }
     case 'snapshot': {
       const dir = b.dir as string;
       if (!dir.startsWith('/')) throw new ApiError(400, `dir "${dir}" is not an absolute path`);
