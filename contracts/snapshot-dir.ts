@@ -82,7 +82,7 @@ export function captureSnapshot(image: ArrayBuffer, stateFd: number, ramFd: numb
   const views = [];
   for (let i = 0; i < extents.length; i += 2) views.push(new Uint8Array(mapped, extents[i], extents[i + 1]));
   if (!copy || total > CAPTURE_COPY_MAX) return { image: new Uint8Array(image), pages, ram: views, extents, ramBytes: total, copied: false };
-  const buf = new Uint8Array(total);
+  const buf = Buffer.allocUnsafeSlow(total); // every byte is copied over: no zero-fill first
   let at = 0;
   for (const v of views) { buf.set(v, at); at += v.byteLength; }
   return { image: new Uint8Array(image), pages, ram: [buf], extents, ramBytes: total, copied: true };
