@@ -62,7 +62,7 @@ describe('Linux on the emulated hardware-KVM host', function () {
     const log = fs.openSync(LOG, 'w', 0o600);
     try {
       run = await runInEmulatedHost('node dist/test/emulated/linux-checks.js all', {
-        image, timeoutMs: 40 * 60_000, onLine: (l) => { fs.writeSync(log, `${l}\n`); if (process.env.TSVMM_EMULATED_VERBOSE) process.stdout.write(`      L1| ${l}\n`); },
+        image, timeoutMs: 60 * 60_000, onLine: (l) => { fs.writeSync(log, `${l}\n`); if (process.env.TSVMM_EMULATED_VERBOSE) process.stdout.write(`      L1| ${l}\n`); },
       });
     } finally { fs.closeSync(log); }
     runError = run.error ?? '';
