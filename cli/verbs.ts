@@ -54,7 +54,7 @@ export const VERB_USAGE: Record<string, string> = {
   stop: `usage: tsvmm stop [--name NAME]\nStop the VM: the supervisor ends every component and \`tsvmm run\` exits 130.\n${COMMON}`,
   console: `usage: tsvmm console [--name NAME] [--no-follow | --read-only]\nAttach to the guest's serial console: the history, then new output as it comes; what you type\ngoes to the guest's serial port (raw mode on a terminal; stdin otherwise). Ctrl-] detaches.\nSeveral consoles may watch; one at a time types (another gets an error until it has been idle 10 s).\nIt stays attached across priv-domain and vmm recoveries.\n  --no-follow   the history only, then exit\n  --read-only   watch without sending input\n${COMMON}`,
   metrics: `usage: tsvmm metrics [--name NAME]\nThe VM's Prometheus metrics (the same text its metrics endpoint serves).\n${COMMON}`,
-  events: `usage: tsvmm events [--name NAME] [--json]\nThe VM's lifecycle events from its durable store (started, kill, recovery, exited, ...).\n  --json        machine-readable\n${COMMON}`,
+  events: `usage: tsvmm events [--name NAME] [--json]\nThe VM's lifecycle events from its durable store (started, kill, recovery, exited, ...); with --name,\nalso of a VM that has stopped.\n  --json        machine-readable\n${COMMON}`,
   label: `usage: tsvmm label [KEY [VALUE]] [--name NAME]\nAll labels; one label; or set one.\n${COMMON}`,
   snapshot: `usage: tsvmm snapshot --out DIR [--stop] [--name NAME] [--json]\nSave the running VM into DIR (new or empty); \`tsvmm run --restore DIR\` resumes it (docs/snapshots.md).\n  --out DIR     where to write it\n  --stop        stop the VM once it is saved\n  --json        machine-readable\n${COMMON}`,
   update: `usage: tsvmm update [vmm|driver-domain|priv-domain|all] [--name NAME]\nReplace components with the build installed now, through their warm standbys, the guest running.\n${COMMON}`,
@@ -313,7 +313,16 @@ export async function verb(cmd: string, argv: string[]): Promise<number> {
     }
     case 'events': {
       const { values } = parse(cmd, argv);
-      const evs = JSON.parse((await api(resolveName(values.name), 'GET', '/v1/vm/events')).body) as { id: number; at: number; kind: string; detail: unknown }[];
+      let evs: { id: number; at: number; kind: string; detail: unknown }[];
+      const stopped = values.name !== undefined && !badName(values.name) && !supervisorAlive(values.name) ? vmPaths(values.name).db : undefined;
+      if (stopped && fs.existsSync(stopped)) {
+        // A stopped VM: its durable store, read directly.
+        const { Store } = require('../priv-domain/store') as typeof import('../priv-domain/store');
+        const store = Store.open(stopped);
+        try { evs = store.events(0, 1_000_000); } finally { store.close(); }
+      } else {
+        evs = JSON.parse((await api(resolveName(values.name), 'GET', '/v1/vm/events')).body) as typeof evs;
+      }
       if (values.json) { out(JSON.stringify(evs, null, 1) + '\n'); return 0; }
       for (const e of evs) out(`${e.id}\t${new Date(e.at * 1000).toISOString()}\t${e.kind}\t${e.kind === 'started' ? '' : JSON.stringify(e.detail)}\n`);
       return 0;

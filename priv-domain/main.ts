@@ -119,6 +119,10 @@ function main(): void {
       components = msg.status.components;
       if (msg.status.full) recoveries.length = 0;
       recoveries.push(...msg.status.recoveries);
+      // Every recovery (hang kills included: cause "hang") becomes a durable event.
+      for (const rec of msg.status.recoveries) {
+        try { store.addRecovery(runId, rec); } catch { /* a store in trouble: the metrics still have it */ }
+      }
     } else if ('reply' in msg && msg.reply) {
       const p = pending.get(msg.reply.id);
       if (p) { pending.delete(msg.reply.id); clearTimeout(p.timer); p.resolve(msg.reply); }

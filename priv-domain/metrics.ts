@@ -5,6 +5,7 @@
  * requests), and the supervisor's status (pids, restarts, recoveries).
  */
 import * as client from 'prom-client';
+import { versionInfo } from './version';
 import { ControlPage, MAX_EXIT_REASONS, MAX_STAT_OPS, STAT_OP_NAMES, StatOp } from '../contracts/control-page';
 import { Component, StatePage } from '../contracts/state-page';
 import { EXIT_NAME } from '../kvm/run';
@@ -136,6 +137,12 @@ export class Metrics {
       },
     });
 
+    const v = versionInfo();
+    new client.Gauge({
+      name: 'tsvmm_build_info', help: 'The tsvmm build serving this VM (always 1): version, git commit, Node.js version.',
+      labelNames: ['version', 'commit', 'node'], registers: reg,
+      collect() { this.set({ version: v.version, commit: v.commit ?? 'unknown', node: v.node }, 1); },
+    });
     new client.Gauge({ name: 'tsvmm_guest_memory_bytes', help: 'Guest RAM size.', registers: reg, collect() { this.set(src.cfg.memBytes); } });
     new client.Gauge({ name: 'tsvmm_vcpus', help: 'Number of vCPUs of the VM.', registers: reg, collect() { this.set(src.cfg.cpus); } });
     new client.Gauge({

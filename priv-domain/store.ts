@@ -86,6 +86,20 @@ export class Store {
     return { id: Number(r.lastInsertRowid), at, runId, kind, detail };
   }
 
+  /**
+   * Records a component's recovery (cause "hang" for a hang kill) as a `recovery` event, once: a
+   * restarted priv-domain is sent every recovery of the run again.
+   */
+  addRecovery(runId: string, r: { component: string; cause: string; seconds: number; at: number }): boolean {
+    return this.tx(() => {
+      const seen = this.db.prepare(`SELECT 1 FROM events WHERE kind = 'recovery' AND run_id = ?
+        AND json_extract(detail, '$.component') = ? AND json_extract(detail, '$.at') = ?`).get(runId, r.component, r.at);
+      if (seen) return false;
+      this.addEvent(runId, 'recovery', { component: r.component, cause: r.cause, seconds: r.seconds, at: r.at });
+      return true;
+    });
+  }
+
   events(sinceId = 0, limit = 1000): EventRow[] {
     const rows = this.db.prepare('SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?').all(sinceId, limit) as
       { id: number; at: number; run_id: string; kind: string; detail: string }[];

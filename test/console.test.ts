@@ -121,3 +121,30 @@ describe('tsvmm console', function () {
     await last.exited;
   });
 });
+
+describe('tsvmm events records recoveries, and reads a stopped VM', function () {
+  this.timeout(120_000);
+  before(requireKvm);
+  it('a kill and a recovery are events; after the VM stops, tsvmm events --name still lists them', async () => {
+    const vm = await startVm({ name: `operator-events-${process.pid}`, disk: false, cmdline: 'workload=console', extra: ['--mem', '64M'] });
+    try {
+      await until('@console-ready', () => vm.out().includes('@console-ready'), 60_000);
+      assert.equal(vm.cli(['kill', 'vmm']).status, 0);
+      const recovery = () => (JSON.parse(vm.cli(['events', '--json']).stdout || '[]') as { kind: string; detail: { component?: string; cause?: string } }[])
+        .find((e) => e.kind === 'recovery' && e.detail.component === 'vmm');
+      await until('the vmm recovery event', () => recovery() !== undefined);
+      assert.match(recovery()!.detail.cause ?? '', /signal SIGKILL/);
+      const m = vm.cli(['metrics']).stdout;
+      assert.match(m, /^tsvmm_build_info\{version="[^"]+",commit="[^"]*",node="v\d[^"]*"[^}]*\} 1$/m);
+      assert.equal(vm.cli(['stop']).status, 0);
+      await vm.exited;
+      const r = vm.cli(['events', '--name', vm.name, '--json']);
+      assert.equal(r.status, 0, r.stderr);
+      const kinds = (JSON.parse(r.stdout) as { kind: string }[]).map((e) => e.kind);
+      for (const k of ['started', 'kill', 'recovery', 'stop-requested', 'exited']) assert.ok(kinds.includes(k), `${k} missing from ${kinds}`);
+    } finally {
+      await vm.stop();
+      fs.rmSync(vm.dir, { recursive: true, force: true });
+    }
+  });
+});
