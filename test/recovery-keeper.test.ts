@@ -60,6 +60,14 @@ describe('keeper supervision', function () {
         const ms = recovered.map((l) => Number(/ in ([\d.]+) ms/.exec(l)?.[1])).sort((a, b) => a - b);
         console.log(`      keeper death -> new keeper armed: p50 ${ms[Math.floor(ms.length / 2)].toFixed(1)} ms, max ${ms[ms.length - 1].toFixed(1)} ms (SIGSTOP: threshold + that)`);
         assert.match(v.err(), /keeper hung: stopped for \d+ ms \(.*state T\)/);
+        // Each recovery is in the event log too (`tsvmm events`).
+        const recoveryEvents = (component: string) => {
+          const e = v.cli(['events', '--name', v.name, '--json']);
+          return e.status === 0 ? (JSON.parse(e.stdout) as { kind: string; detail: { component?: string } }[]).filter((x) => x.kind === 'recovery' && x.detail.component === component).length : -1;
+        };
+        for (let i = 0; i < 50 && recoveryEvents('vmm') < ROUNDS; i++) await sleep(100);
+        assert.equal(recoveryEvents('keeper'), ROUNDS);
+        assert.equal(recoveryEvents('vmm'), ROUNDS);
         assert.deepEqual(guestErrors(v.out()), []);
       } catch (e) {
         (e as { vm?: TestVm }).vm = v;
