@@ -144,9 +144,14 @@ export function resolveName(name: string | undefined): string {
  * A request to VM `name`'s API, retried while its priv-domain restarts (with the same
  * Idempotency-Key, for a change). Throws VerbError with the API's one-line error.
  */
-export async function api(name: string, method: string, path: string, body?: unknown, opts: { key?: string; raw?: boolean } = {}): Promise<ApiResponse> {
+/** How long snapshot and update wait for their answer (the priv-domain gives the supervisor 120 s). */
+const LONG_COMMAND_MS = 125_000;
+
+export async function api(name: string, method: string, path: string, body?: unknown, opts: { key?: string; raw?: boolean; answerMs?: number } = {}): Promise<ApiResponse> {
   const socket = vmPaths(name).socket;
-  const deadline = Date.now() + RETRY_MS;
+  // A snapshot or an update takes as long as it takes (the priv-domain bounds it): wait for it.
+  const waitMs = opts.answerMs ?? RETRY_MS;
+  const deadline = Date.now() + waitMs;
   const headers: Record<string, string> = opts.key ? { 'Idempotency-Key': opts.key } : {};
   for (;;) {
     try {
@@ -168,7 +173,7 @@ export async function api(name: string, method: string, path: string, body?: unk
         throw new VerbError(`cannot reach VM "${name}": permission denied on its API socket${owner}; only the user who started the VM may manage it`);
       }
       if (code === 'ETIMEDOUT') {
-        throw new VerbError(`VM "${name}" did not answer within ${(RETRY_MS / 1000).toFixed(1)} s: its management API (the priv-domain) is stopped or hung` +
+        throw new VerbError(`VM "${name}" did not answer within ${(waitMs / 1000).toFixed(1)} s: its management API (the priv-domain) is stopped or hung` +
           `${supervisorAlive(name) ? ' and the supervisor has not replaced it yet' : ''}`);
       }
       const transient = TRANSIENT.has(code) && supervisorAlive(name);
@@ -285,7 +290,7 @@ export async function verb(cmd: string, argv: string[]): Promise<number> {
       if (!values.out) throw new VerbError('usage: tsvmm snapshot --out DIR [--stop] [--name NAME]', 2);
       const name = resolveName(values.name);
       const dir = path.resolve(values.out);
-      const r = JSON.parse((await api(name, 'POST', '/v1/vm/snapshot', { dir, stop: values.stop === true }, { key: `snapshot-${process.pid}-${Date.now()}` })).body) as
+      const r = JSON.parse((await api(name, 'POST', '/v1/vm/snapshot', { dir, stop: values.stop === true }, { key: `snapshot-${process.pid}-${Date.now()}`, answerMs: LONG_COMMAND_MS })).body) as
         { pauseMs: number; ramDataBytes: number; state: string };
       if (values.json) { out(JSON.stringify(r, null, 1) + '\n'); return 0; }
       out(`VM ${name}: snapshot in ${dir} (guest paused ${r.pauseMs.toFixed(1)} ms, ${(r.ramDataBytes / 2 ** 20).toFixed(1)} MiB of RAM); ${r.state}\n`);
@@ -296,7 +301,7 @@ export async function verb(cmd: string, argv: string[]): Promise<number> {
       const component = positionals[0] ?? 'all';
       if (!['vmm', 'driver-domain', 'priv-domain', 'all'].includes(component)) throw new VerbError(`usage: tsvmm update [vmm|driver-domain|priv-domain|all] [--name NAME] ("${component}" is not one)`, 2);
       const name = resolveName(values.name);
-      const r = JSON.parse((await api(name, 'POST', '/v1/vm/update', { component }, { key: `update-${process.pid}-${Date.now()}` })).body) as
+      const r = JSON.parse((await api(name, 'POST', '/v1/vm/update', { component }, { key: `update-${process.pid}-${Date.now()}`, answerMs: LONG_COMMAND_MS })).body) as
         { vmmPauseMs: number; driverDomainHandoverMs: number };
       if (values.json) { out(JSON.stringify(r, null, 1) + '\n'); return 0; }
       const parts = [];
