@@ -22,7 +22,7 @@ import { SnapshotError } from '../contracts/snapshot';
 import { quietStdio } from '../supervisor/quiet-stdio';
 import { DEFAULT_GEOMETRY } from '../contracts/state-page';
 import { HelpRequest, verb, VerbError, VERBS, VERBS_HELP } from './verbs';
-import { versionInfo } from '../priv-domain/version';
+import { versionInfo } from '../contracts/version';
 import { TSVMM_EXIT } from '../contracts/exit-codes';
 import { badName, DEFAULT_METRICS_ADDR, readSupervisorPid } from '../contracts/paths';
 

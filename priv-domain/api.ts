@@ -15,7 +15,7 @@ import type { ComponentStatus, ControlReply, VmConfig } from '../proto';
 import type { ControlPage } from '../contracts/control-page';
 import { KillComponent, killSignal } from '../contracts/signals';
 import { ApiError, apiSpec } from './openapi';
-import { versionInfo } from './version';
+import { versionInfo } from '../contracts/version';
 
 export const MAX_BODY = 64 * 1024;
 export { ApiError };

@@ -5,7 +5,7 @@
  * requests), and the supervisor's status (pids, restarts, recoveries).
  */
 import * as client from 'prom-client';
-import { versionInfo } from './version';
+import { versionInfo } from '../contracts/version';
 import { ControlPage, MAX_EXIT_REASONS, MAX_STAT_OPS, STAT_OP_NAMES, StatOp } from '../contracts/control-page';
 import { Component, StatePage } from '../contracts/state-page';
 import { EXIT_NAME } from '../kvm/run';
