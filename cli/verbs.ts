@@ -322,7 +322,7 @@ export async function verb(cmd: string, argv: string[]): Promise<number> {
       const stopped = values.name !== undefined && !badName(values.name) && !supervisorAlive(values.name) ? vmPaths(values.name).db : undefined;
       if (stopped && fs.existsSync(stopped)) {
         // A stopped VM: its durable store, read directly.
-        const { Store } = require('../priv-domain/store') as typeof import('../priv-domain/store');
+        const { Store } = require('../contracts/store') as typeof import('../contracts/store');
         const store = Store.open(stopped);
         try { evs = store.events(0, 1_000_000); } finally { store.close(); }
       } else {

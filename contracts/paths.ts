@@ -11,7 +11,7 @@
  *       <name>/prometheus.json  the VM's metrics endpoint as a Prometheus file_sd target
  *   state dir (survives reboots): $TSVMM_STATE_DIR, else /var/lib/tsvmm for root, else
  *     $XDG_STATE_HOME/tsvmm, else ~/.local/state/tsvmm. Mode 0700.
- *       vms/<name>/tsvmm.db     the durable store (priv-domain/store.ts)
+ *       vms/<name>/tsvmm.db     the durable store (contracts/store.ts)
  *       vms/<name>/console.log  every byte of guest serial output
  */
 import * as fs from 'fs';

@@ -9,8 +9,8 @@
  */
 import * as http from 'http';
 import { URL } from 'url';
-import type { Store, StoredResponse } from './store';
-import { fingerprint } from './store';
+import type { Store, StoredResponse } from '../contracts/store';
+import { fingerprint } from '../contracts/store';
 import type { ComponentStatus, ControlReply, VmConfig } from '../proto';
 import type { ControlPage } from '../contracts/control-page';
 import { KillComponent, killSignal } from '../contracts/signals';

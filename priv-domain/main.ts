@@ -2,7 +2,7 @@
  * The priv-domain process: the VM's management plane (like Xen's Dom0 toolstack).
  *   - the management API (priv-domain/api.ts, schema priv-domain/openapi.yaml) on
  *     <runtime>/<name>/api.sock, mode 0600 in a 0700 directory;
- *   - the durable store (priv-domain/store.ts): configuration, lifecycle events, labels,
+ *   - the durable store (contracts/store.ts): configuration, lifecycle events, labels,
  *     annotations, idempotency records;
  *   - the console: copies the shared console ring (contracts/control-page.ts) to the console log and
  *     serves `tsvmm console`;
@@ -28,7 +28,7 @@ import { deviceList } from '../contracts/device-list';
 import { DEFAULT_METRICS_ADDR, mkdirPrivate, vmPaths } from '../contracts/paths';
 import { native } from '../native/kvm';
 import { PlatformPage, PLATFORM_PAGE_SIZE } from '../contracts/platform-page';
-import { Store } from './store';
+import { Store } from '../contracts/store';
 import { Metrics, HEARTBEAT_COMPONENTS } from './metrics';
 import { ApiError, CommandArgs, createApiHandler } from './api';
 import { componentConfig } from '../contracts/component-config';
