@@ -9,6 +9,7 @@ import * as http from 'http';
 import * as path from 'path';
 import { parseArgs } from 'util';
 import { badName, listRuntimeNames, listStateNames, readSupervisorPid, vmPaths } from '../contracts/paths';
+import { inject, INJECT_COMPONENTS, INJECT_KINDS, InjectComponent, InjectKind, InjectResult, kindsFor, pidsFrom } from './inject';
 
 export class VerbError extends Error {
   constructor(message: string, readonly status = 1) { super(message); }
@@ -19,12 +20,14 @@ export class HelpRequest extends Error {
   constructor(readonly text: string) { super('help'); }
 }
 
-export const VERBS = ['ls', 'ps', 'kill', 'pause', 'resume', 'stop', 'snapshot', 'update', 'console', 'metrics', 'events', 'label', 'annotate', 'rm'];
+export const VERBS = ['ls', 'ps', 'kill', 'inject', 'pause', 'resume', 'stop', 'snapshot', 'update', 'console', 'metrics', 'events', 'label', 'annotate', 'rm'];
 
 export const VERBS_HELP = `
   ls         list VMs (--all: also those that are not running)
   ps         the VM's components: pid, state, uptime, restarts, last recovery
   kill       tsvmm kill COMPONENT [--signal SIG]: signal vmm, driver-domain, priv-domain or keeper
+  inject     tsvmm inject COMPONENT KIND [--seed N]: inject one fault (a bit flip in a register, memory, code or a
+             shared structure, a garbled message, a cut disk, a signal) and print what it changed (docs/fault-injection.md)
   pause      stop the VM's vCPUs;  resume: start them again;  stop: stop the VM
   snapshot   tsvmm snapshot --out DIR [--stop]: save the running VM into the new directory DIR (its
              vCPUs, devices and touched RAM); it resumes, or stops with --stop. tsvmm run --restore DIR
@@ -49,6 +52,7 @@ export const VERB_USAGE: Record<string, string> = {
   ls: `usage: tsvmm ls [--all] [--json]\nList the VMs running on this host (--all: also those recorded in the state directory but stopped).\n  --json        machine-readable\n  -h, --help    this help\n`,
   ps: `usage: tsvmm ps [--name NAME] [--json]\nThe VM's components: pid, state, uptime, restarts, last recovery.\n  --json        machine-readable\n${COMMON}`,
   kill: `usage: tsvmm kill COMPONENT [--signal SIG] [--name NAME]\nSignal a component (vmm, driver-domain, priv-domain, keeper; default SIGKILL); the supervisor recovers it.\nThe keeper takes SIGKILL, SIGSTOP and SIGCONT only.\n  -s, --signal SIG  e.g. SIGTERM, TERM or 15\n${COMMON}`,
+  inject: `usage: tsvmm inject COMPONENT KIND [--seed N] [--name NAME] [--json]\nInject one fault into a running VM and print what it changed (docs/fault-injection.md).\nCOMPONENT: vmm, vmm-main, vmm-vcpu, keeper, driver-domain, priv-domain, supervisor.\nKIND: reg, mem, code-addon, code-node, state-page, queue-progress, control-page, snapshot, message,\ndisk-truncate, SIGKILL, SIGSEGV, SIGABRT, SIGSTOP.\n  --seed N      the random choices (thread, register, mapping, offset, bit)\n  --json        machine-readable\n${COMMON}`,
   pause: `usage: tsvmm pause [--name NAME]\nPark every vCPU (the guest stops; its devices stay up).\n${COMMON}`,
   resume: `usage: tsvmm resume [--name NAME]\nRelease the vCPUs of a paused VM.\n${COMMON}`,
   stop: `usage: tsvmm stop [--name NAME]\nStop the VM: the supervisor ends every component and \`tsvmm run\` exits 130.\n${COMMON}`,
@@ -214,7 +218,7 @@ function parse(cmd: string, argv: string[], extra: Record<string, { type: 'strin
   }
   if (r.values.help) throw new HelpRequest(VERB_USAGE[cmd] ?? VERBS_HELP);
   if (r.positionals.length > positionals) throw new VerbError(`unexpected argument "${r.positionals[positionals]}" (tsvmm ${cmd} --help)`, 2);
-  return r as unknown as { values: { name?: string; json?: boolean; all?: boolean; signal?: string; 'no-follow'?: boolean; out?: string; stop?: boolean }; positionals: string[] };
+  return r as unknown as { values: { name?: string; json?: boolean; all?: boolean; signal?: string; seed?: string; 'no-follow'?: boolean; out?: string; stop?: boolean }; positionals: string[] };
 }
 
 const out = (s: string) => { process.stdout.write(s); };
@@ -260,6 +264,29 @@ export async function verb(cmd: string, argv: string[]): Promise<number> {
       const name = resolveName(values.name);
       const r = JSON.parse((await api(name, 'POST', `/v1/vm/components/${encodeURIComponent(positionals[0])}/kill`, { signal: values.signal ?? 'SIGKILL' })).body) as { pid: number; signal: string };
       out(`sent ${r.signal} to ${positionals[0]} (pid ${r.pid}) of VM ${name}\n`);
+      return 0;
+    }
+    case 'inject': {
+      const { values, positionals } = parse(cmd, argv, { seed: { type: 'string' } }, 2);
+      const usage = `usage: tsvmm inject COMPONENT KIND [--seed N] [--name NAME] [--json] (COMPONENT: ${INJECT_COMPONENTS.join(', ')}; KIND: ${INJECT_KINDS.join(', ')})`;
+      const [component, kind] = positionals as [InjectComponent, InjectKind];
+      if (!component || !kind) throw new VerbError(usage, 2);
+      if (!INJECT_COMPONENTS.includes(component)) throw new VerbError(`unknown component "${component}" (${INJECT_COMPONENTS.join(', ')})`, 2);
+      if (!INJECT_KINDS.includes(kind)) throw new VerbError(`unknown fault kind "${kind}" (${INJECT_KINDS.join(', ')})`, 2);
+      if (!kindsFor(component).includes(kind)) throw new VerbError(`fault kind ${kind} does not apply to the ${component} (it takes: ${kindsFor(component).join(', ')})`, 2);
+      if (values.seed !== undefined && !/^\d+$/.test(values.seed)) throw new VerbError(`invalid --seed "${values.seed}": expected a whole number`, 2);
+      const name = resolveName(values.name);
+      const comps = JSON.parse((await api(name, 'GET', '/v1/vm/components')).body) as Component[];
+      const vm = JSON.parse((await api(name, 'GET', '/v1/vm')).body) as { config?: { cpus?: number } };
+      let r: InjectResult;
+      try {
+        r = await inject(component, kind, pidsFrom(comps), { seed: BigInt(values.seed ?? Date.now()), cpus: vm.config?.cpus ?? 1, socket: vmPaths(name).socket });
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        throw new VerbError(`cannot inject ${kind} into the ${component}: ${(e as Error).message}${code === 'EPERM' || code === 'EACCES' ? ' (injecting needs the right to ptrace the VM\'s processes: run as their owner, with CAP_SYS_PTRACE where ptrace is restricted)' : ''}`);
+      }
+      if (values.json) { out(JSON.stringify(r) + '\n'); return 0; }
+      out(`injected ${kind} into the ${component} (pid ${r.pid}${r.tid ? `, thread ${r.tid}` : ''}): ${r.target}${r.address ? ` at ${r.address}` : ''}${r.bit !== undefined ? `, bit ${r.bit}` : ''}${r.before ? `: ${r.before}${r.after ? ` -> ${r.after}` : ''}` : ''}\n`);
       return 0;
     }
     case 'pause':

@@ -267,6 +267,38 @@ export class StatePage {
     this.hdr.store(H.staticChecksum, this.computeStaticChecksum());
   }
 
+  /**
+   * The static part as written (header up to the heartbeats, every slot's static block): the
+   * supervisor keeps this copy and repairs the page from it (`repairStatic`).
+   */
+  staticImage(): Uint8Array[] {
+    const parts = [this.bytes.slice(0, H.heartbeat)];
+    for (let i = 0; i < this.geometry.maxDevices; i++) {
+      const base = HEADER_SIZE + i * this.slotSize;
+      parts.push(this.bytes.slice(base, base + STATIC_SIZE));
+    }
+    return parts;
+  }
+
+  /**
+   * Compares the static part with `image` (from `staticImage()` of this page when it was sealed)
+   * and writes back every byte that differs: nothing but the creator writes it, so a difference is
+   * corruption. Returns one line per repaired range (empty: the page was intact).
+   */
+  repairStatic(image: Uint8Array[]): string[] {
+    const out: string[] = [];
+    image.forEach((part, k) => {
+      const base = k === 0 ? 0 : HEADER_SIZE + (k - 1) * this.slotSize;
+      const live = this.bytes.subarray(base, base + part.length);
+      if (Buffer.compare(live, part) === 0) return;
+      for (let i = 0; i < part.length; i++) {
+        if (live[i] !== part[i]) out.push(`${k === 0 ? 'header' : `device ${k - 1} static block`} +0x${i.toString(16)}: 0x${live[i].toString(16)} -> 0x${part[i].toString(16)}`);
+      }
+      live.set(part);
+    });
+    return out;
+  }
+
   /** Check magic, version, geometry, checksums, seqlocks and invariants. */
   validate(): ValidationReport {
     const errors: string[] = [];
@@ -478,6 +510,14 @@ export class DeviceSlot {
       if (this.regsSeq === s1) return c;
     }
     return undefined;
+  }
+
+  /** Where this slot's blocks lie, page-relative (for `tsvmm inject`, which corrupts them on purpose). */
+  layout(): { staticOffset: number; staticLength: number; regsOffset: number; regsLength: number; progressOffset: (q: number) => number; progressLength: number } {
+    const regs = this.base + STATIC_SIZE;
+    const progress = regs + regBlockSize(this.geometry);
+    const len = progressSize(this.geometry);
+    return { staticOffset: this.base, staticLength: STATIC_SIZE, regsOffset: regs, regsLength: regBlockSize(this.geometry), progressOffset: (q) => progress + q * len, progressLength: len };
   }
 
   /** Progress record of queue `q` (driver-domain state). */

@@ -91,3 +91,25 @@ export const VmConfigCodec = codec<VmConfig>('tsvmm.VmConfig');
 export const ComponentMessageCodec = codec<ComponentMessage>('tsvmm.ComponentMessage');
 export const SupervisorMessageCodec = codec<SupervisorMessage>('tsvmm.SupervisorMessage');
 export const RunRecordCodec = codec<RunRecord>('tsvmm.RunRecord');
+
+/**
+ * Node parses each line of an IPC channel as JSON inside the channel's read callback, so one
+ * garbled line would throw out of the event loop of the process that reads it (the supervisor, for
+ * every component's channel: the fault-injection campaign lost the VM this way). This catches that
+ * per child: `onBad` hears of it (the lines of that read after it are lost, so the caller should
+ * treat the sender as failed).
+ */
+export function guardChannel(child: object, onBad: (why: string) => void): void {
+  const sym = Object.getOwnPropertySymbols(child).find((s) => s.description === 'kChannelHandle');
+  const handle = sym ? (child as Record<symbol, { onread?: (...a: unknown[]) => unknown }>)[sym] : undefined;
+  const orig = handle?.onread;
+  if (!handle || typeof orig !== 'function') return; // no IPC channel (an adopted process), or a Node whose internals differ
+  handle.onread = function (this: unknown, ...a: unknown[]) {
+    try {
+      return orig.apply(this, a);
+    } catch (e) {
+      onBad(`malformed IPC line: ${(e as Error).message.slice(0, 80)}`);
+      return undefined;
+    }
+  };
+}

@@ -7,7 +7,7 @@ import { ChildProcess, spawn, StdioOptions } from 'child_process';
 import { componentEnv } from './component-env';
 import * as path from 'path';
 import { componentExecArgv, SpawnedComponent } from './v8-flags';
-import { ComponentMessage, ComponentMessageCodec, SupervisorMessage, SupervisorMessageCodec } from '../proto';
+import { ComponentMessage, ComponentMessageCodec, SupervisorMessage, SupervisorMessageCodec, guardChannel } from '../proto';
 import { FD } from '../contracts/fds';
 import { deviceStdio, HeldDevice } from './held-devices';
 
@@ -27,6 +27,8 @@ export type ReadyMsg = Extract<ComponentMessage, { ready: unknown }>['ready'];
 
 const exitCauses = new WeakMap<ChildProcess, string>();
 const hangKilled = new WeakSet<ChildProcess>();
+/** Children killed for a malformed IPC message. */
+const badMessage = new WeakSet<ChildProcess>();
 
 /** Why `child` exited, once it has: `hang`, `signal SIGxxx` or `exit code N`. */
 export function exitCause(child: ChildProcess): string | undefined { return exitCauses.get(child); }
@@ -76,14 +78,23 @@ export function spawnProcess(o: SpawnOptions): ChildProcess {
   child.on('error', () => undefined); // a failed spawn also exits
   child.on('exit', (code, signal) => {
     // An adopted process is not our child: its status may be unknown (supervisor/adopt.ts).
-    const cause = hangKilled.has(child) ? 'hang' : signal ? `signal ${signal}` : code === null ? 'exited, status unknown' : `exit code ${code}`;
+    const cause = hangKilled.has(child) ? 'hang' : badMessage.has(child) ? 'malformed message' : signal ? `signal ${signal}` : code === null ? 'exited, status unknown' : `exit code ${code}`;
     exitCauses.set(child, cause);
     o.onExit(cause);
   });
+  // A garbled or truncated message means the sender is broken (and the channel may have lost the
+  // lines after it): it is killed and recovered like any other failure, cause `malformed message`.
+  const bad = (why: string) => {
+    if (hasExited(child) || badMessage.has(child)) return;
+    process.stderr.write(`tsvmm: ${o.component} (pid ${child.pid}) sent a malformed message (${why}): killing it\n`);
+    badMessage.add(child);
+    child.kill('SIGKILL');
+  };
+  guardChannel(child, bad);
   child.on('message', (m: { pb?: string }) => {
-    if (typeof m?.pb !== 'string') return;
+    if (typeof m?.pb !== 'string') { bad('not a {pb} envelope'); return; }
     let msg: ComponentMessage;
-    try { msg = ComponentMessageCodec.decode(Buffer.from(m.pb, 'base64')); } catch { return; }
+    try { msg = ComponentMessageCodec.decode(Buffer.from(m.pb, 'base64')); } catch (e) { bad(`undecodable: ${(e as Error).message}`); return; }
     o.onMessage(msg);
   });
   return child;

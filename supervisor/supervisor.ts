@@ -25,6 +25,9 @@ import { HeldDevice, openDevices } from './held-devices';
 import { PlatformPage } from '../contracts/platform-page';
 import { Control, ControlledComponent, ControlTarget } from './control';
 import { DEFAULT_HANG_TIMEOUT_MS, Hang, HangWatch } from './hang-watch';
+
+/** How often the supervisor checks the state page's static part (scrubStatePage). */
+const SCRUB_MS = 50;
 import { LifecycleHost, Recovery, RunResult } from './lifecycle';
 import { TSVMM_EXIT } from '../contracts/exit-codes';
 import { HeldFds } from './spawn';
@@ -63,6 +66,9 @@ export interface SnapshotResult { pauseMs: number; ramDataBytes: number; totalMs
 export class Supervisor implements LifecycleHost, ControlTarget {
   readonly held: HeldFds;
   readonly page: StatePage;
+  /** The state page's static part as sealed: the page is scrubbed against it (scrubStatePage). */
+  private readonly staticImage: Uint8Array[];
+  private scrubTimer?: NodeJS.Timeout;
   readonly hangWatch: HangWatch;
   readonly standby: boolean;
   /** Every recovery, with cause and time (ms). */
@@ -96,6 +102,8 @@ export class Supervisor implements LifecycleHost, ControlTarget {
       this.page = opts.restore ? StatePage.attach(devBytes(state)) : scratch;
       this.held = { ramFd, stateFd, serialFd, snapFd, configFd: configMemfd(cfg), devices };
     }
+    // (An adopting supervisor takes the page's static part as it finds it.)
+    this.staticImage = this.page.staticImage();
     this.standby = opts.standby === true;
     const hangMs = opts.hangTimeoutMs ?? Number(process.env.TSVMM_HANG_TIMEOUT_MS ?? DEFAULT_HANG_TIMEOUT_MS);
     this.hangWatch = new HangWatch(this.page, process.env.TSVMM_NO_RECOVERY === '1' ? 0 : hangMs, (l) => this.log(l));
@@ -131,7 +139,20 @@ export class Supervisor implements LifecycleHost, ControlTarget {
       this.vmm.start(this.opts.restore !== undefined);
     }
     this.hangWatch.start();
+    this.scrubTimer = setInterval(() => this.scrubStatePage(), SCRUB_MS);
     this.processesChanged();
+  }
+
+  /**
+   * The state page's static part (geometry, device identities, features, config) is written once,
+   * by the supervisor, before any component starts, and every restarted component trusts it: a
+   * stray write or a flipped bit there (the fault-injection campaign's) made the next
+   * driver-domain refuse the page and lose the VM. It is repaired from our private copy within
+   * SCRUB_MS, sooner than a component restart reads it.
+   */
+  scrubStatePage(): void {
+    const fixed = this.page.repairStatic(this.staticImage);
+    if (fixed.length) this.log(`state page corrupted (${fixed.slice(0, 4).join('; ')}${fixed.length > 4 ? `; ${fixed.length - 4} more` : ''}): repaired from the supervisor's copy`);
   }
 
   /** Adopt mode: what the dead supervisor left (supervisor/adopt.ts). */
@@ -154,6 +175,7 @@ export class Supervisor implements LifecycleHost, ControlTarget {
     if (this.result) return;
     this.result = r;
     this.hangWatch.stop();
+    clearInterval(this.scrubTimer);
     this.vmm.stop();
     this.driverDomain?.stop();
     // The priv-domain records the VM's end in its store before it goes (supervisor/control.ts).

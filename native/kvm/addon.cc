@@ -30,6 +30,7 @@ void InitUring(Napi::Env env, Napi::Object exports);       // uring.cc
 void InitPoller(Napi::Env env, Napi::Object exports);      // poller.cc
 void InitFdio(Napi::Env env, Napi::Object exports);        // fdio.cc
 void InitPidfd(Napi::Env env, Napi::Object exports);       // pidfd.cc
+void InitPtrace(Napi::Env env, Napi::Object exports);      // ptrace.cc
 }
 
 namespace {
@@ -236,6 +237,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   tsvmm::InitUring(env, exports);
   tsvmm::InitFdio(env, exports);
   tsvmm::InitPidfd(env, exports);
+  tsvmm::InitPtrace(env, exports);
   return exports;
 }
 

@@ -31,6 +31,18 @@ export interface NativeKvm {
   fdRead(fd: number, buf: Uint8Array): number;
   /** writev(2) that returns -errno instead of throwing (native/kvm/fdio.cc). */
   fdWritev(fd: number, bufs: Uint8Array[]): number;
+  // Fault injection (native/kvm/ptrace.cc; used by `tsvmm inject`, cli/inject.ts).
+  ptraceSeize(tid: number): void;
+  ptraceInterrupt(tid: number): void;
+  /** waitpid(tid, __WALL): the raw wait status. */
+  ptraceWait(tid: number): number;
+  /** PTRACE_GETREGS: the bytes of struct user_regs_struct. */
+  ptraceGetRegs(tid: number): Buffer;
+  ptraceSetRegs(tid: number, regs: Buffer): void;
+  ptraceDetach(tid: number): void;
+  /** Byte offsets of the general registers, RIP, RSP and EFLAGS in struct user_regs_struct. */
+  ptraceRegOffsets: Record<string, number>;
+  ptraceRegsSize: number;
 }
 
 /** What io_uring_setup returns, with the rings already mapped (native/kvm/uring.cc). */

@@ -1,0 +1,419 @@
+/**
+ * `tsvmm inject COMPONENT KIND [--name NAME] [--seed N]`: one fault into a running VM, the way the
+ * seed measured recovery (issue 16). Every fault is real: a register of a live thread changed
+ * through ptrace, a bit of a live process's memory or text changed through /proc/PID/mem, a bit of
+ * a shared structure changed through the supervisor's own memfd, a garbled message written into a
+ * component's IPC channel, the disk image cut short under the driver-domain, a signal.
+ *
+ * Policy lives here; the addon only wraps the syscalls Node lacks (native/kvm/ptrace.cc). Every
+ * injection returns what it changed, read back after the write (`before`, `after`), so a caller can
+ * tell that the fault really landed (test/fault-inject.test.ts) and a campaign can log it
+ * (bench/campaign.ts). The random choices come from `--seed` (xorshift), so one seed and one
+ * process layout give one fault.
+ */
+import * as fs from 'fs';
+import * as net from 'net';
+import { native } from '../native/kvm';
+import type { NativePidfd } from '../contracts/pidfd';
+import { CONTROL_OFFSET, CONTROL_SIZE, DEVICE_FD_BASE, DEVICE_PAGE_OFFSET, FD } from '../contracts/fds';
+import { StatePage } from '../contracts/state-page';
+import { snapshotSize, SNAP, SnapshotView } from '../contracts/snapshot';
+
+/** Components a fault can go into. vmm-main / vmm-vcpu narrow the vmm's threads for register flips. */
+export const INJECT_COMPONENTS = ['vmm', 'vmm-main', 'vmm-vcpu', 'keeper', 'driver-domain', 'priv-domain', 'supervisor'] as const;
+export type InjectComponent = (typeof INJECT_COMPONENTS)[number];
+
+/**
+ * Fault kinds:
+ *   reg             one random bit of a random GPR, RIP, RSP or EFLAGS of a random thread (ptrace)
+ *   mem             one random bit of a random word of a random writable mapping (guest RAM excluded: that is the guest's)
+ *   code-addon      one random bit of the addon's text (tsvmm_kvm.node, r-x mapping)
+ *   code-node       one random bit of node's own text
+ *   state-page      one random bit of the virtio state page's header, static and register blocks
+ *   queue-progress  one random bit of a live queue's progress record (the in-flight table the restart trusts)
+ *   control-page    one random bit of the control page's counters and flags (console ring excluded)
+ *   snapshot        the vmm is killed, and one random bit of what its keeper saved is flipped before the restore
+ *   message         a garbled or truncated message into the component's IPC channel (priv-domain: its HTTP API)
+ *   disk-truncate   the driver-domain's disk image cut to a random shorter length under it
+ *   SIGKILL SIGSEGV SIGABRT SIGSTOP   the fail-stop baseline
+ */
+export const INJECT_KINDS = [
+  'reg', 'mem', 'code-addon', 'code-node', 'state-page', 'queue-progress', 'control-page', 'snapshot', 'message', 'disk-truncate',
+  'SIGKILL', 'SIGSEGV', 'SIGABRT', 'SIGSTOP',
+] as const;
+export type InjectKind = (typeof INJECT_KINDS)[number];
+
+export const FAIL_STOP_KINDS: readonly InjectKind[] = ['SIGKILL', 'SIGSEGV', 'SIGABRT', 'SIGSTOP'];
+
+/** Which kinds make sense for which component (the campaign's matrix; the CLI refuses the rest). */
+export function kindsFor(c: InjectComponent): InjectKind[] {
+  const proc: InjectKind[] = ['reg', 'mem', 'code-addon', 'code-node', 'SIGKILL', 'SIGSEGV', 'SIGABRT', 'SIGSTOP'];
+  switch (c) {
+    case 'vmm': return [...proc, 'state-page', 'control-page', 'message'];
+    case 'vmm-main': case 'vmm-vcpu': return ['reg'];
+    // The keeper shares the vmm's address space (CLONE_VM): its memory is the vmm's; it blocks every signal.
+    case 'keeper': return ['reg', 'snapshot', 'SIGKILL'];
+    case 'driver-domain': return [...proc, 'queue-progress', 'state-page', 'message', 'disk-truncate'];
+    case 'priv-domain': return ['reg', 'mem', 'code-node', 'control-page', 'message', 'SIGKILL', 'SIGSEGV', 'SIGABRT', 'SIGSTOP'];
+    case 'supervisor': return ['SIGSTOP'];
+  }
+}
+
+export class InjectError extends Error {}
+
+/** What one injection did. */
+export interface InjectResult {
+  component: InjectComponent;
+  kind: InjectKind;
+  pid: number;
+  tid?: number;
+  /** What was hit, in words: "rip", "mapping 7f..-7f.. [heap]", "state page +0x1a4", ... */
+  target: string;
+  /** Address or offset of the changed word (hex), when there is one. */
+  address?: string;
+  bit?: number;
+  /** The word before and after, read back after the write (hex). */
+  before?: string;
+  after?: string;
+}
+
+/** xorshift64*: reproducible choices from --seed. */
+export class Rng {
+  private s: bigint;
+  constructor(seed: number | bigint) { this.s = (BigInt(seed) ^ 0x9e3779b97f4a7c15n) & 0xffffffffffffffffn || 1n; }
+  next(): bigint {
+    let x = this.s;
+    x ^= x >> 12n; x ^= (x << 25n) & 0xffffffffffffffffn; x ^= x >> 27n;
+    this.s = x;
+    return (x * 0x2545f4914f6cdd1dn) & 0xffffffffffffffffn;
+  }
+  /** An integer in [0, n). */
+  int(n: number): number { return Number(this.next() % BigInt(Math.max(1, Math.floor(n)))); }
+  /** A float in [0, 1). */
+  float(): number { return Number(this.next() >> 11n) / 2 ** 53; }
+  pick<T>(xs: readonly T[]): T { return xs[this.int(xs.length)]; }
+}
+
+/** The pids of a VM's components, from the API (`tsvmm ps --json`). */
+export interface ComponentPids { supervisor: number; vmm: number; keeper: number; 'driver-domain': number; 'priv-domain': number }
+
+const hex = (v: bigint | number) => `0x${v.toString(16)}`;
+
+// ---- threads and registers ----
+
+/** Thread ids of `pid`, without the kernel workers KVM attaches to it (kvm-nx-lpage-recovery, ...). */
+export function threadsOf(pid: number): number[] {
+  const out: number[] = [];
+  for (const t of fs.readdirSync(`/proc/${pid}/task`)) {
+    try {
+      if (fs.readFileSync(`/proc/${pid}/task/${t}/comm`, 'latin1').startsWith('kvm')) continue;
+    } catch { continue; }
+    out.push(Number(t));
+  }
+  return out;
+}
+
+/** The vmm's vCPU threads: in KVM_RUN (ioctl 0xae80) or running guest code, not the main thread. */
+export function vcpuThreadsOf(pid: number): number[] {
+  const seen = new Set<number>();
+  for (let round = 0; round < 20 && seen.size === 0; round++) {
+    for (const tid of threadsOf(pid)) {
+      if (tid === pid) continue;
+      let sc = '';
+      try { sc = fs.readFileSync(`/proc/${pid}/task/${tid}/syscall`, 'latin1'); } catch { continue; }
+      const f = sc.trim().split(' ');
+      if (f[0] === 'running' || (f[0] === '16' && f[2] === '0xae80')) seen.add(tid);
+    }
+  }
+  return [...seen];
+}
+
+/** Registers a flip may hit: the general registers, RIP, RSP and EFLAGS. */
+export const FLIP_REGS = ['rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rbp', 'rsp', 'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15', 'rip', 'eflags'] as const;
+
+/** Stops thread `tid` (ptrace), flips `bit` of `reg`, reads it back, detaches. Returns [before, after]. */
+export function flipRegister(tid: number, reg: string, bit: number): [bigint, bigint] {
+  const off = native.ptraceRegOffsets[reg];
+  if (off === undefined) throw new InjectError(`unknown register "${reg}" (${FLIP_REGS.join(', ')})`);
+  native.ptraceSeize(tid);
+  try {
+    native.ptraceInterrupt(tid);
+    const status = native.ptraceWait(tid);
+    if ((status & 0xff) !== 0x7f) throw new InjectError(`thread ${tid} did not stop (wait status 0x${status.toString(16)}): it exited`);
+    const regs = native.ptraceGetRegs(tid);
+    const before = regs.readBigUInt64LE(off);
+    regs.writeBigUInt64LE(before ^ (1n << BigInt(bit)), off);
+    native.ptraceSetRegs(tid, regs);
+    const after = native.ptraceGetRegs(tid).readBigUInt64LE(off);
+    return [before, after];
+  } finally {
+    try { native.ptraceDetach(tid); } catch { /* it died under us */ }
+  }
+}
+
+// ---- memory ----
+
+export interface Mapping { start: bigint; end: bigint; perms: string; path: string }
+
+export function mappingsOf(pid: number): Mapping[] {
+  return fs.readFileSync(`/proc/${pid}/maps`, 'latin1').trim().split('\n').map((l) => {
+    const m = /^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$/.exec(l)!;
+    return { start: BigInt(`0x${m[1]}`), end: BigInt(`0x${m[2]}`), perms: m[3], path: m[4] };
+  });
+}
+
+/** Flips `bit` of the byte at `addr` in `pid`'s memory (through /proc/PID/mem: text too). Returns the 8-byte words around it, before and after. */
+export function flipMemory(pid: number, addr: bigint, bit: number): [bigint, bigint] {
+  const fd = fs.openSync(`/proc/${pid}/mem`, 'r+');
+  try {
+    const word = addr & ~7n;
+    const buf = Buffer.alloc(8);
+    if (fs.readSync(fd, buf, 0, 8, Number(word)) !== 8) throw new InjectError(`cannot read ${hex(word)} of pid ${pid}`);
+    const before = buf.readBigUInt64LE(0);
+    const byte = Number(addr - word);
+    const one = Buffer.from([buf[byte] ^ (1 << bit)]);
+    if (fs.writeSync(fd, one, 0, 1, Number(addr)) !== 1) throw new InjectError(`cannot write ${hex(addr)} of pid ${pid}`);
+    if (fs.readSync(fd, buf, 0, 8, Number(word)) !== 8) throw new InjectError(`cannot read back ${hex(word)} of pid ${pid}`);
+    return [before, buf.readBigUInt64LE(0)];
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** A random readable byte of a random mapping chosen by `want`, flipped. */
+function flipInMappings(pid: number, rng: Rng, want: (m: Mapping) => boolean, what: string): Omit<InjectResult, 'component' | 'kind' | 'pid'> {
+  const maps = mappingsOf(pid).filter(want);
+  if (!maps.length) throw new InjectError(`pid ${pid} has no ${what} mapping`);
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const m = rng.pick(maps);
+    const addr = m.start + BigInt(rng.int(Number(m.end - m.start)));
+    const bit = rng.int(8);
+    try {
+      const [before, after] = flipMemory(pid, addr, bit);
+      return { target: `${what} mapping ${m.start.toString(16)}-${m.end.toString(16)} ${m.perms} ${m.path || '[anon]'}`, address: hex(addr), bit: Number(addr & 7n) * 8 + bit, before: hex(before), after: hex(after) };
+    } catch (e) {
+      if (e instanceof InjectError || ['EIO', 'EFAULT'].includes((e as NodeJS.ErrnoException).code ?? '')) continue; // a guard page, or it went away
+      throw e;
+    }
+  }
+  throw new InjectError(`no ${what} byte of pid ${pid} could be written`);
+}
+
+// ---- shared structures, through the supervisor's memfds ----
+
+/** /proc/SUP/fd/N of the supervisor's memfd named `tsvmm-<what>-<name>`. */
+export function supervisorMemfd(supervisor: number, what: 'state' | 'snap' | 'ram'): string {
+  for (const fd of fs.readdirSync(`/proc/${supervisor}/fd`)) {
+    let link = '';
+    try { link = fs.readlinkSync(`/proc/${supervisor}/fd/${fd}`); } catch { continue; }
+    if (link.startsWith(`/memfd:tsvmm-${what}-`)) return `/proc/${supervisor}/fd/${fd}`;
+  }
+  throw new InjectError(`the supervisor (pid ${supervisor}) holds no ${what} memfd`);
+}
+
+/** Flips `bit` of the byte at `off` of file `file`; returns the aligned 4-byte words before and after. */
+export function flipFile(file: string, off: number, bit: number): [number, number] {
+  const fd = fs.openSync(file, 'r+');
+  try {
+    const word = off & ~3;
+    const buf = Buffer.alloc(4);
+    fs.readSync(fd, buf, 0, 4, word);
+    const before = buf.readUInt32LE(0);
+    const b = Buffer.from([buf[off - word] ^ (1 << bit)]);
+    fs.writeSync(fd, b, 0, 1, off);
+    fs.readSync(fd, buf, 0, 4, word);
+    return [before, buf.readUInt32LE(0)];
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Byte ranges [offset, length) of the state memfd that a kind aims at. */
+export function stateRanges(stateFile: string, kind: 'state-page' | 'queue-progress' | 'control-page'): { off: number; len: number; what: string }[] {
+  if (kind === 'control-page') {
+    // The counters and flags before the console ring (vmm/control-page.ts).
+    const fd = fs.openSync(stateFile, 'r');
+    fs.closeSync(fd);
+    return [{ off: CONTROL_OFFSET, len: Math.min(CONTROL_SIZE, 256 * 1024), what: 'control page' }];
+  }
+  const fd = fs.openSync(stateFile, 'r');
+  const bytes = new Uint8Array(new ArrayBuffer(StatePage.layoutSize()));
+  fs.readSync(fd, bytes, 0, bytes.length, DEVICE_PAGE_OFFSET);
+  fs.closeSync(fd);
+  const page = StatePage.attach(bytes);
+  const out: { off: number; len: number; what: string }[] = [];
+  for (let i = 0; i < page.numDevices; i++) {
+    const d = page.device(i);
+    const r = d.layout();
+    if (kind === 'state-page') {
+      out.push({ off: DEVICE_PAGE_OFFSET + r.staticOffset, len: r.staticLength, what: `device ${i} static block` });
+      out.push({ off: DEVICE_PAGE_OFFSET + r.regsOffset, len: r.regsLength, what: `device ${i} registers` });
+    } else {
+      for (let q = 0; q < d.numQueues; q++) {
+        out.push({ off: DEVICE_PAGE_OFFSET + r.progressOffset(q), len: r.progressLength, what: `device ${i} queue ${q} progress` });
+      }
+    }
+  }
+  if (kind === 'state-page') out.push({ off: DEVICE_PAGE_OFFSET, len: 64, what: 'header' });
+  if (!out.length) throw new InjectError(`the VM has no virtio device: no ${kind} to corrupt`);
+  return out;
+}
+
+function flipState(supervisor: number, kind: 'state-page' | 'queue-progress' | 'control-page', rng: Rng): Omit<InjectResult, 'component' | 'kind' | 'pid'> {
+  const file = supervisorMemfd(supervisor, 'state');
+  const ranges = stateRanges(file, kind);
+  const r = rng.pick(ranges);
+  const off = r.off + rng.int(r.len);
+  const bit = rng.int(8);
+  const [before, after] = flipFile(file, off, bit);
+  return { target: `${r.what} (state memfd +${hex(off)})`, address: hex(off), bit: (off & 3) * 8 + bit, before: hex(before), after: hex(after) };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Kills the vmm, waits for its keeper to save, and flips one bit of the saved snapshot (header
+ * fields the restore reads, vCPU and VM records) before a new vmm claims it.
+ */
+async function flipSnapshot(p: ComponentPids, ncpus: number, rng: Rng): Promise<Omit<InjectResult, 'component' | 'kind' | 'pid'>> {
+  const file = supervisorMemfd(p.supervisor, 'snap');
+  const fd = fs.openSync(file, 'r');
+  const view = SnapshotView.map(fd, ncpus, true);
+  fs.closeSync(fd);
+  const gen = view.generation;
+  process.kill(p.vmm, 'SIGKILL');
+  const t0 = Date.now();
+  while (!(view.generation !== gen && view.stateName === 'saved')) {
+    if (Date.now() - t0 > 2000) throw new InjectError(`the keeper did not save within 2 s (state ${view.stateName})`);
+    await sleep(0);
+  }
+  // Everything after the journals (the vCPU and VM records the keeper just wrote), or the header.
+  const total = snapshotSize(ncpus);
+  const body = view.journalOffset + ncpus * SNAP.JOURNAL_SIZE;
+  const inHeader = rng.int(4) === 0;
+  const off = inHeader ? rng.int(SNAP.HEADER_SIZE) : body + rng.int(total - body);
+  const bit = rng.int(8);
+  const [before, after] = flipFile(file, off, bit);
+  return { target: `snapshot ${inHeader ? 'header' : 'saved records'} +${hex(off)} (vmm ${p.vmm} killed; generation ${view.generation})`, address: hex(off), bit: (off & 3) * 8 + bit, before: hex(before), after: hex(after) };
+}
+
+// ---- messages ----
+
+/** A garbled or truncated message, as bytes a broken sender might put on a Node IPC channel. */
+function garbledIpc(rng: Rng): { what: string; bytes: Buffer } {
+  const junk = Buffer.from(Array.from({ length: 1 + rng.int(64) }, () => rng.int(256)));
+  switch (rng.int(4)) {
+    case 0: return { what: 'random bytes and a newline', bytes: Buffer.concat([junk.filter((b) => b !== 10), Buffer.from('\n')]) };
+    case 1: return { what: 'a well-formed envelope around random protobuf bytes', bytes: Buffer.from(`${JSON.stringify({ pb: junk.toString('base64') })}\n`) };
+    case 2: {
+      // A ready message cut short: field 1 (ready), length prefix larger than what follows.
+      const pb = Buffer.from([0x0a, 0x20, 0x08, 0x01, 0x10]);
+      return { what: 'a truncated protobuf message', bytes: Buffer.from(`${JSON.stringify({ pb: pb.toString('base64') })}\n`) };
+    }
+    default: return { what: 'an envelope of the wrong shape', bytes: Buffer.from(`${JSON.stringify({ pb: rng.int(1000), cmd: 'NODE_x' })}\n`) };
+  }
+}
+
+function garbledHttp(rng: Rng): { what: string; bytes: Buffer } {
+  switch (rng.int(3)) {
+    case 0: return { what: 'random bytes', bytes: Buffer.from(Array.from({ length: 1 + rng.int(256) }, () => rng.int(256))) };
+    case 1: return { what: 'a truncated request', bytes: Buffer.from('POST /v1/vm/pause HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"a"') };
+    default: return { what: 'a request with a garbled JSON body', bytes: Buffer.from('PUT /v1/vm/labels/x HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nIdempotency-Key: k\r\nContent-Length: 9\r\n\r\n{"value":') };
+  }
+}
+
+async function sendMessage(component: InjectComponent, pid: number, socket: string, rng: Rng): Promise<Omit<InjectResult, 'component' | 'kind' | 'pid'>> {
+  if (component === 'priv-domain' && rng.int(2) === 0) {
+    const m = garbledHttp(rng);
+    await new Promise<void>((resolve) => {
+      const s = net.connect(socket, () => { s.end(m.bytes); });
+      s.on('error', () => resolve());
+      s.on('close', () => resolve());
+      s.setTimeout(1000, () => s.destroy());
+    });
+    return { target: `the priv-domain's API socket: ${m.what}`, before: m.bytes.subarray(0, 32).toString('hex') };
+  }
+  // The component's end of its IPC channel (fd 3): what we write there reaches the supervisor as if the component sent it.
+  const m = garbledIpc(rng);
+  const pidfd = pidfdOf.pidfdOpen(pid);
+  if (pidfd < 0) throw new InjectError(`pidfd_open(${pid}): errno ${-pidfd}`);
+  let fd = -1;
+  try {
+    fd = pidfdOf.pidfdGetfd(pidfd, FD.IPC);
+    fs.writeSync(fd, m.bytes);
+  } finally {
+    if (fd >= 0) fs.closeSync(fd);
+    native.close(pidfd);
+  }
+  return { target: `${component} -> supervisor IPC channel: ${m.what}`, before: m.bytes.subarray(0, 32).toString('hex') };
+}
+
+// ---- the disk ----
+
+/** Cuts the driver-domain's first disk image to a random length below its size (a multiple of 4 KiB). */
+function truncateDisk(dd: number, rng: Rng): Omit<InjectResult, 'component' | 'kind' | 'pid'> {
+  const link = fs.readlinkSync(`/proc/${dd}/fd/${DEVICE_FD_BASE}`);
+  const st = fs.statSync(`/proc/${dd}/fd/${DEVICE_FD_BASE}`);
+  if (!st.isFile()) throw new InjectError(`the driver-domain's disk ${link} is not a regular file`);
+  const len = Math.floor(rng.float() * st.size / 4096) * 4096;
+  fs.truncateSync(`/proc/${dd}/fd/${DEVICE_FD_BASE}`, len);
+  return { target: `disk image ${link}`, before: hex(st.size), after: hex(fs.statSync(`/proc/${dd}/fd/${DEVICE_FD_BASE}`).size) };
+}
+
+// ---- one injection ----
+
+export interface InjectOptions {
+  seed: number | bigint;
+  /** The VM's vCPU count (snapshot layout). */
+  cpus?: number;
+  /** Its API socket (message into the priv-domain). */
+  socket?: string;
+  /** Tests: a fixed register / bit instead of a random one. */
+  reg?: string;
+  bit?: number;
+}
+
+const ADDON_RE = /tsvmm_kvm\.node$/;
+const pidfdOf = native as unknown as NativePidfd & { pidfdOpen(pid: number): number };
+
+export async function inject(component: InjectComponent, kind: InjectKind, p: ComponentPids, o: InjectOptions): Promise<InjectResult> {
+  if (!kindsFor(component).includes(kind)) throw new InjectError(`fault kind ${kind} does not apply to the ${component} (it takes: ${kindsFor(component).join(', ')})`);
+  const rng = new Rng(o.seed);
+  const pid = component.startsWith('vmm') ? p.vmm : p[component as keyof ComponentPids];
+  if (!pid) throw new InjectError(`the ${component} is not running`);
+  const base = { component, kind, pid };
+  switch (kind) {
+    case 'SIGKILL': case 'SIGSEGV': case 'SIGABRT': case 'SIGSTOP':
+      process.kill(pid, kind);
+      return { ...base, target: `pid ${pid}` };
+    case 'reg': {
+      const tids = component === 'vmm-vcpu' ? vcpuThreadsOf(pid) : component === 'vmm-main' ? [pid] : threadsOf(pid);
+      if (!tids.length) throw new InjectError(`no ${component === 'vmm-vcpu' ? 'vCPU ' : ''}thread of pid ${pid} found`);
+      const tid = rng.pick(tids);
+      const reg = o.reg ?? rng.pick(FLIP_REGS);
+      const bit = o.bit ?? (reg === 'eflags' ? rng.pick([0, 2, 4, 6, 7, 8, 10, 11]) : rng.int(64));
+      const [before, after] = flipRegister(tid, reg, bit);
+      return { ...base, tid, target: reg, bit, before: hex(before), after: hex(after) };
+    }
+    case 'mem':
+      return { ...base, ...flipInMappings(pid, rng, (m) => m.perms.startsWith('rw') && !m.path.includes('tsvmm-ram-') && !/^\[(vvar|vsyscall|vdso)/.test(m.path), 'writable') };
+    case 'code-addon':
+      return { ...base, ...flipInMappings(pid, rng, (m) => m.perms.includes('x') && ADDON_RE.test(m.path), 'addon text') };
+    case 'code-node':
+      return { ...base, ...flipInMappings(pid, rng, (m) => m.perms.includes('x') && /\/node$/.test(m.path), 'node text') };
+    case 'state-page': case 'queue-progress': case 'control-page':
+      return { ...base, ...flipState(p.supervisor, kind, rng) };
+    case 'snapshot':
+      return { ...base, ...(await flipSnapshot(p, o.cpus ?? 1, rng)) };
+    case 'message':
+      return { ...base, ...(await sendMessage(component, pid, o.socket ?? '', rng)) };
+    case 'disk-truncate':
+      return { ...base, ...truncateDisk(pid, rng) };
+  }
+}
+
+/** Component pids from the API's component list (`GET /v1/vm/components`). */
+export function pidsFrom(comps: { name: string; pid: number }[]): ComponentPids {
+  const get = (n: string) => comps.find((c) => c.name === n)?.pid ?? 0;
+  return { supervisor: get('supervisor'), vmm: get('vmm'), keeper: get('keeper'), 'driver-domain': get('driver-domain'), 'priv-domain': get('priv-domain') };
+}
