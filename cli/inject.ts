@@ -277,7 +277,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
  */
 async function flipSnapshot(p: ComponentPids, ncpus: number, rng: Rng): Promise<Omit<InjectResult, 'component' | 'kind' | 'pid'>> {
   const file = supervisorMemfd(p.supervisor, 'snap');
-  const fd = fs.openSync(file, 'r');
+  const fd = fs.openSync(file, 'r+');
   const view = SnapshotView.map(fd, ncpus, true);
   fs.closeSync(fd);
   const gen = view.generation;
