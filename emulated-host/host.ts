@@ -179,7 +179,16 @@ export function buildL1Image(opts: { extra?: { src: string; dest: string }[]; ta
     if (fs.statSync(src).isFile()) { add(src, `${L1_TREE}/${rel}`); return; }
     for (const f of files(src, skip)) add(path.join(src, f), `${L1_TREE}/${rel}/${f}`);
   };
-  for (const rel of ['dist', 'guest/out', 'bench/out', 'proto', 'bin', 'package.json']) tree(rel, (r) => /\.map$/.test(r));
+  // The initramfs has no mtimes (all 0), so supervisor/component-entry.ts cannot tell a stale
+  // esbuild bundle from a fresh one there: a bundle older than its tsc output stays out.
+  const staleBundle = (r: string): boolean => {
+    const m = /^(.*)\/main\.bundle\.js$/.exec(r);
+    if (!m) return false;
+    const dist = path.join(ROOT, 'dist');
+    try { return fs.statSync(path.join(dist, r)).mtimeMs < fs.statSync(path.join(dist, m[1], 'main.js')).mtimeMs; } catch { return true; }
+  };
+  tree('dist', (r) => /\.map$/.test(r) || staleBundle(r));
+  for (const rel of ['guest/out', 'bench/out', 'proto', 'bin', 'package.json']) tree(rel, (r) => /\.map$/.test(r));
   for (const f of files(path.join(ROOT, 'build', 'Release'), (r) => !/\.node$/.test(r) && r.includes('.'))) add(path.join(ROOT, 'build', 'Release', f), `${L1_TREE}/build/Release/${f}`);
   tree('node_modules', (r) => SKIP_NODE_MODULES.test(r));
   add(path.join(linuxDir, IMAGE_FILES.kernel), `${L1_LINUX_IMAGE}/${IMAGE_FILES.kernel}`);
