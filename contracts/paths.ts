@@ -8,7 +8,6 @@
  *       <name>/supervisor.pid   the supervisor that owns the name: "PID STARTTICKS"
  *       <name>/run.pb, supervisor.sock, adopt.lock/   for adopting the VM when its supervisor
  *                               dies (recovery/run-record.ts)
- *       <name>/prometheus.json  the VM's metrics endpoint as a Prometheus file_sd target
  *   state dir (survives reboots): $TSVMM_STATE_DIR, else /var/lib/tsvmm for root, else
  *     $XDG_STATE_HOME/tsvmm, else ~/.local/state/tsvmm. Mode 0700.
  *       vms/<name>/tsvmm.db     the durable store (contracts/store.ts)
@@ -49,6 +48,7 @@ export interface VmPaths {
   runDir: string;
   socket: string;
   pidFile: string;
+  /** <runtime>/prometheus/<name>.json: the VM's metrics endpoint as a Prometheus file_sd target (one glob finds all VMs). */
   promTargets: string;
   stateDir: string;
   db: string;
@@ -59,7 +59,7 @@ export function vmPaths(name: string): VmPaths {
   const runDir = path.join(runtimeRoot(), name);
   const stateDir = path.join(stateRoot(), 'vms', name);
   return {
-    runDir, socket: path.join(runDir, 'api.sock'), pidFile: path.join(runDir, 'supervisor.pid'), promTargets: path.join(runDir, 'prometheus.json'),
+    runDir, socket: path.join(runDir, 'api.sock'), pidFile: path.join(runDir, 'supervisor.pid'), promTargets: path.join(runtimeRoot(), 'prometheus', `${name}.json`),
     stateDir, db: path.join(stateDir, 'tsvmm.db'), consoleLog: path.join(stateDir, 'console.log'),
   };
 }

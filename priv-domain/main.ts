@@ -14,6 +14,7 @@
  */
 import '../contracts/process'; // first: no debugger, before anything else runs
 import * as fs from 'fs';
+import * as path from 'path';
 import * as http from 'http';
 import * as net from 'net';
 import { URL } from 'url';
@@ -324,11 +325,12 @@ function previousPort(file: string): number | undefined {
 }
 
 /**
- * <runtime>/<name>/prometheus.json: this VM as a Prometheus file_sd target, so one scrape job
- * (file_sd_configs: files: [<runtime>/*\/prometheus.json]) finds every VM on the host. Written
- * atomically (rename); it goes away with the runtime directory when the VM stops.
+ * <runtime>/prometheus/<name>.json: this VM as a Prometheus file_sd target, so one scrape job
+ * (file_sd_configs: files: [<runtime>/prometheus/*.json]) finds every VM on the host. Written
+ * atomically (rename); the supervisor removes it when the VM stops.
  */
 function writeTargets(file: string, addr: string, name: string): void {
+  mkdirPrivate(path.dirname(file));
   const tmp = `${file}.${process.pid}.tmp`;
   fs.writeFileSync(tmp, JSON.stringify([{ targets: [addr], labels: { tsvmm_vm: name } }], null, 1) + '\n', { mode: 0o644 });
   fs.renameSync(tmp, file);

@@ -266,7 +266,10 @@ export class Control {
     else if (recorded !== 'recorded') this.log('control plane: the priv-domain was not running: the VM\'s exit is not in its store');
     try {
       const pid = Number(fs.readFileSync(this.paths.pidFile, 'utf8').split(' ')[0]);
-      if (pid === process.pid) fs.rmSync(this.paths.runDir, { recursive: true, force: true });
+      if (pid === process.pid) {
+        fs.rmSync(this.paths.runDir, { recursive: true, force: true });
+        fs.rmSync(this.paths.promTargets, { force: true });
+      }
     } catch { /* not ours, or gone */ }
   }
 }
