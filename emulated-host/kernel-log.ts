@@ -36,7 +36,9 @@ export function judgeKernelLog(lines: readonly string[], taint: number, emulated
   const problems: string[] = [];
   let exempted = 0;
   const strip = (l: string): string => l.replace(/^\s*\[\s*[\d.]+\]\s*/, '').replace(/^(x86\/fpu: )/, '').trim();
-  const trouble = lines.filter((l) => TROUBLE.test(strip(l)));
+  // The command line (it may name rcu_cpu_stall_timeout) and RCU's own report of that setting are not trouble.
+  const benign = /command line:|RCU CPU stall warnings timeout set to/i;
+  const trouble = lines.filter((l) => TROUBLE.test(strip(l)) && !benign.test(l));
   const isXsave = (l: string): boolean => /^XSAVE consistency problem: size \d+ != kernel_size \d+/.test(strip(l));
   const isXsaveWarn = (l: string): boolean => /^WARNING: CPU: \d+ PID: \d+ at arch\/x86\/kernel\/fpu\/xstate\.c:\d+ fpu__init_system_xstate/.test(strip(l));
   for (let i = 0; i < trouble.length; i++) {

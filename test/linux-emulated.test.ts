@@ -40,6 +40,9 @@ describe('the kernel log check (emulated-host/kernel-log.ts)', () => {
     assert.equal(judgeKernelLog(['[    9.0] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:'], 0, true).problems.length, 1);
     assert.match(judgeKernelLog(XSAVE_BLOCK, TAINT_WARN | 1, true).problems[0], /kernel tainted: 513/);
     assert.match(judgeKernelLog([], TAINT_WARN, true).problems[0], /kernel tainted: 512 \(allowed here: 0\)/);
+    // Our own command line and RCU's note of its stall timeout are not trouble; an unstable clocksource is.
+    assert.deepEqual(judgeKernelLog(['[    0.0] Command line: console=ttyS0 watchdog_thresh=60 rcupdate.rcu_cpu_stall_timeout=300', '[    5.9] \tRCU CPU stall warnings timeout set to 300 (rcu_cpu_stall_timeout).'], 0, true).problems, []);
+    assert.equal(judgeKernelLog(["[   67.4] clocksource: timekeeping watchdog on CPU0: Marking clocksource 'tsc' as unstable because the skew is too large:"], 0, true).problems.length, 1);
     // The message without its WARNING (or a WARNING elsewhere in xstate.c) is not the exempted block.
     assert.equal(judgeKernelLog([XSAVE_BLOCK[1]], 0, true).problems.length, 1);
   });
