@@ -21,6 +21,7 @@ import { readSnapshotManifest } from '../contracts/snapshot-dir';
 import { SnapshotError } from '../contracts/snapshot';
 import { quietStdio } from '../supervisor/quiet-stdio';
 import { DEFAULT_GEOMETRY } from '../contracts/state-page';
+import { confinementFor } from '../contracts/confinement';
 import { HelpRequest, verb, VerbError, VERBS, VERBS_HELP } from './verbs';
 import { versionInfo } from '../contracts/version';
 import { TSVMM_EXIT } from '../contracts/exit-codes';
@@ -52,7 +53,7 @@ const RUN_HELP = `usage: tsvmm run [options]
 Boots a guest under a new supervisor; prints the VM's API socket, metrics URL and how to stop it.
 tsvmm run [--kernel FILE] [--initrd FILE] [--cmdline STR] [--mem SIZE] [--cpus N] [--serial FILE] [--name NAME]
           [--disk FILE[,ro]]... [--net tap=NAME[,mac=MAC]]... [--linux [--image-dir DIR]] [--force]
-          [--standby] [--hang-timeout MS]
+          [--standby] [--hang-timeout MS] [--user USER]
 tsvmm run --restore DIR [--disk FILE[,ro]]... [--net tap=NAME[,mac=MAC]]... [--name NAME] [--serial FILE] [--standby] ...
   --restore DIR   resume the VM \`tsvmm snapshot --out DIR\` saved, where it was: its vCPUs, devices and RAM.
                   Its disks and TAPs unless --disk / --net name others (as many as it had, in the same order)
@@ -64,6 +65,8 @@ tsvmm run --restore DIR [--disk FILE[,ro]]... [--net tap=NAME[,mac=MAC]]... [--n
   --force         boot a Linux kernel even on a software-virtualized KVM (PVM), where it cannot work
   --standby       keep a warm standby vmm and driver-domain that take over the moment the primary dies
   --hang-timeout MS  kill and recover a component whose heartbeat stopped for MS ms (default 250; 0 = off)
+  --user USER     (as root) the unprivileged user the components run as: a name, UID or UID:GID
+                  (default 65534:65534, nobody); see "Confinement" in docs/architecture.md
   --cmdline STR   the guest command line (default for the test guest: "${DEFAULT_DEMO_CMDLINE}")
   --mem SIZE      guest RAM, e.g. 256M or 2G (default 256M)
   --cpus N        number of vCPUs (default 1)
@@ -202,7 +205,7 @@ const RUN_OPTIONS = {
   disk: { type: 'string', multiple: true }, net: { type: 'string', multiple: true },
   initrd: { type: 'string' }, linux: { type: 'boolean' }, 'image-dir': { type: 'string' }, force: { type: 'boolean' },
   'metrics-addr': { type: 'string' },
-  standby: { type: 'boolean' }, 'hang-timeout': { type: 'string' }, restore: { type: 'string' },
+  standby: { type: 'boolean' }, 'hang-timeout': { type: 'string' }, restore: { type: 'string' }, user: { type: 'string' },
 } as const;
 
 /** `tsvmm run` options: the VM's configuration, and the snapshot it resumes with --restore. */
@@ -320,12 +323,18 @@ function parseBoot(argv: string[]): VmConfig {
   };
 }
 
-/** --standby, --hang-timeout MS (supervisor/supervisor.ts). */
-export function parseRecoveryOptions(argv: string[]): { standby: boolean; hangTimeoutMs?: number } {
-  const { values } = parseArgs({ args: argv, options: { standby: { type: 'boolean' }, 'hang-timeout': { type: 'string' } }, strict: false, allowPositionals: true });
+/** --standby, --hang-timeout MS (supervisor/supervisor.ts), --user (contracts/confinement.ts). */
+export function parseRecoveryOptions(argv: string[]): { standby: boolean; hangTimeoutMs?: number; user?: string } {
+  const { values } = parseArgs({ args: argv, options: { standby: { type: 'boolean' }, 'hang-timeout': { type: 'string' }, user: { type: 'string' } }, strict: false, allowPositionals: true });
   const t = values['hang-timeout'];
   if (t !== undefined && (typeof t !== 'string' || !/^\d+$/.test(t))) throw new UsageError(`invalid --hang-timeout "${t}": expected a whole number of milliseconds (0 = off)`);
-  return { standby: values.standby === true, hangTimeoutMs: t === undefined ? undefined : Number(t) };
+  const user = typeof values.user === 'string' ? values.user : undefined;
+  try {
+    confinementFor(user);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  return { standby: values.standby === true, hangTimeoutMs: t === undefined ? undefined : Number(t), user };
 }
 
 /**

@@ -4,6 +4,7 @@
  * label, annotate. Each finds its VM by --name under the runtime directory
  * (contracts/paths.ts); with exactly one VM running, --name may be left out.
  */
+import type { Privileges } from '../proto';
 import * as fs from 'fs';
 import * as http from 'http';
 import * as path from 'path';
@@ -207,6 +208,7 @@ function table(rows: string[][]): string {
 interface Component {
   name: string; pid: number; state: string; startedAt: number; uptimeSeconds: number | null; restarts: number;
   lastRecovery: { component: string; cause: string; seconds: number; at: number } | null;
+  privileges: Privileges | null;
 }
 
 function parse(cmd: string, argv: string[], extra: Record<string, { type: 'string' | 'boolean'; short?: string }> = {}, positionals = 0) {
@@ -252,8 +254,10 @@ export async function verb(cmd: string, argv: string[]): Promise<number> {
       const comps = JSON.parse((await api(name, 'GET', '/v1/vm/components')).body) as Component[];
       if (values.json) { out(JSON.stringify(comps, null, 1) + '\n'); return 0; }
       const now = Date.now() / 1000;
-      out(table([['COMPONENT', 'PID', 'STATE', 'UPTIME', 'RESTARTS', 'LAST RECOVERY'], ...comps.map((c) => [
+      const caps = (hex?: string) => (hex === undefined ? '-' : /^0*$/.test(hex) ? 'none' : hex === '000001ffffffffff' ? 'all' : hex);
+      out(table([['COMPONENT', 'PID', 'STATE', 'UPTIME', 'RESTARTS', 'UID', 'CAPS', 'SECCOMP', 'LAST RECOVERY'], ...comps.map((c) => [
         c.name, c.pid ? String(c.pid) : '-', c.state, fmtDuration(c.uptimeSeconds), String(c.restarts),
+        c.privileges ? String(c.privileges.uid) : '-', caps(c.privileges?.capEff), c.privileges?.seccomp ?? '-',
         c.lastRecovery ? `${c.lastRecovery.cause} in ${(c.lastRecovery.seconds * 1000).toFixed(1)} ms, ${fmtDuration(now - c.lastRecovery.at)} ago` : '-',
       ])]));
       return 0;

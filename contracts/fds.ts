@@ -16,6 +16,13 @@ export const FD = {
   SNAPSHOT: 7,
   /** The VM's configuration: a memfd holding the encoded VmConfig (recovery/component-config.ts). */
   CONFIG: 8,
+  /** vmm: /dev/kvm, opened by the supervisor (the vmm may not open it: contracts/confinement.ts). */
+  KVM: 9,
+  /** vmm: the kernel and the initrd (absent: none), opened by the supervisor for the same reason. */
+  KERNEL: 10,
+  INITRD: 11,
+  /** priv-domain: its API socket, bound and listening (the supervisor owns the socket file). */
+  API_LISTEN: 12,
 } as const;
 
 /**
@@ -36,7 +43,7 @@ export const STATE_MEMFD_SIZE = CONTROL_OFFSET + CONTROL_SIZE;
  * per queue (a KVM ioeventfd on QueueNotify), then one call eventfd per
  * queue (a KVM irqfd).
  */
-export const DEVICE_FD_BASE = 10;
+export const DEVICE_FD_BASE = 16;
 export const MAX_DEVICE_QUEUES = 2;
 export const DEVICE_FD_STRIDE = 1 + 2 * MAX_DEVICE_QUEUES;
 

@@ -23,6 +23,7 @@ import { native } from '../native/kvm';
 import { adoptLockPath, supervisorSocketPath } from './run-record';
 import { readSupervisorPid, vmPaths } from './paths';
 import { describeExit, NativePidfd } from './pidfd';
+import { seccompMode } from './confinement';
 
 /** How long a component whose supervisor died waits for a new one before it ends. */
 const ORPHAN_TIMEOUT_MS = Number(process.env.TSVMM_ORPHAN_TIMEOUT_MS ?? 20_000);
@@ -96,6 +97,10 @@ function supervisorLost(): void {
   connected = false;
   socket = undefined;
   if (!me.adoptable()) { me.giveUp('its supervisor died before it took over'); return; }
+  // A confined component (contracts/confinement.ts) can neither start a supervisor (no fork, no
+  // exec, no privileges to give it) nor reach one's socket (no socket call): it ends, as before
+  // supervisors were recoverable. docs/architecture.md, "Confinement", says what would reconcile both.
+  if (seccompMode() !== 'off') { me.giveUp('its supervisor died, and a confined component is not adopted (TSVMM_CONFINE=0 allows it)'); return; }
   searching = true;
   lostAt = process.hrtime.bigint();
   const cause = supervisor ? describeExit(pidfd.pidfdExit(supervisor.fd, supervisor.pid)) : 'unknown';

@@ -16,6 +16,8 @@ export interface NativeKeeper {
   snapshotFormat(fd: number, ncpus: number): void;
   keeperStart(o: {
     vmFd: number; snapFd: number; vcpus: { fd: number; run: bigint }[]; msrs: number[]; irqfds?: { fd: number; gsi: number }[]; dormant?: boolean;
+    /** The keeper's own seccomp filter (native/kvm/keeper.c): 0 none, 1 kill, 2 log (contracts/confinement.ts). */
+    seccomp?: number;
   }): number;
   keeperStop(): void;
   /** A new, armed keeper for this running vmm once its keeper has exited: its pid (throws EBUSY while the old one lives). */

@@ -21,6 +21,7 @@ import { deviceList } from '../contracts/device-list';
 import { FD } from '../contracts/fds';
 import { ControlPage, DeviceCounters } from '../contracts/control-page';
 import { keeper } from '../contracts/snapshot';
+import { confineSelf } from '../contracts/confinement';
 import { warmUpBlk } from './warm-up';
 import { ServedDevice, serveBlk, serveNet, SLOT_COMPLETION, TAG_SLOTS, tagOf } from './served-device';
 
@@ -71,6 +72,8 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
   };
 
   const activate = (warm: boolean, diedNs = 0n) => {
+    // Before the first guest request (a standby already is: below).
+    confineSelf('driver-domain');
     const t0 = process.hrtime.bigint();
     if (warm) checkPage();
     const t1 = process.hrtime.bigint();
@@ -106,6 +109,7 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
   }
   warmUp();
   page.validate(); // once now, so the takeover's check runs compiled code
+  confineSelf('driver-domain');
   send({ ready: { component: 'driver-domain', pid: process.pid, standby: true } });
   setImmediate(() => activate(true, waitForDeath(standbyFor)));
 }

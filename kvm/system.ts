@@ -31,6 +31,14 @@ export class Kvm {
       if (code === 'EACCES' || code === 'EPERM') throw new KvmError(`no permission to open ${path}: add your user to the 'kvm' group or run as root`);
       throw new KvmError(`cannot open ${path}: ${(e as Error).message}`);
     }
+    return Kvm.fromFd(fd, path);
+  }
+
+  /**
+   * A /dev/kvm fd opened by someone else (the supervisor passes one to the vmm, which runs without
+   * the permission to open the device itself: contracts/confinement.ts); same checks as open().
+   */
+  static fromFd(fd: number, path = '/dev/kvm'): Kvm {
     const kvm = new Kvm(fd, path);
     const version = ioctl(fd, 'KVM_GET_API_VERSION');
     if (version !== KVM_API_VERSION) throw new KvmError(`${path} reports KVM API version ${version}, tsvmm needs ${KVM_API_VERSION}`);

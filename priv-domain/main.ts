@@ -12,7 +12,7 @@
  * the store, re-attaches to the shared pages, resumes the console log from the shared offset
  * and gets the full component status from the supervisor.
  */
-import '../contracts/process'; // first: no debugger, before anything else runs
+import { installTestHooksIfAsked } from '../contracts/process'; // first: no debugger, before anything else runs
 import * as fs from 'fs';
 import * as path from 'path';
 import * as http from 'http';
@@ -26,7 +26,9 @@ import { FD } from '../contracts/fds';
 import { ControlPage } from '../contracts/control-page';
 import { Component, HEARTBEAT_MS, mapDevicePage, StatePage } from '../contracts/state-page';
 import { deviceList } from '../contracts/device-list';
-import { DEFAULT_METRICS_ADDR, mkdirPrivate, vmPaths } from '../contracts/paths';
+import * as path from 'path';
+import { DEFAULT_METRICS_ADDR, vmPaths } from '../contracts/paths';
+import { confineSelf } from '../contracts/confinement';
 import { native } from '../native/kvm';
 import { PlatformPage, PLATFORM_PAGE_SIZE } from '../contracts/platform-page';
 import { Store } from '../contracts/store';
@@ -66,6 +68,9 @@ function main(): void {
   const startedAt = Date.now() / 1000;
   const paths = vmPaths(cfg.name);
   process.umask(0o077);
+  // The supervisor starts us in the VM's state directory (recovery/control.ts), owned by the uid we
+  // run as; the roots above it may not be ours to list.
+  const here = (file: string) => path.basename(file);
 
   // Durable store first: nothing is acknowledged before it is open. A state directory that cannot
   // hold it (a full disk, say) degrades the store to memory, with a warning, instead of a crash loop:
@@ -73,8 +78,7 @@ function main(): void {
   let store: Store;
   let newRun = false;
   try {
-    mkdirPrivate(paths.stateDir);
-    store = Store.open(paths.db);
+    store = Store.open(here(paths.db));
     newRun = store.recordRun(cfg.name, cfg, runId);
   } catch (e) {
     process.stderr.write(`tsvmm priv-domain: the store ${paths.db} is unusable (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): ` +
@@ -168,18 +172,19 @@ function main(): void {
   // dropped); each run starts with a marker line, so runs that reuse a name stay apart.
   let consoleFd: number | undefined;
   let consoleSize = 0;
+  const consoleLog = here(paths.consoleLog);
   const openConsole = () => {
     try {
-      consoleFd = fs.openSync(paths.consoleLog, 'a', 0o600);
+      consoleFd = fs.openSync(consoleLog, 'a', 0o600);
       consoleSize = fs.fstatSync(consoleFd).size;
     } catch { consoleFd = undefined; }
   };
   const rotateConsole = () => {
     if (consoleFd !== undefined) fs.closeSync(consoleFd);
     for (let i = CONSOLE_LOG_KEEP - 1; i >= 1; i--) {
-      try { fs.renameSync(`${paths.consoleLog}.${i}`, `${paths.consoleLog}.${i + 1}`); } catch { /* none */ }
+      try { fs.renameSync(`${consoleLog}.${i}`, `${consoleLog}.${i + 1}`); } catch { /* none */ }
     }
-    try { fs.renameSync(paths.consoleLog, `${paths.consoleLog}.1`); } catch { /* none */ }
+    try { fs.renameSync(consoleLog, `${consoleLog}.1`); } catch { /* none */ }
     openConsole();
   };
   const writeConsole = (text: string | Uint8Array) => {
@@ -259,20 +264,18 @@ function main(): void {
     consoleInput,
   }, consoleHandler);
 
-  // The API socket: mode 0600 in a 0700 directory (node cannot read SO_PEERCRED, so the file
-  // permissions are what keeps other users out: connect() needs write permission on the socket).
-  mkdirPrivate(paths.runDir);
-  fs.chmodSync(paths.runDir, 0o700);
-  try { fs.unlinkSync(paths.socket); } catch { /* none left behind */ }
+  // The API socket: the supervisor bound it (mode 0600 in a 0700 directory, both the VM owner's:
+  // node cannot read SO_PEERCRED, so the file permissions are what keeps other users out) and
+  // passes it listening; we may run as another uid and could not create it there.
   const server = http.createServer(handler);
   server.keepAliveTimeout = 1000;
   server.on('clientError', (_e, sock: net.Socket) => {
     if (sock.writable) sock.end('HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{"error": "malformed HTTP request"}\n');
   });
-  server.listen(paths.socket, () => {
-    fs.chmodSync(paths.socket, 0o600);
-    startMetrics();
-  });
+  // From here on it serves clients: nothing but its allowlist (contracts/confinement.ts).
+  confineSelf('priv-domain');
+  server.listen({ fd: FD.API_LISTEN }, () => startMetrics());
+  installTestHooksIfAsked('priv-domain');
 
   const startMetrics = () => {
     let target: { host: string; port: number } | undefined;

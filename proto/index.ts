@@ -40,8 +40,10 @@ export interface SnapshotManifest {
   ramExtents: number[];
 }
 export interface RecoveryRecord { component: string; cause: string; seconds: number; at: number }
+export interface Privileges { uid: number; gid: number; capEff: string; seccomp: string; noNewPrivs: boolean }
 export interface ComponentStatus {
   name: string; pid: number; state: string; startedAt: number; restarts: number; lastRecovery?: RecoveryRecord | null;
+  privileges?: Privileges | null;
 }
 export interface ControlStatus { components: ComponentStatus[]; recoveries: RecoveryRecord[]; full: boolean; paused: boolean }
 export type SupervisorMessage = { status: ControlStatus } | { reply: ControlReply } | { finished: { code: number; reason: string } }

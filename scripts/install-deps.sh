@@ -8,9 +8,10 @@
 #   util-linux: runuser, for the permission tests
 #   prometheus: promtool, to check the metrics output
 #   qemu-system-x86: the emulated hardware-KVM host (scripts/emulated-host.js) the Linux tests run in
+#   strace: scripts/record-syscalls.sh, which regenerates the seccomp allowlists
 set -euo pipefail
 need=()
-for pair in gcc:gcc make:make ld:binutils iasl:acpica-tools ip:iproute2 ping:iputils-ping runuser:util-linux promtool:prometheus qemu-system-x86_64:qemu-system-x86; do
+for pair in gcc:gcc make:make ld:binutils iasl:acpica-tools ip:iproute2 ping:iputils-ping runuser:util-linux promtool:prometheus qemu-system-x86_64:qemu-system-x86 strace:strace; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

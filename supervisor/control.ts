@@ -17,6 +17,9 @@ import { ControlPage } from '../contracts/control-page';
 import { mkdirPrivate, vmPaths, VmPaths, writeSupervisorPid } from '../contracts/paths';
 import type { Recovery, RunResult } from './lifecycle';
 import { KILL_COMPONENTS, KillComponent, killSignal } from '../contracts/signals';
+import { native } from '../native/kvm';
+import { ProcessPrivileges, processPrivileges, unreachableBy } from '../contracts/confinement';
+import type { HeldFds } from './spawn';
 
 const STATUS_MS = 100;
 /** How long the priv-domain gets to record the VM's end before it is killed. */
@@ -65,6 +68,8 @@ export interface ControlTarget {
   snapshot(dir: string, stop: boolean): Promise<{ pauseMs: number; ramDataBytes: number }>;
   /** Adopt mode: the run this supervisor took over from a dead one (supervisor/adopt.ts). */
   readonly adoption?: { runId: string; supervisors: number };
+  /** The fds and confinement the supervisor holds (the relay binds the API socket into it). */
+  readonly held: HeldFds;
 }
 
 /** How the relay reaches the priv-domain. */
@@ -105,8 +110,16 @@ export class Control {
       mkdirPrivate(path.dirname(this.paths.runDir));
       mkdirPrivate(this.paths.runDir);
       writeSupervisorPid(this.paths);
+      // Bound here, so the socket file stays the VM owner's: the priv-domain serves it as an fd.
+      try { fs.unlinkSync(this.paths.socket); } catch { /* none left behind */ }
+      this.sup.held.apiFd = native.unixListen(this.paths.socket, 511);
     } catch (e) {
       this.log(`control plane: cannot create ${this.paths.runDir}: ${(e as Error).message}`);
+    }
+    try {
+      this.prepareStateDir();
+    } catch (e) {
+      this.log(`control plane: cannot prepare ${this.paths.stateDir}: ${(e as Error).message}`);
     }
     this.timer = setInterval(() => this.tick(), STATUS_MS);
     this.timer.unref();
@@ -115,6 +128,28 @@ export class Control {
   /** The environment the priv-domain needs from the relay. */
   get privEnv(): Record<string, string> {
     return { TSVMM_RUN_ID: this.runId, TSVMM_SUPERVISOR_PID: String(process.pid) };
+  }
+
+  /**
+   * The VM's state directory, the priv-domain's working directory: owned by the uid the components
+   * run as (contracts/confinement.ts), mode 0700. The roots above it become 0711 then: that uid
+   * passes through them to its own VM's directory and can list none of them.
+   */
+  private prepareStateDir(): void {
+    const dir = this.paths.stateDir;
+    mkdirPrivate(dir);
+    const { uid, gid } = this.sup.held.confinement;
+    if (uid === undefined || gid === undefined) return;
+    // tsvmm's own roots (<state root> and <state root>/vms): searchable, not listable.
+    for (let up = path.dirname(dir), i = 0; i < 2; up = path.dirname(up), i++) {
+      const mode = fs.statSync(up).mode & 0o7777;
+      if ((mode & 0o111) !== 0o111) fs.chmodSync(up, mode | 0o111);
+    }
+    const blocked = unreachableBy(dir, uid, gid, true);
+    if (blocked && blocked !== dir) throw new Error(`the priv-domain runs as uid ${uid} (--user) and cannot reach it: ${blocked} is not searchable by that uid`);
+    fs.chownSync(dir, uid, gid);
+    fs.chmodSync(dir, 0o700);
+    for (const f of fs.readdirSync(dir)) fs.lchownSync(path.join(dir, f), uid, gid);
   }
 
   /** Recoveries of every component, the priv-domain's included. */
@@ -138,7 +173,23 @@ export class Control {
     return {
       name, pid: pid ?? 0, state, startedAt: (pid && processStartTime(pid)) || 0,
       restarts: mine.length, lastRecovery: last ?? null,
+      privileges: this.privileges(pid),
     };
+  }
+
+  /** uid, gid, capabilities, seccomp mode of `pid` (from /proc; cached once it is filtered: that is final). */
+  private readonly privCache = new Map<number, ProcessPrivileges>();
+  private privileges(pid: number | undefined): ProcessPrivileges | null {
+    if (!pid) return null;
+    const cached = this.privCache.get(pid);
+    if (cached) return cached;
+    const p = processPrivileges(pid);
+    if (!p) return null;
+    if (p.seccomp === 'filter') {
+      if (this.privCache.size > 64) this.privCache.clear();
+      this.privCache.set(pid, p);
+    }
+    return p;
   }
 
   /** The status the priv-domain serves (`tsvmm ps`). */
@@ -151,7 +202,7 @@ export class Control {
     }
     const components: ComponentStatus[] = [
       // Restarts: every supervisor this VM had before this one (each adopted it from the last).
-      { ...this.component('supervisor', process.pid), startedAt: processStartTime(process.pid) ?? this.startedAt, restarts: this.sup.adoption?.supervisors ?? 0 },
+      { ...this.component('supervisor', process.pid), startedAt: processStartTime(process.pid) ?? this.startedAt, restarts: this.sup.adoption?.supervisors ?? 0, privileges: this.privileges(process.pid) },
       this.component('vmm', this.sup.pidOf('vmm')),
     ];
     // The keeper that would save the running vmm (none for a moment after it died, until re-armed).

@@ -54,6 +54,8 @@ export class DriverDomainLifecycle {
       adopted,
       script: componentEntry('driver-domain'),
       stdio: componentStdio(h.held, 'driver-domain'),
+      confinement: h.held.confinement,
+      name: 'driver-domain', log: (l) => h.log(l),
       // Block I/O that io_uring does not serve inline (large transfers, the thread-pool fallback) runs
       // on libuv's pool: give the driver-domain a deep one.
       env: { UV_THREADPOOL_SIZE: '64', ...(standbyFor ? { TSVMM_STANDBY_FOR: String(standbyFor) } : {}) },

@@ -13,6 +13,7 @@ import { ControlRequest, SupervisorMessage } from '../proto';
 import { LifecycleHost, RunResult } from './lifecycle';
 import { RESTART_LIMITS, RestartPolicy } from './restart-policy';
 import { hasExited, killHung, sendTo, spawnProcess, whenExited } from './spawn';
+import { FD } from '../contracts/fds';
 
 const SCRIPT = path.resolve(__dirname, '..', 'priv-domain', 'main.js');
 
@@ -66,8 +67,12 @@ export class PrivDomainLifecycle {
     const child = spawnProcess({
       component: 'priv-domain',
       script: SCRIPT,
-      stdio: ['ignore', 'ignore', 'inherit', 'ipc', 'ignore', h.held.stateFd, 'ignore', 'ignore', h.held.configFd],
+      stdio: privStdio(h.held.stateFd, h.held.configFd, h.held.apiFd),
       env: { ...this.env },
+      confinement: h.held.confinement,
+      name: 'priv-domain', log: (l) => h.log(l),
+      // Its store and console log are relative to its state directory (supervisor/control.ts).
+      cwd: vmPaths(h.cfg.name).stateDir,
       onMessage: (m) => {
         if (child !== this.child) return;
         if ('ready' in m && m.ready) this.onReady(child, m.ready.pid, m.ready.metricsAddr ?? '');
@@ -118,4 +123,14 @@ export class PrivDomainLifecycle {
     }
     this.events.ready();
   }
+}
+
+/** 5 state, 8 config, and the API socket the supervisor bound (contracts/fds.ts). */
+function privStdio(stateFd: number, configFd: number, apiFd: number): ('ignore' | 'inherit' | 'ipc' | number)[] {
+  const stdio: ('ignore' | 'inherit' | 'ipc' | number)[] = ['ignore', 'ignore', 'inherit', 'ipc'];
+  for (let fd = stdio.length; fd <= FD.API_LISTEN; fd++) stdio.push('ignore');
+  stdio[FD.STATE] = stateFd;
+  stdio[FD.CONFIG] = configFd;
+  if (apiFd >= 0) stdio[FD.API_LISTEN] = apiFd;
+  return stdio;
 }

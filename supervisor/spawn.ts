@@ -10,6 +10,7 @@ import { componentExecArgv, SpawnedComponent } from './v8-flags';
 import { ComponentMessage, ComponentMessageCodec, SupervisorMessage, SupervisorMessageCodec, guardChannel } from '../proto';
 import { FD } from '../contracts/fds';
 import { deviceStdio, HeldDevice } from './held-devices';
+import { Confinement, seccompKilled, spawnConfinement } from '../contracts/confinement';
 
 /** What the supervisor holds for the VM's whole life and hands every component at spawn. */
 export interface HeldFds {
@@ -21,6 +22,14 @@ export interface HeldFds {
   /** The encoded VmConfig every component reads (FD.CONFIG, contracts/component-config.ts). */
   readonly configFd: number;
   readonly devices: HeldDevice[];
+  /** What the vmm may not open itself (contracts/confinement.ts): /dev/kvm, the kernel, the initrd (-1: none). */
+  readonly kvmFd: number;
+  readonly kernelFd: number;
+  readonly initrdFd: number;
+  /** The priv-domain's API socket, bound and listening (supervisor/control.ts; -1 until then). */
+  apiFd: number;
+  /** How every component is confined: the uid it runs as, its seccomp mode. */
+  readonly confinement: Confinement;
 }
 
 export type ReadyMsg = Extract<ComponentMessage, { ready: unknown }>['ready'];
@@ -70,15 +79,26 @@ export interface SpawnOptions {
   onExit: (cause: string) => void;
   /** Adopt mode (supervisor/adopt.ts): a running process we did not start, instead of a new one. */
   adopted?: ChildProcess;
+  /** Run as its uid/gid, with its seccomp mode (contracts/confinement.ts). */
+  confinement: Confinement;
+  /** Working directory (entered before the uid drops). */
+  cwd?: string;
+  /** For the line that says a component was killed by its seccomp filter. */
+  name: string;
+  log: (line: string) => void;
 }
 
 /** Spawns a component process; messages arrive decoded, the exit with its cause. */
 export function spawnProcess(o: SpawnOptions): ChildProcess {
-  const child = o.adopted ?? spawn(process.execPath, [...componentExecArgv(o.component), o.script], { stdio: o.stdio, env: componentEnv({ TSVMM_ADOPT_ENTRY: ADOPT_ENTRY, ...o.env }) });
+  const jail = spawnConfinement(o.confinement);
+  const child = o.adopted ?? spawn(process.execPath, [...componentExecArgv(o.component), o.script], {
+    stdio: o.stdio, env: componentEnv({ TSVMM_ADOPT_ENTRY: ADOPT_ENTRY, ...jail.env, ...o.env }), uid: jail.uid, gid: jail.gid, cwd: o.cwd,
+  });
   child.on('error', () => undefined); // a failed spawn also exits
   child.on('exit', (code, signal) => {
     // An adopted process is not our child: its status may be unknown (supervisor/adopt.ts).
     const cause = hangKilled.has(child) ? 'hang' : badMessage.has(child) ? 'malformed message' : signal ? `signal ${signal}` : code === null ? 'exited, status unknown' : `exit code ${code}`;
+    if (signal === 'SIGSYS') o.log(seccompKilled(o.name, child.pid));
     exitCauses.set(child, cause);
     o.onExit(cause);
   });
@@ -105,12 +125,17 @@ const ADOPT_ENTRY = path.resolve(__dirname, 'adopt-main.js');
 
 /**
  * The stdio of a vmm or driver-domain: 3 IPC, 4 RAM, 5 state, 6 serial output, the vmm's snapshot
- * memfd, then the device fds (contracts/fds.ts). The driver-domain gets the disks and TAPs, and no stdin.
+ * memfd, /dev/kvm, kernel and initrd, then the device fds (contracts/fds.ts). The driver-domain gets the disks and TAPs, and no stdin.
  */
 export function componentStdio(held: HeldFds, name: 'vmm' | 'driver-domain'): StdioOptions {
   const stdio: (number | 'ignore' | 'inherit' | 'ipc')[] = ['inherit', 'inherit', 'inherit', 'ipc', held.ramFd, held.stateFd, held.serialFd];
   stdio[FD.SNAPSHOT] = name === 'vmm' ? held.snapFd : 'ignore';
   stdio[FD.CONFIG] = held.configFd;
+  if (name === 'vmm') {
+    stdio[FD.KVM] = held.kvmFd;
+    stdio[FD.KERNEL] = held.kernelFd >= 0 ? held.kernelFd : 'ignore';
+    stdio[FD.INITRD] = held.initrdFd >= 0 ? held.initrdFd : 'ignore';
+  }
   deviceStdio(held.devices, name === 'driver-domain').forEach((fd, i) => { if (i >= stdio.length) stdio[i] = fd; });
   if (name !== 'vmm') stdio[0] = 'ignore';
   return stdio;

@@ -37,6 +37,9 @@ import { PrivDomainLifecycle } from './priv-domain-lifecycle';
 import { threadState } from './hang-watch';
 import { loadSnapshotInto, sealSnapshot } from '../contracts/snapshot-dir';
 import type { SnapshotManifest } from '../proto';
+import { confinementFor, unreachableBy } from '../contracts/confinement';
+import { componentEntry } from './component-entry';
+import { Kvm } from '../kvm/system';
 
 export type { Recovery, RunResult } from './lifecycle';
 export type { VmmRecovery } from './vmm-lifecycle';
@@ -58,6 +61,8 @@ export interface SupervisorOptions {
    * taken out of the running components, which `start()` adopts instead of starting new ones.
    */
   adopted?: Adoption;
+  /** `tsvmm run --user`: the uid[:gid] or name the components run as (contracts/confinement.ts). */
+  user?: string;
 }
 
 /** What `snapshot()` did. */
@@ -82,9 +87,23 @@ export class Supervisor implements LifecycleHost, ControlTarget {
   readonly done: Promise<RunResult>;
 
   constructor(readonly cfg: VmConfig, private readonly opts: SupervisorOptions = {}) {
+    const confinement = confinementFor(opts.user);
+    const { uid, gid } = confinement;
+    if (uid !== undefined && gid !== undefined) {
+      for (const script of [componentEntry('vmm'), componentEntry('driver-domain')]) {
+        const blocked = unreachableBy(script, uid, gid);
+        if (blocked) throw new Error(`the components run as uid ${uid} (--user), which cannot read ${script} (stopped at ${blocked}): install tsvmm where that uid can read it, or choose another --user`);
+      }
+    }
+    // What the vmm may not open itself once it runs as that uid: opened here, passed as fds. (A
+    // restored or adopted VM never loads the kernel: it is in guest RAM.)
+    const kvmFd = Kvm.open().fd;
+    const kernelFd = opts.restore || opts.adopted ? -1 : fs.openSync(cfg.kernel, 'r');
+    const initrdFd = cfg.initrd && !opts.restore && !opts.adopted ? fs.openSync(cfg.initrd, 'r') : -1;
+    const jail = { kvmFd, kernelFd, initrdFd, apiFd: -1, confinement };
     if (opts.adopted) {
       // The running components' fds and pages, as they are: nothing is formatted again.
-      this.held = opts.adopted.fds;
+      this.held = { ...opts.adopted.fds, ...jail };
       this.page = mapDevicePage(this.held.stateFd);
     } else {
       const ramFd = native.memfdCreate(`tsvmm-ram-${cfg.name}`, cfg.memBytes);
@@ -100,7 +119,7 @@ export class Supervisor implements LifecycleHost, ControlTarget {
       keeper.snapshotFormat(snapFd, cfg.cpus);
       if (opts.restore) loadSnapshotInto(opts.restore.dir, opts.restore.manifest, { ram: ramFd, state: stateFd, snap: snapFd });
       this.page = opts.restore ? StatePage.attach(devBytes(state)) : scratch;
-      this.held = { ramFd, stateFd, serialFd, snapFd, configFd: configMemfd(cfg), devices };
+      this.held = { ramFd, stateFd, serialFd, snapFd, configFd: configMemfd(cfg), devices, ...jail };
     }
     // (An adopting supervisor takes the page's static part as it finds it.)
     this.staticImage = this.page.staticImage();

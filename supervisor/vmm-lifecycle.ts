@@ -189,6 +189,8 @@ export class VmmLifecycle {
       adopted,
       script: componentEntry('vmm'),
       stdio: componentStdio(h.held, 'vmm'),
+      confinement: h.held.confinement,
+      name: 'vmm', log: (l) => h.log(l),
       env,
       onMessage: (m) => {
         if ('ready' in m && m.ready) {

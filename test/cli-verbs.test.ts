@@ -53,7 +53,7 @@ describe('tsvmm control-plane verbs', function () {
       assert.equal(c.restarts, 0);
     }
     const table = vm.cli(['ps', '--name', vm.name]);
-    assert.match(table.stdout, /^COMPONENT\s+PID\s+STATE\s+UPTIME\s+RESTARTS\s+LAST RECOVERY/);
+    assert.match(table.stdout, /^COMPONENT\s+PID\s+STATE\s+UPTIME\s+RESTARTS\s+UID\s+CAPS\s+SECCOMP\s+LAST RECOVERY/);
   });
 
   it('each component runs with its own V8 flags (supervisor/v8-flags.ts), the priv-domain with some', () => {

@@ -10,7 +10,7 @@ import { strict as assert } from 'assert';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { GUEST, guestLines, requireKvm, tsvmmAsync } from './helpers/tsvmm';
+import { assertNoSeccompKill, GUEST, guestLines, requireKvm, tsvmmAsync } from './helpers/tsvmm';
 import { checkImage } from './helpers/blk-image';
 
 const KILLS = Number(process.env.TSVMM_KILLS ?? 50);
@@ -58,6 +58,7 @@ describe('recovery under a verifying blk workload', function () {
       const t1 = Date.now();
       while (progress() < before + 3 && Date.now() - t1 < 30_000) await sleep(50);
       assert.ok(progress() >= before + 3, 'guest stalled after the last kill');
+      assertNoSeccompKill(err);
     } finally {
       vm.kill('SIGTERM');
       await exited;

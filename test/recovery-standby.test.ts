@@ -21,7 +21,7 @@ async function killWarm(vm: RunningVm, component: ComponentName, progress: strin
     await vm.waitFor(() => vm.standbyPid[component] !== 0 && vm.standbyPid[component] !== vm.pid[component], 20_000, `a ${component} standby before kill ${k + 1}`);
     await sleep(30 + Math.random() * 150);
     const r = await vm.fail(component, 'SIGKILL', progress);
-    assert.ok(r.rec.warm, `kill ${k + 1}: not the warm path: ${r.rec.line}`);
+    assert.ok(r.rec.warm, `kill ${k + 1}: not the warm path: ${r.rec.line}\n--- tsvmm stderr, last lines ---\n${vm.err.split('\n').slice(-25).join('\n')}`);
     ms.push(r.rec.ms);
   }
   return ms;

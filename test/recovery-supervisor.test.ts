@@ -13,6 +13,12 @@ import { checkImage } from './helpers/blk-image';
 import { killRole, ps, ROLES, stopAndCheckClean } from './helpers/role-kill';
 
 const KILLS = Number(process.env.TSVMM_SUPERVISOR_KILLS ?? 20);
+/**
+ * Supervisor adoption needs the components unconfined: a confined one can neither start a
+ * supervisor nor reach its socket, and ends instead (contracts/orphan.ts, docs/architecture.md
+ * "Confinement"). Until the two are reconciled, these run with TSVMM_CONFINE=0.
+ */
+const UNCONFINED = { TSVMM_CONFINE: '0' };
 const NEED = ROLES.filter((r) => r !== 'keeper');
 
 describe('supervisor recovery', function () {
@@ -20,7 +26,7 @@ describe('supervisor recovery', function () {
   before(requireKvm);
 
   it(`survives ${KILLS} SIGKILLs of the supervisor under a verifying disk workload; ps, ls and stop work after each`, () => runScenario(async () => {
-    const vm = await startVm({ name: `srk${process.pid}` });
+    const vm = await startVm({ name: `srk${process.pid}`, env: UNCONFINED });
     try {
       while (vm.progress() < 2) await sleep(50);
       const supervisors = new Set<number>();
@@ -53,7 +59,7 @@ describe('supervisor recovery', function () {
   }));
 
   it('a sample of the kill campaign (bench/kill-campaign.ts): every role by pid, round-robin, the VM whole after each', () => runScenario(async () => {
-    const vm = await startVm({ name: `src${process.pid}` });
+    const vm = await startVm({ name: `src${process.pid}`, env: UNCONFINED });
     const roles = ROLES;
     try {
       while (vm.progress() < 2) await sleep(50);
@@ -74,7 +80,7 @@ describe('supervisor recovery', function () {
   }));
 
   it('does not stop on SIGHUP or when its stdout and stderr are closed', () => runScenario(async () => {
-    const vm = await startVm({ name: `srh${process.pid}` });
+    const vm = await startVm({ name: `srh${process.pid}`, env: UNCONFINED });
     try {
       while (vm.progress() < 1) await sleep(50);
       const sup = ps(vm).pids.get('supervisor')!;

@@ -31,6 +31,7 @@ import { Component, HEARTBEAT_MS, mapDevicePage, StatePage } from '../contracts/
 import { msrIndexList, probeMsrs } from './restore';
 import { ControlPage } from '../contracts/control-page';
 import { PauseControl } from './pause';
+import { confineSelf, keeperSeccomp } from '../contracts/confinement';
 
 /** Where KVM puts its real-mode TSS and identity map (below the LAPIC, above the IOAPIC). */
 const KVM_TSS_ADDR = 0xfffbd000;
@@ -68,7 +69,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   const tModules = performance.now();
   const claimed = mode === 'restore' ? claimSnapshot(snapView, cfg.cpus) : undefined;
   const tSnap = performance.now();
-  const kvm = Kvm.open();
+  const kvm = passedFd(FD.KVM) ? Kvm.fromFd(FD.KVM) : Kvm.open();
   const vm = new Vm(kvm.createVm());
   vm.setTssAddr(KVM_TSS_ADDR);
   vm.setIdentityMapAddr(KVM_IDENTITY_MAP_ADDR);
@@ -79,7 +80,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   ram.slots.forEach((s, i) => vm.setUserMemoryRegion(i, s.gpa, s.host));
 
   let boot: ReturnType<typeof kvmBootState> | undefined;
-  const kernel = restore ? undefined : fs.readFileSync(cfg.kernel);
+  const kernel = restore ? undefined : readPassed(FD.KERNEL, cfg.kernel);
   // Virtio devices: kicks go from KVM straight to the driver-domain (ioeventfd), completions
   // straight back (irqfd); the vmm only emulates the transport registers. ioeventfds are per VM, so
   // a standby registers them up front; irqfds only once its VM holds the guest's state (an irqfd
@@ -103,7 +104,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
     const rsdp = buildAcpi(ram.memory, { cpus: cfg.cpus, virtio: devices.map((d) => ({ base: d.base, gsi: d.gsi })) });
     const cmdline = [cfg.cmdline, virtioCmdline(devices)].filter((s) => s).join(' ');
     // A bzImage (64-bit boot protocol) or a PVH ELF: boot/kernel.ts picks the path by magic.
-    const initrd = cfg.initrd ? fs.readFileSync(cfg.initrd) : undefined;
+    const initrd = cfg.initrd ? readPassed(FD.INITRD, cfg.initrd) : undefined;
     boot = kvmBootState(loadKernel(ram.memory, kernel!, { cmdline, initrd, memBytes: cfg.memBytes, rsdp }).cpu);
   }
 
@@ -142,6 +143,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   const recovery = process.env.TSVMM_NO_RECOVERY !== '1';
   const keeperConfig = (dormant: boolean) => ({
     vmFd: vm.fd, snapFd: FD.SNAPSHOT, msrs, vcpus: vcpus.map((v) => ({ fd: v.fd, run: native.address(v.runBytes) })), irqfds, dormant,
+    seccomp: keeperSeccomp(),
   });
   const restoreConfig = { vmFd: vm.fd, vcpuFds: vcpus.map((v) => v.fd), irqfds };
   let keeperPid = 0;
@@ -219,6 +221,8 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
 
   if (mode === 'standby') {
     onAllParked = () => {
+      // Before the takeover can run the guest (vCPU 0, in the native takeover, is covered: TSYNC).
+      confineSelf('vmm');
       send({ ready: { component: 'vmm', pid: process.pid, standby: true, keeperPid } });
       // vCPU 0 is in the native takeover (vmm/vcpu-thread.ts); exit if the supervisor goes away first.
       const ppid = process.ppid;
@@ -239,6 +243,9 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
     const start = () => {
       // The keeper is armed before any vCPU runs, so it never saves a half-built or half-restored VM.
       if (recovery) keeperPid = keeper.keeperStart(keeperConfig(false));
+      // Every fd is open and every thread started: from here the guest runs, and the vmm makes only
+      // the calls on its allowlist (contracts/confinement.ts). The keeper, cloned just above, has its own.
+      confineSelf('vmm');
       running(release(), r);
     };
     // A fresh guest starts once its devices are served (as QEMU and Firecracker start vCPUs after
@@ -342,6 +349,28 @@ function whenDriverDomainReady(page: StatePage, then: () => void): void {
     setTimeout(check, 1);
   };
   check();
+}
+
+/** Is `fd` open (the supervisor passed it)? */
+function passedFd(fd: number): boolean {
+  try { fs.fstatSync(fd); return true; } catch { return false; }
+}
+
+/**
+ * A file the supervisor opened for us (the vmm may not open it: contracts/confinement.ts), read
+ * whole from offset 0 (the fd's offset is shared with the supervisor); its path if none was passed.
+ */
+function readPassed(fd: number, file: string): Buffer {
+  if (!passedFd(fd)) return fs.readFileSync(file);
+  const size = fs.fstatSync(fd).size;
+  const buf = Buffer.alloc(size);
+  let off = 0;
+  while (off < size) {
+    const n = fs.readSync(fd, buf, off, size - off, off);
+    if (n <= 0) break;
+    off += n;
+  }
+  return buf.subarray(0, off);
 }
 
 /** A cold restore: waits for the keeper, then claims its snapshot (exits quietly if a standby won it). */

@@ -31,6 +31,7 @@ void InitPoller(Napi::Env env, Napi::Object exports);      // poller.cc
 void InitFdio(Napi::Env env, Napi::Object exports);        // fdio.cc
 void InitPidfd(Napi::Env env, Napi::Object exports);       // pidfd.cc
 void InitPtrace(Napi::Env env, Napi::Object exports);      // ptrace.cc
+void InitSeccomp(Napi::Env env, Napi::Object exports);     // seccomp-binding.cc
 }
 
 namespace {
@@ -238,6 +239,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   tsvmm::InitFdio(env, exports);
   tsvmm::InitPidfd(env, exports);
   tsvmm::InitPtrace(env, exports);
+  tsvmm::InitSeccomp(env, exports);
   return exports;
 }
 

@@ -10,9 +10,17 @@
 //     byte of a memfd or a sparse file at or after offset; -1 when there is no more data (ENXIO)
 //   crc32c(view) -> CRC-32C (Castagnoli) of the bytes, with the CPU's crc32 instruction where it has
 //     one (SSE4.2): guest RAM is checksummed at GB/s, not at a table lookup per byte
+// And the supervisor's for the priv-domain's API (the socket file stays the VM owner's while the
+// priv-domain that serves it runs as another uid):
+//   unixListen(path, backlog) -> a listening AF_UNIX stream socket bound to path, mode 0600
 #include <napi.h>
 
 #include <cpuid.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#include "errno-error.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -128,6 +136,26 @@ Napi::Value Crc32c(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, c ^ 0xffffffffu);
 }
 
+Napi::Value UnixListen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  int backlog = info[1].As<Napi::Number>().Int32Value();
+  struct sockaddr_un a = {};
+  a.sun_family = AF_UNIX;
+  if (path.size() >= sizeof a.sun_path) return tsvmm::ThrowErrno(env, "unixListen: " + path, ENAMETOOLONG);
+  memcpy(a.sun_path, path.c_str(), path.size() + 1);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return tsvmm::ThrowErrno(env, "unixListen: socket", errno);
+  // chmod after bind (umask is process-wide: not ours to change under other threads); the
+  // directory the caller binds in is 0700, so the socket is never reachable by others meanwhile.
+  if (bind(fd, reinterpret_cast<struct sockaddr*>(&a), sizeof a) < 0 || chmod(a.sun_path, 0600) < 0 || listen(fd, backlog) < 0) {
+    int err = errno;
+    close(fd);
+    return tsvmm::ThrowErrno(env, "unixListen: " + path, err);
+  }
+  return Napi::Number::New(env, fd);
+}
+
 }  // namespace
 
 namespace tsvmm {
@@ -136,5 +164,6 @@ void InitFdio(Napi::Env env, Napi::Object exports) {
   exports.Set("fdWritev", Napi::Function::New(env, FdWritev));
   exports.Set("seekData", Napi::Function::New(env, SeekData));
   exports.Set("crc32c", Napi::Function::New(env, Crc32c));
+  exports.Set("unixListen", Napi::Function::New(env, UnixListen));
 }
 }  // namespace tsvmm

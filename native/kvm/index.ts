@@ -26,6 +26,21 @@ export interface NativeKvm {
   gettid(): number;
   installKick(): number;
   kick(tid: number): void;
+  /** Every x86-64 system call: name -> number (from <asm/unistd_64.h>, native/kvm/seccomp.c). */
+  syscallTable(): Record<string, number>;
+  /**
+   * no_new_privs, then a seccomp allowlist on every thread (TSYNC); mode 1: kill the process, 2: log.
+   * A rule: a call's number (allowed), [nr, 1, errno] (fails with errno), [nr, 2, arg, mask]
+   * (allowed when argument `arg` has every bit of `mask`), [nr, 3, arg, value] (allowed when
+   * argument `arg` is `value`).
+   */
+  seccompInstall(rules: (number | number[])[], mode: 1 | 2): void;
+  /** <sched.h>'s, for the clone rule. */
+  CLONE_THREAD: number;
+  /** prctl(PR_SET_DUMPABLE). */
+  setDumpable(on: boolean): void;
+  /** socket(AF_UNIX) bound to `path` (mode 0600) and listening: the fd. */
+  unixListen(path: string, backlog: number): number;
   constants: Record<string, number>;
   /** read(2) that returns -errno instead of throwing (native/kvm/fdio.cc): no exception per EAGAIN. */
   fdRead(fd: number, buf: Uint8Array): number;

@@ -58,7 +58,7 @@ Napi::Value SnapshotFormat(const Napi::CallbackInfo& info) {
 }
 
 // keeperStart({ vmFd, snapFd, vcpus: [{ fd, run: bigint address of its kvm_run }], msrs: number[], irqfds?,
-//   dormant? }) -> keeper pid. A dormant keeper (a warm standby's) saves nothing until takeover() arms it.
+//   dormant?, seccomp?: 0 | 1 kill | 2 log (its own filter, keeper.c) }) -> keeper pid. A dormant keeper (a warm standby's) saves nothing until takeover() arms it.
 Napi::Value KeeperStart(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (g_started) return ThrowErrno(env, "keeperStart: this vmm already has a keeper", EBUSY);
@@ -108,6 +108,7 @@ Napi::Value KeeperStart(const Napi::CallbackInfo& info) {
   c.stop_efd = eventfd(0, EFD_CLOEXEC);
   if (c.stop_efd < 0) return ThrowErrno(env, "keeperStart: eventfd", errno);
   c.armed = o.Has("dormant") && o.Get("dormant").ToBoolean() ? 0 : 1;
+  c.seccomp = o.Has("seccomp") ? o.Get("seccomp").As<Napi::Number>().Uint32Value() : 0;
   int pid = tsvmm_keeper_start(&c);
   if (pid < 0) return ThrowErrno(env, "keeperStart: clone", errno ? errno : ENOMEM);
   g_started = true;

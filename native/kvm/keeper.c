@@ -18,6 +18,9 @@
 #include <linux/kvm.h>
 
 #include "keeper.h"
+#include "seccomp.h"
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
 
 #define KEEPER_FN __attribute__((no_stack_protector, noinline))
 #define RAW static inline __attribute__((always_inline))
@@ -255,9 +258,41 @@ KEEPER_FN static int save_all(const struct tsvmm_keeper_config* cfg, uint8_t* sn
   return 0;
 }
 
+/* The keeper's seccomp filter (built by tsvmm_keeper_start, installed by the keeper itself): the
+ * raw system calls below and nothing else; ioctl only with the KVM requests save_vcpu and
+ * keeper_main make. */
+static struct tsvmm_bpf keeper_bpf;
+static struct sock_fprog keeper_prog;
+static const int keeper_syscalls[] = {
+    SYS_poll, SYS_futex, SYS_clock_gettime, SYS_nanosleep, SYS_exit_group, SYS_exit, SYS_rt_sigprocmask,
+    SYS_getppid, SYS_pidfd_open, SYS_restart_syscall,
+};
+static const uint64_t keeper_ioctls[] = {
+    KVM_RUN, KVM_GET_REGS, KVM_GET_MP_STATE, KVM_GET_SREGS, KVM_GET_XSAVE, KVM_GET_XCRS, KVM_GET_DEBUGREGS,
+    KVM_GET_LAPIC, KVM_GET_MSRS, KVM_GET_VCPU_EVENTS, KVM_GET_PIT2, KVM_GET_CLOCK, KVM_GET_IRQCHIP, KVM_IRQFD,
+};
+
+static int keeper_filter_build(uint32_t mode) {
+  uint32_t dflt = tsvmm_seccomp_action((int)mode);
+  tsvmm_bpf_begin(&keeper_bpf, dflt);
+  tsvmm_bpf_allow_arg_in(&keeper_bpf, SYS_ioctl, 1, keeper_ioctls, sizeof keeper_ioctls / sizeof keeper_ioctls[0], dflt);
+  for (unsigned i = 0; i < sizeof keeper_syscalls / sizeof keeper_syscalls[0]; i++) tsvmm_bpf_allow(&keeper_bpf, keeper_syscalls[i]);
+  if (tsvmm_bpf_end(&keeper_bpf, dflt) < 0) return -7;
+  keeper_prog.len = keeper_bpf.len;
+  keeper_prog.filter = keeper_bpf.insn;
+  return 0;
+}
+
 KEEPER_FN static int keeper_main(void* arg) {
   struct tsvmm_keeper_config* cfg = (struct tsvmm_keeper_config*)arg;
   struct tsvmm_snap_header* h = (struct tsvmm_snap_header*)cfg->snap;
+
+  /* This process only (no TSYNC: the keeper is a process of its own, sharing the vmm's memory). A
+   * keeper that cannot confine itself does not run unconfined. */
+  if (cfg->seccomp) {
+    if (raw3(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0) < 0) k_exit(4);
+    if (raw3(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &keeper_prog) < 0) k_exit(4);
+  }
 
   /* Only SIGKILL (and SIGSTOP) reach the keeper: a signal meant for the vmm or its group must not
    * take the VM's last holder with it. The supervisor kills it by pid when it stops. */
@@ -309,6 +344,9 @@ KEEPER_FN static int keeper_main(void* arg) {
 }
 
 #define KEEPER_STACK (256 * 1024)
+/* The keeper's clone flags: exported (keeper_clone_flags) so the vmm's seccomp filter can allow
+ * exactly this clone besides threads (contracts/confinement.ts). */
+#define KEEPER_CLONE_FLAGS (CLONE_VM | CLONE_FILES | CLONE_PARENT)
 
 static void write_armed_header(struct tsvmm_keeper_config* cfg);
 
@@ -318,7 +356,7 @@ static int clone_keeper(struct tsvmm_keeper_config* cfg, uint32_t state_on_failu
   if (armed) h->state = TSVMM_SNAP_ARMED;
   /* CLONE_PARENT: the keeper is the supervisor's child, so the supervisor reaps it and it is never
    * orphaned; its exit signal is the vmm's (SIGCHLD). No CLONE_THREAD: it is its own process. */
-  int pid = clone(keeper_main, (uint8_t*)cfg->stack + KEEPER_STACK, CLONE_VM | CLONE_FILES | CLONE_PARENT, cfg);
+  int pid = clone(keeper_main, (uint8_t*)cfg->stack + KEEPER_STACK, KEEPER_CLONE_FLAGS, cfg);
   if (pid < 0) {
     if (armed) h->state = state_on_failure;
     return -1;
@@ -332,6 +370,8 @@ static int clone_keeper(struct tsvmm_keeper_config* cfg, uint32_t state_on_failu
 
 int tsvmm_keeper_start(struct tsvmm_keeper_config* cfg) {
   crc_init();
+  /* Built once, here (normal C): a restarted keeper (tsvmm_keeper_restart) installs the same. */
+  if (cfg->seccomp && keeper_filter_build(cfg->seccomp) < 0) return -7;
   void* stack = mmap(NULL, KEEPER_STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
   if (stack == MAP_FAILED) return -12;
   cfg->stack = stack;
@@ -401,6 +441,7 @@ const struct tsvmm_abi_const tsvmm_snap_constants[] = {
     K(TSVMM_SNAP_EMPTY) K(TSVMM_SNAP_ARMED) K(TSVMM_SNAP_SAVING) K(TSVMM_SNAP_SAVED) K(TSVMM_SNAP_FAILED)
     K(TSVMM_SNAP_STOPPED)
     {"snap_step_checksum", (double)TSVMM_STEP_CHECKSUM},
+    {"keeper_clone_flags", (double)KEEPER_CLONE_FLAGS},
     K(TSVMM_PENDING_NONE) K(TSVMM_PENDING_REEXEC) K(TSVMM_PENDING_PIO_OUT) K(TSVMM_PENDING_MMIO_WRITE)
     {"snap_header_size", 4096},
     SIZE(tsvmm_snap_header, "header") SIZE(tsvmm_journal, "journal") SIZE(tsvmm_snap_vm, "vm")

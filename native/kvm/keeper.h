@@ -191,6 +191,10 @@ struct tsvmm_keeper_config {
   int keeper_pid;
   int keeper_pidfd;         /* the vmm's pidfd of its keeper: readable once that keeper exited */
   void* stack;              /* the keeper's stack (reused by the next keeper once this one exited) */
+  /* 0: no filter of its own; TSVMM_SECCOMP_KILL / _LOG (seccomp.h): the keeper installs the
+   * tightest filter of all, built before the clone from the fixed list in keeper.c, on top of the
+   * vmm's that it inherits. */
+  uint32_t seccomp;
 };
 
 /* Layout helpers. */

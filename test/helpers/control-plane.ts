@@ -6,7 +6,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { ChildProcessWithoutNullStreams } from 'child_process';
-import { GUEST, guestLines, tsvmm, tsvmmAsync } from './tsvmm';
+import { assertNoSeccompKill, GUEST, guestLines, tsvmm, tsvmmAsync } from './tsvmm';
 import { request, ApiResponse } from '../../cli/verbs';
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -28,10 +28,13 @@ export interface TestVm {
   stop(): Promise<void>;
 }
 
-export async function startVm(opts: { name?: string; disk?: boolean; cmdline?: string; extra?: string[]; dir?: string } = {}): Promise<TestVm> {
+export async function startVm(opts: { name?: string; disk?: boolean; cmdline?: string; extra?: string[]; dir?: string; env?: NodeJS.ProcessEnv; seccompKillsExpected?: boolean } = {}): Promise<TestVm> {
   const dir = opts.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'tsvmm-cp-'));
+  // The priv-domain runs as an unprivileged uid (contracts/confinement.ts): it passes through this
+  // directory to its state directory.
+  fs.chmodSync(dir, 0o711);
   const name = opts.name ?? `t${process.pid}-${Math.floor(Math.random() * 1e6)}`;
-  const env = { TSVMM_RUNTIME_DIR: path.join(dir, 'run'), TSVMM_STATE_DIR: path.join(dir, 'state') };
+  const env = { ...opts.env, TSVMM_RUNTIME_DIR: path.join(dir, 'run'), TSVMM_STATE_DIR: path.join(dir, 'state') };
   const args = ['run', '--name', name, '--kernel', GUEST, '--metrics-addr', '127.0.0.1:0'];
   if (opts.disk !== false) {
     const img = path.join(dir, `${name}.img`);
@@ -56,6 +59,7 @@ export async function startVm(opts: { name?: string; disk?: boolean; cmdline?: s
     stop: async () => {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
       await exited;
+      if (!opts.seccompKillsExpected) assertNoSeccompKill(err);
     },
   };
   const deadline = Date.now() + 20_000;

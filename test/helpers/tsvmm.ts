@@ -76,3 +76,12 @@ export function guestLines(out: string): GuestLine[] {
     return { word, fields };
   });
 }
+
+/**
+ * Fails if a component was killed by its seccomp filter (contracts/confinement.ts): it made a system
+ * call outside its allowlist. Recovery hides that from the guest; a test must not.
+ */
+export function assertNoSeccompKill(stderr: string): void {
+  const m = /^.*was killed by its seccomp filter.*$/m.exec(stderr);
+  if (m) throw new Error(`${m[0]}\n(regenerate the lists with scripts/record-syscalls.sh if the call is legitimate)`);
+}
