@@ -71,7 +71,12 @@ const SELF_ONLY = ['kill', 'tgkill'];
 const EXTRA: Record<ConfinedComponent, string[]> = {
   // A new keeper for one that died under a running vmm (keeperRestart, native/kvm/keeper.c): poll
   // its old pidfd, clone (allowed with exactly the keeper's flags, below), pidfd_open the new one.
-  vmm: ['poll', 'pidfd_open'],
+  vmm: ['poll', 'pidfd_open',
+    // Requests from the supervisor on the IPC channel (tsvmm snapshot, a new keeper), and writing a
+    // snapshot into the directory the supervisor made for it (contracts/snapshot-dir.ts).
+    'recvmsg', 'write', 'pread64', 'pwrite64', 'lseek', 'fsync', 'fdatasync',
+    // tsvmm_snap_save_live (native/kvm/keeper.c) times the save with raw clock_gettime, as the keeper does.
+    'clock_gettime'],
   // A standby's wait for its primary (pidfd_open + poll).
   'driver-domain': ['pidfd_open', 'poll'],
   // At the VM's end it records the exit in its store and closes it: SQLite deletes the WAL files.

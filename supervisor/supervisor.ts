@@ -13,6 +13,7 @@
  *   spawn.ts                    spawning with the held fds; IPC
  */
 import * as fs from 'fs';
+import * as path from 'path';
 import { native } from '../native/kvm';
 import { VmConfig } from '../proto';
 import { DEVICE_PAGE_OFFSET, DEVICE_PAGE_SIZE, STATE_MEMFD_SIZE } from '../contracts/fds';
@@ -252,6 +253,14 @@ export class Supervisor implements LifecycleHost, ControlTarget {
       fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
     } catch (e) { throw new Error(`cannot create ${dir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`); }
     if (fs.readdirSync(dir).length) throw new Error(`${dir} is not empty: a snapshot goes into a new directory`);
+    // The vmm writes it, as the uid it runs as (contracts/confinement.ts): it must reach the
+    // directory, which is its own until the snapshot is sealed.
+    const { uid, gid } = this.held.confinement;
+    if (uid !== undefined && gid !== undefined) {
+      const blocked = unreachableBy(path.dirname(path.resolve(dir)), uid, gid, true);
+      if (blocked) throw new Error(`the vmm runs as uid ${uid} (--user) and cannot reach ${dir}: ${blocked} is not searchable by that uid`);
+      fs.chownSync(dir, uid, gid);
+    }
     const dd = this.driverDomain?.pid;
     let stopped = false;
     this.snapshotting = true;
@@ -270,6 +279,8 @@ export class Supervisor implements LifecycleHost, ControlTarget {
       resume();
       stopped = false;
       sealSnapshot(dir, this.cfg, r.ramExtents ?? [], r.pauseMs);
+      // Sealed: the owner's again, not the confined uid's (which could otherwise rewrite it).
+      if (uid !== undefined) for (const f of ['.', ...fs.readdirSync(dir)]) fs.chownSync(path.join(dir, f), process.getuid?.() ?? 0, process.getgid?.() ?? 0);
       const res = { pauseMs: r.pauseMs, ramDataBytes: r.ramDataBytes, totalMs: performance.now() - t0 };
       this.log(`snapshot of the VM in ${dir}: guest paused ${r.pauseMs.toFixed(1)} ms, ${(r.ramDataBytes / 2 ** 20).toFixed(1)} MiB of RAM, ${res.totalMs.toFixed(0)} ms in all${stop ? '; stopping the VM' : ''}`);
       if (stop) setTimeout(() => this.finish({ code: 0, reason: `stopped after a snapshot to ${dir}` }), 20);

@@ -30,6 +30,8 @@ describe('tsvmm snapshot and run --restore', function () {
   this.timeout(120_000);
   before(requireKvm);
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvmm-snapshot-test-'));
+  // The vmm, which writes a snapshot, runs as an unprivileged uid (contracts/confinement.ts).
+  fs.chmodSync(tmp, 0o711);
   after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
   it('counter on 2 vCPUs: the VM runs on after a snapshot; restored from one taken with --stop, every vCPU continues its count and hash chain', async () => {
