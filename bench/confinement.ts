@@ -41,8 +41,7 @@ function metrics(bench: Bench, json: string): Omit<Metric, 'bench'>[] {
 
 function run(bench: Bench, mode: Mode): Omit<Metric, 'bench'>[] {
   const env = { ...process.env };
-  if (mode === 'unconfined') env.TSVMM_CONFINE = '0';
-  else delete env.TSVMM_CONFINE;
+  env.TSVMM_CONFINE = mode === 'unconfined' ? '0' : '1';
   const r = spawnSync(process.execPath, [path.join(ROOT, 'dist', 'bench', `${bench}.js`), ...ARGS[bench], '--json'], {
     cwd: ROOT, env, encoding: 'utf8', maxBuffer: 64 << 20, timeout: 20 * 60 * 1000,
   });

@@ -285,7 +285,7 @@ function main(): void {
       process.stderr.write(`tsvmm priv-domain: ${(e as Error).message}\n`);
     }
     const ready = () => send({ ready: { component: 'priv-domain', pid: process.pid, metricsAddr } });
-    if (!target) { fs.rmSync(paths.promTargets, { force: true }); ready(); return; }
+    if (!target) { try { fs.rmSync(paths.promTargets, { force: true }); } catch { /* not ours to remove */ } ready(); return; }
     const ms = http.createServer((req, res) => {
       const p = (req.url ?? '/').split('?')[0];
       if (req.method !== 'GET' || (p !== '/metrics' && p !== '/')) {
@@ -305,7 +305,7 @@ function main(): void {
       // A fixed port another process holds, say: the API's GET /metrics still serves them.
       process.stderr.write(`tsvmm priv-domain: metrics endpoint ${target!.host}:${target!.port} unavailable (${(e as NodeJS.ErrnoException).code ?? e.message}); \`tsvmm metrics\` still works\n`);
       metricsAddr = 'none';
-      fs.rmSync(paths.promTargets, { force: true });
+      try { fs.rmSync(paths.promTargets, { force: true }); } catch { /* not ours to remove */ }
       ready();
     });
     ms.on('listening', () => {
@@ -335,8 +335,14 @@ function previousPort(file: string): number | undefined {
 function writeTargets(file: string, addr: string, name: string): void {
   mkdirPrivate(path.dirname(file));
   const tmp = `${file}.${process.pid}.tmp`;
-  fs.writeFileSync(tmp, JSON.stringify([{ targets: [addr], labels: { tsvmm_vm: name } }], null, 1) + '\n', { mode: 0o644 });
-  fs.renameSync(tmp, file);
+  try {
+    fs.writeFileSync(tmp, JSON.stringify([{ targets: [addr], labels: { tsvmm_vm: name } }], null, 1) + '\n', { mode: 0o644 });
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    // Confined (contracts/confinement.ts), this process runs as another uid than the runtime
+    // directory's owner and cannot write there: the endpoint works, only the file_sd target is missing.
+    process.stderr.write(`tsvmm priv-domain: cannot write ${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): Prometheus file_sd discovery of this VM is off\n`);
+  }
 }
 
 try {
