@@ -83,7 +83,8 @@ const EXTRA: Record<ConfinedComponent, string[]> = {
   // At the VM's end it records the exit in its store and closes it: SQLite deletes the WAL files.
   // And it rotates the console log (renames) when it grows past TSVMM_CONSOLE_LOG_MAX.
   // socketpair: seen in the API replay test (openapi.test.ts) on a path the recording predates.
-  'priv-domain': ['unlink', 'fdatasync', 'rename', 'renameat', 'renameat2', 'socketpair'],
+  // mkdir: the Prometheus target directory (refused confined: a warning).
+  'priv-domain': ['unlink', 'fdatasync', 'rename', 'renameat', 'renameat2', 'socketpair', 'mkdir'],
 };
 
 /**

@@ -26,8 +26,7 @@ import { FD } from '../contracts/fds';
 import { ControlPage } from '../contracts/control-page';
 import { Component, HEARTBEAT_MS, mapDevicePage, StatePage } from '../contracts/state-page';
 import { deviceList } from '../contracts/device-list';
-import * as path from 'path';
-import { DEFAULT_METRICS_ADDR, vmPaths } from '../contracts/paths';
+import { DEFAULT_METRICS_ADDR, mkdirPrivate, vmPaths } from '../contracts/paths';
 import { confineSelf } from '../contracts/confinement';
 import { native } from '../native/kvm';
 import { PlatformPage, PLATFORM_PAGE_SIZE } from '../contracts/platform-page';
@@ -333,9 +332,9 @@ function previousPort(file: string): number | undefined {
  * atomically (rename); the supervisor removes it when the VM stops.
  */
 function writeTargets(file: string, addr: string, name: string): void {
-  mkdirPrivate(path.dirname(file));
   const tmp = `${file}.${process.pid}.tmp`;
   try {
+    mkdirPrivate(path.dirname(file));
     fs.writeFileSync(tmp, JSON.stringify([{ targets: [addr], labels: { tsvmm_vm: name } }], null, 1) + '\n', { mode: 0o644 });
     fs.renameSync(tmp, file);
   } catch (e) {
