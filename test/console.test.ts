@@ -64,11 +64,17 @@ describe('tsvmm console', function () {
     // A reader that is slow to start (stdout is a socket, as from a Node parent or a pipeline
     // stage that is busy): tsvmm must wait for it to take every byte instead of exiting.
     const c = spawn(process.execPath, [BIN, 'console', '--no-follow', '--name', vm.name], { env: { ...process.env, ...vm.env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    c.stdout.pause();
     let n = 0;
-    setTimeout(() => { c.stdout.on('data', (d: Buffer) => { n += d.length; }); c.stdout.resume(); }, 1000);
-    const code = await new Promise<number | null>((r) => c.on('close', (x) => r(x)));
-    assert.equal(code, 0);
+    // A 'readable' listener that reads nothing holds the bytes back for a second (a paused stream
+    // alone does not: Node resumes it, into the void, when the child exits). 'end' comes only
+    // once every byte was read.
+    const hold = () => undefined;
+    c.stdout.on('readable', hold);
+    const exited = new Promise<number | null>((r) => c.on('exit', (x) => r(x)));
+    const ended = new Promise<void>((r) => c.stdout.on('end', () => r()));
+    setTimeout(() => { c.stdout.off('readable', hold); c.stdout.on('data', (d: Buffer) => { n += d.length; }); c.stdout.resume(); }, 1000);
+    await ended;
+    assert.equal(await exited, 0);
     assert.equal(n, total);
   });
 
