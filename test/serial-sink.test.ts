@@ -6,7 +6,7 @@
  */
 import { strict as assert } from 'assert';
 import * as fs from 'fs';
-import { requireKvm } from './helpers/tsvmm';
+import { requireKvm, skipBecause } from './helpers/tsvmm';
 import { sleep, startVm, TestVm, runScenario } from './helpers/control-plane';
 import { guestErrors } from './helpers/fault-harness';
 
@@ -14,7 +14,7 @@ describe('a failing serial sink', function () {
   this.timeout(90_000);
   before(function () {
     requireKvm.call(this);
-    if (!fs.existsSync('/dev/full')) this.skip();
+    if (!fs.existsSync('/dev/full')) skipBecause(this, 'no /dev/full on this host: the sink that fails with ENOSPC on every write');
   });
   let vm: TestVm | undefined;
   after(async () => {
