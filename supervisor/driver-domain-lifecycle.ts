@@ -9,7 +9,7 @@ import { Component } from '../contracts/state-page';
 import { LifecycleHost } from './lifecycle';
 import { TSVMM_EXIT } from '../contracts/exit-codes';
 import { RESTART_LIMITS, RestartPolicy } from './restart-policy';
-import { componentStdio, hasExited, killHung, ReadyMsg, spawnProcess, whenExited } from './spawn';
+import { componentStdio, hasExited, killHung, ReadyMsg, replaceStandby, spawnProcess, whenExited } from './spawn';
 
 /** After a standby took over, its replacement starts this much later (a Node start competes with the guest). */
 export const STANDBY_RESPAWN_MS = 300;
@@ -135,15 +135,10 @@ export class DriverDomainLifecycle {
   async update(): Promise<{ ms: number }> {
     const old = this.primary;
     if (!old?.pid || this.pending || hasExited(old)) throw new Error('the driver-domain is not serving right now (recovering?); try again');
-    if (this.spare) {
-      const stale = this.spare;
-      this.spare = undefined;
-      stale.kill('SIGKILL');
-      await whenExited(stale);
-    }
-    const ready = new Promise<string | undefined>((resolve) => { this.spareWait = resolve; });
-    this.spawn(old.pid);
-    const why = await ready;
+    const stale = this.spare;
+    this.spare = undefined;
+    const standbyFor = old.pid;
+    const why = await replaceStandby(stale, (settled) => { this.spareWait = settled; this.spawn(standbyFor); });
     this.spareWait = undefined;
     if (why !== undefined) throw new Error(`update refused, the VM runs on unchanged: the new driver-domain cannot take over: ${why}`);
     const t0 = process.hrtime.bigint();

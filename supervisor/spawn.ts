@@ -140,3 +140,16 @@ export function componentStdio(held: HeldFds, name: 'vmm' | 'driver-domain'): St
   if (name !== 'vmm') stdio[0] = 'ignore';
   return stdio;
 }
+
+/**
+ * tsvmm update's first step, for any component with a standby: the standby running now (started
+ * from the build installed then) goes, and `spawn` starts one of the build installed now, handing
+ * it the callback its ready report (undefined) or its failure (why) calls. Resolves with that.
+ */
+export async function replaceStandby(stale: ChildProcess | undefined, spawn: (settled: (failure: string | undefined) => void) => void): Promise<string | undefined> {
+  if (stale) {
+    stale.kill('SIGKILL');
+    await whenExited(stale);
+  }
+  return new Promise((resolve) => spawn(resolve));
+}

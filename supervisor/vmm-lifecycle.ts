@@ -25,7 +25,7 @@ import { EXIT_NOT_NEEDED, TSVMM_EXIT } from '../contracts/exit-codes';
 import { keeper, SnapshotView, SnapState } from '../contracts/snapshot';
 import { LifecycleHost } from './lifecycle';
 import { RESTART_LIMITS, RestartPolicy } from './restart-policy';
-import { componentStdio, hasExited, killHung, ReadyMsg, sendTo, spawnProcess, whenExited } from './spawn';
+import { componentStdio, hasExited, killHung, ReadyMsg, replaceStandby, sendTo, spawnProcess, whenExited } from './spawn';
 import { STANDBY_RESPAWN_MS } from './driver-domain-lifecycle';
 
 /** A warm standby that has not taken over this long after its primary died is replaced by a cold start. */
@@ -126,16 +126,9 @@ export class VmmLifecycle {
       throw new Error('the vmm is not running the guest right now (recovering?); try again');
     }
     if (this.handingOver) throw new Error('an update of the vmm is already in progress');
-    // A standby already running was started from the build installed then: replace it.
-    if (this.spare) {
-      const stale = this.spare;
-      this.spare = undefined;
-      stale.kill('SIGKILL');
-      await whenExited(stale);
-    }
-    const ready = new Promise<string | undefined>((resolve) => { this.spareWait = resolve; });
-    this.spawn('standby');
-    const why = await ready;
+    const stale = this.spare;
+    this.spare = undefined;
+    const why = await replaceStandby(stale, (settled) => { this.spareWait = settled; this.spawn('standby'); });
     this.spareWait = undefined;
     if (why !== undefined) throw new Error(`update refused, the VM runs on unchanged: the new vmm cannot take over: ${why}`);
     if (this.primary !== old || hasExited(old) || this.pending) throw new Error('the vmm changed during the update (a recovery); try again');
