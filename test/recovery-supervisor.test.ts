@@ -8,7 +8,7 @@
 import { strict as assert } from 'assert';
 import * as fs from 'fs';
 import { guestLines, requireKvm } from './helpers/tsvmm';
-import { runScenario, sleep, startVm } from './helpers/control-plane';
+import { runScenario, sleep, startVm, TestVm } from './helpers/control-plane';
 import { checkImage } from './helpers/blk-image';
 import { killRole, ps, ROLES, stopAndCheckClean } from './helpers/role-kill';
 
@@ -21,13 +21,32 @@ const KILLS = Number(process.env.TSVMM_SUPERVISOR_KILLS ?? 20);
 const UNCONFINED = { TSVMM_CONFINE: '0' };
 const NEED = ROLES.filter((r) => r !== 'keeper');
 
+/**
+ * Runs `body` against `vm`, then stops it and asserts nothing is left: stop exits 0, no process
+ * holds the guest's RAM, no runtime dir. On a failure the VM is stopped and the error carries it
+ * (runScenario prints its output).
+ */
+async function stoppedClean(vm: TestVm, body: () => Promise<void>): Promise<void> {
+  try {
+    await body();
+    const { stop, leftovers, runDirLeft } = await stopAndCheckClean(vm);
+    assert.equal(stop.status, 0, stop.stderr);
+    assert.deepEqual(leftovers, [], 'processes still hold the guest after stop');
+    assert.equal(runDirLeft, false, 'stale runtime dir');
+  } catch (e) {
+    (e as { vm?: unknown }).vm = vm;
+    try { vm.cli(['stop', '--name', vm.name]); } catch { /* best effort */ }
+    throw e;
+  }
+}
+
 describe('supervisor recovery', function () {
   this.timeout(600_000);
   before(requireKvm);
 
   it(`survives ${KILLS} SIGKILLs of the supervisor under a verifying disk workload; ps, ls and stop work after each`, () => runScenario(async () => {
     const vm = await startVm({ name: `srk${process.pid}`, env: UNCONFINED });
-    try {
+    await stoppedClean(vm, async () => {
       while (vm.progress() < 2) await sleep(50);
       const supervisors = new Set<number>();
       for (let k = 0; k < KILLS; k++) {
@@ -39,15 +58,7 @@ describe('supervisor recovery', function () {
       assert.equal(supervisors.size, KILLS);
       // A vmm crash after all that is still survived: the adopted keeper saves it.
       await killRole(vm, 'vmm', NEED);
-      const { stop, leftovers, runDirLeft } = await stopAndCheckClean(vm);
-      assert.equal(stop.status, 0, stop.stderr);
-      assert.deepEqual(leftovers, [], 'processes still hold the guest after stop');
-      assert.equal(runDirLeft, false, 'stale runtime dir');
-    } catch (e) {
-      (e as { vm?: unknown }).vm = vm;
-      try { vm.cli(['stop', '--name', vm.name]); } catch { /* best effort */ }
-      throw e;
-    }
+    });
     const lines = guestLines(vm.out());
     assert.ok(!lines.some((l) => l.word === 'error' || l.word === 'blk-error'), vm.out().split('\n').filter((l) => /@(blk-)?error/.test(l)).slice(0, 5).join('\n'));
     assert.equal(lines.filter((l) => l.word === 'blk-progress').pop()!.fields.errors, '0');
@@ -61,18 +72,10 @@ describe('supervisor recovery', function () {
   it('a sample of the kill campaign (bench/kill-campaign.ts): every role by pid, round-robin, the VM whole after each', () => runScenario(async () => {
     const vm = await startVm({ name: `src${process.pid}`, env: UNCONFINED });
     const roles = ROLES;
-    try {
+    await stoppedClean(vm, async () => {
       while (vm.progress() < 2) await sleep(50);
       for (let k = 0; k < 2 * roles.length; k++) await killRole(vm, roles[k % roles.length], ROLES);
-      const { stop, leftovers, runDirLeft } = await stopAndCheckClean(vm);
-      assert.equal(stop.status, 0, stop.stderr);
-      assert.deepEqual(leftovers, []);
-      assert.equal(runDirLeft, false);
-    } catch (e) {
-      (e as { vm?: unknown }).vm = vm;
-      try { vm.cli(['stop', '--name', vm.name]); } catch { /* best effort */ }
-      throw e;
-    }
+    });
     assert.equal(guestLines(vm.out()).filter((l) => l.word === 'error' || l.word === 'blk-error').length, 0);
     assert.equal(checkImage(`${vm.dir}/${vm.name}.img`, { bs: 4096, count: 2000 }).errorCount, 0);
     fs.rmSync(vm.dir, { recursive: true, force: true });
@@ -81,7 +84,7 @@ describe('supervisor recovery', function () {
 
   it('does not stop on SIGHUP or when its stdout and stderr are closed', () => runScenario(async () => {
     const vm = await startVm({ name: `srh${process.pid}`, env: UNCONFINED });
-    try {
+    await stoppedClean(vm, async () => {
       while (vm.progress() < 1) await sleep(50);
       const sup = ps(vm).pids.get('supervisor')!;
       process.kill(sup, 'SIGHUP');
@@ -92,15 +95,7 @@ describe('supervisor recovery', function () {
       const after = ps(vm);
       assert.equal(after.pids.get('supervisor'), sup, `the supervisor did not survive: ${after.error ?? ''}`);
       assert.ok(after.pids.get('vmm') && after.pids.get('driver-domain'));
-      const { stop, leftovers, runDirLeft } = await stopAndCheckClean(vm);
-      assert.equal(stop.status, 0, stop.stderr);
-      assert.deepEqual(leftovers, []);
-      assert.equal(runDirLeft, false);
-    } catch (e) {
-      (e as { vm?: unknown }).vm = vm;
-      try { vm.cli(['stop', '--name', vm.name]); } catch { /* best effort */ }
-      throw e;
-    }
+    });
     fs.rmSync(vm.dir, { recursive: true, force: true });
     return vm;
   }));
