@@ -17,7 +17,9 @@ export const STANDBY_RESPAWN_MS = 300;
 export class DriverDomainLifecycle {
   private primary?: ChildProcess;
   private spare?: ChildProcess;
-  private pending?: { cause: string; t0: bigint };
+  private pending?: { cause: string; t0: bigint; update: boolean };
+  /** The driver-domain `update()` told to go: its end is an update, not a recovery. */
+  private handingOver?: ChildProcess;
   private readonly policy = new RestartPolicy('driver-domain', RESTART_LIMITS.driverDomain);
   private readonly sparePolicy = new RestartPolicy('driver-domain standby', RESTART_LIMITS.standby);
   private spareGaveUp = false;
@@ -93,7 +95,7 @@ export class DriverDomainLifecycle {
       return;
     }
     if (child !== this.primary) return;
-    this.pending ??= { cause, t0: process.hrtime.bigint() };
+    this.pending ??= { cause, t0: process.hrtime.bigint(), update: child === this.handingOver };
     if (this.spare) {
       // Warm: the standby saw the death on its pidfd and is (or soon is) serving.
       this.primary = this.spare;
@@ -143,6 +145,7 @@ export class DriverDomainLifecycle {
     if (why !== undefined) throw new Error(`update refused, the VM runs on unchanged: the new driver-domain cannot take over: ${why}`);
     const t0 = process.hrtime.bigint();
     const served = new Promise<void>((resolve) => { this.tookOver = resolve; });
+    this.handingOver = old;
     old.kill('SIGTERM');
     await served;
     this.tookOver = undefined;
@@ -160,9 +163,9 @@ export class DriverDomainLifecycle {
       const dead = this.primary!;
       this.spare = undefined;
       this.primary = child;
-      void whenExited(dead).then((cause) => this.record(cause, readyAt, r, true));
+      void whenExited(dead).then((cause) => this.record(cause, readyAt, r, true, dead === this.handingOver));
     } else if (child === this.primary && this.pending) {
-      this.record(this.pending.cause, this.pending.t0, r, r.warm === true);
+      this.record(this.pending.cause, this.pending.t0, r, r.warm === true, this.pending.update);
     } else if (child !== this.primary) return;
     this.pending = undefined;
     this.policy.succeeded();
@@ -171,10 +174,16 @@ export class DriverDomainLifecycle {
     if (this.host.standby) setTimeout(() => this.startSpare(), r.warm ? STANDBY_RESPAWN_MS : 0);
   }
 
-  private record(cause: string, t0: bigint, r: ReadyMsg, warm: boolean): void {
+  private record(cause: string, t0: bigint, r: ReadyMsg, warm: boolean, update: boolean): void {
     const resumed = r.resumedNs ? BigInt(r.resumedNs) : process.hrtime.bigint();
     const died = r.diedNs && BigInt(r.diedNs) < t0 ? BigInt(r.diedNs) : t0;
     const ms = Number(resumed - died) / 1e6;
+    if (update) {
+      // tsvmm update: planned, not a failure (no recovery event, no restart-policy count).
+      this.handingOver = undefined;
+      this.host.log(`updated driver-domain: the new build took over in ${ms.toFixed(2)} ms (the old driver-domain ${/^(exit code 0|signal SIGTERM)$/.test(cause) ? 'exited cleanly' : `exited (${cause})`})`);
+      return;
+    }
     this.host.recovered({ component: 'driver-domain', cause, ms, warm });
     this.host.log(`recovered driver-domain (cause: ${cause}) in ${ms.toFixed(warm ? 2 : 1)} ms (${warm ? 'warm standby' : 'cold restart'})`);
   }

@@ -35,7 +35,9 @@ describe('tsvmm update', function () {
       await vm.waitFor(() => vm.count('@blk-progress', t) >= 3, 30_000, 'blk progress after updating everything');
       assert.deepStrictEqual(guestErrors(vm.out), []);
       assert.strictEqual(vm.out.match(/^@boot/gm)?.length, 1, 'the guest booted once');
-      assert.deepStrictEqual(vm.recoveries.filter((r) => r.component === 'vmm'), [], 'an update is not a crash recovery');
+      assert.match(vm.err, /updated driver-domain: the new build took over in [\d.]+ ms \(the old driver-domain exited cleanly\)/);
+      assert.doesNotMatch(vm.err, /recovered (vmm|driver-domain)/, 'an update is not logged as a recovery');
+      assert.deepStrictEqual(vm.recoveries.filter((r) => r.component === 'vmm' || r.component === 'driver-domain'), [], 'an update is not a crash recovery');
 
       const bad = tsvmm(['update', 'kernel', '--name', name]);
       assert.strictEqual(bad.status, 2);
