@@ -41,11 +41,11 @@ export class PlatformPage {
     Atomics.store(this.u32, 0, PLATFORM_MAGIC);
   }
 
-  /** Throws if the page is not a v1 platform page. */
+  /** Throws (one line, naming both versions) unless the page is a platform page of the layout this build reads. */
   check(): void {
-    if (Atomics.load(this.u32, 0) !== PLATFORM_MAGIC || Atomics.load(this.u32, 1) !== PLATFORM_VERSION) {
-      throw new Error('platform state page has a bad magic or version');
-    }
+    if (Atomics.load(this.u32, 0) !== PLATFORM_MAGIC) throw new Error('platform state page has a bad magic');
+    const v = Atomics.load(this.u32, 1);
+    if (v !== PLATFORM_VERSION) throw new Error(`the platform page has layout version ${v}; this build reads version ${PLATFORM_VERSION}`);
   }
 
   reg(r: Uart, value?: number): number {

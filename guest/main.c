@@ -160,7 +160,7 @@ NORETURN void ap_main(u64 cpu)
     __atomic_store_n(&ap_checked_in, (u32)cpu, __ATOMIC_RELEASE);
     while (!__atomic_load_n(&smp_go, __ATOMIC_ACQUIRE))
         cpu_relax();
-    if (streq(boot.workload, "counter"))
+    if (streq(boot.workload, "counter") || cmdline_u64("ap_counter", 0))
         workload_run((u32)cpu);
     spin_forever();
 }

@@ -139,7 +139,7 @@ void workload_run(u32 cpu)
 {
     if (!boot.n_set)
         boot.n = 2000000000;   /* ~3 s at native speed (7e8 steps/s measured) */
-    if (streq(boot.workload, "counter"))
+    if (streq(boot.workload, "counter") || (cpu && cmdline_u64("ap_counter", 0)))
         counter(cpu);
     else if (cpu == 0 && streq(boot.workload, "exits"))
         exits();

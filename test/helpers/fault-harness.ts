@@ -45,9 +45,10 @@ export class RunningVm {
   private readonly exited: Promise<void>;
   readonly dir: string;
 
-  constructor(args: string[], env: Record<string, string> = {}) {
+  /** `bin`: the tsvmm.js to run (another installation's, test/helpers/previous-build.ts). */
+  constructor(args: string[], env: Record<string, string> = {}, bin = BIN) {
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvmm-fault-'));
-    this.child = spawn(process.execPath, [BIN, 'run', ...args], {
+    this.child = spawn(process.execPath, [bin, 'run', ...args], {
       stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TSVMM_TEST_HOOKS: '1', ...env },
     });
     this.exited = new Promise((resolve) => this.child.on('exit', (code, signal) => { this.exit = { code, signal }; resolve(); }));
@@ -136,13 +137,13 @@ export class RunningVm {
 }
 
 /** A `tsvmm run` on the verifying blk-loop workload over a fresh image. */
-export function blkLoopVm(extra: string[] = [], env: Record<string, string> = {}, opts: { n?: number; report?: number } = {}): RunningVm {
+export function blkLoopVm(extra: string[] = [], env: Record<string, string> = {}, opts: { n?: number; report?: number; bin?: string; cmdline?: string } = {}): RunningVm {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvmm-blkimg-'));
   const img = path.join(dir, 'disk.img');
   fs.writeFileSync(img, '');
   fs.truncateSync(img, 16 << 20);
   const vm = new RunningVm(['--kernel', GUEST, '--disk', img, ...extra, '--cmdline',
-    `workload=blk-loop blk_n=${opts.n ?? 1000} qd=16 mode=seq verify=1 blk_report=${opts.report ?? 100} virtio_irq=1`], env);
+    `workload=blk-loop blk_n=${opts.n ?? 1000} qd=16 mode=seq verify=1 blk_report=${opts.report ?? 100} virtio_irq=1${opts.cmdline ? ` ${opts.cmdline}` : ''}`], env, opts.bin);
   (vm as { imgDir?: string }).imgDir = dir;
   return vm;
 }
