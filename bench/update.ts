@@ -11,7 +11,9 @@
  *   - live update: `tsvmm update vmm`: the guest's pause (the keeper seeing the old vmm exit ->
  *     the new build's vCPUs released).
  *
- *   npx tsc -p . && node dist/bench/update.js [--rounds N] [--json] [--qemu BIN]
+ *   npx tsc -p . && node dist/bench/update.js [--rounds N] [--json] [--qemu BIN ('none': no QEMU row)]
+ *
+ * Each snapshot round prints where the pause went (the vmm's TSVMM_SNAPSHOT_DEBUG timeline).
  */
 import * as fs from 'fs';
 import * as net from 'net';
@@ -72,7 +74,7 @@ interface Results { snapshotPause: number[]; snapshotTotal: number[]; restore: n
 
 async function tsvmmRows(rounds: number, dir: string, r: Results): Promise<void> {
   const name = `bench-update-${process.pid}`;
-  const vm = await startVm(name, ['--kernel', GUEST, '--mem', '256M', '--cmdline', CMDLINE]);
+  const vm = await startVm(name, ['--kernel', GUEST, '--mem', '256M', '--cmdline', CMDLINE], { TSVMM_SNAPSHOT_DEBUG: '1' });
   try {
     await until(() => vm.out().includes('@counter'), 30_000, 'the guest');
     touchRam(vm.child.pid!, `tsvmm-ram-${name}`);
@@ -84,7 +86,9 @@ async function tsvmmRows(rounds: number, dir: string, r: Results): Promise<void>
       r.snapshotTotal.push(performance.now() - t0);
       r.snapshotPause.push((JSON.parse(s.stdout) as { pauseMs: number }).pauseMs);
       if (i < rounds - 1) fs.rmSync(out, { recursive: true, force: true });
-      process.stderr.write(`  snapshot ${i + 1}/${rounds}: paused ${r.snapshotPause.at(-1)!.toFixed(1)} ms\n`);
+      await until(() => (vm.err().match(/snapshot timeline/g)?.length ?? 0) > i, 5000, 'the vmm\'s snapshot timeline');
+      const phases = [...vm.err().matchAll(/snapshot timeline \(ms\): (.*)/g)][i][1];
+      process.stderr.write(`  snapshot ${i + 1}/${rounds}: paused ${r.snapshotPause.at(-1)!.toFixed(1)} ms (${phases})\n`);
     }
     for (let i = 0; i < rounds; i++) {
       const u = tsvmm(['update', 'vmm', '--name', name, '--json']);

@@ -8,7 +8,7 @@ import { exitOnUncaughtException, installTestHooksIfAsked } from '../contracts/p
 import { releaseUnusedVcpuThreads, vcpuThread } from './early-vcpu-threads';
 import * as fs from 'fs';
 import { ComponentMessage, SnapshotRequest, SupervisorMessage, SupervisorMessageCodec, VmConfig } from '../proto';
-import { captureSnapshot, writeSnapshotFiles } from '../contracts/snapshot-dir';
+import { captureSnapshot, prepareCapture, writeSnapshotFiles } from '../contracts/snapshot-dir';
 import { componentConfig } from '../contracts/component-config';
 import { toSupervisor, watchSupervisor } from '../contracts/orphan';
 import { abi, native, poller } from '../native/kvm';
@@ -299,25 +299,35 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
  * the vCPUs run again, unless the VM stops after the snapshot.
  */
 function snapshotNow(req: SnapshotRequest, cfg: VmConfig, pauseCtl: PauseControl): void {
+  // While the guest runs: the copy's memory, and guest RAM's mapping, faulted in (not in the pause).
+  const tPrep = performance.now();
+  const prepared = req.stop ? undefined : prepareCapture(FD.RAM, cfg.memBytes);
   const t0 = performance.now();
   let held = false;
   try {
     pauseCtl.hold(2000);
     held = true;
+    const tHeld = performance.now();
     const image = keeper.snapshotSaveLive();
     const saved = new SnapshotView(image);
     if (saved.stateName !== 'saved') throw new SnapshotError(saved.failure().replace('the keeper failed to save', 'saving'));
+    const tSaved = performance.now();
     // Copied into private memory, unless the VM stops anyway (or its RAM is very large): then it is
     // written straight from guest memory while the vCPUs stay parked.
-    const c = captureSnapshot(image, FD.STATE, FD.RAM, cfg.memBytes, !req.stop);
+    const c = captureSnapshot(image, FD.STATE, FD.RAM, cfg.memBytes, !req.stop, prepared);
     const done = (written: boolean, pauseMs: number) =>
       send({ snapshotDone: { ok: true, written, pauseMs, ramDataBytes: c.ramBytes, ramExtents: c.extents } });
     let pauseMs = 0;
     if (c.copied) {
       // The guest runs on, and the driver-domain may (its writes land in guest RAM, not in the copy).
+      const tCopied = performance.now();
       pauseCtl.release();
       held = false;
       pauseMs = performance.now() - t0;
+      if (process.env.TSVMM_SNAPSHOT_DEBUG) {
+        process.stderr.write(`tsvmm vmm: snapshot timeline (ms): prepare ${(t0 - tPrep).toFixed(1)} (guest running); paused: vCPUs parked ${(tHeld - t0).toFixed(1)}, ` +
+          `keeper save ${(tSaved - tHeld).toFixed(1)}, copy ${(c.ramBytes / 2 ** 20).toFixed(1)} MiB ${(tCopied - tSaved).toFixed(1)}${prepared && prepared.copy.byteLength >= c.ramBytes ? '' : ' (unprepared)'}, released ${(performance.now() - tCopied).toFixed(1)}: ${pauseMs.toFixed(1)}\n`);
+      }
       done(false, pauseMs);
     }
     writeSnapshotFiles(req.dir, c);

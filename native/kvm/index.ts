@@ -16,6 +16,10 @@ export interface NativeKvm {
   address(view: ArrayBufferView | ArrayBuffer): bigint;
   /** madvise(MADV_HUGEPAGE) over a mapping: 0, or -errno (advice only; callers may ignore it). */
   madviseHugepage(buffer: ArrayBuffer): number;
+  /** madvise(MADV_POPULATE_READ, or _WRITE) over the whole pages of a view: 0, or -errno. */
+  madvisePopulate(view: ArrayBufferView, write: boolean): number;
+  /** Private anonymous memory (mmap), unmapped when the buffer is collected. */
+  mmapAnon(length: number): ArrayBuffer;
   memfdCreate(name: string, size: number): number;
   eventfd(initval: number, nonblock?: boolean): number;
   fdSize(fd: number): number;
