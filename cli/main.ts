@@ -9,7 +9,7 @@ import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
 import { parseArgs } from 'util';
-import { DiskConfig, NetConfig, VmConfig } from '../proto';
+import { DiskConfig, NetConfig, RateLimit, VmConfig } from '../proto';
 import { CMDLINE_MAX, MAX_VCPUS, parseSize } from '../contracts/layout';
 import { encodeCmdline } from '../boot/cmdline';
 import { checkKernel, isLinuxKernel } from '../boot/kernel';
@@ -22,6 +22,7 @@ import { SnapshotError } from '../contracts/snapshot';
 import { quietStdio } from '../supervisor/quiet-stdio';
 import { DEFAULT_GEOMETRY } from '../contracts/state-page';
 import { confinementFor } from '../contracts/confinement';
+import { openDiskFd, uringUnavailable } from '../virtio/block-backend';
 import { HelpRequest, verb, VerbError, VERBS, VERBS_HELP } from './verbs';
 import { versionInfo } from '../contracts/version';
 import { TSVMM_EXIT } from '../contracts/exit-codes';
@@ -52,9 +53,9 @@ exit status: 0 done (the guest powered off with status 0, or stopped on request:
 const RUN_HELP = `usage: tsvmm run [options]
 Boots a guest under a new supervisor; prints the VM's API socket, metrics URL and how to stop it.
 tsvmm run [--kernel FILE] [--initrd FILE] [--cmdline STR] [--mem SIZE] [--cpus N] [--serial FILE] [--name NAME]
-          [--disk FILE[,ro]]... [--net tap=NAME[,mac=MAC]]... [--linux [--image-dir DIR]] [--force]
+          [--disk FILE[,OPTS]]... [--net tap=NAME[,mac=MAC][,bw=BYTES]]... [--linux [--image-dir DIR]] [--force]
           [--standby] [--hang-timeout MS] [--user USER]
-tsvmm run --restore DIR [--disk FILE[,ro]]... [--net tap=NAME[,mac=MAC]]... [--name NAME] [--serial FILE] [--standby] ...
+tsvmm run --restore DIR [--disk FILE[,OPTS]]... [--net tap=NAME[,...]]... [--name NAME] [--serial FILE] [--standby] ...
   --restore DIR   resume the VM \`tsvmm snapshot --out DIR\` saved, where it was: its vCPUs, devices and RAM.
                   Its disks and TAPs unless --disk / --net name others (as many as it had, in the same order)
   --kernel FILE   a PVH ELF kernel or a Linux bzImage (default: the built-in test guest, on a demo workload)
@@ -73,8 +74,14 @@ tsvmm run --restore DIR [--disk FILE[,ro]]... [--net tap=NAME[,mac=MAC]]... [--n
   --serial FILE   append guest serial output to FILE instead of the terminal
   --name NAME     a name for this VM (default: tsvmm-<pid>); the other verbs find it by this name
   --metrics-addr HOST:PORT  where to serve Prometheus metrics (default ${DEFAULT_METRICS_ADDR}; port 0: any free port; none: off)
-  --disk FILE[,ro]            a virtio-blk disk on a raw image (repeatable)
-  --net tap=NAME[,mac=MAC]    a virtio-net NIC on a TAP device, created if absent (repeatable)
+  --disk FILE[,ro][,cache=writeback|none][,io=uring|threads][,iops=N][,bw=BYTES]
+                  a virtio-blk disk on a raw image (repeatable). ro: read-only. cache=none: O_DIRECT,
+                  no host page cache (default writeback). io=: the I/O engine (default io_uring where
+                  it works, else threads). iops= / bw=: a rate limit, requests / bytes per second
+                  (K, M, G suffixes), a token bucket of one second's worth
+  --net tap=NAME[,mac=MAC][,bw=BYTES]
+                  a virtio-net NIC on a TAP device, created if absent (repeatable); bw=: bytes per
+                  second each way (guest TX and RX)
   -h, --help      show this help
 exit status: 0 the guest powered off with status 0 or a stop on request; 1 tsvmm failed; 2 usage error; 3 the guest failed; 130 Ctrl-C
 `;
@@ -116,14 +123,58 @@ function checkInitrd(file: string): void {
   if (st.size === 0) throw new UsageError(`initrd ${file} is empty`);
 }
 
-/** --disk FILE[,ro] */
+const DISK_SYNTAX = 'FILE[,ro][,cache=writeback|none][,io=uring|threads][,iops=N][,bw=BYTES]';
+const NET_SYNTAX = 'tap=NAME[,mac=MAC][,bw=BYTES]';
+
+/** A rate for iops= / bw=: a whole number, bw with an optional K, M or G (binary) suffix; per second. */
+function parseRate(what: string, text: string, spec: string, sizes: boolean): number {
+  const m = (sizes ? /^(\d+)([kmg]?)(?:i?b)?$/i : /^(\d+)$/).exec(text);
+  const mult: Record<string, number> = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 };
+  const n = m ? Number(m[1]) * mult[(m[2] ?? '').toLowerCase()] : NaN;
+  if (!Number.isSafeInteger(n) || n < 1) {
+    throw new UsageError(`invalid ${what}=${text} in "${spec}": expected a whole number ${sizes ? 'of bytes per second (K, M, G suffixes)' : 'of requests per second'}, at least 1`);
+  }
+  return n;
+}
+
+/** iops=N / bw=BYTES as the schema's RateLimit: buckets of one second's worth, refilled every second. */
+function rateLimit(iops: number | undefined, bw: number | undefined): RateLimit | null {
+  if (iops === undefined && bw === undefined) return null;
+  const bucket = (n: number | undefined) => (n === undefined ? null : { size: n, refillTimeMs: 1000, oneTimeBurst: 0 });
+  return { ops: bucket(iops), bandwidth: bucket(bw) };
+}
+
+/** --disk FILE[,ro][,cache=..][,io=..][,iops=N][,bw=BYTES] */
 export function parseDisk(spec: string): DiskConfig {
   const parts = spec.split(',');
   const file = parts[0];
-  const opts = parts.slice(1);
-  if (!file) throw new UsageError(`invalid --disk "${spec}": expected FILE[,ro]`);
-  for (const o of opts) if (o !== 'ro') throw new UsageError(`invalid --disk option "${o}" in "${spec}": the only option is ro`);
-  const readOnly = opts.includes('ro');
+  if (!file) throw new UsageError(`invalid --disk "${spec}": expected ${DISK_SYNTAX}`);
+  const disk: DiskConfig = { path: file, readOnly: false, cache: 'writeback', io: 'auto', rateLimit: null };
+  let iops: number | undefined;
+  let bw: number | undefined;
+  for (const o of parts.slice(1)) {
+    const i = o.indexOf('=');
+    const [k, v] = i < 0 ? [o, undefined] : [o.slice(0, i), o.slice(i + 1)];
+    if (k === 'ro' && v === undefined) disk.readOnly = true;
+    else if (k === 'cache' && (v === 'writeback' || v === 'none')) disk.cache = v;
+    else if (k === 'io' && (v === 'uring' || v === 'threads')) disk.io = v;
+    else if (k === 'iops' && v !== undefined) iops = parseRate('iops', v, spec, false);
+    else if (k === 'bw' && v !== undefined) bw = parseRate('bw', v, spec, true);
+    else if (k === 'cache' || k === 'io') throw new UsageError(`invalid --disk option "${o}" in "${spec}": ${k === 'cache' ? 'cache=writeback or cache=none' : 'io=uring or io=threads'}`);
+    else throw new UsageError(`invalid --disk option "${o}" in "${spec}": expected ${DISK_SYNTAX}`);
+  }
+  disk.rateLimit = rateLimit(iops, bw);
+  return checkDisk(disk);
+}
+
+/**
+ * A disk (from --disk or a --config file) usable as asked: the image exists, is a multiple of 512
+ * bytes and opens as asked; cache=none opens with O_DIRECT here; io=uring has io_uring here.
+ * Returns it with an absolute path.
+ */
+export function checkDisk(disk: DiskConfig): DiskConfig {
+  const file = disk.path;
+  const readOnly = disk.readOnly;
   let st: fs.Stats;
   try {
     st = fs.statSync(file);
@@ -142,7 +193,19 @@ export function parseDisk(spec: string): DiskConfig {
   } catch (e) {
     throw new UsageError(`cannot open disk image ${file} ${readOnly ? 'for reading' : 'for writing (add ,ro for a read-only disk)'}: ${(e as NodeJS.ErrnoException).code}`);
   }
-  return { path: path.resolve(file), readOnly };
+  if (disk.cache === 'none') {
+    try {
+      fs.closeSync(openDiskFd(file, readOnly, 'none'));
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      throw new UsageError(`disk image ${file}: cache=none needs O_DIRECT, which ${code === 'EINVAL' ? 'its file system refuses (use cache=writeback there)' : `failed: ${code}`}`);
+    }
+  }
+  if (disk.io === 'uring') {
+    const why = uringUnavailable();
+    if (why) throw new UsageError(`disk image ${file}: io=uring, but io_uring is unavailable here (${why}): use io=threads`);
+  }
+  return { ...disk, path: path.resolve(file) };
 }
 
 /** The same file (by device and inode, whatever the path) given twice would be two disks writing one image. */
@@ -158,23 +221,28 @@ function distinctDisks(disks: DiskConfig[]): DiskConfig[] {
   return disks;
 }
 
-/** --net tap=NAME[,mac=MAC] */
+/** --net tap=NAME[,mac=MAC][,bw=BYTES] */
 export function parseNet(spec: string): NetConfig {
   const kv = new Map<string, string>();
   for (const part of spec.split(',')) {
     const i = part.indexOf('=');
-    if (i <= 0) throw new UsageError(`invalid --net "${spec}": expected tap=NAME[,mac=MAC]`);
+    if (i <= 0) throw new UsageError(`invalid --net "${spec}": expected ${NET_SYNTAX}`);
     kv.set(part.slice(0, i), part.slice(i + 1));
   }
-  for (const k of kv.keys()) if (k !== 'tap' && k !== 'mac') throw new UsageError(`invalid --net option "${k}" in "${spec}": expected tap=NAME[,mac=MAC]`);
-  const tap = kv.get('tap');
-  if (!tap || !/^[A-Za-z0-9_.-]{1,15}$/.test(tap)) throw new UsageError(`invalid --net "${spec}": tap=NAME needs a 1-15 character interface name`);
-  const mac = kv.get('mac') ?? '';
+  for (const k of kv.keys()) if (k !== 'tap' && k !== 'mac' && k !== 'bw') throw new UsageError(`invalid --net option "${k}" in "${spec}": expected ${NET_SYNTAX}`);
+  const bw = kv.get('bw');
+  return checkNet({ tap: kv.get('tap') ?? '', mac: kv.get('mac') ?? '', rateLimit: rateLimit(undefined, bw === undefined ? undefined : parseRate('bw', bw, spec, true)) }, `--net "${spec}"`);
+}
+
+/** A NIC (from --net or a --config file) with a valid TAP name and MAC. */
+export function checkNet(nic: NetConfig, what: string): NetConfig {
+  const { tap, mac } = nic;
+  if (!tap || !/^[A-Za-z0-9_.-]{1,15}$/.test(tap)) throw new UsageError(`invalid ${what}: tap=NAME needs a 1-15 character interface name`);
   if (mac) {
     if (!/^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$/.test(mac)) throw new UsageError(`invalid MAC "${mac}": expected six hex bytes like 52:54:00:12:34:56`);
     if (parseInt(mac.slice(0, 2), 16) & 1) throw new UsageError(`invalid MAC "${mac}": a multicast address cannot be a NIC's address`);
   }
-  return { tap, mac };
+  return nic;
 }
 
 /** --name: a valid name that no running VM has. */
@@ -233,7 +301,7 @@ function parseRestore(dirArg: string, values: { disk?: string[]; net?: string[];
     if (given.length !== had.length) throw new UsageError(`the snapshot has ${had.length} ${what}; --restore takes as many --${what === 'disks' ? 'disk' : 'net'} (${given.length} given)`);
     return given.map(parse);
   };
-  const disks = swap(values.disk, saved.disks, 'disks', parseDisk, (d) => parseDisk(`${d.path}${d.readOnly ? ',ro' : ''}`));
+  const disks = swap(values.disk, saved.disks, 'disks', parseDisk, checkDisk);
   const nets = swap(values.net, saved.nets, 'nets', parseNet, (n) => n);
   let kvm: Kvm;
   try { kvm = Kvm.open(); } catch (e) { throw new UsageError((e as Error).message, 1); }

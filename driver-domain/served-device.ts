@@ -19,7 +19,7 @@ import { Status } from '../contracts/virtio-mmio-layout';
 import { VirtioBlk } from '../virtio/virtio-blk';
 import { VirtioNet } from '../virtio/virtio-net';
 import { TapBackend } from '../virtio/tap-backend';
-import { UringBlockBackend, describeLargeTransfers, isBatched, largeTransferPolicy, openBlockBackend } from '../virtio/block-backend';
+import { UringBlockBackend, describeLargeTransfers, dioAlignment, isBatched, largeTransferPolicy, openBlockBackend } from '../virtio/block-backend';
 import { BusyPoll } from './busy-poll';
 
 export const TAG_SLOTS = 16;
@@ -69,9 +69,12 @@ export function serveBlk(ctx: DeviceContext, d: DeviceEntry): ServedDevice {
   const { fds, notify, running, kicks } = common(ctx, d);
   const disk = ctx.cfg.disks[d.index];
   const large = largeTransferPolicy(ctx.cfg.cpus);
-  const io = openBlockBackend(fds.backend, fs.fstatSync(fds.backend).size, disk.readOnly, `tsvmm-disk${d.index}`, large);
+  // cache=none: the supervisor opened the image O_DIRECT; misaligned guest buffers are bounced.
+  const direct = disk.cache === 'none' ? dioAlignment(fds.backend) : undefined;
+  const io = openBlockBackend(fds.backend, fs.fstatSync(fds.backend).size, disk.readOnly, `tsvmm-disk${d.index}`, { ...large, io: disk.io, direct });
   const offload = large.largeFrom === undefined ? '' : `, transfers ${describeLargeTransfers(large)}`;
-  process.stderr.write(`tsvmm: driver-domain: disk ${d.index} I/O: ${io.kind === 'uring' ? `io_uring${offload}` : `thread pool (fs.readv/writev; ${io.why})`}\n`);
+  const odirect = direct ? `, O_DIRECT (aligned to ${direct.mem} B in memory, ${direct.offset} B on disk)` : '';
+  process.stderr.write(`tsvmm: driver-domain: disk ${d.index} I/O: ${io.kind === 'uring' ? `io_uring${offload}` : `thread pool (fs.readv/writev; ${io.why})`}${odirect}\n`);
   const blk = new VirtioBlk(ctx.memory, ctx.slot, io.backend, notify);
   if (ctx.counters) blk.counters = ctx.counters;
   const polled = [...kicks];

@@ -209,8 +209,9 @@ static void setup(void)
         fail("blk", "detail=disk_too_small capacity=%lu bs=%u", capacity, bs);
     slots = heap_alloc(sizeof(struct slot) * qd, 128);
     free_slots = heap_alloc(2ul * qd, 64);
+    u64 buf_off = cmdline_u64("buf_off", 0) % 4096;   /* misaligned buffers (O_DIRECT bounce test) */
     for (u32 i = 0; i < qd; i++) {
-        slots[i].buf = heap_alloc(bs, 4096);
+        slots[i].buf = (u8 *)heap_alloc(bs + buf_off, 4096) + buf_off;
         free_slots[i] = (u16)(qd - 1 - i);
     }
     nfree = qd;

@@ -10,8 +10,15 @@ import * as protobuf from 'protobufjs/light';
 
 const root = protobuf.Root.fromJSON(JSON.parse(fs.readFileSync(path.resolve(__dirname, '..', '..', 'proto', 'tsvmm.json'), 'utf8')));
 
-export interface DiskConfig { path: string; readOnly: boolean }
-export interface NetConfig { tap: string; mac: string }
+/** proto TokenBucket: `size` tokens, refilled at size per refillTimeMs; oneTimeBurst extra once. */
+export interface TokenBucket { size: number; refillTimeMs: number; oneTimeBurst?: number }
+/** proto RateLimit: an absent (null) bucket is no limit. */
+export interface RateLimit { ops?: TokenBucket | null; bandwidth?: TokenBucket | null }
+/** proto DiskCache / DiskIo, by name (the codecs map names to the enum's numbers and back). */
+export type DiskCache = 'writeback' | 'none';
+export type DiskIo = 'auto' | 'uring' | 'threads';
+export interface DiskConfig { path: string; readOnly: boolean; cache?: DiskCache; io?: DiskIo; rateLimit?: RateLimit | null }
+export interface NetConfig { tap: string; mac: string; rateLimit?: RateLimit | null }
 export interface VmConfig {
   name: string; kernel: string; cmdline: string; memBytes: number; cpus: number; serialPath: string;
   disks: DiskConfig[]; nets: NetConfig[]; initrd?: string;
@@ -53,16 +60,45 @@ export type SupervisorMessage = { status: ControlStatus } | { reply: ControlRepl
 export interface ProcessRef { role: string; pid: number; startTicks: number }
 export interface RunRecord { runId: string; standby: boolean; hangTimeoutMs: number; processes: ProcessRef[]; supervisors: number; startedAt: number }
 
+/**
+ * `msg` with every enum given by name replaced by its number, for verify() (which takes numbers
+ * only; toObject gives names back: `enums: String`). An unknown name is left as it is, for verify()
+ * to reject.
+ */
+function enumNumbers(type: protobuf.Type, msg: unknown): unknown {
+  if (typeof msg !== 'object' || msg === null || Array.isArray(msg)) return msg;
+  let out: Record<string, unknown> | undefined;
+  const src = msg as Record<string, unknown>;
+  for (const field of type.fieldsArray) {
+    const v = src[field.name];
+    if (v === undefined || v === null) continue;
+    field.resolve();
+    const rt = field.resolvedType;
+    let w: unknown = v;
+    const one = (x: unknown): unknown => {
+      if (rt instanceof protobuf.Enum) return typeof x === 'string' && x in rt.values ? rt.values[x] : x;
+      if (rt instanceof protobuf.Type) return enumNumbers(rt, x);
+      return x;
+    };
+    if (rt) w = field.repeated && Array.isArray(v) ? v.map(one) : one(v);
+    if (w !== v) (out ??= { ...src })[field.name] = w;
+  }
+  return out ?? msg;
+}
+
+const TO_OBJECT = { longs: Number, enums: String, defaults: true, arrays: true } as const;
+
 function codec<T>(name: string) {
   const type = root.lookupType(name);
   return {
     encode(msg: T): Uint8Array {
-      const err = type.verify(msg as { [k: string]: unknown });
+      const m = enumNumbers(type, msg) as { [k: string]: unknown };
+      const err = type.verify(m);
       if (err) throw new Error(`${name}: ${err}`);
-      return type.encode(type.fromObject(msg as { [k: string]: unknown })).finish();
+      return type.encode(type.fromObject(m)).finish();
     },
     decode(bytes: Uint8Array): T {
-      return type.toObject(type.decode(bytes), { longs: Number, defaults: true, arrays: true, oneofs: false }) as T;
+      return type.toObject(type.decode(bytes), { ...TO_OBJECT, oneofs: false }) as T;
     },
   };
 }
@@ -72,18 +108,20 @@ function jsonCodec<T>(name: string) {
   const type = root.lookupType(name);
   return {
     stringify(msg: T): string {
-      const err = type.verify(msg as { [k: string]: unknown });
+      const m = enumNumbers(type, msg) as { [k: string]: unknown };
+      const err = type.verify(m);
       if (err) throw new Error(`${name}: ${err}`);
-      return JSON.stringify(type.toObject(type.fromObject(msg as { [k: string]: unknown }), { longs: Number, defaults: true }), null, 1) + '\n';
+      return JSON.stringify(type.toObject(type.fromObject(m), { longs: Number, enums: String, defaults: true }), null, 1) + '\n';
     },
     /** Throws a one-line Error when the text is not JSON or not this message. */
     parse(text: string): T {
       let o: unknown;
       try { o = JSON.parse(text); } catch { throw new Error('not JSON'); }
       if (typeof o !== 'object' || o === null || Array.isArray(o)) throw new Error('not a JSON object');
-      const err = type.verify(o as { [k: string]: unknown });
+      const m = enumNumbers(type, o) as { [k: string]: unknown };
+      const err = type.verify(m);
       if (err) throw new Error(err);
-      return type.toObject(type.fromObject(o as { [k: string]: unknown }), { longs: Number, defaults: true, arrays: true }) as T;
+      return type.toObject(type.fromObject(m), TO_OBJECT) as T;
     },
   };
 }

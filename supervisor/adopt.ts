@@ -161,7 +161,7 @@ async function gather(paths: VmPaths, log: (l: string) => void): Promise<{ cfg: 
     if (dd) backendFd = take(dd, fds.backend, `device ${d.index}'s backend`);
     else if (d.kind === 'blk') {
       const disk = cfg.disks[d.index];
-      backendFd = FileBlockBackend.open(disk.path, { readOnly: disk.readOnly, id: `tsvmm-disk${d.index}` }).fd;
+      backendFd = FileBlockBackend.open(disk.path, { readOnly: disk.readOnly, id: `tsvmm-disk${d.index}`, cache: disk.cache }).fd;
     } else backendFd = openTap(cfg.nets[d.index - cfg.disks.length].tap);
     return {
       ...d, backendFd,

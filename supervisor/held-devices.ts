@@ -8,7 +8,7 @@ import * as crypto from 'crypto';
 import { native } from '../native/kvm';
 import { VmConfig } from '../proto';
 import { StatePage } from '../contracts/state-page';
-import { blkDeviceSpec } from '../virtio/virtio-blk';
+import { blkDeviceSpec, SECTOR_SIZE } from '../virtio/virtio-blk';
 import { netDeviceSpec, parseMac } from '../virtio/virtio-net';
 import { FileBlockBackend } from '../virtio/block-backend';
 import { openTap } from '../virtio/tap';
@@ -33,9 +33,10 @@ export function openDevices(cfg: VmConfig, page: StatePage): HeldDevice[] {
     let backendFd: number;
     if (d.kind === 'blk') {
       const disk = cfg.disks[d.index];
-      const b = FileBlockBackend.open(disk.path, { readOnly: disk.readOnly, id: `tsvmm-disk${d.index}` });
+      const b = FileBlockBackend.open(disk.path, { readOnly: disk.readOnly, id: `tsvmm-disk${d.index}`, cache: disk.cache });
       backendFd = b.fd;
-      page.addDevice(blkDeviceSpec(b));
+      // O_DIRECT on a disk with 4 KiB sectors: the guest is told, so it sends 4 KiB-aligned requests.
+      page.addDevice(blkDeviceSpec(b, { blkSize: Math.max(SECTOR_SIZE, b.direct?.offset ?? 0) }));
     } else {
       const net = cfg.nets[d.index - cfg.disks.length];
       backendFd = openTap(net.tap);

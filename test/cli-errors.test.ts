@@ -109,8 +109,33 @@ describe('tsvmm run: bad input is one clear line and a non-zero exit', function 
   it('--disk with an unknown option', () => {
     const f = path.join(tmp, 'ok.img');
     fs.writeFileSync(f, Buffer.alloc(4096));
-    expectError(['--disk', `${f},rw`], /only option is ro/);
+    expectError(['--disk', `${f},rw`], /invalid --disk option "rw".*expected FILE\[,ro\]\[,cache=writeback\|none\]/);
   });
+  it('--disk with a bad cache=, io=, iops= or bw=', () => {
+    const f = path.join(tmp, 'ok.img');
+    fs.writeFileSync(f, Buffer.alloc(4096));
+    expectError(['--disk', `${f},cache=sometimes`], /cache=writeback or cache=none/);
+    expectError(['--disk', `${f},io=aio`], /io=uring or io=threads/);
+    expectError(['--disk', `${f},iops=0`], /invalid iops=0/);
+    expectError(['--disk', `${f},bw=fast`], /invalid bw=fast/);
+  });
+  it('--disk ...,cache=none on a file system that refuses O_DIRECT (ramfs)', function () {
+    if (process.getuid?.() !== 0) skipBecause(this, 'mounting a ramfs needs root');
+    const mnt = fs.mkdtempSync(path.join(tmp, 'ramfs-'));
+    const m = spawnSync('mount', ['-t', 'ramfs', '-o', 'mode=700', 'none', mnt], { encoding: 'utf8' });
+    if (m.status !== 0) skipBecause(this, `cannot mount a ramfs here: ${m.stderr.trim()}`);
+    try {
+      const f = path.join(mnt, 'd.img');
+      fs.writeFileSync(f, Buffer.alloc(4096));
+      expectError(['--disk', `${f},cache=none`], /cache=none needs O_DIRECT, which its file system refuses/);
+      // The same image is fine through the page cache: only cache=none is refused.
+      const r = tsvmm(['run', '--name', 'devopts-ramfs', '--metrics-addr', 'none', '--disk', f, '--cmdline', 'workload=blk blk_n=4'], { timeoutMs: 30_000 });
+      if (!noKvm) assert.equal(r.status, 0, r.stderr);
+    } finally {
+      spawnSync('umount', [mnt]);
+    }
+  });
+  it('--net with a bad bw=', () => expectError(['--net', 'tap=tsvmmx0,bw=0'], /invalid bw=0/));
   it('--net without tap=', () => expectError(['--net', 'foo'], /expected tap=NAME/));
   it('--net with a bad MAC', () => expectError(['--net', 'tap=tsvmmx0,mac=zz:00:00:00:00:00'], /invalid MAC/));
   it('--net with a multicast MAC', () => expectError(['--net', 'tap=tsvmmx0,mac=01:00:00:00:00:01'], /multicast/));

@@ -18,14 +18,20 @@
  *   fs.readv/fs.writev on the libuv thread pool (UV_THREADPOOL_SIZE threads,
  *   4 by default), one Promise per request.
  *
- * `openBlockBackend` picks one at runtime (env TSVMM_BLK_IO=auto|uring|threads).
+ * `openBlockBackend` picks one at runtime (the disk's io=, else env TSVMM_BLK_IO=auto|uring|threads).
+ *
+ * A disk opened with O_DIRECT (--disk ...,cache=none: `openDiskFd`) bypasses the host page cache;
+ * the kernel then needs every buffer's address and length aligned (statx STATX_DIOALIGN,
+ * `dioAlignment`). Both backends take such a disk's alignment (`direct`) and move a request whose
+ * guest buffers are not aligned through an aligned bounce buffer (one copy); aligned requests
+ * (a Linux guest's page-cache pages) go straight to the guest's memory as without O_DIRECT.
  */
 
 import * as fs from 'fs';
 import * as os from 'os';
 import { native } from '../native/kvm';
 import { IoUring, putIovec, uringConstants } from './io-uring';
-import { IOVEC_SIZE, iovLength, iovSlice } from './iov';
+import { IOVEC_SIZE, iovLength, iovRead, iovSlice, iovWrite } from './iov';
 import { hostAddress } from '../contracts/memory';
 
 const { EAGAIN, EBUSY, EINTR, EINVAL } = os.constants.errno;
@@ -84,20 +90,80 @@ export function isBatched(b: BlockBackend): b is BatchedBlockBackend {
   return (b as Partial<BatchedBlockBackend>).batched === true;
 }
 
+/** What O_DIRECT needs aligned on a disk: buffer addresses (`mem`) and file offsets and lengths (`offset`), in bytes. */
+export interface Alignment { mem: number; offset: number }
+
+/** Where the kernel does not say (before Linux 6.1, or a file system that does not report it): a page and a sector. */
+const DEFAULT_DIO_ALIGN: Alignment = { mem: 4096, offset: 512 };
+
+/** Open a disk image: read-write or read-only, through the page cache or (cache 'none') with O_DIRECT. Throws as fs.openSync does. */
+export function openDiskFd(path: string, readOnly: boolean, cache: 'writeback' | 'none' = 'writeback'): number {
+  const { O_RDONLY, O_RDWR, O_DIRECT } = fs.constants;
+  return fs.openSync(path, (readOnly ? O_RDONLY : O_RDWR) | (cache === 'none' ? O_DIRECT : 0));
+}
+
+/** The alignment O_DIRECT needs on `fd` (statx STATX_DIOALIGN), or a page and a sector where the kernel does not say. */
+export function dioAlignment(fd: number): Alignment {
+  const r = native.dioAlign(fd);
+  if (typeof r === 'number' || r[0] === 0 || r[1] === 0) return { ...DEFAULT_DIO_ALIGN };
+  return { mem: r[0], offset: r[1] };
+}
+
+/** Why io_uring cannot be used here (the errno's code), or undefined when it can. */
+export function uringUnavailable(): string | undefined {
+  try {
+    IoUring.create(2).close();
+    return undefined;
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    return err.code ?? err.message;
+  }
+}
+
+/** Whether an O_DIRECT transfer straight into `buffers` would break the kernel's alignment rules (then it is bounced). */
+export function misaligned(buffers: readonly Uint8Array[], a: Alignment): boolean {
+  for (let i = 0; i < buffers.length; i++) {
+    const b = buffers[i];
+    if (b.length % a.offset !== 0 || hostAddress(b) % a.mem !== 0) return true;
+  }
+  return false;
+}
+
+/** A zeroed buffer of `len` bytes whose host address is a multiple of `align`. */
+export function alignedBuffer(len: number, align: number): Uint8Array {
+  const ab = new ArrayBuffer(len + align);
+  const addr = Number(native.address(ab));
+  return new Uint8Array(ab, (align - (addr % align)) % align, len);
+}
+
+/**
+ * For a misaligned O_DIRECT transfer: the aligned buffer to hand the kernel instead of `buffers`
+ * (a write's data already copied in), and what to do once a read of it succeeded (copy out).
+ */
+function bounce(buffers: Uint8Array[], total: number, a: Alignment, write: boolean): { buffers: Uint8Array[]; after: () => void } {
+  const b = alignedBuffer(total, a.mem);
+  if (write) iovRead(buffers, b);
+  return { buffers: [b], after: write ? () => undefined : () => { iovWrite(buffers, b); } };
+}
+
 type VecOp = (fd: number, bufs: Uint8Array[], pos: number, cb: (err: NodeJS.ErrnoException | null, n: number) => void) => void;
 
 /** A raw image file behind an open fd. The fd is not closed by this class unless `close()` is called. */
 export class FileBlockBackend implements BlockBackend {
-  constructor(readonly fd: number, readonly size: number, readonly readOnly: boolean, readonly id: string) {}
+  /** Bounced transfers (misaligned guest buffers on an O_DIRECT disk). */
+  bounced = 0;
 
-  /** Open `path` (O_RDWR, or O_RDONLY when `readOnly`) and take its size. */
-  static open(path: string, opts: { readOnly?: boolean; id?: string } = {}): FileBlockBackend {
+  /** `direct`: the fd is O_DIRECT, with this alignment (dioAlignment). */
+  constructor(readonly fd: number, readonly size: number, readonly readOnly: boolean, readonly id: string, readonly direct?: Alignment) {}
+
+  /** Open `path` (O_RDWR, or O_RDONLY when `readOnly`; O_DIRECT with cache 'none') and take its size. */
+  static open(path: string, opts: { readOnly?: boolean; id?: string; cache?: 'writeback' | 'none' } = {}): FileBlockBackend {
     const ro = opts.readOnly ?? false;
-    const fd = fs.openSync(path, ro ? 'r' : 'r+');
+    const fd = openDiskFd(path, ro, opts.cache);
     try {
       const st = fs.fstatSync(fd);
       if (!st.isFile() && !st.isBlockDevice()) throw new Error(`${path} is not a regular file or block device`);
-      return new FileBlockBackend(fd, st.size, ro, opts.id ?? `tsvmm-${st.ino}`);
+      return new FileBlockBackend(fd, st.size, ro, opts.id ?? `tsvmm-${st.ino}`, opts.cache === 'none' ? dioAlignment(fd) : undefined);
     } catch (e) {
       fs.closeSync(fd);
       throw e;
@@ -105,11 +171,21 @@ export class FileBlockBackend implements BlockBackend {
   }
 
   read(buffers: Uint8Array[], offset: number): Promise<number> {
+    if (this.direct && misaligned(buffers, this.direct)) {
+      this.bounced++;
+      const total = iovLength(buffers);
+      const b = bounce(buffers, total, this.direct, false);
+      return this.vec(fs.readv as unknown as VecOp, b.buffers, offset).then((n) => { b.after(); return n; });
+    }
     return this.vec(fs.readv as unknown as VecOp, buffers, offset);
   }
 
   write(buffers: Uint8Array[], offset: number): Promise<number> {
     if (this.readOnly) return Promise.reject(new Error('read-only disk'));
+    if (this.direct && misaligned(buffers, this.direct)) {
+      this.bounced++;
+      return this.vec(fs.writev as unknown as VecOp, bounce(buffers, iovLength(buffers), this.direct, true).buffers, offset);
+    }
     return this.vec(fs.writev as unknown as VecOp, buffers, offset);
   }
 
@@ -182,6 +258,8 @@ export interface UringBackendOptions {
   large?: 'pool' | 'wq';
   /** With 'wq': at most this many io_uring workers at once (IORING_REGISTER_IOWQ_MAX_WORKERS). */
   workers?: number;
+  /** The fd is O_DIRECT, with this alignment (dioAlignment): misaligned transfers are bounced. */
+  direct?: Alignment;
 }
 
 /**
@@ -244,12 +322,16 @@ export class UringBlockBackend implements BatchedBlockBackend {
   private readonly refTimer: boolean;
   private readonly largeFrom: number;
   private readonly largeViaPool: boolean;
+  private readonly direct: Alignment | undefined;
+  /** Bounced transfers (misaligned guest buffers on an O_DIRECT disk). */
+  bounced = 0;
   private closed = false;
 
   constructor(readonly fd: number, readonly size: number, readonly readOnly: boolean, readonly id: string, opts: UringBackendOptions = {}) {
     this.k = uringConstants();
     this.largeFrom = opts.largeFrom ?? Infinity;
     this.largeViaPool = opts.large === 'pool';
+    this.direct = opts.direct;
     this.ring = IoUring.create(opts.entries ?? 256);
     try {
       if ((this.ring.features & this.k.IORING_FEAT_SUBMIT_STABLE) === 0) throw new Error('kernel lacks IORING_FEAT_SUBMIT_STABLE');
@@ -364,6 +446,13 @@ export class UringBlockBackend implements BatchedBlockBackend {
   }
 
   private queue(kind: number, buffers: Uint8Array[], offset: number, done: IoDone): void {
+    if (this.direct && misaligned(buffers, this.direct)) {
+      this.bounced++;
+      const b = bounce(buffers, iovLength(buffers), this.direct, kind === OP_WRITE);
+      const inner = done;
+      buffers = b.buffers;
+      done = (err) => { if (!err) b.after(); inner(err); };
+    }
     const slot = this.alloc(kind, buffers, offset, done);
     const total = this.ops[slot]!.total;
     if (total === 0) this.queueFailure(slot, null);
@@ -516,15 +605,16 @@ export type BlockIoKind = 'uring' | 'threads';
  */
 export function openBlockBackend(fd: number, size: number, readOnly: boolean, id: string,
   opts: UringBackendOptions & { io?: 'auto' | BlockIoKind } = {}): { backend: BlockBackend; kind: BlockIoKind; why?: string } {
-  const want = opts.io ?? (process.env.TSVMM_BLK_IO as 'auto' | BlockIoKind | undefined) ?? 'auto';
+  const env = process.env.TSVMM_BLK_IO as 'auto' | BlockIoKind | undefined;
+  const want = opts.io && opts.io !== 'auto' ? opts.io : env ?? 'auto';
   if (want !== 'threads') {
     try {
       return { backend: new UringBlockBackend(fd, size, readOnly, id, opts), kind: 'uring' };
     } catch (e) {
-      if (want === 'uring') throw e;
       const err = e as NodeJS.ErrnoException;
-      return { backend: new FileBlockBackend(fd, size, readOnly, id), kind: 'threads', why: `io_uring unavailable: ${err.code ?? ''} ${err.message}`.trim() };
+      if (want === 'uring') throw new Error(`io=uring, but io_uring is unavailable here (${err.message}): use io=threads`);
+      return { backend: new FileBlockBackend(fd, size, readOnly, id, opts.direct), kind: 'threads', why: `io_uring unavailable: ${err.code ?? ''} ${err.message}`.trim() };
     }
   }
-  return { backend: new FileBlockBackend(fd, size, readOnly, id), kind: 'threads', why: 'TSVMM_BLK_IO=threads' };
+  return { backend: new FileBlockBackend(fd, size, readOnly, id, opts.direct), kind: 'threads', why: opts.io === 'threads' ? 'io=threads' : 'TSVMM_BLK_IO=threads' };
 }

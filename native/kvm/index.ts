@@ -50,6 +50,8 @@ export interface NativeKvm {
   fdRead(fd: number, buf: Uint8Array): number;
   /** writev(2) that returns -errno instead of throwing (native/kvm/fdio.cc). */
   fdWritev(fd: number, bufs: Uint8Array[]): number;
+  /** [memory, file offset] alignment O_DIRECT needs on `fd` (statx STATX_DIOALIGN; [0, 0]: not known), or -errno (native/kvm/fdio.cc). */
+  dioAlign(fd: number): [number, number] | number;
   // Fault injection (native/kvm/ptrace.cc; used by `tsvmm inject`, cli/inject.ts).
   ptraceSeize(tid: number): void;
   ptraceInterrupt(tid: number): void;

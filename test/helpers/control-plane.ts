@@ -22,13 +22,15 @@ export interface TestVm {
   exited: Promise<number | null>;
   /** `@blk-progress` lines so far. */
   progress(): number;
+  /** The disk image (when it has one): <dir>/<name>.img. */
+  img: string;
   /** Runs a tsvmm verb against this VM's directories. */
   cli(args: string[], timeoutMs?: number): ReturnType<typeof tsvmm>;
   api(method: string, p: string, body?: unknown, headers?: Record<string, string>): Promise<ApiResponse>;
   stop(): Promise<void>;
 }
 
-export async function startVm(opts: { name?: string; disk?: boolean; cmdline?: string; extra?: string[]; dir?: string; env?: NodeJS.ProcessEnv; seccompKillsExpected?: boolean } = {}): Promise<TestVm> {
+export async function startVm(opts: { name?: string; disk?: boolean; diskOpts?: string; cmdline?: string; extra?: string[]; dir?: string; env?: NodeJS.ProcessEnv; seccompKillsExpected?: boolean } = {}): Promise<TestVm> {
   const dir = opts.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'tsvmm-cp-'));
   // The priv-domain runs as an unprivileged uid (contracts/confinement.ts): it passes through this
   // directory to its state directory.
@@ -40,7 +42,7 @@ export async function startVm(opts: { name?: string; disk?: boolean; cmdline?: s
     const img = path.join(dir, `${name}.img`);
     fs.writeFileSync(img, '');
     fs.truncateSync(img, 32 << 20);
-    args.push('--disk', img);
+    args.push('--disk', opts.diskOpts ? `${img},${opts.diskOpts}` : img);
   }
   args.push('--cmdline', opts.cmdline ?? 'workload=blk-loop blk_n=2000 qd=16 mode=seq verify=1 blk_report=200 virtio_irq=1', ...(opts.extra ?? []));
   const proc = tsvmmAsync(args, env);
@@ -51,7 +53,7 @@ export async function startVm(opts: { name?: string; disk?: boolean; cmdline?: s
   const exited = new Promise<number | null>((r) => proc.on('exit', (code) => r(code)));
   const socket = path.join(env.TSVMM_RUNTIME_DIR, name, 'api.sock');
   const vm: TestVm = {
-    name, env, dir, socket, proc, exited,
+    name, env, dir, socket, proc, exited, img: path.join(dir, `${name}.img`),
     out: () => out, err: () => err,
     progress: () => guestLines(out).filter((l) => l.word === 'blk-progress').length,
     cli: (a, timeoutMs) => tsvmm(a, { env, timeoutMs }),
