@@ -6,7 +6,7 @@
  *   0x0000_0000 .. 0x0009_FC00   RAM (e820 RAM; boot GDT, zero page, PVH start_info, cmdline, boot page tables)
  *   0x0009_FC00 .. 0x0010_0000   RAM-backed but e820 reserved (EBDA, ACPI tables at 0xE0000)
  *   0x0010_0000 .. low end       RAM (kernel >= 1 MiB)
- *   0xC000_0000 .. 0x1_0000_0000 MMIO hole (test address, virtio-mmio, IOAPIC, LAPIC)
+ *   0xC000_0000 .. 0x1_0000_0000 MMIO hole (test address, virtio-mmio, ACPI GED, IOAPIC, LAPIC)
  *   0x1_0000_0000 ..             RAM above 3 GiB continues here
  */
 
@@ -37,6 +37,20 @@ export const VIRTIO_QUEUES = { blk: 1, net: 2 } as const;
 export const VIRTIO_MMIO_GSI_BASE = 5;
 /** Windows that fit before the IOAPIC (the lead may use fewer). */
 export const VIRTIO_MMIO_MAX = 24 - VIRTIO_MMIO_GSI_BASE; // the IOAPIC has 24 pins
+
+/**
+ * The ACPI Generic Event Device (vmm/acpi/dsdt.ts, vmm/ged.ts): one interrupt, GSI 3 (ISA IRQ 3,
+ * COM2's, which tsvmm does not have: edge, active high as ISA IRQs are), and one 32-bit event
+ * register at ACPI_GED_ADDR: it reads as the pending events; writing 1s clears those bits.
+ * tsvmm stop sets ACPI_GED_POWER_BUTTON: the guest's _EVT notifies the power button (PNP0C0C).
+ */
+export const ACPI_GED_ADDR = 0xd100_0000;
+/** The window the vmm decodes (the register is its first 4 bytes). */
+export const ACPI_GED_SIZE = 0x1000;
+export const ACPI_GED_REG_SIZE = 4;
+export const ACPI_GED_GSI = 3;
+/** Event bits of the GED's register. */
+export const ACPI_GED_POWER_BUTTON = 1 << 0;
 
 export const IOAPIC_ADDR = 0xfec0_0000;
 export const LAPIC_ADDR = 0xfee0_0000;

@@ -9,6 +9,12 @@
  *   18 rx_lock: pid of the producer pushing input (0 = none). Input has two producers, the
  *      `tsvmm run` terminal (the vmm's stdin) and `tsvmm console` (through the priv-domain's
  *      API); the lock keeps their pushes whole. A holder that died is detected and replaced.
+ *   20 ged_events: the ACPI Generic Event Device's pending events (contracts/layout.ts
+ *      ACPI_GED_*): the supervisor sets bits (tsvmm stop: the power button), the guest reads them
+ *      and clears them by writing 1s (vmm/ged.ts)
+ *   21 ged_raises: how many times the supervisor asked for the GED's interrupt; the vmm raises it
+ *      when this moves (slots 20-21 were zero and unused before: a page from an older build reads
+ *      as no events)
  *   32 guest exit code + 1 (0 = still running)
  */
 export const PLATFORM_MAGIC = 0x4c505354; // 'TSPL'
@@ -23,6 +29,8 @@ export const enum Uart {
 const RX_HEAD = 16;
 const RX_TAIL = 17;
 const RX_LOCK = 18;
+const GED_EVENTS = 20;
+const GED_RAISES = 21;
 
 export class PlatformPage {
   readonly u32: Int32Array;
@@ -67,6 +75,21 @@ export class PlatformPage {
       Atomics.store(this.u32, RX_LOCK, 0);
     }
   }
+
+  /** The GED's pending events (contracts/layout.ts ACPI_GED_*). */
+  gedEvents(): number { return Atomics.load(this.u32, GED_EVENTS) >>> 0; }
+
+  /** The guest acknowledged `bits` (written 1s clear them). */
+  gedAck(bits: number): void { Atomics.and(this.u32, GED_EVENTS, ~bits); }
+
+  /** Sets event `bits` and asks the vmm to raise the GED's interrupt (supervisor: tsvmm stop). */
+  gedRaise(bits: number): void {
+    Atomics.or(this.u32, GED_EVENTS, bits);
+    Atomics.add(this.u32, GED_RAISES, 1);
+  }
+
+  /** Moves each time gedRaise is called (the vmm raises the interrupt when it does). */
+  gedRaises(): number { return Atomics.load(this.u32, GED_RAISES); }
 
   /** How far producers have written (changes whenever input arrives). */
   rxHead(): number { return Atomics.load(this.u32, RX_HEAD); }

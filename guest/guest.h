@@ -18,6 +18,8 @@
 #define USER_RFLAGS     0x3202          /* IF=1, IOPL=3 */
 #define TRAMP_ADDR      0x8000          /* AP real-mode trampoline (SIPI vector 0x08) */
 #define VEC_TIMER       0x40
+#define VEC_GED         0x41            /* the ACPI GED's interrupt (power.c): the power button */
+#define GED_POWER_BUTTON 0x1            /* its event bit (tsvmm's contracts/layout.ts ACPI_GED_POWER_BUTTON) */
 #define VEC_SPURIOUS    0xFF
 #define LAPIC_BASE      0xFEE00000
 #define VEC_VIRTIO      0x50            /* vectors 0x50..0x7F: IOAPIC GSI 0..47 (virtio) */
@@ -49,6 +51,7 @@ void serial_putc(char c);
 void out_line(const char *fmt, ...);          /* formats a whole line, prints it under the lock */
 NORETURN void poweroff(u32 status);
 NORETURN void fail(const char *what, const char *fmt, ...);
+void put_line_bounded(const char *s);          /* waits for the line lock a bounded time (interrupted holders) */
 static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" :: "a"(v), "Nd"(port)); }
 static inline void outl(u16 port, u32 v) { __asm__ volatile("outl %0, %1" :: "a"(v), "Nd"(port)); }
 static inline u8 inb(u16 port) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
@@ -94,6 +97,15 @@ extern volatile u32 smp_go;
 
 /* acpi.c */
 u32 acpi_count_cpus(u64 rsdp);
+int acpi_find_ged(u64 rsdp, u64 *reg, u32 *gsi);
+
+/* power.c: the ACPI power button (tsvmm stop) */
+extern u64 ged_reg;
+void power_init(void);
+NORETURN void power_button(u64 events);
+
+/* virtio.c: an IOAPIC redirection entry (edge, active high, fixed, APIC id 0) */
+void ioapic_route_vector(u32 gsi, u32 vector, const char *what);
 
 /* cmdline.c: lookups in boot.cmdline (values end at a space) and a bump allocator */
 const char *cmdline_get(const char *key, int nth);       /* nth occurrence's value, or 0 */

@@ -131,6 +131,7 @@ NORETURN void bsp_main(void)
     out_line("@boot cpus=%u mem_mb=%lu tsc_khz=%u cmdline=\"%s\"", boot.cpus,
              boot.mem_bytes >> 20, boot.tsc_khz, boot.cmdline);
     lapic_enable();
+    power_init();
     if (boot.cpus > 1) {
         u32 up = smp_start_aps(boot.cpus);
         out_line("@smp cpus_up=%u", up);

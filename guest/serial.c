@@ -60,18 +60,33 @@ NORETURN void fail(const char *what, const char *fmt, ...)
     poweroff(1);
 }
 
-/* Entered from start.S's exc_common by iretq (CPL3, IF=0, own stack). The faulting CPU may hold
- * the line lock, so wait for it only a bounded time. */
+/* A line from code that interrupted this CPU (an exception, the power button): the interrupted
+ * code may hold the line lock, so wait for it only a bounded time; a line cut short by taking it
+ * anyway is ended first. The lock stays taken: the guest powers off next. */
+void put_line_bounded(const char *s)
+{
+    int forced = 1;
+    for (u64 t0 = rdtsc(); rdtsc() - t0 < 1000000000ul;) {
+        if (!__atomic_exchange_n(&line_lock, 1, __ATOMIC_ACQUIRE)) {
+            forced = 0;
+            break;
+        }
+        cpu_relax();
+    }
+    line_lock = 1;
+    if (forced)
+        serial_putc('\n');
+    while (*s)
+        serial_putc(*s++);
+    serial_putc('\n');
+}
+
+/* Entered from start.S's exc_common by iretq (CPL3, IF=0, own stack). */
 NORETURN void exc_report(u64 vector, u64 err, u64 rip, u64 cr2)
 {
     char buf[200];
-    for (u64 t0 = rdtsc(); line_lock && rdtsc() - t0 < 1000000000ul;)
-        cpu_relax();
-    line_lock = 1;
     format(buf, sizeof buf, "@error what=exception vector=%lu err=0x%lx rip=0x%lx cr2=0x%lx apic=%u",
            vector, err, rip, cr2, lapic_id());
-    for (const char *s = buf; *s; s++)
-        serial_putc(*s);
-    serial_putc('\n');
+    put_line_bounded(buf);
     poweroff(2);
 }

@@ -163,6 +163,30 @@ gp_stub:
         hlt
 1:      incq (%rsp)                     /* rip: past the one-byte hlt */
         iretq
+/* ---- the ACPI GED (power.c): read its event register and acknowledge what was read (write 1s),
+ * EOI; for the power button, "return" into power_button(events) at CPL3 on its own stack with
+ * IF=0 (as exc_common does: the guest powers off), else back to the interrupted code. ---- */
+irq_ged:
+        pushq %rax
+        pushq %rdx
+        movq ged_reg, %rdx
+        movl (%rdx), %eax
+        movl %eax, (%rdx)
+        movl $(LAPIC_BASE + 0xB0), %edx
+        movl $0, (%rdx)
+        testl $GED_POWER_BUTTON, %eax
+        jnz 1f
+        popq %rdx
+        popq %rax
+        iretq
+1:      addq $16, %rsp
+        movl %eax, %edi
+        movq $power_button, (%rsp)
+        movq $(SEL_UCODE | 3), 8(%rsp)
+        movq $0x3002, 16(%rsp)          /* IF=0, IOPL=3 */
+        movq $(power_stack + 4096 - 8), 24(%rsp)
+        movq $(SEL_UDATA | 3), 32(%rsp)
+        iretq
 /* ---- spurious vector: no EOI ---- */
 irq_spurious:
         iretq
@@ -216,6 +240,8 @@ idt:
         GATE (exc_stubs + 16 * v)
         .elseif v == VEC_TIMER
         GATE irq_timer
+        .elseif v == VEC_GED
+        GATE irq_ged
         .elseif v == VEC_SPURIOUS
         GATE irq_spurious
         .elseif v >= VEC_VIRTIO && v < VEC_VIRTIO + VIRTIO_GSIS
@@ -253,3 +279,4 @@ tss_area:       .skip TSS_STRIDE * MAX_CPUS
 kstacks:        .skip KSTACK_SIZE * MAX_CPUS
 ustacks:        .skip USTACK_SIZE * MAX_CPUS
 exc_stack:      .skip 4096
+power_stack:    .skip 4096

@@ -170,7 +170,7 @@ static void ioapic_wr(u64 base, u32 reg, u32 v)
 }
 
 /* Edge-triggered, active high, fixed delivery, physical destination APIC id 0. */
-static void ioapic_route(u32 gsi, const char *what)
+void ioapic_route_vector(u32 gsi, u32 vector, const char *what)
 {
     u64 base = gsi < 24 ? IOAPIC0 : IOAPIC1;
     u32 pin = gsi < 24 ? gsi : gsi - 24;
@@ -178,8 +178,10 @@ static void ioapic_route(u32 gsi, const char *what)
     if (ver == 0xffffffff || pin > maxpin)
         fail(what, "detail=ioapic_pin gsi=%u ioapic=0x%lx version=0x%x", gsi, base, ver);
     ioapic_wr(base, 0x11 + 2 * pin, 0);                      /* destination APIC id 0 */
-    ioapic_wr(base, 0x10 + 2 * pin, VEC_VIRTIO + gsi);
+    ioapic_wr(base, 0x10 + 2 * pin, vector);
 }
+
+static void ioapic_route(u32 gsi, const char *what) { ioapic_route_vector(gsi, VEC_VIRTIO + gsi, what); }
 
 /* Halts the CPU until an interrupt, unless *p != seen already (start.S: via a #GP to CPL0). */
 void halt_unless_changed(volatile u64 *p, u64 seen);

@@ -11,7 +11,7 @@ import * as path from 'path';
 import { buildAcpi, encodeAcpi, AcpiTables } from '../vmm/acpi';
 import * as aml from '../vmm/acpi/aml';
 import { checksum } from '../vmm/acpi/sdt';
-import { MiB, virtioMmioWindow, ACPI_START, ACPI_END, VIRTIO_MMIO_MAX } from '../contracts/layout';
+import { MiB, virtioMmioWindow, ACPI_START, ACPI_END, ACPI_GED_ADDR, ACPI_GED_GSI, ACPI_GED_SIZE, IOAPIC_ADDR, LAPIC_ADDR, UNBACKED_TEST_ADDR, VIRTIO_MMIO_MAX, VIRTIO_MMIO_SIZE } from '../contracts/layout';
 import { makeMemory } from './boot-fixtures';
 import { requireTool } from './helpers/tsvmm';
 
@@ -46,6 +46,27 @@ describe('acpi/tables', () => {
     assert.deepStrictEqual([...aml.nameString('\\_SB_.COM1')], [0x5c, 0x2e, ...Buffer.from('_SB_COM1')]);
     assert.deepStrictEqual([...aml.nameString('\\_SB')], [0x5c, ...Buffer.from('_SB_')]);
     assert.throws(() => aml.eisaId('pnp0501'), /invalid EISA id/);
+  });
+
+  it('encodes the terms of a method (OperationRegion, Field, Method, Store, And, If, Notify)', () => {
+    assert.deepStrictEqual([...aml.opRegion('GDRG', aml.REGION_SYSTEM_MEMORY, 0xd1000000, 4)], [0x5b, 0x80, ...Buffer.from('GDRG'), 0, 0x0c, 0, 0, 0, 0xd1, 0x0a, 4]);
+    // FieldFlags 0x43: DWordAcc, NoLock, WriteAsZeros; the field's bit count is a PkgLength value (32 -> 0x20).
+    assert.deepStrictEqual([...aml.field('GDRG', aml.FIELD_DWORD_ACC | aml.FIELD_WRITE_AS_ZEROS, [['GDEV', 32]])], [0x5b, 0x81, 0x0b, ...Buffer.from('GDRG'), 0x43, ...Buffer.from('GDEV'), 0x20]);
+    assert.deepStrictEqual([...aml.method('_EVT', 1, true)], [0x14, 0x06, ...Buffer.from('_EVT'), 0x09]);
+    assert.deepStrictEqual([...aml.store(aml.ref('GDEV'), aml.LOCAL0)], [0x70, ...Buffer.from('GDEV'), 0x60]);
+    assert.deepStrictEqual([...aml.ifThen(aml.and(aml.LOCAL0, aml.integer(1)), aml.notify('PWRB', 0x80))], [0xa0, 0x0c, 0x7b, 0x60, 0x01, 0x00, 0x86, ...Buffer.from('PWRB'), 0x0a, 0x80]);
+    assert.throws(() => aml.method('M', 8, false), /8 arguments/);
+  });
+
+  it('places the GED clear of every other MMIO device', () => {
+    const used: [string, number, number][] = [
+      ['test address', UNBACKED_TEST_ADDR, 0x1000],
+      ['virtio-mmio', virtioMmioWindow(0).base, VIRTIO_MMIO_MAX * VIRTIO_MMIO_SIZE],
+      ['IOAPIC', IOAPIC_ADDR, 0x1000], ['LAPIC', LAPIC_ADDR, 0x1000],
+    ];
+    for (const [what, base, size] of used) assert.ok(ACPI_GED_ADDR + ACPI_GED_SIZE <= base || ACPI_GED_ADDR >= base + size, `the GED overlaps the ${what}`);
+    // Its GSI: an IOAPIC pin no virtio window, COM1 (4) or the PIT (0, 2) uses.
+    assert.ok(![0, 2, 4].includes(ACPI_GED_GSI) && ACPI_GED_GSI < virtioMmioWindow(0).gsi);
   });
 
   it('gets every checksum right', () => {
@@ -115,6 +136,29 @@ describe('acpi/tables', () => {
         ['V001', 'One', 0xd0001000, 0x1000, 6],
         ['V002', '0x02', 0xd0002000, 0x1000, 7],
       ]);
+    });
+
+    it('disassembles the Generic Event Device and the power button it notifies, and iasl compiles that back cleanly', () => {
+      const dsl = disassemble('dsdt', tables.dsdt);
+      const ged = /Device \(GED\)\s*\{([^]*?)\n {8}\}/.exec(dsl)?.[1] ?? '';
+      assert.match(ged, /Name \(_HID, "ACPI0013" \/\* Generic Event Device \*\/\)/);
+      // Linux's evged.c takes every _CRS entry for an interrupt (and fails on anything else).
+      const crs = /Name \(_CRS, ResourceTemplate \(\)[^{]*\{([^]*?)\n {12}\}\)/.exec(ged)?.[1] ?? '';
+      assert.match(crs, /^\s*Interrupt \(ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, \)\s*\{\s*0x00000003,\s*\}\s*$/);
+      assert.equal(ACPI_GED_GSI, 3);
+      assert.match(ged, /OperationRegion \(GDRG, SystemMemory, 0xD1000000, 0x04\)/);
+      assert.match(ged, /Field \(GDRG, DWordAcc, NoLock, WriteAsZeros\)\s*\{\s*GDEV,\s*32\s*\}/);
+      assert.match(ged, /Method \(_EVT, 1, Serialized\)[^{]*\{\s*Local0 = GDEV [^\n]*\s*GDEV = Local0\s*If \(\(Local0 & One\)\)\s*\{\s*Notify \(\\_SB\.PWRB, 0x80\)/);
+      assert.match(dsl, /Device \(PWRB\)\s*\{\s*Name \(_HID, EisaId \("PNP0C0C"\) \/\* Power Button Device \*\/\)/);
+      // The disassembly compiles again with no error, warning or remark: the AML is well-formed.
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvmm-acpi-'));
+      try {
+        fs.writeFileSync(path.join(dir, 'dsdt.dsl'), dsl);
+        const out = execFileSync('iasl', ['dsdt.dsl'], { cwd: dir, stdio: 'pipe', encoding: 'utf8' });
+        assert.match(out, /Compilation successful\. 0 Errors, 0 Warnings, 0 Remarks/, out);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
     });
 
     it('disassembles a DSDT with every virtio window (multi-byte package lengths)', () => {

@@ -22,6 +22,7 @@ import { irqfdGsi, IrqRoutes } from './irq-routes';
 import { MmioReg } from '../contracts/virtio-mmio-layout';
 import { PLATFORM_PAGE_SIZE, PlatformPage } from '../contracts/platform-page';
 import { Serial } from './serial';
+import { GedInterrupt } from './ged';
 import type { VcpuThreadData, VcpuThreadMessage } from './vcpu-thread';
 import { Vcpu } from '../kvm/vcpu';
 import { vcpuCpuid } from './cpuid';
@@ -184,6 +185,8 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   const tBuilt = performance.now();
 
   let orphanWatch: NodeJS.Timeout | undefined;
+  /** The ACPI GED's interrupt (vmm/ged.ts): raised once the guest runs here. */
+  let ged: GedInterrupt | undefined;
   /** The guest runs (its vCPU threads are released): report, and start the heartbeat. */
   const running = (resumedNs: bigint, r?: RestoreResult) => {
     clearInterval(orphanWatch);
@@ -205,6 +208,8 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
       },
     });
     irqRoutes.start();
+    ged = new GedInterrupt(page, (gsi) => { vm.irqLine(gsi, 1); vm.irqLine(gsi, 0); });
+    ged.start();
     // Hang detection: the supervisor watches this counter (the main thread's event loop beats it).
     if (recovery) {
       devPage.beat(Component.Vmm);
@@ -279,11 +284,12 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   const serial = new Serial(page, () => undefined, () => { vm.irqLine(4, 1); vm.irqLine(4, 0); });
   process.stdin.on('data', (chunk: Buffer) => { page.rxPush(chunk); serial.inputArrived(); });
   // Input the priv-domain pushed (tsvmm console): raise the UART's receive interrupt when the
-  // ring's head moves.
+  // ring's head moves. The supervisor's GED events (tsvmm stop's power button) arrive the same way.
   let rxSeen = page.rxHead();
   setInterval(() => {
     const h = page.rxHead();
     if (h !== rxSeen) { rxSeen = h; serial.inputArrived(); }
+    ged?.poll();
   }, SERIAL_INPUT_POLL_MS).unref();
   process.stdin.on('error', () => undefined);
 

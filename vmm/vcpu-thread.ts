@@ -13,6 +13,7 @@ import { CpuidEntry, Regs, Sregs } from '../kvm/structs';
 import { PLATFORM_PAGE_SIZE, PlatformPage } from '../contracts/platform-page';
 import { COM1_BASE, COM1_IRQ, Serial } from './serial';
 import { Platform, PlatformEvent } from './platform';
+import { GedRegister } from './ged';
 import { describeVcpu } from './vcpu-report';
 import { vcpuCpuid } from './cpuid';
 import { DeviceEntry } from '../contracts/device-list';
@@ -115,6 +116,7 @@ function main(d: VcpuThreadData): void {
     const devPage = mapDevicePage(d.stateFd);
     for (const dev of d.devices) platform.mmio.push(new VirtioMmioTransport(dev.base, devPage.device(dev.index)));
   }
+  platform.mmio.push(new GedRegister(page)); // after the virtio windows: they are the hot path
   const counters = control ? control.exitCounters(d.id) : new Float64Array(d.counters);
   const run = vcpu.run;
   const bytes = vcpu.runBytes;

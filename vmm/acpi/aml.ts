@@ -1,7 +1,9 @@
 /**
  * A minimal AML (ACPI Machine Language, ACPI 6.x chapter 20) encoder: just
  * the terms a static DSDT needs (Scope, Device, Name, integers, strings,
- * EISAID, buffers) plus the resource descriptors (chapter 6.4) used in _CRS.
+ * EISAID, buffers), the few a Generic Event Device's _EVT method needs
+ * (OperationRegion, Field, Method, Store, And, If, Notify, Local0, Arg0), plus
+ * the resource descriptors (chapter 6.4) used in _CRS.
  * Every function returns the encoded bytes; compose them by nesting.
  */
 
@@ -15,8 +17,17 @@ const STRING_PREFIX = 0x0d;
 const QWORD_PREFIX = 0x0e;
 const SCOPE_OP = 0x10;
 const BUFFER_OP = 0x11;
+const METHOD_OP = 0x14;
 const EXT_OP_PREFIX = 0x5b;
-const DEVICE_OP = 0x82;
+const OP_REGION_OP = 0x80; // after EXT_OP_PREFIX
+const FIELD_OP = 0x81; // after EXT_OP_PREFIX
+const DEVICE_OP = 0x82; // after EXT_OP_PREFIX
+const LOCAL0_OP = 0x60;
+const ARG0_OP = 0x68;
+const STORE_OP = 0x70;
+const AND_OP = 0x7b;
+const NOTIFY_OP = 0x86;
+const IF_OP = 0xa0;
 const ROOT_CHAR = 0x5c;
 const DUAL_NAME_PREFIX = 0x2e;
 const MULTI_NAME_PREFIX = 0x2f;
@@ -26,14 +37,23 @@ export function pkgLength(bodyLen: number): Buffer {
   if (bodyLen + 1 < 0x40) return Buffer.from([bodyLen + 1]);
   for (let n = 2; n <= 4; n++) {
     const total = bodyLen + n;
-    if (total < 2 ** (4 + 8 * (n - 1))) {
-      const b = Buffer.alloc(n);
-      b[0] = ((n - 1) << 6) | (total & 0xf);
-      for (let i = 1; i < n; i++) b[i] = (total >>> (4 + 8 * (i - 1))) & 0xff;
-      return b;
-    }
+    if (total < 2 ** (4 + 8 * (n - 1))) return lengthBytes(total, n);
   }
   throw new Error(`AML package of ${bodyLen} bytes is too large`);
+}
+
+/** `value` in the PkgLength format as is (a NamedField's bit count is encoded so). */
+function pkgLengthValue(value: number): Buffer {
+  if (value < 0x40) return Buffer.from([value]);
+  for (let n = 2; n <= 4; n++) if (value < 2 ** (4 + 8 * (n - 1))) return lengthBytes(value, n);
+  throw new Error(`AML length ${value} is too large`);
+}
+
+function lengthBytes(total: number, n: number): Buffer {
+  const b = Buffer.alloc(n);
+  b[0] = ((n - 1) << 6) | (total & 0xf);
+  for (let i = 1; i < n; i++) b[i] = (total >>> (4 + 8 * (i - 1))) & 0xff;
+  return b;
 }
 
 function nameSeg(seg: string): Buffer {
@@ -98,6 +118,58 @@ export function device(name: string, ...terms: Buffer[]): Buffer {
 
 export function buffer(bytes: Buffer): Buffer {
   return pkg([BUFFER_OP], Buffer.concat([integer(bytes.length), bytes]));
+}
+
+/* ---- what a method needs (19.6 / 20.2.5) ---- */
+
+export const LOCAL0 = Buffer.from([LOCAL0_OP]);
+export const ARG0 = Buffer.from([ARG0_OP]);
+
+/** Method(name, args, Serialized|NotSerialized){terms}: sync level 0. */
+export function method(name: string, args: number, serialized: boolean, ...terms: Buffer[]): Buffer {
+  if (!Number.isInteger(args) || args < 0 || args > 7) throw new Error(`AML method ${name}: ${args} arguments (0..7)`);
+  return pkg([METHOD_OP], Buffer.concat([nameString(name), Buffer.from([args | (serialized ? 0x08 : 0)]), ...terms]));
+}
+
+/** Region spaces (19.6.100). */
+export const REGION_SYSTEM_MEMORY = 0x00;
+
+/** OperationRegion(name, space, offset, length). */
+export function opRegion(name: string, space: number, offset: number, length: number): Buffer {
+  return Buffer.concat([Buffer.from([EXT_OP_PREFIX, OP_REGION_OP]), nameString(name), Buffer.from([space]), integer(offset), integer(length)]);
+}
+
+/** Field access types and update rules (19.6.48). */
+export const FIELD_DWORD_ACC = 0x03;
+export const FIELD_WRITE_AS_ZEROS = 0x02 << 5;
+
+/** Field(region, access, NoLock, update){name, bits; ...}: named fields only, packed from bit 0. */
+export function field(region: string, flags: number, fields: readonly [string, number][]): Buffer {
+  const list = fields.map(([n, bits]) => Buffer.concat([nameSeg(n), pkgLengthValue(bits)]));
+  return pkg([EXT_OP_PREFIX, FIELD_OP], Buffer.concat([nameString(region), Buffer.from([flags]), ...list]));
+}
+
+/** A reference to a named object, as a term (a field, a device). */
+export const ref = nameString;
+
+/** Store(source, destination). */
+export function store(source: Buffer, destination: Buffer): Buffer {
+  return Buffer.concat([Buffer.from([STORE_OP]), source, destination]);
+}
+
+/** And(a, b): the result only, stored nowhere (a NullName target). */
+export function and(a: Buffer, b: Buffer): Buffer {
+  return Buffer.concat([Buffer.from([AND_OP]), a, b, Buffer.from([0])]);
+}
+
+/** If(predicate){terms}: taken when the predicate is a non-zero integer. */
+export function ifThen(predicate: Buffer, ...terms: Buffer[]): Buffer {
+  return pkg([IF_OP], Buffer.concat([predicate, ...terms]));
+}
+
+/** Notify(object, value). */
+export function notify(object: string, value: number): Buffer {
+  return Buffer.concat([Buffer.from([NOTIFY_OP]), nameString(object), integer(value)]);
 }
 
 /* ---- resource descriptors (6.4) ---- */
