@@ -9,6 +9,7 @@ import * as fs from 'fs';
 import * as http from 'http';
 import * as path from 'path';
 import { parseArgs } from 'util';
+import { DEFAULT_STOP_TIMEOUT_MS } from '../contracts/exit-codes';
 import { badName, listRuntimeNames, listStateNames, readSupervisorPid, vmPaths } from '../contracts/paths';
 import { inject, INJECT_COMPONENTS, INJECT_KINDS, InjectComponent, InjectKind, InjectResult, kindsFor, pidsFrom } from './inject';
 
@@ -29,7 +30,9 @@ export const VERBS_HELP = `
   kill       tsvmm kill COMPONENT [--signal SIG]: signal vmm, driver-domain, priv-domain or keeper
   inject     tsvmm inject COMPONENT KIND [--seed N]: inject one fault (a bit flip in a register, memory, code or a
              shared structure, a garbled message, a cut disk, a signal) and print what it changed (docs/fault-injection.md)
-  pause      stop the VM's vCPUs;  resume: start them again;  stop: stop the VM
+  pause      stop the VM's vCPUs;  resume: start them again
+  stop       press the guest's power button, wait for it to power off (--timeout, default ${DEFAULT_STOP_TIMEOUT_MS / 1000} s), then stop
+             it hard (--force: at once)
   snapshot   tsvmm snapshot --out DIR [--stop]: save the running VM into the new directory DIR (its
              vCPUs, devices and touched RAM); it resumes, or stops with --stop. tsvmm run --restore DIR
              resumes it
@@ -56,7 +59,7 @@ export const VERB_USAGE: Record<string, string> = {
   inject: `usage: tsvmm inject COMPONENT KIND [--seed N] [--name NAME] [--json]\nInject one fault into a running VM and print what it changed (docs/fault-injection.md).\nCOMPONENT: vmm, vmm-main, vmm-vcpu, keeper, driver-domain, priv-domain, supervisor.\nKIND: reg, mem, code-addon, code-node, state-page, queue-progress, control-page, snapshot, message,\ndisk-truncate, SIGKILL, SIGSEGV, SIGABRT, SIGSTOP.\n  --seed N      the random choices (thread, register, mapping, offset, bit)\n  --json        machine-readable\n${COMMON}`,
   pause: `usage: tsvmm pause [--name NAME]\nPark every vCPU (the guest stops; its devices stay up).\n${COMMON}`,
   resume: `usage: tsvmm resume [--name NAME]\nRelease the vCPUs of a paused VM.\n${COMMON}`,
-  stop: `usage: tsvmm stop [--name NAME]\nStop the VM: the supervisor ends every component and \`tsvmm run\` exits 130.\n${COMMON}`,
+  stop: `usage: tsvmm stop [--force | --timeout SECONDS] [--name NAME]\nStop the VM, and wait until it has: tsvmm presses the guest's ACPI power button and gives it\n${DEFAULT_STOP_TIMEOUT_MS / 1000} s to power off, then stops it hard. Either way \`tsvmm run\` exits 0 (a requested stop);\nthis prints how it ended. A paused VM is stopped hard at once.\n  --force           stop hard at once, without the power button\n  --timeout SECONDS how long the guest gets to power off (default ${DEFAULT_STOP_TIMEOUT_MS / 1000}; 0: as --force)\n${COMMON}`,
   console: `usage: tsvmm console [--name NAME] [--no-follow | --read-only]\nAttach to the guest's serial console: the history, then new output as it comes; what you type\ngoes to the guest's serial port (raw mode on a terminal; stdin otherwise). Ctrl-] detaches.\nSeveral consoles may watch; one at a time types (another gets an error until it has been idle 10 s).\nIt stays attached across priv-domain and vmm recoveries.\n  --no-follow   the history only, then exit\n  --read-only   watch without sending input\n${COMMON}`,
   metrics: `usage: tsvmm metrics [--name NAME]\nThe VM's Prometheus metrics (the same text its metrics endpoint serves).\n${COMMON}`,
   events: `usage: tsvmm events [--name NAME] [--json]\nThe VM's lifecycle events from its durable store (started, kill, recovery, exited, ...); with --name,\nalso of a VM that has stopped.\n  --json        machine-readable\n${COMMON}`,
@@ -191,6 +194,19 @@ export async function api(name: string, method: string, path: string, body?: unk
   }
 }
 
+/** How VM `name` ended, from the `exited` event in its durable store (undefined if unreadable). */
+function exitReason(name: string): string | undefined {
+  try {
+    const { Store } = require('../contracts/store') as typeof import('../contracts/store');
+    const store = Store.open(vmPaths(name).db);
+    try {
+      const evs = store.events(0, 1_000_000);
+      const last = evs.reverse().find((e) => e.kind === 'exited');
+      return (last?.detail as { reason?: string } | undefined)?.reason;
+    } finally { store.close(); }
+  } catch { return undefined; }
+}
+
 function fmtDuration(s: number | null | undefined): string {
   if (s === null || s === undefined || !Number.isFinite(s)) return '-';
   if (s < 60) return `${s.toFixed(1)}s`;
@@ -220,7 +236,7 @@ function parse(cmd: string, argv: string[], extra: Record<string, { type: 'strin
   }
   if (r.values.help) throw new HelpRequest(VERB_USAGE[cmd] ?? VERBS_HELP);
   if (r.positionals.length > positionals) throw new VerbError(`unexpected argument "${r.positionals[positionals]}" (tsvmm ${cmd} --help)`, 2);
-  return r as unknown as { values: { name?: string; json?: boolean; all?: boolean; signal?: string; seed?: string; 'no-follow'?: boolean; out?: string; stop?: boolean }; positionals: string[] };
+  return r as unknown as { values: { name?: string; json?: boolean; all?: boolean; signal?: string; seed?: string; 'no-follow'?: boolean; out?: string; stop?: boolean; force?: boolean; timeout?: string }; positionals: string[] };
 }
 
 const out = (s: string) => { process.stdout.write(s); };
@@ -294,26 +310,37 @@ export async function verb(cmd: string, argv: string[]): Promise<number> {
       return 0;
     }
     case 'pause':
-    case 'resume':
-    case 'stop': {
+    case 'resume': {
       const { values } = parse(cmd, argv);
       const name = resolveName(values.name);
-      const key = `${cmd}-${process.pid}-${Date.now()}`;
-      const wasRunning = supervisorAlive(name);
-      let r: { state: string };
-      try {
-        r = JSON.parse((await api(name, 'POST', `/v1/vm/${cmd}`, {}, { key })).body) as { state: string };
-      } catch (e) {
-        // A stop can take the API down before its answer gets out (the supervisor tears the VM down
-        // right after it replies, and a slow machine may not have flushed the answer yet): the
-        // request got through if the VM then goes away.
-        if (cmd !== 'stop' || !(e instanceof VerbError) || !wasRunning) throw e;
-        const until = Date.now() + STOP_WAIT_MS;
-        while (supervisorAlive(name) && Date.now() < until) await sleep(100);
-        if (supervisorAlive(name)) throw e;
-        r = { state: 'stopped' };
-      }
+      const r = JSON.parse((await api(name, 'POST', `/v1/vm/${cmd}`, {}, { key: `${cmd}-${process.pid}-${Date.now()}` })).body) as { state: string };
       out(`VM ${name}: ${r.state}\n`);
+      return 0;
+    }
+    case 'stop': {
+      const { values } = parse(cmd, argv, { force: { type: 'boolean' }, timeout: { type: 'string' } });
+      let timeoutSeconds: number | undefined;
+      if (values.timeout !== undefined) {
+        timeoutSeconds = Number(values.timeout);
+        if (!/^\d+(\.\d+)?$/.test(values.timeout) || timeoutSeconds > 3600) throw new VerbError(`invalid --timeout "${values.timeout}": expected seconds, 0 to 3600 (e.g. 10 or 0.5)`, 2);
+      }
+      const name = resolveName(values.name);
+      const body = { ...(values.force ? { force: true } : {}), ...(timeoutSeconds !== undefined ? { timeoutSeconds } : {}) };
+      const wasRunning = supervisorAlive(name);
+      try {
+        await api(name, 'POST', '/v1/vm/stop', body, { key: `stop-${process.pid}-${Date.now()}` });
+      } catch (e) {
+        // A stop can take the API down before its answer gets out (a guest that powers off at once,
+        // a hard stop, a slow machine that has not flushed the answer yet): the request got
+        // through if the VM then goes away.
+        if (!(e instanceof VerbError) || !wasRunning) throw e;
+      }
+      // Then wait for the end: the guest's own power-off, or the hard stop after the timeout.
+      const graceMs = values.force ? 0 : (timeoutSeconds ?? DEFAULT_STOP_TIMEOUT_MS / 1000) * 1000;
+      const until = Date.now() + graceMs + STOP_WAIT_MS;
+      while (supervisorAlive(name) && Date.now() < until) await sleep(50);
+      if (supervisorAlive(name)) throw new VerbError(`VM "${name}" was asked to stop but still runs ${((graceMs + STOP_WAIT_MS) / 1000).toFixed(0)} s later`);
+      out(`VM ${name}: ${exitReason(name) ?? 'stopped'}\n`);
       return 0;
     }
     case 'snapshot': {

@@ -19,3 +19,9 @@ export const TSVMM_EXIT = {
   /** Interrupted: SIGINT (Ctrl-C), 128 + 2 as shells expect. */
   interrupted: 130,
 } as const;
+
+/**
+ * How long `tsvmm stop` (POST /v1/vm/stop without timeoutSeconds) gives the guest to power off
+ * after the ACPI power button before the supervisor stops the VM hard.
+ */
+export const DEFAULT_STOP_TIMEOUT_MS = 5000;

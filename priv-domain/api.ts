@@ -21,7 +21,7 @@ export const MAX_BODY = 64 * 1024;
 export { ApiError };
 
 /** What a command for the supervisor carries besides its name (proto ControlRequest). */
-export interface CommandArgs { component?: string; signal?: string; dir?: string; stop?: boolean }
+export interface CommandArgs { component?: string; signal?: string; dir?: string; stop?: boolean; force?: boolean; timeoutMs?: number }
 
 export interface ApiContext {
   cfg: VmConfig;
@@ -182,14 +182,33 @@ async function handle(ctx: ApiContext, req: http.IncomingMessage, res: http.Serv
       commit(() => ({ status: 201, body: ctx.store.addAnnotation(text) }));
       return;
     }
-    case 'pause':
-    case 'resume':
     case 'stop': {
+      // The power button, then a hard stop after timeoutSeconds (the supervisor's default if
+      // absent); force, or a timeout of 0: the hard stop at once.
+      const timeoutSeconds = b.timeoutSeconds as number | undefined;
+      const force = b.force === true || timeoutSeconds === 0;
+      await ctx.command('stop', { force, timeoutMs: timeoutSeconds ? Math.max(1, Math.round(timeoutSeconds * 1000)) : undefined });
+      commit(() => {
+        const ev = ctx.store.addEvent(ctx.runId, 'stop-requested', { force, ...(timeoutSeconds === undefined ? {} : { timeoutSeconds }) });
+        return { status: 200, body: { name: ctx.cfg.name, state: 'stopping', event: ev.id } };
+      });
+      return;
+    }
+    case 'powerButton': {
+      await ctx.command('power-button');
+      commit(() => {
+        const ev = ctx.store.addEvent(ctx.runId, 'power-button', {});
+        return { status: 200, body: { name: ctx.cfg.name, state: ctx.control?.pauseRequested ? 'paused' : 'running', event: ev.id } };
+      });
+      return;
+    }
+    case 'pause':
+    case 'resume': {
       const cmd = input.op.id;
       await ctx.command(cmd);
-      const state = cmd === 'stop' ? 'stopping' : cmd === 'pause' ? 'paused' : 'running';
+      const state = cmd === 'pause' ? 'paused' : 'running';
       commit(() => {
-        const ev = ctx.store.addEvent(ctx.runId, cmd === 'stop' ? 'stop-requested' : cmd === 'pause' ? 'paused' : 'resumed', {});
+        const ev = ctx.store.addEvent(ctx.runId, cmd === 'pause' ? 'paused' : 'resumed', {});
         return { status: 200, body: { name: ctx.cfg.name, state, event: ev.id } };
       });
       return;

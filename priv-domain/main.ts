@@ -149,7 +149,7 @@ function main(): void {
       timer,
       resolve: (r) => (r.ok ? resolve(r) : reject(new ApiError(/unknown|not running|not killed|not empty|not an absolute|in progress|try again|refused/.test(r.error ?? '') ? 409 : 500, r.error || `${cmd} failed`))),
     });
-    send({ controlRequest: { id, command: cmd, component: args.component ?? '', signal: args.signal ?? '', dir: args.dir ?? '', stop: args.stop ?? false } });
+    send({ controlRequest: { id, command: cmd, component: args.component ?? '', signal: args.signal ?? '', dir: args.dir ?? '', stop: args.stop ?? false, force: args.force ?? false, timeoutMs: args.timeoutMs ?? 0 } });
   });
 
   // Heartbeats: ours, and the age of everyone's.

@@ -37,7 +37,7 @@ export type ComponentMessage =
   | { snapshotDone: SnapshotDone }
   | { orphan: { component: string; pid: number } };
 
-export interface ControlRequest { id: number; command: string; component?: string; signal?: string; dir?: string; stop?: boolean }
+export interface ControlRequest { id: number; command: string; component?: string; signal?: string; dir?: string; stop?: boolean; force?: boolean; timeoutMs?: number }
 export interface ControlReply { id: number; ok: boolean; error?: string; pid?: number; pauseMs?: number; ramDataBytes?: number; handoverMs?: number }
 export interface SnapshotRequest { dir: string; stop: boolean }
 export interface SnapshotDone { ok: boolean; error?: string; pauseMs: number; ramDataBytes: number; ramExtents?: number[]; written?: boolean }

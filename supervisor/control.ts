@@ -4,7 +4,8 @@
  *   - relays every component's pid, state, start time, restarts and recoveries to the
  *     priv-domain (ControlStatus, on change and once a second, all of it after each priv-domain
  *     start);
- *   - executes its commands (ControlRequest): kill COMPONENT [SIGNAL], pause, resume, stop.
+ *   - executes its commands (ControlRequest): kill COMPONENT [SIGNAL], pause, resume, stop (the
+ *     power button, then a hard stop after a timeout), power-button, update, snapshot.
  * It sees the supervisor only through ControlTarget, and reaches the priv-domain (whose lifecycle
  * is supervisor/priv-domain-lifecycle.ts) only through a PrivChannel.
  */
@@ -62,6 +63,10 @@ export interface ControlTarget {
   readonly recoveries: readonly Recovery[];
   pidOf(component: ControlledComponent): number | undefined;
   stop(reason: string): void;
+  /** tsvmm stop: the power button, then a hard stop after the timeout (or at once with force). */
+  requestStop(via: string, o: { force?: boolean; timeoutMs?: number }): string;
+  /** POST /v1/vm/power-button: the ACPI power button's event and interrupt. */
+  pressPowerButton(): void;
   /** tsvmm update: vmm and/or driver-domain replaced by the installed build (not the priv-domain: see execute). */
   update(component: string): Promise<{ vmmPauseMs?: number; ddMs?: number }>;
   /** tsvmm snapshot: write the VM into `dir` (absolute), then resume it or stop it. */
@@ -292,8 +297,13 @@ export class Control {
           return;
         }
         case 'stop':
+          // Answered first: a guest that powers off at once, or a hard stop, ends the API.
           this.reply({ id, ok: true });
-          setTimeout(() => this.sup.stop('stopped through the API (tsvmm stop)'), 50);
+          this.sup.requestStop('tsvmm stop', { force: req.force === true, timeoutMs: req.timeoutMs || undefined });
+          return;
+        case 'power-button':
+          this.sup.pressPowerButton();
+          this.reply({ id, ok: true });
           return;
         default:
           throw new Error(`unknown command "${req.command}"`);

@@ -23,14 +23,15 @@ import { configMemfd } from '../contracts/component-config';
 import { RunRecordWriter } from '../contracts/run-record';
 import type { Adoption } from './adopt';
 import { HeldDevice, openDevices } from './held-devices';
-import { PlatformPage } from '../contracts/platform-page';
+import { PLATFORM_PAGE_SIZE, PlatformPage } from '../contracts/platform-page';
+import { ACPI_GED_POWER_BUTTON } from '../contracts/layout';
 import { Control, ControlledComponent, ControlTarget } from './control';
 import { DEFAULT_HANG_TIMEOUT_MS, Hang, HangWatch } from './hang-watch';
 
 /** How often the supervisor checks the state page's static part (scrubStatePage). */
 const SCRUB_MS = 50;
 import { LifecycleHost, Recovery, RunResult } from './lifecycle';
-import { TSVMM_EXIT } from '../contracts/exit-codes';
+import { DEFAULT_STOP_TIMEOUT_MS, TSVMM_EXIT } from '../contracts/exit-codes';
 import { HeldFds } from './spawn';
 import { VmmLifecycle, VmmRecovery } from './vmm-lifecycle';
 import { DriverDomainLifecycle } from './driver-domain-lifecycle';
@@ -84,6 +85,10 @@ export class Supervisor implements LifecycleHost, ControlTarget {
   private readonly driverDomain?: DriverDomainLifecycle;
   private readonly priv: PrivDomainLifecycle;
   private result?: RunResult;
+  /** The platform page (contracts/platform-page.ts): the ACPI GED's events are set there. */
+  private readonly platform: PlatformPage;
+  /** A graceful stop in progress: the power button was pressed at t0; `timer` stops the VM hard. */
+  private stopping?: { t0: number; timeoutMs: number; timer: NodeJS.Timeout; reason: string };
   private resolveDone!: (r: RunResult) => void;
   readonly done: Promise<RunResult>;
 
@@ -122,6 +127,7 @@ export class Supervisor implements LifecycleHost, ControlTarget {
       this.page = opts.restore ? StatePage.attach(devBytes(state)) : scratch;
       this.held = { ramFd, stateFd, serialFd, snapFd, configFd: configMemfd(cfg), devices, ...jail };
     }
+    this.platform = new PlatformPage(native.mmap(this.held.stateFd, PLATFORM_PAGE_SIZE, 0, true));
     // (An adopting supervisor takes the page's static part as it finds it.)
     this.staticImage = this.page.staticImage();
     this.standby = opts.standby === true;
@@ -193,6 +199,14 @@ export class Supervisor implements LifecycleHost, ControlTarget {
 
   finish(r: RunResult): void {
     if (this.result) return;
+    if (this.stopping) {
+      clearTimeout(this.stopping.timer);
+      // The guest powered off itself after the power button: the stop that was asked for.
+      if (!r.requested && r.code === TSVMM_EXIT.ok) {
+        const ms = performance.now() - this.stopping.t0;
+        r = { code: TSVMM_EXIT.stopped, requested: true, reason: `${this.stopping.reason}: the guest powered off ${ms.toFixed(0)} ms after the power button` };
+      }
+    }
     this.result = r;
     this.hangWatch.stop();
     clearInterval(this.scrubTimer);
@@ -219,6 +233,42 @@ export class Supervisor implements LifecycleHost, ControlTarget {
   /** A requested stop (tsvmm stop, SIGTERM: exit 0; SIGINT: 130, as shells expect): not an error. */
   stop(reason: string, code: number = TSVMM_EXIT.stopped): void {
     this.finish({ code, reason, requested: true });
+  }
+
+  /**
+   * tsvmm stop (POST /v1/vm/stop; `via` says so in the reasons): presses the ACPI power button
+   * (pressPowerButton) and gives the guest `timeoutMs` to power off, which ends the VM as a
+   * requested stop; after that, or at once with `force` (or a timeout of 0, or a paused VM, which
+   * could not take the button), it stops the VM hard. A second request while one waits: --force
+   * stops now; another graceful one changes nothing. Returns what it did, in words.
+   */
+  requestStop(via: string, o: { force?: boolean; timeoutMs?: number } = {}): string {
+    if (this.result) return 'the VM is already stopping';
+    const timeoutMs = o.timeoutMs ?? DEFAULT_STOP_TIMEOUT_MS;
+    const hard = (reason: string) => { setTimeout(() => this.stop(reason), 50); return reason; };
+    if (o.force) return hard(`stopped through the API (${via} --force)`);
+    if (timeoutMs <= 0) return hard(`stopped through the API (${via} --timeout 0)`);
+    if (this.control.page.pauseRequested) return hard(`stopped through the API (${via}): the VM was paused and could not take the power button; stopped it hard`);
+    if (this.stopping) return `the power button was pressed ${((performance.now() - this.stopping.t0) / 1000).toFixed(1)} s ago; waiting for the guest`;
+    const s = `${+(timeoutMs / 1000).toFixed(3)} s`;
+    const reason = `stopped through the API (${via})`;
+    this.stopping = {
+      t0: performance.now(), timeoutMs, reason,
+      timer: setTimeout(() => this.stop(`${reason}: the guest did not power off within ${s} of the power button; stopped it hard`), timeoutMs),
+    };
+    this.pressPowerButton();
+    this.log(`stop requested: pressed the power button; the guest has ${s} to power off before the VM is stopped hard`);
+    return `pressed the power button; the VM stops hard in ${s} unless the guest powers off first`;
+  }
+
+  /**
+   * The ACPI power button (POST /v1/vm/power-button, and tsvmm stop): sets its event in the
+   * platform page and has the vmm raise the GED's interrupt (vmm/ged.ts). A vmm that replaces a
+   * dead one raises it again while the guest has not taken it.
+   */
+  pressPowerButton(): void {
+    if (this.result) throw new Error('the VM is stopping');
+    this.platform.gedRaise(ACPI_GED_POWER_BUTTON);
   }
 
   /**

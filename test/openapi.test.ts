@@ -77,7 +77,8 @@ describe('the management API and openapi.yaml', function () {
     let spec: ApiSpec;
     before(async () => {
       spec = new ApiSpec();
-      vm = await startVm({ name: `operator-oas-${process.pid}` });
+      // power_button=ignore: the power-button call below must not end the VM before the rest is replayed.
+      vm = await startVm({ name: `operator-oas-${process.pid}`, cmdline: 'workload=blk-loop blk_n=2000 qd=16 mode=seq verify=1 blk_report=200 virtio_irq=1 power_button=ignore' });
       const t0 = Date.now();
       while (vm.progress() < 1 && Date.now() - t0 < 20_000) await sleep(50);
     });
@@ -149,7 +150,11 @@ describe('the management API and openapi.yaml', function () {
       await call('update', '/v1/vm/update', 200, { component: 'priv-domain' });
       await call('killComponent', '/v1/vm/components/priv-domain/kill', 200);
       await call('listComponents', '/v1/vm/components', 200);
-      await call('stop', '/v1/vm/stop', 200, {}, { 'Idempotency-Key': `oas-stop-${Date.now()}` });
+      await call('powerButton', '/v1/vm/power-button', 200, {});
+      await call('stop', '/v1/vm/stop', 400, { timeoutSeconds: -1 });
+      await call('stop', '/v1/vm/stop', 400, { force: 'yes' });
+      // This guest ignores the button: stopped hard after the timeout.
+      await call('stop', '/v1/vm/stop', 200, { timeoutSeconds: 1 }, { 'Idempotency-Key': `oas-stop-${Date.now()}` });
       const missing = [...ops.keys()].filter((id) => !done.has(id));
       assert.deepEqual(missing, [], 'operations in openapi.yaml this test did not replay');
       assert.equal(await vm.exited, 0, 'a requested stop is not an error');
