@@ -21,6 +21,7 @@ import { VirtioNet } from '../virtio/virtio-net';
 import { TapBackend } from '../virtio/tap-backend';
 import { UringBlockBackend, describeLargeTransfers, dioAlignment, isBatched, largeTransferPolicy, openBlockBackend } from '../virtio/block-backend';
 import { BusyPoll } from './busy-poll';
+import { RateLimiter, describeRateLimit } from '../virtio/rate-limiter';
 
 export const TAG_SLOTS = 16;
 export const SLOT_COMPLETION = 14;
@@ -77,6 +78,9 @@ export function serveBlk(ctx: DeviceContext, d: DeviceEntry): ServedDevice {
   process.stderr.write(`tsvmm: driver-domain: disk ${d.index} I/O: ${io.kind === 'uring' ? `io_uring${offload}` : `thread pool (fs.readv/writev; ${io.why})`}${odirect}\n`);
   const blk = new VirtioBlk(ctx.memory, ctx.slot, io.backend, notify);
   if (ctx.counters) blk.counters = ctx.counters;
+  // The limit is the configuration's, so a restarted driver-domain applies it again (with full buckets).
+  blk.limiter = RateLimiter.from(disk.rateLimit);
+  if (blk.limiter) process.stderr.write(`tsvmm: driver-domain: disk ${d.index} rate limit: ${describeRateLimit(disk.rateLimit)}\n`);
   const polled = [...kicks];
   let reap: (() => number) | undefined;
   let uringDisk: ServedDevice['uringDisk'];
@@ -109,6 +113,11 @@ export function serveNet(ctx: DeviceContext, d: DeviceEntry): ServedDevice {
   process.stderr.write(`tsvmm: driver-domain: net ${d.index} TX: ${tap.txMode}\n`);
   const net = new VirtioNet(ctx.memory, ctx.slot, tap, notify);
   if (ctx.counters) net.counters = ctx.counters;
+  // Each direction has its own buckets with the configured limit (applied again by a restarted driver-domain).
+  const limit = ctx.cfg.nets[d.index - ctx.cfg.disks.length].rateLimit;
+  net.txLimiter = RateLimiter.from(limit);
+  net.rxLimiter = RateLimiter.from(limit);
+  if (net.txLimiter) process.stderr.write(`tsvmm: driver-domain: net ${d.index} rate limit, each way: ${describeRateLimit(limit)}\n`);
   /** Deliver every frame waiting on the TAP; returns how many reached the guest. */
   const drainTap = () => {
     const rx = net.stats.rxFrames;

@@ -31,6 +31,7 @@ import { Virtqueue, Chain, PopResult, ActivateResult, VirtqueueOptions } from '.
 import { BatchedBlockBackend, BlockBackend, isBatched } from './block-backend';
 import { Notify, deviceRunning, drain, signal, signalIfNeeded } from './queue-runner';
 import { iovLength, iovRead, iovSlice, iovWrite } from './iov';
+import { RateLimiter, RetryTimer } from './rate-limiter';
 import { VIRTIO_QUEUES } from '../contracts/layout';
 import {
   DeviceId, TSVMM_VENDOR_ID, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
@@ -150,6 +151,11 @@ export function parseBlkRequest(chain: Chain, capacity: number, readOnly: boolea
   }
 }
 
+/** The bytes a request moves, for a bandwidth limit: data of reads and writes only. */
+function dataBytes(req: Extract<BlkRequest, { ok: true }>): number {
+  return req.type === VIRTIO_BLK_T_IN || req.type === VIRTIO_BLK_T_OUT ? req.dataLength : 0;
+}
+
 export interface BlkStats {
   completed: number;
   errors: number;
@@ -181,6 +187,14 @@ export class VirtioBlk {
   private signalHeld = false;
   private kickScheduled = false;
   private readonly batched: BatchedBlockBackend | undefined;
+  /**
+   * The device's rate limit (--disk ...,iops=,bw=; virtio/rate-limiter.ts): a request the limiter
+   * refuses is parked, popped but not started (the state page keeps it in flight, so a recovery
+   * resubmits it), and no more requests are taken from the ring until the parked ones could go.
+   */
+  limiter?: RateLimiter;
+  private parked: { chain: Chain; req: Extract<BlkRequest, { ok: true }> }[] = [];
+  private readonly retry = new RetryTimer(() => this.unpark());
 
   constructor(
     readonly mem: GuestMemory,
@@ -209,6 +223,8 @@ export class VirtioBlk {
       this.lastError = r.error;
       return r;
     }
+    this.parked = [];
+    this.retry.cancel();
     for (const head of r.resubmit) this.handle(this.vq.chainAt(head));
     if (r.recovered) signal(this.vq, this.notify);
     this.kick();
@@ -235,12 +251,12 @@ export class VirtioBlk {
   kick(): number {
     if (!this.vq.isActive || !deviceRunning(this.slot)) return 0;
     if (!this.batched) {
-      const n = drain(this.vq, (r) => this.handle(r));
+      const n = drain(this.vq, (r) => this.handle(r), () => this.parked.length === 0);
       this.submit();
       return n;
     }
     const until = performance.now() + KICK_BUDGET_MS;
-    const take = () => this.roundBytes < SUBMIT_BYTES;
+    const take = () => this.roundBytes < SUBMIT_BYTES && this.parked.length === 0;
     let n = 0;
     let unsignalled = 0;
     this.holdSignal = true;
@@ -249,6 +265,7 @@ export class VirtioBlk {
         this.roundBytes = 0;
         n += drain(this.vq, (r) => this.handle(r), take);
         this.submit();
+        if (this.parked.length) return n; // rate-limited: unpark() goes on when the limiter lets it
         if (take()) return n; // the ring ran empty and kicks are enabled again
         // Interrupt moderation inside a run of rounds: every round is published at once (a polling
         // driver sees it), but the interrupt decision is taken once per SIGNAL_BYTES (and when the
@@ -364,6 +381,36 @@ export class VirtioBlk {
       }
       return;
     }
+    const lim = this.limiter;
+    if (lim && (this.parked.length > 0 || !lim.consume(1, dataBytes(req)))) {
+      this.parked.push({ chain, req });
+      if (this.parked.length === 1) this.retry.in(lim.waitMs(1, dataBytes(req)));
+      return;
+    }
+    this.startIo(chain, req);
+  }
+
+  /** The rate limiter's timer: start the parked requests it now allows, then take more from the ring. */
+  private unpark(): void {
+    const lim = this.limiter;
+    if (!lim || !this.vq.isActive || !deviceRunning(this.slot)) {
+      this.parked = []; // the driver reset the device: those requests are gone with it
+      return;
+    }
+    while (this.parked.length > 0) {
+      const { chain, req } = this.parked[0];
+      if (!lim.consume(1, dataBytes(req))) {
+        this.retry.in(lim.waitMs(1, dataBytes(req)));
+        break;
+      }
+      this.parked.shift();
+      this.startIo(chain, req);
+    }
+    this.submit();
+    if (this.parked.length === 0) this.kick();
+  }
+
+  private startIo(chain: Chain, req: Extract<BlkRequest, { ok: true }>): void {
     this.inflight++;
     if (this.inflight > this.stats.maxInflight) this.stats.maxInflight = this.inflight;
     if (req.type === VIRTIO_BLK_T_GET_ID) {

@@ -14,6 +14,11 @@
  * Recovery: in-flight TX heads are re-sent (a duplicated frame is what a
  * real NIC can produce too); in-flight RX heads had not been filled, so they
  * are reused for the next frames before any newly available buffer.
+ *
+ * Rate limits (--net ...,bw=; virtio/rate-limiter.ts), one limiter per direction: a TX frame the
+ * limiter refuses stays popped but unsent (in flight in the state page) and TX stops until it
+ * may go; an RX frame it refuses waits in the backlog (new ones are dropped once that is full,
+ * as a NIC drops what it cannot take) until a timer delivers it.
  */
 
 import { GuestMemory } from '../contracts/memory';
@@ -21,6 +26,7 @@ import { DeviceSlot, DeviceSpec } from '../contracts/state-page';
 import { Virtqueue, Chain, ChainSegments, ActivateResult, VirtqueueOptions, segmentViews } from './virtqueue';
 import { Notify, complete, deviceRunning, signal, signalIfNeeded } from './queue-runner';
 import { iovCopy } from './iov';
+import { RateLimiter, RetryTimer } from './rate-limiter';
 import { VIRTIO_QUEUES } from '../contracts/layout';
 import {
   DeviceId, TSVMM_VENDOR_ID, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC,
@@ -113,6 +119,13 @@ export class VirtioNet {
   /** The chain being sent / filled, walked in place (no allocation per frame). */
   private readonly txChain = new ChainSegments();
   private readonly rxChain = new ChainSegments();
+  /** Rate limits of guest TX and guest RX (frames and bytes), if any. */
+  txLimiter?: RateLimiter;
+  rxLimiter?: RateLimiter;
+  /** A TX head the limiter refused: sent first when the timer fires. */
+  private txParked: number | undefined;
+  private readonly txRetry = new RetryTimer(() => this.unparkTx());
+  private readonly rxRetry = new RetryTimer(() => this.kickRx());
 
   constructor(
     readonly mem: GuestMemory,
@@ -182,6 +195,8 @@ export class VirtioNet {
     }
     if (tx.ok) {
       const c = this.txChain;
+      this.txParked = undefined;
+      this.txRetry.cancel();
       for (const head of tx.resubmit) this.transmit(this.tx.segmentsAt(head, c), c);
       if (tx.recovered) signal(this.tx, this.notify);
       this.kickTx();
@@ -192,8 +207,41 @@ export class VirtioNet {
 
   /** Guest kicked the TX queue: send every available frame. */
   kickTx(): number {
-    if (!this.tx.isActive || !deviceRunning(this.slot)) return 0;
+    if (!this.tx.isActive || !deviceRunning(this.slot) || this.txParked !== undefined) return 0;
     return this.batch(() => this.drainTx());
+  }
+
+  /** Whether the TX limiter lets the frame in `c` go now; if not, it is parked and the timer set. */
+  private txAllowed(c: ChainSegments): boolean {
+    const lim = this.txLimiter;
+    const bytes = c.readableLength - NET_HDR_SIZE;
+    if (!lim || lim.consume(1, bytes)) return true;
+    this.txParked = c.head;
+    this.txRetry.in(lim.waitMs(1, bytes));
+    return false;
+  }
+
+  /** The TX limiter's timer: send the parked frame if it may go now, then the rest of the ring. */
+  private unparkTx(): void {
+    const head = this.txParked;
+    if (head === undefined) return;
+    if (!this.tx.isActive || !deviceRunning(this.slot)) {
+      this.txParked = undefined; // the driver reset the device
+      return;
+    }
+    const c = this.txChain;
+    const kind = this.tx.segmentsAt(head, c);
+    const lim = this.txLimiter!;
+    const bytes = c.readableLength - NET_HDR_SIZE;
+    if (kind === 'chain' && !lim.consume(1, bytes)) {
+      this.txRetry.in(lim.waitMs(1, bytes));
+      return;
+    }
+    this.txParked = undefined;
+    this.batch(() => {
+      this.transmit(kind, c);
+      this.drainTx();
+    });
   }
 
   /** queue-runner's drain() for TX, over the reused ChainSegments: kicks suppressed while draining, re-checked after. */
@@ -206,6 +254,7 @@ export class VirtioNet {
       for (;;) {
         const kind = vq.popSegments(c);
         if (kind === 'empty') break;
+        if (kind === 'chain' && this.txLimiter && !this.txAllowed(c)) return n; // parked: kicks stay off until it goes
         n++;
         if (!this.transmit(kind, c)) return n;
       }
@@ -217,7 +266,7 @@ export class VirtioNet {
   kickRx(): number {
     return this.batch(() => {
       let n = 0;
-      while (this.backlog.length > 0 && this.deliver(this.backlog[0])) {
+      while (this.backlog.length > 0 && this.deliverLimited(this.backlog[0])) {
         this.backlog.shift();
         n++;
       }
@@ -227,7 +276,7 @@ export class VirtioNet {
 
   /** A frame from the TAP. */
   receive(frame: Uint8Array): void {
-    if (this.backlog.length === 0 && this.deliver(frame)) return;
+    if (this.backlog.length === 0 && this.deliverLimited(frame)) return;
     if (this.backlog.length >= this.backlogMax) {
       this.stats.rxDropped++;
       return;
@@ -264,6 +313,19 @@ export class VirtioNet {
     }
     this.completeOrStage(this.tx, c.head, 0);
     return true;
+  }
+
+  /** deliver() within the RX rate limit: false (and the timer set) when the limiter refuses the frame now. */
+  private deliverLimited(frame: Uint8Array): boolean {
+    const lim = this.rxLimiter;
+    if (!lim) return this.deliver(frame);
+    if (!lim.consume(1, frame.length)) {
+      this.rxRetry.in(lim.waitMs(1, frame.length));
+      return false;
+    }
+    if (this.deliver(frame)) return true;
+    lim.refund(1, frame.length);
+    return false;
   }
 
   /** Put one frame into one guest RX buffer. False when there is no buffer (or the queue is unusable). */
