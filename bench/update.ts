@@ -108,7 +108,11 @@ async function tsvmmRows(rounds: number, dir: string, r: Results): Promise<void>
       await until(() => /vCPU 0 running at .*\(monotonic (\d+) ns\)/.test(vm2.err()), 30_000, 'the restored guest');
       const ns = BigInt(/vCPU 0 running at .*\(monotonic (\d+) ns\)/.exec(vm2.err())![1]);
       r.restore.push(Number(ns - t0) / 1e6);
-      process.stderr.write(`  restore ${i + 1}/${rounds}: first guest instruction after ${r.restore.at(-1)!.toFixed(0)} ms\n`);
+      // Where it went: the supervisor's and the vmm's stamps (ms since each process started).
+      const ram = /guest RAM read in ([\d.]+) ms .*published at ([\d.]+) ms/.exec(vm2.err());
+      const vmm = /restore timeline \(ms since process start\): (.*?) \[/.exec(vm2.err());
+      process.stderr.write(`  restore ${i + 1}/${rounds}: first guest instruction after ${r.restore.at(-1)!.toFixed(0)} ms` +
+        `${ram ? ` (supervisor: RAM read in ${ram[1]} ms, published at ${ram[2]}` : ''}${vmm ? `; vmm: ${vmm[1]})` : ram ? ')' : ''}\n`);
     } finally {
       await stopVm(vm2.child);
     }

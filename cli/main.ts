@@ -438,7 +438,12 @@ async function run(argv: string[]): Promise<number> {
   }
   process.on('SIGTERM', () => sup.stop('stopped by SIGTERM'));
   process.on('SIGINT', () => sup.stop('stopped by SIGINT', TSVMM_EXIT.interrupted));
-  sup.start();
+  try {
+    sup.start();
+  } catch (e) {
+    if (e instanceof SnapshotError) throw new UsageError(e.message, 1);
+    throw e;
+  }
   log(`the guest survives its VMM: run \`kill -9 ${sup.vmmPid}\` (the vmm${sup.driverDomainPid ? `; ${sup.driverDomainPid} is the driver-domain` : ''}) in another terminal and watch it carry on`);
   const r = await sup.done;
   log(r.code === 0 || r.requested ? r.reason : `error: ${r.reason}`);

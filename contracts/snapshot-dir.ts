@@ -222,22 +222,24 @@ function readInto(fd: number, view: Uint8Array, pos: number, crc: number): numbe
   return native.crc32c(view, crc);
 }
 
+const crcOf = (m: SnapshotManifest, name: string) => m.files.find((f) => f.name === name)!.crc32c;
+function checkCrc(dir: string, m: SnapshotManifest, name: string, got: number): void {
+  const want = crcOf(m, name);
+  if (got !== want) throw new SnapshotError(`snapshot ${dir}: ${name} fails its CRC (manifest 0x${want.toString(16)}, file 0x${got.toString(16)}): refusing a corrupt snapshot`);
+}
+
 /**
- * The supervisor of `tsvmm run --restore`: fills its fresh memfds (guest RAM, state pages, the
- * keeper's snapshot) from DIR, checking each file's CRC on the way; refuses (SnapshotError, one line)
- * a file whose CRC does not match or a vm.state that is not a SAVED snapshot of this many vCPUs.
+ * The supervisor of `tsvmm run --restore`, first (before any component starts): reads and checks
+ * vm.state (its CRC, layout, vCPU count, state SAVED) and fills the state memfd from pages.state
+ * (its CRC). Returns the saved VM state, which publishSnapshot() hands the vmm once RAM is in.
+ * Refuses (SnapshotError, one line) anything that does not check.
  */
-export function loadSnapshotInto(dir: string, m: SnapshotManifest, fds: { ram: number; state: number; snap: number }): void {
-  const crcOf = (name: string) => m.files.find((f) => f.name === name)!.crc32c;
-  const check = (name: string, got: number) => {
-    if (got !== crcOf(name)) throw new SnapshotError(`snapshot ${dir}: ${name} fails its CRC (manifest 0x${crcOf(name).toString(16)}, file 0x${got.toString(16)}): refusing a corrupt snapshot`);
-  };
+export function loadSnapshotPages(dir: string, m: SnapshotManifest, stateFd: number): Uint8Array {
   const open = (name: string) => fs.openSync(path.join(dir, name), 'r');
   const cpus = m.config.cpus;
-
   let fd = open(SNAPSHOT_FILES.vm);
   const image = new Uint8Array(snapshotSize(cpus));
-  try { check(SNAPSHOT_FILES.vm, readInto(fd, image, 0, 0)); } finally { fs.closeSync(fd); }
+  try { checkCrc(dir, m, SNAPSHOT_FILES.vm, readInto(fd, image, 0, 0)); } finally { fs.closeSync(fd); }
   const view = new SnapshotView(image.buffer);
   try {
     view.checkLayout(cpus);
@@ -247,19 +249,39 @@ export function loadSnapshotInto(dir: string, m: SnapshotManifest, fds: { ram: n
   if (view.stateName !== 'saved') throw new SnapshotError(`snapshot ${dir}: vm.state is in state ${view.stateName}, not a saved snapshot`);
 
   fd = open(SNAPSHOT_FILES.pages);
-  const pages = new Uint8Array(native.mmap(fds.state, STATE_MEMFD_SIZE, 0, true));
-  try { check(SNAPSHOT_FILES.pages, readInto(fd, pages, 0, 0)); } finally { fs.closeSync(fd); }
+  const pages = new Uint8Array(native.mmap(stateFd, STATE_MEMFD_SIZE, 0, true));
+  try { checkCrc(dir, m, SNAPSHOT_FILES.pages, readInto(fd, pages, 0, 0)); } finally { fs.closeSync(fd); }
+  return image;
+}
 
-  fd = open(SNAPSHOT_FILES.ram);
+/**
+ * Then, while the vmm starts (it waits for the snapshot memfd to say SAVED): fills the guest-RAM
+ * memfd from ram, checking its CRC. Each extent's pages are allocated in one call first
+ * (MADV_POPULATE_WRITE) rather than faulted in one by one by the read.
+ */
+export function loadSnapshotRam(dir: string, m: SnapshotManifest, ramFd: number): void {
+  const fd = fs.openSync(path.join(dir, SNAPSHOT_FILES.ram), 'r');
   try {
-    const ram = native.mmap(fds.ram, m.config.memBytes, 0, true);
+    const ram = native.mmap(ramFd, m.config.memBytes, 0, true);
     let crc = 0;
     for (let i = 0, pos = 0; i < m.ramExtents.length; pos += m.ramExtents[i + 1], i += 2) {
-      crc = readInto(fd, new Uint8Array(ram, m.ramExtents[i], m.ramExtents[i + 1]), pos, crc);
+      const view = new Uint8Array(ram, m.ramExtents[i], m.ramExtents[i + 1]);
+      native.madvisePopulate(view, true);
+      crc = readInto(fd, view, pos, crc);
     }
-    check(SNAPSHOT_FILES.ram, crc);
+    checkCrc(dir, m, SNAPSHOT_FILES.ram, crc);
   } finally { fs.closeSync(fd); }
+}
 
-  // Last: the snapshot memfd a restoring vmm claims.
-  fs.writeSync(fds.snap, image, 0, image.byteLength, 0);
+/**
+ * Last: the saved VM state into the snapshot memfd (marked loading, SnapshotView.markLoading),
+ * written with state SAVING and then made SAVED at once, so the waiting vmm never claims a
+ * half-written one.
+ */
+export function publishSnapshot(image: Uint8Array, snapFd: number, cpus: number): void {
+  const copy = image.slice();
+  const view = new SnapshotView(copy.buffer);
+  view.markLoading();
+  fs.writeSync(snapFd, copy, 0, copy.byteLength, 0);
+  SnapshotView.map(snapFd, cpus).publishSaved();
 }

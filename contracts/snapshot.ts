@@ -174,6 +174,19 @@ export class SnapshotView {
     return Atomics.compareExchange(this.i32, i, (generation - 1) | 0, generation | 0) === ((generation - 1) | 0);
   }
 
+  /**
+   * tsvmm run --restore, before the vmm starts: the memfd says SAVING, as while a keeper saves, so a
+   * restoring vmm waits for it (claimSaved) while the supervisor still reads the snapshot in.
+   */
+  markLoading(): void { Atomics.store(this.i32, H('state') >> 2, SnapState.SAVING); }
+
+  /** tsvmm run --restore: the saved state is in place (written with state SAVING): SAVED, and the waiting vmm woken. */
+  publishSaved(): void {
+    Atomics.store(this.i32, H('state') >> 2, SnapState.SAVED);
+    Atomics.add(this.i32, H('wake_seq') >> 2, 1);
+    keeper.futexWake(this.buf, H('wake_seq'));
+  }
+
   /** The supervisor: the vmm that claimed `generation` died before resuming it; let another claim it. */
   releaseClaim(generation: number): void {
     Atomics.compareExchange(this.i32, H('claim_gen') >> 2, generation | 0, (generation - 1) | 0);

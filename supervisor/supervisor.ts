@@ -17,7 +17,7 @@ import * as path from 'path';
 import { native } from '../native/kvm';
 import { VmConfig } from '../proto';
 import { DEVICE_PAGE_OFFSET, DEVICE_PAGE_SIZE, STATE_MEMFD_SIZE } from '../contracts/fds';
-import { keeper, snapshotSize } from '../contracts/snapshot';
+import { keeper, snapshotSize, SnapshotView } from '../contracts/snapshot';
 import { mapDevicePage, StatePage } from '../contracts/state-page';
 import { configMemfd } from '../contracts/component-config';
 import { RunRecordWriter } from '../contracts/run-record';
@@ -37,7 +37,7 @@ import { VmmLifecycle, VmmRecovery } from './vmm-lifecycle';
 import { DriverDomainLifecycle } from './driver-domain-lifecycle';
 import { PrivDomainLifecycle } from './priv-domain-lifecycle';
 import { threadState } from './hang-watch';
-import { loadSnapshotInto, sealSnapshot } from '../contracts/snapshot-dir';
+import { loadSnapshotPages, loadSnapshotRam, publishSnapshot, sealSnapshot } from '../contracts/snapshot-dir';
 import type { SnapshotManifest } from '../proto';
 import { confinementFor, unreachableBy } from '../contracts/confinement';
 import { componentEntry } from './component-entry';
@@ -66,6 +66,13 @@ export interface SupervisorOptions {
   /** `tsvmm run --user`: the uid[:gid] or name the components run as (contracts/confinement.ts). */
   user?: string;
 }
+
+/**
+ * How long the vmm of `tsvmm run --restore` waits for guest RAM to be read in (a keeper's save,
+ * which a cold restore after a crash waits for, takes milliseconds; reading a large snapshot from
+ * a slow disk may take minutes).
+ */
+const RESTORE_LOAD_WAIT_MS = 10 * 60_000;
 
 /** What `snapshot()` did. */
 export interface SnapshotResult { pauseMs: number; ramDataBytes: number; totalMs: number }
@@ -123,7 +130,12 @@ export class Supervisor implements LifecycleHost, ControlTarget {
       const serialFd = cfg.serialPath ? fs.openSync(cfg.serialPath, 'a') : 1;
       const snapFd = native.memfdCreate(`tsvmm-snap-${cfg.name}`, snapshotSize(cfg.cpus));
       keeper.snapshotFormat(snapFd, cfg.cpus);
-      if (opts.restore) loadSnapshotInto(opts.restore.dir, opts.restore.manifest, { ram: ramFd, state: stateFd, snap: snapFd });
+      if (opts.restore) {
+        // The small parts now (a corrupt snapshot is refused before anything starts); guest RAM
+        // once the vmm is starting (start()), which waits for the snapshot memfd to say SAVED.
+        this.restoreImage = loadSnapshotPages(opts.restore.dir, opts.restore.manifest, stateFd);
+        SnapshotView.map(snapFd, cfg.cpus).markLoading();
+      }
       this.page = opts.restore ? StatePage.attach(devBytes(state)) : scratch;
       this.held = { ramFd, stateFd, serialFd, snapFd, configFd: configMemfd(cfg), devices, ...jail };
     }
@@ -143,7 +155,32 @@ export class Supervisor implements LifecycleHost, ControlTarget {
     this.done = new Promise((resolve) => { this.resolveDone = resolve; });
   }
 
+  /** tsvmm run --restore: the saved VM state, checked, until guest RAM is in (startRestore). */
+  private restoreImage?: Uint8Array;
+
+  /**
+   * tsvmm run --restore: the vmm starts first (its Node start and module load are most of a
+   * restore) and waits for the snapshot memfd to say SAVED while guest RAM is read in and checked
+   * here; then the saved state is published and the vmm claims it. A RAM file that fails its CRC
+   * ends the vmm and is refused (SnapshotError, one line): nothing else has started yet.
+   */
+  private startRestore(r: NonNullable<SupervisorOptions['restore']>): void {
+    this.vmm.start(true, RESTORE_LOAD_WAIT_MS);
+    const t = performance.now();
+    try {
+      loadSnapshotRam(r.dir, r.manifest, this.held.ramFd);
+      publishSnapshot(this.restoreImage!, this.held.snapFd, this.cfg.cpus);
+    } catch (e) {
+      this.result = { code: TSVMM_EXIT.failed, reason: (e as Error).message };
+      this.vmm.stop();
+      throw e;
+    }
+    this.restoreImage = undefined;
+    if (process.env.TSVMM_RESTORE_DEBUG) process.stderr.write(`tsvmm: guest RAM read in ${(performance.now() - t).toFixed(1)} ms (the vmm starting meanwhile), published at ${performance.now().toFixed(1)} ms since process start\n`);
+  }
+
   start(): void {
+    if (this.opts.restore && !this.opts.adopted) this.startRestore(this.opts.restore);
     this.control.start(this.priv);
     this.record = new RunRecordWriter(this.control.paths, {
       runId: this.control.runId, standby: this.standby, hangTimeoutMs: this.hangWatch.timeoutMs,
@@ -161,8 +198,8 @@ export class Supervisor implements LifecycleHost, ControlTarget {
       ].filter((s) => s).join(', ')} (supervisor ${a.supervisors + 1} of this VM, pid ${process.pid})`);
     } else {
       this.driverDomain?.start();
-      // A restored guest resumes as after a vmm crash: a cold restore from the snapshot memfd.
-      this.vmm.start(this.opts.restore !== undefined);
+      // (A restored guest's vmm is already starting: a cold restore from the snapshot memfd.)
+      if (!this.opts.restore) this.vmm.start(false);
     }
     this.hangWatch.start();
     this.scrubTimer = setInterval(() => this.scrubStatePage(), SCRUB_MS);

@@ -92,7 +92,13 @@ export class VmmLifecycle {
   }
 
   /** `restore`: the snapshot memfd holds a SAVED snapshot (tsvmm run --restore): resume it, cold. */
-  start(restore = false): void { this.spawn(restore ? 'restore' : 'boot'); }
+  /** `loadWaitMs`: how long a restoring vmm waits for the snapshot memfd to say SAVED (tsvmm run --restore). */
+  start(restore = false, loadWaitMs?: number): void {
+    this.loadWaitMs = loadWaitMs;
+    this.spawn(restore ? 'restore' : 'boot');
+    this.loadWaitMs = undefined;
+  }
+  private loadWaitMs?: number;
 
   /**
    * tsvmm snapshot: asks the running vmm to park its vCPUs and write the VM into `dir`
@@ -176,6 +182,7 @@ export class VmmLifecycle {
   private spawn(mode: VmmMode, adopted?: ChildProcess): ChildProcess {
     const h = this.host;
     const env: Record<string, string> = mode === 'restore' ? { TSVMM_RESTORE: '1' } : mode === 'standby' ? { TSVMM_STANDBY: '1' } : {};
+    if (mode === 'restore' && this.loadWaitMs) env.TSVMM_RESTORE_WAIT_MS = String(this.loadWaitMs);
     env.TSVMM_VCPUS = String(h.cfg.cpus); // the vmm starts that many vCPU threads first (vmm/early-vcpu-threads.ts)
     const child = spawnProcess({
       component: 'vmm',

@@ -7,7 +7,8 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { blkLoopVm, guestErrors, RunningVm } from './helpers/fault-harness';
-import { GUEST, requireKvm, tsvmm } from './helpers/tsvmm';
+import { execFileSync, spawnSync } from 'child_process';
+import { GUEST, requireKvm, requireTool, skipBecause, tsvmm } from './helpers/tsvmm';
 
 const REPORT = 20_000_000;
 
@@ -104,6 +105,65 @@ describe('tsvmm snapshot and run --restore', function () {
       restored?.cleanup();
       fs.rmSync((vm as { imgDir?: string }).imgDir!, { recursive: true, force: true });
     }
+  });
+
+  describe('net: a UDP echo continues after a restore onto a new TAP', function () {
+    before(function () {
+      if (process.getuid?.() !== 0) skipBecause(this, 'TAP devices and network namespaces need root');
+      requireTool(this, 'ip', 'iproute2');
+    });
+    // The TAP is moved into a namespace made for the test: no traffic leaves this machine's sandbox.
+    const ns = `tsvmm-snapnet-${process.pid}`;
+    const tap = `tsvs${process.pid % 100000}`;
+    const GUEST_IP = '10.0.2.15';
+    after(() => { spawnSync('ip', ['netns', 'del', ns]); });
+    const attach = () => {
+      execFileSync('ip', ['link', 'set', tap, 'netns', ns]);
+      execFileSync('ip', ['-n', ns, 'addr', 'add', '10.0.2.1/24', 'dev', tap]);
+      execFileSync('ip', ['-n', ns, 'link', 'set', tap, 'up']);
+    };
+    const udp = (count: number) => {
+      const r = spawnSync('ip', ['netns', 'exec', ns, process.execPath, path.join(__dirname, 'helpers', 'udp-client.js'), GUEST_IP, '7', String(count), '2'], { encoding: 'utf8', timeout: 60_000 });
+      assert.strictEqual(r.status, 0, r.stderr);
+      return JSON.parse(r.stdout) as { sent: number; received: number; lost: number; dup: number; corrupt: number };
+    };
+    /** The guest's last count of UDP datagrams echoed (@net-progress). */
+    const udpCount = (out: string) => Number([...out.matchAll(/^@net-progress .*udp=(\d+)/gm)].at(-1)?.[1] ?? -1);
+
+    it('echoes before the snapshot, and after `run --restore --net tap=...` re-attaches a TAP, intact, without a reboot', async () => {
+      spawnSync('ip', ['netns', 'del', ns]);
+      execFileSync('ip', ['netns', 'add', ns]);
+      const name = `snapshot-net-${process.pid}`;
+      const vm = new RunningVm(['--kernel', GUEST, '--name', name, '--metrics-addr', 'none', '--net', `tap=${tap}`, '--cmdline', `workload=net ip=${GUEST_IP} virtio_irq=1 net_report_s=1`]);
+      const dir = path.join(tmp, 'net');
+      let restored: RunningVm | undefined;
+      try {
+        await vm.waitFor(() => /^@net mac=/m.test(vm.out) && vm.pid.vmm !== 0, 30_000, 'the guest NIC');
+        attach();
+        const s1 = udp(100);
+        assert.ok(s1.received >= 95 && s1.corrupt === 0, JSON.stringify(s1));
+        await vm.waitFor(() => udpCount(vm.out) >= s1.received, 10_000, 'the guest to report the echoes');
+        const r = snapshot(name, dir, true);
+        assert.strictEqual(r.status, 0, `${r.stderr}\n${vm.err}`);
+        await vm.waitFor(() => vm.exit !== undefined, 30_000, 'the VM to stop after the snapshot');
+        const before = udpCount(vm.out);
+
+        // The old TAP went with the VM; the restored one opens a new TAP of that name.
+        restored = new RunningVm(['--restore', dir, '--name', `${name}-r`, '--metrics-addr', 'none', '--net', `tap=${tap}`]);
+        await restored.waitFor(() => restored!.pid.vmm !== 0 && restored!.pid['driver-domain'] !== 0 && /VM ".*" is up/.test(restored!.err), 30_000, 'the restored VM');
+        attach();
+        const s2 = udp(100);
+        assert.ok(s2.received >= 95 && s2.corrupt === 0 && s2.dup === 0, JSON.stringify(s2));
+        await restored.waitFor(() => udpCount(restored!.out) >= before + s2.received, 10_000, 'the restored guest to count the echoes on from where it was');
+        assert.doesNotMatch(restored.out, /^@boot/m, 'resumed, not rebooted');
+        assert.deepStrictEqual(guestErrors(restored.out), []);
+      } finally {
+        await vm.stop();
+        await restored?.stop();
+        vm.cleanup();
+        restored?.cleanup();
+      }
+    });
   });
 
   describe('a corrupt or foreign snapshot is refused in one line', () => {

@@ -26,7 +26,7 @@ import { GedInterrupt } from './ged';
 import type { VcpuThreadData, VcpuThreadMessage } from './vcpu-thread';
 import { Vcpu } from '../kvm/vcpu';
 import { vcpuCpuid } from './cpuid';
-import { keeper, RestoreResult, restoreFailure, SnapshotError, SnapshotView } from '../contracts/snapshot';
+import { keeper, RestoreResult, restoreFailure, SnapshotError, SnapshotView, SnapState } from '../contracts/snapshot';
 import { EXIT_NOT_NEEDED } from '../contracts/exit-codes';
 import { Component, HEARTBEAT_MS, mapDevicePage, StatePage } from '../contracts/state-page';
 import { msrIndexList, probeMsrs } from './restore';
@@ -66,10 +66,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   const restore = mode !== 'boot';
   const snapView = SnapshotView.map(FD.SNAPSHOT, cfg.cpus);
   snapView.checkLayout(cfg.cpus);
-  // First, so a bad or missing snapshot fails before anything is built.
   const tModules = performance.now();
-  const claimed = mode === 'restore' ? claimSnapshot(snapView, cfg.cpus) : undefined;
-  const tSnap = performance.now();
   const kvm = passedFd(FD.KVM) ? Kvm.fromFd(FD.KVM) : Kvm.open();
   const vm = new Vm(kvm.createVm());
   vm.setTssAddr(KVM_TSS_ADDR);
@@ -134,6 +131,11 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
     vcpus[0].setSregs(boot.sregs);
     vcpus[0].setRegs(boot.regs);
   }
+  // A cold restore claims the saved snapshot only now: the VM above is built while the keeper saves
+  // it (after a crash) or while the supervisor still reads guest RAM in (tsvmm run --restore).
+  const tBuiltVm = performance.now();
+  const claimed = mode === 'restore' ? claimSnapshot(snapView, cfg.cpus) : undefined;
+  const tSnap = performance.now();
   // The MSRs the keeper saves: a restore reuses the list its snapshot was saved with (no re-probe).
   const msrs = claimed !== undefined ? snapView.savedMsrs() : probeMsrs(vcpus[0], msrIndexList(kvm.fd), abi('snap_TSVMM_MAX_MSRS'));
 
@@ -196,7 +198,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
     const warm = mode === 'standby';
     const generation = r?.generation ?? 0;
     if (process.env.TSVMM_RESTORE_DEBUG) {
-      process.stderr.write(`tsvmm vmm: ${mode} timeline (ms since process start): modules ${tModules.toFixed(1)}, snapshot read ${tSnap.toFixed(1)}, ` +
+      process.stderr.write(`tsvmm vmm: ${mode} timeline (ms since process start): modules ${tModules.toFixed(1)}, VM and vCPUs made ${tBuiltVm.toFixed(1)}, snapshot claimed ${tSnap.toFixed(1)}, ` +
         `VM built ${tBuilt.toFixed(1)}, running ${performance.now().toFixed(1)}` +
         `${r ? ` [monotonic ns: died ${r.diedNs} resumed ${r.resumedNs}]` : ''}${r && warm ? `; keeper saw the death -> saved ${(Number(r.savedNs - r.diedNs) / 1e6).toFixed(3)} ms -> standby claimed ${(Number(r.claimedNs - r.savedNs) / 1e6).toFixed(3)} ms -> vCPUs released ${(Number(r.resumedNs - r.claimedNs) / 1e6).toFixed(3)} ms` : ''}\n`);
     }
@@ -391,7 +393,21 @@ function readPassed(fd: number, file: string): Buffer {
 
 /** A cold restore: waits for the keeper, then claims its snapshot (exits quietly if a standby won it). */
 function claimSnapshot(snapView: SnapshotView, cpus: number): number {
-  const generation = snapView.claimSaved(cpus);
+  // tsvmm run --restore: the supervisor may still be reading guest RAM in (the memfd says SAVING) for
+  // up to TSVMM_RESTORE_WAIT_MS; waited for in slices, so a vmm whose supervisor died meanwhile goes.
+  const waitMs = Number(process.env.TSVMM_RESTORE_WAIT_MS) || 0;
+  const until = performance.now() + waitMs;
+  const ppid = process.ppid;
+  let generation: number | undefined;
+  for (;;) {
+    try {
+      generation = snapView.claimSaved(cpus, waitMs ? 500 : undefined);
+      break;
+    } catch (e) {
+      if (!waitMs || snapView.state !== SnapState.SAVING || performance.now() > until) throw e;
+      if (process.ppid !== ppid) process.exit(EXIT_NOT_NEEDED);
+    }
+  }
   if (generation === undefined) {
     process.stderr.write(`tsvmm vmm: snapshot generation ${snapView.generation} was already claimed by another vmm; exiting\n`);
     process.exit(EXIT_NOT_NEEDED);
