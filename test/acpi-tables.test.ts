@@ -13,6 +13,9 @@ import * as aml from '../vmm/acpi/aml';
 import { checksum } from '../vmm/acpi/sdt';
 import { MiB, virtioMmioWindow, ACPI_START, ACPI_END, ACPI_GED_ADDR, ACPI_GED_GSI, ACPI_GED_SIZE, IOAPIC_ADDR, LAPIC_ADDR, UNBACKED_TEST_ADDR, VIRTIO_MMIO_MAX, VIRTIO_MMIO_SIZE } from '../contracts/layout';
 import { makeMemory } from './boot-fixtures';
+import { Platform, PlatformEvent, S5_SLEEP_TYPE, SLEEP_CONTROL_PORT, SLEEP_CONTROL_SLP_EN, SLEEP_CONTROL_SLP_TYP_SHIFT, SLEEP_STATUS_PORT } from '../vmm/platform';
+import { Serial } from '../vmm/serial';
+import { PLATFORM_PAGE_SIZE, PlatformPage } from '../contracts/platform-page';
 import { requireTool } from './helpers/tsvmm';
 
 const sum8 = (b: Uint8Array): number => b.reduce((s, x) => (s + x) & 0xff, 0);
@@ -46,6 +49,21 @@ describe('acpi/tables', () => {
     assert.deepStrictEqual([...aml.nameString('\\_SB_.COM1')], [0x5c, 0x2e, ...Buffer.from('_SB_COM1')]);
     assert.deepStrictEqual([...aml.nameString('\\_SB')], [0x5c, ...Buffer.from('_SB_')]);
     assert.throws(() => aml.eisaId('pnp0501'), /invalid EISA id/);
+    assert.deepStrictEqual([...aml.packageOf([5, 5, 0, 0])], [0x12, 0x08, 0x04, 0x0a, 0x05, 0x0a, 0x05, 0x00, 0x00]);
+  });
+
+  it('lets the OS power off: \\_S5 in the DSDT, the sleep control register powers off on SLP_EN with its type', () => {
+    const events: PlatformEvent[] = [];
+    const platform = new Platform(new Serial(new PlatformPage(new ArrayBuffer(PLATFORM_PAGE_SIZE)), () => undefined, () => undefined), (e) => events.push(e));
+    const slp = (typ: number, en: boolean): number => (typ << SLEEP_CONTROL_SLP_TYP_SHIFT) | (en ? SLEEP_CONTROL_SLP_EN : 0);
+    platform.pioWrite(SLEEP_STATUS_PORT, 1, 0x80); // Linux clears WAK_STS first
+    platform.pioWrite(SLEEP_CONTROL_PORT, 1, slp(S5_SLEEP_TYPE, false));
+    platform.pioWrite(SLEEP_CONTROL_PORT, 1, slp(3, true)); // S3 is not declared: nothing happens
+    assert.deepStrictEqual(events, []);
+    assert.strictEqual(platform.pioRead(SLEEP_STATUS_PORT, 1), 0);
+    platform.pioWrite(SLEEP_CONTROL_PORT, 1, slp(S5_SLEEP_TYPE, true));
+    assert.deepStrictEqual(events, [{ kind: 'poweroff', code: 0 }]);
+    assert.ok(tables.dsdt.includes(Buffer.concat([Buffer.from([0x08, 0x5c]), Buffer.from('_S5_'), aml.packageOf([S5_SLEEP_TYPE, S5_SLEEP_TYPE, 0, 0])])));
   });
 
   it('encodes the terms of a method (OperationRegion, Field, Method, Store, And, If, Notify)', () => {
@@ -130,6 +148,7 @@ describe('acpi/tables', () => {
       assert.match(dsl, /Device \(COM1\)\s*\{\s*Name \(_HID, EisaId \("PNP0501"\)/);
       assert.match(dsl, /IO \(Decode16,\s*0x03F8,\s*\/\/ Range Minimum\s*0x03F8,\s*\/\/ Range Maximum\s*0x00,\s*\/\/ Alignment\s*0x08,/);
       assert.match(dsl, /IRQNoFlags \(\)\s*\{4\}/);
+      assert.match(dsl, /Name \(\\_S5, Package \(0x04\)[^{]*\{\s*0x05,\s*0x05,\s*Zero,\s*Zero\s*\}\)/);
       const devs = [...dsl.matchAll(/Device \((V\d{3})\)\s*\{\s*Name \(_HID, "LNRO0005"\)[^]*?Name \(_UID, (\w+)\)[^]*?Memory32Fixed \(ReadWrite,\s*0x([0-9A-F]+),\s*\/\/ Address Base\s*0x([0-9A-F]+),[^]*?Interrupt \(ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, \)\s*\{\s*0x([0-9A-F]+),/g)];
       assert.deepStrictEqual(devs.map((m) => [m[1], m[2], parseInt(m[3], 16), parseInt(m[4], 16), parseInt(m[5], 16)]), [
         ['V000', 'Zero', 0xd0000000, 0x1000, 5],
@@ -198,6 +217,9 @@ describe('acpi/tables', () => {
       const withReset = disassemble('fadt', encodeAcpi({ cpus: 1, virtio, reset: { port: 0x604, value: 1 } }).fadt);
       assert.match(withReset, /Reset Register Supported \(V2\) : 1/);
       assert.match(withReset, /Reset Register : [^]*?Space ID : 01 \[SystemIO\][^]*?Address : 0000000000000604/);
+      const withSleep = disassemble('fadt', encodeAcpi({ cpus: 1, virtio, sleep: { controlPort: SLEEP_CONTROL_PORT, statusPort: SLEEP_STATUS_PORT } }).fadt);
+      assert.match(withSleep, /Sleep Control Register : [^]*?Space ID : 01 \[SystemIO\][^]*?Address : 0000000000000504/);
+      assert.match(withSleep, /Sleep Status Register : [^]*?Space ID : 01 \[SystemIO\][^]*?Address : 0000000000000505/);
     });
 
     it('disassembles the XSDT listing FADT and MADT', () => {

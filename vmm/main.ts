@@ -21,6 +21,7 @@ import { deviceList, virtioCmdline } from '../contracts/device-list';
 import { irqfdGsi, IrqRoutes } from './irq-routes';
 import { MmioReg } from '../contracts/virtio-mmio-layout';
 import { PLATFORM_PAGE_SIZE, PlatformPage } from '../contracts/platform-page';
+import { SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT } from './platform';
 import { Serial } from './serial';
 import { GedInterrupt } from './ged';
 import type { VcpuThreadData, VcpuThreadMessage } from './vcpu-thread';
@@ -99,7 +100,10 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
     // Loaded only to boot: a restarting vmm (on the guest's critical path) never needs them.
     const { kvmBootState, loadKernel } = require('../boot/kernel') as typeof import('../boot/kernel');
     const { buildAcpi } = require('./acpi') as typeof import('./acpi');
-    const rsdp = buildAcpi(ram.memory, { cpus: cfg.cpus, virtio: devices.map((d) => ({ base: d.base, gsi: d.gsi })) });
+    const rsdp = buildAcpi(ram.memory, {
+      cpus: cfg.cpus, virtio: devices.map((d) => ({ base: d.base, gsi: d.gsi })),
+      sleep: { controlPort: SLEEP_CONTROL_PORT, statusPort: SLEEP_STATUS_PORT },
+    });
     const cmdline = [cfg.cmdline, virtioCmdline(devices)].filter((s) => s).join(' ');
     // A bzImage (64-bit boot protocol) or a PVH ELF: boot/kernel.ts picks the path by magic.
     const initrd = cfg.initrd ? readPassed(FD.INITRD, cfg.initrd) : undefined;

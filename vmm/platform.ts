@@ -1,12 +1,28 @@
 /**
  * The vmm's platform devices and the port/MMIO dispatch a vCPU exit goes
- * through: COM1, the power-off port, the test port, and the i8042 reset
- * line. Virtio-mmio registers are dispatched here too once attached.
+ * through: COM1, the power-off port, the ACPI sleep registers, the test port,
+ * and the i8042 reset line. Virtio-mmio registers are dispatched here too once attached.
  */
 import { COM1_BASE, Serial } from './serial';
 
 /** `out` of a 32-bit status here powers the guest off with that exit status (same port as QEMU's isa-debug-exit). */
 export const POWER_PORT = 0xf4;
+/**
+ * The FADT's hardware-reduced sleep control and status registers (one byte each, vmm/acpi/fadt.ts):
+ * an ACPI OS powers off by writing SLP_EN with \_S5's sleep type to the control register (Linux's
+ * `poweroff`). Without them Linux has no way to power off and halts with interrupts disabled, which
+ * KVM's in-kernel LAPIC keeps in the kernel: the VM would never end.
+ */
+export const SLEEP_CONTROL_PORT = 0x504;
+export const SLEEP_STATUS_PORT = 0x505;
+/**
+ * The SLP_TYP value of \_S5 (soft off, vmm/acpi/dsdt.ts). A hardware-reduced OS writes
+ * (SLP_TYP << 2) | SLP_EN to the sleep control register (ACPI 6.x, 4.8.3.7).
+ */
+export const S5_SLEEP_TYPE = 5;
+export const SLEEP_CONTROL_SLP_EN = 1 << 5;
+export const SLEEP_CONTROL_SLP_TYP_SHIFT = 2;
+export const SLEEP_CONTROL_SLP_TYP_MASK = 7 << SLEEP_CONTROL_SLP_TYP_SHIFT;
 /** Writes here are counted and ignored: the guest's exit-latency workload uses it. */
 export const TEST_PORT = 0x510;
 /** i8042 command port: 0xfe is a CPU reset request. */
@@ -31,6 +47,7 @@ export class Platform {
   pioRead(port: number, size: number): number {
     if (port >= COM1_BASE && port < COM1_BASE + 8) return this.serial.read(port - COM1_BASE);
     if (port === I8042_PORT) return 0; // status: output buffer empty, input buffer empty
+    if (port === SLEEP_CONTROL_PORT || port === SLEEP_STATUS_PORT) return 0; // awake, no wake event
     this.unhandledPio++;
     return size === 1 ? 0xff : size === 2 ? 0xffff : 0xffffffff;
   }
@@ -38,6 +55,12 @@ export class Platform {
   pioWrite(port: number, size: number, value: number): void {
     if (port >= COM1_BASE && port < COM1_BASE + 8) { this.serial.write(port - COM1_BASE, value); return; }
     if (port === POWER_PORT) { this.onEvent({ kind: 'poweroff', code: value | 0 }); return; }
+    if (port === SLEEP_CONTROL_PORT) {
+      // Only soft-off is declared (\_S5); a write without SLP_EN, or of another type, changes nothing.
+      if (value & SLEEP_CONTROL_SLP_EN && ((value & SLEEP_CONTROL_SLP_TYP_MASK) >> SLEEP_CONTROL_SLP_TYP_SHIFT) === S5_SLEEP_TYPE) this.onEvent({ kind: 'poweroff', code: 0 });
+      return;
+    }
+    if (port === SLEEP_STATUS_PORT) return; // the OS clears WAK_STS before sleeping
     if (port === TEST_PORT) return;
     if (port === I8042_PORT && (value & 0xff) === 0xfe) { this.onEvent({ kind: 'reset' }); return; }
     this.unhandledPio++;

@@ -1,7 +1,7 @@
 /**
  * A minimal AML (ACPI Machine Language, ACPI 6.x chapter 20) encoder: just
  * the terms a static DSDT needs (Scope, Device, Name, integers, strings,
- * EISAID, buffers), the few a Generic Event Device's _EVT method needs
+ * EISAID, buffers, packages of integers), the few a Generic Event Device's _EVT method needs
  * (OperationRegion, Field, Method, Store, And, If, Notify, Local0, Arg0), plus
  * the resource descriptors (chapter 6.4) used in _CRS.
  * Every function returns the encoded bytes; compose them by nesting.
@@ -17,6 +17,7 @@ const STRING_PREFIX = 0x0d;
 const QWORD_PREFIX = 0x0e;
 const SCOPE_OP = 0x10;
 const BUFFER_OP = 0x11;
+const PACKAGE_OP = 0x12;
 const METHOD_OP = 0x14;
 const EXT_OP_PREFIX = 0x5b;
 const OP_REGION_OP = 0x80; // after EXT_OP_PREFIX
@@ -118,6 +119,12 @@ export function device(name: string, ...terms: Buffer[]): Buffer {
 
 export function buffer(bytes: Buffer): Buffer {
   return pkg([BUFFER_OP], Buffer.concat([integer(bytes.length), bytes]));
+}
+
+/** Package(){...} of integers (DefPackage: NumElements is one byte). */
+export function packageOf(values: readonly number[]): Buffer {
+  if (values.length > 255) throw new Error(`AML package of ${values.length} elements is too long`);
+  return pkg([PACKAGE_OP], Buffer.concat([Buffer.from([values.length]), ...values.map((v) => integer(v))]));
 }
 
 /* ---- what a method needs (19.6 / 20.2.5) ---- */

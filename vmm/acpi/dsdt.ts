@@ -5,11 +5,14 @@
  * "LNRO0005" device per virtio-mmio window, so that kernels without
  * CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES still find their virtio devices.
  * The virtio interrupts are edge-triggered, active high, exclusive (they come
- * from irqfds), as in Firecracker and Cloud Hypervisor.
+ * from irqfds), as in Firecracker and Cloud Hypervisor. At the root, \_S5:
+ * the soft-off sleep type, which (with the FADT's hardware-reduced sleep
+ * registers) lets an ACPI OS power the machine off.
  */
 import * as aml from './aml';
 import { encodeSdt } from './sdt';
 import { ACPI_GED_ADDR, ACPI_GED_GSI, ACPI_GED_POWER_BUTTON, ACPI_GED_REG_SIZE } from '../../contracts/layout';
+import { S5_SLEEP_TYPE } from '../platform';
 
 /** DSDT revision 2: integers are 64-bit. */
 export const DSDT_REVISION = 2;
@@ -27,6 +30,8 @@ export interface DsdtOptions {
   com1?: boolean;
   /** The Generic Event Device and the power button (default: at ACPI_GED_ADDR, GSI ACPI_GED_GSI); false: none. */
   ged?: GedOptions | false;
+  /** Declare \_S5 (default true): the OS writes SLP_TYP S5_SLEEP_TYPE to the FADT's sleep control register. */
+  s5?: boolean;
 }
 
 export interface GedOptions {
@@ -96,5 +101,6 @@ export function encodeDsdt(o: DsdtOptions): Buffer {
   const devices = o.virtio.map((d, i) => virtioAml(i, d));
   if (o.ged !== false) devices.unshift(...gedAml(o.ged ?? { addr: ACPI_GED_ADDR, gsi: ACPI_GED_GSI }));
   if (o.com1 !== false) devices.unshift(com1Aml());
-  return encodeSdt('DSDT', DSDT_REVISION, aml.scope('\\_SB_', ...devices));
+  const s5 = o.s5 === false ? [] : [aml.nameObj('\\_S5_', aml.packageOf([S5_SLEEP_TYPE, S5_SLEEP_TYPE, 0, 0]))];
+  return encodeSdt('DSDT', DSDT_REVISION, Buffer.concat([...s5, aml.scope('\\_SB_', ...devices)]));
 }
