@@ -16,6 +16,8 @@ export interface RunResult {
   reason: string;
   /** The user asked for it (tsvmm stop, SIGTERM, SIGINT): not an error. */
   requested?: boolean;
+  /** The guest ended it (powered off, shut down, halted), as opposed to tsvmm. */
+  byGuest?: boolean;
 }
 
 /** One recovery of any component. */

@@ -95,7 +95,7 @@ export class Supervisor implements LifecycleHost, ControlTarget {
   /** The platform page (contracts/platform-page.ts): the ACPI GED's events are set there. */
   private readonly platform: PlatformPage;
   /** A graceful stop in progress: the power button was pressed at t0; `timer` stops the VM hard. */
-  private stopping?: { t0: number; timeoutMs: number; timer: NodeJS.Timeout; reason: string };
+  private stopping?: { t0: number; timer: NodeJS.Timeout; reason: string };
   private resolveDone!: (r: RunResult) => void;
   readonly done: Promise<RunResult>;
 
@@ -239,7 +239,7 @@ export class Supervisor implements LifecycleHost, ControlTarget {
     if (this.stopping) {
       clearTimeout(this.stopping.timer);
       // The guest powered off itself after the power button: the stop that was asked for.
-      if (!r.requested && r.code === TSVMM_EXIT.ok) {
+      if (r.byGuest && r.code === TSVMM_EXIT.ok) {
         const ms = performance.now() - this.stopping.t0;
         r = { code: TSVMM_EXIT.stopped, requested: true, reason: `${this.stopping.reason}: the guest powered off ${ms.toFixed(0)} ms after the power button` };
       }
@@ -290,7 +290,7 @@ export class Supervisor implements LifecycleHost, ControlTarget {
     const s = `${+(timeoutMs / 1000).toFixed(3)} s`;
     const reason = `stopped through the API (${via})`;
     this.stopping = {
-      t0: performance.now(), timeoutMs, reason,
+      t0: performance.now(), reason,
       timer: setTimeout(() => this.stop(`${reason}: the guest did not power off within ${s} of the power button; stopped it hard`), timeoutMs),
     };
     this.pressPowerButton();

@@ -198,7 +198,7 @@ export class VmmLifecycle {
           this.onReady(child, m.ready);
         } else if ('keeperArmed' in m && m.keeperArmed) this.onKeeperArmed(child, m.keeperArmed);
         else if ('snapshotDone' in m && m.snapshotDone) { if (child === this.primary) this.snapshotDone?.(m.snapshotDone); }
-        else if ('guestExit' in m && m.guestExit) h.finish({ code: m.guestExit.code === 0 ? TSVMM_EXIT.ok : TSVMM_EXIT.guestFailed, reason: m.guestExit.reason });
+        else if ('guestExit' in m && m.guestExit) h.finish({ code: m.guestExit.code === 0 ? TSVMM_EXIT.ok : TSVMM_EXIT.guestFailed, reason: m.guestExit.reason, byGuest: true });
         else if ('fatal' in m && m.fatal) {
           if (child === this.spare && !this.pending) {
             // A standby that failed to build: the primary is fine; drop it (its exit schedules a new one).
