@@ -1,8 +1,19 @@
 #!/usr/bin/env node
 'use strict';
+const fs = require('fs');
+const path = require('path');
+// The CLI's esbuild bundle (scripts/bundle.js) while it is at least as new as its tsc output (one
+// file to load instead of ~100 modules: `tsvmm run` starts sooner), else the tsc output itself.
+function entry() {
+  const dist = path.join(__dirname, '..', 'dist', 'cli');
+  try {
+    if (fs.statSync(path.join(dist, 'main.bundle.js')).mtimeMs >= fs.statSync(path.join(dist, 'main.js')).mtimeMs) return path.join(dist, 'main.bundle.js');
+  } catch { /* no bundle */ }
+  return path.join(dist, 'main.js');
+}
 let cli;
 try {
-  cli = require('../dist/cli/main.js');
+  cli = require(entry());
 } catch (e) {
   process.stderr.write(`tsvmm: error: not built (${e.message.split('\n')[0]}): run \`npm install\`\n`);
   process.exit(1);

@@ -121,7 +121,7 @@ export function spawnProcess(o: SpawnOptions): ChildProcess {
 }
 
 /** What a component whose supervisor died starts to adopt it (contracts/orphan.ts). */
-const ADOPT_ENTRY = path.resolve(__dirname, 'adopt-main.js');
+const ADOPT_ENTRY = path.resolve(__dirname, '..', 'supervisor', 'adopt-main.js'); // from dist/supervisor or the CLI's bundle in dist/cli
 
 /**
  * The stdio of a vmm or driver-domain: 3 IPC, 4 RAM, 5 state, 6 serial output, the vmm's snapshot
