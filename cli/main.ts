@@ -22,6 +22,7 @@ import { SnapshotError } from '../contracts/snapshot';
 import { quietStdio } from '../supervisor/quiet-stdio';
 import { DEFAULT_GEOMETRY } from '../contracts/state-page';
 import { confinementFor } from '../contracts/confinement';
+import { checkVmConfigJson } from '../contracts/vm-config-schema';
 import { openDiskFd, uringUnavailable } from '../virtio/block-backend';
 import { HelpRequest, verb, VerbError, VERBS, VERBS_HELP } from './verbs';
 import { versionInfo } from '../contracts/version';
@@ -55,9 +56,15 @@ Boots a guest under a new supervisor; prints the VM's API socket, metrics URL an
 tsvmm run [--kernel FILE] [--initrd FILE] [--cmdline STR] [--mem SIZE] [--cpus N] [--serial FILE] [--name NAME]
           [--disk FILE[,OPTS]]... [--net tap=NAME[,mac=MAC][,bw=BYTES]]... [--linux [--image-dir DIR]] [--force]
           [--standby] [--hang-timeout MS] [--user USER]
+tsvmm run --config FILE [options]
 tsvmm run --restore DIR [--disk FILE[,OPTS]]... [--net tap=NAME[,...]]... [--name NAME] [--serial FILE] [--standby] ...
   --restore DIR   resume the VM \`tsvmm snapshot --out DIR\` saved, where it was: its vCPUs, devices and RAM.
                   Its disks and TAPs unless --disk / --net name others (as many as it had, in the same order)
+  --config FILE   the VM's configuration as JSON: the fields of the API's VM config (priv-domain/openapi.yaml
+                  VmConfig: name, kernel, cmdline, memBytes, cpus, serialPath, initrd, metricsAddr, disks
+                  [{path, readOnly, cache, io, rateLimit}], nets [{tap, mac, rateLimit}]), checked against that
+                  schema. Flags override: a flag given wins over the file's field, and --disk / --net given
+                  replace all of the file's disks / nets. Not with --restore
   --kernel FILE   a PVH ELF kernel or a Linux bzImage (default: the built-in test guest, on a demo workload)
   --initrd FILE   an initial ramdisk for the kernel
   --linux         boot the Linux guest \`tsvmm image linux\` built (its vmlinuz, initrd.img and rootfs.img
@@ -274,6 +281,7 @@ const RUN_OPTIONS = {
   initrd: { type: 'string' }, linux: { type: 'boolean' }, 'image-dir': { type: 'string' }, force: { type: 'boolean' },
   'metrics-addr': { type: 'string' },
   standby: { type: 'boolean' }, 'hang-timeout': { type: 'string' }, restore: { type: 'string' }, user: { type: 'string' },
+  config: { type: 'string' },
 } as const;
 
 /** `tsvmm run` options: the VM's configuration, and the snapshot it resumes with --restore. */
@@ -286,7 +294,7 @@ export function parseRunOptions(argv: string[]): { cfg: VmConfig; restore?: Supe
 
 /** --restore DIR: the configuration comes from the snapshot's manifest; disks and TAPs may be swapped. */
 function parseRestore(dirArg: string, values: { disk?: string[]; net?: string[]; name?: string; serial?: string; 'metrics-addr'?: string } & Record<string, unknown>): { cfg: VmConfig; restore: SupervisorOptions['restore'] } {
-  for (const k of ['kernel', 'initrd', 'cmdline', 'mem', 'cpus', 'linux', 'image-dir', 'force']) {
+  for (const k of ['kernel', 'initrd', 'cmdline', 'mem', 'cpus', 'linux', 'image-dir', 'force', 'config']) {
     if (values[k] !== undefined) throw new UsageError(`--${k} cannot be combined with --restore: the snapshot has the VM's configuration`);
   }
   const dir = path.resolve(dirArg);
@@ -321,9 +329,53 @@ function parseRestore(dirArg: string, values: { disk?: string[]; net?: string[];
   return { cfg, restore: { dir, manifest } };
 }
 
+/**
+ * --config FILE: a VmConfig as JSON (the API's schema, contracts/vm-config-schema.ts), as the
+ * option values it stands for (flags given override them) and its disks and NICs (--disk / --net
+ * given replace them).
+ */
+function readConfigFile(file: string): { values: Record<string, string>; disks?: DiskConfig[]; nets?: NetConfig[] } {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new UsageError(`cannot read --config ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new UsageError(`invalid --config ${file}: not JSON (${(e as Error).message})`);
+  }
+  let cfg: Partial<VmConfig>;
+  try {
+    cfg = checkVmConfigJson(json);
+  } catch (e) {
+    throw new UsageError(`invalid --config ${file}: ${(e as Error).message}`);
+  }
+  const values: Record<string, string> = {};
+  const put = (opt: string, v: string | number | undefined) => { if (v !== undefined && v !== '') values[opt] = String(v); };
+  put('name', cfg.name);
+  put('kernel', cfg.kernel);
+  put('cmdline', cfg.cmdline);
+  put('mem', cfg.memBytes);
+  put('cpus', cfg.cpus);
+  put('serial', cfg.serialPath);
+  put('initrd', cfg.initrd);
+  put('metrics-addr', cfg.metricsAddr);
+  if (cfg.cmdline === '') values.cmdline = '';
+  // The schema makes only path / tap required: the rest takes the flags' defaults.
+  const disks = cfg.disks?.map((d: Partial<DiskConfig>): DiskConfig => ({ path: '', readOnly: false, cache: 'writeback', io: 'auto', rateLimit: null, ...d }));
+  const nets = cfg.nets?.map((n: Partial<NetConfig>, i): NetConfig => checkNet({ tap: '', mac: '', rateLimit: null, ...n }, `/nets/${i} in --config ${file}`));
+  return { values, disks, nets };
+}
+
 function parseBoot(argv: string[]): VmConfig {
-  const { values } = parseArgs({ args: argv, options: RUN_OPTIONS, strict: true, allowPositionals: false });
-  if (values.help) throw new HelpRequest(RUN_HELP);
+  const parsed = parseArgs({ args: argv, options: RUN_OPTIONS, strict: true, allowPositionals: false }).values;
+  if (parsed.help) throw new HelpRequest(RUN_HELP);
+  const file = parsed.config !== undefined ? readConfigFile(parsed.config) : undefined;
+  // Flags override the file's fields.
+  const values = { ...file?.values, ...parsed } as typeof parsed;
 
   // --linux without --kernel: the image `tsvmm image linux` built.
   const imageDir = values.linux && !values.kernel ? path.resolve(values['image-dir'] ?? defaultImageDir()) : undefined;
@@ -339,7 +391,11 @@ function parseBoot(argv: string[]): VmConfig {
   const linux = values.linux === true || isLinuxKernel(kernelBytes);
   const initrd = values.initrd ?? (imageDir ? path.join(imageDir, IMAGE_FILES.initrd) : undefined);
   if (initrd !== undefined) checkInitrd(initrd);
-  const disks = [...(imageDir && !values.disk ? [path.join(imageDir, IMAGE_FILES.rootfs)] : []), ...(values.disk ?? [])];
+  // --disk / --net replace the file's disks / NICs; with neither, --linux adds its image's rootfs.
+  const disks: DiskConfig[] = values.disk ? values.disk.map(parseDisk)
+    : file?.disks ? file.disks.map(checkDisk)
+      : imageDir ? [parseDisk(path.join(imageDir, IMAGE_FILES.rootfs))] : [];
+  const nets: NetConfig[] = values.net ? values.net.map(parseNet) : file?.nets ?? [];
   const cmdline = values.cmdline ?? (linux ? LINUX_CMDLINE : values.kernel ? '' : DEFAULT_DEMO_CMDLINE);
   try {
     encodeCmdline(cmdline, CMDLINE_MAX);
@@ -380,13 +436,13 @@ function parseBoot(argv: string[]): VmConfig {
       throw new UsageError(`cannot open serial output ${values.serial}: ${(e as Error).message}`);
     }
   }
-  const deviceCount = disks.length + (values.net?.length ?? 0);
+  const deviceCount = disks.length + nets.length;
   if (deviceCount > MAX_DEVICES) throw new UsageError(`${deviceCount} virtio devices requested: at most ${MAX_DEVICES} (--disk and --net together)`);
   return {
     name: checkName(values.name ?? `tsvmm-${process.pid}`), metricsAddr: checkMetricsAddr(values['metrics-addr'] ?? DEFAULT_METRICS_ADDR),
     kernel: path.resolve(kernel), cmdline, memBytes, cpus,
     serialPath: values.serial ? path.resolve(values.serial) : '',
-    disks: distinctDisks(disks.map(parseDisk)), nets: (values.net ?? []).map(parseNet),
+    disks: distinctDisks(disks), nets,
     initrd: initrd ? path.resolve(initrd) : '',
   };
 }

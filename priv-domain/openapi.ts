@@ -13,7 +13,8 @@ import * as path from 'path';
 import * as yaml from 'js-yaml';
 import Ajv, { ErrorObject, ValidateFunction } from 'ajv';
 
-export const SPEC_FILE = path.resolve(__dirname, '..', '..', 'priv-domain', 'openapi.yaml');
+import { SPEC_FILE } from '../contracts/vm-config-schema';
+export { SPEC_FILE };
 export const METHODS = ['get', 'put', 'post', 'delete', 'patch', 'head', 'options'] as const;
 
 /** A 4xx/5xx answer: {"error": message}, with extra headers (Allow on a 405). */
