@@ -8,7 +8,7 @@
 import { strict as assert } from 'assert';
 import * as fs from 'fs';
 import { guestLines, requireKvm, tsvmm, tsvmmAsync } from './helpers/tsvmm';
-import { sleep, startVm, TestVm } from './helpers/control-plane';
+import { components, sleep, startVm, TestVm } from './helpers/control-plane';
 
 /** A guest that runs until stopped (the counter workload, practically endless). */
 const LONG = 'workload=counter n=100000000000 report=1000000000';
@@ -107,6 +107,20 @@ describe('graceful stop: the ACPI power button', function () {
     const ev = await events(vm);
     assert.ok(ev.some((e) => e.kind === 'power-button'), 'the press is recorded');
     assert.deepEqual(ev.find((e) => e.kind === 'stop-requested')?.detail, { force: false, timeoutSeconds: 1 });
+  }));
+
+  it('a press survives the vmm: pressed while the vmm is stopped, then the vmm killed, the restored vmm raises it', () => withVm('recovery', LONG, async (vm) => {
+    const vmm = (await components(vm)).vmm.pid;
+    // A stopped vmm polls nothing: the press stays in the platform page, and the guest is frozen.
+    process.kill(vmm, 'SIGSTOP');
+    const r = await vm.api('POST', '/v1/vm/power-button', {});
+    assert.equal(r.status, 200, r.body);
+    assert.ok(!guestLines(vm.out()).some((l) => l.word === 'power-button'), 'nothing can have taken it yet');
+    process.kill(vmm, 'SIGKILL');
+    assert.equal(await vm.exited, 0, vm.err());
+    assert.match(vm.err(), /recovered vmm/);
+    assert.ok(guestLines(vm.out()).some((l) => l.word === 'power-button'), vm.out());
+    assert.match(vm.err(), /tsvmm: guest powered off with status 0\n/);
   }));
 
   it('a bad --timeout is a usage error in one line', () => {
