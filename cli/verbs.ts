@@ -327,6 +327,7 @@ export async function verb(cmd: string, argv: string[]): Promise<number> {
       const name = resolveName(values.name);
       const body = { ...(values.force ? { force: true } : {}), ...(timeoutSeconds !== undefined ? { timeoutSeconds } : {}) };
       const wasRunning = supervisorAlive(name);
+      let failed: VerbError | undefined;
       try {
         await api(name, 'POST', '/v1/vm/stop', body, { key: `stop-${process.pid}-${Date.now()}` });
       } catch (e) {
@@ -334,12 +335,13 @@ export async function verb(cmd: string, argv: string[]): Promise<number> {
         // a hard stop, a slow machine that has not flushed the answer yet): the request got
         // through if the VM then goes away.
         if (!(e instanceof VerbError) || !wasRunning) throw e;
+        failed = e;
       }
       // Then wait for the end: the guest's own power-off, or the hard stop after the timeout.
-      const graceMs = values.force ? 0 : (timeoutSeconds ?? DEFAULT_STOP_TIMEOUT_MS / 1000) * 1000;
+      const graceMs = failed || values.force ? 0 : (timeoutSeconds ?? DEFAULT_STOP_TIMEOUT_MS / 1000) * 1000;
       const until = Date.now() + graceMs + STOP_WAIT_MS;
       while (supervisorAlive(name) && Date.now() < until) await sleep(50);
-      if (supervisorAlive(name)) throw new VerbError(`VM "${name}" was asked to stop but still runs ${((graceMs + STOP_WAIT_MS) / 1000).toFixed(0)} s later`);
+      if (supervisorAlive(name)) throw failed ?? new VerbError(`VM "${name}" was asked to stop but still runs ${((graceMs + STOP_WAIT_MS) / 1000).toFixed(0)} s later`);
       out(`VM ${name}: ${exitReason(name) ?? 'stopped'}\n`);
       return 0;
     }
