@@ -314,13 +314,19 @@ export function tscArgs(): string {
   } catch { return 'tsc=reliable '; }
 }
 
+/** qemu's niceness: TSVMM_EMULATED_HOST_NICE (0 included), else 10. */
+function defaultNice(): number {
+  const v = process.env.TSVMM_EMULATED_HOST_NICE;
+  return v !== undefined && /^-?\d+$/.test(v.trim()) ? Number(v) : 10;
+}
+
 /** Boot L1, run `command` (sh -c, in /opt/tsvmm), return its status and output. */
 export function runInEmulatedHost(command: string, opts: RunOptions): Promise<RunResult> {
   const enc = Buffer.from(command).toString('base64');
   const append = `console=ttyS0 panic=-1 quiet loglevel=4 ${tscArgs()}tsvmm.cmd=${enc}`;
   if (append.length > 2000) throw new Error(`the command is too long for the kernel command line (${command.length} bytes; keep it under ~1400)`);
   const args = [
-    '-n', String(opts.nice ?? (Number(process.env.TSVMM_EMULATED_HOST_NICE) || 10)), QEMU, '-M', 'q35', '-accel', 'tcg,thread=multi', '-cpu', 'max', '-smp', String(L1_CPUS), '-m', String(L1_MEM_MB),
+    '-n', String(opts.nice ?? defaultNice()), QEMU, '-M', 'q35', '-accel', 'tcg,thread=multi', '-cpu', 'max', '-smp', String(L1_CPUS), '-m', String(L1_MEM_MB),
     '-kernel', opts.image.kernel, '-initrd', opts.image.initrd, '-append', append, '-nographic', '-no-reboot', '-nodefaults', '-serial', 'stdio',
   ];
   const t0 = Date.now();
