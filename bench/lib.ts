@@ -7,6 +7,9 @@ import * as os from 'os';
 import * as path from 'path';
 import { execFileSync, spawnSync } from 'child_process';
 
+// tsvmm's log lines on a pipe are JSON by default (contracts/log.ts); these read the text ones.
+process.env.TSVMM_LOG_FORMAT ??= 'text';
+
 export function repoRoot(): string {
   let d = __dirname;
   for (;;) {

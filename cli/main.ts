@@ -28,6 +28,8 @@ import { HelpRequest, verb, VerbError, VERBS, VERBS_HELP } from './verbs';
 import { versionInfo } from '../contracts/version';
 import { TSVMM_EXIT } from '../contracts/exit-codes';
 import { badName, DEFAULT_METRICS_ADDR, readSupervisorPid } from '../contracts/paths';
+import { DEFAULT_LOG_LEVEL, isLogFormat, isLogLevel, LOG_FORMATS, LOG_LEVELS, LogFormat, Logger, LogLevel } from '../contracts/log';
+import { isatty } from 'tty';
 
 export const DEFAULT_GUEST = path.resolve(__dirname, '..', '..', 'guest', 'out', 'guest.elf');
 export const DEFAULT_DEMO_CMDLINE = 'workload=counter n=15000000000 report=500000000';
@@ -55,7 +57,7 @@ const RUN_HELP = `usage: tsvmm run [options]
 Boots a guest under a new supervisor; prints the VM's API socket, metrics URL and how to stop it.
 tsvmm run [--kernel FILE] [--initrd FILE] [--cmdline STR] [--mem SIZE] [--cpus N] [--serial FILE] [--name NAME]
           [--disk FILE[,OPTS]]... [--net tap=NAME[,mac=MAC][,bw=BYTES]]... [--linux [--image-dir DIR]] [--force]
-          [--standby] [--hang-timeout MS] [--user USER]
+          [--standby] [--hang-timeout MS] [--user USER] [--log-level LEVEL] [--log-format json|text]
 tsvmm run --config FILE [options]
 tsvmm run --restore DIR [--disk FILE[,OPTS]]... [--net tap=NAME[,...]]... [--name NAME] [--serial FILE] [--standby] ...
   --restore DIR   resume the VM \`tsvmm snapshot --out DIR\` saved, where it was: its vCPUs, devices and RAM.
@@ -80,6 +82,9 @@ tsvmm run --restore DIR [--disk FILE[,OPTS]]... [--net tap=NAME[,...]]... [--nam
   --cpus N        number of vCPUs (default 1)
   --serial FILE   append guest serial output to FILE instead of the terminal
   --name NAME     a name for this VM (default: tsvmm-<pid>); the other verbs find it by this name
+  --log-level LEVEL   error, warn, info (default) or debug: what the supervisor and every component log,
+                      to stderr and to <state dir>/vms/NAME/tsvmm.log (JSON lines, rotated at 8 MiB)
+  --log-format FMT    stderr's format: json (the default when stderr is not a terminal) or text
   --metrics-addr HOST:PORT  where to serve Prometheus metrics (default ${DEFAULT_METRICS_ADDR}; port 0: any free port; none: off)
   --disk FILE[,ro][,cache=writeback|none][,io=uring|threads][,iops=N][,bw=BYTES]
                   a virtio-blk disk on a raw image (repeatable). ro: read-only. cache=none: O_DIRECT,
@@ -279,7 +284,7 @@ const RUN_OPTIONS = {
   serial: { type: 'string' }, name: { type: 'string' }, help: { type: 'boolean', short: 'h' },
   disk: { type: 'string', multiple: true }, net: { type: 'string', multiple: true },
   initrd: { type: 'string' }, linux: { type: 'boolean' }, 'image-dir': { type: 'string' }, force: { type: 'boolean' },
-  'metrics-addr': { type: 'string' },
+  'metrics-addr': { type: 'string' }, 'log-level': { type: 'string' }, 'log-format': { type: 'string' },
   standby: { type: 'boolean' }, 'hang-timeout': { type: 'string' }, restore: { type: 'string' }, user: { type: 'string' },
   config: { type: 'string' },
 } as const;
@@ -462,6 +467,20 @@ export function parseRecoveryOptions(argv: string[]): { standby: boolean; hangTi
 }
 
 /**
+ * --log-level, --log-format (contracts/log.ts); else TSVMM_LOG_LEVEL / TSVMM_LOG_FORMAT; else info,
+ * and json unless stderr is a terminal. The result is put in the environment: every component
+ * (and a supervisor that adopts the VM) inherits it.
+ */
+export function parseLogOptions(argv: string[]): { level: LogLevel; format: LogFormat } {
+  const { values } = parseArgs({ args: argv, options: { 'log-level': { type: 'string' }, 'log-format': { type: 'string' } }, strict: false, allowPositionals: true });
+  const level = values['log-level'] ?? (process.env.TSVMM_LOG_LEVEL || DEFAULT_LOG_LEVEL);
+  if (typeof level !== 'string' || !isLogLevel(level)) throw new UsageError(`invalid --log-level "${level}": expected ${LOG_LEVELS.join(', ')}`);
+  const given = values['log-format'] ?? (process.env.TSVMM_LOG_FORMAT || undefined);
+  if (given !== undefined && (typeof given !== 'string' || !isLogFormat(given))) throw new UsageError(`invalid --log-format "${given}": expected ${LOG_FORMATS.join(' or ')}`);
+  return { level, format: given ?? (isatty(2) ? 'text' : 'json') };
+}
+
+/**
  * A --metrics-addr the user gave must be one we can listen on: a busy or foreign address is an
  * error now, not a warning later. (The default address, busy because another VM has it, only
  * warns: `tsvmm metrics` still serves them.)
@@ -483,11 +502,15 @@ function probeMetricsAddr(addr: string): Promise<void> {
 
 async function run(argv: string[]): Promise<number> {
   const { cfg, restore } = parseRunOptions(argv);
+  const logOpts = parseLogOptions(argv);
   await probeMetricsAddr(cfg.metricsAddr ?? '');
-  const log = quietStdio();
+  process.env.TSVMM_LOG_LEVEL = logOpts.level;
+  process.env.TSVMM_LOG_FORMAT = logOpts.format;
+  const logger = quietStdio(new Logger({ component: 'supervisor', ...logOpts }));
+  const log = (line: string) => logger.info(line);
   let sup: Supervisor;
   try {
-    sup = new Supervisor(cfg, { log, restore, ...parseRecoveryOptions(argv) });
+    sup = new Supervisor(cfg, { logger, restore, ...parseRecoveryOptions(argv) });
   } catch (e) {
     if (e instanceof SnapshotError) throw new UsageError(e.message, 1);
     throw e;
@@ -502,7 +525,8 @@ async function run(argv: string[]): Promise<number> {
   }
   log(`the guest survives its VMM: run \`kill -9 ${sup.vmmPid}\` (the vmm${sup.driverDomainPid ? `; ${sup.driverDomainPid} is the driver-domain` : ''}) in another terminal and watch it carry on`);
   const r = await sup.done;
-  log(r.code === 0 || r.requested ? r.reason : `error: ${r.reason}`);
+  if (r.code === 0 || r.requested) logger.info(r.reason, { event: 'exit', code: r.code });
+  else logger.error(`error: ${r.reason}`, { event: 'exit', code: r.code });
   return r.code;
 }
 

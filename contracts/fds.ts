@@ -23,6 +23,8 @@ export const FD = {
   INITRD: 11,
   /** priv-domain: its API socket, bound and listening (the supervisor owns the socket file). */
   API_LISTEN: 12,
+  /** Every component: the VM's log file, <state dir>/tsvmm.log, opened for appending by the supervisor (contracts/log.ts). */
+  LOG: 13,
 } as const;
 
 /**

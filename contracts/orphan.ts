@@ -24,6 +24,7 @@ import { adoptLockPath, supervisorSocketPath } from './run-record';
 import { readSupervisorPid, vmPaths } from './paths';
 import { describeExit, NativePidfd } from './pidfd';
 import { seccompMode } from './confinement';
+import { processLogger } from './log';
 
 /** How long a component whose supervisor died waits for a new one before it ends. */
 const ORPHAN_TIMEOUT_MS = Number(process.env.TSVMM_ORPHAN_TIMEOUT_MS ?? 20_000);
@@ -89,7 +90,7 @@ export function watchSupervisor(o: Orphanable): void {
 }
 
 function log(line: string): void {
-  try { fs.writeSync(2, `tsvmm ${me?.role}: ${line}\n`); } catch { /* no terminal any more */ }
+  processLogger().warn(line, { event: 'orphan' });
 }
 
 function supervisorLost(): void {

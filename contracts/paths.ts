@@ -12,6 +12,7 @@
  *     $XDG_STATE_HOME/tsvmm, else ~/.local/state/tsvmm. Mode 0700.
  *       vms/<name>/tsvmm.db     the durable store (contracts/store.ts)
  *       vms/<name>/console.log  every byte of guest serial output
+ *       vms/<name>/tsvmm.log    the log of the supervisor and every component, JSON lines (contracts/log.ts)
  */
 import * as fs from 'fs';
 import * as os from 'os';
@@ -53,6 +54,8 @@ export interface VmPaths {
   stateDir: string;
   db: string;
   consoleLog: string;
+  /** The supervisor's and the components' log (contracts/log.ts), rotated to tsvmm.log.1 .. .3. */
+  log: string;
 }
 
 export function vmPaths(name: string): VmPaths {
@@ -61,6 +64,7 @@ export function vmPaths(name: string): VmPaths {
   return {
     runDir, socket: path.join(runDir, 'api.sock'), pidFile: path.join(runDir, 'supervisor.pid'), promTargets: path.join(runtimeRoot(), 'prometheus', `${name}.json`),
     stateDir, db: path.join(stateDir, 'tsvmm.db'), consoleLog: path.join(stateDir, 'console.log'),
+    log: path.join(stateDir, 'tsvmm.log'),
   };
 }
 

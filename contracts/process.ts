@@ -38,7 +38,9 @@ export function exitOnUncaughtException(component: string): void {
   // eslint-disable-next-line @typescript-eslint/no-var-requires
   const { keeper } = require('./snapshot') as typeof import('./snapshot');
   process.on('uncaughtException', (e) => {
-    try { fs.writeSync(2, `tsvmm ${component}: uncaught exception: ${(e as Error)?.stack ?? String(e)}\n`); } catch { /* stderr gone */ }
+    // The component's logger (contracts/log.ts): stderr and the VM's log file.
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    try { (require('./log') as typeof import('./log')).processLogger().error(`uncaught exception: ${(e as Error)?.stack ?? String(e)}`, { event: 'uncaught-exception' }); } catch { /* stderr gone */ }
     keeper.exitNow(1);
   });
 }

@@ -11,6 +11,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { ProcessRef, RunRecord, RunRecordCodec } from '../proto';
 import { startTicks, VmPaths } from './paths';
+import { processLogger } from './log';
 
 export const runRecordPath = (p: VmPaths): string => path.join(p.runDir, 'run.pb');
 export const supervisorSocketPath = (p: VmPaths): string => path.join(p.runDir, 'supervisor.sock');
@@ -53,7 +54,7 @@ export class RunRecordWriter {
       this.last = key;
     } catch (e) {
       // No runtime dir (the control plane said why): this VM cannot be adopted, say it once.
-      if (!this.failed) process.stderr.write(`tsvmm: cannot write ${runRecordPath(this.paths)}: ${(e as Error).message}; the VM cannot be adopted if this supervisor dies\n`);
+      if (!this.failed) processLogger().warn(`cannot write ${runRecordPath(this.paths)}: ${(e as Error).message}; the VM cannot be adopted if this supervisor dies`);
       this.failed = true;
     }
   }

@@ -87,15 +87,31 @@ export class Store {
   }
 
   /**
-   * Records a component's recovery (cause "hang" for a hang kill) as a `recovery` event, once: a
-   * restarted priv-domain is sent every recovery of the run again.
+   * Records a component's recovery (cause "hang" after a hang kill; warm: a standby took over, else
+   * a cold restart) as a `recovery` event, once: a restarted priv-domain is sent every recovery of
+   * the run again.
    */
-  addRecovery(runId: string, r: { component: string; cause: string; seconds: number; at: number }): boolean {
+  addRecovery(runId: string, r: { component: string; cause: string; seconds: number; at: number; warm?: boolean }): boolean {
+    return this.addOnce(runId, 'recovery', { component: r.component, cause: r.cause, seconds: r.seconds, warm: r.warm === true, at: r.at });
+  }
+
+  /** A hang kill (supervisor/hang-watch.ts) as a `hang-kill` event with its evidence, once. */
+  addHangKill(runId: string, h: { component: string; pid: number; stillMs: number; evidence: string; at: number }): boolean {
+    return this.addOnce(runId, 'hang-kill', { component: h.component, pid: h.pid, stillMs: h.stillMs, evidence: h.evidence, at: h.at });
+  }
+
+  /** A warm standby's takeover as a `takeover` event, once. */
+  addTakeover(runId: string, t: { component: string; pid: number; fromPid: number; ms: number; reason: string; at: number }): boolean {
+    return this.addOnce(runId, 'takeover', { component: t.component, pid: t.pid, fromPid: t.fromPid, ms: t.ms, reason: t.reason, at: t.at });
+  }
+
+  /** An event of `kind` about `detail.component` at `detail.at`, unless this run has it already. */
+  private addOnce(runId: string, kind: string, detail: { component: string; at: number } & Record<string, unknown>): boolean {
     return this.tx(() => {
-      const seen = this.db.prepare(`SELECT 1 FROM events WHERE kind = 'recovery' AND run_id = ?
-        AND json_extract(detail, '$.component') = ? AND json_extract(detail, '$.at') = ?`).get(runId, r.component, r.at);
+      const seen = this.db.prepare(`SELECT 1 FROM events WHERE kind = ? AND run_id = ?
+        AND json_extract(detail, '$.component') = ? AND json_extract(detail, '$.at') = ?`).get(kind, runId, detail.component, detail.at);
       if (seen) return false;
-      this.addEvent(runId, 'recovery', { component: r.component, cause: r.cause, seconds: r.seconds, at: r.at });
+      this.addEvent(runId, kind, detail);
       return true;
     });
   }

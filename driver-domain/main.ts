@@ -24,6 +24,10 @@ import { keeper } from '../contracts/snapshot';
 import { confineSelf } from '../contracts/confinement';
 import { warmUpBlk } from './warm-up';
 import { ServedDevice, serveBlk, serveNet, SLOT_COMPLETION, TAG_SLOTS, tagOf } from './served-device';
+import { componentLogger } from '../contracts/log';
+
+/** This process's log (contracts/log.ts): stderr and the VM's log file. */
+const log = componentLogger('driver-domain');
 
 /** To the supervisor: over IPC, or to the one that adopted us if it died (recovery/orphan.ts). */
 function send(msg: ComponentMessage): void {
@@ -82,10 +86,10 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
     // Re-attach: anything live when a previous driver-domain died is recovered now.
     devices.forEach((_, i) => ensure(i));
     const resumedNs = process.hrtime.bigint();
-    if (process.env.TSVMM_RESTORE_DEBUG && warm) {
+    if (warm && log.enabled('debug')) {
       const ms = (a: bigint, b: bigint) => (Number(b - a) / 1e6).toFixed(2);
-      process.stderr.write(`tsvmm driver-domain: standby took over: death seen -> activate ${ms(diedNs, t0)} ms, page check ${ms(t0, t1)} ms, ` +
-        `poller + fds ${ms(t1, t2)} ms, re-attach ${ms(t2, resumedNs)} ms\n`);
+      log.debug(`standby took over: death seen -> activate ${ms(diedNs, t0)} ms, page check ${ms(t0, t1)} ms, ` +
+        `poller + fds ${ms(t1, t2)} ms, re-attach ${ms(t2, resumedNs)} ms`);
     }
     setInterval(() => page.beat(Component.DriverDomain), HEARTBEAT_MS);
     page.beat(Component.DriverDomain);
@@ -99,7 +103,7 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
     if (!(n > 0)) return;
     for (const { be, reap } of devices.flatMap((dev) => dev.uringDisk ?? [])) {
       const ms = warmUpBlk(be, reap, n);
-      if (process.env.TSVMM_RESTORE_DEBUG) process.stderr.write(`tsvmm driver-domain: block path warm-up ${ms < 0 ? 'skipped' : `${ms.toFixed(1)} ms`}\n`);
+      log.debug(`block path warm-up ${ms < 0 ? 'skipped' : `${ms.toFixed(1)} ms`}`);
     }
   };
   if (standbyFor === undefined) {
@@ -140,12 +144,13 @@ function main(): void {
     process.exit(2);
   }
   const standbyFor = process.env.TSVMM_STANDBY_FOR;
+  log.debug(`started${standbyFor ? ` as the standby of pid ${standbyFor}` : ''}, ${cfg.disks.length + cfg.nets.length} device(s)`, { standby: standbyFor !== undefined });
   // Our supervisor dying is not the guest's end: a new one adopts us (recovery/orphan.ts).
   watchSupervisor({
     role: 'driver-domain', name: cfg.name,
     adoptable: () => serving,
     giveUp: (why) => {
-      if (serving) process.stderr.write(`tsvmm driver-domain: ${why}: exiting\n`);
+      if (serving) log.error(`${why}: exiting`);
       process.exit(serving ? 1 : 0);
     },
   });

@@ -22,6 +22,7 @@ import { TapBackend } from '../virtio/tap-backend';
 import { UringBlockBackend, describeLargeTransfers, dioAlignment, isBatched, largeTransferPolicy, openBlockBackend } from '../virtio/block-backend';
 import { BusyPoll } from './busy-poll';
 import { RateLimiter, describeRateLimit } from '../virtio/rate-limiter';
+import { processLogger } from '../contracts/log';
 
 export const TAG_SLOTS = 16;
 export const SLOT_COMPLETION = 14;
@@ -75,12 +76,12 @@ export function serveBlk(ctx: DeviceContext, d: DeviceEntry): ServedDevice {
   const io = openBlockBackend(fds.backend, fs.fstatSync(fds.backend).size, disk.readOnly, `tsvmm-disk${d.index}`, { ...large, io: disk.io, direct });
   const offload = large.largeFrom === undefined ? '' : `, transfers ${describeLargeTransfers(large)}`;
   const odirect = direct ? `, O_DIRECT (aligned to ${direct.mem} B in memory, ${direct.offset} B on disk)` : '';
-  process.stderr.write(`tsvmm: driver-domain: disk ${d.index} I/O: ${io.kind === 'uring' ? `io_uring${offload}` : `thread pool (fs.readv/writev; ${io.why})`}${odirect}\n`);
+  processLogger().info(`disk ${d.index} I/O: ${io.kind === 'uring' ? `io_uring${offload}` : `thread pool (fs.readv/writev; ${io.why})`}${odirect}`);
   const blk = new VirtioBlk(ctx.memory, ctx.slot, io.backend, notify);
   if (ctx.counters) blk.counters = ctx.counters;
   // The limit is the configuration's, so a restarted driver-domain applies it again (with full buckets).
   blk.limiter = RateLimiter.from(disk.rateLimit);
-  if (blk.limiter) process.stderr.write(`tsvmm: driver-domain: disk ${d.index} rate limit: ${describeRateLimit(disk.rateLimit)}\n`);
+  if (blk.limiter) processLogger().info(`disk ${d.index} rate limit: ${describeRateLimit(disk.rateLimit)}`);
   const polled = [...kicks];
   let reap: (() => number) | undefined;
   let uringDisk: ServedDevice['uringDisk'];
@@ -110,14 +111,14 @@ export function serveBlk(ctx: DeviceContext, d: DeviceEntry): ServedDevice {
 export function serveNet(ctx: DeviceContext, d: DeviceEntry): ServedDevice {
   const { fds, notify, running, kicks } = common(ctx, d);
   const tap = new TapBackend(fds.backend);
-  process.stderr.write(`tsvmm: driver-domain: net ${d.index} TX: ${tap.txMode}\n`);
+  processLogger().info(`net ${d.index} TX: ${tap.txMode}`);
   const net = new VirtioNet(ctx.memory, ctx.slot, tap, notify);
   if (ctx.counters) net.counters = ctx.counters;
   // Each direction has its own buckets with the configured limit (applied again by a restarted driver-domain).
   const limit = ctx.cfg.nets[d.index - ctx.cfg.disks.length].rateLimit;
   net.txLimiter = RateLimiter.from(limit);
   net.rxLimiter = RateLimiter.from(limit);
-  if (net.txLimiter) process.stderr.write(`tsvmm: driver-domain: net ${d.index} rate limit, each way: ${describeRateLimit(limit)}\n`);
+  if (net.txLimiter) processLogger().info(`net ${d.index} rate limit, each way: ${describeRateLimit(limit)}`);
   /** Deliver every frame waiting on the TAP; returns how many reached the guest. */
   const drainTap = () => {
     const rx = net.stats.rxFrames;

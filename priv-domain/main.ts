@@ -19,7 +19,7 @@ import * as http from 'http';
 import * as net from 'net';
 import { URL } from 'url';
 import {
-  ComponentMessage, ComponentMessageCodec, ComponentStatus, ControlReply, RecoveryRecord, SupervisorMessage,
+  ComponentMessage, ComponentMessageCodec, ComponentStatus, ControlReply, HangKillRecord, RecoveryRecord, StandbyStatus, SupervisorMessage,
   SupervisorMessageCodec, VmConfig, VmConfigCodec,
 } from '../proto';
 import { FD } from '../contracts/fds';
@@ -34,6 +34,7 @@ import { Store } from '../contracts/store';
 import { Metrics, HEARTBEAT_COMPONENTS } from './metrics';
 import { ApiError, CommandArgs, createApiHandler } from './api';
 import { componentConfig } from '../contracts/component-config';
+import { componentLogger, processLogger } from '../contracts/log';
 
 const CONSOLE_POLL_MS = 50;
 const COMMAND_TIMEOUT_MS = 5000;
@@ -63,6 +64,7 @@ function main(): void {
     process.stderr.write('tsvmm priv-domain: this process is started by `tsvmm run`, not by hand\n');
     process.exit(2);
   }
+  const log = componentLogger('priv-domain');
   const runId = process.env.TSVMM_RUN_ID ?? `${process.ppid}`;
   const startedAt = Date.now() / 1000;
   const paths = vmPaths(cfg.name);
@@ -80,8 +82,8 @@ function main(): void {
     store = Store.open(here(paths.db));
     newRun = store.recordRun(cfg.name, cfg, runId);
   } catch (e) {
-    process.stderr.write(`tsvmm priv-domain: the store ${paths.db} is unusable (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): ` +
-      'running on a store in memory; labels, annotations and events of this run are not kept\n');
+    log.error(`the store ${paths.db} is unusable (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): ` +
+      'running on a store in memory; labels, annotations and events of this run are not kept');
     store = Store.open(':memory:');
     newRun = store.recordRun(cfg.name, cfg, runId);
   }
@@ -113,6 +115,9 @@ function main(): void {
   // Supervisor status and commands.
   let components: ComponentStatus[] | undefined;
   const recoveries: RecoveryRecord[] = [];
+  const hangKills: HangKillRecord[] = [];
+  let standbys: StandbyStatus[] = [];
+  let guestState = '';
   let nextId = 1;
   const pending = new Map<number, { resolve: (r: ControlReply) => void; timer: NodeJS.Timeout }>();
   process.on('message', (m: { pb?: string }) => {
@@ -120,13 +125,19 @@ function main(): void {
     let msg: SupervisorMessage;
     try { msg = SupervisorMessageCodec.decode(Buffer.from(m.pb, 'base64')); } catch { return; }
     if ('status' in msg && msg.status) {
-      components = msg.status.components;
-      if (msg.status.full) recoveries.length = 0;
-      recoveries.push(...msg.status.recoveries);
-      // Every recovery (hang kills included: cause "hang") becomes a durable event.
-      for (const rec of msg.status.recoveries) {
-        try { store.addRecovery(runId, rec); } catch { /* a store in trouble: the metrics still have it */ }
-      }
+      const st = msg.status;
+      components = st.components;
+      standbys = st.standbys ?? [];
+      guestState = st.guestState ?? '';
+      if (st.full) { recoveries.length = 0; hangKills.length = 0; }
+      recoveries.push(...st.recoveries);
+      hangKills.push(...st.hangKills ?? []);
+      // Every recovery, hang kill (with its evidence) and standby takeover becomes a durable event.
+      try {
+        for (const h of st.hangKills ?? []) store.addHangKill(runId, h);
+        for (const t of st.takeovers ?? []) store.addTakeover(runId, t);
+        for (const rec of st.recoveries) store.addRecovery(runId, rec);
+      } catch { /* a store in trouble: the metrics still have them */ }
     } else if ('reply' in msg && msg.reply) {
       const p = pending.get(msg.reply.id);
       if (p) { pending.delete(msg.reply.id); clearTimeout(p.timer); p.resolve(msg.reply); }
@@ -194,7 +205,7 @@ function main(): void {
     consoleSize += fs.writeSync(consoleFd, data);
   };
   openConsole();
-  if (consoleFd === undefined) process.stderr.write(`tsvmm priv-domain: cannot open the console log ${paths.consoleLog}: \`tsvmm console\` still serves the ring\n`);
+  if (consoleFd === undefined) log.warn(`cannot open the console log ${paths.consoleLog}: \`tsvmm console\` still serves the ring`);
   let consoleFailed = false;
   try {
     if (newRun) writeConsole(`${consoleSize > 0 ? '\n' : ''}[tsvmm: run ${runId} of VM ${cfg.name} started ${new Date().toISOString()}]\n`);
@@ -208,7 +219,7 @@ function main(): void {
       consoleFailed = false;
     } catch (e) {
       // A full disk: the log misses these bytes (the ring still has them for `tsvmm console`).
-      if (!consoleFailed) process.stderr.write(`tsvmm priv-domain: writing the console log failed (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): it misses output until the disk has room\n`);
+      if (!consoleFailed) log.warn(`writing the console log failed (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): it misses output until the disk has room`);
       consoleFailed = true;
     }
     control.consoleLogged = next;
@@ -228,6 +239,9 @@ function main(): void {
     },
     consoleBytes: () => control?.consoleHead ?? 0,
     serialDropped: () => control?.serialDropped ?? 0,
+    hangKills: () => hangKills,
+    standbys: () => standbys,
+    guestState: () => guestState,
   });
 
   const consoleHandler = (req: http.IncomingMessage, res: http.ServerResponse, url: URL) => {
@@ -281,9 +295,12 @@ function main(): void {
     try {
       target = parseMetricsAddr(cfg.metricsAddr || DEFAULT_METRICS_ADDR);
     } catch (e) {
-      process.stderr.write(`tsvmm priv-domain: ${(e as Error).message}\n`);
+      log.error((e as Error).message);
     }
-    const ready = () => send({ ready: { component: 'priv-domain', pid: process.pid, metricsAddr } });
+    const ready = () => {
+      log.debug(`serving the API on ${paths.socket}, metrics on ${metricsAddr}`, { metricsAddr });
+      send({ ready: { component: 'priv-domain', pid: process.pid, metricsAddr } });
+    };
     if (!target) { try { fs.rmSync(paths.promTargets, { force: true }); } catch { /* not ours to remove */ } ready(); return; }
     const ms = http.createServer((req, res) => {
       const p = (req.url ?? '/').split('?')[0];
@@ -302,7 +319,7 @@ function main(): void {
     ms.on('error', (e) => {
       if (port !== target!.port) { port = target!.port; ms.listen(port, target!.host); return; }
       // A fixed port another process holds, say: the API's GET /metrics still serves them.
-      process.stderr.write(`tsvmm priv-domain: metrics endpoint ${target!.host}:${target!.port} unavailable (${(e as NodeJS.ErrnoException).code ?? e.message}); \`tsvmm metrics\` still works\n`);
+      log.warn(`metrics endpoint ${target!.host}:${target!.port} unavailable (${(e as NodeJS.ErrnoException).code ?? e.message}); \`tsvmm metrics\` still works`);
       metricsAddr = 'none';
       try { fs.rmSync(paths.promTargets, { force: true }); } catch { /* not ours to remove */ }
       ready();
@@ -340,7 +357,7 @@ function writeTargets(file: string, addr: string, name: string): void {
   } catch (e) {
     // Confined (contracts/confinement.ts), this process runs as another uid than the runtime
     // directory's owner and cannot write there: the endpoint works, only the file_sd target is missing.
-    process.stderr.write(`tsvmm priv-domain: cannot write ${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): Prometheus file_sd discovery of this VM is off\n`);
+    processLogger().warn(`cannot write ${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): Prometheus file_sd discovery of this VM is off`);
   }
 }
 

@@ -4,12 +4,13 @@
  * restarts of every component, this one included), the device state page (heartbeats, in-flight
  * requests), and the supervisor's status (pids, restarts, recoveries).
  */
+import * as fs from 'fs';
 import * as client from 'prom-client';
 import { versionInfo } from '../contracts/version';
-import { ControlPage, MAX_EXIT_REASONS, MAX_STAT_OPS, STAT_OP_NAMES, StatOp } from '../contracts/control-page';
+import { ControlPage, LATENCY_BUCKETS, MAX_EXIT_REASONS, MAX_STAT_DEVICES, MAX_STAT_OPS, STAT_OP_NAMES, StatOp } from '../contracts/control-page';
 import { Component, StatePage } from '../contracts/state-page';
 import { EXIT_NAME } from '../kvm/run';
-import type { ControlStatus, RecoveryRecord, VmConfig } from '../proto';
+import type { ControlStatus, HangKillRecord, RecoveryRecord, StandbyStatus, VmConfig } from '../proto';
 import type { DeviceEntry } from '../contracts/device-list';
 
 export interface MetricsSource {
@@ -24,6 +25,61 @@ export interface MetricsSource {
   consoleBytes(): number;
   /** Bytes of serial output the --serial sink refused. */
   serialDropped(): number;
+  /** Every hang kill of this run (supervisor/hang-watch.ts). */
+  hangKills(): HangKillRecord[];
+  /** The standbys of a VM run with --standby (none without). */
+  standbys(): StandbyStatus[];
+  /** starting, running, paused, recovering; '' before the supervisor said. */
+  guestState(): string;
+}
+
+/** The values tsvmm_guest_state takes (ControlStatus.guest_state). */
+export const GUEST_STATES = ['starting', 'running', 'paused', 'recovering'];
+/** USER_HZ: the unit of utime and stime in /proc/PID/stat. */
+const CLOCK_TICKS = 100;
+/** x86-64's page size: the unit of rss in /proc/PID/stat. */
+const PAGE_BYTES = 4096;
+
+/**
+ * CPU time (seconds, user + system), resident and virtual memory (bytes) of process `pid`, from
+ * /proc/PID/stat (readable for any process: it works for a confined priv-domain too, which may not
+ * read the others' smaps). undefined when it is gone.
+ */
+export function processStat(pid: number): { cpuSeconds: number; residentBytes: number; virtualBytes: number } | undefined {
+  let text: string;
+  try { text = fs.readFileSync(`/proc/${pid}/stat`, 'latin1'); } catch { return undefined; }
+  // Fields after the command (which may hold spaces and parentheses): field n is f[n - 3].
+  const f = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  const utime = Number(f[11]);
+  const stime = Number(f[12]);
+  const vsize = Number(f[20]);
+  const rss = Number(f[21]);
+  if (![utime, stime, vsize, rss].every(Number.isFinite)) return undefined;
+  return { cpuSeconds: (utime + stime) / CLOCK_TICKS, residentBytes: rss * PAGE_BYTES, virtualBytes: vsize };
+}
+
+/**
+ * A histogram whose buckets are counted elsewhere (the control page's latency table, written by the
+ * driver-domain): prom-client's Histogram only observes values one by one, so this hands the
+ * registry the series directly, in the same shape.
+ */
+class CountedHistogram {
+  readonly type = 'histogram';
+  readonly aggregator = 'sum';
+  constructor(readonly name: string, readonly help: string, private readonly series: () => { labels: Record<string, string>; buckets: ArrayLike<number>; sum: number }[]) {}
+  get(): { name: string; help: string; type: string; aggregator: string; values: { metricName: string; labels: Record<string, string | number>; value: number }[] } {
+    const values: { metricName: string; labels: Record<string, string | number>; value: number }[] = [];
+    for (const s of this.series()) {
+      let cum = 0;
+      for (let b = 0; b <= LATENCY_BUCKETS.length; b++) {
+        cum += s.buckets[b];
+        values.push({ metricName: `${this.name}_bucket`, labels: { ...s.labels, le: b < LATENCY_BUCKETS.length ? LATENCY_BUCKETS[b] : '+Inf' }, value: cum });
+      }
+      values.push({ metricName: `${this.name}_sum`, labels: s.labels, value: s.sum });
+      values.push({ metricName: `${this.name}_count`, labels: s.labels, value: cum });
+    }
+    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values };
+  }
 }
 
 export const RECOVERY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
@@ -82,6 +138,27 @@ export class Metrics {
     devCounter('tsvmm_virtio_bytes_total', 'Data bytes of those requests and frames.', 1);
     devCounter('tsvmm_virtio_request_errors_total', 'virtio requests that completed with an error.', 2);
 
+    r.registerMetric(new CountedHistogram('tsvmm_virtio_request_duration_seconds',
+      'virtio request latency, by device and operation: from the driver-domain taking a request off its ring to completing it ' +
+      '(blk; net tx), or from reading a frame off the TAP to completing it into a guest buffer (net rx, the wait for one included).',
+      () => {
+        const c = src.control;
+        if (!c) return [];
+        const out: { labels: Record<string, string>; buckets: Float64Array; sum: number }[] = [];
+        for (const d of src.devices) {
+          if (d.index >= MAX_STAT_DEVICES) continue;
+          const ops = d.kind === 'blk' ? [StatOp.Read, StatOp.Write, StatOp.Flush, StatOp.GetId, StatOp.Other] : [StatOp.Tx, StatOp.Rx];
+          for (const op of ops) {
+            const h = c.latency(d.index, op);
+            const n = h.subarray(0, LATENCY_BUCKETS.length + 1).reduce((a, b) => a + b, 0);
+            // Reads, writes, tx and rx always (zero from the start); the rarer ones once seen.
+            if (n === 0 && ![StatOp.Read, StatOp.Write, StatOp.Tx, StatOp.Rx].includes(op)) continue;
+            out.push({ labels: { device: deviceName(d, src.cfg), type: d.kind, operation: STAT_OP_NAMES[op] }, buckets: h, sum: h[LATENCY_BUCKETS.length + 1] });
+          }
+        }
+        return out;
+      }) as unknown as client.Metric<string>);
+
     new client.Gauge({
       name: 'tsvmm_virtio_requests_in_flight', help: 'Requests the driver-domain has taken from a queue and not yet completed (from the state page).',
       labelNames: ['device', 'type', 'queue'], registers: reg,
@@ -134,6 +211,71 @@ export class Metrics {
       collect() {
         this.reset();
         for (const [name, age] of src.heartbeatAges()) this.set({ component: name }, age);
+      },
+    });
+
+    new client.Counter({
+      name: 'tsvmm_hang_kills_total', help: 'Components the supervisor found hung (heartbeat still, with the kernel\'s evidence) and killed; each is then recovered.',
+      labelNames: ['component'], registers: reg,
+      collect() {
+        this.reset();
+        for (const name of ['vmm', 'driver-domain', 'priv-domain', 'keeper']) this.inc({ component: name }, 0);
+        for (const h of src.hangKills()) this.inc({ component: h.component }, 1);
+      },
+    });
+    new client.Gauge({
+      name: 'tsvmm_standby_ready', help: "1 while the component's warm standby (tsvmm run --standby) is built and would take over at once; 0 while it is missing or starting. Absent without --standby.",
+      labelNames: ['component'], registers: reg,
+      collect() {
+        this.reset();
+        for (const sb of src.standbys()) this.set({ component: sb.component }, sb.ready ? 1 : 0);
+      },
+    });
+    new client.Gauge({
+      name: 'tsvmm_guest_state', help: "The guest's state, one series per state, 1 for the current one: starting (not run yet), running, paused (tsvmm pause), recovering (its vmm died; the next one has not resumed it yet).",
+      labelNames: ['state'], registers: reg,
+      collect() {
+        this.reset();
+        const now = src.guestState();
+        if (!now) return;
+        for (const st of GUEST_STATES) this.set({ state: st }, st === now ? 1 : 0);
+      },
+    });
+
+    // Each process of the VM the supervisor knows, from /proc (prom-client's process_* metrics, per component).
+    let seen: { at: number; list: { name: string; stat: ReturnType<typeof processStat> }[] } | undefined;
+    const processes = () => {
+      // Read once per scrape (three metrics use it).
+      const now = performance.now();
+      if (seen && now - seen.at < 50) return seen.list;
+      const out: [string, number][] = [];
+      for (const c of src.status()?.components ?? []) if (c.pid) out.push([c.name, c.pid]);
+      for (const sb of src.standbys()) if (sb.pid) out.push([`${sb.component}-standby`, sb.pid]);
+      seen = { at: now, list: out.map(([name, pid]) => ({ name, stat: processStat(pid) })).filter((p) => p.stat) };
+      return seen.list;
+    };
+    new client.Counter({
+      name: 'tsvmm_process_cpu_seconds_total', help: 'CPU time (user and system) of the process of each component (from /proc/PID/stat).',
+      labelNames: ['component'], registers: reg,
+      collect() {
+        this.reset();
+        for (const p of processes()) this.inc({ component: p.name }, p.stat!.cpuSeconds);
+      },
+    });
+    new client.Gauge({
+      name: 'tsvmm_process_resident_memory_bytes', help: "Resident memory of the process of each component (from /proc/PID/stat): the vmm's and the driver-domain's include the guest RAM they touched (one memfd, shared); the keeper shares the vmm's memory.",
+      labelNames: ['component'], registers: reg,
+      collect() {
+        this.reset();
+        for (const p of processes()) this.set({ component: p.name }, p.stat!.residentBytes);
+      },
+    });
+    new client.Gauge({
+      name: 'tsvmm_process_virtual_memory_bytes', help: 'Virtual memory size of the process of each component (from /proc/PID/stat).',
+      labelNames: ['component'], registers: reg,
+      collect() {
+        this.reset();
+        for (const p of processes()) this.set({ component: p.name }, p.stat!.virtualBytes);
       },
     });
 

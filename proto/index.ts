@@ -46,13 +46,20 @@ export interface SnapshotManifest {
   format: string; version: number; snapLayoutVersion: number; config: VmConfig; files: SnapshotFile[]; createdAt: number; pauseMs: number;
   ramExtents: number[];
 }
-export interface RecoveryRecord { component: string; cause: string; seconds: number; at: number }
+export interface RecoveryRecord { component: string; cause: string; seconds: number; at: number; warm?: boolean }
+export interface HangKillRecord { component: string; pid: number; stillMs: number; evidence: string; at: number }
+export interface TakeoverRecord { component: string; pid: number; fromPid: number; ms: number; reason: string; at: number }
+export interface StandbyStatus { component: string; pid: number; ready: boolean }
+export type GuestState = 'starting' | 'running' | 'paused' | 'recovering';
 export interface Privileges { uid: number; gid: number; capEff: string; seccomp: string; noNewPrivs: boolean }
 export interface ComponentStatus {
   name: string; pid: number; state: string; startedAt: number; restarts: number; lastRecovery?: RecoveryRecord | null;
   privileges?: Privileges | null;
 }
-export interface ControlStatus { components: ComponentStatus[]; recoveries: RecoveryRecord[]; full: boolean; paused: boolean }
+export interface ControlStatus {
+  components: ComponentStatus[]; recoveries: RecoveryRecord[]; full: boolean; paused: boolean;
+  hangKills?: HangKillRecord[]; takeovers?: TakeoverRecord[]; standbys?: StandbyStatus[]; guestState?: GuestState | string;
+}
 export type SupervisorMessage = { status: ControlStatus } | { reply: ControlReply } | { finished: { code: number; reason: string } }
   | { armKeeper: { deadPid: number } }
   | { snapshot: SnapshotRequest }

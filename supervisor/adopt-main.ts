@@ -8,17 +8,21 @@ import '../contracts/process';
  */
 import { adopt } from './adopt';
 import { quietStdio } from './quiet-stdio';
+import { Logger, logSettings } from '../contracts/log';
 
-const log = quietStdio();
+// The level and format `tsvmm run` chose come with the environment the component passed on.
+const logger = quietStdio(new Logger({ component: 'supervisor', ...logSettings() }));
+const log = (line: string) => logger.info(line);
 const name = process.argv[2];
 if (!name) {
   log('this process is started by a component whose supervisor died, not by hand');
   process.exit(2);
 }
-adopt(name, log).then((r) => {
-  log(r.code === 0 ? r.reason : `error: ${r.reason}`);
+adopt(name, logger).then((r) => {
+  if (r.code === 0) logger.info(r.reason, { event: 'exit', code: r.code });
+  else logger.error(`error: ${r.reason}`, { event: 'exit', code: r.code });
   process.exit(r.code);
 }, (e: Error) => {
-  log(`error: adopting VM ${name} failed: ${e.message}`);
+  logger.error(`error: adopting VM ${name} failed: ${e.message}`);
   process.exit(1);
 });

@@ -33,6 +33,7 @@ import { describeExit, NativePidfd, signalName } from '../contracts/pidfd';
 import { adoptLockPath, readRunRecord, supervisorSocketPath } from '../contracts/run-record';
 import { readSupervisorPid, startTicks, vmPaths, VmPaths } from '../contracts/paths';
 import { RunResult, Supervisor } from './supervisor';
+import type { Logger } from '../contracts/log';
 
 const pidfd = native as unknown as NativePidfd & { pidfdOpen(pid: number): number };
 
@@ -237,7 +238,8 @@ function listen(paths: VmPaths, procs: () => (ChildProcess | undefined)[], log: 
 }
 
 /** The whole adoption; resolves with the VM's result when it ends. */
-export async function adopt(name: string, log: (line: string) => void): Promise<RunResult> {
+export async function adopt(name: string, logger: Logger): Promise<RunResult> {
+  const log = (line: string) => logger.info(line);
   const paths = vmPaths(name);
   const lock = adoptLockPath(paths);
   const live = readSupervisorPid(name);
@@ -249,7 +251,7 @@ export async function adopt(name: string, log: (line: string) => void): Promise<
   try {
     const { cfg, adoption } = await gather(paths, log);
     const rec = readRunRecord(paths)!;
-    sup = new Supervisor(cfg, { log, adopted: adoption, standby: rec.standby, hangTimeoutMs: rec.hangTimeoutMs });
+    sup = new Supervisor(cfg, { logger, adopted: adoption, standby: rec.standby, hangTimeoutMs: rec.hangTimeoutMs });
     for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => sup.stop(`stopped by ${sig}`));
     sup.start();
     const adopted = [adoption.vmm, adoption.driverDomain];

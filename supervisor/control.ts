@@ -12,7 +12,8 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import {
-  ComponentStatus, ControlReply, ControlRequest, ControlStatus, RecoveryRecord, SupervisorMessage, VmConfig,
+  ComponentStatus, ControlReply, ControlRequest, ControlStatus, GuestState, HangKillRecord, RecoveryRecord, StandbyStatus,
+  SupervisorMessage, TakeoverRecord, VmConfig,
 } from '../proto';
 import { ControlPage } from '../contracts/control-page';
 import { mkdirPrivate, vmPaths, VmPaths, writeSupervisorPid } from '../contracts/paths';
@@ -61,6 +62,12 @@ export interface ControlTarget {
   readonly hasDevices: boolean;
   /** Every recovery so far, in order (appended to, never rewritten). */
   readonly recoveries: readonly Recovery[];
+  /** Every hang kill and every standby takeover so far, in order (appended to, never rewritten). */
+  readonly hangs: readonly { component: string; pid: number; stillMs: number; evidence: string; at: number }[];
+  readonly takeovers: readonly TakeoverRecord[];
+  /** The standbys (--standby) and the guest's state, as ControlStatus carries them. */
+  standbys(): StandbyStatus[];
+  readonly guestState: GuestState;
   pidOf(component: ControlledComponent): number | undefined;
   stop(reason: string): void;
   /** tsvmm stop: the power button, then a hard stop after the timeout (or at once with force). */
@@ -93,6 +100,8 @@ export class Control {
   private readonly recs: RecoveryRecord[] = [];
   private supRecsSeen = 0;
   private sentRecs = 0;
+  private sentHangs = 0;
+  private sentTakeovers = 0;
   private needFull = true;
   private lastSent = '';
   private lastSentAt = 0;
@@ -203,7 +212,7 @@ export class Control {
     const supRecs = this.sup.recoveries;
     for (; this.supRecsSeen < supRecs.length; this.supRecsSeen++) {
       const r = supRecs[this.supRecsSeen];
-      this.recs.push({ component: r.component, cause: r.cause, seconds: r.ms / 1000, at: Date.now() / 1000 });
+      this.recs.push({ component: r.component, cause: r.cause, seconds: r.ms / 1000, at: Date.now() / 1000, warm: r.warm === true });
     }
     const components: ComponentStatus[] = [
       // Restarts: every supervisor this VM had before this one (each adopted it from the last).
@@ -214,7 +223,7 @@ export class Control {
     if (this.sup.pidOf('vmm')) components.push(this.component('keeper', this.sup.pidOf('keeper')));
     if (this.sup.hasDevices) components.push(this.component('driver-domain', this.sup.pidOf('driver-domain')));
     components.push(this.component('priv-domain', this.sup.pidOf('priv-domain')));
-    return { components, recoveries: [], full: false, paused: this.page.pauseRequested };
+    return { components, recoveries: [], full: false, paused: this.page.pauseRequested, standbys: this.sup.standbys(), guestState: this.sup.guestState };
   }
 
   private tick(): void {
@@ -222,14 +231,19 @@ export class Control {
     const s = this.status();
     const full = this.needFull;
     s.recoveries = full ? this.recs.slice() : this.recs.slice(this.sentRecs);
+    const hangs: HangKillRecord[] = this.sup.hangs.map((h) => ({ component: h.component, pid: h.pid, stillMs: h.stillMs, evidence: h.evidence, at: h.at }));
+    s.hangKills = full ? hangs : hangs.slice(this.sentHangs);
+    s.takeovers = full ? this.sup.takeovers.slice() : this.sup.takeovers.slice(this.sentTakeovers);
     s.full = full;
-    const key = JSON.stringify({ c: s.components, n: this.recs.length, p: s.paused });
+    const key = JSON.stringify({ c: s.components, n: this.recs.length, h: hangs.length, t: this.sup.takeovers.length, p: s.paused, s: s.standbys, g: s.guestState });
     const now = Date.now();
     if (!full && key === this.lastSent && now - this.lastSentAt < 1000) return;
     if (!this.priv?.connected) return;
     this.send({ status: s });
     this.needFull = false;
     this.sentRecs = this.recs.length;
+    this.sentHangs = hangs.length;
+    this.sentTakeovers = this.sup.takeovers.length;
     this.lastSent = key;
     this.lastSentAt = now;
   }

@@ -6,7 +6,7 @@
 import { ChildProcess } from 'child_process';
 import { componentEntry } from './component-entry';
 import { Component } from '../contracts/state-page';
-import { LifecycleHost } from './lifecycle';
+import { LifecycleHost, recoveryFields } from './lifecycle';
 import { TSVMM_EXIT } from '../contracts/exit-codes';
 import { RESTART_LIMITS, RestartPolicy } from './restart-policy';
 import { componentStdio, hasExited, killHung, ReadyMsg, replaceStandby, spawnProcess, whenExited } from './spawn';
@@ -17,7 +17,7 @@ export const STANDBY_RESPAWN_MS = 300;
 export class DriverDomainLifecycle {
   private primary?: ChildProcess;
   private spare?: ChildProcess;
-  private pending?: { cause: string; t0: bigint; update: boolean };
+  private pending?: { cause: string; t0: bigint; update: boolean; fromPid?: number };
   /** The driver-domain `update()` told to go: its end is an update, not a recovery. */
   private handingOver?: ChildProcess;
   private readonly policy = new RestartPolicy('driver-domain', RESTART_LIMITS.driverDomain);
@@ -57,7 +57,7 @@ export class DriverDomainLifecycle {
       script: componentEntry('driver-domain'),
       stdio: componentStdio(h.held, 'driver-domain'),
       confinement: h.held.confinement,
-      name: 'driver-domain', log: (l) => h.log(l),
+      name: 'driver-domain', logger: h.logger,
       // Block I/O that io_uring does not serve inline (large transfers, the thread-pool fallback) runs
       // on libuv's pool: give the driver-domain a deep one.
       env: { UV_THREADPOOL_SIZE: '64', ...(standbyFor ? { TSVMM_STANDBY_FOR: String(standbyFor) } : {}) },
@@ -68,7 +68,7 @@ export class DriverDomainLifecycle {
         } else if ('fatal' in m && m.fatal) {
           if (child === this.spare) {
             // A standby that failed to build: the primary is fine; drop it (its exit schedules a new one).
-            h.log(`driver-domain standby failed: ${m.fatal.message}`);
+            h.logger.warn(`driver-domain standby failed: ${m.fatal.message}`);
             this.spareWait?.(m.fatal.message);
             child.kill('SIGKILL');
             return;
@@ -95,7 +95,7 @@ export class DriverDomainLifecycle {
       return;
     }
     if (child !== this.primary) return;
-    this.pending ??= { cause, t0: process.hrtime.bigint(), update: child === this.handingOver };
+    this.pending ??= { cause, t0: process.hrtime.bigint(), update: child === this.handingOver, fromPid: child.pid };
     if (this.spare) {
       // Warm: the standby saw the death on its pidfd and is (or soon is) serving.
       this.primary = this.spare;
@@ -107,7 +107,7 @@ export class DriverDomainLifecycle {
     this.primary = undefined;
     const restart = () => { if (!h.finished && !this.primary) this.spawn(); };
     if (d.delayMs) {
-      h.log(`driver-domain: ${this.policy.failuresInARow} failures in a row; restarting it in ${d.delayMs} ms`);
+      h.logger.warn(`driver-domain: ${this.policy.failuresInARow} failures in a row; restarting it in ${d.delayMs} ms`);
       setTimeout(restart, d.delayMs);
     } else restart();
   }
@@ -116,7 +116,7 @@ export class DriverDomainLifecycle {
     const h = this.host;
     const d = this.sparePolicy.failed(cause);
     if ('giveUp' in d) {
-      if (!this.spareGaveUp) h.log(`driver-domain standby keeps failing (${d.giveUp}); running without one`);
+      if (!this.spareGaveUp) h.logger.warn(`driver-domain standby keeps failing (${d.giveUp}); running without one`);
       this.spareGaveUp = true;
       return;
     }
@@ -152,10 +152,18 @@ export class DriverDomainLifecycle {
     return { ms: Number(process.hrtime.bigint() - t0) / 1e6 };
   }
   private spareWait?: (failure: string | undefined) => void;
+  /** Standbys that reported themselves built and waiting. */
+  private readonly spareReady = new WeakSet<ChildProcess>();
+
+  /** The warm standby (tsvmm run --standby): its pid, and whether it would take over now. */
+  get standbyStatus(): { pid: number; ready: boolean } {
+    const s = this.spare;
+    return { pid: s?.pid ?? 0, ready: s !== undefined && this.spareReady.has(s) && !hasExited(s) && !this.pending };
+  }
   private tookOver?: () => void;
 
   private onReady(child: ChildProcess, r: ReadyMsg): void {
-    if (r.standby) { if (child === this.spare) this.spareWait?.(undefined); return; }
+    if (r.standby) { if (child === this.spare) { this.spareReady.add(child); this.spareWait?.(undefined); } return; }
     if (child === this.spare || child === this.primary) this.tookOver?.();
     const readyAt = process.hrtime.bigint();
     if (child === this.spare) {
@@ -163,9 +171,9 @@ export class DriverDomainLifecycle {
       const dead = this.primary!;
       this.spare = undefined;
       this.primary = child;
-      void whenExited(dead).then((cause) => this.record(cause, readyAt, r, true, dead === this.handingOver));
+      void whenExited(dead).then((cause) => this.record(cause, readyAt, r, true, dead === this.handingOver, { child, fromPid: dead.pid ?? 0 }));
     } else if (child === this.primary && this.pending) {
-      this.record(this.pending.cause, this.pending.t0, r, r.warm === true, this.pending.update);
+      this.record(this.pending.cause, this.pending.t0, r, r.warm === true, this.pending.update, { child, fromPid: this.pending.fromPid ?? 0 });
     } else if (child !== this.primary) return;
     this.pending = undefined;
     this.policy.succeeded();
@@ -174,17 +182,20 @@ export class DriverDomainLifecycle {
     if (this.host.standby) setTimeout(() => this.startSpare(), r.warm ? STANDBY_RESPAWN_MS : 0);
   }
 
-  private record(cause: string, t0: bigint, r: ReadyMsg, warm: boolean, update: boolean): void {
+  private record(cause: string, t0: bigint, r: ReadyMsg, warm: boolean, update: boolean, by: { child: ChildProcess; fromPid: number }): void {
     const resumed = r.resumedNs ? BigInt(r.resumedNs) : process.hrtime.bigint();
     const died = r.diedNs && BigInt(r.diedNs) < t0 ? BigInt(r.diedNs) : t0;
     const ms = Number(resumed - died) / 1e6;
+    if (warm) this.host.tookOver({ component: 'driver-domain', pid: by.child.pid ?? 0, fromPid: by.fromPid, ms, reason: update ? 'update' : 'recovery' });
     if (update) {
       // tsvmm update: planned, not a failure (no recovery event, no restart-policy count).
       this.handingOver = undefined;
       this.host.log(`updated driver-domain: the new build took over in ${ms.toFixed(2)} ms (the old driver-domain ${/^(exit code 0|signal SIGTERM)$/.test(cause) ? 'exited cleanly' : `exited (${cause})`})`);
       return;
     }
-    this.host.recovered({ component: 'driver-domain', cause, ms, warm });
-    this.host.log(`recovered driver-domain (cause: ${cause}) in ${ms.toFixed(warm ? 2 : 1)} ms (${warm ? 'warm standby' : 'cold restart'})`);
+    const rec = { component: 'driver-domain', cause, ms, warm };
+    this.host.recovered(rec);
+    this.host.logger.info(`recovered driver-domain (cause: ${cause}) in ${ms.toFixed(warm ? 2 : 1)} ms (${warm ? 'warm standby' : 'cold restart'})`, recoveryFields(rec));
   }
 }
+

@@ -26,6 +26,7 @@
  */
 import * as fs from 'fs';
 import { Component, StatePage } from '../contracts/state-page';
+import type { Logger } from '../contracts/log';
 
 /** Default threshold (ms); env TSVMM_HANG_TIMEOUT_MS, `tsvmm run --hang-timeout`; 0 turns detection off. */
 export const DEFAULT_HANG_TIMEOUT_MS = 250;
@@ -81,6 +82,8 @@ export interface Hang {
   stillMs: number;
   /** What the kernel said, as logged. */
   evidence: string;
+  /** Unix time (seconds) of the kill. */
+  at: number;
 }
 
 interface Watched {
@@ -104,7 +107,7 @@ export class HangWatch {
   /** A snapshot stops the driver-domain and keeps the vmm's main thread busy on purpose: no verdicts meanwhile. */
   suspended = false;
 
-  constructor(private readonly page: StatePage, readonly timeoutMs: number, private readonly log: (line: string) => void = () => undefined) {}
+  constructor(private readonly page: StatePage, readonly timeoutMs: number, private readonly logger?: Logger) {}
 
   get enabled(): boolean { return this.timeoutMs > 0; }
 
@@ -150,8 +153,9 @@ export class HangWatch {
       if (!verdict) continue;
       this.watched.delete(key);
       const still = now - w.since;
-      this.hangs.push({ component: w.name, pid: w.pid, stillMs: still, evidence: verdict });
-      this.log(`${w.name} hung: ${w.slot === undefined ? 'stopped' : 'no heartbeat'} for ${still.toFixed(0)} ms (threshold ${this.timeoutMs} ms; ${verdict}); killing pid ${w.pid}`);
+      this.hangs.push({ component: w.name, pid: w.pid, stillMs: still, evidence: verdict, at: Date.now() / 1000 });
+      this.logger?.warn(`${w.name} hung: ${w.slot === undefined ? 'stopped' : 'no heartbeat'} for ${still.toFixed(0)} ms (threshold ${this.timeoutMs} ms; ${verdict}); killing pid ${w.pid}`,
+        { event: 'hang-kill', target: w.name, targetPid: w.pid, stillMs: Math.round(still), thresholdMs: this.timeoutMs, evidence: verdict });
       w.kill();
     }
   }
@@ -179,7 +183,7 @@ export class HangWatch {
     if (state === 'T' || state === 't') return evidence;
     if (ranMs >= busyMs(this.timeoutMs)) return evidence;
     const notYet = (why: string) => {
-      if (w.waiting !== why) this.log(`${w.name}: no heartbeat for ${still.toFixed(0)} ms, but ${why}: not a hang (${evidence})`);
+      if (w.waiting !== why) this.logger?.info(`${w.name}: no heartbeat for ${still.toFixed(0)} ms, but ${why}: not a hang (${evidence})`, { event: 'hang-suspected', target: w.name, targetPid: w.pid, evidence });
       w.waiting = why;
       w.misses = 0;
       return undefined;

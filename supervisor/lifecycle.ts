@@ -9,6 +9,7 @@ import { VmConfig } from '../proto';
 import { StatePage } from '../contracts/state-page';
 import { HangWatch } from './hang-watch';
 import { HeldFds } from './spawn';
+import type { LogFields, Logger } from '../contracts/log';
 
 export interface RunResult {
   /** tsvmm's exit status (TSVMM_EXIT in contracts/exit-codes.ts). */
@@ -29,6 +30,26 @@ export interface Recovery {
   warm?: boolean;
 }
 
+/** A warm standby took over from the component it stood by for (after a crash or hang, or in tsvmm update). */
+export interface Takeover {
+  component: string;
+  /** The standby's pid: the component's pid from now on. */
+  pid: number;
+  /** The pid it took over from. */
+  fromPid: number;
+  /** death (or the update's handover) -> the standby runs the guest / serves the devices */
+  ms: number;
+  /** 'recovery' or 'update' */
+  reason: string;
+  /** Unix time (seconds). */
+  at: number;
+}
+
+/** The fields of a recovery's log record (contracts/log.ts). */
+export function recoveryFields(r: Recovery): LogFields {
+  return { event: 'recovery', target: r.component, cause: r.cause, warm: r.warm ?? false, ms: Math.round(r.ms * 1000) / 1000 };
+}
+
 export interface LifecycleHost {
   readonly cfg: VmConfig;
   readonly held: HeldFds;
@@ -37,9 +58,13 @@ export interface LifecycleHost {
   readonly hangWatch: HangWatch;
   /** tsvmm run --standby: keep warm standbys. */
   readonly standby: boolean;
+  /** One line at level info (status, recoveries); `logger` for other levels and fields. */
   log(line: string): void;
+  readonly logger: Logger;
   /** A component recovered: recorded, relayed to the priv-domain (`tsvmm ps`, metrics). */
   recovered(r: Recovery): void;
+  /** A warm standby took over: recorded (an event in `tsvmm events`) and logged. */
+  tookOver(t: Omit<Takeover, 'at'>): void;
   /** The VM ends (guest exit, or nothing left to recover from). */
   finish(r: RunResult): void;
   /** True once the VM has ended: lifecycles start nothing new. */

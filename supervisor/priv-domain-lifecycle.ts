@@ -10,7 +10,7 @@ import { ChildProcess } from 'child_process';
 import { Component } from '../contracts/state-page';
 import { vmPaths } from '../contracts/paths';
 import { ControlRequest, SupervisorMessage } from '../proto';
-import { LifecycleHost, RunResult } from './lifecycle';
+import { LifecycleHost, recoveryFields, RunResult } from './lifecycle';
 import { RESTART_LIMITS, RestartPolicy } from './restart-policy';
 import { hasExited, killHung, sendTo, spawnProcess, whenExited } from './spawn';
 import { FD } from '../contracts/fds';
@@ -67,17 +67,17 @@ export class PrivDomainLifecycle {
     const child = spawnProcess({
       component: 'priv-domain',
       script: SCRIPT,
-      stdio: privStdio(h.held.stateFd, h.held.configFd, h.held.apiFd),
+      stdio: privStdio(h.held.stateFd, h.held.configFd, h.held.apiFd, h.held.logFd),
       env: { ...this.env },
       confinement: h.held.confinement,
-      name: 'priv-domain', log: (l) => h.log(l),
+      name: 'priv-domain', logger: h.logger,
       // Its store and console log are relative to its state directory (supervisor/control.ts).
       cwd: vmPaths(h.cfg.name).stateDir,
       onMessage: (m) => {
         if (child !== this.child) return;
         if ('ready' in m && m.ready) this.onReady(child, m.ready.pid, m.ready.metricsAddr ?? '');
         else if ('controlRequest' in m && m.controlRequest) this.events.request(m.controlRequest);
-        else if ('fatal' in m && m.fatal) h.log(`priv-domain: ${m.fatal.message}`);
+        else if ('fatal' in m && m.fatal) h.logger.error(`priv-domain: ${m.fatal.message}`);
       },
       onExit: (cause) => {
         h.hangWatch.unwatch(child);
@@ -87,7 +87,7 @@ export class PrivDomainLifecycle {
         // No limit: the policy never gives up on the priv-domain, it only slows down.
         const delay = 'delayMs' in d ? d.delayMs : RESTART_LIMITS.privDomain.maxDelayMs;
         if (delay) {
-          h.log(`priv-domain: ${this.policy.failuresInARow} failures in a row (last: ${cause}); restarting it in ${delay} ms`);
+          h.logger.warn(`priv-domain: ${this.policy.failuresInARow} failures in a row (last: ${cause}); restarting it in ${delay} ms`);
           setTimeout(() => this.spawn(), delay).unref();
         } else this.spawn();
       },
@@ -118,17 +118,19 @@ export class PrivDomainLifecycle {
     this.pending = undefined;
     if (p) {
       const ms = Number(process.hrtime.bigint() - p.t0) / 1e6;
-      h.recovered({ component: 'priv-domain', cause: p.cause, ms });
-      h.log(`recovered priv-domain (cause: ${p.cause}) in ${ms.toFixed(1)} ms`);
+      const rec = { component: 'priv-domain', cause: p.cause, ms };
+      h.recovered(rec);
+      h.logger.info(`recovered priv-domain (cause: ${p.cause}) in ${ms.toFixed(1)} ms`, recoveryFields(rec));
     }
     this.events.ready();
   }
 }
 
-/** 5 state, 8 config, and the API socket the supervisor bound (contracts/fds.ts). */
-function privStdio(stateFd: number, configFd: number, apiFd: number): ('ignore' | 'inherit' | 'ipc' | number)[] {
+/** 5 state, 8 config, the API socket the supervisor bound, the log file (contracts/fds.ts). */
+function privStdio(stateFd: number, configFd: number, apiFd: number, logFd: number): ('ignore' | 'inherit' | 'ipc' | number)[] {
   const stdio: ('ignore' | 'inherit' | 'ipc' | number)[] = ['ignore', 'ignore', 'inherit', 'ipc'];
-  for (let fd = stdio.length; fd <= FD.API_LISTEN; fd++) stdio.push('ignore');
+  for (let fd = stdio.length; fd <= FD.LOG; fd++) stdio.push('ignore');
+  if (logFd >= 0) stdio[FD.LOG] = logFd;
   stdio[FD.STATE] = stateFd;
   stdio[FD.CONFIG] = configFd;
   if (apiFd >= 0) stdio[FD.API_LISTEN] = apiFd;

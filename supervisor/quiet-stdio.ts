@@ -1,18 +1,13 @@
 /**
  * A supervisor must not die of its terminal: SIGHUP (the terminal closed) does not stop it, and a write to a closed stdout or stderr (EPIPE, EIO: `tsvmm run | head -3`, a
- * hung-up terminal) is dropped instead of crashing it. Returns the log function to use.
+ * hung-up terminal) is dropped instead of crashing it: `logger` then writes only its file.
  */
-import * as fs from 'fs';
+import type { Logger } from '../contracts/log';
 
-export function quietStdio(prefix = 'tsvmm: '): (line: string) => void {
-  let detached = false;
-  for (const s of [process.stdout, process.stderr]) s.on('error', () => { detached = true; });
-  const log = (line: string) => {
-    if (detached) return;
-    try { fs.writeSync(2, `${prefix}${line}\n`); } catch { detached = true; }
-  };
+export function quietStdio(logger: Logger): Logger {
+  for (const s of [process.stdout, process.stderr]) s.on('error', () => logger.detachStderr());
   process.on('SIGHUP', () => {
-    log('SIGHUP: not stopping (the VM keeps running; tsvmm stop stops it)');
+    logger.warn('SIGHUP: not stopping (the VM keeps running; tsvmm stop stops it)', { event: 'sighup' });
   });
-  return log;
+  return logger;
 }

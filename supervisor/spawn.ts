@@ -11,6 +11,7 @@ import { ComponentMessage, ComponentMessageCodec, SupervisorMessage, SupervisorM
 import { FD } from '../contracts/fds';
 import { deviceStdio, HeldDevice } from './held-devices';
 import { Confinement, seccompKilled, spawnConfinement } from '../contracts/confinement';
+import type { Logger } from '../contracts/log';
 
 /** What the supervisor holds for the VM's whole life and hands every component at spawn. */
 export interface HeldFds {
@@ -28,6 +29,8 @@ export interface HeldFds {
   readonly initrdFd: number;
   /** The priv-domain's API socket, bound and listening (supervisor/control.ts; -1 until then). */
   apiFd: number;
+  /** The VM's log file (contracts/log.ts), opened once the state directory exists (-1 until then). */
+  logFd: number;
   /** How every component is confined: the uid it runs as, its seccomp mode. */
   readonly confinement: Confinement;
 }
@@ -85,7 +88,7 @@ export interface SpawnOptions {
   cwd?: string;
   /** For the line that says a component was killed by its seccomp filter. */
   name: string;
-  log: (line: string) => void;
+  logger: Logger;
 }
 
 /** Spawns a component process; messages arrive decoded, the exit with its cause. */
@@ -95,10 +98,12 @@ export function spawnProcess(o: SpawnOptions): ChildProcess {
     stdio: o.stdio, env: componentEnv({ TSVMM_ADOPT_ENTRY: ADOPT_ENTRY, ...jail.env, ...o.env }), uid: jail.uid, gid: jail.gid, cwd: o.cwd,
   });
   child.on('error', () => undefined); // a failed spawn also exits
+  o.logger.debug(`${o.adopted ? 'adopted' : 'started'} ${o.component}${o.env.TSVMM_STANDBY === '1' || o.env.TSVMM_STANDBY_FOR ? ' standby' : ''} (pid ${child.pid})`,
+    { event: 'spawn', target: o.component, targetPid: child.pid });
   child.on('exit', (code, signal) => {
     // An adopted process is not our child: its status may be unknown (supervisor/adopt.ts).
     const cause = hangKilled.has(child) ? 'hang' : badMessage.has(child) ? 'malformed message' : signal ? `signal ${signal}` : code === null ? 'exited, status unknown' : `exit code ${code}`;
-    if (signal === 'SIGSYS') o.log(seccompKilled(o.name, child.pid));
+    if (signal === 'SIGSYS') o.logger.error(seccompKilled(o.name, child.pid), { event: 'seccomp-kill', target: o.name, targetPid: child.pid });
     exitCauses.set(child, cause);
     o.onExit(cause);
   });
@@ -106,7 +111,7 @@ export function spawnProcess(o: SpawnOptions): ChildProcess {
   // lines after it): it is killed and recovered like any other failure, cause `malformed message`.
   const bad = (why: string) => {
     if (hasExited(child) || badMessage.has(child)) return;
-    process.stderr.write(`tsvmm: ${o.component} (pid ${child.pid}) sent a malformed message (${why}): killing it\n`);
+    o.logger.warn(`${o.component} (pid ${child.pid}) sent a malformed message (${why}): killing it`, { event: 'malformed-message', target: o.component, targetPid: child.pid });
     badMessage.add(child);
     child.kill('SIGKILL');
   };
@@ -137,6 +142,8 @@ export function componentStdio(held: HeldFds, name: 'vmm' | 'driver-domain'): St
     stdio[FD.INITRD] = held.initrdFd >= 0 ? held.initrdFd : 'ignore';
   }
   deviceStdio(held.devices, name === 'driver-domain').forEach((fd, i) => { if (i >= stdio.length) stdio[i] = fd; });
+  // (deviceStdio filled every slot below DEVICE_FD_BASE: no hole, which spawn would skip.)
+  stdio[FD.LOG] = held.logFd >= 0 ? held.logFd : 'ignore';
   if (name !== 'vmm') stdio[0] = 'ignore';
   return stdio;
 }

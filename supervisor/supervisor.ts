@@ -30,7 +30,9 @@ import { DEFAULT_HANG_TIMEOUT_MS, Hang, HangWatch } from './hang-watch';
 
 /** How often the supervisor checks the state page's static part (scrubStatePage). */
 const SCRUB_MS = 50;
-import { LifecycleHost, Recovery, RunResult } from './lifecycle';
+/** How often the supervisor checks the log file's size (LogFile.rotateIfNeeded). */
+const LOG_ROTATE_CHECK_MS = 1000;
+import { LifecycleHost, Recovery, recoveryFields, RunResult, Takeover } from './lifecycle';
 import { DEFAULT_STOP_TIMEOUT_MS, TSVMM_EXIT } from '../contracts/exit-codes';
 import { HeldFds } from './spawn';
 import { VmmLifecycle, VmmRecovery } from './vmm-lifecycle';
@@ -38,17 +40,18 @@ import { DriverDomainLifecycle } from './driver-domain-lifecycle';
 import { PrivDomainLifecycle } from './priv-domain-lifecycle';
 import { threadState } from './hang-watch';
 import { loadSnapshotPages, loadSnapshotRam, publishSnapshot, sealSnapshot } from '../contracts/snapshot-dir';
-import type { SnapshotManifest } from '../proto';
+import type { GuestState, SnapshotManifest, StandbyStatus } from '../proto';
 import { confinementFor, unreachableBy } from '../contracts/confinement';
 import { componentEntry } from './component-entry';
 import { Kvm } from '../kvm/system';
+import { LogFile, Logger, logSettings, setProcessLogger } from '../contracts/log';
 
 export type { Recovery, RunResult } from './lifecycle';
 export type { VmmRecovery } from './vmm-lifecycle';
 
 export interface SupervisorOptions {
-  /** Called with one line for the user (status, recoveries). */
-  log?: (line: string) => void;
+  /** Where status, recoveries and warnings go (contracts/log.ts); default: stderr, with the settings in the environment. */
+  logger?: Logger;
   /**
    * Hang detection (supervisor/hang-watch.ts): threshold in ms, default 250 (env
    * TSVMM_HANG_TIMEOUT_MS); 0 turns it off.
@@ -99,7 +102,12 @@ export class Supervisor implements LifecycleHost, ControlTarget {
   private resolveDone!: (r: RunResult) => void;
   readonly done: Promise<RunResult>;
 
+  readonly logger: Logger;
+  private logFile?: LogFile;
+  private logTimer?: NodeJS.Timeout;
+
   constructor(readonly cfg: VmConfig, private readonly opts: SupervisorOptions = {}) {
+    this.logger = setProcessLogger(opts.logger ?? new Logger({ component: 'supervisor', ...logSettings() }));
     const confinement = confinementFor(opts.user);
     const { uid, gid } = confinement;
     if (uid !== undefined && gid !== undefined) {
@@ -113,7 +121,7 @@ export class Supervisor implements LifecycleHost, ControlTarget {
     const kvmFd = Kvm.open().fd;
     const kernelFd = opts.restore || opts.adopted ? -1 : fs.openSync(cfg.kernel, 'r');
     const initrdFd = cfg.initrd && !opts.restore && !opts.adopted ? fs.openSync(cfg.initrd, 'r') : -1;
-    const jail = { kvmFd, kernelFd, initrdFd, apiFd: -1, confinement };
+    const jail = { kvmFd, kernelFd, initrdFd, apiFd: -1, logFd: -1, confinement };
     if (opts.adopted) {
       // The running components' fds and pages, as they are: nothing is formatted again.
       this.held = { ...opts.adopted.fds, ...jail };
@@ -144,8 +152,8 @@ export class Supervisor implements LifecycleHost, ControlTarget {
     this.staticImage = this.page.staticImage();
     this.standby = opts.standby === true;
     const hangMs = opts.hangTimeoutMs ?? Number(process.env.TSVMM_HANG_TIMEOUT_MS ?? DEFAULT_HANG_TIMEOUT_MS);
-    this.hangWatch = new HangWatch(this.page, process.env.TSVMM_NO_RECOVERY === '1' ? 0 : hangMs, (l) => this.log(l));
-    this.control = new Control(this, (l) => this.log(l));
+    this.hangWatch = new HangWatch(this.page, process.env.TSVMM_NO_RECOVERY === '1' ? 0 : hangMs, this.logger);
+    this.control = new Control(this, (l) => this.logger.warn(l));
     this.vmm = new VmmLifecycle(this);
     if (this.held.devices.length) this.driverDomain = new DriverDomainLifecycle(this);
     this.priv = new PrivDomainLifecycle(this, this.control.privEnv, {
@@ -176,12 +184,13 @@ export class Supervisor implements LifecycleHost, ControlTarget {
       throw e;
     }
     this.restoreImage = undefined;
-    if (process.env.TSVMM_RESTORE_DEBUG) process.stderr.write(`tsvmm: guest RAM read in ${(performance.now() - t).toFixed(1)} ms (the vmm starting meanwhile), published at ${performance.now().toFixed(1)} ms since process start\n`);
+    if (process.env.TSVMM_RESTORE_DEBUG) this.logger.info(`guest RAM read in ${(performance.now() - t).toFixed(1)} ms (the vmm starting meanwhile), published at ${performance.now().toFixed(1)} ms since process start`);
   }
 
   start(): void {
     if (this.opts.restore && !this.opts.adopted) this.startRestore(this.opts.restore);
     this.control.start(this.priv);
+    this.openLogFile();
     this.record = new RunRecordWriter(this.control.paths, {
       runId: this.control.runId, standby: this.standby, hangTimeoutMs: this.hangWatch.timeoutMs,
       supervisors: (this.opts.adopted?.supervisors ?? 0) + 1, startedAt: this.opts.adopted?.startedAt ?? Date.now() / 1000,
@@ -193,9 +202,9 @@ export class Supervisor implements LifecycleHost, ControlTarget {
       this.vmm.adopt(a.vmm, a.vmmRunning, a.keepers, a.cause);
       const ms = Number(process.hrtime.bigint() - a.t0) / 1e6;
       this.recovered({ component: 'supervisor', cause: a.cause, ms });
-      this.log(`recovered supervisor (cause: ${a.cause}) in ${ms.toFixed(1)} ms: adopted ${[
+      this.logger.info(`recovered supervisor (cause: ${a.cause}) in ${ms.toFixed(1)} ms: adopted ${[
         a.vmm && `vmm ${a.vmm.pid}`, a.driverDomain && `driver-domain ${a.driverDomain.pid}`, ...a.keepers.map((k) => `keeper ${k}`),
-      ].filter((s) => s).join(', ')} (supervisor ${a.supervisors + 1} of this VM, pid ${process.pid})`);
+      ].filter((s) => s).join(', ')} (supervisor ${a.supervisors + 1} of this VM, pid ${process.pid})`, recoveryFields({ component: 'supervisor', cause: a.cause, ms }));
     } else {
       this.driverDomain?.start();
       // (A restored guest's vmm is already starting: a cold restore from the snapshot memfd.)
@@ -215,7 +224,24 @@ export class Supervisor implements LifecycleHost, ControlTarget {
    */
   scrubStatePage(): void {
     const fixed = this.page.repairStatic(this.staticImage);
-    if (fixed.length) this.log(`state page corrupted (${fixed.slice(0, 4).join('; ')}${fixed.length > 4 ? `; ${fixed.length - 4} more` : ''}): repaired from the supervisor's copy`);
+    if (fixed.length) this.logger.warn(`state page corrupted (${fixed.slice(0, 4).join('; ')}${fixed.length > 4 ? `; ${fixed.length - 4} more` : ''}): repaired from the supervisor's copy`);
+  }
+
+  /**
+   * <state dir>/tsvmm.log (contracts/log.ts): what this supervisor logged so far goes in, and every
+   * component started from now on writes it through FD.LOG. Checked for rotation once a second.
+   */
+  private openLogFile(): void {
+    try {
+      this.logFile = new LogFile(this.control.paths.log);
+    } catch (e) {
+      this.logger.warn(`cannot open the log file ${this.control.paths.log} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): logs go to stderr only`);
+      return;
+    }
+    this.held.logFd = this.logFile.fd;
+    this.logger.attachFile(this.logFile.fd);
+    this.logTimer = setInterval(() => this.logFile?.rotateIfNeeded(), LOG_ROTATE_CHECK_MS);
+    this.logTimer.unref();
   }
 
   /** Adopt mode: what the dead supervisor left (supervisor/adopt.ts). */
@@ -230,8 +256,16 @@ export class Supervisor implements LifecycleHost, ControlTarget {
 
   // ---- LifecycleHost ----
 
-  log(line: string): void { this.opts.log?.(line); }
+  log(line: string): void { this.logger.info(line); }
   recovered(r: Recovery): void { this.recoveries.push(r); }
+  /** Every standby takeover, in order. */
+  readonly takeovers: Takeover[] = [];
+  tookOver(t: Omit<Takeover, 'at'>): void {
+    const rec = { ...t, at: Date.now() / 1000 };
+    this.takeovers.push(rec);
+    this.logger.info(`${t.component} standby (pid ${t.pid}) took over from pid ${t.fromPid} (${t.reason}) in ${t.ms.toFixed(2)} ms`,
+      { event: 'takeover', target: t.component, targetPid: t.pid, fromPid: t.fromPid, reason: t.reason, ms: Math.round(t.ms * 1000) / 1000 });
+  }
   get finished(): boolean { return this.result !== undefined; }
 
   finish(r: RunResult): void {
@@ -247,6 +281,7 @@ export class Supervisor implements LifecycleHost, ControlTarget {
     this.result = r;
     this.hangWatch.stop();
     clearInterval(this.scrubTimer);
+    clearInterval(this.logTimer);
     this.vmm.stop();
     this.driverDomain?.stop();
     // The priv-domain records the VM's end in its store before it goes (supervisor/control.ts).
@@ -257,6 +292,20 @@ export class Supervisor implements LifecycleHost, ControlTarget {
 
   get stateFd(): number { return this.held.stateFd; }
   get hasDevices(): boolean { return this.held.devices.length > 0; }
+
+  /** The standbys of a VM run with --standby; none without. */
+  standbys(): StandbyStatus[] {
+    if (!this.standby) return [];
+    const out: StandbyStatus[] = [{ component: 'vmm', ...this.vmm.standbyStatus }];
+    if (this.driverDomain) out.push({ component: 'driver-domain', ...this.driverDomain.standbyStatus });
+    return out;
+  }
+
+  /** starting, running, paused or recovering (ControlStatus.guest_state). */
+  get guestState(): GuestState {
+    const s = this.vmm.guestState;
+    return s === 'running' && this.control.page.pauseRequested ? 'paused' : s;
+  }
 
   pidOf(component: ControlledComponent): number | undefined {
     switch (component) {

@@ -23,7 +23,7 @@ import { componentEntry } from './component-entry';
 import { Component } from '../contracts/state-page';
 import { EXIT_NOT_NEEDED, TSVMM_EXIT } from '../contracts/exit-codes';
 import { keeper, SnapshotView, SnapState } from '../contracts/snapshot';
-import { LifecycleHost } from './lifecycle';
+import { LifecycleHost, recoveryFields } from './lifecycle';
 import { RESTART_LIMITS, RestartPolicy } from './restart-policy';
 import { componentStdio, hasExited, killHung, ReadyMsg, replaceStandby, sendTo, spawnProcess, whenExited } from './spawn';
 import { STANDBY_RESPAWN_MS } from './driver-domain-lifecycle';
@@ -83,6 +83,25 @@ export class VmmLifecycle {
 
   /** pid of the running vmm. */
   get pid(): number | undefined { return this.primary?.pid; }
+
+  /** Standbys that reported themselves built and waiting. */
+  private readonly spareReady = new WeakSet<ChildProcess>();
+  /** A vmm has run the guest (booted or resumed it). */
+  private guestRan = false;
+
+  /** The warm standby (tsvmm run --standby): its pid, and whether it would take over now. */
+  get standbyStatus(): { pid: number; ready: boolean } {
+    const s = this.spare;
+    return { pid: s?.pid ?? 0, ready: s !== undefined && this.spareReady.has(s) && !hasExited(s) && !this.pending };
+  }
+
+  /** The guest as the vmm lifecycle sees it (pause is the control page's: supervisor/control.ts). */
+  get guestState(): 'starting' | 'running' | 'recovering' {
+    if (this.pending) return 'recovering';
+    const p = this.primary;
+    if (p && this.running.has(p) && !hasExited(p)) return 'running';
+    return this.guestRan ? 'recovering' : 'starting';
+  }
   /** pids of the keepers still alive (tests check none is left behind). */
   get keeperPids(): number[] { return [...this.keepers]; }
   /** pid of the running vmm's keeper (the one that saves it if it dies), if it has one. */
@@ -169,6 +188,7 @@ export class VmmLifecycle {
       for (const k of keepers) this.trackKeeper(k, vmm);
       if (running) {
         this.running.add(vmm);
+        this.guestRan = true;
         h.hangWatch.watchHeartbeat(vmm, 'vmm', vmm.pid, Component.Vmm, () => killHung(vmm));
         if (h.standby) setTimeout(() => { if (!h.finished && !this.spare) this.spawn('standby'); }, STANDBY_RESPAWN_MS);
       }
@@ -190,7 +210,7 @@ export class VmmLifecycle {
       script: componentEntry('vmm'),
       stdio: componentStdio(h.held, 'vmm'),
       confinement: h.held.confinement,
-      name: 'vmm', log: (l) => h.log(l),
+      name: 'vmm', logger: h.logger,
       env,
       onMessage: (m) => {
         if ('ready' in m && m.ready) {
@@ -202,7 +222,7 @@ export class VmmLifecycle {
         else if ('fatal' in m && m.fatal) {
           if (child === this.spare && !this.pending) {
             // A standby that failed to build: the primary is fine; drop it (its exit schedules a new one).
-            h.log(`vmm standby failed: ${m.fatal.message}`);
+            h.logger.warn(`vmm standby failed: ${m.fatal.message}`);
             this.spareWait?.(m.fatal.message);
             child.kill('SIGKILL');
             return;
@@ -242,7 +262,7 @@ export class VmmLifecycle {
       }
       const d = this.bootPolicy.failed(cause);
       if ('giveUp' in d) { h.finish({ code: TSVMM_EXIT.failed, reason: `the vmm keeps dying while it boots: ${d.giveUp}` }); return; }
-      h.log(`vmm exited (${cause}) while booting, before the guest ran; booting again${d.delayMs ? ` in ${d.delayMs} ms` : ''}`);
+      h.logger.warn(`vmm exited (${cause}) while booting, before the guest ran; booting again${d.delayMs ? ` in ${d.delayMs} ms` : ''}`);
       this.primary = undefined;
       setTimeout(() => { if (!h.finished && !this.primary) this.spawn('boot'); }, d.delayMs);
       return;
@@ -262,7 +282,7 @@ export class VmmLifecycle {
       const standby = this.spare;
       this.pending.fallback = setTimeout(() => {
         if (h.finished || this.spare !== standby) return;
-        h.log(`vmm standby (pid ${standby.pid}) did not take over within ${STANDBY_TAKEOVER_TIMEOUT_MS} ms; starting a vmm cold`);
+        h.logger.warn(`vmm standby (pid ${standby.pid}) did not take over within ${STANDBY_TAKEOVER_TIMEOUT_MS} ms; starting a vmm cold`);
         this.spare = undefined;
         standby.kill('SIGKILL');
         void whenExited(standby).then(() => { if (!h.finished && this.pending) { this.releaseDeadClaim(); this.spawn('restore'); } });
@@ -275,7 +295,7 @@ export class VmmLifecycle {
   /** Starts a cold vmm after `delayMs` (the policy's back-off when restored vmms keep dying). */
   private restoreAfter(delayMs: number): void {
     const h = this.host;
-    if (delayMs) h.log(`vmm: ${this.policy.failuresInARow} failures in a row; restoring the saved guest in ${delayMs} ms`);
+    if (delayMs) h.logger.warn(`vmm: ${this.policy.failuresInARow} failures in a row; restoring the saved guest in ${delayMs} ms`);
     const go = () => {
       if (h.finished || !this.pending) return;
       this.releaseDeadClaim();
@@ -301,7 +321,7 @@ export class VmmLifecycle {
     }
     const d = this.sparePolicy.failed(cause);
     if ('giveUp' in d) {
-      if (!this.spareGaveUp) this.host.log(`vmm standby keeps failing (${d.giveUp}); running without one`);
+      if (!this.spareGaveUp) this.host.logger.warn(`vmm standby keeps failing (${d.giveUp}); running without one`);
       this.spareGaveUp = true;
       return;
     }
@@ -311,7 +331,7 @@ export class VmmLifecycle {
   private onReady(child: ChildProcess, r: ReadyMsg): void {
     const h = this.host;
     if (r.keeperPid) this.trackKeeper(r.keeperPid, child); // a standby's is dormant until it takes over
-    if (r.standby) { if (child === this.spare) this.spareWait?.(undefined); return; }
+    if (r.standby) { if (child === this.spare) { this.spareReady.add(child); this.spareWait?.(undefined); } return; }
     const readyAt = process.hrtime.bigint();
     let p = this.pending;
     const warm = child === this.spare;
@@ -325,6 +345,7 @@ export class VmmLifecycle {
       else p = { cause: '', t0: readyAt, dead };
     } else if (child !== this.primary) return;
     this.running.add(child);
+    this.guestRan = true;
     this.policy.succeeded();
     this.bootPolicy.succeeded();
     this.pending = undefined;
@@ -343,6 +364,7 @@ export class VmmLifecycle {
     if (pending.dead === this.handingOver) {
       this.handingOver = undefined;
       void whenExited(pending.dead).then((exitCause) => {
+        if (warm) h.tookOver({ component: 'vmm', pid: child.pid ?? 0, fromPid: pending.dead.pid ?? 0, ms: totalMs, reason: 'update' });
         h.log(`updated vmm: the new build took over in ${totalMs.toFixed(2)} ms (keeper save ${saveMs.toFixed(2)} ms; the old vmm ${exitCause === 'exit code 0' ? 'exited cleanly' : `exited (${exitCause})`})`);
         this.updated?.({ pauseMs: totalMs, saveMs });
       });
@@ -351,9 +373,11 @@ export class VmmLifecycle {
     void whenExited(pending.dead).then((exitCause) => {
       const cause = pending.cause || exitCause;
       this.recoveries.push({ cause, totalMs, saveMs, restartMs, warm });
-      h.recovered({ component: 'vmm', cause, ms: totalMs, warm });
-      h.log(`recovered vmm (cause: ${cause}) in ${totalMs.toFixed(warm ? 2 : 1)} ms (keeper save ${saveMs.toFixed(2)} ms, ` +
-        `${warm ? 'warm standby' : 'cold restart'}: ${restartMs >= 0 ? `exit seen to resumed ${restartMs.toFixed(warm ? 2 : 1)} ms` : `resumed ${(-restartMs).toFixed(2)} ms before the exit was seen`})`);
+      const rec = { component: 'vmm', cause, ms: totalMs, warm };
+      if (warm) h.tookOver({ component: 'vmm', pid: child.pid ?? 0, fromPid: pending.dead.pid ?? 0, ms: totalMs, reason: 'recovery' });
+      h.recovered(rec);
+      h.logger.info(`recovered vmm (cause: ${cause}) in ${totalMs.toFixed(warm ? 2 : 1)} ms (keeper save ${saveMs.toFixed(2)} ms, ` +
+        `${warm ? 'warm standby' : 'cold restart'}: ${restartMs >= 0 ? `exit seen to resumed ${restartMs.toFixed(warm ? 2 : 1)} ms` : `resumed ${(-restartMs).toFixed(2)} ms before the exit was seen`})`, { ...recoveryFields(rec), keeperSaveMs: Math.round(saveMs * 1000) / 1000 });
     });
   }
 
@@ -392,12 +416,12 @@ export class VmmLifecycle {
     // Its vmm may be dying at this very moment: a keeper that started saving did its job.
     if (this.snap.keeperPid === pid && this.snap.state !== SnapState.ARMED) return;
     if (vmm === this.spare) {
-      h.log(`keeper (pid ${pid}) of the vmm standby (pid ${vmm.pid}) died (${cause}); replacing the standby`);
+      h.logger.warn(`keeper (pid ${pid}) of the vmm standby (pid ${vmm.pid}) died (${cause}); replacing the standby`, { target: 'keeper' });
       vmm.kill('SIGKILL');
       return;
     }
     if (vmm !== this.primary || !this.running.has(vmm)) return;
-    h.log(`keeper (pid ${pid}) of vmm pid ${vmm.pid} died (${cause}): the vmm is unprotected; arming a new keeper`);
+    h.logger.warn(`keeper (pid ${pid}) of vmm pid ${vmm.pid} died (${cause}): the vmm is unprotected; arming a new keeper`, { target: 'keeper' });
     this.keeperPending = { cause, t0: process.hrtime.bigint(), dead: pid, vmm };
     this.armKeeper();
   }
@@ -419,7 +443,7 @@ export class VmmLifecycle {
     const p = this.keeperPending;
     if (!p || p.vmm !== child) return;
     if (!k.pid) {
-      this.host.log(`vmm pid ${child.pid} could not arm a new keeper: ${k.error}; retrying`);
+      this.host.logger.warn(`vmm pid ${child.pid} could not arm a new keeper: ${k.error}; retrying`, { component: 'keeper' });
       this.armKeeper();
       return;
     }
@@ -427,8 +451,9 @@ export class VmmLifecycle {
     this.keeperPolicy.succeeded();
     this.trackKeeper(k.pid, child);
     const ms = Number(process.hrtime.bigint() - p.t0) / 1e6;
-    this.host.recovered({ component: 'keeper', cause: p.cause, ms });
-    this.host.log(`recovered keeper (cause: ${p.cause}) in ${ms.toFixed(1)} ms (new keeper pid ${k.pid} for vmm pid ${child.pid})`);
+    const rec = { component: 'keeper', cause: p.cause, ms };
+    this.host.recovered(rec);
+    this.host.logger.info(`recovered keeper (cause: ${p.cause}) in ${ms.toFixed(1)} ms (new keeper pid ${k.pid} for vmm pid ${child.pid})`, recoveryFields(rec));
   }
 
 }

@@ -171,7 +171,7 @@ export class VirtioBlk {
   /** Last problem seen (bad chain, broken ring), for logs. */
   lastError?: string;
   /** Counts each completed request: its virtio-blk type, data bytes, success (metrics; contracts/control-page.ts DeviceCounters). */
-  counters?: { request(type: number, bytes: number, ok: boolean): void };
+  counters?: { request(type: number, bytes: number, ok: boolean, startMs: number): void };
   private inflight = 0;
   private idleWaiters: (() => void)[] = [];
   /** Completions waiting to be published together (heads, used lengths; `stagedIo` of them were in flight). */
@@ -413,9 +413,11 @@ export class VirtioBlk {
   private startIo(chain: Chain, req: Extract<BlkRequest, { ok: true }>): void {
     this.inflight++;
     if (this.inflight > this.stats.maxInflight) this.stats.maxInflight = this.inflight;
+    // Taken off the ring now: its latency (metrics) runs to its completion.
+    const t0 = this.counters ? performance.now() : 0;
     if (req.type === VIRTIO_BLK_T_GET_ID) {
       // No I/O: answered on the spot, published with this kick's other completions.
-      this.succeeded(chain.head, req, this.getId(req.data));
+      this.succeeded(chain.head, req, this.getId(req.data), t0);
       return;
     }
     const b = this.batched;
@@ -424,8 +426,8 @@ export class VirtioBlk {
       this.roundBytes += req.dataLength;
       const written = req.type === VIRTIO_BLK_T_IN ? req.dataLength : 0;
       const done = (err: Error | null) => {
-        if (err) this.failed(chain.head, req, err);
-        else this.succeeded(chain.head, req, written);
+        if (err) this.failed(chain.head, req, err, t0);
+        else this.succeeded(chain.head, req, written, t0);
       };
       const offset = req.sector * SECTOR_SIZE;
       if (req.type === VIRTIO_BLK_T_IN) b.queueRead(req.data, offset, done);
@@ -440,19 +442,19 @@ export class VirtioBlk {
       io = Promise.reject(e);
     }
     io.then(
-      (written) => { this.succeeded(chain.head, req, written); this.scheduleFlush(); },
-      (e: Error) => { this.failed(chain.head, req, e); this.scheduleFlush(); },
+      (written) => { this.succeeded(chain.head, req, written, t0); this.scheduleFlush(); },
+      (e: Error) => { this.failed(chain.head, req, e, t0); this.scheduleFlush(); },
     );
   }
 
-  private succeeded(head: number, req: Extract<BlkRequest, { ok: true }>, written: number): void {
-    this.counters?.request(req.type, req.dataLength, true);
+  private succeeded(head: number, req: Extract<BlkRequest, { ok: true }>, written: number, t0: number): void {
+    this.counters?.request(req.type, req.dataLength, true, t0);
     this.finish(head, req.status, VIRTIO_BLK_S_OK, written + 1);
   }
 
-  private failed(head: number, req: Extract<BlkRequest, { ok: true }>, e: Error): void {
+  private failed(head: number, req: Extract<BlkRequest, { ok: true }>, e: Error, t0: number): void {
     this.lastError = `I/O error: ${e.message}`;
-    this.counters?.request(req.type, req.dataLength, false);
+    this.counters?.request(req.type, req.dataLength, false, t0);
     this.finish(head, req.status, VIRTIO_BLK_S_IOERR, 1);
   }
 

@@ -106,9 +106,11 @@ export class VirtioNet {
   readonly tx: Virtqueue;
   readonly stats: NetStats = { txFrames: 0, rxFrames: 0, rxDropped: 0, badChains: 0 };
   /** Counts each frame moved (metrics; contracts/control-page.ts DeviceCounters). */
-  counters?: { frame(dir: 'tx' | 'rx', bytes: number): void };
+  counters?: { frame(dir: 'tx' | 'rx', bytes: number, startMs: number): void };
   lastError?: string;
   private readonly backlog: Uint8Array[] = [];
+  /** When each backlogged frame came off the TAP (performance.now(); for the latency histogram). */
+  private readonly backlogAt: number[] = [];
   private readonly backlogMax: number;
   /** RX heads recovered in flight: filled before popping new buffers. */
   private rxRecycled: number[] = [];
@@ -266,8 +268,9 @@ export class VirtioNet {
   kickRx(): number {
     return this.batch(() => {
       let n = 0;
-      while (this.backlog.length > 0 && this.deliverLimited(this.backlog[0])) {
+      while (this.backlog.length > 0 && this.deliverLimited(this.backlog[0], this.backlogAt[0])) {
         this.backlog.shift();
+        this.backlogAt.shift();
         n++;
       }
       return n;
@@ -276,12 +279,14 @@ export class VirtioNet {
 
   /** A frame from the TAP. */
   receive(frame: Uint8Array): void {
-    if (this.backlog.length === 0 && this.deliverLimited(frame)) return;
+    const at = this.counters ? performance.now() : 0;
+    if (this.backlog.length === 0 && this.deliverLimited(frame, at)) return;
     if (this.backlog.length >= this.backlogMax) {
       this.stats.rxDropped++;
       return;
     }
     this.backlog.push(frame.slice());
+    this.backlogAt.push(at);
   }
 
   /** Frames waiting for guest RX buffers. */
@@ -291,6 +296,7 @@ export class VirtioNet {
 
   /** Send the TX chain in `c` (as popSegments/segmentsAt left it). False when the queue is unusable. */
   private transmit(kind: 'chain' | 'bad-chain' | 'broken', c: ChainSegments): boolean {
+    const t0 = this.counters ? performance.now() : 0;
     if (kind === 'broken') {
       this.lastError = c.error;
       return false;
@@ -306,7 +312,7 @@ export class VirtioNet {
         if (this.backend.writeSegments) this.backend.writeSegments(this.mem, c, NET_HDR_SIZE);
         else this.backend.write(segmentViews(this.mem, c, 0, c.count, NET_HDR_SIZE));
         this.stats.txFrames++;
-        this.counters?.frame('tx', c.readableLength - NET_HDR_SIZE);
+        this.counters?.frame('tx', c.readableLength - NET_HDR_SIZE, t0);
       } catch (e) {
         this.lastError = `TAP write failed: ${(e as Error).message}`;
       }
@@ -316,20 +322,20 @@ export class VirtioNet {
   }
 
   /** deliver() within the RX rate limit: false (and the timer set) when the limiter refuses the frame now. */
-  private deliverLimited(frame: Uint8Array): boolean {
+  private deliverLimited(frame: Uint8Array, at: number): boolean {
     const lim = this.rxLimiter;
-    if (!lim) return this.deliver(frame);
+    if (!lim) return this.deliver(frame, at);
     if (!lim.consume(1, frame.length)) {
       this.rxRetry.in(lim.waitMs(1, frame.length));
       return false;
     }
-    if (this.deliver(frame)) return true;
+    if (this.deliver(frame, at)) return true;
     lim.refund(1, frame.length);
     return false;
   }
 
   /** Put one frame into one guest RX buffer. False when there is no buffer (or the queue is unusable). */
-  private deliver(frame: Uint8Array): boolean {
+  private deliver(frame: Uint8Array, at: number): boolean {
     if (!this.rx.isActive || !deviceRunning(this.slot)) return false;
     const c = this.rxChain;
     for (;;) {
@@ -359,7 +365,7 @@ export class VirtioNet {
         iovCopy(segmentViews(this.mem, c, 0, c.count), [RX_HDR, frame]);
       }
       this.stats.rxFrames++;
-      this.counters?.frame('rx', frame.length);
+      this.counters?.frame('rx', frame.length, at);
       this.completeOrStage(this.rx, c.head, need);
       return true;
     }

@@ -25,6 +25,7 @@ import { abi } from '../native/kvm';
 import { Vm } from '../kvm/vm';
 import { IrqRoute, ioapicRedirectionOffset } from '../kvm/structs';
 import { DeviceEntry } from '../contracts/device-list';
+import { processLogger } from '../contracts/log';
 
 /** Pins of KVM's in-kernel IOAPIC; GSIs from here on are free for the devices' irqfds. */
 const IOAPIC_PINS = 24;
@@ -95,7 +96,7 @@ export class IrqRoutes {
     } catch (e) {
       this.syncing = false;
       clearInterval(this.timer);
-      process.stderr.write(`tsvmm vmm: interrupt routes: ${(e as Error).message}; devices stay on their IOAPIC pins\n`);
+      processLogger().warn(`interrupt routes: ${(e as Error).message}; devices stay on their IOAPIC pins`);
       this.installed = this.devices.map(() => undefined);
       try { this.install(); } catch { /* the table from before stays: its MSI routes were valid when set */ }
     }

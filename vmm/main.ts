@@ -34,6 +34,10 @@ import { msrIndexList, probeMsrs } from './restore';
 import { ControlPage } from '../contracts/control-page';
 import { PauseControl } from './pause';
 import { confineSelf, keeperSeccomp } from '../contracts/confinement';
+import { componentLogger } from '../contracts/log';
+
+/** This process's log (contracts/log.ts): stderr and the VM's log file. */
+const log = componentLogger('vmm');
 
 /** Where KVM puts its real-mode TSS and identity map (below the LAPIC, above the IOAPIC). */
 const KVM_TSS_ADDR = 0xfffbd000;
@@ -180,7 +184,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
       if (m.kind === 'parked') { if (++parked === cfg.cpus) onAllParked?.(); }
       else if (m.kind === 'started') {
         pauseCtl.started(m.id, m.tid);
-        if (process.env.TSVMM_RESTORE_DEBUG) process.stderr.write(`tsvmm vmm: vCPU ${m.id} running at ${performance.now().toFixed(1)} ms since process start (monotonic ${m.ns} ns)\n`);
+        if (log.enabled('debug')) log.debug(`vCPU ${m.id} running at ${performance.now().toFixed(1)} ms since process start (monotonic ${m.ns} ns)`);
       } else if (m.kind === 'exit') finish({ guestExit: { code: m.code, reason: m.reason } }, 0);
       else if (m.kind === 'fatal') finish({ fatal: { message: m.message } }, 0);
     });
@@ -197,14 +201,14 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   const running = (resumedNs: bigint, r?: RestoreResult) => {
     clearInterval(orphanWatch);
     tookOver = true;
-    if (r?.refusedMsrs.length) process.stderr.write(`tsvmm vmm: KVM refused to restore MSRs ${r.refusedMsrs.map((i: number) => '0x' + i.toString(16)).join(' ')}\n`);
+    if (r?.refusedMsrs.length) log.warn(`KVM refused to restore MSRs ${r.refusedMsrs.map((i: number) => '0x' + i.toString(16)).join(' ')}`);
     pauseCtl.activate();
     const warm = mode === 'standby';
     const generation = r?.generation ?? 0;
-    if (process.env.TSVMM_RESTORE_DEBUG) {
-      process.stderr.write(`tsvmm vmm: ${mode} timeline (ms since process start): modules ${tModules.toFixed(1)}, VM and vCPUs made ${tBuiltVm.toFixed(1)}, snapshot claimed ${tSnap.toFixed(1)}, ` +
+    if (log.enabled('debug')) {
+      log.debug(`${mode} timeline (ms since process start): modules ${tModules.toFixed(1)}, VM and vCPUs made ${tBuiltVm.toFixed(1)}, snapshot claimed ${tSnap.toFixed(1)}, ` +
         `VM built ${tBuilt.toFixed(1)}, running ${performance.now().toFixed(1)}` +
-        `${r ? ` [monotonic ns: died ${r.diedNs} resumed ${r.resumedNs}]` : ''}${r && warm ? `; keeper saw the death -> saved ${(Number(r.savedNs - r.diedNs) / 1e6).toFixed(3)} ms -> standby claimed ${(Number(r.claimedNs - r.savedNs) / 1e6).toFixed(3)} ms -> vCPUs released ${(Number(r.resumedNs - r.claimedNs) / 1e6).toFixed(3)} ms` : ''}\n`);
+        `${r ? ` [monotonic ns: died ${r.diedNs} resumed ${r.resumedNs}]` : ''}${r && warm ? `; keeper saw the death -> saved ${(Number(r.savedNs - r.diedNs) / 1e6).toFixed(3)} ms -> standby claimed ${(Number(r.claimedNs - r.savedNs) / 1e6).toFixed(3)} ms -> vCPUs released ${(Number(r.resumedNs - r.claimedNs) / 1e6).toFixed(3)} ms` : ''}`);
     }
     send({
       ready: {
@@ -245,8 +249,8 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
       // Verifies the checksum, sets every vCPU's and the VM's state, registers the irqfds (restore.c).
       r = keeper.restore({ ...restoreConfig, snap: snapView.buf });
       if (r.status < 0) throw new SnapshotError(restoreFailure(r));
-      if (process.env.TSVMM_RESTORE_DEBUG) {
-        for (let id = 0; id < cfg.cpus; id++) process.stderr.write(`tsvmm vmm: restore gen ${r.generation} ${snapView.describeVcpu(id)}\n`);
+      if (log.enabled('debug')) {
+        for (let id = 0; id < cfg.cpus; id++) log.debug(`restore gen ${r.generation} ${snapView.describeVcpu(id)}`);
       }
     } else {
       for (const q of irqfds) vm.irqfd(q.fd, q.gsi);
@@ -337,8 +341,8 @@ function snapshotNow(req: SnapshotRequest, cfg: VmConfig, pauseCtl: PauseControl
       held = false;
       pauseMs = performance.now() - t0;
       if (process.env.TSVMM_SNAPSHOT_DEBUG) {
-        process.stderr.write(`tsvmm vmm: snapshot timeline (ms): prepare ${(t0 - tPrep).toFixed(1)} (guest running); paused: vCPUs parked ${(tHeld - t0).toFixed(1)}, ` +
-          `keeper save ${(tSaved - tHeld).toFixed(1)}, copy ${(c.ramBytes / 2 ** 20).toFixed(1)} MiB ${(tCopied - tSaved).toFixed(1)}${prepared && prepared.copy.byteLength >= c.ramBytes ? '' : ' (unprepared)'}, released ${(performance.now() - tCopied).toFixed(1)}: ${pauseMs.toFixed(1)}\n`);
+        log.info(`snapshot timeline (ms): prepare ${(t0 - tPrep).toFixed(1)} (guest running); paused: vCPUs parked ${(tHeld - t0).toFixed(1)}, ` +
+          `keeper save ${(tSaved - tHeld).toFixed(1)}, copy ${(c.ramBytes / 2 ** 20).toFixed(1)} MiB ${(tCopied - tSaved).toFixed(1)}${prepared && prepared.copy.byteLength >= c.ramBytes ? '' : ' (unprepared)'}, released ${(performance.now() - tCopied).toFixed(1)}: ${pauseMs.toFixed(1)}`);
       }
       done(false, pauseMs);
     }
@@ -365,7 +369,7 @@ function whenDriverDomainReady(page: StatePage, then: () => void): void {
   const check = () => {
     if (page.heartbeat(Component.DriverDomain) !== 0) return then();
     if (performance.now() - t0 >= DEVICE_WAIT_MS) {
-      process.stderr.write(`tsvmm vmm: the driver-domain is not serving after ${DEVICE_WAIT_MS / 1000} s; starting the guest without it\n`);
+      log.warn(`the driver-domain is not serving after ${DEVICE_WAIT_MS / 1000} s; starting the guest without it`);
       return then();
     }
     setTimeout(check, 1);
@@ -413,7 +417,7 @@ function claimSnapshot(snapView: SnapshotView, cpus: number): number {
     }
   }
   if (generation === undefined) {
-    process.stderr.write(`tsvmm vmm: snapshot generation ${snapView.generation} was already claimed by another vmm; exiting\n`);
+    log.info(`snapshot generation ${snapView.generation} was already claimed by another vmm; exiting`);
     process.exit(EXIT_NOT_NEEDED);
   }
   return generation;
@@ -427,6 +431,7 @@ function main(): void {
     process.stderr.write('tsvmm vmm: this process is started by `tsvmm run`, not by hand\n');
     process.exit(2);
   }
+  log.debug(`started (${mode}), ${cfg.cpus} vCPU${cfg.cpus === 1 ? '' : 's'}`, { mode });
   // Our supervisor dying is not the guest's end: a new one adopts us (recovery/orphan.ts). A standby
   // that has not taken over is not needed by anyone then.
   watchSupervisor({
@@ -435,7 +440,7 @@ function main(): void {
     giveUp: (why) => {
       if (mode === 'standby' && !tookOver) process.exit(EXIT_NOT_NEEDED);
       keeper.keeperStop(); // the VM ends here: its keeper must not save it for nobody
-      process.stderr.write(`tsvmm vmm: ${why}: ending the VM\n`);
+      log.error(`${why}: ending the VM`);
       process.exit(1);
     },
   });

@@ -23,6 +23,7 @@ import { Journal, keeper, RestoreConfig, restoreFailure, SNAP, SnapshotView } fr
 import { replayPendingWrite, SerialLineJournal } from './restore';
 import { ControlPage } from '../contracts/control-page';
 import { parkIfPaused } from './pause';
+import { componentLogger } from '../contracts/log';
 
 export interface VcpuThreadData {
   vmFd: number;
@@ -153,10 +154,9 @@ function main(d: VcpuThreadData): void {
     control?.countSerialDropped(n);
     if (warned) return;
     warned = true;
-    try {
-      fs.writeSync(2, `tsvmm vmm: vCPU ${d.id}: the serial output failed (${(e as NodeJS.ErrnoException).code ?? e.message}); dropping guest serial output ` +
-        `(counted in tsvmm_serial_dropped_bytes_total; \`tsvmm console\` still has it)\n`);
-    } catch { /* stderr gone too */ }
+    // (This worker's own logger: module state is per thread.)
+    componentLogger('vmm').warn(`vCPU ${d.id}: the serial output failed (${(e as NodeJS.ErrnoException).code ?? e.message}); dropping guest serial output ` +
+      '(counted in tsvmm_serial_dropped_bytes_total; `tsvmm console` still has it)', { vcpu: d.id });
   });
   /** The guest powered off or asked for a reset (a port write): report it. */
   const stopped = (): boolean => {

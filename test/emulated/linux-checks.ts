@@ -25,6 +25,9 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { judgeKernelLog, TROUBLE_GREP } from '../../emulated-host/kernel-log';
 
+// tsvmm's log lines on a pipe are JSON by default (contracts/log.ts); these read the text ones.
+process.env.TSVMM_LOG_FORMAT ??= 'text';
+
 const ROOT = path.resolve(__dirname, '..', '..', '..');
 const BIN = path.join(ROOT, 'bin', 'tsvmm.js');
 const IMAGE = process.env.TSVMM_LINUX_IMAGE ?? '/opt/linux';

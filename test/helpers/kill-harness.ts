@@ -7,6 +7,9 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { ChildProcess, spawn } from 'child_process';
 
+// tsvmm's log lines on a pipe are JSON by default (contracts/log.ts); these read the text ones.
+process.env.TSVMM_LOG_FORMAT ??= 'text';
+
 export const REPO = path.resolve(__dirname, '..', '..', '..');
 const BIN = path.join(REPO, 'bin', 'tsvmm.js');
 

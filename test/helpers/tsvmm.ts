@@ -6,6 +6,9 @@ import { spawn, spawnSync, SpawnSyncReturns } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 
+// tsvmm's log lines on a pipe are JSON by default (contracts/log.ts); these read the text ones.
+process.env.TSVMM_LOG_FORMAT ??= 'text';
+
 export const ROOT = path.resolve(__dirname, '..', '..', '..');
 export const BIN = path.join(ROOT, 'bin', 'tsvmm.js');
 export const GUEST = path.join(ROOT, 'guest', 'out', 'guest.elf');
