@@ -31,7 +31,7 @@ describe('Prometheus scrapes a fleet through file_sd', function () {
     requireTool(this, 'promtool', 'prometheus');
     const r = spawnSync('promtool', ['check', 'rules', path.join(ROOT, 'deploy', 'prometheus', 'tsvmm.rules.yml')], { encoding: 'utf8' });
     assert.equal(r.status, 0, r.stdout + r.stderr);
-    assert.match(r.stdout, /SUCCESS: 3 rules found/);
+    assert.match(r.stdout, /SUCCESS: 6 rules found/);
   });
 
   describe('two VMs and a Prometheus server', function () {
