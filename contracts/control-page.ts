@@ -207,13 +207,13 @@ export function blkOp(type: number): StatOp {
 export class DeviceCounters {
   constructor(private readonly page: ControlPage, private readonly dev: number) {}
   /**
-   * A virtio-blk request of `type` (VIRTIO_BLK_T_*) completed, moving `bytes` of data; `startMs`:
-   * performance.now() when it was taken off the ring (its latency is measured to now).
+   * A virtio-blk request of `type` (VIRTIO_BLK_T_*) completed, moving `bytes` of data, `seconds`
+   * after it was taken off the ring (virtio/virtio-blk.ts reads the clock per round and batch).
    */
-  request(type: number, bytes: number, ok: boolean, startMs: number): void {
+  request(type: number, bytes: number, ok: boolean, seconds: number): void {
     const op = blkOp(type);
     this.page.countRequest(this.dev, op, bytes, ok);
-    this.page.observeLatency(this.dev, op, (performance.now() - startMs) / 1000);
+    this.page.observeLatency(this.dev, op, seconds);
   }
   /**
    * A frame of `bytes` of payload went to the TAP (tx) or into the guest (rx); `startMs`:
