@@ -28,6 +28,8 @@
  * which is what tsvmm does (buffered reads/writes through io_uring, or preadv/pwritev on the libuv
  * pool where io_uring is unavailable or TSVMM_BLK_IO=threads; fdatasync on FLUSH).
  * --tsvmm BIN runs another tree's bin/tsvmm.js (e.g. a checkout of an older commit, for before/after).
+ * --disk-opts OPTS appends ,OPTS to tsvmm's --disk (e.g. io=threads, io=uring, cache=none; README
+ * "Disks"); with cache=none QEMU's drive gets cache=none too (O_DIRECT on both sides).
  */
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
@@ -52,6 +54,8 @@ interface Options {
   image: string; kernel: string; keep: boolean; json: boolean; qemu: string; tsvmm: string;
   /** Rows to run (--rows rand4k,seqread,seqwrite; default all). */
   rows: RowId[];
+  /** --disk-opts: appended to tsvmm's --disk as ",OPTS" ('' = none). */
+  diskOpts: string;
 }
 
 
@@ -60,7 +64,8 @@ function usage(msg?: string): never {
   if (msg) process.stderr.write(`bench/blk: ${msg}\n`);
   process.stderr.write('usage: node dist/bench/blk.js [--rounds R (3)] [--irq both|0|1 (both)] [--rand-n N (30000)] [--seq-qd Q (8)] [--seq-passes P (4)]\n' +
     '                          [--rows rand4k,seqread,seqwrite (all)]\n' +
-    '                          [--size MiB (256)] [--image FILE (bench/out/blk.img)] [--kernel FILE] [--qemu BIN] [--tsvmm BIN] [--keep] [--json]\n');
+    '                          [--size MiB (256)] [--image FILE (bench/out/blk.img)] [--kernel FILE] [--qemu BIN] [--tsvmm BIN] [--keep] [--json]\n' +
+    '                          [--disk-opts OPTS (e.g. io=threads, io=uring, cache=none)]\n');
   process.exit(2);
 }
 
@@ -69,7 +74,7 @@ function parseArgs(argv: string[]): Options {
     rounds: 3, irq: [0, 1], randN: 30000, seqQd: 8, seqPasses: 4, sizeMiB: 256,
     image: path.join(ROOT, 'bench', 'out', 'blk.img'), kernel: path.join(ROOT, 'guest', 'out', 'guest.elf'),
     keep: false, json: false, qemu: 'qemu-system-x86_64', tsvmm: path.join(ROOT, 'bin', 'tsvmm.js'),
-    rows: ['rand4k', 'seqread', 'seqwrite'],
+    rows: ['rand4k', 'seqread', 'seqwrite'], diskOpts: '',
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -85,6 +90,7 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--kernel') o.kernel = path.resolve(val());
     else if (a === '--qemu') o.qemu = val();
     else if (a === '--tsvmm') o.tsvmm = path.resolve(val());
+    else if (a === '--disk-opts') o.diskOpts = val();
     else if (a === '--rows') {
       const v = val().split(',') as RowId[];
       if (!v.length || v.some((r) => !['rand4k', 'seqread', 'seqwrite'].includes(r))) usage(`bad --rows ${v.join(',')}`);
@@ -134,13 +140,13 @@ function qemuArgs(o: Options, cmdline: string): string[] {
     '-M', 'microvm,x-option-roms=off,rtc=off,acpi=off', '-enable-kvm', '-cpu', 'host,-arch-capabilities',
     '-m', '256', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio',
     '-device', 'isa-debug-exit,iobase=0xf4,iosize=4', '-global', 'virtio-mmio.force-legacy=false',
-    '-drive', `id=d0,file=${o.image},format=raw,if=none,cache=writeback`, '-device', 'virtio-blk-device,drive=d0',
+    '-drive', `id=d0,file=${o.image},format=raw,if=none,cache=${/(^|,)cache=none(,|$)/.test(o.diskOpts) ? 'none' : 'writeback'}`, '-device', 'virtio-blk-device,drive=d0',
     '-kernel', o.kernel, '-append', cmdline,
   ];
 }
 
 function tsvmmArgs(o: Options, cmdline: string): string[] {
-  return [o.tsvmm, 'run', '--kernel', o.kernel, '--disk', o.image, '--cmdline', cmdline];
+  return [o.tsvmm, 'run', '--kernel', o.kernel, '--disk', o.diskOpts ? `${o.image},${o.diskOpts}` : o.image, '--cmdline', cmdline];
 }
 
 function cmdlineOf(row: Row, irq: number, verify = 0): string {
@@ -240,7 +246,7 @@ function main(): number {
   const totalS = Number(process.hrtime.bigint() - tStart) / 1e9;
   const worst = Math.min(...summary.map((s) => s.ratio));
   if (o.json) {
-    process.stdout.write(JSON.stringify({ rounds: o.rounds, sizeMiB: o.sizeMiB, tscKhz: khz, tscKhzSource: khzSource, qemu: qemuVer, machine: machine(), summary, imageCheck: { valid: check.valid, errors: check.errorCount }, totalS, target: TARGET_RATIO, results, failures }, null, 2) + '\n');
+    process.stdout.write(JSON.stringify({ rounds: o.rounds, sizeMiB: o.sizeMiB, diskOpts: o.diskOpts, tscKhz: khz, tscKhzSource: khzSource, qemu: qemuVer, machine: machine(), summary, imageCheck: { valid: check.valid, errors: check.errorCount }, totalS, target: TARGET_RATIO, results, failures }, null, 2) + '\n');
     return imageOk ? 0 : 1;
   }
   const fmt = (x: number) => (x >= 1000 ? x.toFixed(0) : x.toFixed(1));
@@ -254,6 +260,7 @@ function main(): number {
   log(table(tab));
   log(`machine: ${machine()}; ${qemuVer}`);
   log(`tsvmm's large transfers (virtio/block-backend.ts largeTransferPolicy, 1 vCPU): ${describeLargeTransfers(largeTransferPolicy(1))}`);
+  log(`tsvmm --disk options: ${o.diskOpts || '(none: io_uring where it works, page cache)'}`);
   if (failures.length) log(`failed runs (retried): ${failures.map((f) => `${f.vmm} ${f.what}`).join(', ')}`);
   log(`total wall time ${totalS.toFixed(1)} s; worst ratio ${worst.toFixed(3)} (target >= ${TARGET_RATIO}: ${worst >= TARGET_RATIO ? 'met' : 'NOT met'})`);
   return imageOk ? 0 : 1;

@@ -78,8 +78,10 @@ const EXTRA: Record<ConfinedComponent, string[]> = {
     'recvmsg', 'write', 'pread64', 'pwrite64', 'lseek', 'fsync', 'fdatasync',
     // tsvmm_snap_save_live (native/kvm/keeper.c) times the save with raw clock_gettime, as the keeper does.
     'clock_gettime'],
-  // A standby's wait for its primary (pidfd_open + poll).
-  'driver-domain': ['pidfd_open', 'poll'],
+  // A standby's wait for its primary (pidfd_open + poll). A disk on the libuv thread pool (io=threads,
+  // or no io_uring here): its threads, started before confinement (driver-domain/served-device.ts),
+  // read, write and flush the image.
+  'driver-domain': ['pidfd_open', 'poll', 'pread64', 'pwrite64', 'preadv', 'pwritev', 'fdatasync'],
   // At the VM's end it records the exit in its store and closes it: SQLite deletes the WAL files.
   // And it rotates the console log (renames) when it grows past TSVMM_CONSOLE_LOG_MAX.
   // socketpair: seen in the API replay test (openapi.test.ts) on a path the recording predates.

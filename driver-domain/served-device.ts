@@ -77,6 +77,9 @@ export function serveBlk(ctx: DeviceContext, d: DeviceEntry): ServedDevice {
   const offload = large.largeFrom === undefined ? '' : `, transfers ${describeLargeTransfers(large)}`;
   const odirect = direct ? `, O_DIRECT (aligned to ${direct.mem} B in memory, ${direct.offset} B on disk)` : '';
   processLogger().info(`disk ${d.index} I/O: ${io.kind === 'uring' ? `io_uring${offload}` : `thread pool (fs.readv/writev; ${io.why})`}${odirect}`);
+  // libuv starts its pool's threads at the first request queued: now, before confinement (a
+  // confined driver-domain may not clone).
+  if (io.kind === 'threads') fs.fstat(fds.backend, () => undefined);
   const blk = new VirtioBlk(ctx.memory, ctx.slot, io.backend, notify);
   if (ctx.counters) blk.counters = ctx.counters;
   // The limit is the configuration's, so a restarted driver-domain applies it again (with full buckets).

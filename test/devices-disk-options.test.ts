@@ -87,8 +87,11 @@ describe('--disk cache= and io= on a running guest', function () {
     return vm;
   }));
 
-  it('io=threads: no io_uring in the driver-domain, and the loop verifies', () => runScenario(async () => {
-    const vm = await startVm({ name: `devopts-thr-${process.pid}`, diskOpts: 'io=threads', cmdline: LOOP });
+  // Confined where it can be (root): the pool's threads must be started before the seccomp filter
+  // and its calls (pread64/pwrite64/fdatasync) allowed; vm.stop() fails on a seccomp kill.
+  it('io=threads: no io_uring in the driver-domain, and the loop verifies (confined, as root)', () => runScenario(async () => {
+    const env = process.getuid?.() === 0 ? { TSVMM_CONFINE: '1' } : {};
+    const vm = await startVm({ name: `devopts-thr-${process.pid}`, diskOpts: 'io=threads,cache=none', cmdline: LOOP, env });
     try {
       const dd = await driverDomain(vm);
       assert.ok(!hasUring(dd), 'an io_uring fd in the driver-domain with io=threads');
