@@ -104,11 +104,12 @@ export class PrivDomainLifecycle {
       this.readyOnce = true;
       h.log(`priv-domain ready (pid ${pid})`);
       // What an operator needs next, once: where to reach the VM and how to stop it.
-      h.log(`VM "${name}" is up`);
+      h.logger.info(`VM "${name}" is up`, { event: 'up', socket: vmPaths(name).socket, metricsUrl: metrics.startsWith('http') ? metrics : undefined, logFile: vmPaths(name).log });
       h.log(`  API socket  ${vmPaths(name).socket}`);
       h.log(`  metrics     ${metrics}`);
       h.log(`  console     tsvmm console --name ${name}   (Ctrl-] detaches)`);
       h.log(`  stop        tsvmm stop --name ${name}, or Ctrl-C here`);
+      h.log(`  log         ${vmPaths(name).log}`);
     } else if (metricsAddr !== this.metricsAddr) {
       h.log(`metrics moved to ${metrics}`);
     }
