@@ -374,8 +374,12 @@ int main(int argc, char **argv)
             uint16_t port = run->io.port;
             for (uint32_t i = 0; i < run->io.count; i++, data += run->io.size) {
                 if (run->io.direction == KVM_EXIT_IO_OUT) {
-                    if (port == COM1)
+                    if (port == COM1) {
+                        /* whole lines, as tsvmm writes them: bench/exits samples CPU time at lines */
                         putchar(data[0]);
+                        if (data[0] == '\n')
+                            fflush(stdout);
+                    }
                     else if (port == POWER_PORT) {
                         uint32_t v = 0;
                         memcpy(&v, data, run->io.size < 4 ? run->io.size : 4);
