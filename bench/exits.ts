@@ -33,9 +33,10 @@ import { buildRawkvm, cpuinfoKhz, ensureGuest, machine, median, RAWKVM, ROOT, ta
 const TARGET_RATIO = 1.15;
 /** tsvmm's vCPU thread's user CPU per exit may exceed rawkvm's by this much (issue 19). */
 const USER_TARGET_US = 0.3;
-const KINDS = ['pio', 'mmio'] as const;
+const KINDS = ['pio', 'mmio', 'serial'] as const;
 type Kind = (typeof KINDS)[number];
-type Vmm = 'rawkvm' | 'tsvmm';
+/** tsvmm-nc (with --ab): tsvmm with TSVMM_NO_COALESCED=1 (every UART byte exits): the before/after pair in one run. */
+type Vmm = 'rawkvm' | 'tsvmm' | 'tsvmm-nc';
 
 interface RunResult {
   vmm: Vmm;
@@ -108,18 +109,18 @@ function cpuBetween(a: Map<string, TaskCpu>, b: Map<string, TaskCpu>): LoopCpu {
   return { vcpu, all };
 }
 
-interface Options { rounds: number; n: number; kernel: string; json: boolean }
+interface Options { rounds: number; n: number; kernel: string; json: boolean; ab: boolean }
 
 
 
 function usage(msg?: string): never {
   if (msg) process.stderr.write(`bench/exits: ${msg}\n`);
-  process.stderr.write('usage: node dist/bench/exits.js [--rounds R (default 5)] [--n N (default 100000)] [--kernel FILE] [--json]\n');
+  process.stderr.write('usage: node dist/bench/exits.js [--rounds R (default 5)] [--n N (default 100000)] [--kernel FILE] [--json] [--ab: also tsvmm with TSVMM_NO_COALESCED=1]\n');
   process.exit(2);
 }
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = { rounds: 5, n: 100000, kernel: path.join(ROOT, 'guest', 'out', 'guest.elf'), json: false };
+  const o: Options = { rounds: 5, n: 100000, kernel: path.join(ROOT, 'guest', 'out', 'guest.elf'), json: false, ab: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const val = () => { if (i + 1 >= argv.length) usage(`${a} needs a value`); return argv[++i]; };
@@ -128,6 +129,7 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--n') o.n = int(val(), 1);
     else if (a === '--kernel') o.kernel = path.resolve(val());
     else if (a === '--json') o.json = true;
+    else if (a === '--ab') o.ab = true;
     else if (a === '--help' || a === '-h') usage();
     else usage(`unknown argument ${a}`);
   }
@@ -143,8 +145,9 @@ async function runOnce(vmm: Vmm, round: number, o: Options): Promise<RunResult> 
   const [cmd, args] = vmm === 'rawkvm'
     ? [RAWKVM, [o.kernel, cmdline]]
     : [process.execPath, [path.join(ROOT, 'bin', 'tsvmm.js'), 'run', '--kernel', o.kernel, '--cmdline', cmdline]];
+  const env = vmm === 'tsvmm-nc' ? { ...process.env, TSVMM_NO_COALESCED: '1' } : process.env;
   const t0 = process.hrtime.bigint();
-  const child = spawn(cmd, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(cmd, args, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '', stderr = '', pending = '';
   // CPU samples at `@exits begin` and each `@exits kind=` line: the loops' windows.
   let tree: number[] | undefined;
@@ -173,7 +176,7 @@ async function runOnce(vmm: Vmm, round: number, o: Options): Promise<RunResult> 
   if (status !== 0) fail(`exit status ${status}${signal ? ` (signal ${signal})` : ''}`);
   if (!/^@done ok\s*$/m.test(stdout)) fail('no "@done ok" line from the guest');
 
-  const res: RunResult = { vmm, round, cycles: { pio: NaN, mmio: NaN }, n: { pio: NaN, mmio: NaN }, guestNs: {}, guestTscKhz: 0, wallMs, cpu: {} };
+  const res: RunResult = { vmm, round, cycles: { pio: NaN, mmio: NaN, serial: NaN }, n: { pio: NaN, mmio: NaN, serial: NaN }, guestNs: {}, guestTscKhz: 0, wallMs, cpu: {} };
   const boot = /^@boot .*\btsc_khz=(\d+)/m.exec(stdout);
   if (boot) res.guestTscKhz = Number(boot[1]);
   for (const m of stdout.matchAll(/^@exits kind=(\w+) (.*)$/gm)) {
@@ -185,7 +188,7 @@ async function runOnce(vmm: Vmm, round: number, o: Options): Promise<RunResult> 
     if (kv.ns_per_exit !== undefined) res.guestNs[kind] = Number(kv.ns_per_exit);
   }
   for (const k of KINDS) if (!(res.n[k] > 0) || !Number.isFinite(res.cycles[k])) fail(`no @exits kind=${k} line`);
-  if (samples.length === 3) KINDS.forEach((k, i) => { res.cpu[k] = cpuBetween(samples[i], samples[i + 1]); });
+  if (samples.length === KINDS.length + 1) KINDS.forEach((k, i) => { res.cpu[k] = cpuBetween(samples[i], samples[i + 1]); });
   if (vmm === 'rawkvm') {
     const s = /^@rawkvm .*\btsc_khz=(\d+)/m.exec(stderr);
     if (s) res.hostTscKhz = Number(s[1]);
@@ -201,11 +204,13 @@ async function main(): Promise<number> {
   if (!fs.existsSync(path.join(ROOT, 'dist', 'cli', 'main.js'))) throw new Error('tsvmm is not built: run `npx tsc -p .` first');
 
   const log = (s: string) => { if (!o.json) process.stdout.write(s + '\n'); };
-  log(`bench/exits: guest "workload=exits n=${o.n}", ${o.rounds} rounds, rawkvm and tsvmm alternating`);
+  const vmms: Vmm[] = o.ab ? ['rawkvm', 'tsvmm', 'tsvmm-nc'] : ['rawkvm', 'tsvmm'];
+  log(`bench/exits: guest "workload=exits n=${o.n}", ${o.rounds} rounds, ${vmms.join(', ')} in turn; load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
   const results: RunResult[] = [];
   const failures: { vmm: Vmm; round: number; error: string }[] = [];
   for (let round = 1; round <= o.rounds; round++) {
-    const order: Vmm[] = round % 2 ? ['rawkvm', 'tsvmm'] : ['tsvmm', 'rawkvm'];
+    const k = (round - 1) % vmms.length;
+    const order = [...vmms.slice(k), ...vmms.slice(0, k)];
     for (const vmm of order) {
       let r: RunResult | undefined;
       for (let attempt = 1; !r; attempt++) {
@@ -220,7 +225,7 @@ async function main(): Promise<number> {
         }
       }
       results.push(r);
-      log(`  round ${round} ${vmm.padEnd(6)}  pio ${(r.cycles.pio / r.n.pio).toFixed(0).padStart(7)} cycles/exit  mmio ${(r.cycles.mmio / r.n.mmio).toFixed(0).padStart(7)} cycles/exit  wall ${(r.wallMs / 1000).toFixed(2)} s`);
+      log(`  round ${round} ${vmm.padEnd(8)}  ${KINDS.map((k) => `${k} ${(r!.cycles[k] / r!.n[k]).toFixed(0).padStart(7)}`).join('  ')} cycles/exit (serial: /byte)  wall ${(r.wallMs / 1000).toFixed(2)} s`);
     }
   }
 
@@ -236,10 +241,11 @@ async function main(): Promise<number> {
     const xs = of(vmm).map((r) => nsPerExit(r, k));
     return { median: median(xs), min: Math.min(...xs), max: Math.max(...xs) };
   };
+  const others = vmms.filter((v) => v !== 'rawkvm');
   const summary = Object.fromEntries(KINDS.map((k) => {
-    const raw = stats('rawkvm', k), ts = stats('tsvmm', k);
-    return [k, { rawkvm: raw, tsvmm: ts, ratio: ts.median / raw.median }];
-  })) as Record<Kind, { rawkvm: ReturnType<typeof stats>; tsvmm: ReturnType<typeof stats>; ratio: number }>;
+    const raw = stats('rawkvm', k);
+    return [k, { rawkvm: raw, ...Object.fromEntries(others.map((v) => { const t = stats(v, k); return [v, { ...t, ratio: t.median / raw.median }]; })) }];
+  })) as Record<Kind, Record<Vmm, { median: number; min: number; max: number; ratio?: number }>>;
   // CPU per exit of each loop: median over the rounds, µs.
   const CPU_ROWS = [['vcpu', 'onCpu'], ['vcpu', 'user'], ['vcpu', 'sys'], ['vcpu', 'guest'], ['all', 'onCpu'], ['all', 'user']] as const;
   const cpuPerExit = (vmm: Vmm, k: Kind, who: 'vcpu' | 'all', part: keyof CpuSplit) => {
@@ -247,44 +253,46 @@ async function main(): Promise<number> {
     return xs.length ? median(xs) : NaN;
   };
   const cpu = Object.fromEntries(KINDS.map((k) => [k, Object.fromEntries(CPU_ROWS.map(([who, part]) => {
-    const raw = cpuPerExit('rawkvm', k, who, part), ts = cpuPerExit('tsvmm', k, who, part);
-    return [`${who}_${part}`, { rawkvm: raw, tsvmm: ts, diff: ts - raw, ratio: ts / raw }];
-  }))])) as Record<Kind, Record<string, { rawkvm: number; tsvmm: number; diff: number; ratio: number }>>;
-  const wall = { rawkvm: median(of('rawkvm').map((r) => r.wallMs)), tsvmm: median(of('tsvmm').map((r) => r.wallMs)) };
+    const raw = cpuPerExit('rawkvm', k, who, part);
+    return [`${who}_${part}`, { rawkvm: raw, ...Object.fromEntries(others.map((v) => { const t = cpuPerExit(v, k, who, part); return [v, { us: t, diff: t - raw, ratio: t / raw }]; })) }];
+  }))])) as Record<Kind, Record<string, { rawkvm: number } & Partial<Record<Vmm, { us: number; diff: number; ratio: number }>>>>;
+  const wall = Object.fromEntries(vmms.map((v) => [v, median(of(v).map((r) => r.wallMs))])) as Record<Vmm, number>;
   const totalS = Number(process.hrtime.bigint() - tStart) / 1e9;
-  const worst = Math.max(...KINDS.map((k) => summary[k].ratio));
+  const worst = Math.max(...KINDS.filter((k) => k !== 'serial').map((k) => summary[k].tsvmm.ratio!));
+  const load = os.loadavg();
 
   if (o.json) {
-    process.stdout.write(JSON.stringify({ n: o.n, rounds: o.rounds, tscKhz: khz, tscKhzSource: khzSource, machine: machine(), summary, cpuPerExitUs: cpu, loadavg: os.loadavg(), wallMs: wall, totalS, target: TARGET_RATIO, results, failures }, null, 2) + '\n');
+    process.stdout.write(JSON.stringify({ n: o.n, rounds: o.rounds, tscKhz: khz, tscKhzSource: khzSource, machine: machine(), summary, cpuPerExitUs: cpu, loadavg: load, wallMs: wall, totalS, target: TARGET_RATIO, results, failures }, null, 2) + '\n');
     return 0;
   }
   const us = (x: number) => (x / 1000).toFixed(2);
   const cell = (s: { median: number; min: number; max: number }) => `${us(s.median)} (${us(s.min)}-${us(s.max)})`;
+  const label = (k: Kind) => k === 'serial' ? 'SERIAL (per byte)' : k.toUpperCase();
   const rows = [
-    ['exit', 'rawkvm µs/exit', 'tsvmm µs/exit', 'tsvmm/raw'],
-    ...KINDS.map((k) => [k.toUpperCase(), cell(summary[k].rawkvm), cell(summary[k].tsvmm), summary[k].ratio.toFixed(3)]),
-    ['wall per run (s)', (wall.rawkvm / 1000).toFixed(2), (wall.tsvmm / 1000).toFixed(2), (wall.tsvmm / wall.rawkvm).toFixed(3)],
+    ['exit', 'rawkvm µs/exit', ...others.flatMap((v) => [`${v} µs/exit`, `${v}/raw`])],
+    ...KINDS.map((k) => [label(k), cell(summary[k].rawkvm), ...others.flatMap((v) => [cell(summary[k][v]), summary[k][v].ratio!.toFixed(3)])]),
+    ['wall per run (s)', (wall.rawkvm / 1000).toFixed(2), ...others.flatMap((v) => [(wall[v] / 1000).toFixed(2), (wall[v] / wall.rawkvm).toFixed(3)])],
   ];
   log('');
-  log(`median of ${o.rounds} rounds (min-max in brackets); TSC ${khz} kHz from ${khzSource}; n=${o.n} exits per kind`);
+  log(`median of ${o.rounds} rounds (min-max in brackets); TSC ${khz} kHz from ${khzSource}; n=${o.n} exits per kind (serial: n bytes, 2 exits each without coalescing)`);
   log(table(rows));
   const f2 = (x: number) => Number.isFinite(x) ? x.toFixed(2) : '-';
   const cpuRows = [
-    ['CPU µs/exit', 'rawkvm', 'tsvmm', 'tsvmm-raw', 'tsvmm/raw'],
+    ['CPU µs/exit', 'rawkvm', ...others.flatMap((v) => [v, `${v}-raw`])],
     ...KINDS.flatMap((k) => CPU_ROWS.map(([who, part]) => {
       const c = cpu[k][`${who}_${part}`];
-      return [`${k.toUpperCase()} ${part === 'onCpu' ? 'on-CPU' : part} (${who === 'vcpu' ? 'vCPU thread' : 'all threads'})`, f2(c.rawkvm), f2(c.tsvmm), f2(c.diff), f2(c.ratio)];
+      return [`${label(k)} ${part === 'onCpu' ? 'on-CPU' : part} (${who === 'vcpu' ? 'vCPU thread' : 'all threads'})`, f2(c.rawkvm), ...others.flatMap((v) => [f2(c[v]!.us), f2(c[v]!.diff)])];
     })),
   ];
   log('');
   log(`CPU time per exit in each loop's window, median of ${o.rounds} rounds. on-CPU: schedstat (exact); user (less guest time), sys, guest:`);
   log(`/proc/PID/task/TID/stat (the kernel's tick-sampled split, 10 ms units: statistical; use a large --n)`);
   log(table(cpuRows));
-  const ownDiff = Math.max(...KINDS.map((k) => cpu[k].vcpu_onCpu.diff));
-  log(`tsvmm's own CPU per exit (vCPU thread on-CPU, tsvmm - rawkvm; the kernel's part is the same on PVM): worst ${f2(ownDiff)} µs (target <= ${USER_TARGET_US}: ${ownDiff <= USER_TARGET_US ? 'met' : 'NOT met'})`);
-  log(`machine: ${machine()}; load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+  const ownDiff = Math.max(...KINDS.filter((k) => k !== 'serial').map((k) => cpu[k].vcpu_onCpu.tsvmm!.diff));
+  log(`tsvmm's own CPU per exit (vCPU thread on-CPU, tsvmm - rawkvm, PIO/MMIO; the kernel's part is the same on PVM): worst ${f2(ownDiff)} µs (target <= ${USER_TARGET_US}: ${ownDiff <= USER_TARGET_US ? 'met' : 'NOT met'})`);
+  log(`machine: ${machine()}; load average ${load.map((x) => x.toFixed(2)).join(' ')}`);
   if (failures.length) log(`failed runs (retried): ${failures.map((f) => `${f.vmm} round ${f.round}`).join(', ')}`);
-  log(`total wall time ${totalS.toFixed(1)} s; worst ratio ${worst.toFixed(3)} (target <= ${TARGET_RATIO}: ${worst <= TARGET_RATIO ? 'met' : 'NOT met'})`);
+  log(`total wall time ${totalS.toFixed(1)} s; worst ratio (PIO/MMIO) ${worst.toFixed(3)} (target <= ${TARGET_RATIO}: ${worst <= TARGET_RATIO ? 'met' : 'NOT met'})`);
   return 0;
 }
 

@@ -84,6 +84,7 @@ export const SNAP = {
   HEADER_SIZE: c('header_size'), JOURNAL_SIZE: c('TSVMM_JOURNAL_SIZE'), LINE_MAX: c('TSVMM_JOURNAL_LINE_MAX'),
   SENTINEL: c('TSVMM_EXIT_SENTINEL'), HANDLED: c('TSVMM_JOURNAL_HANDLED'), REPLAY_DATA_MAX: c('TSVMM_REPLAY_DATA_MAX'),
   VCPU_SIZE: c('sizeof_vcpu'), VM_SIZE: c('sizeof_vm'),
+  LEN_MASK: c('TSVMM_JOURNAL_LEN_MASK'), RING_SHIFT: c('TSVMM_JOURNAL_RING_SHIFT'), RING_SIZE: c('TSVMM_RING_SIZE'),
 } as const;
 
 export const SnapState = {
@@ -258,6 +259,16 @@ export class SnapshotView {
       `${w.replay ? ` replay addr=0x${w.replay.addr.toString(16)} size=${w.replay.size} data=${Buffer.from(w.replay.data).toString('hex')}` : ''}`;
   }
 
+  /**
+   * The VM's coalesced ring as the dead vmm's keeper copied it (struct kvm_coalesced_mmio_ring, one
+   * page), or undefined if that vmm had none. Live memory: read it before this vmm's keeper can save.
+   */
+  savedRing(): Uint8Array | undefined {
+    const at = this.u32(H('vm_offset'));
+    if (!this.u32(at + V('vm_ring_saved'))) return undefined;
+    return this.bytes.slice(at + V('vm_ring'), at + V('vm_ring') + SNAP.RING_SIZE);
+  }
+
   /** vCPU `id`'s journal, written by its thread while it runs. */
   journal(id: number): Journal {
     return new Journal(this.buf, this.journalOffset + id * SNAP.JOURNAL_SIZE);
@@ -266,8 +277,9 @@ export class SnapshotView {
 
 /**
  * A vCPU's exit journal (keeper.h struct tsvmm_journal). `commit` holds the
- * handled bit and the committed length of the serial line being assembled,
- * in one word, so "handled" and "the byte is in the line" change together.
+ * handled bit, the coalesced ring tag and the committed length of the serial
+ * line being assembled, in one word, so "handled", "the byte is in the line"
+ * and "the ring entry is consumed" change together.
  */
 export class Journal {
   readonly commit: Int32Array;
@@ -281,5 +293,8 @@ export class Journal {
   }
 
   /** Committed line length. */
-  get lineLength(): number { return Atomics.load(this.commit, 0) & 0x7fffffff; }
+  get lineLength(): number { return Atomics.load(this.commit, 0) & SNAP.LEN_MASK; }
+
+  /** 1 + the ring index up to which this vCPU consumed the coalesced ring; 0: none (vmm/coalesced.ts). */
+  get ringTag(): number { return (Atomics.load(this.commit, 0) >>> SNAP.RING_SHIFT) & 0xff; }
 }

@@ -107,6 +107,14 @@ static void exits(void)
         *mmio = (u32)i;
     t1 = rdtsc();
     report_time("@exits kind=mmio", n, t1 - t0, "exit");
+    /* n bytes of serial output (lines of 63 dots): LSR poll + THR write per byte, the UART path */
+    t0 = rdtsc();
+    for (u64 i = 0; i < n; i++)
+        serial_putc(i % 64 == 63 ? '\n' : '.');
+    t1 = rdtsc();
+    if (n % 64)
+        serial_putc('\n');
+    report_time("@exits kind=serial", n, t1 - t0, "byte");
     /* ~0.2 s without exits before powering off: the VMM is still there when bench/exits samples
      * its CPU time at the line above */
     u64 until = rdtsc() + (boot.tsc_khz ? boot.tsc_khz : 3000000) * 200;

@@ -33,6 +33,8 @@ import { Component, HEARTBEAT_MS, mapDevicePage, StatePage } from '../contracts/
 import { msrIndexList, probeMsrs } from './restore';
 import { ControlPage } from '../contracts/control-page';
 import { PauseControl } from './pause';
+import { CoalescedRing, coalescedPioSupported, RingWatch } from './coalesced';
+import { RUN } from '../kvm/run';
 import { confineSelf, keeperSeccomp } from '../contracts/confinement';
 import { componentLogger } from '../contracts/log';
 
@@ -152,9 +154,17 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   const go = new Int32Array(new SharedArrayBuffer(4));
   // TSVMM_NO_RECOVERY=1 (bench/recovery's overhead row only): no keeper, no journal, no heartbeat.
   const recovery = process.env.TSVMM_NO_RECOVERY !== '1';
+  // COM1's THR through KVM's coalesced ring (vmm/coalesced.ts): one vCPU only, where KVM can.
+  // TSVMM_NO_COALESCED=1 turns it off (bench/exits' before/after rows).
+  let ring: CoalescedRing | undefined;
+  if (process.env.TSVMM_NO_COALESCED !== '1' && cfg.cpus === 1) {
+    if (coalescedPioSupported(vm.fd)) ring = CoalescedRing.map(vcpus[0].fd);
+    else if (mode === 'boot') process.stderr.write('tsvmm vmm: KVM lacks KVM_CAP_COALESCED_PIO: every UART byte exits to the vmm\n');
+  }
+  const ringWatch = ring && new RingWatch(ring, vcpus[0].run, RUN.immediateExit);
   const keeperConfig = (dormant: boolean) => ({
     vmFd: vm.fd, snapFd: FD.SNAPSHOT, msrs, vcpus: vcpus.map((v) => ({ fd: v.fd, run: native.address(v.runBytes) })), irqfds, dormant,
-    seccomp: keeperSeccomp(),
+    seccomp: keeperSeccomp(), ...(ring ? { coalescedRing: native.address(ring.buffer as ArrayBuffer) } : {}),
   });
   const restoreConfig = { vmFd: vm.fd, vcpuFds: vcpus.map((v) => v.fd), irqfds };
   let keeperPid = 0;
@@ -175,7 +185,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
     const data: VcpuThreadData = {
       vmFd: vm.fd, vcpuFd: vcpuFds[id], id, mmapSize, supportedCpuid: supported, cpus: cfg.cpus,
       stateFd: FD.STATE, outFd: FD.SERIAL_OUT, counters, devices, snapFd: FD.SNAPSHOT, prepared: true, go: go.buffer as SharedArrayBuffer, restored: restore, standby: mode === 'standby',
-      dieAtMmio: hookMmio, pause: pauseCtl.sab,
+      dieAtMmio: hookMmio, pause: pauseCtl.sab, coalesced: ring !== undefined,
       // A standby's vCPU 0 waits for the takeover itself and runs the guest straight after it.
       takeover: mode === 'standby' && id === 0 ? { ...restoreConfig, notifyFd: takeoverFd } : undefined,
     };
@@ -185,6 +195,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
       else if (m.kind === 'started') {
         pauseCtl.started(m.id, m.tid);
         if (log.enabled('debug')) log.debug(`vCPU ${m.id} running at ${performance.now().toFixed(1)} ms since process start (monotonic ${m.ns} ns)`);
+        if (m.id === 0) ringWatch?.started(m.tid);
       } else if (m.kind === 'exit') finish({ guestExit: { code: m.code, reason: m.reason } }, 0);
       else if (m.kind === 'fatal') finish({ fatal: { message: m.message } }, 0);
     });

@@ -81,11 +81,14 @@ export function replayPendingWrite(platform: Platform, s: PendingWrite): string 
  */
 export class SerialLineJournal {
   private len: number;
+  /** The coalesced ring tag (contracts/snapshot.ts Journal.ringTag), shifted into place. */
+  private ring: number;
   private readonly exitReasonOffset: number;
 
   /** `dropped(n, err)`: the serial sink refused a line (a full disk, /dev/full, a closed pipe): the guest runs on. */
   constructor(private readonly journal: Journal, private readonly outFd: number, private readonly dropped: (n: number, err: Error) => void = () => undefined) {
     this.len = journal.lineLength;
+    this.ring = journal.ringTag << SNAP.RING_SHIFT;
     this.exitReasonOffset = abi('offsetof_kvm_run_exit_reason');
   }
 
@@ -107,15 +110,30 @@ export class SerialLineJournal {
 
   beforeRun(run: DataView): void {
     run.setUint32(this.exitReasonOffset, SNAP.SENTINEL, true);
-    Atomics.store(this.journal.commit, 0, this.len);
+    Atomics.store(this.journal.commit, 0, this.len | this.ring);
   }
 
   /** commit = line length, handled bit clear: the line grew while an exit is still being handled. */
   commitLine(): void {
-    Atomics.store(this.journal.commit, 0, this.len);
+    Atomics.store(this.journal.commit, 0, this.len | this.ring);
+  }
+
+  /**
+   * The coalesced ring is consumed up to `index` (-1: this vCPU consumes none), committed with the
+   * line (handled bit clear) in one store: a byte drained from the ring is in the line exactly when
+   * its entry counts as consumed.
+   */
+  commitRing(index: number): void {
+    this.ring = index < 0 ? 0 : (index + 1) << SNAP.RING_SHIFT;
+    Atomics.store(this.journal.commit, 0, this.len | this.ring);
+  }
+
+  /** The ring index the committed line has consumed up to; undefined: no tag (contracts/snapshot.ts). */
+  ringIndex(): number | undefined {
+    return this.ring ? (this.ring >>> SNAP.RING_SHIFT) - 1 : undefined;
   }
 
   handled(): void {
-    Atomics.store(this.journal.commit, 0, (this.len | SNAP.HANDLED) | 0);
+    Atomics.store(this.journal.commit, 0, (this.len | this.ring | SNAP.HANDLED) | 0);
   }
 }

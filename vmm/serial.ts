@@ -25,7 +25,12 @@ export class Serial {
     private readonly page: PlatformPage,
     private readonly sink: (byte: number) => void,
     private readonly irq: () => void,
+    /** The guest wrote IER (vmm/coalesced.ts follows its THR-empty interrupt bit). */
+    private readonly ierWritten: () => void = () => undefined,
   ) {}
+
+  /** The guest asked for the THR-empty interrupt: every THR write must reach the model at once. */
+  txInterruptEnabled(): boolean { return (this.page.reg(Uart.IER) & IER_THRE) !== 0; }
 
   read(offset: number): number {
     const p = this.page;
@@ -67,6 +72,7 @@ export class Serial {
         if (dlab) { p.reg(Uart.DLM, value); return; }
         if ((value & IER_THRE) && !(p.reg(Uart.IER) & IER_THRE)) p.reg(Uart.THRE_PENDING, 1);
         p.reg(Uart.IER, value & 0x0f);
+        this.ierWritten();
         break;
       case 2: p.reg(Uart.FCR, value); return;
       case 3: p.reg(Uart.LCR, value); return;

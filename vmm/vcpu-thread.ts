@@ -24,6 +24,7 @@ import { replayPendingWrite, SerialLineJournal } from './restore';
 import { ControlPage } from '../contracts/control-page';
 import { parkIfPaused } from './pause';
 import { componentLogger } from '../contracts/log';
+import { CoalescedRing, coalescePorts, RING_MAX } from './coalesced';
 
 export interface VcpuThreadData {
   vmFd: number;
@@ -69,6 +70,8 @@ export interface VcpuThreadData {
    * exit is marked handled, so the next vmm must replay it.
    */
   dieAtMmio?: string;
+  /** COM1's THR is coalesced (vmm/coalesced.ts): this vCPU drains the VM's ring (one vCPU only). */
+  coalesced?: boolean;
 }
 
 export type VcpuThreadMessage =
@@ -106,10 +109,25 @@ function main(d: VcpuThreadData): void {
   // Everything the loop needs is built before parking; the journal is read after (it belongs to
   // the vmm this one replaces until the go).
   let journal!: SerialLineJournal;
-  const flush = () => journal.flush();
+  // COM1's THR writes that KVM coalesced (vmm/coalesced.ts): replayed through the UART before any
+  // other exit is handled, and before the line is flushed, each committed with the line.
+  const ring = d.coalesced ? CoalescedRing.map(d.vcpuFd) : undefined;
+  let zoneOn = false;
+  /** Coalesce THR exactly while the guest has the THR-empty interrupt off. */
+  const syncZone = () => {
+    const want = !serial.txInterruptEnabled();
+    if (!ring || want === zoneOn) return;
+    coalescePorts(d.vmFd, COM1_BASE, 1, want);
+    zoneOn = want;
+  };
+  const drain = () => {
+    const first = ring!.first;
+    if (first !== ring!.last) ring!.consume(ring!.replay(first, platform, (next) => journal.commitRing(next)));
+  };
+  const flush = () => { if (ring) drain(); journal.flush(); };
   // Control page (contracts/control-page.ts): serial bytes also go to the console ring; exit counters live there.
   const control = ControlPage.tryMap(d.stateFd);
-  const serial = new Serial(page, (b) => { journal.push(b); control?.consolePush(b); }, () => { vm.irqLine(COM1_IRQ, 1); vm.irqLine(COM1_IRQ, 0); });
+  const serial = new Serial(page, (b) => { journal.push(b); control?.consolePush(b); }, () => { vm.irqLine(COM1_IRQ, 1); vm.irqLine(COM1_IRQ, 0); }, syncZone);
 
   let stop: PlatformEvent | undefined;
   const platform = new Platform(serial, (e) => { stop = e; });
@@ -167,8 +185,10 @@ function main(d: VcpuThreadData): void {
     return true;
   };
   // (A vCPU the takeover already ran replays at its first exit, below.)
-  if (d.restored && firstExit === undefined) replayPendingWriteOnce(snap, journalViews, d.id, platform, journal);
+  if (d.restored && firstExit === undefined) replayPendingWriteOnce(snap, journalViews, d.id, platform, journal, ring);
+  else if (ring && journal.ringIndex() === undefined) journal.commitRing(ring.first);
   if (stopped()) return;
+  syncZone();
   post({ kind: 'started', id: d.id, tid: native.gettid(), ns: enteredNs ?? process.hrtime.bigint() });
 
   for (;;) {
@@ -179,8 +199,10 @@ function main(d: VcpuThreadData): void {
     } else {
       r = firstExit;
       firstExit = undefined;
-      if (d.restored) replayPendingWriteOnce(snap, journalViews, d.id, platform, journal, true);
+      if (d.restored) replayPendingWriteOnce(snap, journalViews, d.id, platform, journal, ring, true);
     }
+    // THR writes KVM coalesced come before this exit: the UART sees them first.
+    if (ring) drain();
     if (r < 0) {
       if (-r === EINTR || -r === EAGAIN) { run.setUint8(RUN.immediateExit, 0); parkIfPaused(d.pause); continue; }
       flush();
@@ -295,9 +317,20 @@ function warmExitPath(): void {
  * serial byte is committed to the line without marking the exit in kvm_run
  * handled, so a death right after still replays that exit.
  */
-function replayPendingWriteOnce(snap: SnapshotView, j: Journal, id: number, platform: Platform, journal: SerialLineJournal, midExit = false): void {
+function replayPendingWriteOnce(snap: SnapshotView, j: Journal, id: number, platform: Platform, journal: SerialLineJournal, ring: CoalescedRing | undefined, midExit = false): void {
   const generation = snap.generation | 0;
   if (Atomics.load(j.replayedGeneration, 0) === generation) return;
+  // The old VM's coalesced THR writes this vCPU had not consumed came before its pending write.
+  const saved = snap.savedRing();
+  if (saved) {
+    const old = new CoalescedRing(saved.buffer, saved.byteOffset);
+    const from = journal.ringIndex() ?? old.first;
+    const to = old.replay(from, platform, () => undefined);
+    const log = componentLogger('vmm');
+    if (log.enabled('debug')) log.debug(`vCPU ${id} replayed ${(to - from + RING_MAX) % RING_MAX} coalesced UART writes (snapshot generation ${generation})`);
+  }
+  // From here the tag counts in this VM's ring (committed with the line below).
+  journal.commitRing(ring ? ring.first : -1);
   replayPendingWrite(platform, snap.pendingWrite(id));
   if (midExit) journal.commitLine(); else journal.handled();
   Atomics.store(j.replayedGeneration, 0, generation);

@@ -19,6 +19,7 @@ const struct tsvmm_const tsvmm_constants[] = {
   K(KVM_CREATE_IRQCHIP) K(KVM_IRQ_LINE) K(KVM_GET_IRQCHIP) K(KVM_SET_IRQCHIP) K(KVM_CREATE_PIT2)
   K(KVM_GET_PIT2) K(KVM_SET_PIT2) K(KVM_GET_CLOCK) K(KVM_SET_CLOCK) K(KVM_IRQFD) K(KVM_IOEVENTFD)
   K(KVM_ENABLE_CAP) K(KVM_SET_GSI_ROUTING)
+  K(KVM_REGISTER_COALESCED_MMIO) K(KVM_UNREGISTER_COALESCED_MMIO) K(KVM_COALESCED_MMIO_PAGE_OFFSET)
   // vcpu ioctls
   K(KVM_RUN) K(KVM_GET_REGS) K(KVM_SET_REGS) K(KVM_GET_SREGS) K(KVM_SET_SREGS)
   K(KVM_GET_FPU) K(KVM_SET_FPU) K(KVM_GET_XSAVE) K(KVM_SET_XSAVE) K(KVM_GET_XCRS) K(KVM_SET_XCRS)
@@ -32,6 +33,7 @@ const struct tsvmm_const tsvmm_constants[] = {
   K(KVM_CAP_IMMEDIATE_EXIT) K(KVM_CAP_XSAVE) K(KVM_CAP_XCRS) K(KVM_CAP_VCPU_EVENTS)
   K(KVM_CAP_DEBUGREGS) K(KVM_CAP_ADJUST_CLOCK) K(KVM_CAP_GET_TSC_KHZ) K(KVM_CAP_MP_STATE)
   K(KVM_CAP_PIT_STATE2) K(KVM_CAP_SYNC_MMU) K(KVM_CAP_NR_MEMSLOTS)
+  K(KVM_CAP_COALESCED_MMIO) K(KVM_CAP_COALESCED_PIO)
   // exit reasons
   K(KVM_EXIT_UNKNOWN) K(KVM_EXIT_EXCEPTION) K(KVM_EXIT_IO) K(KVM_EXIT_HYPERCALL) K(KVM_EXIT_DEBUG)
   K(KVM_EXIT_HLT) K(KVM_EXIT_MMIO) K(KVM_EXIT_IRQ_WINDOW_OPEN) K(KVM_EXIT_SHUTDOWN)
@@ -53,6 +55,13 @@ const struct tsvmm_const tsvmm_constants[] = {
   SIZE(kvm_userspace_memory_region) SIZE(kvm_irqfd) SIZE(kvm_ioeventfd) SIZE(kvm_irq_level)
   SIZE(kvm_irq_routing) SIZE(kvm_irq_routing_entry)
   SIZE(kvm_pit_config)
+  SIZE(kvm_coalesced_mmio_zone) SIZE(kvm_coalesced_mmio) SIZE(kvm_coalesced_mmio_ring)
+  OFF(kvm_coalesced_mmio_zone, addr, "addr") OFF(kvm_coalesced_mmio_zone, size, "size")
+  OFF(kvm_coalesced_mmio_zone, pio, "pio")
+  OFF(kvm_coalesced_mmio, phys_addr, "phys_addr") OFF(kvm_coalesced_mmio, len, "len")
+  OFF(kvm_coalesced_mmio, pio, "pio") OFF(kvm_coalesced_mmio, data, "data")
+  OFF(kvm_coalesced_mmio_ring, first, "first") OFF(kvm_coalesced_mmio_ring, last, "last")
+  OFF(kvm_coalesced_mmio_ring, coalesced_mmio, "entries")
   // kvm_run fields
   OFF(kvm_irq_routing_entry, u, "u")
   OFF(kvm_irqchip, chip, "chip")

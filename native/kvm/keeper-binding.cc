@@ -103,6 +103,7 @@ Napi::Value KeeperStart(const Napi::CallbackInfo& info) {
   for (uint32_t i = 0; i < msrs.Length(); i++) c.msr_index[i] = msrs.Get(i).As<Napi::Number>().Uint32Value();
   c.snap = static_cast<uint8_t*>(snap);
   c.snap_size = size;
+  if (o.Has("coalescedRing")) c.coalesced_ring = reinterpret_cast<const uint8_t*>(static_cast<uintptr_t>(Int(o.Get("coalescedRing"))));
   c.vmm_pidfd = static_cast<int>(syscall(SYS_pidfd_open, getpid(), 0));
   if (c.vmm_pidfd < 0) return ThrowErrno(env, "keeperStart: pidfd_open", errno);
   c.stop_efd = eventfd(0, EFD_CLOEXEC);

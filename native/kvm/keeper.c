@@ -251,6 +251,10 @@ KEEPER_FN static int save_all(const struct tsvmm_keeper_config* cfg, uint8_t* sn
     vm->irqchip[c].chip_id = (uint32_t)c;
     GET(TSVMM_STEP_IRQCHIP, cfg->vm_fd, KVM_GET_IRQCHIP, &vm->irqchip[c]);
   }
+  /* After the vCPUs: the guest no longer runs, so the ring holds still. */
+  vm->ring_saved = cfg->coalesced_ring ? 1u : 0u;
+  if (cfg->coalesced_ring) kcopy(vm->ring, cfg->coalesced_ring, TSVMM_RING_SIZE);
+  else kzero(vm->ring, TSVMM_RING_SIZE);
   h->nmsrs = cfg->nmsrs;
   h->checksum = tsvmm_crc32(snap + h->vcpu_offset, (uint64_t)(h->vm_offset + h->vm_size - h->vcpu_offset));
   h->generation = h->generation + 1;
@@ -437,7 +441,7 @@ const struct tsvmm_abi_const tsvmm_snap_constants[] = {
 #define SIZE(type, key) {"snap_sizeof_" key, (double)sizeof(struct type)},
 #define OFF(type, field, key) {"snap_off_" key, (double)offsetof(struct type, field)},
     K(TSVMM_SNAP_MAGIC) K(TSVMM_SNAP_VERSION) K(TSVMM_MAX_VCPUS) K(TSVMM_MAX_MSRS) K(TSVMM_JOURNAL_SIZE)
-    K(TSVMM_JOURNAL_LINE_MAX) K(TSVMM_REPLAY_DATA_MAX) K(TSVMM_EXIT_SENTINEL) K(TSVMM_JOURNAL_HANDLED)
+    K(TSVMM_JOURNAL_LINE_MAX) K(TSVMM_REPLAY_DATA_MAX) K(TSVMM_EXIT_SENTINEL) K(TSVMM_JOURNAL_HANDLED) K(TSVMM_JOURNAL_LEN_MASK) K(TSVMM_JOURNAL_RING_SHIFT) K(TSVMM_RING_SIZE)
     K(TSVMM_SNAP_EMPTY) K(TSVMM_SNAP_ARMED) K(TSVMM_SNAP_SAVING) K(TSVMM_SNAP_SAVED) K(TSVMM_SNAP_FAILED)
     K(TSVMM_SNAP_STOPPED)
     {"snap_step_checksum", (double)TSVMM_STEP_CHECKSUM},
@@ -471,6 +475,7 @@ const struct tsvmm_abi_const tsvmm_snap_constants[] = {
     OFF(tsvmm_snap_vcpu, debugregs, "v_debugregs") OFF(tsvmm_snap_vcpu, lapic, "v_lapic")
     OFF(tsvmm_snap_vcpu, events, "v_events") OFF(tsvmm_snap_vcpu, msrs, "v_msrs")
     OFF(tsvmm_snap_vm, pit2, "vm_pit2") OFF(tsvmm_snap_vm, clock, "vm_clock") OFF(tsvmm_snap_vm, irqchip, "vm_irqchip")
+    OFF(tsvmm_snap_vm, ring_saved, "vm_ring_saved") OFF(tsvmm_snap_vm, ring, "vm_ring")
     {"snap_sizeof_msrs_buf", (double)sizeof(struct tsvmm_msrs_buf)},
 #undef K
 #undef SIZE

@@ -35,8 +35,16 @@ extern "C" {
 
 /* kvm_run.exit_reason the vCPU thread stores before each KVM_RUN: "no exit yet". */
 #define TSVMM_EXIT_SENTINEL 0x7473766du /* 'tsvm' */
-/* Journal commit word: handled bit | committed serial line length. */
+/* Journal commit word: handled bit | coalesced ring tag | committed serial line length. The ring tag
+ * is 1 + the index of the VM's coalesced-PIO ring (KVM_COALESCED_MMIO_PAGE_OFFSET) up to which the
+ * vCPU has consumed the ring into its line, stored with the line length in one word so the two can
+ * never disagree after a crash; 0: the vCPU consumes no ring (vmm/coalesced.ts). */
 #define TSVMM_JOURNAL_HANDLED 0x80000000u
+#define TSVMM_JOURNAL_LEN_MASK 0xffffu
+#define TSVMM_JOURNAL_RING_SHIFT 16
+#define TSVMM_JOURNAL_RING_MASK 0xff0000u
+/* The coalesced ring: one page (struct kvm_coalesced_mmio_ring), copied whole into the snapshot. */
+#define TSVMM_RING_SIZE 4096
 
 /* header.state */
 enum {
@@ -165,6 +173,11 @@ struct tsvmm_snap_vm {
   struct kvm_pit_state2 pit2;
   struct kvm_clock_data clock;
   struct kvm_irqchip irqchip[3]; /* PIC master, PIC slave, IOAPIC */
+  /* The VM's coalesced ring as the dead vmm left it (entries it had not consumed), if it had one:
+   * the next vmm replays them from the journal's ring tag (vmm/coalesced.ts). */
+  uint32_t ring_saved;
+  uint32_t ring_pad;
+  uint8_t ring[TSVMM_RING_SIZE];
 };
 #endif
 
@@ -176,6 +189,8 @@ struct tsvmm_keeper_config {
   struct kvm_run* run[TSVMM_MAX_VCPUS];
   uint8_t* snap;            /* mapping of the whole snapshot memfd */
   uint32_t snap_size;
+  /* The vmm's mapping of the VM's coalesced ring (shared with the keeper: CLONE_VM), or NULL. */
+  const uint8_t* coalesced_ring;
   uint32_t nmsrs;
   uint32_t msr_index[TSVMM_MAX_MSRS];
   int vmm_pidfd;            /* pidfd of the vmm */
