@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "tsvmm_kvm",
-      "sources": ["native/kvm/addon.cc", "native/kvm/constants.cc", "native/kvm/abi.c", "native/kvm/poller.cc", "native/kvm/keeper.c", "native/kvm/restore.c", "native/kvm/keeper-binding.cc", "native/kvm/uring.cc", "native/kvm/fdio.cc", "native/kvm/pidfd.cc", "native/kvm/ptrace.cc", "native/kvm/seccomp.c", "native/kvm/seccomp-binding.cc"],
+      "sources": ["native/kvm/addon.cc", "native/kvm/constants.cc", "native/kvm/abi.c", "native/kvm/poller.cc", "native/kvm/keeper.c", "native/kvm/restore.c", "native/kvm/keeper-binding.cc", "native/kvm/uring.cc", "native/kvm/fdio.cc", "native/kvm/pidfd.cc", "native/kvm/ptrace.cc", "native/kvm/seccomp.c", "native/kvm/seccomp-binding.cc", "native/kvm/fastexit.cc"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "<(INTERMEDIATE_DIR)"],
       "actions": [{
         "action_name": "syscall_names",

@@ -35,7 +35,10 @@ const TARGET_RATIO = 1.15;
 const USER_TARGET_US = 0.3;
 const KINDS = ['pio', 'mmio', 'serial'] as const;
 type Kind = (typeof KINDS)[number];
-/** tsvmm-nc (with --ab): tsvmm with TSVMM_NO_COALESCED=1 (every UART byte exits): the before/after pair in one run. */
+/**
+ * tsvmm-nc (with --ab): tsvmm with TSVMM_NO_COALESCED=1 TSVMM_NO_FASTEXIT=1, the exit path before
+ * issue 19 (every UART byte exits, every exit enters JavaScript): the before/after pair in one run.
+ */
 type Vmm = 'rawkvm' | 'tsvmm' | 'tsvmm-nc';
 
 interface RunResult {
@@ -115,7 +118,7 @@ interface Options { rounds: number; n: number; kernel: string; json: boolean; ab
 
 function usage(msg?: string): never {
   if (msg) process.stderr.write(`bench/exits: ${msg}\n`);
-  process.stderr.write('usage: node dist/bench/exits.js [--rounds R (default 5)] [--n N (default 100000)] [--kernel FILE] [--json] [--ab: also tsvmm with TSVMM_NO_COALESCED=1]\n');
+  process.stderr.write('usage: node dist/bench/exits.js [--rounds R (default 5)] [--n N (default 100000)] [--kernel FILE] [--json] [--ab: also tsvmm with TSVMM_NO_COALESCED=1 TSVMM_NO_FASTEXIT=1]\n');
   process.exit(2);
 }
 
@@ -145,7 +148,7 @@ async function runOnce(vmm: Vmm, round: number, o: Options): Promise<RunResult> 
   const [cmd, args] = vmm === 'rawkvm'
     ? [RAWKVM, [o.kernel, cmdline]]
     : [process.execPath, [path.join(ROOT, 'bin', 'tsvmm.js'), 'run', '--kernel', o.kernel, '--cmdline', cmdline]];
-  const env = vmm === 'tsvmm-nc' ? { ...process.env, TSVMM_NO_COALESCED: '1' } : process.env;
+  const env = vmm === 'tsvmm-nc' ? { ...process.env, TSVMM_NO_COALESCED: '1', TSVMM_NO_FASTEXIT: '1' } : process.env;
   const t0 = process.hrtime.bigint();
   const child = spawn(cmd, args, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '', stderr = '', pending = '';

@@ -107,6 +107,9 @@ export class PlatformPage {
     return n;
   }
   rxReady(): boolean { return Atomics.load(this.u32, RX_HEAD) !== Atomics.load(this.u32, RX_TAIL); }
+  /** Byte offsets of the RX ring's head and tail words: "input ready" is head != tail (vmm/platform.ts fixedPorts). */
+  static readonly RX_HEAD_OFFSET = RX_HEAD * 4;
+  static readonly RX_TAIL_OFFSET = RX_TAIL * 4;
   rxPop(): number {
     const tail = Atomics.load(this.u32, RX_TAIL);
     if (tail === Atomics.load(this.u32, RX_HEAD)) return 0;

@@ -4,6 +4,7 @@
  * and the i8042 reset line. Virtio-mmio registers are dispatched here too once attached.
  */
 import { COM1_BASE, Serial } from './serial';
+import type { PortRule } from '../native/kvm';
 
 /** `out` of a 32-bit status here powers the guest off with that exit status (same port as QEMU's isa-debug-exit). */
 export const POWER_PORT = 0xf4;
@@ -43,6 +44,19 @@ export class Platform {
   unhandledMmio = 0;
 
   constructor(private readonly serial: Serial, private readonly onEvent: (e: PlatformEvent) => void) {}
+
+  /**
+   * The ports whose exits need no policy, for the native exit loop (native/kvm/fastexit.cc): the test
+   * port's writes, the i8042 status read, the UART's LSR. Every other port, and every MMIO exit,
+   * comes to pioRead/pioWrite/mmioRead/mmioWrite here.
+   */
+  fixedPorts(pageAddress: bigint): PortRule[] {
+    return [
+      { port: TEST_PORT, size: 1, write: true }, { port: TEST_PORT, size: 2, write: true }, { port: TEST_PORT, size: 4, write: true },
+      { port: I8042_PORT, size: 1, write: false, value: 0 },
+      this.serial.lsrRule(pageAddress),
+    ];
+  }
 
   pioRead(port: number, size: number): number {
     if (port >= COM1_BASE && port < COM1_BASE + 8) return this.serial.read(port - COM1_BASE);

@@ -4,6 +4,7 @@
  * same device. Output bytes go to `sink`; interrupts are pulsed on `irq`.
  */
 import { PlatformPage, Uart } from '../contracts/platform-page';
+import type { PortRule } from '../native/kvm';
 
 export const COM1_BASE = 0x3f8;
 export const COM1_IRQ = 4;
@@ -28,6 +29,17 @@ export class Serial {
     /** The guest wrote IER (vmm/coalesced.ts follows its THR-empty interrupt bit). */
     private readonly ierWritten: () => void = () => undefined,
   ) {}
+
+  /**
+   * LSR as a native port rule (native/kvm/fastexit.cc): reading it has no side effect and its value is
+   * THR empty | transmitter empty, plus data ready while the page's RX ring is not empty.
+   */
+  lsrRule(pageAddress: bigint): PortRule {
+    return {
+      port: COM1_BASE + 5, size: 1, write: false, value: LSR_THRE | LSR_TEMT, flag: LSR_DR,
+      a: pageAddress + BigInt(PlatformPage.RX_HEAD_OFFSET), b: pageAddress + BigInt(PlatformPage.RX_TAIL_OFFSET),
+    };
+  }
 
   /** The guest asked for the THR-empty interrupt: every THR write must reach the model at once. */
   txInterruptEnabled(): boolean { return (this.page.reg(Uart.IER) & IER_THRE) !== 0; }

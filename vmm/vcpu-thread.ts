@@ -142,8 +142,19 @@ function main(d: VcpuThreadData): void {
   installDieHook(platform, d);
   // bench/recovery's overhead row only: TSVMM_NO_RECOVERY=1 runs without the exit journal.
   const journaling = process.env.TSVMM_NO_RECOVERY !== '1';
+  // Exits that need no policy (Platform.fixedPorts) are answered in the native loop without entering
+  // JavaScript (native/kvm/fastexit.cc); TSVMM_NO_FASTEXIT=1 turns that off (bench/exits --ab).
+  const fast = process.env.TSVMM_NO_FASTEXIT !== '1';
 
   const journalViews = snap.journal(d.id); // read only after the go: until then it is the dead vmm's
+  if (fast) {
+    native.fastExitInit({
+      run: native.address(bytes), commit: journaling ? native.address(journalViews.commit) : undefined,
+      // Counted in shared memory only where the counters live in the control page's mapping.
+      counters: control ? native.address(counters) : undefined, ncounters: counters.length,
+      rules: platform.fixedPorts(native.address(page.u32)),
+    });
+  }
   if (d.restored) {
     // First calls compile lazily (~0.1 ms each on a slow host): make the ones that run between a
     // restore and this vCPU's first KVM_RUN now, off that path.
@@ -194,8 +205,11 @@ function main(d: VcpuThreadData): void {
   for (;;) {
     let r: number;
     if (firstExit === undefined) {
-      if (journaling) journal.beforeRun(run);
-      r = native.run(vcpu.fd);
+      if (fast) r = native.runFast(vcpu.fd); // keeps the journal itself
+      else {
+        if (journaling) journal.beforeRun(run);
+        r = native.run(vcpu.fd);
+      }
     } else {
       r = firstExit;
       firstExit = undefined;

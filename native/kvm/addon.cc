@@ -32,6 +32,7 @@ void InitFdio(Napi::Env env, Napi::Object exports);        // fdio.cc
 void InitPidfd(Napi::Env env, Napi::Object exports);       // pidfd.cc
 void InitPtrace(Napi::Env env, Napi::Object exports);      // ptrace.cc
 void InitSeccomp(Napi::Env env, Napi::Object exports);     // seccomp-binding.cc
+void InitFastExit(Napi::Env env, Napi::Object exports);    // fastexit.cc
 }
 
 namespace {
@@ -270,6 +271,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   tsvmm::InitPidfd(env, exports);
   tsvmm::InitPtrace(env, exports);
   tsvmm::InitSeccomp(env, exports);
+  tsvmm::InitFastExit(env, exports);
   return exports;
 }
 

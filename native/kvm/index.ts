@@ -12,6 +12,10 @@ export interface NativeKvm {
   ioctl(fd: number, request: number, arg?: number | bigint | ArrayBufferView | ArrayBuffer): number;
   /** KVM_RUN: 0 on an exit, -errno on failure or a kick (-EINTR). */
   run(vcpuFd: number): number;
+  /** The calling thread's runFast configuration (native/kvm/fastexit.cc): its kvm_run, journal, counters, port rules. */
+  fastExitInit(cfg: FastExitConfig): void;
+  /** KVM_RUN until an exit the port rules do not answer: 0 (that exit is in kvm_run) or -errno (a kick: -EINTR). */
+  runFast(vcpuFd: number): number;
   mmap(fd: number, length: number, offset: number, writable?: boolean): ArrayBuffer;
   address(view: ArrayBufferView | ArrayBuffer): bigint;
   /** madvise(MADV_HUGEPAGE) over a mapping: 0, or -errno (advice only; callers may ignore it). */
@@ -64,6 +68,22 @@ export interface NativeKvm {
   /** Byte offsets of the general registers, RIP, RSP and EFLAGS in struct user_regs_struct. */
   ptraceRegOffsets: Record<string, number>;
   ptraceRegsSize: number;
+}
+
+/**
+ * A port whose exits need no policy (native/kvm/fastexit.cc): `write`: an OUT of `size` bytes has no
+ * effect; else an IN answers `value`, OR `flag` if the u32 words at addresses `a` and `b` differ.
+ */
+export interface PortRule { port: number; size: number; write: boolean; value?: number; flag?: number; a?: bigint; b?: bigint }
+
+export interface FastExitConfig {
+  run: bigint;
+  /** The exit journal's commit word (contracts/snapshot.ts Journal.commit); absent: no journal. */
+  commit?: bigint;
+  /** Exit counters by reason, Float64 slots. */
+  counters?: bigint;
+  ncounters?: number;
+  rules: PortRule[];
 }
 
 /** What io_uring_setup returns, with the rings already mapped (native/kvm/uring.cc). */
