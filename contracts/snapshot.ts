@@ -265,7 +265,7 @@ export class SnapshotView {
    */
   savedRing(): Uint8Array | undefined {
     const at = this.u32(H('vm_offset'));
-    if (!this.u32(at + V('vm_ring_saved'))) return undefined;
+    if (this.u32(H('vm_size')) < V('vm_ring') + SNAP.RING_SIZE || !this.u32(at + V('vm_ring_saved'))) return undefined;
     return this.bytes.slice(at + V('vm_ring'), at + V('vm_ring') + SNAP.RING_SIZE);
   }
 

@@ -25,7 +25,7 @@ extern "C" {
 #endif
 
 #define TSVMM_SNAP_MAGIC 0x50414e53u /* 'SNAP' */
-#define TSVMM_SNAP_VERSION 1u
+#define TSVMM_SNAP_VERSION 2u /* 2: tsvmm_snap_vm holds the coalesced ring */
 #define TSVMM_MAX_VCPUS 256
 #define TSVMM_MAX_MSRS 256
 #define TSVMM_MAX_IRQFDS 64
