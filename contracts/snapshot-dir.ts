@@ -254,20 +254,29 @@ export function loadSnapshotPages(dir: string, m: SnapshotManifest, stateFd: num
   return image;
 }
 
+/** The chunk guest RAM is read in through: small enough to stay in the CPU's cache between the read, the CRC and the write. */
+const RAM_CHUNK = 1 << 20;
+
 /**
  * Then, while the vmm starts (it waits for the snapshot memfd to say SAVED): fills the guest-RAM
- * memfd from ram, checking its CRC. Each extent's pages are allocated in one call first
- * (MADV_POPULATE_WRITE) rather than faulted in one by one by the read.
+ * memfd from ram, checking its CRC. Read, checksummed and written (pwrite) a cache-sized chunk at a
+ * time: the memfd's pages are allocated by the write without being zeroed first, and nothing
+ * faults them in one by one (as a read into a mapping of the memfd would).
  */
 export function loadSnapshotRam(dir: string, m: SnapshotManifest, ramFd: number): void {
   const fd = fs.openSync(path.join(dir, SNAPSHOT_FILES.ram), 'r');
   try {
-    const ram = native.mmap(ramFd, m.config.memBytes, 0, true);
+    const buf = Buffer.allocUnsafe(RAM_CHUNK);
     let crc = 0;
-    for (let i = 0, pos = 0; i < m.ramExtents.length; pos += m.ramExtents[i + 1], i += 2) {
-      const view = new Uint8Array(ram, m.ramExtents[i], m.ramExtents[i + 1]);
-      native.madvisePopulate(view, true);
-      crc = readInto(fd, view, pos, crc);
+    for (let i = 0, pos = 0; i < m.ramExtents.length; i += 2) {
+      for (let done = 0; done < m.ramExtents[i + 1];) {
+        const n = Math.min(RAM_CHUNK, m.ramExtents[i + 1] - done);
+        const chunk = buf.subarray(0, n);
+        crc = readInto(fd, chunk, pos, crc);
+        for (let at = 0; at < n;) at += fs.writeSync(ramFd, chunk, at, n - at, m.ramExtents[i] + done + at);
+        done += n;
+        pos += n;
+      }
     }
     checkCrc(dir, m, SNAPSHOT_FILES.ram, crc);
   } finally { fs.closeSync(fd); }

@@ -69,6 +69,8 @@ export interface LifecycleHost {
   finish(r: RunResult): void;
   /** True once the VM has ended: lifecycles start nothing new. */
   readonly finished: boolean;
+  /** A vmm runs the guest (booted, restored or taken over). */
+  vmmRunning(): void;
   /** A component's pid changed: the run record (contracts/run-record.ts) is rewritten. */
   processesChanged(): void;
 }

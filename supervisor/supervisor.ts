@@ -77,6 +77,9 @@ export interface SupervisorOptions {
  */
 const RESTORE_LOAD_WAIT_MS = 10 * 60_000;
 
+/** tsvmm run --restore: the priv-domain starts once the guest runs, or after this long anyway. */
+const PRIV_DEFER_MAX_MS = 3000;
+
 /** What `snapshot()` did. */
 export interface SnapshotResult { pauseMs: number; ramDataBytes: number; totalMs: number }
 
@@ -195,7 +198,13 @@ export class Supervisor implements LifecycleHost, ControlTarget {
       runId: this.control.runId, standby: this.standby, hangTimeoutMs: this.hangWatch.timeoutMs,
       supervisors: (this.opts.adopted?.supervisors ?? 0) + 1, startedAt: this.opts.adopted?.startedAt ?? Date.now() / 1000,
     });
-    this.priv.start();
+    // A restore starts the priv-domain (the heaviest Node start of all) once the guest runs, or
+    // after PRIV_DEFER_MAX_MS: on a small host it would compete for the CPUs with the vmm's start,
+    // which is the way to the guest's first instruction. The API socket is bound meanwhile; the
+    // CLI retries until it is served.
+    if (this.opts.restore && !this.opts.adopted) {
+      this.privDeferred = setTimeout(() => this.vmmRunning(), PRIV_DEFER_MAX_MS);
+    } else this.priv.start();
     const a = this.opts.adopted;
     if (a) {
       this.driverDomain?.adopt(a.driverDomain, a.driverDomainServing);
@@ -257,6 +266,13 @@ export class Supervisor implements LifecycleHost, ControlTarget {
   // ---- LifecycleHost ----
 
   log(line: string): void { this.logger.info(line); }
+  vmmRunning(): void {
+    if (!this.privDeferred) return;
+    clearTimeout(this.privDeferred);
+    this.privDeferred = undefined;
+    if (!this.result) this.priv.start();
+  }
+  private privDeferred?: NodeJS.Timeout;
   recovered(r: Recovery): void { this.recoveries.push(r); }
   /** Every standby takeover, in order. */
   readonly takeovers: Takeover[] = [];
@@ -279,6 +295,7 @@ export class Supervisor implements LifecycleHost, ControlTarget {
       }
     }
     this.result = r;
+    clearTimeout(this.privDeferred);
     this.hangWatch.stop();
     clearInterval(this.scrubTimer);
     clearInterval(this.logTimer);

@@ -346,6 +346,7 @@ export class VmmLifecycle {
     } else if (child !== this.primary) return;
     this.running.add(child);
     this.guestRan = true;
+    h.vmmRunning();
     this.policy.succeeded();
     this.bootPolicy.succeeded();
     this.pending = undefined;
