@@ -39,6 +39,8 @@ import { componentLogger, processLogger } from '../contracts/log';
 const CONSOLE_POLL_MS = 50;
 const COMMAND_TIMEOUT_MS = 5000;
 const SNAPSHOT_TIMEOUT_MS = 120_000;
+/** When the VM ends: how long answers still on their way out (not a console's follow) may take. */
+const FINISH_DRAIN_MS = 500;
 /** A console writer idle this long gives up the console's input to the next one. */
 const CONSOLE_WRITER_IDLE_MS = 10_000;
 /** console.log is rotated past this size (env TSVMM_CONSOLE_LOG_MAX, bytes); this many old ones are kept. */
@@ -120,6 +122,9 @@ function main(): void {
   let guestState = '';
   let nextId = 1;
   const pending = new Map<number, { resolve: (r: ControlReply) => void; timer: NodeJS.Timeout }>();
+  /** API requests whose answer has not left yet, and what to do once there are none. */
+  let inFlight = 0;
+  let drained: (() => void) | undefined;
   process.on('message', (m: { pb?: string }) => {
     if (typeof m?.pb !== 'string') return;
     let msg: SupervisorMessage;
@@ -146,7 +151,11 @@ function main(): void {
       const { code, reason } = msg.finished;
       store.tx(() => store.addEvent(runId, 'exited', { code, reason }));
       store.close();
-      process.exit(0);
+      // Answers still on their way out go first (a `snapshot --stop`'s: the VM ends right after
+      // it), for at most FINISH_DRAIN_MS.
+      if (inFlight === 0) process.exit(0);
+      drained = () => process.exit(0);
+      setTimeout(() => process.exit(0), FINISH_DRAIN_MS);
     }
   });
   // The supervisor gone means the VM is gone: so are we.
@@ -280,7 +289,11 @@ function main(): void {
   // The API socket: the supervisor bound it (mode 0600 in a 0700 directory, both the VM owner's:
   // node cannot read SO_PEERCRED, so the file permissions are what keeps other users out) and
   // passes it listening; we may run as another uid and could not create it there.
-  const server = http.createServer(handler);
+  const server = http.createServer((req, res) => {
+    inFlight++;
+    res.once('close', () => { if (--inFlight === 0) drained?.(); });
+    return handler(req, res);
+  });
   server.keepAliveTimeout = 1000;
   server.on('clientError', (_e, sock: net.Socket) => {
     if (sock.writable) sock.end('HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{"error": "malformed HTTP request"}\n');
