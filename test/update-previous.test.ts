@@ -3,7 +3,8 @@
  * built in a cache directory, test/helpers/previous-build.ts) is updated to this build, installed
  * over it while it runs, under blk-loop verify=1 on vCPU 0 and counter hash chains on vCPU 1; then a
  * newer build whose platform page layout version differs cannot take over and is refused in one
- * line, with the VM untouched.
+ * line, with the VM untouched. Where this commit itself changed a layout version, the update from
+ * the previous build is that refusal.
  */
 import * as assert from 'assert';
 import * as fs from 'fs';
@@ -11,7 +12,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { spawnSync } from 'child_process';
 import { blkLoopVm, guestErrors, RunningVm } from './helpers/fault-harness';
-import { install, installOver, noPreviousCommit, previousBuild } from './helpers/previous-build';
+import { install, installOver, layoutVersions, noPreviousCommit, previousBuild } from './helpers/previous-build';
 import { requireKvm, ROOT, skipBecause } from './helpers/tsvmm';
 
 const REPORT = 20_000_000;
@@ -55,7 +56,25 @@ describe('tsvmm update from the previous commit', function () {
 
       // This build, installed over the previous one while the VM runs.
       installOver(ROOT, inst);
-      assert.deepStrictEqual(addonMapped(old.vmm).map((f) => !f.startsWith(path.join(inst, "build") + "/")), [true], 'the old vmm keeps its (renamed) addon');
+      assert.deepStrictEqual(addonMapped(old.vmm).map((f) => !f.startsWith(path.join(inst, 'build') + '/')), [true], 'the old vmm keeps its (renamed) addon');
+      const was = layoutVersions(prev.dir);
+      const now = layoutVersions(ROOT);
+      const changed = Object.keys(now).filter((k) => was[k] !== now[k]);
+      if (changed.length) {
+        // This commit changed a layout the previous build's processes share: this build cannot take
+        // over from them (it reads only its own versions), and says so in one line.
+        const refused = cli(['update', 'all', '--name', name]);
+        assert.strictEqual(refused.status, 1, `${changed.join(', ')} changed (${changed.map((k) => `${was[k]} -> ${now[k]}`).join(', ')}), yet: ${refused.stdout}${refused.stderr}`);
+        assert.match(refused.stderr, /^tsvmm: error: .*update refused, the VM runs on unchanged: the new (vmm|driver-domain) cannot take over: .*version.*\n$/);
+        assert.strictEqual(refused.stderr.split('\n').length, 2, `one line: ${refused.stderr}`);
+        const t = performance.now();
+        await vm.waitFor(() => vm.count('@blk-progress', t) >= 3 && vm.count('@counter', t) >= 2, 60_000, 'the guest running on after the refusal');
+        assert.deepStrictEqual({ vmm: vm.pid.vmm, dd: vm.pid['driver-domain'] }, old, 'the running components were left alone');
+        assert.deepStrictEqual(guestErrors(vm.out), []);
+        // eslint-disable-next-line no-console
+        console.log(`      this commit changed the ${changed.join(', ')} version: the update from HEAD~1 was refused in one line, as it must be`);
+        return;
+      }
       const r = cli(['update', 'all', '--name', name]);
       assert.strictEqual(r.status, 0, `${r.stderr}\n${vm.err}`);
       assert.match(r.stdout, /vmm replaced \(guest paused [\d.]+ ms\); driver-domain replaced \(handover [\d.]+ ms\); priv-domain restarting/);

@@ -49,9 +49,14 @@ export function noPreviousCommit(): string | undefined {
   return undefined;
 }
 
-/** The cache directory holding a complete build of HEAD~1 (built now if it is not there yet). */
+/**
+ * The cache directory holding a complete build of HEAD~1 (built now if it is not there yet), or of
+ * the commit TSVMM_UPDATE_FROM names (to try an update from an older release by hand).
+ */
 export function previousBuild(log: (line: string) => void = () => undefined): { dir: string; commit: string } {
-  const commit = git(['rev-parse', 'HEAD~1']).out;
+  const from = process.env.TSVMM_UPDATE_FROM || 'HEAD~1';
+  const commit = git(['rev-parse', '--verify', `${from}^{commit}`]).out;
+  if (!commit) throw new Error(`TSVMM_UPDATE_FROM=${from} is not a commit of this checkout`);
   const cache = process.env.TSVMM_BUILD_CACHE ?? path.join(os.homedir(), '.cache', 'tsvmm', 'builds');
   const dir = path.join(cache, commit);
   if (fs.existsSync(path.join(dir, '.complete'))) return { dir, commit };
@@ -141,4 +146,23 @@ export function installOver(from: string, to: string, edit?: (dist: string) => v
     if (fs.existsSync(path.join(to, p))) fs.renameSync(path.join(to, p), path.join(to, `.${p}.old-${stamp}`));
     fs.renameSync(path.join(to, `.${p}.new`), path.join(to, p));
   }
+}
+
+/**
+ * The versions of every layout a build's processes share (state page, platform page, control page,
+ * the keeper's snapshot memfd, the snapshot directory), read by that build's own code in a child
+ * process (each build loads its own addon).
+ */
+export function layoutVersions(build: string): Record<string, number> {
+  const script = `const d = process.argv[1] + '/dist/contracts/';
+    process.stdout.write(JSON.stringify({
+      'state page': require(d + 'state-page.js').STATE_PAGE_VERSION,
+      'platform page': require(d + 'platform-page.js').PLATFORM_VERSION,
+      'control page': require(d + 'control-page.js').CONTROL_VERSION,
+      'snapshot layout': require(d + 'snapshot.js').SNAP.VERSION,
+      'snapshot format': require(d + 'snapshot-dir.js').SNAPSHOT_FORMAT_VERSION,
+    }));`;
+  const r = spawnSync(process.execPath, ['-e', script, build], { encoding: 'utf8', timeout: 30_000 });
+  if (r.status !== 0) throw new Error(`reading the layout versions of ${build}: ${r.stderr}`);
+  return JSON.parse(r.stdout) as Record<string, number>;
 }
