@@ -310,6 +310,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   setInterval(() => {
     const h = page.rxHead();
     if (h !== rxSeen) { rxSeen = h; serial.inputArrived(); }
+    serial.repeatStanding(SERIAL_REPEAT_POLLS);
     ged?.poll();
   }, SERIAL_INPUT_POLL_MS).unref();
   process.stdin.on('error', () => undefined);
@@ -374,6 +375,8 @@ function snapshotNow(req: SnapshotRequest, cfg: VmConfig, pauseCtl: PauseControl
  */
 /** How often the vmm looks for console input another process pushed into the UART's ring. */
 const SERIAL_INPUT_POLL_MS = 10;
+/** A UART interrupt condition standing this many polls (0.5 s) is raised again (vmm/serial.ts repeatStanding). */
+const SERIAL_REPEAT_POLLS = 50;
 
 function whenDriverDomainReady(page: StatePage, then: () => void): void {
   const t0 = performance.now();

@@ -98,6 +98,26 @@ export class Serial {
   /** Input arrived (from the terminal): raise RDA if enabled. */
   inputArrived(): void { this.update(); }
 
+  private standingPolls = 0;
+
+  /**
+   * Called every poll by the vmm's main thread: an enabled interrupt condition (THRE, or received
+   * data) still standing after `polls` calls in a row is one whose edge the guest did not take, so
+   * it is raised again, as a 16550's interrupt line stays raised while its condition stands. Seen on
+   * the emulated host: Linux's 8250 driver left the shell's prompt in its transmit buffer, waiting
+   * for a THRE interrupt, until typed input (an RDA interrupt) ran its handler, which sends too.
+   * A repeat the guest did not need costs it one interrupt that finds nothing to do.
+   */
+  repeatStanding(polls: number): void {
+    const p = this.page;
+    const ier = p.reg(Uart.IER);
+    const standing = (ier & IER_RDA && p.rxReady()) || (ier & IER_THRE && p.reg(Uart.THRE_PENDING));
+    if (!standing) { this.standingPolls = 0; return; }
+    if (++this.standingPolls < polls) return;
+    this.standingPolls = 0;
+    this.irq();
+  }
+
   private update(): void {
     const p = this.page;
     const ier = p.reg(Uart.IER);
