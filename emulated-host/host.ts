@@ -314,6 +314,15 @@ export function tscArgs(): string {
   } catch { return 'tsc=reliable '; }
 }
 
+/**
+ * TCG's threading: one host thread per emulated CPU ("multi", the default) or one for both
+ * ("single"); TSVMM_EMULATED_HOST_TCG=single|multi. See docs/emulated-host.md, "Known emulator
+ * behaviour" (L1 kernel crashes seen with multi).
+ */
+function tcgThreads(): 'single' | 'multi' {
+  return process.env.TSVMM_EMULATED_HOST_TCG === 'single' ? 'single' : 'multi';
+}
+
 /** qemu's niceness: TSVMM_EMULATED_HOST_NICE (0 included), else 10. */
 function defaultNice(): number {
   const v = process.env.TSVMM_EMULATED_HOST_NICE;
@@ -326,7 +335,7 @@ export function runInEmulatedHost(command: string, opts: RunOptions): Promise<Ru
   const append = `console=ttyS0 panic=-1 quiet loglevel=4 ${tscArgs()}tsvmm.cmd=${enc}`;
   if (append.length > 2000) throw new Error(`the command is too long for the kernel command line (${command.length} bytes; keep it under ~1400)`);
   const args = [
-    '-n', String(opts.nice ?? defaultNice()), QEMU, '-M', 'q35', '-accel', 'tcg,thread=multi', '-cpu', 'max', '-smp', String(L1_CPUS), '-m', String(L1_MEM_MB),
+    '-n', String(opts.nice ?? defaultNice()), QEMU, '-M', 'q35', '-accel', `tcg,thread=${tcgThreads()}`, '-cpu', 'max', '-smp', String(L1_CPUS), '-m', String(L1_MEM_MB),
     '-kernel', opts.image.kernel, '-initrd', opts.image.initrd, '-append', append, '-nographic', '-no-reboot', '-nodefaults', '-serial', 'stdio',
   ];
   const t0 = Date.now();
@@ -372,7 +381,8 @@ export function runInEmulatedHost(command: string, opts: RunOptions): Promise<Ru
       const commandOutput = s < 0 ? '' : output.slice(output.indexOf('\n', s) + 1, e > s ? e : undefined);
       if (!error && timedOut) error = `timed out after ${Math.round(opts.timeoutMs / 1000)} s${started === undefined ? ' (L1 never reached its init)' : ' (the command did not finish)'}`;
       // L1's own panic, not one in the command's output (a guest's console is part of that).
-      const panic = /Kernel panic - [^\n]*/.exec(s < 0 ? output : output.slice(0, s));
+      // (Its lines are the unprefixed ones: the guests' consoles come through the command with a prefix.)
+      const panic = /^\[[\s\d.]+\] Kernel panic - [^\n]*/m.exec(output.replace(/\r/g, ''));
       if (!error && status === undefined && panic) error = `L1's kernel stopped: ${panic[0].trim()}`;
       const last = stderr.trim() ? stderr.trim().split('\n').pop() : output.trim().split('\n').pop();
       if (!error && status === undefined) error = `qemu exited before the command reported a status${last ? ` (last line: ${last.trim()})` : ''}`;
