@@ -36,6 +36,8 @@ export interface NativeKeeper {
    * finish within timeoutMs; claimed: this vmm won the generation.
    */
   snapshotClaim(snap: ArrayBuffer, timeoutMs: number): { state: number; claimed: boolean };
+  /** Validates a claimed snapshot and repairs what one copy can (native/kvm/restore.c tsvmm_snap_verify). status 0 or -1. */
+  snapshotVerify(snap: ArrayBuffer, ncpus: number): RestoreResult;
   /** keeper.h's name of a save or restore step (KVM_GET_REGS / KVM_SET_REGS, "the checksum", ...). */
   snapshotStepName(step: number, restoring: boolean): string | undefined;
   /** The whole snapshot of this (paused) vmm, saved now by the keeper's code: the keeper's layout, state SAVED or FAILED. */
@@ -69,6 +71,8 @@ export interface TakeoverOptions {
 
 export interface RestoreResult {
   status: number; generation: number; failStep: number; failErrno: number; failVcpu: number;
+  /** tsvmm_snap_verify's repairs (REPAIRED bits; describeRepairs). */
+  repaired: number;
   /** MSRs KVM refused to set (skipped). */
   refusedMsrs: number[];
   /** The keeper's CLOCK_MONOTONIC stamps (the header's, before the next keeper was armed), then the restorer's. */
@@ -96,6 +100,21 @@ const STATE_NAME: Record<number, string> = Object.fromEntries(Object.entries(Sna
 export const Pending = {
   NONE: c('TSVMM_PENDING_NONE'), REEXEC: c('TSVMM_PENDING_REEXEC'),
   PIO_OUT: c('TSVMM_PENDING_PIO_OUT'), MMIO_WRITE: c('TSVMM_PENDING_MMIO_WRITE'),
+} as const;
+
+export const REPAIRED = { BODY: c('TSVMM_REPAIRED_BODY'), LAYOUT: c('TSVMM_REPAIRED_LAYOUT') } as const;
+
+/** What tsvmm_snap_verify repaired, in words ('' when nothing). */
+export function describeRepairs(bits: number): string {
+  const out: string[] = [];
+  if (bits & REPAIRED.BODY) out.push('the saved records failed their checksum: restored from the mirror copy');
+  if (bits & REPAIRED.LAYOUT) out.push("a layout field of the header was overwritten: rewritten with this build's");
+  return out.join('; ');
+}
+
+/** The keeper's idle beat period and its exit codes (keeper.h). */
+export const KEEPER = {
+  BEAT_MS: c('TSVMM_KEEPER_BEAT_MS'), EXIT_POLL: c('TSVMM_KEEPER_EXIT_POLL'), EXIT_SELFCHECK: c('TSVMM_KEEPER_EXIT_SELFCHECK'),
 } as const;
 
 const stepName = (step: number, restoring: boolean) => keeper.snapshotStepName(step, restoring) ?? `step ${step}`;
@@ -163,6 +182,8 @@ export class SnapshotView {
   get diedNs(): bigint { return this.dv.getBigUint64(H('died_ns'), true); }
   get savedNs(): bigint { return this.dv.getBigUint64(H('saved_ns'), true); }
   get journalOffset(): number { return this.u32(H('journal_offset')); }
+  /** Bumped by an idle keeper every KEEPER.BEAT_MS after checking itself (keeper.h keeper_beat). */
+  get keeperBeat(): number { return this.u32(H('keeper_beat')); }
   /** The futex word the keeper bumps when it has saved (or failed). */
   get claimGen(): number { return this.u32(H('claim_gen')); }
 
@@ -205,11 +226,16 @@ export class SnapshotView {
     return `the keeper failed to save ${where}: ${stepName(step, false)} (${err})`;
   }
 
-  /** Checks magic, version and that the layout matches this build and `ncpus`. */
-  checkLayout(ncpus: number): void {
+  /**
+   * Checks magic, version and that the layout matches this build and `ncpus`. `restoring`: only
+   * magic and version; a restore validates the rest and repairs a flipped offset or size
+   * (verifyClaimed), since a saved header it cannot trust is not a reason to lose the guest.
+   */
+  checkLayout(ncpus: number, restoring = false): void {
     if (this.magic !== SNAP.MAGIC) throw new SnapshotError('snapshot memfd has a bad magic (not formatted, or corrupted)');
     const version = this.u32(H('version'));
     if (version !== SNAP.VERSION) throw new SnapshotError(`snapshot layout version ${version}, this vmm reads ${SNAP.VERSION}`);
+    if (restoring) return;
     if (this.ncpus !== ncpus) throw new SnapshotError(`snapshot is for ${this.ncpus} vCPUs, this VM has ${ncpus}`);
     const want = { vcpu_size: SNAP.VCPU_SIZE, vm_size: SNAP.VM_SIZE, total_size: snapshotSize(ncpus) } as Record<string, number>;
     for (const [k, v] of Object.entries(want)) {
@@ -224,7 +250,7 @@ export class SnapshotView {
    * once, by the native restore that sets the state.
    */
   claimSaved(ncpus: number, timeoutMs = 3000): number | undefined {
-    this.checkLayout(ncpus);
+    this.checkLayout(ncpus, true);
     const { state, claimed } = keeper.snapshotClaim(this.buf, timeoutMs);
     if (state < 0) throw new SnapshotError(`the keeper did not finish saving within ${timeoutMs} ms (state ${this.stateName}; keeper pid ${this.keeperPid})`);
     if (state === SnapState.FAILED) throw new SnapshotError(this.failure());
@@ -232,6 +258,17 @@ export class SnapshotView {
     if (state === SnapState.STOPPED) throw new SnapshotError('no snapshot: the guest had already stopped');
     if (state !== SnapState.SAVED) throw new SnapshotError(`snapshot state ${STATE_NAME[state] ?? state}`);
     return claimed ? this.generation : undefined;
+  }
+
+  /**
+   * A claimed snapshot, before anything reads its records: validated, and repaired from its mirror
+   * or this build's layout where one copy was corrupt (native/kvm/restore.c). Returns what was
+   * repaired, in words ('' if nothing); throws a SnapshotError when nothing good is left.
+   */
+  verifyClaimed(ncpus: number): string {
+    const r = keeper.snapshotVerify(this.buf, ncpus);
+    if (r.status < 0) throw new SnapshotError(restoreFailure(r));
+    return describeRepairs(r.repaired);
   }
 
   /** The MSR indices vCPU 0's record saved (every vCPU saves the same list): the next keeper's list. */

@@ -19,8 +19,10 @@
  *     in a row; the evidence names the system call it sleeps in;
  *   - the supervisor's own check was late (it did not get a CPU either): no
  *     verdict at that check (the evidence above still accumulates).
- * A process without an event loop (a keeper, asleep in poll() until its vmm
- * dies) can only be stopped: hung once stopped for the threshold.
+ * A keeper has no event loop: asleep in poll() until its vmm dies, it wakes
+ * every KEEPER.BEAT_MS to check itself and bump its beat in the snapshot
+ * header; it is watched like a heartbeat with its own threshold (a few beats),
+ * and a stopped one is hung once stopped for the threshold.
  * Every hang is logged with its evidence, counted, and handed to its owner's
  * kill(), which recovers it through the normal path with cause `hang`.
  */
@@ -89,8 +91,14 @@ export interface Hang {
 interface Watched {
   name: string;
   pid: number;
-  /** undefined: no heartbeat, only the stopped check (a keeper). */
+  /** undefined: no heartbeat, only the stopped check. */
   slot?: Component;
+  /** A counter of its own instead of a state-page slot (a keeper's beat); undefined when it does not apply now. */
+  beat?: () => number | undefined;
+  /** Its own threshold (ms), if not the watch's. */
+  timeoutMs?: number;
+  /** When it was first seen stopped (T), for the stopped check. */
+  stoppedSince?: number;
   kill: () => void;
   last: number;
   since: number;
@@ -130,7 +138,17 @@ export class HangWatch {
     this.watched.set(key, { name, pid, slot, kill, last: this.page.heartbeat(slot), since: performance.now(), sched: schedstat(pid), misses: 0 });
   }
 
-  /** Watches a process that has no heartbeat (a keeper): only being stopped is a hang. */
+  /**
+   * Watches `pid`'s own beat counter (a keeper's, in the snapshot header): hung as a heartbeat is,
+   * with a threshold of at least `minTimeoutMs`. `beat()` undefined: not judged now (a keeper whose
+   * vmm died is saving, not idle).
+   */
+  watchBeat(pid: number, name: string, beat: () => number | undefined, minTimeoutMs: number, kill: () => void): void {
+    if (!this.enabled || !pid) return;
+    this.watched.set(pid, { name, pid, beat, kill, last: beat() ?? 0, since: performance.now(), sched: schedstat(pid), misses: 0, timeoutMs: Math.max(this.timeoutMs, minTimeoutMs) });
+  }
+
+  /** Watches a process that has no heartbeat: only being stopped is a hang. */
   watchStopped(pid: number, name: string, kill: () => void): void {
     if (!this.enabled || !pid) return;
     this.watched.set(pid, { name, pid, kill, last: 0, since: performance.now(), misses: 0 });
@@ -149,39 +167,45 @@ export class HangWatch {
     const stalled = now - this.lastTick > this.timeoutMs / 2;
     this.lastTick = now;
     for (const [key, w] of this.watched) {
-      const verdict = w.slot === undefined ? this.judgeStopped(w, now, stalled) : this.judgeHeartbeat(w, now, stalled);
+      // A beat of its own (a keeper): stopped is judged at the watch's threshold, silence at its own.
+      const stopped = w.slot === undefined ? this.judgeStopped(w, now, stalled) : undefined;
+      const verdict = stopped ?? (w.slot !== undefined || w.beat ? this.judgeHeartbeat(w, now, stalled) : undefined);
       if (!verdict) continue;
       this.watched.delete(key);
-      const still = now - w.since;
+      const still = now - (stopped ? w.stoppedSince ?? w.since : w.since);
+      const thresholdMs = w.timeoutMs ?? this.timeoutMs;
       this.hangs.push({ component: w.name, pid: w.pid, stillMs: still, evidence: verdict, at: Date.now() / 1000 });
-      this.logger?.warn(`${w.name} hung: ${w.slot === undefined ? 'stopped' : 'no heartbeat'} for ${still.toFixed(0)} ms (threshold ${this.timeoutMs} ms; ${verdict}); killing pid ${w.pid}`,
-        { event: 'hang-kill', target: w.name, targetPid: w.pid, stillMs: Math.round(still), thresholdMs: this.timeoutMs, evidence: verdict });
+      this.logger?.warn(`${w.name} hung: ${stopped ? 'stopped' : 'no heartbeat'} for ${still.toFixed(0)} ms (threshold ${thresholdMs} ms; ${verdict}); killing pid ${w.pid}`,
+        { event: 'hang-kill', target: w.name, targetPid: w.pid, stillMs: Math.round(still), thresholdMs, evidence: verdict });
       w.kill();
     }
   }
 
   private judgeStopped(w: Watched, now: number, stalled: boolean): string | undefined {
     const state = threadState(w.pid);
-    if (state !== 'T' && state !== 't') { w.since = now; return undefined; }
-    return !stalled && now - w.since >= this.timeoutMs ? `state ${state}` : undefined;
+    if (state !== 'T' && state !== 't') { w.stoppedSince = now; return undefined; }
+    w.stoppedSince ??= now;
+    return !stalled && now - w.stoppedSince >= this.timeoutMs ? `state ${state}` : undefined;
   }
 
   /** undefined while not hung; else the evidence. */
   private judgeHeartbeat(w: Watched, now: number, stalled: boolean): string | undefined {
-    const hb = this.page.heartbeat(w.slot!);
+    const hb = w.beat ? w.beat() : this.page.heartbeat(w.slot!);
+    if (hb === undefined) { w.since = now; return undefined; }
     if (hb !== w.last) {
       w.last = hb; w.since = now; w.sched = schedstat(w.pid); w.misses = 0; w.waiting = undefined;
       return undefined;
     }
+    const timeoutMs = w.timeoutMs ?? this.timeoutMs;
     const still = now - w.since;
-    if (still < this.timeoutMs || stalled) return undefined;
+    if (still < timeoutMs || stalled) return undefined;
     const sched = schedstat(w.pid);
     const ranMs = sched && w.sched ? (sched.run - w.sched.run) / 1e6 : 0;
     const waitedMs = sched && w.sched ? (sched.wait - w.sched.wait) / 1e6 : 0;
     const state = threadState(w.pid) ?? '?';
     const evidence = `its main thread ran ${ranMs.toFixed(0)} ms, waited for a CPU ${waitedMs.toFixed(0)} ms, state ${state}`;
     if (state === 'T' || state === 't') return evidence;
-    if (ranMs >= busyMs(this.timeoutMs)) return evidence;
+    if (ranMs >= busyMs(timeoutMs)) return evidence;
     const notYet = (why: string) => {
       if (w.waiting !== why) this.logger?.info(`${w.name}: no heartbeat for ${still.toFixed(0)} ms, but ${why}: not a hang (${evidence})`, { event: 'hang-suspected', target: w.name, targetPid: w.pid, evidence });
       w.waiting = why;
@@ -189,9 +213,9 @@ export class HangWatch {
       return undefined;
     };
     if (state === 'R') return notYet('its main thread is runnable and waiting for a CPU (host overloaded)');
-    if (state === 'D') return still < BLOCKED_FACTOR * this.timeoutMs ? notYet('its main thread is blocked in the kernel (state D)') : evidence;
+    if (state === 'D') return still < BLOCKED_FACTOR * timeoutMs ? notYet('its main thread is blocked in the kernel (state D)') : evidence;
     const where = sleepingIn(w.pid);
-    if (still < BLOCKED_FACTOR * this.timeoutMs) return notYet(`its main thread is asleep (in ${where})`);
+    if (still < BLOCKED_FACTOR * timeoutMs) return notYet(`its main thread is asleep (in ${where})`);
     if (++w.misses < CONSECUTIVE_MISSES) return undefined;
     return `${evidence}, asleep in ${where} at ${w.misses} checks in a row`;
   }

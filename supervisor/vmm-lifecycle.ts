@@ -22,7 +22,7 @@ import type { SnapshotDone, SnapshotRequest } from '../proto';
 import { componentEntry } from './component-entry';
 import { Component } from '../contracts/state-page';
 import { EXIT_NOT_NEEDED, TSVMM_EXIT } from '../contracts/exit-codes';
-import { keeper, SnapshotView, SnapState } from '../contracts/snapshot';
+import { keeper, KEEPER, SnapshotView, SnapState } from '../contracts/snapshot';
 import { LifecycleHost, recoveryFields } from './lifecycle';
 import { RESTART_LIMITS, RestartPolicy } from './restart-policy';
 import { componentStdio, hasExited, killHung, ReadyMsg, replaceStandby, sendTo, spawnProcess, whenExited } from './spawn';
@@ -30,8 +30,8 @@ import { STANDBY_RESPAWN_MS } from './driver-domain-lifecycle';
 
 /** A warm standby that has not taken over this long after its primary died is replaced by a cold start. */
 const STANDBY_TAKEOVER_TIMEOUT_MS = 3000;
-/** keeper.c's exit status when its poll() fails (the only exit of a keeper whose vmm may still live). */
-const KEEPER_EXIT_POLL_FAILED = 2;
+/** A keeper's beat (keeper.h) may be still this long before the hang watch judges it: a few beats. */
+const KEEPER_BEAT_TIMEOUT_MS = 5 * KEEPER.BEAT_MS;
 const SIGNAL_NAME: Record<number, string> = Object.fromEntries(Object.entries(os.constants.signals).map(([k, v]) => [v, k]));
 
 /** One vmm recovery, as the supervisor measured it. */
@@ -392,7 +392,11 @@ export class VmmLifecycle {
     this.keepersSeen.add(pid);
     this.keepers.add(pid);
     this.host.processesChanged();
-    this.host.hangWatch.watchStopped(pid, 'keeper', () => {
+    // An armed keeper idles in poll() and beats every KEEPER.BEAT_MS after checking itself: one that
+    // stops beating was broken while idle and would fail when its vmm dies; replaced now instead.
+    // A keeper not armed for the running vmm (a standby's, or one saving) is judged only if stopped.
+    const beat = () => (this.snap.keeperPid === pid && this.snap.state === SnapState.ARMED ? this.snap.keeperBeat : undefined);
+    this.host.hangWatch.watchBeat(pid, 'keeper', beat, KEEPER_BEAT_TIMEOUT_MS, () => {
       this.keepersHung.add(pid);
       try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
     });
@@ -401,10 +405,12 @@ export class VmmLifecycle {
       this.host.hangWatch.unwatch(pid);
       const hung = this.keepersHung.delete(pid);
       // A keeper exits by itself only when its work is over: 0 (the guest stopped, or its vmm died while
-      // it was dormant), 1 (its save failed: the vmm died), 3 (the supervisor died). A signal, or 2 (its
-      // poll failed), leaves its vmm without one.
-      if (!hung && r.signal === undefined && r.code !== KEEPER_EXIT_POLL_FAILED) return;
-      this.onKeeperExit(pid, vmm, hung ? 'hang' : r.signal !== undefined ? `signal ${SIGNAL_NAME[r.signal] ?? r.signal}` : `exit code ${r.code}`);
+      // it was dormant), 1 (its save failed: the vmm died), 3 (the supervisor died). A signal, 2 (its
+      // poll failed) or 5 (its self-check failed while idle) leaves its vmm without one.
+      if (!hung && r.signal === undefined && r.code !== KEEPER.EXIT_POLL && r.code !== KEEPER.EXIT_SELFCHECK) return;
+      const cause = hung ? 'hang' : r.signal !== undefined ? `signal ${SIGNAL_NAME[r.signal] ?? r.signal}`
+        : r.code === KEEPER.EXIT_SELFCHECK ? 'self-check failed (corrupt while idle)' : `exit code ${r.code}`;
+      this.onKeeperExit(pid, vmm, cause);
     };
     // A keeper is our child (CLONE_PARENT) unless its vmm was adopted (its parent is then init):
     // that one is watched by pidfd, its status read without reaping (supervisor/adopt.ts).

@@ -27,7 +27,7 @@ import { GedInterrupt } from './ged';
 import type { VcpuThreadData, VcpuThreadMessage } from './vcpu-thread';
 import { Vcpu } from '../kvm/vcpu';
 import { vcpuCpuid } from './cpuid';
-import { keeper, RestoreResult, restoreFailure, SnapshotError, SnapshotView, SnapState } from '../contracts/snapshot';
+import { describeRepairs, keeper, RestoreResult, restoreFailure, SnapshotError, SnapshotView, SnapState } from '../contracts/snapshot';
 import { EXIT_NOT_NEEDED } from '../contracts/exit-codes';
 import { Component, HEARTBEAT_MS, mapDevicePage, StatePage } from '../contracts/state-page';
 import { msrIndexList, probeMsrs } from './restore';
@@ -72,7 +72,7 @@ export type VmmMode = 'boot' | 'restore' | 'standby';
 export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   const restore = mode !== 'boot';
   const snapView = SnapshotView.map(FD.SNAPSHOT, cfg.cpus);
-  snapView.checkLayout(cfg.cpus);
+  snapView.checkLayout(cfg.cpus, mode === 'restore');
   const tModules = performance.now();
   const kvm = passedFd(FD.KVM) ? Kvm.fromFd(FD.KVM) : Kvm.open();
   const vm = new Vm(kvm.createVm());
@@ -212,6 +212,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   const running = (resumedNs: bigint, r?: RestoreResult) => {
     clearInterval(orphanWatch);
     tookOver = true;
+    if (r?.repaired && mode === 'standby') log.warn(`snapshot generation ${r.generation} was corrupt: ${describeRepairs(r.repaired)}`, { event: 'snapshot-repaired', generation: r.generation });
     if (r?.refusedMsrs.length) log.warn(`KVM refused to restore MSRs ${r.refusedMsrs.map((i: number) => '0x' + i.toString(16)).join(' ')}`);
     pauseCtl.activate();
     const warm = mode === 'standby';
@@ -434,6 +435,10 @@ function claimSnapshot(snapView: SnapshotView, cpus: number): number {
     log.info(`snapshot generation ${snapView.generation} was already claimed by another vmm; exiting`);
     process.exit(EXIT_NOT_NEEDED);
   }
+  // Before anything reads a record (the MSR list, the pending writes): validated, repaired from the
+  // mirror copy where one bit went wrong after the keeper sealed it.
+  const repairs = snapView.verifyClaimed(cpus);
+  if (repairs) log.warn(`snapshot generation ${generation} was corrupt: ${repairs}`, { event: 'snapshot-repaired', generation });
   return generation;
 }
 

@@ -55,8 +55,24 @@ static uint32_t journal_offset(void) { return 4096; }
 static uint32_t vcpu_offset(uint32_t n) { return journal_offset() + n * TSVMM_JOURNAL_SIZE; }
 static uint32_t vm_offset(uint32_t n) { return (uint32_t)ALIGN_UP(vcpu_offset(n) + n * VCPU_SIZE, 64); }
 
+static uint32_t body_size(uint32_t n) { return vm_offset(n) + (uint32_t)sizeof(struct tsvmm_snap_vm) - vcpu_offset(n); }
+static uint32_t mirror_offset(uint32_t n) { return (uint32_t)ALIGN_UP(vm_offset(n) + sizeof(struct tsvmm_snap_vm), 64); }
+
 uint32_t tsvmm_snap_total_size(uint32_t ncpus) {
-  return (uint32_t)ALIGN_UP(vm_offset(ncpus) + sizeof(struct tsvmm_snap_vm), 4096);
+  return (uint32_t)ALIGN_UP(mirror_offset(ncpus) + body_size(ncpus), 4096);
+}
+
+/* The header's layout fields as this build lays out a snapshot of `ncpus` vCPUs (restore.c checks
+ * a saved header against them). */
+void tsvmm_snap_layout(uint32_t ncpus, struct tsvmm_snap_header* h) {
+  h->ncpus = ncpus;
+  h->vcpu_size = VCPU_SIZE;
+  h->journal_offset = journal_offset();
+  h->vcpu_offset = vcpu_offset(ncpus);
+  h->vm_offset = vm_offset(ncpus);
+  h->vm_size = sizeof(struct tsvmm_snap_vm);
+  h->total_size = tsvmm_snap_total_size(ncpus);
+  h->mirror_offset = mirror_offset(ncpus);
 }
 
 static uint32_t crc_table[256];
@@ -84,13 +100,7 @@ void tsvmm_snap_format(uint8_t* snap, uint32_t ncpus) {
   memset(snap, 0, tsvmm_snap_total_size(ncpus));
   struct tsvmm_snap_header* h = (struct tsvmm_snap_header*)snap;
   h->version = TSVMM_SNAP_VERSION;
-  h->ncpus = ncpus;
-  h->vcpu_size = VCPU_SIZE;
-  h->journal_offset = journal_offset();
-  h->vcpu_offset = vcpu_offset(ncpus);
-  h->vm_offset = vm_offset(ncpus);
-  h->vm_size = sizeof(struct tsvmm_snap_vm);
-  h->total_size = tsvmm_snap_total_size(ncpus);
+  tsvmm_snap_layout(ncpus, h);
   __atomic_store_n(&h->magic, TSVMM_SNAP_MAGIC, __ATOMIC_RELEASE);
 }
 
@@ -256,7 +266,13 @@ KEEPER_FN static int save_all(const struct tsvmm_keeper_config* cfg, uint8_t* sn
   if (cfg->coalesced_ring) kcopy(vm->ring, cfg->coalesced_ring, TSVMM_RING_SIZE);
   else kzero(vm->ring, TSVMM_RING_SIZE);
   h->nmsrs = cfg->nmsrs;
-  h->checksum = tsvmm_crc32(snap + h->vcpu_offset, (uint64_t)(h->vm_offset + h->vm_size - h->vcpu_offset));
+  /* Sealed twice: the checksum in two words, the body copied to the mirror after it was summed, so
+   * a bit flipped later in any one of them still leaves a copy that checks (restore.c). */
+  uint32_t len = h->vm_offset + h->vm_size - h->vcpu_offset;
+  uint32_t sum = tsvmm_crc32(snap + h->vcpu_offset, len);
+  kcopy(snap + h->mirror_offset, snap + h->vcpu_offset, len);
+  h->checksum = sum;
+  h->checksum_b = sum;
   h->generation = h->generation + 1;
   h->saved_ns = k_now_ns();
   return 0;
@@ -287,6 +303,11 @@ static int keeper_filter_build(uint32_t mode) {
   return 0;
 }
 
+/* CRC-32 of what the keeper acts on (keeper.h cfg_crc). */
+KEEPER_FN static uint32_t keeper_cfg_crc(const struct tsvmm_keeper_config* cfg) {
+  return tsvmm_crc32((const uint8_t*)cfg, offsetof(struct tsvmm_keeper_config, armed));
+}
+
 KEEPER_FN static int keeper_main(void* arg) {
   struct tsvmm_keeper_config* cfg = (struct tsvmm_keeper_config*)arg;
   struct tsvmm_snap_header* h = (struct tsvmm_snap_header*)cfg->snap;
@@ -309,10 +330,26 @@ KEEPER_FN static int keeper_main(void* arg) {
   struct pollfd fds[2];
   fds[0].fd = cfg->vmm_pidfd; fds[0].events = POLLIN; fds[0].revents = 0;
   fds[1].fd = cfg->stop_efd; fds[1].events = POLLIN; fds[1].revents = 0;
+  /* Idle, the keeper wakes every TSVMM_KEEPER_BEAT_MS, checks itself and beats: a keeper broken
+   * while it waits (a flipped register or stack, its configuration overwritten) crashes or exits
+   * here, or stops beating, and is replaced while its vmm still runs, instead of failing at the
+   * vmm's death, when it is needed. */
   for (;;) {
-    long r = raw3(SYS_poll, fds, 2, -1);
-    if (r > 0) break;
-    if (r < 0 && r != -4 /* EINTR */) k_exit(2);
+    long r = raw3(SYS_poll, fds, 2, TSVMM_KEEPER_BEAT_MS);
+    if (fds[0].fd != cfg->vmm_pidfd || fds[1].fd != cfg->stop_efd || keeper_cfg_crc(cfg) != cfg->cfg_crc) k_exit(TSVMM_KEEPER_EXIT_SELFCHECK);
+    if (r > 0) {
+      /* A wake-up that no fd explains (a flipped return value) must not save a live VM. */
+      struct pollfd again[2];
+      again[0].fd = cfg->vmm_pidfd; again[0].events = POLLIN; again[0].revents = 0;
+      again[1].fd = cfg->stop_efd; again[1].events = POLLIN; again[1].revents = 0;
+      if (raw3(SYS_poll, again, 2, 0) <= 0) k_exit(TSVMM_KEEPER_EXIT_SELFCHECK);
+      fds[0].revents = again[0].revents;
+      fds[1].revents = again[1].revents;
+      break;
+    }
+    if (r < 0 && r != -4 /* EINTR */) k_exit(TSVMM_KEEPER_EXIT_POLL);
+    /* Only the armed keeper beats: a warm standby's dormant one shares the header. */
+    if (r == 0 && __atomic_load_n(&cfg->armed, __ATOMIC_ACQUIRE)) __atomic_add_fetch(&h->keeper_beat, 1, __ATOMIC_RELEASE);
   }
   if (fds[1].revents) {
     /* A dormant keeper's header is still the previous vmm's snapshot: leave it. */
@@ -357,6 +394,7 @@ static void write_armed_header(struct tsvmm_keeper_config* cfg);
 static int clone_keeper(struct tsvmm_keeper_config* cfg, uint32_t state_on_failure) {
   struct tsvmm_snap_header* h = (struct tsvmm_snap_header*)cfg->snap;
   int armed = cfg->armed;
+  cfg->cfg_crc = keeper_cfg_crc(cfg);
   if (armed) h->state = TSVMM_SNAP_ARMED;
   /* CLONE_PARENT: the keeper is the supervisor's child, so the supervisor reaps it and it is never
    * orphaned; its exit signal is the vmm's (SIGCHLD). No CLONE_THREAD: it is its own process. */
@@ -391,6 +429,8 @@ int tsvmm_keeper_restart(struct tsvmm_keeper_config* cfg) {
   /* The previous keeper must be gone: it runs on the same stack, and two keepers must never both
    * save one death. Its pidfd is readable once it exited. */
   if (cfg->keeper_pidfd < 0) return -16 /* EBUSY: cannot tell */;
+  /* The configuration the new keeper would act on was overwritten since it was sealed. */
+  if (keeper_cfg_crc(cfg) != cfg->cfg_crc) return -74 /* EBADMSG */;
   struct pollfd p;
   p.fd = cfg->keeper_pidfd; p.events = POLLIN; p.revents = 0;
   if (raw3(SYS_poll, &p, 1, 0) != 1) return -16 /* EBUSY */;
@@ -443,7 +483,8 @@ const struct tsvmm_abi_const tsvmm_snap_constants[] = {
     K(TSVMM_SNAP_MAGIC) K(TSVMM_SNAP_VERSION) K(TSVMM_MAX_VCPUS) K(TSVMM_MAX_MSRS) K(TSVMM_JOURNAL_SIZE)
     K(TSVMM_JOURNAL_LINE_MAX) K(TSVMM_REPLAY_DATA_MAX) K(TSVMM_EXIT_SENTINEL) K(TSVMM_JOURNAL_HANDLED) K(TSVMM_JOURNAL_LEN_MASK) K(TSVMM_JOURNAL_RING_SHIFT) K(TSVMM_RING_SIZE)
     K(TSVMM_SNAP_EMPTY) K(TSVMM_SNAP_ARMED) K(TSVMM_SNAP_SAVING) K(TSVMM_SNAP_SAVED) K(TSVMM_SNAP_FAILED)
-    K(TSVMM_SNAP_STOPPED)
+    K(TSVMM_SNAP_STOPPED) K(TSVMM_KEEPER_BEAT_MS) K(TSVMM_KEEPER_EXIT_POLL) K(TSVMM_KEEPER_EXIT_SELFCHECK)
+    K(TSVMM_REPAIRED_BODY) K(TSVMM_REPAIRED_LAYOUT) K(TSVMM_REPAIRED_MIRROR)
     {"snap_step_checksum", (double)TSVMM_STEP_CHECKSUM},
     {"keeper_clone_flags", (double)KEEPER_CLONE_FLAGS},
     K(TSVMM_PENDING_NONE) K(TSVMM_PENDING_REEXEC) K(TSVMM_PENDING_PIO_OUT) K(TSVMM_PENDING_MMIO_WRITE)
@@ -461,6 +502,8 @@ const struct tsvmm_abi_const tsvmm_snap_constants[] = {
     OFF(tsvmm_snap_header, died_ns, "h_died_ns") OFF(tsvmm_snap_header, saved_ns, "h_saved_ns")
     OFF(tsvmm_snap_header, nmsrs, "h_nmsrs") OFF(tsvmm_snap_header, total_size, "h_total_size")
     OFF(tsvmm_snap_header, wake_seq, "h_wake_seq") OFF(tsvmm_snap_header, claim_gen, "h_claim_gen")
+    OFF(tsvmm_snap_header, mirror_offset, "h_mirror_offset") OFF(tsvmm_snap_header, checksum_b, "h_checksum_b")
+    OFF(tsvmm_snap_header, keeper_beat, "h_keeper_beat")
     OFF(tsvmm_journal, commit, "j_commit") OFF(tsvmm_journal, replayed_generation, "j_replayed_generation")
     OFF(tsvmm_journal, line, "j_line")
     OFF(tsvmm_snap_vcpu, id, "v_id") OFF(tsvmm_snap_vcpu, pending, "v_pending")

@@ -12,8 +12,13 @@
 //   [journal_offset, + ncpus * 4096)    struct tsvmm_journal, one per vCPU (written live by the vmm)
 //   [vcpu_offset, + ncpus * vcpu_size)  struct tsvmm_snap_vcpu, one per vCPU (written by the keeper)
 //   [vm_offset, + vm_size)              struct tsvmm_snap_vm
-// The checksum (CRC-32) covers [vcpu_offset, vm_offset + vm_size). The header's
-// `state` is written last (SAVED) after the checksum, with a release store.
+//   [mirror_offset, + body length)      a second copy of [vcpu_offset, vm_offset + vm_size)
+// The checksum (CRC-32) covers [vcpu_offset, vm_offset + vm_size) and is stored
+// twice (checksum, checksum_b); the keeper copies the sealed body to the mirror,
+// so one flipped bit anywhere in either copy or either checksum word leaves a
+// copy whose CRC holds: the restorer (restore.c tsvmm_snap_verify) repairs the
+// first copy from it. The header's `state` is written last (SAVED) after the
+// checksum, with a release store.
 // Every offset and size is exported to TypeScript through the addon's constants
 // (snap_* names, see keeper.c), so the layout is defined here only.
 #pragma once
@@ -25,7 +30,7 @@ extern "C" {
 #endif
 
 #define TSVMM_SNAP_MAGIC 0x50414e53u /* 'SNAP' */
-#define TSVMM_SNAP_VERSION 2u /* 2: tsvmm_snap_vm holds the coalesced ring */
+#define TSVMM_SNAP_VERSION 3u /* 2: tsvmm_snap_vm holds the coalesced ring; 3: the body kept twice (mirror_offset, checksum_b), keeper_beat */
 #define TSVMM_MAX_VCPUS 256
 #define TSVMM_MAX_MSRS 256
 #define TSVMM_MAX_IRQFDS 64
@@ -75,7 +80,8 @@ enum {
   X(PIT2, "PIT2", 1) X(CLOCK, "CLOCK", 1) X(IRQCHIP, "IRQCHIP", 1)                                         \
   X(REPLAY_TOO_BIG, "a pending PIO write too large to replay", 0)                                          \
   /* restore.c only */                                                                                     \
-  X(CHECKSUM, "the checksum", 0) X(VCPU_ID, "the vCPU record id", 0) X(IRQFD, "KVM_IRQFD", 0)
+  X(CHECKSUM, "the checksum", 0) X(VCPU_ID, "the vCPU record id", 0) X(IRQFD, "KVM_IRQFD", 0)          \
+  X(LAYOUT, "the snapshot layout", 0) X(RECORD, "a saved record's fields", 0)
 enum {
 #define TSVMM_STEP_ENUM(name, text, ioctl) TSVMM_STEP_##name,
   TSVMM_STEPS(TSVMM_STEP_ENUM)
@@ -112,7 +118,18 @@ struct tsvmm_snap_header {
   /* The generation a restoring vmm claimed (compare-and-swap generation-1 -> generation): exactly one
    * vmm (the warm standby or a cold one) restores each saved snapshot. */
   uint32_t claim_gen;
+  uint32_t mirror_offset; /* the second copy of the body (see the layout above) */
+  uint32_t checksum_b;    /* the checksum again: a flip in one of the two words is not a lost snapshot */
+  /* Bumped by an armed or dormant keeper every TSVMM_KEEPER_BEAT_MS while it waits, after checking
+   * itself (its configuration's CRC, its own locals): a keeper that stops beating is hung or broken
+   * while idle, and the supervisor replaces it before the vmm needs it (supervisor/vmm-lifecycle.ts). */
+  uint32_t keeper_beat;
 };
+
+#define TSVMM_KEEPER_BEAT_MS 200
+/* keeper exit codes (the supervisor reads them: supervisor/vmm-lifecycle.ts) */
+#define TSVMM_KEEPER_EXIT_POLL 2      /* its poll() failed: its vmm may still live */
+#define TSVMM_KEEPER_EXIT_SELFCHECK 5 /* it found itself corrupt while idle: its vmm lives, unprotected */
 
 /* Written by the vmm's vCPU thread while it runs (shared memory, survives the vmm). */
 struct tsvmm_journal {
@@ -210,10 +227,15 @@ struct tsvmm_keeper_config {
    * tightest filter of all, built before the clone from the fixed list in keeper.c, on top of the
    * vmm's that it inherits. */
   uint32_t seccomp;
+  /* CRC-32 of [vm_fd, armed): what the keeper acts on, sealed by tsvmm_keeper_start / _restart and
+   * checked by the keeper at every beat and by _restart before it clones from it. */
+  uint32_t cfg_crc;
 };
 
 /* Layout helpers. */
 uint32_t tsvmm_snap_total_size(uint32_t ncpus);
+/* The header's layout fields (ncpus, sizes, offsets) as this build lays out `ncpus` vCPUs. */
+void tsvmm_snap_layout(uint32_t ncpus, struct tsvmm_snap_header* h);
 void tsvmm_snap_format(uint8_t* snap, uint32_t ncpus);
 uint32_t tsvmm_crc32(const uint8_t* p, uint64_t n);
 /* Fills the CRC table tsvmm_crc32 uses (idempotent). */
@@ -242,6 +264,7 @@ struct tsvmm_restore_config {
 
 #define TSVMM_MAX_REFUSED_MSRS 16
 struct tsvmm_restore_result {
+  uint32_t repaired;        /* tsvmm_snap_verify's repairs: TSVMM_REPAIRED_* bits */
   uint32_t generation;      /* the generation restored */
   uint32_t fail_step;       /* TSVMM_STEP_* of the failing ioctl, 0 if none */
   int32_t fail_errno;
@@ -270,7 +293,19 @@ struct tsvmm_takeover_opts {
   struct tsvmm_restore_result* publish; /* a copy of the result, written before the notify timer is armed */
 };
 
-/* Verifies the snapshot's checksum and sets every vCPU's state, the VM's (PIT, clock, irqchips), and
+/* tsvmm_snap_verify's repairs */
+#define TSVMM_REPAIRED_BODY 1u   /* the first copy failed its CRC: copied back from the mirror */
+#define TSVMM_REPAIRED_LAYOUT 2u /* a layout field of the header was not this build's: rewritten */
+#define TSVMM_REPAIRED_MIRROR 4u /* the mirror failed its CRC: copied from the first copy */
+
+/* Validates a SAVED snapshot before anything reads it, and repairs what one copy can repair: the
+ * header's layout fields (offsets and sizes, known to this build for `ncpus`), the body from its
+ * mirror (whichever copy's CRC matches either checksum word), then every record's id and
+ * pending-write fields. 0 (with the repairs in *repaired), or -1 with the failure in `res`
+ * (TSVMM_STEP_LAYOUT: magic or version; _CHECKSUM: neither copy holds; _VCPU_ID, _RECORD). */
+int tsvmm_snap_verify(uint8_t* snap, uint32_t ncpus, uint32_t* repaired, struct tsvmm_restore_result* res);
+
+/* Verifies (tsvmm_snap_verify) and sets every vCPU's state, the VM's (PIT, clock, irqchips), and
  * the irqfds. The caller has claimed the generation. 0, or -1 with the failure in `res`. */
 int tsvmm_restore(const struct tsvmm_restore_config* cfg, struct tsvmm_restore_result* res);
 

@@ -66,20 +66,61 @@ static int set_msrs(int fd, const struct tsvmm_msrs_buf* saved, uint32_t count, 
   return 0;
 }
 
+/* A record's fields that the restore and the replay act on, beyond what KVM itself checks. */
+static int record_ok(const struct tsvmm_snap_vcpu* v) {
+  if (v->nmsrs_saved > TSVMM_MAX_MSRS || v->nmsrs_saved > v->msrs.nmsrs) return 0;
+  switch (v->pending) {
+    case TSVMM_PENDING_NONE: case TSVMM_PENDING_REEXEC: return 1;
+    case TSVMM_PENDING_PIO_OUT:
+      return (v->replay_size == 1 || v->replay_size == 2 || v->replay_size == 4) && v->replay_count >= 1 &&
+             (uint64_t)v->replay_size * v->replay_count <= TSVMM_REPLAY_DATA_MAX && v->replay_addr <= 0xffff;
+    case TSVMM_PENDING_MMIO_WRITE:
+      return v->replay_size >= 1 && v->replay_size <= 8 && v->replay_count == 1;
+    default: return 0;
+  }
+}
+
+int tsvmm_snap_verify(uint8_t* snap, uint32_t ncpus, uint32_t* repaired, struct tsvmm_restore_result* res) {
+  struct tsvmm_snap_header* h = (struct tsvmm_snap_header*)snap;
+  *repaired = 0;
+  if (h->magic != TSVMM_SNAP_MAGIC || h->version != TSVMM_SNAP_VERSION) return fail(res, TSVMM_STEP_LAYOUT, -1, EPROTO);
+  if (ncpus == 0 || ncpus > TSVMM_MAX_VCPUS) return fail(res, TSVMM_STEP_LAYOUT, -1, EINVAL);
+  /* The offsets and sizes are this build's for ncpus: a header that says otherwise was overwritten. */
+  struct tsvmm_snap_header want;
+  memset(&want, 0, sizeof want);
+  tsvmm_snap_layout(ncpus, &want);
+#define FIX(f) if (h->f != want.f) { h->f = want.f; *repaired |= TSVMM_REPAIRED_LAYOUT; }
+  FIX(ncpus) FIX(vcpu_size) FIX(journal_offset) FIX(vcpu_offset) FIX(vm_offset) FIX(vm_size) FIX(total_size) FIX(mirror_offset)
+#undef FIX
+  tsvmm_snap_format_crc_init();
+  uint64_t len = (uint64_t)h->vm_offset + h->vm_size - h->vcpu_offset;
+  uint8_t* body = snap + h->vcpu_offset;
+  uint32_t sum = tsvmm_crc32(body, len);
+  if (sum != h->checksum && sum != h->checksum_b) {
+    const uint8_t* mirror = snap + h->mirror_offset;
+    uint32_t m = tsvmm_crc32(mirror, len);
+    if (m != h->checksum && m != h->checksum_b) return fail(res, TSVMM_STEP_CHECKSUM, -1, EBADMSG);
+    memcpy(body, mirror, len);
+    *repaired |= TSVMM_REPAIRED_BODY;
+  }
+  for (uint32_t i = 0; i < ncpus; i++) {
+    const struct tsvmm_snap_vcpu* v = (const struct tsvmm_snap_vcpu*)(body + (uint64_t)i * h->vcpu_size);
+    if (v->id != i) return fail(res, TSVMM_STEP_VCPU_ID, (int)i, EINVAL);
+    if (!record_ok(v)) return fail(res, TSVMM_STEP_RECORD, (int)i, EINVAL);
+  }
+  return 0;
+}
+
 int tsvmm_restore(const struct tsvmm_restore_config* cfg, struct tsvmm_restore_result* res) {
   const struct tsvmm_snap_header* h = (const struct tsvmm_snap_header*)cfg->snap;
   int i = -1;
   res->generation = h->generation;
   res->died_ns = h->died_ns;
   res->saved_ns = h->saved_ns;
-  tsvmm_snap_format_crc_init();
-  if (tsvmm_crc32(cfg->snap + h->vcpu_offset, (uint64_t)(h->vm_offset + h->vm_size - h->vcpu_offset)) != h->checksum) {
-    return fail(res, TSVMM_STEP_CHECKSUM, -1, EBADMSG);
-  }
+  if (tsvmm_snap_verify(cfg->snap, (uint32_t)cfg->ncpus, &res->repaired, res) < 0) return -1;
   for (i = 0; i < cfg->ncpus; i++) {
     const struct tsvmm_snap_vcpu* v = (const struct tsvmm_snap_vcpu*)(cfg->snap + h->vcpu_offset + (uint64_t)i * h->vcpu_size);
     int fd = cfg->vcpu_fd[i];
-    if (v->id != (uint32_t)i) return fail(res, TSVMM_STEP_VCPU_ID, i, EINVAL);
     for (int b = 0; b < TSVMM_VCPU_BLOBS; b++) {
       const struct tsvmm_vcpu_blob* blob = &tsvmm_vcpu_blobs[b];
       SET(blob->step, fd, blob->set, (const uint8_t*)v + blob->offset);
