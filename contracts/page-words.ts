@@ -34,5 +34,9 @@ export class Words {
   add(off: number, v: number): number {
     return Atomics.add(this.u32, (this.base + off) >>> 2, v >>> 0);
   }
+  /** Compare-and-swap; true if the word was `expected` and is now `v`. */
+  cas(off: number, expected: number, v: number): boolean {
+    return Atomics.compareExchange(this.u32, (this.base + off) >>> 2, expected >>> 0, v >>> 0) === expected >>> 0;
+  }
 }
 

@@ -323,6 +323,13 @@ export class StatePage {
   }
 }
 
+/** The checksummed registers of one slot as they last checked out (the supervisor's copy: DeviceSlot.regsCopy). */
+export interface RegsCopy {
+  seq: number;
+  checksum: number;
+  bytes: Uint8Array;
+}
+
 /** Transport registers of one queue, as the vmm stored them. */
 export interface QueueConfig {
   num: number;
@@ -434,6 +441,63 @@ export class DeviceSlot {
       if (this.regsSeq === before) return ok ? 'ok' : 'mismatch';
     }
     return 'ok';
+  }
+
+  /**
+   * The checksummed registers, their checksum and seqlock count, if they check out now (a stable,
+   * even seqlock and a matching checksum); undefined otherwise. The supervisor keeps the latest
+   * and repairs the block from it (`repairRegsFrom`): the vmm is the only writer, so a block that
+   * no longer checks under the same seqlock count was overwritten by something else.
+   */
+  regsCopy(): RegsCopy | undefined {
+    const seq = this.regsSeq;
+    if (seq & 1) return undefined;
+    const from = this.base + STATIC_SIZE + R.checksummedFrom;
+    const bytes = this.bytes.slice(from, this.base + STATIC_SIZE + regBlockSize(this.geometry));
+    const checksum = this.r.load(R.checksum);
+    if (crc32(bytes) !== checksum || this.regsSeq !== seq) return undefined;
+    return { seq, checksum, bytes };
+  }
+
+  /**
+   * A register block whose checksum fails under the seqlock count of `copy` (nothing wrote it since
+   * the copy was taken): the copy's bytes and checksum are written back. Returns one line per
+   * repaired byte, [] if there was nothing to repair or the block moved on (a real update: the copy
+   * is stale, and the next copy the supervisor takes replaces it).
+   */
+  repairRegsFrom(copy: RegsCopy): string[] {
+    if (this.checkRegs() !== 'mismatch' || this.regsSeq !== copy.seq) return [];
+    const from = this.base + STATIC_SIZE + R.checksummedFrom;
+    const live = this.bytes.subarray(from, from + copy.bytes.length);
+    const out: string[] = [];
+    for (let i = 0; i < copy.bytes.length; i++) {
+      if (live[i] !== copy.bytes[i]) out.push(`+0x${(STATIC_SIZE + R.checksummedFrom + i).toString(16)}: 0x${live[i].toString(16)} -> 0x${copy.bytes[i].toString(16)}`);
+    }
+    const sum = this.r.load(R.checksum) >>> 0;
+    if (sum !== copy.checksum >>> 0) out.push(`checksum 0x${sum.toString(16)} -> 0x${(copy.checksum >>> 0).toString(16)}`);
+    if (this.regsSeq !== copy.seq) return []; // the vmm began an update meanwhile: it re-seals the block
+    live.set(copy.bytes);
+    this.r.store(R.checksum, copy.checksum);
+    return out;
+  }
+
+  /**
+   * A seqlock left odd although the block it guards checks out (a flipped bit in the count, not a
+   * writer that died mid-update: that one leaves the checksum stale): made even again, so readers
+   * stop waiting for an update that is not happening. Only for a count seen odd `stuckSeq` at an
+   * earlier check (an update takes microseconds). True if it was repaired.
+   */
+  repairStuckSeq(stuckSeq: number): boolean {
+    const seq = this.regsSeq;
+    if (!(seq & 1) || seq !== stuckSeq || !this.regsChecksumOk) return false;
+    return this.r.cas(R.seq, seq, (seq + 1) >>> 0);
+  }
+
+  /** Clears status bits virtio does not define (a stray write: every restarted component refuses them). Returns the bits cleared. */
+  clearUnknownStatus(): number {
+    const bad = this.status & ~STATUS_KNOWN_BITS;
+    if (bad) this.r.and(R.status, STATUS_KNOWN_BITS);
+    return bad >>> 0;
   }
 
   private setReg(off: number, v: number): void {

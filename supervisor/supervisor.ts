@@ -18,7 +18,7 @@ import { native } from '../native/kvm';
 import { VmConfig } from '../proto';
 import { DEVICE_PAGE_OFFSET, DEVICE_PAGE_SIZE, STATE_MEMFD_SIZE } from '../contracts/fds';
 import { keeper, snapshotSize, SnapshotView } from '../contracts/snapshot';
-import { mapDevicePage, StatePage } from '../contracts/state-page';
+import { mapDevicePage, RegsCopy, StatePage } from '../contracts/state-page';
 import { configMemfd } from '../contracts/component-config';
 import { RunRecordWriter } from '../contracts/run-record';
 import type { Adoption } from './adopt';
@@ -234,7 +234,33 @@ export class Supervisor implements LifecycleHost, ControlTarget {
   scrubStatePage(): void {
     const fixed = this.page.repairStatic(this.staticImage);
     if (fixed.length) this.logger.warn(`state page corrupted (${fixed.slice(0, 4).join('; ')}${fixed.length > 4 ? `; ${fixed.length - 4} more` : ''}): repaired from the supervisor's copy`);
+    // The register blocks: the vmm writes them under a seqlock and a CRC; a block whose CRC fails
+    // under the seqlock count of the copy kept here was overwritten by something else (a stray
+    // write, a flipped bit) and would make the next driver-domain refuse the page: repaired from
+    // the copy. Status bits virtio does not define are cleared for the same reason.
+    for (let i = 0; i < Math.min(this.page.numDevices, this.page.geometry.maxDevices); i++) {
+      const d = this.page.device(i);
+      const unknown = d.clearUnknownStatus();
+      if (unknown) this.logger.warn(`state page corrupted (device ${i} status: undefined bits 0x${unknown.toString(16)}): cleared`);
+      const copy = this.regsCopies[i];
+      const now = d.regsCopy();
+      if (now) { this.regsCopies[i] = now; this.oddSeq[i] = undefined; continue; }
+      const seq = d.regsSeq;
+      if (seq & 1) {
+        if (this.oddSeq[i] === seq && d.repairStuckSeq(seq)) this.logger.warn(`state page corrupted (device ${i} register seqlock stuck odd at ${seq} over registers that check out): made even`);
+        this.oddSeq[i] = seq;
+        continue;
+      }
+      if (!copy) continue;
+      const regs = d.repairRegsFrom(copy);
+      if (regs.length) this.logger.warn(`state page corrupted (device ${i} registers ${regs.slice(0, 4).join('; ')}${regs.length > 4 ? `; ${regs.length - 4} more` : ''}): repaired from the supervisor's copy`);
+    }
   }
+
+  /** Each device's register block as it last checked out (scrubStatePage). */
+  private readonly regsCopies: (RegsCopy | undefined)[] = [];
+  /** Each device's register seqlock count when last seen odd. */
+  private readonly oddSeq: (number | undefined)[] = [];
 
   /**
    * <state dir>/tsvmm.log (contracts/log.ts): what this supervisor logged so far goes in, and every
