@@ -80,8 +80,9 @@ const EXTRA: Record<ConfinedComponent, string[]> = {
     'clock_gettime'],
   // A standby's wait for its primary (pidfd_open + poll). A disk on the libuv thread pool (io=threads,
   // or no io_uring here): its threads, started before confinement (driver-domain/served-device.ts),
-  // read, write and flush the image.
-  'driver-domain': ['pidfd_open', 'poll', 'pread64', 'pwrite64', 'preadv', 'pwritev', 'fdatasync'],
+  // read, write and flush the image. fstat/statx: the disk watch (a disk image cut short under the
+  // VM, driver-domain/served-device.ts), ten times a second.
+  'driver-domain': ['pidfd_open', 'poll', 'pread64', 'pwrite64', 'preadv', 'pwritev', 'fdatasync', 'fstat', 'statx'],
   // At the VM's end it records the exit in its store and closes it: SQLite deletes the WAL files.
   // And it rotates the console log (renames) when it grows past TSVMM_CONSOLE_LOG_MAX.
   // socketpair: seen in the API replay test (openapi.test.ts) on a path the recording predates.

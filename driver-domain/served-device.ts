@@ -67,6 +67,45 @@ function common(ctx: DeviceContext, d: DeviceEntry) {
   };
 }
 
+/**
+ * How often the driver-domain checks that a disk image still has the size it was opened with: often
+ * enough to see a cut image before the guest's sequential writes extend it to its size again.
+ */
+const DISK_WATCH_MS = 100;
+/** I/O errors are logged at most this often (the first at once). */
+const IO_ERROR_LOG_MS = 1000;
+
+/**
+ * Failures of the disk file that the guest is told of (S_IOERR) or cannot be told of (an image cut
+ * short under the VM: a read of the hole a write past the new end leaves reads zeros, which the
+ * device cannot tell from data) are logged, so they are detected rather than silent: the first I/O
+ * error, then a count at most once a second; a shrunk image once per new size.
+ */
+function watchDisk(index: number, fd: number, size: number, blk: VirtioBlk): void {
+  let errors = 0;
+  let logged = 0;
+  let lastLogAt = 0;
+  blk.onIoError = (sector, write, e) => {
+    errors++;
+    const now = performance.now();
+    if (logged && now - lastLogAt < IO_ERROR_LOG_MS) return;
+    processLogger().warn(`disk ${index} I/O error: ${write ? 'write' : 'read'} at sector ${sector}: ${e.message}` +
+      `${errors - logged > 1 ? ` (${errors - logged - 1} more since the last report)` : ''}; the guest got S_IOERR`, { event: 'disk-io-error', disk: index, errors });
+    logged = errors;
+    lastLogAt = now;
+  };
+  let seen = size;
+  setInterval(() => {
+    let now: number;
+    try { now = fs.fstatSync(fd).size; } catch { return; }
+    if (now < size && now !== seen) {
+      processLogger().warn(`disk ${index} image shrank under the VM from ${size} to ${now} bytes (truncated outside tsvmm): ` +
+        'reads past the new end fail, reads of the hole a later write leaves return zeros', { event: 'disk-shrank', disk: index, bytes: now });
+    }
+    seen = now;
+  }, DISK_WATCH_MS).unref();
+}
+
 export function serveBlk(ctx: DeviceContext, d: DeviceEntry): ServedDevice {
   const { fds, notify, running, kicks } = common(ctx, d);
   const disk = ctx.cfg.disks[d.index];
@@ -85,6 +124,7 @@ export function serveBlk(ctx: DeviceContext, d: DeviceEntry): ServedDevice {
   // The limit is the configuration's, so a restarted driver-domain applies it again (with full buckets).
   blk.limiter = RateLimiter.from(disk.rateLimit);
   if (blk.limiter) processLogger().info(`disk ${d.index} rate limit: ${describeRateLimit(disk.rateLimit)}`);
+  watchDisk(d.index, fds.backend, io.backend.size, blk);
   const polled = [...kicks];
   let reap: (() => number) | undefined;
   let uringDisk: ServedDevice['uringDisk'];
