@@ -1,9 +1,8 @@
 /**
- * bench/campaign: the seed's fault-injection methodology (issue 16). Repeats, unattended:
- * start a VM on a self-verifying workload, inject one fault (cli/inject.ts) at a random moment,
+ * bench/campaign: the seed's fault-injection methodology (issue 16). Repeats, unattended: inject
+ * one fault (cli/inject.ts) into a VM running a self-verifying workload, at a random moment,
  * observe a fixed window, then probe recovery once more (SIGKILL the vmm: a fault that silently
- * broke what recovery trusts shows here), stop, check the disk image on the host, and classify
- * in the seed's terms:
+ * broke what recovery trusts shows here), and classify in the seed's terms:
  *   not-manifested  nothing anyone could see: no detector fired, the guest saw nothing, it kept going
  *   recovered       detected (a crash, a hang, a validation or checksum failure, a failed message)
  *                   and recovered: no guest error, no lost acknowledged write, the guest kept
@@ -11,16 +10,25 @@
  *   not-recovered   detected, but the VM was lost or the workload saw an error or stalled
  *   silent          the guest saw wrong data, an error or a stall, and no detector flagged it
  *
- * Workloads (chosen per run from the seed): blk-loop verify=1 (every block read back and checked
- * by the guest; the image checked by the host afterwards), or the counter hash chain on every
- * vCPU (checked by the guest each step and by the host on every line).
+ * One VM serves many injections while it stays healthy (--per-vm N, default 25): after each, every
+ * vCPU's workload must be progressing with no error, the API answering and the probe recovered. A
+ * VM that was lost, saw a symptom, had its disk cut on purpose, or served N injections is stopped
+ * and its image checked on the host (a bad block goes on that VM's last record); the next run
+ * starts a fresh one. --fresh: a VM per injection (the first campaigns' way, ~4 per minute).
  *
- * Reproducible: run i of seed S uses the random stream (S, i) for its workload, fault, moment and
- * the injector's choices. Resumable: results are appended as JSON lines; runs already in the file
- * are skipped. The report (docs/fault-injection.md + .json) is regenerated from the file.
+ * Workloads: blk-loop verify=1 on vCPU 0 (every block read back and checked by the guest; the
+ * image checked by the host when the VM ends) and, on a 2-vCPU VM, the counter hash chain on
+ * vCPU 1 (checked by the guest each step and by the host on every line). --fresh also picks the
+ * counter chain on every vCPU for a third of the runs that need no disk.
+ *
+ * Reproducible: run i of seed S uses the random stream (S, i) for its fault, moment and the
+ * injector's choices, and a VM started at run i takes its vCPU count from its own stream. Resumable:
+ * results are appended as JSON lines when their VM ended (with its image check); runs already in
+ * the file are skipped. The report (docs/fault-injection.md + .json) is regenerated from the file.
  *
  *   npx tsc -p . && nice node dist/bench/campaign.js [--seed S] [--runs N] [--minutes M] [--out FILE]
  *       [--components vmm,driver-domain,...] [--kinds reg,mem,...] [--window MS] [--no-probe]
+ *       [--per-vm N | --fresh]
  *   node dist/bench/campaign.js --report [--out FILE] [--md docs/fault-injection.md] [--json docs/fault-injection.json] [--section NAME]
  * (--section: which marked part of the markdown to rewrite, <!-- NAME:begin --> ... <!-- NAME:end -->; default campaign)
  */
@@ -61,7 +69,7 @@ export interface RunRecord {
 }
 
 /** Lines on the supervisor's stderr that mean a detector fired (other than a recovery or a hang). */
-const DETECTOR = /died|hung|uncaught exception|fatal|invalid|corrupt|checksum|mismatch|validat|malformed|bad |refus|restore failed|cannot|gave up|recovery failed|exited unexpectedly|error/i;
+const DETECTOR = /died|hung|shrank|uncaught exception|fatal|invalid|corrupt|checksum|mismatch|validat|malformed|bad |refus|restore failed|cannot|gave up|recovery failed|exited unexpectedly|error/i;
 const BENIGN = /the guest survives its VMM|ready \(pid|standby ready|not a hang yet|disk \d+ I\/O:/;
 const COUNTER = /^@counter cpu=(\d+) n=(\d+) hash=([0-9a-f]{16}) tsc=\d+ ok$/;
 
@@ -137,101 +145,233 @@ async function until(cond: () => boolean, ms: number): Promise<boolean> {
 
 export interface RunOptions { windowMs: number; probe: boolean; tag: string }
 
-export async function runOne(seed: number, i: number, p: Plan, o: RunOptions): Promise<RunRecord> {
-  const t0 = performance.now();
-  const name = `${o.tag}-${seed}-${i}`;
+/** One VM the injections run in: its process, API socket, disk image and what its guest runs. */
+interface Session {
+  vm: RunningVm; socket: string; dir: string; img: string; workload: 'blk-loop' | 'counter'; cpus: number;
+  /** Guest lines that count as progress (every vCPU's workload must show some). */
+  progress: string[];
+  /** Guest symptoms already attributed to an earlier injection. */
+  symptomsSeen: number;
+  /** The image was cut on purpose (disk-truncate): no host check of it. */
+  truncated: boolean;
+}
+
+/** Starts a VM: blk-loop on vCPU 0 over a fresh image (and the counter chain on vCPU 1: ap_counter), or the counter chain on every vCPU. */
+async function startSession(name: string, workload: 'blk-loop' | 'counter', cpus: number): Promise<Session> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvmm-campaign-'));
   const img = path.join(dir, 'disk.img');
   fs.writeFileSync(img, '');
   fs.truncateSync(img, 16 << 20);
-  const cmdline = p.workload === 'counter'
+  const cmdline = workload === 'counter'
     ? `workload=counter n=0 report=${COUNTER_REPORT}`
-    : 'workload=blk-loop blk_n=1000 qd=16 mode=seq verify=1 blk_report=100 virtio_irq=1 blk_timeout=10';
-  const progress = p.workload === 'counter' ? '@counter' : '@blk-progress';
-  const vm = new RunningVm(['--name', name, '--kernel', GUEST, '--cpus', String(p.cpus), '--metrics-addr', 'none', ...(p.workload === 'blk-loop' ? ['--disk', img] : []), '--cmdline', cmdline], { TSVMM_TEST_HOOKS: '0' });
-  const socket = vmPaths(name).socket;
-  const rec: RunRecord = {
-    seed, run: i, at: new Date().toISOString(), component: p.component, kind: p.kind, workload: p.workload, cpus: p.cpus,
+    : `workload=blk-loop blk_n=1000 qd=16 mode=seq verify=1 blk_report=100 virtio_irq=1 blk_timeout=10${cpus > 1 ? ` ap_counter=1 n=0 report=${COUNTER_REPORT}` : ''}`;
+  const progress = workload === 'counter' ? ['@counter'] : cpus > 1 ? ['@blk-progress', '@counter'] : ['@blk-progress'];
+  const vm = new RunningVm(['--name', name, '--kernel', GUEST, '--cpus', String(cpus), '--metrics-addr', 'none', ...(workload === 'blk-loop' ? ['--disk', img] : []), '--cmdline', cmdline], { TSVMM_TEST_HOOKS: '0' });
+  const sess: Session = { vm, socket: vmPaths(name).socket, dir, img, workload, cpus, progress, symptomsSeen: 0, truncated: false };
+  try {
+    await vm.waitFor(() => progress.every((p) => vm.count(p) >= 2) && vm.pid.vmm > 0, 60_000, 'the first progress lines');
+  } catch (e) {
+    await endSession(sess);
+    throw e;
+  }
+  return sess;
+}
+
+/** Stops the VM; the host's check of its image (unless cut on purpose): symptoms, [] if clean. */
+async function endSession(s: Session): Promise<string[]> {
+  await s.vm.stop();
+  const out: string[] = [];
+  try {
+    if (s.workload === 'blk-loop' && !s.truncated) {
+      const c = checkImage(s.img, { bs: 4096, maxErrors: 5 });
+      if (c.errorCount) out.push(`image check: ${c.errorCount} bad blocks (${c.errors.join('; ')})`);
+    }
+  } finally {
+    s.vm.cleanup();
+    fs.rmSync(s.dir, { recursive: true, force: true });
+  }
+  return out;
+}
+
+/** Components of the session's VM once they are all there (a keeper, the driver-domain if it has a disk). */
+async function settled(s: Session): Promise<{ name: string; pid: number }[] | undefined> {
+  let comps = await components(s.socket);
+  for (let k = 0; k < 80 && !(comps && pidsFrom(comps).keeper && pidsFrom(comps).vmm && (s.workload === 'counter' || pidsFrom(comps)['driver-domain'])); k++) {
+    if (s.vm.exit) return undefined;
+    await sleep(100);
+    comps = await components(s.socket);
+  }
+  return comps;
+}
+
+/**
+ * One injection into a running, healthy VM, observed and classified (the record's outcome,
+ * detectors, symptoms and probe); the VM is left running unless the fault or the probe ended it.
+ */
+async function injectAndObserve(s: Session, p: Plan, rec: RunRecord, o: RunOptions): Promise<void> {
+  const { vm, socket } = s;
+  let comps = await settled(s);
+  if (!comps) throw new Error('the API did not answer before the fault');
+  await sleep(p.delayMs);
+  comps = (await components(socket)) ?? comps;
+  const errAt = vm.err.length;
+  const recAt = vm.recoveries.length;
+  const hangsAt = vm.hangs.length;
+  const tInject = performance.now();
+  try {
+    rec.injected = await inject(p.component, p.kind, pidsFrom(comps), { seed: p.injectSeed, cpus: s.cpus, socket });
+  } catch (e) {
+    rec.injectError = (e as Error).message;
+  }
+  if (p.kind === 'disk-truncate') s.truncated = true;
+  await sleep(o.windowMs);
+  const symptoms: string[] = [];
+  // The guest must be making progress again, every vCPU's workload: within the window, or soon
+  // after it (a recovery on a loaded host can take seconds).
+  const progressed = () => s.progress.every((pre) => vm.lines.some((l) => l.at > tInject && l.at > performance.now() - 1500 && l.line.startsWith(pre)));
+  if (!vm.exit && !(await until(progressed, 8000))) symptoms.push(`no guest progress in the ${o.windowMs} ms window's last 1.5 s and 8 s after`);
+  if (!vm.exit && !(await apiAnswers(socket, 8000))) symptoms.push('the API did not answer for 8 s');
+  // A stopped component: the window told whether anyone noticed; now let it go.
+  if (p.kind === 'SIGSTOP' && rec.injected) { try { process.kill(rec.injected.pid, 'SIGCONT'); } catch { /* gone */ } }
+  const detectors: string[] = [];
+  for (const r of vm.recoveries.slice(recAt)) detectors.push(r.line.replace(/^tsvmm: /, ''));
+  for (const h of vm.hangs.slice(hangsAt)) detectors.push(`${h.component} hung (${h.stillMs} ms)`);
+  for (const l of vm.err.slice(errAt).split('\n')) {
+    if (/^tsvmm: recovered (priv-domain|keeper)/.test(l)) detectors.push(l.replace(/^tsvmm: /, ''));
+    else if (l && DETECTOR.test(l) && !BENIGN.test(l) && !/^tsvmm: recovered /.test(l)) detectors.push(l.slice(0, 300));
+  }
+  const errSince = vm.err.slice(errAt);
+  const firstRec = vm.recoveries.slice(recAt).find((r) => r.at > tInject);
+  if (firstRec) rec.recoveryMs = firstRec.ms;
+  else {
+    const m = /recovered (?:priv-domain|keeper) \(cause: [^)]*\) in ([\d.]+) ms/.exec(errSince);
+    if (m) rec.recoveryMs = Number(m[1]);
+  }
+  // The probe: recovery must still work after the fault.
+  if (o.probe && !vm.exit) {
+    const c = await components(socket);
+    const vmm = c ? pidsFrom(c).vmm : vm.pid.vmm;
+    const before = vm.recoveries.length;
+    const errBefore = vm.err.length;
+    try { process.kill(vmm, 'SIGKILL'); } catch { /* gone */ }
+    const ok = await until(() => vm.recoveries.slice(before).some((r) => r.component === 'vmm') || !!vm.exit, 8000);
+    const tRec = performance.now();
+    const resumed = ok && !vm.exit && (await until(() => s.progress.every((pre) => vm.lines.some((l) => l.at > tRec && l.line.startsWith(pre))), 5000));
+    rec.probe = resumed ? 'recovered' : 'failed';
+    if (!resumed) symptoms.push(`recovery probe (SIGKILL of the vmm after the window) failed: ${vm.exit ? `VM exited: ${vm.err.slice(errBefore).trim().split('\n').slice(-1)[0]}` : 'no progress after it'}`);
+  } else rec.probe = 'skipped';
+  if (vm.exit) symptoms.push(`VM lost: tsvmm exited ${JSON.stringify(vm.exit)}: ${vm.err.trim().split('\n').slice(-1)[0]}`);
+  // What the guest saw since the previous injection (its checks, and the host's check of the counter lines).
+  const all = guestSymptoms(vm.out, COUNTER_REPORT);
+  symptoms.push(...all.slice(s.symptomsSeen, s.symptomsSeen + 20));
+  s.symptomsSeen = all.length;
+  rec.detectors = detectors;
+  rec.detected = detectors.length > 0;
+  rec.symptoms = symptoms;
+  rec.outcome = classify(rec.detected, symptoms);
+}
+
+/** A record for run `i`, not yet observed. */
+function newRecord(seed: number, i: number, p: Plan, s?: Session): RunRecord {
+  return {
+    seed, run: i, at: new Date().toISOString(), component: p.component, kind: p.kind, workload: s?.workload ?? p.workload, cpus: s?.cpus ?? p.cpus,
     delayMs: p.delayMs, outcome: 'not-manifested', detected: false, detectors: [], symptoms: [], wallMs: 0,
   };
-  let errAt = 0;
-  let recAt = 0;
+}
+
+/** Run `i` in a VM of its own (the first campaigns' way; the sample in npm test). */
+export async function runOne(seed: number, i: number, p: Plan, o: RunOptions): Promise<RunRecord> {
+  const t0 = performance.now();
+  const rec = newRecord(seed, i, p);
+  let s: Session | undefined;
   try {
-    await vm.waitFor(() => vm.count(progress) >= 2 && vm.pid.vmm > 0, 60_000, 'the first progress lines');
-    let comps = await components(socket);
-    for (let k = 0; k < 50 && !(comps && pidsFrom(comps).keeper && (p.workload === 'counter' || pidsFrom(comps)['driver-domain'])); k++) { await sleep(100); comps = await components(socket); }
-    if (!comps) throw new Error('the API did not answer before the fault');
-    await sleep(p.delayMs);
-    comps = (await components(socket)) ?? comps;
-    errAt = vm.err.length;
-    recAt = vm.recoveries.length;
-    const hangsAt = vm.hangs.length;
-    const linesAt = vm.lines.length;
-    const tInject = performance.now();
-    try {
-      rec.injected = await inject(p.component, p.kind, pidsFrom(comps), { seed: p.injectSeed, cpus: p.cpus, socket });
-    } catch (e) {
-      rec.injectError = (e as Error).message;
-    }
-    const stopped = p.kind === 'SIGSTOP';
-    await sleep(o.windowMs);
-    const symptoms: string[] = [];
-    const progressed = () => vm.lines.slice(linesAt).some((l) => l.at > performance.now() - 1500 && l.line.startsWith(progress));
-    // The guest must be making progress again: within the window, or soon after it (a recovery on a loaded host can take seconds).
-    if (!vm.exit && !(await until(progressed, 8000))) symptoms.push(`no guest progress in the ${o.windowMs} ms window's last 1.5 s and 8 s after`);
-    if (!vm.exit && !(await apiAnswers(socket, 8000))) symptoms.push('the API did not answer for 8 s');
-    // A stopped component: the window told whether anyone noticed; now let it go so the run can end cleanly.
-    if (stopped && rec.injected) { try { process.kill(rec.injected.pid, 'SIGCONT'); } catch { /* gone */ } }
-    // What the window saw.
-    const detectors: string[] = [];
-    for (const r of vm.recoveries.slice(recAt)) detectors.push(r.line.replace(/^tsvmm: /, ''));
-    for (const h of vm.hangs.slice(hangsAt)) detectors.push(`${h.component} hung (${h.stillMs} ms)`);
-    for (const l of vm.err.slice(errAt).split('\n')) {
-      if (/^tsvmm: recovered priv-domain/.test(l)) detectors.push(l.replace(/^tsvmm: /, ''));
-      else if (l && DETECTOR.test(l) && !BENIGN.test(l) && !/^tsvmm: recovered /.test(l)) detectors.push(l.slice(0, 300));
-    }
-    const privRecovered = /recovered priv-domain/.test(vm.err.slice(errAt));
-    const firstRec = vm.recoveries.slice(recAt).find((r) => r.at > tInject);
-    if (firstRec) rec.recoveryMs = firstRec.ms;
-    else if (privRecovered) rec.recoveryMs = Number(/recovered priv-domain \(cause: [^)]*\) in ([\d.]+) ms/.exec(vm.err.slice(errAt))?.[1] ?? NaN);
-    // The probe: recovery must still work after the fault.
-    if (o.probe && !vm.exit) {
-      const c = await components(socket);
-      const vmm = c ? pidsFrom(c).vmm : vm.pid.vmm;
-      const before = vm.recoveries.length;
-      const errBefore = vm.err.length;
-      try { process.kill(vmm, 'SIGKILL'); } catch { /* gone */ }
-      const ok = await until(() => vm.recoveries.slice(before).some((r) => r.component === 'vmm') || !!vm.exit, 8000);
-      const tRec = performance.now();
-      const resumed = ok && !vm.exit && (await until(() => vm.lines.some((l) => l.at > tRec && l.line.startsWith(progress)), 5000));
-      rec.probe = resumed ? 'recovered' : 'failed';
-      if (!resumed) {
-        symptoms.push(`recovery probe (SIGKILL of the vmm after the window) failed: ${vm.exit ? `VM exited: ${vm.err.slice(errBefore).trim().split('\n').slice(-1)[0]}` : 'no progress after it'}`);
-      }
-    } else rec.probe = 'skipped';
-    if (vm.exit) symptoms.push(`VM lost: tsvmm exited ${JSON.stringify(vm.exit)}: ${vm.err.trim().split('\n').slice(-1)[0]}`);
-    await vm.stop();
-    symptoms.push(...guestSymptoms(vm.out, COUNTER_REPORT).slice(0, 20));
-    if (p.workload === 'blk-loop' && p.kind !== 'disk-truncate') {
-      const c = checkImage(img, { bs: 4096, maxErrors: 5 });
-      if (c.errorCount) symptoms.push(`image check: ${c.errorCount} bad blocks (${c.errors.join('; ')})`);
-    }
-    // Detectors that fired during the probe count too when the probe failed (the system said why it gave up).
-    rec.detectors = detectors;
-    rec.detected = detectors.length > 0;
-    rec.symptoms = symptoms;
-    rec.outcome = classify(rec.detected, symptoms);
+    s = await startSession(`${o.tag}-${seed}-${i}`, p.workload, p.cpus);
+    await injectAndObserve(s, p, rec, o);
+    const img = await endSession(s);
+    s = undefined;
+    rec.symptoms.push(...img);
+    rec.outcome = classify(rec.detected, rec.symptoms);
   } catch (e) {
     rec.symptoms.push(`harness: ${(e as Error).message.split('\n')[0]}`);
     rec.outcome = 'not-recovered';
     rec.detectors.push('harness could not run the VM');
-    await vm.stop();
   } finally {
-    vm.cleanup();
-    fs.rmSync(dir, { recursive: true, force: true });
+    if (s) await endSession(s).catch(() => []);
   }
   rec.wallMs = Math.round(performance.now() - t0);
   return rec;
+}
+
+/** The workload and vCPUs of the VM that starts at run `i` (its own random stream). */
+export function sessionPlan(seed: number, i: number): { workload: 'blk-loop' | 'counter'; cpus: number } {
+  const rng = new Rng(BigInt(seed) * 1_000_003n + BigInt(i) + 0x5e55n * 1_000_000_007n);
+  return { workload: 'blk-loop', cpus: 1 + rng.int(2) };
+}
+
+export interface ReuseOptions extends RunOptions {
+  /** At most this many injections per VM before a fresh one (its image checked). */
+  perVm: number;
+}
+
+/**
+ * Runs the runs `nextRun` hands out (indices, in order) reusing one VM while it stays healthy: after each injection the
+ * guest must be progressing with no error, the API answering and the probe recovered; a VM that
+ * is lost, saw a symptom, had its disk cut, or served `perVm` injections is stopped, its image
+ * checked on the host (a bad block is put on the last record of that VM), and the next run starts
+ * a new one. Each run's record goes to `emit` once its VM ended, so a record is written only with
+ * its image check (a campaign killed mid-VM redoes that VM's runs when resumed).
+ */
+export async function runReusing(seed: number, nextRun: () => number | undefined, m: [InjectComponent, InjectKind][], o: ReuseOptions, emit: (r: RunRecord) => void, more: () => boolean = () => true): Promise<void> {
+  let pending = nextRun();
+  while (pending !== undefined && more()) {
+    const first = pending;
+    const sp = sessionPlan(seed, first);
+    const batch: RunRecord[] = [];
+    let s: Session | undefined;
+    const tStart = performance.now();
+    try {
+      s = await startSession(`${o.tag}-${seed}-${first}`, sp.workload, sp.cpus);
+    } catch (e) {
+      const p = plan(seed, first, m);
+      const rec = newRecord(seed, first, p);
+      rec.symptoms.push(`harness: ${(e as Error).message.split('\n')[0]}`);
+      rec.outcome = 'not-recovered';
+      rec.detectors.push('harness could not run the VM');
+      rec.wallMs = Math.round(performance.now() - tStart);
+      emit(rec);
+      pending = nextRun();
+      continue;
+    }
+    let startMs = performance.now() - tStart;
+    while (pending !== undefined && batch.length < o.perVm && more()) {
+      const i = pending;
+      pending = nextRun();
+      const p = plan(seed, i, m);
+      const rec = newRecord(seed, i, p, s);
+      const t0 = performance.now();
+      try {
+        await injectAndObserve(s, p, rec, o);
+      } catch (e) {
+        rec.symptoms.push(`harness: ${(e as Error).message.split('\n')[0]}`);
+        rec.outcome = 'not-recovered';
+        rec.detectors.push('harness could not inject');
+      }
+      // The VM's start is paid by its first run.
+      rec.wallMs = Math.round(performance.now() - t0 + startMs);
+      startMs = 0;
+      batch.push(rec);
+      if (s.vm.exit || rec.symptoms.length || s.truncated) break;
+    }
+    const t1 = performance.now();
+    const img = await endSession(s);
+    const last = batch[batch.length - 1];
+    if (img.length && last) {
+      last.symptoms.push(...img);
+      last.outcome = classify(last.detected, last.symptoms);
+    }
+    if (last) last.wallMs += Math.round(performance.now() - t1);
+    for (const r of batch) emit(r);
+  }
 }
 
 // ---- the report ----
@@ -332,6 +472,7 @@ async function main(): Promise<void> {
       seed: { type: 'string' }, runs: { type: 'string' }, minutes: { type: 'string' }, out: { type: 'string' },
       components: { type: 'string' }, kinds: { type: 'string' }, window: { type: 'string' }, 'no-probe': { type: 'boolean' },
       report: { type: 'boolean' }, md: { type: 'string' }, json: { type: 'string' }, tag: { type: 'string' }, section: { type: 'string' },
+      'per-vm': { type: 'string' }, fresh: { type: 'boolean' },
     },
   });
   const out = values.out ?? path.join(ROOT, 'bench', 'out', 'campaign.jsonl');
@@ -346,14 +487,29 @@ async function main(): Promise<void> {
   const runs = Number(values.runs ?? 1e9);
   const deadline = values.minutes ? Date.now() + Number(values.minutes) * 60_000 : Infinity;
   const done = new Set(readRecords(out).filter((r) => r.seed === seed).map((r) => r.run));
-  const o: RunOptions = { windowMs: Number(values.window ?? 3000), probe: !values['no-probe'], tag: values.tag ?? 'campaign' };
-  for (let i = 0; i < runs && Date.now() < deadline; i++) {
-    if (done.has(i)) continue;
-    const p = plan(seed, i, m);
-    const r = await runOne(seed, i, p, o);
+  const o: ReuseOptions = {
+    windowMs: Number(values.window ?? 3000), probe: !values['no-probe'], tag: values.tag ?? 'campaign',
+    perVm: values.fresh ? 1 : Number(values['per-vm'] ?? 25),
+  };
+  const t0 = Date.now();
+  let n = 0;
+  const emit = (r: RunRecord) => {
     fs.appendFileSync(out, JSON.stringify(r) + '\n');
-    process.stderr.write(`run ${seed}/${i}: ${p.component} ${p.kind} (${p.workload}, ${p.cpus} vCPU): ${r.outcome}${r.recoveryMs !== undefined ? ` in ${r.recoveryMs.toFixed(1)} ms` : ''}${r.symptoms.length ? ` [${r.symptoms[0].slice(0, 160)}]` : ''} (${(r.wallMs / 1000).toFixed(1)} s)\n`);
+    n++;
+    const rate = n / ((Date.now() - t0) / 60_000);
+    process.stderr.write(`run ${seed}/${r.run}: ${r.component} ${r.kind} (${r.workload}, ${r.cpus} vCPU): ${r.outcome}${r.recoveryMs !== undefined ? ` in ${r.recoveryMs.toFixed(1)} ms` : ''}${r.symptoms.length ? ` [${r.symptoms[0].slice(0, 160)}]` : ''} (${(r.wallMs / 1000).toFixed(1)} s; ${rate.toFixed(1)} injections/min)\n`);
+  };
+  let cursor = 0;
+  const nextRun = () => {
+    while (cursor < runs && done.has(cursor)) cursor++;
+    return cursor < runs ? cursor++ : undefined;
+  };
+  if (values.fresh) {
+    for (let i = nextRun(); i !== undefined && Date.now() < deadline; i = nextRun()) emit(await runOne(seed, i, plan(seed, i, m), o));
+  } else {
+    await runReusing(seed, nextRun, m, o, emit, () => Date.now() < deadline);
   }
+  process.stderr.write(`campaign: ${n} injections in ${((Date.now() - t0) / 60_000).toFixed(1)} min (${(n / ((Date.now() - t0) / 60_000)).toFixed(2)} per minute)\n`);
   writeReport(readRecords(out), md, json, values.section);
 }
 
