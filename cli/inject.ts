@@ -35,11 +35,13 @@ export type InjectComponent = (typeof INJECT_COMPONENTS)[number];
  *   snapshot        the vmm is killed, and one random bit of what its keeper saved is flipped before the restore
  *   message         a garbled or truncated message into the component's IPC channel (priv-domain: its HTTP API)
  *   disk-truncate   the driver-domain's disk image cut to a random shorter length under it
+ *   disk-full       the file system under the disk image filled (ENOSPC) for a while, then freed
+ *                   (only a small dedicated one: a tmpfs of at most 1 GiB, never the host's)
  *   SIGKILL SIGSEGV SIGABRT SIGSTOP   the fail-stop baseline
  */
 export const INJECT_KINDS = [
   'reg', 'mem', 'code-addon', 'code-node', 'state-page', 'queue-progress', 'control-page', 'snapshot', 'message', 'disk-truncate',
-  'SIGKILL', 'SIGSEGV', 'SIGABRT', 'SIGSTOP',
+  'disk-full', 'SIGKILL', 'SIGSEGV', 'SIGABRT', 'SIGSTOP',
 ] as const;
 export type InjectKind = (typeof INJECT_KINDS)[number];
 
@@ -53,7 +55,7 @@ export function kindsFor(c: InjectComponent): InjectKind[] {
     case 'vmm-main': case 'vmm-vcpu': return ['reg'];
     // The keeper shares the vmm's address space (CLONE_VM): its memory is the vmm's; it blocks every signal.
     case 'keeper': return ['reg', 'snapshot', 'SIGKILL'];
-    case 'driver-domain': return [...proc, 'queue-progress', 'state-page', 'message', 'disk-truncate'];
+    case 'driver-domain': return [...proc, 'queue-progress', 'state-page', 'message', 'disk-truncate', 'disk-full'];
     case 'priv-domain': return ['reg', 'mem', 'code-node', 'control-page', 'message', 'SIGKILL', 'SIGSEGV', 'SIGABRT', 'SIGSTOP'];
     case 'supervisor': return ['SIGSTOP'];
   }
@@ -360,6 +362,52 @@ function truncateDisk(dd: number, rng: Rng): Omit<InjectResult, 'component' | 'k
   return { target: `disk image ${link}`, before: hex(st.size), after: hex(fs.statSync(`/proc/${dd}/fd/${DEVICE_FD_BASE}`).size) };
 }
 
+/** statfs f_type of tmpfs: the only file system disk-full fills. */
+const TMPFS_MAGIC = 0x01021994;
+/** The largest file system disk-full fills (bytes): a dedicated one, never the host's. */
+const DISK_FULL_MAX_FS = 1 << 30;
+
+/**
+ * Fills the file system under the driver-domain's first disk image with a filler file next to it
+ * (writes until ENOSPC), holds it full for `holdMs`, then removes the filler. Refuses a file system
+ * that is not a tmpfs of at most 1 GiB: the host's own disks are never filled.
+ */
+async function fillDisk(dd: number, holdMs: number): Promise<Omit<InjectResult, 'component' | 'kind' | 'pid'>> {
+  const link = fs.readlinkSync(`/proc/${dd}/fd/${DEVICE_FD_BASE}`);
+  const dir = link.slice(0, link.lastIndexOf('/')) || '/';
+  const st = fs.statfsSync(dir);
+  const size = st.blocks * st.bsize;
+  if (st.type !== TMPFS_MAGIC || size > DISK_FULL_MAX_FS) {
+    throw new InjectError(`the disk image ${link} is not on a small dedicated tmpfs (type 0x${st.type.toString(16)}, ${size} bytes): disk-full fills only such a file system`);
+  }
+  const filler = `${dir}/.tsvmm-inject-fill-${process.pid}`;
+  const fd = fs.openSync(filler, 'wx', 0o600);
+  const chunk = Buffer.alloc(1 << 20);
+  let filled = 0;
+  const fill = (len: number) => {
+    for (;;) {
+      try {
+        const n = fs.writeSync(fd, chunk, 0, len);
+        if (n <= 0) return;
+        filled += n;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOSPC') return;
+        throw e;
+      }
+    }
+  };
+  try {
+    fill(chunk.length);
+    fill(4096); // the last partial megabyte, page by page
+    const free = fs.statfsSync(dir).bavail * st.bsize;
+    await sleep(holdMs);
+    return { target: `tmpfs under ${link}: ${filled} bytes filled (${free} left) for ${holdMs} ms`, before: hex(size), after: hex(free) };
+  } finally {
+    fs.closeSync(fd);
+    fs.rmSync(filler, { force: true });
+  }
+}
+
 // ---- one injection ----
 
 export interface InjectOptions {
@@ -368,6 +416,8 @@ export interface InjectOptions {
   cpus?: number;
   /** Its API socket (message into the priv-domain). */
   socket?: string;
+  /** disk-full: how long the file system stays full (ms; default 2000). */
+  holdMs?: number;
   /** Tests: a fixed register / bit instead of a random one. */
   reg?: string;
   bit?: number;
@@ -409,6 +459,8 @@ export async function inject(component: InjectComponent, kind: InjectKind, p: Co
       return { ...base, ...(await sendMessage(component, pid, o.socket ?? '', rng)) };
     case 'disk-truncate':
       return { ...base, ...truncateDisk(pid, rng) };
+    case 'disk-full':
+      return { ...base, ...(await fillDisk(pid, o.holdMs ?? 2000)) };
   }
 }
 

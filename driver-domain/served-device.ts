@@ -94,6 +94,11 @@ function watchDisk(index: number, fd: number, size: number, blk: VirtioBlk): voi
     logged = errors;
     lastLogAt = now;
   };
+  blk.onFull = (full, ms) => {
+    process.stderr.write(full
+      ? `tsvmm: driver-domain: disk ${index}'s file system is full (ENOSPC): holding the guest's writes and retrying every 100 ms\n`
+      : `tsvmm: driver-domain: disk ${index}'s file system has room again: the held writes completed after ${ms.toFixed(0)} ms\n`);
+  };
   let seen = size;
   setInterval(() => {
     let now: number;

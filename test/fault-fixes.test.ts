@@ -8,9 +8,11 @@ import * as assert from 'assert';
 import * as fs from 'fs';
 import * as path from 'path';
 import { inject, pidsFrom, ComponentPids, InjectResult } from '../cli/inject';
+import { execFileSync } from 'child_process';
+import * as os from 'os';
 import { blkLoopVm, guestErrors, RunningVm } from './helpers/fault-harness';
 import { checkImage } from './helpers/blk-image';
-import { kvmUnavailable, skipBecause } from './helpers/tsvmm';
+import { GUEST, kvmUnavailable, skipBecause } from './helpers/tsvmm';
 import { request } from '../cli/verbs';
 import { vmPaths } from '../contracts/paths';
 
@@ -129,6 +131,57 @@ describe('fault-injection fixes: what the campaign lost or missed is detected an
     if (!vm) this.skip();
     await vm.stop();
     const c = checkImage(path.join(imgDir, 'disk.img'), { bs: 4096, maxErrors: 5 });
+    assert.strictEqual(c.errorCount, 0, c.errors.join('; '));
+  });
+});
+
+// Without the hold (virtio/virtio-blk.ts holdFull): the guest's writes fail with S_IOERR while the
+// file system is full (@blk-error ... what=status status=1), and nothing on the host says why.
+describe('fault-injection: the disk image\'s file system full (disk-full) holds the writes, not fails them', function () {
+  this.timeout(180_000);
+  let dir = '';
+  let mounted = false;
+  let vm: RunningVm | undefined;
+
+  before(function () {
+    const why = kvmUnavailable();
+    if (why) return skipBecause(this, why);
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvmm-diskfull-'));
+    try {
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=40m,mode=0700', 'tsvmm-diskfull', dir], { stdio: 'pipe' });
+      mounted = true;
+    } catch (e) {
+      // A real full file system needs one of its own (never the host's): a small tmpfs, which takes CAP_SYS_ADMIN.
+      return skipBecause(this, `cannot mount a tmpfs for the image (${(e as Error).message.split('\n')[0]}): disk-full needs a small file system of its own`);
+    }
+  });
+  after(async () => {
+    if (vm) { await vm.stop(); vm.cleanup(); }
+    if (mounted) execFileSync('umount', [dir]);
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("the guest's writes wait while the tmpfs under its image is full and complete when it has room, with no error", async () => {
+    const img = path.join(dir, 'disk.img');
+    fs.writeFileSync(img, '');
+    fs.truncateSync(img, 32 << 20);
+    const name = `fault-diskfull-${process.pid}`;
+    // The first write pass (8000 fresh 4 KiB blocks) allocates the image's pages: those writes need room.
+    vm = new RunningVm(['--name', name, '--metrics-addr', 'none', '--kernel', GUEST, '--disk', img, '--cmdline',
+      'workload=blk-loop blk_n=8000 qd=16 mode=seq verify=1 blk_report=100 virtio_irq=1 blk_timeout=30']);
+    const v = vm;
+    await v.waitFor(() => v.count('@blk-progress') >= 1 && v.pid['driver-domain'] > 0, 60_000, 'the first progress line');
+    const comps = JSON.parse((await request(vmPaths(name).socket, 'GET', '/v1/vm/components')).body);
+    const errAt = v.err.length;
+    const r = await inject('driver-domain', 'disk-full', pidsFrom(comps), { seed: 1, holdMs: 2000 });
+    assert.match(r.target, /tmpfs under .* bytes filled/);
+    await v.waitFor(() => /disk 0's file system has room again: the held writes completed after \d+ ms/.test(v.err.slice(errAt)), 30_000, 'the held writes to complete');
+    assert.match(v.err.slice(errAt), /disk 0's file system is full \(ENOSPC\): holding the guest's writes/);
+    const t = performance.now();
+    await v.waitFor(() => v.count('@blk-progress', t) >= 2, 60_000, 'progress after the disk had room again');
+    assert.deepStrictEqual(guestErrors(v.out), []);
+    await v.stop();
+    const c = checkImage(img, { bs: 4096, maxErrors: 5 });
     assert.strictEqual(c.errorCount, 0, c.errors.join('; '));
   });
 });

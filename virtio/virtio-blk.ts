@@ -156,6 +156,11 @@ function dataBytes(req: Extract<BlkRequest, { ok: true }>): number {
   return req.type === VIRTIO_BLK_T_IN || req.type === VIRTIO_BLK_T_OUT ? req.dataLength : 0;
 }
 
+/** errno values of a full file system (held, not failed: VirtioBlk.holdFull), and how often a held write is tried again. */
+const ENOSPC = 28;
+const EDQUOT = 122;
+const FULL_RETRY_MS = 100;
+
 export interface BlkStats {
   completed: number;
   errors: number;
@@ -431,14 +436,20 @@ export class VirtioBlk {
       this.succeeded(chain.head, req, this.getId(req.data), t0);
       return;
     }
+    this.issue(chain.head, req, t0);
+  }
+
+  /** Hands a parsed request to the backend; a write the disk has no room for is held and issued again (holdFull). */
+  private issue(head: number, req: Extract<BlkRequest, { ok: true }>, t0: number): void {
     const b = this.batched;
     if (b) {
       // Batched backend: queue now, submitted with the rest of this round.
       this.roundBytes += req.dataLength;
       const written = req.type === VIRTIO_BLK_T_IN ? req.dataLength : 0;
       const done = (err: Error | null) => {
-        if (err) this.failed(chain.head, req, err, t0);
-        else this.succeeded(chain.head, req, written, t0);
+        if (err && this.holdFull(head, req, err, t0)) return;
+        if (err) this.failed(head, req, err, t0);
+        else this.succeeded(head, req, written, t0);
       };
       const offset = req.sector * SECTOR_SIZE;
       if (req.type === VIRTIO_BLK_T_IN) b.queueRead(req.data, offset, done);
@@ -453,12 +464,48 @@ export class VirtioBlk {
       io = Promise.reject(e);
     }
     io.then(
-      (written) => { this.succeeded(chain.head, req, written, t0); this.scheduleFlush(); },
-      (e: Error) => { this.failed(chain.head, req, e, t0); this.scheduleFlush(); },
+      (written) => { this.succeeded(head, req, written, t0); this.scheduleFlush(); },
+      (e: Error) => { if (!this.holdFull(head, req, e, t0)) { this.failed(head, req, e, t0); this.scheduleFlush(); } },
     );
   }
 
+  /** Requests waiting for the disk's file system to have room again, and since when (performance.now()). */
+  private held = 0;
+  private fullSince = 0;
+  /** Told when the disk's file system fills up, and when it has room again (held for `ms`). */
+  onFull?: (full: boolean, ms: number) => void;
+
+  /**
+   * ENOSPC or EDQUOT on a write or flush: the file system under the image is full, which the outside
+   * world can undo (as QEMU's werror=enospc stops the VM instead of failing the request). The
+   * request stays in flight and is issued again every FULL_RETRY_MS: the guest sees a slow write,
+   * not an error, and its own timeout still bounds the wait. True if it was held.
+   */
+  private holdFull(head: number, req: Extract<BlkRequest, { ok: true }>, e: Error, t0: number): boolean {
+    const errno = Math.abs((e as NodeJS.ErrnoException).errno ?? 0);
+    const code = (e as NodeJS.ErrnoException).code;
+    if (req.type === VIRTIO_BLK_T_IN || !(errno === ENOSPC || errno === EDQUOT || code === 'ENOSPC' || code === 'EDQUOT')) return false;
+    this.held++;
+    if (!this.fullSince) { this.fullSince = performance.now(); this.onFull?.(true, 0); }
+    setTimeout(() => {
+      this.held--;
+      if (!this.vq.isActive) return; // reset or deactivated meanwhile: a restarted driver-domain resubmits it
+      this.issue(head, req, t0);
+      this.submit();
+    }, FULL_RETRY_MS);
+    return true;
+  }
+
+  /** A held request completed: the disk has room again once none is waiting. */
+  private unheld(): void {
+    if (this.fullSince && this.held === 0) {
+      this.onFull?.(false, performance.now() - this.fullSince);
+      this.fullSince = 0;
+    }
+  }
+
   private succeeded(head: number, req: Extract<BlkRequest, { ok: true }>, written: number, t0: number): void {
+    if (this.fullSince) this.unheld();
     this.counters?.request(req.type, req.dataLength, true, this.latency(t0));
     this.finish(head, req.status, VIRTIO_BLK_S_OK, written + 1);
   }
