@@ -33,6 +33,7 @@
  * (--section: which marked part of the markdown to rewrite, <!-- NAME:begin --> ... <!-- NAME:end -->; default campaign)
  */
 import * as fs from 'fs';
+import { execFileSync } from 'child_process';
 import * as os from 'os';
 import * as path from 'path';
 import { parseArgs } from 'util';
@@ -69,7 +70,7 @@ export interface RunRecord {
 }
 
 /** Lines on the supervisor's stderr that mean a detector fired (other than a recovery or a hang). */
-const DETECTOR = /died|hung|shrank|uncaught exception|fatal|invalid|corrupt|checksum|mismatch|validat|malformed|bad |refus|restore failed|cannot|gave up|recovery failed|exited unexpectedly|error/i;
+const DETECTOR = /died|hung|shrank|is full|uncaught exception|fatal|invalid|corrupt|checksum|mismatch|validat|malformed|bad |refus|restore failed|cannot|gave up|recovery failed|exited unexpectedly|error/i;
 const BENIGN = /the guest survives its VMM|ready \(pid|standby ready|not a hang yet|disk \d+ I\/O:/;
 const COUNTER = /^@counter cpu=(\d+) n=(\d+) hash=([0-9a-f]{16}) tsc=\d+ ok$/;
 
@@ -111,7 +112,7 @@ export function plan(seed: number, i: number, m: [InjectComponent, InjectKind][]
   const rng = new Rng(BigInt(seed) * 1_000_003n + BigInt(i));
   const [component, kind] = m[i % m.length];
   // The driver-domain and disk faults need a disk; the rest get the counter chain on every vCPU a third of the time.
-  const needsDisk = component === 'driver-domain' || ['queue-progress', 'state-page', 'disk-truncate'].includes(kind);
+  const needsDisk = component === 'driver-domain' || ['queue-progress', 'state-page', 'disk-truncate', 'disk-full'].includes(kind);
   const workload = !needsDisk && rng.int(3) === 0 ? 'counter' : 'blk-loop';
   const cpus = workload === 'counter' || component === 'vmm-vcpu' ? 2 : 1 + rng.int(2);
   return { component, kind, workload, cpus, delayMs: 200 + rng.int(1500), injectSeed: rng.next() };
@@ -154,11 +155,21 @@ interface Session {
   symptomsSeen: number;
   /** The image was cut on purpose (disk-truncate): no host check of it. */
   truncated: boolean;
+  /** `dir` is a tmpfs mounted for this VM (unmounted when it ends). */
+  tmpfs: boolean;
 }
+
+/** The size of a VM's own tmpfs (its 16 MiB sparse image, of which blk-loop writes 4 MiB). */
+const SESSION_TMPFS_MB = 32;
 
 /** Starts a VM: blk-loop on vCPU 0 over a fresh image (and the counter chain on vCPU 1: ap_counter), or the counter chain on every vCPU. */
 async function startSession(name: string, workload: 'blk-loop' | 'counter', cpus: number): Promise<Session> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvmm-campaign-'));
+  // The image on a small tmpfs of its own where we may mount one (root): what disk-full fills.
+  let tmpfs = false;
+  if (process.getuid?.() === 0) {
+    try { execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${SESSION_TMPFS_MB}m,mode=0700`, 'tsvmm-campaign', dir], { stdio: 'ignore' }); tmpfs = true; } catch { /* no mount here: disk-full fails to inject */ }
+  }
   const img = path.join(dir, 'disk.img');
   fs.writeFileSync(img, '');
   fs.truncateSync(img, 16 << 20);
@@ -167,7 +178,7 @@ async function startSession(name: string, workload: 'blk-loop' | 'counter', cpus
     : `workload=blk-loop blk_n=1000 qd=16 mode=seq verify=1 blk_report=100 virtio_irq=1 blk_timeout=10${cpus > 1 ? ` ap_counter=1 n=0 report=${COUNTER_REPORT}` : ''}`;
   const progress = workload === 'counter' ? ['@counter'] : cpus > 1 ? ['@blk-progress', '@counter'] : ['@blk-progress'];
   const vm = new RunningVm(['--name', name, '--kernel', GUEST, '--cpus', String(cpus), '--metrics-addr', 'none', ...(workload === 'blk-loop' ? ['--disk', img] : []), '--cmdline', cmdline], { TSVMM_TEST_HOOKS: '0' });
-  const sess: Session = { vm, socket: vmPaths(name).socket, dir, img, workload, cpus, progress, symptomsSeen: 0, truncated: false };
+  const sess: Session = { vm, socket: vmPaths(name).socket, dir, img, workload, cpus, progress, symptomsSeen: 0, truncated: false, tmpfs };
   try {
     await vm.waitFor(() => progress.every((p) => vm.count(p) >= 2) && vm.pid.vmm > 0, 60_000, 'the first progress lines');
   } catch (e) {
@@ -188,7 +199,8 @@ async function endSession(s: Session): Promise<string[]> {
     }
   } finally {
     s.vm.cleanup();
-    fs.rmSync(s.dir, { recursive: true, force: true });
+    if (s.tmpfs) { try { execFileSync('umount', [s.dir], { stdio: 'ignore' }); } catch { /* busy: emptied below */ } }
+    try { fs.rmSync(s.dir, { recursive: true, force: true }); } catch { /* still mounted */ }
   }
   return out;
 }
@@ -225,6 +237,8 @@ async function injectAndObserve(s: Session, p: Plan, rec: RunRecord, o: RunOptio
   }
   if (p.kind === 'disk-truncate') s.truncated = true;
   await sleep(o.windowMs);
+  // Data cut from the image shows when the guest reads it back: observe two whole passes after the cut.
+  if (p.kind === 'disk-truncate' && rec.injected) await until(() => vm.lines.filter((l) => l.at > tInject && /^@blk-progress .*end=1/.test(l.line)).length >= 2 || !!vm.exit, 30_000);
   const symptoms: string[] = [];
   // The guest must be making progress again, every vCPU's workload: within the window, or soon
   // after it (a recovery on a loaded host can take seconds).
@@ -311,6 +325,8 @@ export function sessionPlan(seed: number, i: number): { workload: 'blk-loop' | '
 export interface ReuseOptions extends RunOptions {
   /** At most this many injections per VM before a fresh one (its image checked). */
   perVm: number;
+  /** Told of each run as soon as it was observed (its record is emitted when its VM ended). */
+  observed?: (r: RunRecord) => void;
 }
 
 /**
@@ -360,6 +376,7 @@ export async function runReusing(seed: number, nextRun: () => number | undefined
       rec.wallMs = Math.round(performance.now() - t0 + startMs);
       startMs = 0;
       batch.push(rec);
+      o.observed?.(rec);
       if (s.vm.exit || rec.symptoms.length || s.truncated) break;
     }
     const t1 = performance.now();
@@ -493,11 +510,17 @@ async function main(): Promise<void> {
   };
   const t0 = Date.now();
   let n = 0;
+  let seen = 0;
+  o.observed = (r: RunRecord) => {
+    seen++;
+    const rate = seen / ((Date.now() - t0) / 60_000);
+    process.stderr.write(`run ${seed}/${r.run}: ${r.component} ${r.kind} (${r.workload}, ${r.cpus} vCPU): ${r.outcome}${r.recoveryMs !== undefined ? ` in ${r.recoveryMs.toFixed(1)} ms` : ''}${r.symptoms.length ? ` [${r.symptoms[0].slice(0, 160)}]` : ''} (${(r.wallMs / 1000).toFixed(1)} s; ${rate.toFixed(1)} injections/min)\n`);
+  };
   const emit = (r: RunRecord) => {
     fs.appendFileSync(out, JSON.stringify(r) + '\n');
     n++;
-    const rate = n / ((Date.now() - t0) / 60_000);
-    process.stderr.write(`run ${seed}/${r.run}: ${r.component} ${r.kind} (${r.workload}, ${r.cpus} vCPU): ${r.outcome}${r.recoveryMs !== undefined ? ` in ${r.recoveryMs.toFixed(1)} ms` : ''}${r.symptoms.length ? ` [${r.symptoms[0].slice(0, 160)}]` : ''} (${(r.wallMs / 1000).toFixed(1)} s; ${rate.toFixed(1)} injections/min)\n`);
+    if (values.fresh) o.observed?.(r);
+    else if (r.symptoms.some((x) => x.startsWith('image check'))) process.stderr.write(`run ${seed}/${r.run}: its VM's image check: ${r.symptoms.filter((x) => x.startsWith('image check')).join('; ')}\n`);
   };
   let cursor = 0;
   const nextRun = () => {
