@@ -95,9 +95,8 @@ function watchDisk(index: number, fd: number, size: number, blk: VirtioBlk): voi
     lastLogAt = now;
   };
   blk.onFull = (full, ms) => {
-    process.stderr.write(full
-      ? `tsvmm: driver-domain: disk ${index}'s file system is full (ENOSPC): holding the guest's writes and retrying every 100 ms\n`
-      : `tsvmm: driver-domain: disk ${index}'s file system has room again: the held writes completed after ${ms.toFixed(0)} ms\n`);
+    if (full) processLogger().warn(`disk ${index}'s file system is full (ENOSPC): holding the guest's writes and retrying every 100 ms`, { event: 'disk-full', disk: index });
+    else processLogger().info(`disk ${index}'s file system has room again: the held writes completed after ${ms.toFixed(0)} ms`, { event: 'disk-room', disk: index, ms: Math.round(ms) });
   };
   let seen = size;
   setInterval(() => {
