@@ -57,7 +57,7 @@ const RUN_HELP = `usage: tsvmm run [options]
 Boots a guest under a new supervisor; prints the VM's API socket, metrics URL and how to stop it.
 tsvmm run [--kernel FILE] [--initrd FILE] [--cmdline STR] [--mem SIZE] [--cpus N] [--serial FILE] [--name NAME]
           [--disk FILE[,OPTS]]... [--net tap=NAME[,mac=MAC][,bw=BYTES]]... [--linux [--image-dir DIR]] [--force]
-          [--standby] [--hang-timeout MS] [--user USER] [--log-level LEVEL] [--log-format json|text]
+          [--standby] [--hang-timeout MS] [--user USER | --no-confine] [--log-level LEVEL] [--log-format json|text]
 tsvmm run --config FILE [options]
 tsvmm run --restore DIR [--disk FILE[,OPTS]]... [--net tap=NAME[,...]]... [--name NAME] [--serial FILE] [--standby] ...
   --restore DIR   resume the VM \`tsvmm snapshot --out DIR\` saved, where it was: its vCPUs, devices and RAM.
@@ -77,6 +77,7 @@ tsvmm run --restore DIR [--disk FILE[,OPTS]]... [--net tap=NAME[,...]]... [--nam
   --hang-timeout MS  kill and recover a component whose heartbeat stopped for MS ms (default 250; 0 = off)
   --user USER     (as root) the unprivileged user the components run as: a name, UID or UID:GID
                   (default 65534:65534, nobody); see "Confinement" in docs/architecture.md
+  --no-confine    (development) run the components unconfined: as tsvmm's own user, no seccomp filter
   --cmdline STR   the guest command line (default for the test guest: "${DEFAULT_DEMO_CMDLINE}")
   --mem SIZE      guest RAM, e.g. 256M or 2G (default 256M)
   --cpus N        number of vCPUs (default 1)
@@ -287,6 +288,7 @@ const RUN_OPTIONS = {
   'metrics-addr': { type: 'string' }, 'log-level': { type: 'string' }, 'log-format': { type: 'string' },
   standby: { type: 'boolean' }, 'hang-timeout': { type: 'string' }, restore: { type: 'string' }, user: { type: 'string' },
   config: { type: 'string' },
+  'no-confine': { type: 'boolean' },
 } as const;
 
 /** `tsvmm run` options: the VM's configuration, and the snapshot it resumes with --restore. */
@@ -452,18 +454,22 @@ function parseBoot(argv: string[]): VmConfig {
   };
 }
 
-/** --standby, --hang-timeout MS (supervisor/supervisor.ts), --user (contracts/confinement.ts). */
-export function parseRecoveryOptions(argv: string[]): { standby: boolean; hangTimeoutMs?: number; user?: string } {
-  const { values } = parseArgs({ args: argv, options: { standby: { type: 'boolean' }, 'hang-timeout': { type: 'string' }, user: { type: 'string' } }, strict: false, allowPositionals: true });
+/** --standby, --hang-timeout MS (supervisor/supervisor.ts), --user and --no-confine (contracts/confinement.ts). */
+export function parseRecoveryOptions(argv: string[]): { standby: boolean; hangTimeoutMs?: number; user?: string; confine: boolean } {
+  const { values } = parseArgs({
+    args: argv, options: { standby: { type: 'boolean' }, 'hang-timeout': { type: 'string' }, user: { type: 'string' }, 'no-confine': { type: 'boolean' } },
+    strict: false, allowPositionals: true,
+  });
   const t = values['hang-timeout'];
   if (t !== undefined && (typeof t !== 'string' || !/^\d+$/.test(t))) throw new UsageError(`invalid --hang-timeout "${t}": expected a whole number of milliseconds (0 = off)`);
   const user = typeof values.user === 'string' ? values.user : undefined;
+  const confine = values['no-confine'] !== true;
   try {
-    confinementFor(user);
+    confinementFor(user, confine);
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
-  return { standby: values.standby === true, hangTimeoutMs: t === undefined ? undefined : Number(t), user };
+  return { standby: values.standby === true, hangTimeoutMs: t === undefined ? undefined : Number(t), user, confine };
 }
 
 /**

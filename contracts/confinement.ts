@@ -15,8 +15,10 @@
  *     recovered like any crash.
  *   - The keeper (native/kvm/keeper.c) installs its own, tighter filter, from a fixed list in C.
  *
- * Environment: TSVMM_CONFINE=1 turns it on (off by default for now: see confinementFor; --user
- * also turns it on), TSVMM_CONFINE=0 off (the benchmarks' baseline); TSVMM_SECCOMP=log
+ * It is on by default; `tsvmm run --no-confine` (development) or TSVMM_CONFINE=0 (the benchmarks'
+ * baseline) turns it off. Nothing a confined component does needs privileges: a supervisor that
+ * dies is replaced by the VM's guardian (supervisor/guardian-main.ts), not by a component, and
+ * tsvmm update's standbys are started by the supervisor. TSVMM_SECCOMP=log
  * logs calls outside a list (kernel log, audit type 1326) instead of killing (development);
  * TSVMM_SECCOMP=record installs an allow-everything filter, the marker
  * scripts/record-syscalls.sh looks for in strace output to regenerate the lists.
@@ -81,8 +83,9 @@ const EXTRA: Record<ConfinedComponent, string[]> = {
   // A standby's wait for its primary (pidfd_open + poll). A disk on the libuv thread pool (io=threads,
   // or no io_uring here): its threads, started before confinement (driver-domain/served-device.ts),
   // read, write and flush the image. fstat/statx: the disk watch (a disk image cut short under the
-  // VM, driver-domain/served-device.ts), ten times a second.
-  'driver-domain': ['pidfd_open', 'poll', 'pread64', 'pwrite64', 'preadv', 'pwritev', 'fdatasync', 'fstat', 'statx'],
+  // VM, driver-domain/served-device.ts), ten times a second. The IPC channel's end when the
+  // supervisor dies (libuv reads an IPC pipe with recvmsg: the driver-domain is sent nothing else over it).
+  'driver-domain': ['pidfd_open', 'poll', 'pread64', 'pwrite64', 'preadv', 'pwritev', 'fdatasync', 'fstat', 'statx', 'recvmsg'],
   // At the VM's end it records the exit in its store and closes it: SQLite deletes the WAL files.
   // And it rotates the console log (renames) when it grows past TSVMM_CONSOLE_LOG_MAX.
   // socketpair: seen in the API replay test (openapi.test.ts) on a path the recording predates.
@@ -131,16 +134,19 @@ export function parseUser(spec: string): { uid: number; gid: number } {
   throw new Error(`invalid --user "${spec}": no such user (give a name from /etc/passwd, UID or UID:GID)`);
 }
 
-/** The supervisor's policy for this run. `user`: --user, if given. */
-export function confinementFor(user?: string): Confinement {
-  // Opt-in for now (TSVMM_CONFINE=1, or --user): live update and supervisor adoption, which landed
-  // alongside, fork and exec from a component, which confinement forbids (docs/architecture.md).
-  if (process.env.TSVMM_CONFINE !== '1' && user === undefined) return { seccomp: 'off' };
-  const env = process.env.TSVMM_SECCOMP;
-  if (env !== undefined && !['kill', 'log', 'record', 'off'].includes(env)) {
-    throw new Error(`invalid TSVMM_SECCOMP "${env}": expected kill, log, record or off`);
+/** The supervisor's policy for this run. `user`: --user, if given; `confine`: false for --no-confine. */
+export function confinementFor(user?: string, confine = true): Confinement {
+  const env = process.env.TSVMM_CONFINE;
+  if (env !== undefined && env !== '0' && env !== '1') throw new Error(`invalid TSVMM_CONFINE "${env}": expected 1 or 0`);
+  if (!confine || env === '0') {
+    if (user !== undefined) throw new Error('--user and --no-confine (or TSVMM_CONFINE=0) contradict each other: the components run as the user tsvmm runs as when unconfined');
+    return { seccomp: 'off' };
   }
-  const seccomp = (env ?? 'kill') as SeccompMode;
+  const mode = process.env.TSVMM_SECCOMP;
+  if (mode !== undefined && !['kill', 'log', 'record', 'off'].includes(mode)) {
+    throw new Error(`invalid TSVMM_SECCOMP "${mode}": expected kill, log, record or off`);
+  }
+  const seccomp = (mode ?? 'kill') as SeccompMode;
   const root = process.getuid?.() === 0;
   if (!root) {
     if (user !== undefined) throw new Error('--user needs tsvmm run to be started as root (it is the uid the components drop to)');
@@ -157,6 +163,9 @@ export function spawnConfinement(c: Confinement): { uid?: number; gid?: number; 
 }
 
 let confined = false;
+/** <linux/prctl.h>, <linux/seccomp.h>: the keeper's own filter installation (keeper.c). */
+const PR_SET_NO_NEW_PRIVS = 38;
+const SECCOMP_SET_MODE_FILTER = 1;
 
 /** The mode this component was started with (TSVMM_SECCOMP, set by the supervisor). */
 export function seccompMode(): SeccompMode {
@@ -194,7 +203,13 @@ export function confineSelf(component: ConfinedComponent): void {
   // through when it does not match, so the vmm's keeper rule goes first.)
   const threads: number[][] = [];
   // The vmm also clones its keeper (a new one if the keeper dies): that clone, with exactly its flags.
-  if (mode !== 'record' && component === 'vmm') threads.push([table.clone, 3, 0, abi('keeper_clone_flags')]);
+  if (mode !== 'record' && component === 'vmm') {
+    threads.push([table.clone, 3, 0, abi('keeper_clone_flags')]);
+    // A keeper cloned after this (a new one for one that died, keeperRestart) starts under this
+    // filter and installs its own, tighter one on top (native/kvm/keeper.c): no_new_privs (set
+    // already) and seccomp(SECCOMP_SET_MODE_FILTER), which can only take calls away.
+    threads.push([table.prctl, 3, 0, PR_SET_NO_NEW_PRIVS], [table.seccomp, 3, 0, SECCOMP_SET_MODE_FILTER]);
+  }
   if (mode !== 'record') threads.push([table.clone3, 1, os.constants.errno.ENOSYS], [table.clone, 2, 0, native.CLONE_THREAD]);
   const self = mode === 'record' ? [] : SELF_ONLY.map((n) => [table[n], 3, 0, process.pid]);
   native.seccompInstall([...threads, ...self, ...nrs], mode === 'kill' ? 1 : 2);

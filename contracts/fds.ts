@@ -25,6 +25,14 @@ export const FD = {
   API_LISTEN: 12,
   /** Every component: the VM's log file, <state dir>/tsvmm.log, opened for appending by the supervisor (contracts/log.ts). */
   LOG: 13,
+  /**
+   * vmm and driver-domain: the two ends of the component's adoption channel, a socketpair the
+   * supervisor makes at spawn (contracts/orphan.ts). The component reads and writes ADOPT once its
+   * supervisor has died; ADOPT_PEER it only holds, for the supervisor that adopts it, which takes it
+   * with pidfd_getfd(2) (supervisor/adopt.ts). A confined component could not make a socket itself.
+   */
+  ADOPT: 14,
+  ADOPT_PEER: 15,
 } as const;
 
 /**

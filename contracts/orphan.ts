@@ -1,38 +1,35 @@
 /**
- * A component whose supervisor died (SIGKILL, a crash) keeps the guest running and gets a new
- * supervisor, instead of becoming an invisible orphan:
- *   - its IPC channel closes ('disconnect'); it takes the adoption lock (<runtime>/<name>/adopt.lock,
- *     an atomic mkdir: the vmm and the driver-domain both notice) and, if it got it, starts a new
- *     supervisor in adopt mode (recovery/adopt-main.ts), detached from the terminal;
- *   - it connects to that supervisor's socket (<runtime>/<name>/supervisor.sock), says who it is
- *     (ComponentMessage.orphan) and from then on sends its messages there, framed (4-byte
- *     little-endian length, then the ComponentMessage), instead of over IPC; messages sent while
- *     no supervisor listened are queued;
- *   - if that supervisor dies too, the same again;
- *   - if no supervisor takes over within ORPHAN_TIMEOUT_MS, the component ends (the vmm first tells
- *     its keeper not to save and removes the stale runtime dir): never an orphan that holds a guest.
- * The new supervisor takes the fds it needs out of the components (pidfd_getfd) and watches them
- * with pidfds (recovery/adopt.ts).
+ * A component whose supervisor died (SIGKILL, a crash) keeps the guest running and is adopted by a
+ * new supervisor, which the VM's guardian starts (supervisor/guardian-main.ts). The component itself
+ * starts nothing and opens nothing, so it can run confined (contracts/confinement.ts: no fork, no
+ * exec, no socket call, an unprivileged uid):
+ *   - at spawn the supervisor gives it both ends of a socketpair, its adoption channel (FD.ADOPT,
+ *     its own end, and FD.ADOPT_PEER, which it only holds for whoever adopts it: the adopting
+ *     supervisor, root, takes a copy with pidfd_getfd(2), supervisor/adopt.ts);
+ *   - its IPC channel closes ('disconnect'): from then on it sends its messages on FD.ADOPT, framed
+ *     (4-byte little-endian length, then the ComponentMessage); the kernel keeps them until a
+ *     supervisor reads them;
+ *   - the adopter's first message on that channel is SupervisorMessage.adopted{supervisorPid}; the
+ *     ones after it are delivered as IPC messages would be. The component watches that supervisor
+ *     (a pidfd, polled) to learn when it is orphaned again;
+ *   - if no supervisor adopts it within ORPHAN_TIMEOUT_MS (the guardian died too), it ends (the vmm
+ *     first tells its keeper not to save): never an orphan that holds a guest.
  */
 import * as fs from 'fs';
 import * as net from 'net';
-import * as path from 'path';
-import { spawn } from 'child_process';
-import { ComponentMessage, ComponentMessageCodec } from '../proto';
+import { ComponentMessage, ComponentMessageCodec, SupervisorMessageCodec } from '../proto';
 import { native } from '../native/kvm';
-import { adoptLockPath, supervisorSocketPath } from './run-record';
 import { readSupervisorPid, vmPaths } from './paths';
-import { describeExit, NativePidfd } from './pidfd';
+import { FD } from './fds';
 import { seccompMode } from './confinement';
 import { processLogger } from './log';
 
 /** How long a component whose supervisor died waits for a new one before it ends. */
 const ORPHAN_TIMEOUT_MS = Number(process.env.TSVMM_ORPHAN_TIMEOUT_MS ?? 20_000);
-const RECONNECT_MS = 25;
-/** An adoption lock older than this is left over from an adopter that died: take it. */
-const ADOPT_LOCK_STALE_MS = 10_000;
+/** How often an adopted component checks that its supervisor (not its parent: no 'disconnect') lives. */
+const WATCH_MS = 100;
 
-const pidfd = native as unknown as NativePidfd & { pidfdOpen(pid: number): number; keeperStop(): void };
+const pidfd = native as unknown as { pidfdOpen(pid: number): number; pollIn(fd: number, timeoutMs: number): number };
 
 interface Orphanable {
   role: string;
@@ -44,13 +41,12 @@ interface Orphanable {
 }
 
 let me: Orphanable | undefined;
-let socket: net.Socket | undefined;
-let connected = false;
-let lostAt = 0n;
-let searching = false;
-const queue: Buffer[] = [];
-/** The current supervisor: its pid and a pidfd taken while it lived (to learn how it died). */
-let supervisor: { pid: number; fd: number } | undefined;
+/** FD.ADOPT, once the supervisor that spawned us is gone. */
+let channel: net.Socket | undefined;
+let orphaned = false;
+let giveUpTimer: NodeJS.Timeout | undefined;
+/** The adopting supervisor we watch: its pidfd and the timer that polls it. */
+let watched: { fd: number; timer: NodeJS.Timeout } | undefined;
 
 function frame(msg: ComponentMessage): Buffer {
   const body = Buffer.from(ComponentMessageCodec.encode(msg));
@@ -59,7 +55,7 @@ function frame(msg: ComponentMessage): Buffer {
   return Buffer.concat([head, body]);
 }
 
-/** Sends `msg` to the supervisor: over IPC while we have it, else over the adopter's socket (queued until one listens). */
+/** Sends `msg` to the supervisor: over IPC while we have it, else on the adoption channel. */
 export function toSupervisor(msg: ComponentMessage): void {
   if (process.connected && process.send) {
     try {
@@ -67,25 +63,40 @@ export function toSupervisor(msg: ComponentMessage): void {
       return;
     } catch { /* closing: fall through */ }
   }
-  if (!me) return;
-  const f = frame(msg);
-  if (socket && connected) socket.write(f);
-  else queue.push(f);
-}
-
-function watchSupervisorPid(pid: number): void {
-  if (supervisor) { try { fs.closeSync(supervisor.fd); } catch { /* closed */ } }
-  const fd = pid > 0 ? pidfd.pidfdOpen(pid) : -1;
-  supervisor = fd >= 0 ? { pid, fd } : undefined;
+  if (me && channel && orphaned) channel.write(frame(msg));
 }
 
 /**
- * Installs the orphan handling in a vmm or driver-domain (call once, early). `o.adoptable()` is
- * asked when the supervisor is lost.
+ * Installs the orphan handling in a vmm or driver-domain (call once, early: before the component
+ * confines itself, since wrapping the channel's fd makes calls the allowlists need not hold).
+ * `o.adoptable()` is asked when the supervisor is lost.
  */
 export function watchSupervisor(o: Orphanable): void {
   me = o;
-  watchSupervisorPid(process.ppid);
+  try {
+    channel = new net.Socket({ fd: FD.ADOPT, readable: true, writable: true });
+  } catch {
+    channel = undefined; // spawned without one: it cannot be adopted
+  }
+  if (channel) {
+    channel.unref();
+    channel.on('error', () => undefined);
+    let inbuf = Buffer.alloc(0);
+    channel.on('data', (d: Buffer) => {
+      inbuf = Buffer.concat([inbuf, d]);
+      while (inbuf.length >= 4 && inbuf.length >= 4 + inbuf.readUInt32LE(0)) {
+        const body = inbuf.subarray(4, 4 + inbuf.readUInt32LE(0));
+        inbuf = inbuf.subarray(4 + body.length);
+        let adopter = 0;
+        try {
+          const m = SupervisorMessageCodec.decode(body);
+          if ('adopted' in m && m.adopted) adopter = m.adopted.supervisorPid;
+        } catch { /* delivered, and refused, as IPC would be */ }
+        if (adopter) adoptedBy(adopter);
+        else process.emit('message', { pb: Buffer.from(body).toString('base64') }, undefined);
+      }
+    });
+  }
   process.on('disconnect', () => supervisorLost());
 }
 
@@ -93,86 +104,42 @@ function log(line: string): void {
   processLogger().warn(line, { event: 'orphan' });
 }
 
-function supervisorLost(): void {
-  if (!me || searching) return;
-  connected = false;
-  socket = undefined;
-  if (!me.adoptable()) { me.giveUp('its supervisor died before it took over'); return; }
-  // A confined component (contracts/confinement.ts) can neither start a supervisor (no fork, no
-  // exec, no privileges to give it) nor reach one's socket (no socket call): it ends, as before
-  // supervisors were recoverable. docs/architecture.md, "Confinement", says what would reconcile both.
-  if (seccompMode() !== 'off') { me.giveUp('its supervisor died, and a confined component is not adopted (TSVMM_CONFINE=0 allows it)'); return; }
-  searching = true;
-  lostAt = process.hrtime.bigint();
-  const cause = supervisor ? describeExit(pidfd.pidfdExit(supervisor.fd, supervisor.pid)) : 'unknown';
-  const deadline = Date.now() + ORPHAN_TIMEOUT_MS;
-  startAdopter(me, cause);
-  const tryConnect = () => {
-    if (!me) return;
-    if (Date.now() > deadline) {
-      searching = false;
-      // Nobody will manage this VM again: leave no stale runtime dir behind.
-      try { if (readSupervisorPid(me.name) === undefined) fs.rmSync(vmPaths(me.name).runDir, { recursive: true, force: true }); } catch { /* not ours */ }
-      me.giveUp(`its supervisor died (${cause}) and no new one took over within ${ORPHAN_TIMEOUT_MS / 1000} s`);
-      return;
-    }
-    const s = net.connect(supervisorSocketPath(vmPaths(me.name)));
-    let opened = false;
-    s.on('connect', () => {
-      opened = true;
-      socket = s;
-      connected = true;
-      searching = false;
-      watchSupervisorPid(readSupervisorPid(me!.name) ?? 0);
-      s.write(frame({ orphan: { component: me!.role, pid: process.pid } }));
-      for (const f of queue.splice(0)) s.write(f);
-    });
-    s.on('error', () => undefined);
-    // What the supervisor sends us (SupervisorMessage bytes), delivered as IPC would.
-    let inbuf = Buffer.alloc(0);
-    s.on('data', (d: Buffer) => {
-      inbuf = Buffer.concat([inbuf, d]);
-      while (inbuf.length >= 4 && inbuf.length >= 4 + inbuf.readUInt32LE(0)) {
-        const n = inbuf.readUInt32LE(0);
-        const body = inbuf.subarray(4, 4 + n);
-        inbuf = inbuf.subarray(4 + n);
-        process.emit('message', { pb: Buffer.from(body).toString('base64') }, undefined);
-      }
-    });
-    s.on('close', () => {
-      if (opened) { if (socket === s) supervisorLost(); return; }
-      // Nobody listens yet: the adopter is starting (or died before listening: start another).
-      if (me && !fs.existsSync(adoptLockPath(vmPaths(me.name)))) startAdopter(me, cause);
-      setTimeout(tryConnect, RECONNECT_MS);
-    });
-  };
-  tryConnect();
+function unwatch(): void {
+  if (!watched) return;
+  clearInterval(watched.timer);
+  try { fs.closeSync(watched.fd); } catch { /* closed */ }
+  watched = undefined;
 }
 
-/** Takes the adoption lock and, if we got it, starts a supervisor that adopts this VM. */
-function startAdopter(o: Orphanable, cause: string): void {
-  const paths = vmPaths(o.name);
-  const lock = adoptLockPath(paths);
-  try {
-    fs.mkdirSync(lock, { mode: 0o700 });
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') { log(`cannot take the adoption lock ${lock}: ${(e as Error).message}`); return; }
-    try {
-      if (Date.now() - fs.statSync(lock).mtimeMs < ADOPT_LOCK_STALE_MS) return; // another one is adopting
-      fs.rmSync(lock, { recursive: true, force: true });
-      fs.mkdirSync(lock, { mode: 0o700 });
-    } catch { return; }
-  }
-  const entry = process.env.TSVMM_ADOPT_ENTRY;
-  if (!entry) { log('no adopter entry (TSVMM_ADOPT_ENTRY): cannot start a new supervisor'); fs.rmSync(lock, { recursive: true, force: true }); return; }
-  const env: NodeJS.ProcessEnv = { ...process.env, TSVMM_ADOPT_CAUSE: cause, TSVMM_ADOPT_T0: String(lostAt), TSVMM_ADOPT_BY: `${o.role} ${process.pid}` };
-  for (const k of ['NODE_CHANNEL_FD', 'NODE_CHANNEL_SERIALIZATION_MODE', 'TSVMM_STANDBY', 'TSVMM_RESTORE', 'TSVMM_STANDBY_FOR', 'TSVMM_VCPUS', 'UV_THREADPOOL_SIZE']) delete env[k];
-  try {
-    const child = spawn(process.execPath, [entry, o.name], { detached: true, stdio: ['ignore', 'inherit', 'inherit'], env, cwd: path.dirname(entry) });
-    child.on('error', (e) => { log(`cannot start a new supervisor: ${e.message}`); fs.rmSync(lock, { recursive: true, force: true }); });
-    child.unref();
-  } catch (e) {
-    log(`cannot start a new supervisor: ${(e as Error).message}`);
-    fs.rmSync(lock, { recursive: true, force: true });
-  }
+function supervisorLost(): void {
+  if (!me || giveUpTimer) return;
+  orphaned = true;
+  unwatch();
+  if (!me.adoptable()) { me.giveUp('its supervisor died before it took over'); return; }
+  if (!channel) { me.giveUp('its supervisor died, and it has no adoption channel'); return; }
+  giveUpTimer = setTimeout(() => {
+    giveUpTimer = undefined;
+    if (!me) return;
+    // Nobody will manage this VM again: leave no stale runtime dir behind (a confined component
+    // can neither reach it nor make the calls: the guardian's adopter removes it when it gives up).
+    if (seccompMode() === 'off') {
+      try { if (readSupervisorPid(me.name) === undefined) fs.rmSync(vmPaths(me.name).runDir, { recursive: true, force: true }); } catch { /* not ours */ }
+    }
+    me.giveUp(`its supervisor died and no new one took over within ${ORPHAN_TIMEOUT_MS / 1000} s`);
+  }, ORPHAN_TIMEOUT_MS);
+}
+
+/** A supervisor adopted us: stop counting down, and watch it in turn. */
+function adoptedBy(pid: number): void {
+  if (giveUpTimer) { clearTimeout(giveUpTimer); giveUpTimer = undefined; }
+  unwatch();
+  const fd = pidfd.pidfdOpen(pid);
+  if (fd < 0) { log(`the supervisor that adopted it (pid ${pid}) is gone already`); supervisorLost(); return; }
+  const timer = setInterval(() => {
+    if (pidfd.pollIn(fd, 0) === 0) return;
+    unwatch();
+    supervisorLost();
+  }, WATCH_MS);
+  timer.unref();
+  watched = { fd, timer };
 }

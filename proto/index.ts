@@ -34,8 +34,7 @@ export type ComponentMessage =
   | { fatal: { message: string } }
   | { controlRequest: ControlRequest }
   | { keeperArmed: { pid: number; error?: string } }
-  | { snapshotDone: SnapshotDone }
-  | { orphan: { component: string; pid: number } };
+  | { snapshotDone: SnapshotDone };
 
 export interface ControlRequest { id: number; command: string; component?: string; signal?: string; dir?: string; stop?: boolean; force?: boolean; timeoutMs?: number }
 export interface ControlReply { id: number; ok: boolean; error?: string; pid?: number; pauseMs?: number; ramDataBytes?: number; handoverMs?: number }
@@ -63,9 +62,11 @@ export interface ControlStatus {
 export type SupervisorMessage = { status: ControlStatus } | { reply: ControlReply } | { finished: { code: number; reason: string } }
   | { armKeeper: { deadPid: number } }
   | { snapshot: SnapshotRequest }
-  | { handover: Record<string, never> };
+  | { handover: Record<string, never> }
+  | { adopted: { supervisorPid: number } };
 export interface ProcessRef { role: string; pid: number; startTicks: number }
-export interface RunRecord { runId: string; standby: boolean; hangTimeoutMs: number; processes: ProcessRef[]; supervisors: number; startedAt: number }
+export interface RunRecord { runId: string; standby: boolean; hangTimeoutMs: number; processes: ProcessRef[]; supervisors: number; startedAt: number;
+  user: string; unconfined: boolean }
 
 /**
  * `msg` with every enum given by name replaced by its number, for verify() (which takes numbers

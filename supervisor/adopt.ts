@@ -1,18 +1,19 @@
 /**
- * Adopting a VM whose supervisor died (started by recovery/orphan.ts as recovery/adopt-main.ts):
+ * Adopting a VM whose supervisor died (started by the VM's guardian, supervisor/guardian-main.ts, as
+ * supervisor/adopt-main.ts):
  *   1. finds the running components through <runtime>/<name>/run.pb (pids with start times, so a
  *      recycled pid is never taken for one) and opens a pidfd on each;
- *   2. takes the fds the dead supervisor held out of them with pidfd_getfd(2): guest RAM, the
- *      state and snapshot memfds, the serial output, the configuration and each queue's kick and
- *      call eventfds from the vmm (or, with the vmm gone, from its keeper, which shares its fd
- *      table), the disks and TAPs from the driver-domain (reopened by path/name if it is gone);
- *   3. runs a Supervisor in adopt mode over them (recovery/supervisor.ts): the adopted processes
+ *   2. takes the fds the dead supervisor held out of them with pidfd_getfd(2) (it is root: a
+ *      confined component, another uid and not dumpable, is no obstacle to CAP_SYS_PTRACE): guest
+ *      RAM, the state and snapshot memfds, the serial output, the configuration and each queue's
+ *      kick and call eventfds from the vmm (or, with the vmm gone, from its keeper, which shares its
+ *      fd table), the disks and TAPs from the driver-domain (reopened by path/name if it is gone),
+ *      and each component's end of its adoption channel (FD.ADOPT_PEER, contracts/orphan.ts);
+ *   3. runs a Supervisor in adopt mode over them (supervisor/supervisor.ts): the adopted processes
  *      look like children to it (AdoptedProcess: pid, kill through the pidfd, 'exit' when the pidfd
  *      fires, with the status from PIDFD_GET_INFO or the zombie's /proc entry since they are not
- *      our children; 'message' from supervisor.sock), and it starts a new priv-domain, so
- *      `tsvmm ls/ps/stop/metrics` work again;
- *   4. listens on <runtime>/<name>/supervisor.sock for the orphans' messages (framed
- *      ComponentMessages after an `orphan` hello), then releases the adoption lock.
+ *      our children; messages over the adoption channel), and it starts a new priv-domain, so
+ *      `tsvmm ls/ps/stop/metrics` work again. Its first message to each is `adopted`.
  */
 import * as fs from 'fs';
 import * as net from 'net';
@@ -20,7 +21,7 @@ import * as os from 'os';
 import { EventEmitter } from 'events';
 import type { ChildProcess } from 'child_process';
 import { native } from '../native/kvm';
-import { ComponentMessageCodec, VmConfig } from '../proto';
+import { SupervisorMessageCodec, VmConfig } from '../proto';
 import { FD, deviceFds } from '../contracts/fds';
 import { deviceList } from '../contracts/device-list';
 import { Component, mapDevicePage } from '../contracts/state-page';
@@ -30,7 +31,7 @@ import { HeldDevice } from './held-devices';
 import { readConfigFd } from '../contracts/component-config';
 import { SnapState, SnapshotView } from '../contracts/snapshot';
 import { describeExit, NativePidfd, signalName } from '../contracts/pidfd';
-import { adoptLockPath, readRunRecord, supervisorSocketPath } from '../contracts/run-record';
+import { readRunRecord } from '../contracts/run-record';
 import { readSupervisorPid, startTicks, vmPaths, VmPaths } from '../contracts/paths';
 import { RunResult, Supervisor } from './supervisor';
 import type { Logger } from '../contracts/log';
@@ -62,17 +63,40 @@ export interface Adoption {
 export class AdoptedProcess extends EventEmitter {
   exitCode: number | null = null;
   signalCode: NodeJS.Signals | null = null;
-  /** As ChildProcess.connected: messages to it are queued until it connects to supervisor.sock. */
+  /** As ChildProcess.connected: true while it runs (its adoption channel is connected from the start). */
   get connected(): boolean { return this.exitCode === null && this.signalCode === null; }
+  private readonly socket?: net.Socket;
 
-  constructor(readonly pid: number, private readonly fd: number) {
+  /** `channelFd`: our copy of its FD.ADOPT_PEER (undefined: none, messages to it are dropped). */
+  constructor(readonly pid: number, private readonly fd: number, channelFd?: number) {
     super();
     void pidfd.pidfdWait(fd, pid).then((e) => {
       if ('code' in e) this.exitCode = e.code;
       else if ('signal' in e) this.signalCode = signalName(e.signal) as NodeJS.Signals;
+      this.socket?.destroy();
       this.emit('exit', this.exitCode, this.signalCode);
       try { fs.closeSync(fd); } catch { /* closed */ }
     });
+    if (channelFd === undefined) return;
+    const s = new net.Socket({ fd: channelFd, readable: true, writable: true });
+    this.socket = s;
+    s.on('error', () => undefined);
+    // What it sent while no supervisor listened waits in the socket: read once the Supervisor listens.
+    s.pause();
+    this.on('newListener', (ev) => { if (ev === 'message') setImmediate(() => s.resume()); });
+    let buf = Buffer.alloc(0);
+    s.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      while (buf.length >= 4) {
+        const n = buf.readUInt32LE(0);
+        // Not a frame of ours: refused as a malformed message is (spawnProcess kills the sender).
+        if (n > 1 << 20) { buf = Buffer.alloc(0); this.emit('message', {}); return; }
+        if (buf.length < 4 + n) break;
+        this.emit('message', { pb: Buffer.from(buf.subarray(4, 4 + n)).toString('base64') });
+        buf = buf.subarray(4 + n);
+      }
+    });
+    this.send({ pb: Buffer.from(SupervisorMessageCodec.encode({ adopted: { supervisorPid: process.pid } })).toString('base64') });
   }
 
   kill(sig: NodeJS.Signals | number = 'SIGTERM'): boolean {
@@ -81,30 +105,13 @@ export class AdoptedProcess extends EventEmitter {
     return pidfd.pidfdSignal(this.fd, n) === 0;
   }
 
-  /** A message that came over supervisor.sock, delivered as IPC would. */
-  deliver(bytes: Buffer): void {
-    this.emit('message', { pb: bytes.toString('base64') });
-  }
-
-  private socket?: net.Socket;
-  private readonly outbox: Buffer[] = [];
-
-  /** Its connection on supervisor.sock: what we send it goes there from now on. */
-  attach(s: net.Socket): void {
-    this.socket = s;
-    s.on('close', () => { if (this.socket === s) this.socket = undefined; });
-    for (const f of this.outbox.splice(0)) s.write(f);
-  }
-
-  /** As ChildProcess.send for the `{ pb }` messages the supervisor sends: framed on its socket. */
+  /** As ChildProcess.send for the `{ pb }` messages the supervisor sends: framed on its adoption channel. */
   send(m: { pb?: string }, cb?: (e: Error | null) => void): boolean {
-    if (typeof m?.pb === 'string') {
+    if (typeof m?.pb === 'string' && this.socket && !this.socket.destroyed) {
       const body = Buffer.from(m.pb, 'base64');
       const head = Buffer.alloc(4);
       head.writeUInt32LE(body.length, 0);
-      const f = Buffer.concat([head, body]);
-      if (this.socket) this.socket.write(f);
-      else this.outbox.push(f);
+      this.socket.write(Buffer.concat([head, body]));
     }
     cb?.(null);
     return true;
@@ -180,14 +187,22 @@ async function gather(paths: VmPaths, log: (l: string) => void): Promise<{ cfg: 
     const hb = page.heartbeat(Component.DriverDomain);
     for (let i = 0; i < 10 && !driverDomainServing; i++) { await sleep(15); driverDomainServing = page.heartbeat(Component.DriverDomain) !== hb; }
   }
+  // Each one's adoption channel (contracts/orphan.ts): the end it holds for us.
+  const channel = (p: { pid: number; fd: number } | undefined, what: string) => {
+    if (!p) return undefined;
+    try { return pidfd.pidfdGetfd(p.fd, FD.ADOPT_PEER); } catch (e) {
+      log(`cannot take the ${what}'s adoption channel (fd ${FD.ADOPT_PEER}) from pid ${p.pid}: ${(e as Error).message}; its messages are lost`);
+      return undefined;
+    }
+  };
   const keepers = keeperProc ? [keeperProc.pid] : [];
   // The keeper is watched by pid (recovery/supervisor.ts trackKeeper); its pidfd here is not needed.
   if (keeperProc && keeperProc !== vmmSide) fs.closeSync(keeperProc.fd);
   const t0Env = process.env.TSVMM_ADOPT_T0;
   const adoption: Adoption = {
     fds: { ramFd, stateFd, serialFd, snapFd, configFd, devices },
-    vmm: vmm && new AdoptedProcess(vmm.pid, vmm.fd).asChild(), vmmRunning,
-    driverDomain: dd && new AdoptedProcess(dd.pid, dd.fd).asChild(), driverDomainServing,
+    vmm: vmm && new AdoptedProcess(vmm.pid, vmm.fd, channel(vmm, 'vmm')).asChild(), vmmRunning,
+    driverDomain: dd && new AdoptedProcess(dd.pid, dd.fd, channel(dd, 'driver-domain')).asChild(), driverDomainServing,
     keepers,
     cause: process.env.TSVMM_ADOPT_CAUSE || 'unknown',
     t0: t0Env && /^\d+$/.test(t0Env) ? BigInt(t0Env) : process.hrtime.bigint(),
@@ -198,71 +213,26 @@ async function gather(paths: VmPaths, log: (l: string) => void): Promise<{ cfg: 
   return { cfg, adoption };
 }
 
-/** Step 4: the orphans' channel. */
-function listen(paths: VmPaths, procs: () => (ChildProcess | undefined)[], log: (l: string) => void): net.Server {
-  const file = supervisorSocketPath(paths);
-  try { fs.unlinkSync(file); } catch { /* none */ }
-  const server = net.createServer((s) => {
-    let buf = Buffer.alloc(0);
-    let who: AdoptedProcess | undefined;
-    s.on('error', () => undefined);
-    s.on('data', (d: Buffer) => {
-      buf = Buffer.concat([buf, d]);
-      while (buf.length >= 4) {
-        const n = buf.readUInt32LE(0);
-        if (n > 1 << 20) { s.destroy(); return; }
-        if (buf.length < 4 + n) break;
-        const body = buf.subarray(4, 4 + n);
-        buf = buf.subarray(4 + n);
-        if (!who) {
-          let pid = 0;
-          try {
-            const m = ComponentMessageCodec.decode(body);
-            if ('orphan' in m && m.orphan) pid = m.orphan.pid;
-          } catch { /* not ours */ }
-          who = procs().find((p) => p?.pid === pid) as unknown as AdoptedProcess | undefined;
-          if (!who || !(who instanceof AdoptedProcess)) {
-            log(`supervisor.sock: a process (pid ${pid}) that is none of this VM's adopted components connected; closed`);
-            s.destroy();
-            return;
-          }
-          who.attach(s);
-          continue;
-        }
-        who.deliver(Buffer.from(body));
-      }
-    });
-  });
-  server.listen(file, () => { try { fs.chmodSync(file, 0o600); } catch { /* gone */ } });
-  return server;
-}
-
 /** The whole adoption; resolves with the VM's result when it ends. */
 export async function adopt(name: string, logger: Logger): Promise<RunResult> {
   const log = (line: string) => logger.info(line);
   const paths = vmPaths(name);
-  const lock = adoptLockPath(paths);
   const live = readSupervisorPid(name);
-  if (live !== undefined && live !== process.pid) {
-    fs.rmSync(lock, { recursive: true, force: true });
-    return { code: 0, reason: `VM ${name} already has a supervisor (pid ${live})` };
-  }
+  if (live !== undefined && live !== process.pid) return { code: 0, reason: `VM ${name} already has a supervisor (pid ${live})` };
   let sup: Supervisor;
   try {
     const { cfg, adoption } = await gather(paths, log);
     const rec = readRunRecord(paths)!;
-    sup = new Supervisor(cfg, { logger, adopted: adoption, standby: rec.standby, hangTimeoutMs: rec.hangTimeoutMs });
+    sup = new Supervisor(cfg, {
+      logger, adopted: adoption, standby: rec.standby, hangTimeoutMs: rec.hangTimeoutMs,
+      user: rec.user || undefined, confine: !rec.unconfined,
+    });
     for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => sup.stop(`stopped by ${sig}`));
     sup.start();
-    const adopted = [adoption.vmm, adoption.driverDomain];
-    const server = listen(paths, () => adopted, log);
-    void sup.done.then(() => server.close());
   } catch (e) {
-    fs.rmSync(lock, { recursive: true, force: true });
     const why = e instanceof AdoptError ? e.message : (e as Error).stack ?? String(e);
     return abandon(name, paths, `could not adopt VM ${name}: ${why}`);
   }
-  fs.rmSync(lock, { recursive: true, force: true });
   return sup.done;
 }
 

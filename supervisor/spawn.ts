@@ -5,7 +5,8 @@
  */
 import { ChildProcess, spawn, StdioOptions } from 'child_process';
 import { componentEnv } from './component-env';
-import * as path from 'path';
+import * as fs from 'fs';
+import { native } from '../native/kvm';
 import { componentExecArgv, SpawnedComponent } from './v8-flags';
 import { ComponentMessage, ComponentMessageCodec, SupervisorMessage, SupervisorMessageCodec, guardChannel } from '../proto';
 import { FD } from '../contracts/fds';
@@ -94,9 +95,17 @@ export interface SpawnOptions {
 /** Spawns a component process; messages arrive decoded, the exit with its cause. */
 export function spawnProcess(o: SpawnOptions): ChildProcess {
   const jail = spawnConfinement(o.confinement);
-  const child = o.adopted ?? spawn(process.execPath, [...componentExecArgv(o.component), o.script], {
-    stdio: o.stdio, env: componentEnv({ TSVMM_ADOPT_ENTRY: ADOPT_ENTRY, ...jail.env, ...o.env }), uid: jail.uid, gid: jail.gid, cwd: o.cwd,
-  });
+  // The vmm and the driver-domain outlive a supervisor that dies: their adoption channel (contracts/orphan.ts).
+  const pair = !o.adopted && (o.component === 'vmm' || o.component === 'driver-domain') ? native.socketPair() : undefined;
+  const stdio = pair && Array.isArray(o.stdio) ? withAdoptionChannel(o.stdio, pair) : o.stdio;
+  let child: ChildProcess;
+  try {
+    child = o.adopted ?? spawn(process.execPath, [...componentExecArgv(o.component), o.script], {
+      stdio, env: componentEnv({ ...jail.env, ...o.env }), uid: jail.uid, gid: jail.gid, cwd: o.cwd,
+    });
+  } finally {
+    for (const fd of pair ?? []) fs.closeSync(fd);
+  }
   child.on('error', () => undefined); // a failed spawn also exits
   o.logger.debug(`${o.adopted ? 'adopted' : 'started'} ${o.component}${o.env.TSVMM_STANDBY === '1' || o.env.TSVMM_STANDBY_FOR ? ' standby' : ''} (pid ${child.pid})`,
     { event: 'spawn', target: o.component, targetPid: child.pid });
@@ -125,8 +134,14 @@ export function spawnProcess(o: SpawnOptions): ChildProcess {
   return child;
 }
 
-/** What a component whose supervisor died starts to adopt it (contracts/orphan.ts). */
-const ADOPT_ENTRY = path.resolve(__dirname, '..', 'supervisor', 'adopt-main.js'); // from dist/supervisor or the CLI's bundle in dist/cli
+/** `stdio` with both ends of a new adoption channel at FD.ADOPT and FD.ADOPT_PEER. */
+function withAdoptionChannel(stdio: StdioOptions & unknown[], [a, b]: [number, number]): StdioOptions {
+  const out = [...stdio];
+  while (out.length <= FD.ADOPT_PEER) out.push('ignore');
+  out[FD.ADOPT] = a;
+  out[FD.ADOPT_PEER] = b;
+  return out as StdioOptions;
+}
 
 /**
  * The stdio of a vmm or driver-domain: 3 IPC, 4 RAM, 5 state, 6 serial output, the vmm's snapshot

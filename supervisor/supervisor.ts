@@ -45,6 +45,7 @@ import { confinementFor, unreachableBy } from '../contracts/confinement';
 import { componentEntry } from './component-entry';
 import { Kvm } from '../kvm/system';
 import { LogFile, Logger, logSettings, setProcessLogger } from '../contracts/log';
+import { Guardian } from './guardian';
 
 export type { Recovery, RunResult } from './lifecycle';
 export type { VmmRecovery } from './vmm-lifecycle';
@@ -68,6 +69,8 @@ export interface SupervisorOptions {
   adopted?: Adoption;
   /** `tsvmm run --user`: the uid[:gid] or name the components run as (contracts/confinement.ts). */
   user?: string;
+  /** False for `tsvmm run --no-confine` (development): the components run unconfined. */
+  confine?: boolean;
 }
 
 /**
@@ -111,7 +114,7 @@ export class Supervisor implements LifecycleHost, ControlTarget {
 
   constructor(readonly cfg: VmConfig, private readonly opts: SupervisorOptions = {}) {
     this.logger = setProcessLogger(opts.logger ?? new Logger({ component: 'supervisor', ...logSettings() }));
-    const confinement = confinementFor(opts.user);
+    const confinement = confinementFor(opts.user, opts.confine !== false);
     const { uid, gid } = confinement;
     if (uid !== undefined && gid !== undefined) {
       for (const script of [componentEntry('vmm'), componentEntry('driver-domain')]) {
@@ -164,6 +167,7 @@ export class Supervisor implements LifecycleHost, ControlTarget {
       request: (req) => void this.control.execute(req),
     });
     this.done = new Promise((resolve) => { this.resolveDone = resolve; });
+    this.guardian = new Guardian(cfg.name, (l) => this.log(l));
   }
 
   /** tsvmm run --restore: the saved VM state, checked, until guest RAM is in (startRestore). */
@@ -197,7 +201,9 @@ export class Supervisor implements LifecycleHost, ControlTarget {
     this.record = new RunRecordWriter(this.control.paths, {
       runId: this.control.runId, standby: this.standby, hangTimeoutMs: this.hangWatch.timeoutMs,
       supervisors: (this.opts.adopted?.supervisors ?? 0) + 1, startedAt: this.opts.adopted?.startedAt ?? Date.now() / 1000,
+      user: this.opts.user ?? '', unconfined: this.opts.confine === false,
     });
+    this.guardian.start();
     // A restore starts the priv-domain (the heaviest Node start of all) once the guest runs, or
     // after PRIV_DEFER_MAX_MS: on a small host it would compete for the CPUs with the vmm's start,
     // which is the way to the guest's first instruction. The API socket is bound meanwhile; the
@@ -283,6 +289,10 @@ export class Supervisor implements LifecycleHost, ControlTarget {
   get adoption(): Adoption | undefined { return this.opts.adopted; }
 
   private record?: RunRecordWriter;
+  /** The process that starts a new supervisor if this one dies (supervisor/guardian.ts). */
+  private readonly guardian: Guardian;
+  /** Its pid, while one runs. */
+  get guardianPid(): number | undefined { return this.guardian.pid; }
   /** Rewrites run.pb when a pid changed: what a supervisor that adopts this VM reads. */
   processesChanged(): void {
     if (this.result || !this.record) return;
@@ -328,7 +338,10 @@ export class Supervisor implements LifecycleHost, ControlTarget {
     this.vmm.stop();
     this.driverDomain?.stop();
     // The priv-domain records the VM's end in its store before it goes (supervisor/control.ts).
-    void this.control.stop(r).then(() => this.resolveDone(r));
+    void this.control.stop(r).then(() => {
+      this.guardian.stop();
+      this.resolveDone(r);
+    });
   }
 
   // ---- ControlTarget ----

@@ -13,12 +13,14 @@
  * their JIT and young-generation sizing are measured by bench/exits, bench/blk and bench/net.
  * Measured with bench/footprint (docs/benchmarks.md).
  */
-export type SpawnedComponent = 'vmm' | 'driver-domain' | 'priv-domain';
+export type SpawnedComponent = 'vmm' | 'driver-domain' | 'priv-domain' | 'guardian';
 
 export const COMPONENT_V8_FLAGS: Readonly<Record<SpawnedComponent, readonly string[]>> = {
   vmm: [],
   'driver-domain': [],
   'priv-domain': ['--lite-mode', '--no-expose-wasm', '--max-semi-space-size=1'],
+  // supervisor/guardian-main.ts: waits on a pidfd for the VM's whole life.
+  guardian: ['--lite-mode', '--no-expose-wasm', '--max-semi-space-size=1'],
 };
 
 /** The node options to spawn `component` with (before its script). */

@@ -1,6 +1,7 @@
 /**
- * The supervisor is recoverable too (recovery/orphan.ts, recovery/adopt.ts): SIGKILL it again and
- * again under a verifying disk workload and a new supervisor adopts the running vmm,
+ * The supervisor is recoverable too (contracts/orphan.ts, supervisor/guardian-main.ts,
+ * supervisor/adopt.ts): SIGKILL it again and again under a verifying disk workload and the VM's
+ * guardian starts a new supervisor that adopts the running (confined, as by default) vmm,
  * driver-domain and keeper each time; `tsvmm ps/ls` work after every kill, the guest sees no
  * error, `tsvmm stop` ends everything (no orphan, no runtime dir) and the image is intact. SIGHUP
  * and a closed stdout do not stop it at all.
@@ -13,12 +14,6 @@ import { checkImage } from './helpers/blk-image';
 import { killRole, ps, ROLES, stopAndCheckClean } from './helpers/role-kill';
 
 const KILLS = Number(process.env.TSVMM_SUPERVISOR_KILLS ?? 20);
-/**
- * Supervisor adoption needs the components unconfined: a confined one can neither start a
- * supervisor nor reach its socket, and ends instead (contracts/orphan.ts, docs/architecture.md
- * "Confinement"). Until the two are reconciled, these run with TSVMM_CONFINE=0.
- */
-const UNCONFINED = { TSVMM_CONFINE: '0' };
 const NEED = ROLES.filter((r) => r !== 'keeper');
 
 /**
@@ -45,7 +40,7 @@ describe('supervisor recovery', function () {
   before(requireKvm);
 
   it(`survives ${KILLS} SIGKILLs of the supervisor under a verifying disk workload; ps, ls and stop work after each`, () => runScenario(async () => {
-    const vm = await startVm({ name: `srk${process.pid}`, env: UNCONFINED });
+    const vm = await startVm({ name: `srk${process.pid}` });
     await stoppedClean(vm, async () => {
       while (vm.progress() < 2) await sleep(50);
       const supervisors = new Set<number>();
@@ -70,7 +65,7 @@ describe('supervisor recovery', function () {
   }));
 
   it('a sample of the kill campaign (bench/kill-campaign.ts): every role by pid, round-robin, the VM whole after each', () => runScenario(async () => {
-    const vm = await startVm({ name: `src${process.pid}`, env: UNCONFINED });
+    const vm = await startVm({ name: `src${process.pid}` });
     const roles = ROLES;
     await stoppedClean(vm, async () => {
       while (vm.progress() < 2) await sleep(50);
@@ -83,7 +78,7 @@ describe('supervisor recovery', function () {
   }));
 
   it('does not stop on SIGHUP or when its stdout and stderr are closed', () => runScenario(async () => {
-    const vm = await startVm({ name: `srh${process.pid}`, env: UNCONFINED });
+    const vm = await startVm({ name: `srh${process.pid}` });
     await stoppedClean(vm, async () => {
       while (vm.progress() < 1) await sleep(50);
       const sup = ps(vm).pids.get('supervisor')!;

@@ -173,6 +173,18 @@ Napi::Value DioAlign(const Napi::CallbackInfo& info) {
   return r;
 }
 
+// socketPair() -> [a, b]: a connected AF_UNIX stream pair, close-on-exec (a spawn's stdio mapping
+// clears that in the child). A component's adoption channel (contracts/orphan.ts).
+Napi::Value SocketPair(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) return tsvmm::ThrowErrno(env, "socketpair", errno);
+  Napi::Array r = Napi::Array::New(env, 2);
+  r.Set(0u, Napi::Number::New(env, sv[0]));
+  r.Set(1u, Napi::Number::New(env, sv[1]));
+  return r;
+}
+
 }  // namespace
 
 namespace tsvmm {
@@ -183,5 +195,6 @@ void InitFdio(Napi::Env env, Napi::Object exports) {
   exports.Set("seekData", Napi::Function::New(env, SeekData));
   exports.Set("crc32c", Napi::Function::New(env, Crc32c));
   exports.Set("unixListen", Napi::Function::New(env, UnixListen));
+  exports.Set("socketPair", Napi::Function::New(env, SocketPair));
 }
 }  // namespace tsvmm

@@ -49,6 +49,8 @@ export interface NativeKvm {
   setDumpable(on: boolean): void;
   /** socket(AF_UNIX) bound to `path` (mode 0600) and listening: the fd. */
   unixListen(path: string, backlog: number): number;
+  /** A connected AF_UNIX stream pair, close-on-exec. */
+  socketPair(): [number, number];
   constants: Record<string, number>;
   /** read(2) that returns -errno instead of throwing (native/kvm/fdio.cc): no exception per EAGAIN. */
   fdRead(fd: number, buf: Uint8Array): number;

@@ -1,0 +1,75 @@
+import '../contracts/process';
+/**
+ * The VM's guardian (docs/architecture.md, "Recovery" and "Confinement"): the one process that
+ * starts a new supervisor when the VM's supervisor dies. The components run confined (no fork, no
+ * exec, an unprivileged uid: contracts/confinement.ts) and could not start one with the privileges a
+ * supervisor needs; the guardian keeps the supervisor's (it is started by it, as root when the
+ * supervisor is) and does nothing else: no guest-facing or client-facing input reaches it.
+ *
+ * `node guardian-main.js NAME SUPERVISOR_PID`, started detached by the supervisor
+ * (supervisor/guardian.ts). It waits on a pidfd of the supervisor; when that one has died and the VM
+ * still runs (its run record is still there: a supervisor that ends the VM removes it), it starts
+ * `adopt-main.js NAME` (supervisor/adopt.ts), which adopts the running components, and watches that
+ * one in turn. It exits when the VM has ended, or on SIGTERM (a supervisor that ends the VM sends
+ * it). If it dies itself, the supervisor starts another (supervisor/guardian.ts).
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { spawn } from 'child_process';
+import { native } from '../native/kvm';
+import { describeExit, NativePidfd } from '../contracts/pidfd';
+import { readRunRecord } from '../contracts/run-record';
+import { readSupervisorPid, vmPaths } from '../contracts/paths';
+import { quietStdio } from './quiet-stdio';
+
+const pidfd = native as unknown as NativePidfd & { pidfdOpen(pid: number): number };
+const ADOPT_ENTRY = path.resolve(__dirname, 'adopt-main.js');
+/** A supervisor that could not even be started is retried after this. */
+const RETRY_MS = 200;
+
+const log = quietStdio('tsvmm guardian: ');
+const [name, pidArg] = process.argv.slice(2);
+if (!name || !/^\d+$/.test(pidArg ?? '')) {
+  log('this process is started by `tsvmm run`, not by hand');
+  process.exit(2);
+}
+process.on('SIGTERM', () => process.exit(0));
+const paths = vmPaths(name);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Resolves with how the supervisor `pid` ended (it is not our child). */
+async function diedHow(pid: number): Promise<string> {
+  const fd = pidfd.pidfdOpen(pid);
+  if (fd < 0) return 'exited, status unknown'; // gone already
+  try {
+    return describeExit(await pidfd.pidfdWait(fd, pid));
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+async function guard(first: number): Promise<void> {
+  let died = diedHow(first);
+  for (;;) {
+    const cause = await died;
+    const t0 = process.hrtime.bigint();
+    // The VM ended with its supervisor (or the supervisor could not write the record: then there is
+    // nothing to adopt from, and the components end by themselves when no one adopts them).
+    if (!readRunRecord(paths)) return;
+    const live = readSupervisorPid(name);
+    if (live !== undefined && live !== process.pid) { died = diedHow(live); continue; } // another took over
+    const child = spawn(process.execPath, [ADOPT_ENTRY, name], {
+      stdio: ['ignore', 'inherit', 'inherit'], cwd: path.dirname(ADOPT_ENTRY),
+      env: { ...process.env, TSVMM_ADOPT_CAUSE: cause, TSVMM_ADOPT_T0: String(t0), TSVMM_ADOPT_BY: `guardian ${process.pid}`, TSVMM_GUARDIAN_PID: String(process.pid) },
+    });
+    died = new Promise((resolve) => {
+      child.on('error', (e) => { log(`cannot start a supervisor for VM ${name}: ${e.message}`); void sleep(RETRY_MS).then(() => resolve('not started')); });
+      child.on('exit', (code, sig) => resolve(sig ? `signal ${sig}` : `exit code ${code}`));
+    });
+  }
+}
+
+guard(Number(pidArg)).then(() => process.exit(0), (e: Error) => {
+  log(`error: ${e.message}`);
+  process.exit(1);
+});
