@@ -6,8 +6,7 @@
  *     $XDG_RUNTIME_DIR/tsvmm, else /tmp/tsvmm-$UID. Mode 0700.
  *       <name>/api.sock         the priv-domain's HTTP+JSON API (mode 0600, directory 0700)
  *       <name>/supervisor.pid   the supervisor that owns the name: "PID STARTTICKS"
- *       <name>/run.pb, supervisor.sock, adopt.lock/   for adopting the VM when its supervisor
- *                               dies (recovery/run-record.ts)
+ *       <name>/run.pb           for adopting the VM when its supervisor dies (contracts/run-record.ts)
  *   state dir (survives reboots): $TSVMM_STATE_DIR, else /var/lib/tsvmm for root, else
  *     $XDG_STATE_HOME/tsvmm, else ~/.local/state/tsvmm. Mode 0700.
  *       vms/<name>/tsvmm.db     the durable store (contracts/store.ts)

@@ -1,11 +1,10 @@
 /**
  * What a supervisor leaves in the VM's runtime dir so that a new one can adopt the VM's running
- * components when it dies (recovery/orphan.ts, recovery/adopt.ts):
- *   <runtime>/<name>/run.pb           RunRecord (proto/tsvmm.proto): the vmm, driver-domain and keeper
- *                                     pids with their start times, the supervisor's options
- *   <runtime>/<name>/supervisor.sock  the adopting supervisor's socket for orphaned components
- *                                     (mode 0600 in the 0700 runtime dir)
- *   <runtime>/<name>/adopt.lock/      taken (atomic mkdir) by the component that starts the adopter
+ * components when it dies (supervisor/guardian-main.ts starts it, supervisor/adopt.ts adopts):
+ *   <runtime>/<name>/run.pb   RunRecord (proto/tsvmm.proto): the vmm, driver-domain and keeper pids
+ *                             with their start times, the supervisor's options (standby, hang
+ *                             timeout, --user / --no-confine). Its absence tells the guardian the
+ *                             VM ended with its supervisor.
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -14,8 +13,6 @@ import { startTicks, VmPaths } from './paths';
 import { processLogger } from './log';
 
 export const runRecordPath = (p: VmPaths): string => path.join(p.runDir, 'run.pb');
-export const supervisorSocketPath = (p: VmPaths): string => path.join(p.runDir, 'supervisor.sock');
-export const adoptLockPath = (p: VmPaths): string => path.join(p.runDir, 'adopt.lock');
 
 /** Replaces the record atomically (write, then rename). */
 export function writeRunRecord(p: VmPaths, rec: RunRecord): void {

@@ -1,8 +1,8 @@
 import '../contracts/process';
 /**
- * A new supervisor for a VM whose supervisor died: started by a surviving component
- * (recovery/orphan.ts) as `node adopt-main.js NAME`, detached from the terminal. It adopts the
- * running components (recovery/adopt.ts) and supervises them until the VM ends. Its log lines go
+ * A new supervisor for a VM whose supervisor died: started by the VM's guardian
+ * (supervisor/guardian-main.ts) as `node adopt-main.js NAME`. It adopts the running components
+ * (supervisor/adopt.ts) and supervises them until the VM ends. Its log lines go
  * where the components' stderr goes (the terminal or file `tsvmm run` wrote to); a closed one is
  * ignored.
  */
@@ -15,7 +15,7 @@ const logger = quietStdio(new Logger({ component: 'supervisor', ...logSettings()
 const log = (line: string) => logger.info(line);
 const name = process.argv[2];
 if (!name) {
-  log('this process is started by a component whose supervisor died, not by hand');
+  log('this process is started by the guardian of a VM whose supervisor died, not by hand');
   process.exit(2);
 }
 adopt(name, logger).then((r) => {

@@ -91,6 +91,10 @@ describe('tsvmm run: bad input is one clear line and a non-zero exit', function 
     if (process.getuid?.() !== 0) skipBecause(this, '--user is for a supervisor started as root (elsewhere it is refused for that reason)');
     expectError(['--user', 'no-such-user-tsvmm'], /invalid --user "no-such-user-tsvmm": no such user/);
   });
+
+  it('--user with --no-confine', () => {
+    expectError(['--user', '65534', '--no-confine'], /--user and --no-confine \(or TSVMM_CONFINE=0\) contradict each other/);
+  });
   it('/dev/kvm missing', () => expectError([], /does not exist: this host has no KVM/, { env: { TSVMM_KVM_DEVICE: path.join(tmp, 'no-kvm') } }));
   it('/dev/kvm not permitted (as an unprivileged user)', function () {
     if (noKvm) skipBecause(this, noKvm);

@@ -2,8 +2,9 @@
  * When `tsvmm run` itself (the supervisor) is SIGKILLed, none of its components runs on as an
  * orphan and none prints a stack trace: a new supervisor adopts the vmm and the driver-domain
  * (contracts/orphan.ts, supervisor/adopt.ts; the priv-domain exits and the new supervisor starts
- * one), and `tsvmm stop` then ends all of them. (test/recovery-supervisor.test.ts does this 20
- * times under a verifying workload.)
+ * one), and `tsvmm stop` then ends all of them. The new supervisor is started by the VM's guardian
+ * (supervisor/guardian-main.ts), here itself killed first, and replaced, to show that a guardian
+ * that dies is. (test/recovery-supervisor.test.ts does this 20 times under a verifying workload.)
  */
 import { strict as assert } from 'assert';
 import * as fs from 'fs';
@@ -17,6 +18,18 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const alive = (pid: number): boolean => {
   try { return !/\) Z /.test(fs.readFileSync(`/proc/${pid}/stat`, 'latin1')); } catch { return false; }
 };
+
+/** The pid of the guardian of VM `name` (supervisor/guardian-main.ts NAME SUPERVISOR_PID). */
+function guardianOf(name: string): number | undefined {
+  for (const d of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    let argv: string[];
+    try { argv = fs.readFileSync(`/proc/${d}/cmdline`, 'latin1').split('\0'); } catch { continue; }
+    const i = argv.findIndex((a) => a.endsWith('guardian-main.js'));
+    if (i >= 0 && argv[i + 1] === name && alive(Number(d))) return Number(d);
+  }
+  return undefined;
+}
 
 describe('the supervisor killed', function () {
   this.timeout(60_000);
@@ -40,6 +53,16 @@ describe('the supervisor killed', function () {
     }
     try {
       assert.deepEqual(Object.keys(pids).sort(), ['driver-domain', 'priv-domain', 'vmm'], err);
+      // Its guardian killed first: the supervisor starts another.
+      const g1 = guardianOf(name);
+      assert.ok(g1, `no guardian for VM ${name}`);
+      process.kill(g1, 'SIGKILL');
+      let g2: number | undefined;
+      for (let t = Date.now(); Date.now() - t < 10_000; await sleep(50)) {
+        g2 = guardianOf(name);
+        if (g2 && g2 !== g1 && /guardian \(pid \d+\) died \(signal SIGKILL\): starting a new one/.test(err)) break;
+      }
+      assert.ok(g2 && g2 !== g1, `the guardian was not replaced:\n${err}`);
       vm.kill('SIGKILL');
       const t1 = Date.now();
       let sup: number | undefined;
@@ -53,8 +76,8 @@ describe('the supervisor killed', function () {
       const stop = tsvmm(['stop', '--name', name]);
       assert.equal(stop.status, 0, stop.stderr);
       const t2 = Date.now();
-      while ((Object.values(pids).some(alive) || alive(sup!)) && Date.now() - t2 < 10_000) await sleep(50);
-      const left = Object.entries({ ...pids, supervisor: sup! }).filter(([, p]) => alive(p));
+      while ((Object.values(pids).some(alive) || alive(sup!) || alive(g2!)) && Date.now() - t2 < 10_000) await sleep(50);
+      const left = Object.entries({ ...pids, supervisor: sup!, guardian: g2! }).filter(([, p]) => alive(p));
       assert.deepEqual(left, [], `still running after stop: ${JSON.stringify(left)}`);
       assert.doesNotMatch(err, /^\s+at /m, `a stack trace:\n${err}`);
     } finally {
