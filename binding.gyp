@@ -13,6 +13,12 @@
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_CPP_EXCEPTIONS"],
       "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
       "cflags_cc!": ["-fno-exceptions"]
+    },
+    {
+      "target_name": "tsvmm-jail",
+      "type": "executable",
+      "sources": ["native/jail/jail.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra"]
     }
   ]
 }

@@ -38,6 +38,12 @@ export interface Confinement {
   uid?: number;
   gid?: number;
   seccomp: SeccompMode;
+  /**
+   * The VM's network namespace (empty: loopback only, down), once a jailed component made it: the
+   * vmm and the driver-domain join it (tsvmm-jail --netns), so a restart does not pay for a new one.
+   * Kept by the supervisor for the VM's life (an fd on /proc/PID/ns/net).
+   */
+  netnsFd?: number;
 }
 
 /** The default unprivileged identity: nobody/nogroup on Debian. */
@@ -157,9 +163,75 @@ export function confinementFor(user?: string, confine = true): Confinement {
   return { ...id, seccomp };
 }
 
-/** child_process.spawn options and environment that start a component under `c`. */
-export function spawnConfinement(c: Confinement): { uid?: number; gid?: number; env: Record<string, string> } {
-  return { ...(c.uid !== undefined ? { uid: c.uid, gid: c.gid } : {}), env: { TSVMM_SECCOMP: c.seccomp } };
+/**
+ * The namespaces each component gets from tsvmm-jail (native/jail/jail.c), when confined as root:
+ *   net  a network namespace of its own, empty: it needs no network (the TAPs are fds, opened in the
+ *        host's namespace, where they stay attached); the priv-domain stays in the host's, where its
+ *        metrics TCP listener must be reachable;
+ *   ro   a mount namespace where the whole tree is read-only but `rw`: it writes nothing by path
+ *        (disks are fds). The vmm writes a snapshot into a directory chosen at run time, so it is not.
+ */
+const NAMESPACES: Record<ConfinedComponent, { net: boolean; ro: boolean }> = {
+  vmm: { net: true, ro: false },
+  'driver-domain': { net: true, ro: true },
+  'priv-domain': { net: false, ro: true },
+};
+
+/** build/Release/tsvmm-jail beside the addon (as native/kvm/index.ts finds it), or undefined if not built. */
+function jailPath(): string | undefined {
+  for (let dir = __dirname, up = 0; up < 4; dir = path.dirname(dir), up++) {
+    const f = path.join(dir, 'build', 'Release', 'tsvmm-jail');
+    if (fs.existsSync(f)) return f;
+  }
+  return undefined;
+}
+
+export interface SpawnJail {
+  /** What to exec: tsvmm-jail, or Node itself (not root, or unconfined). */
+  file: string;
+  /** The jail's arguments, ending with Node's path: the component's own arguments follow. */
+  args: string[];
+  /** For libuv, when there is no jail: the uid/gid it drops to before exec. */
+  uid?: number;
+  gid?: number;
+  env: Record<string, string>;
+  /** Put this fd at `netnsSlot` in the child's stdio. */
+  netnsFd?: number;
+}
+
+/**
+ * How to start `component` under `c` (`netnsSlot`: the first stdio slot after its fds, where the
+ * VM's network namespace goes for the jail, which closes it): through tsvmm-jail when the components drop to another uid
+ * (it enters the namespaces as root, then drops the uid and execs Node), else as before (libuv
+ * drops the uid: a host without the jail built, or a supervisor that is not root).
+ */
+export function spawnConfinement(c: Confinement, component: ConfinedComponent, cwd: string | undefined, netnsSlot: number): SpawnJail {
+  const env = { TSVMM_SECCOMP: c.seccomp };
+  const jail = c.uid !== undefined && c.gid !== undefined ? jailPath() : undefined;
+  if (!jail) return { file: process.execPath, args: [], ...(c.uid !== undefined ? { uid: c.uid, gid: c.gid } : {}), env };
+  const ns = NAMESPACES[component];
+  const args: string[] = [];
+  if (ns.net) args.push(...(c.netnsFd !== undefined ? ['--netns', String(netnsSlot)] : ['--new-netns']));
+  if (ns.ro) {
+    const rw = [...(cwd ? [cwd] : []), ...(process.env.TSVMM_TEST_HOOKS === '1' ? [os.tmpdir()] : [])];
+    args.push('--ro', ...rw.flatMap((d) => ['--rw', d]));
+  }
+  args.push('--uid', String(c.uid), '--gid', String(c.gid), '--', process.execPath);
+  return { file: jail, args, env, ...(ns.net && c.netnsFd !== undefined ? { netnsFd: c.netnsFd } : {}) };
+}
+
+/**
+ * After a jailed component in a network namespace of its own started (it sent something: the jail
+ * is done), keep that namespace for the next ones (Confinement.netnsFd).
+ */
+export function keepNetns(c: Confinement, component: ConfinedComponent, pid: number | undefined): void {
+  if (c.netnsFd !== undefined || !pid || !NAMESPACES[component].net || c.uid === undefined) return;
+  let fd: number;
+  try { fd = fs.openSync(`/proc/${pid}/ns/net`, 'r'); } catch { return; }
+  try {
+    if (fs.fstatSync(fd).ino !== fs.statSync('/proc/self/ns/net').ino) { c.netnsFd = fd; return; }
+  } catch { /* gone */ }
+  fs.closeSync(fd);
 }
 
 let confined = false;

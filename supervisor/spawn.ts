@@ -11,7 +11,7 @@ import { componentExecArgv, SpawnedComponent } from './v8-flags';
 import { ComponentMessage, ComponentMessageCodec, SupervisorMessage, SupervisorMessageCodec, guardChannel } from '../proto';
 import { FD } from '../contracts/fds';
 import { deviceStdio, HeldDevice } from './held-devices';
-import { Confinement, seccompKilled, spawnConfinement } from '../contracts/confinement';
+import { Confinement, ConfinedComponent, keepNetns, seccompKilled, spawnConfinement } from '../contracts/confinement';
 import type { Logger } from '../contracts/log';
 
 /** What the supervisor holds for the VM's whole life and hands every component at spawn. */
@@ -94,18 +94,22 @@ export interface SpawnOptions {
 
 /** Spawns a component process; messages arrive decoded, the exit with its cause. */
 export function spawnProcess(o: SpawnOptions): ChildProcess {
-  const jail = spawnConfinement(o.confinement);
+  const component = o.component as ConfinedComponent;
   // The vmm and the driver-domain outlive a supervisor that dies: their adoption channel (contracts/orphan.ts).
   const pair = !o.adopted && (o.component === 'vmm' || o.component === 'driver-domain') ? native.socketPair() : undefined;
-  const stdio = pair && Array.isArray(o.stdio) ? withAdoptionChannel(o.stdio, pair) : o.stdio;
+  let stdio = pair && Array.isArray(o.stdio) ? withAdoptionChannel(o.stdio, pair) : o.stdio;
+  const jail = spawnConfinement(o.confinement, component, o.cwd, Array.isArray(stdio) ? stdio.length : 3);
+  if (jail.netnsFd !== undefined && Array.isArray(stdio)) stdio = [...stdio, jail.netnsFd];
   let child: ChildProcess;
   try {
-    child = o.adopted ?? spawn(process.execPath, [...componentExecArgv(o.component), o.script], {
+    child = o.adopted ?? spawn(jail.file, [...jail.args, ...componentExecArgv(o.component), o.script], {
       stdio, env: componentEnv({ ...jail.env, ...o.env }), uid: jail.uid, gid: jail.gid, cwd: o.cwd,
     });
   } finally {
     for (const fd of pair ?? []) fs.closeSync(fd);
   }
+  // Its network namespace, once it runs, is the one the next vmm or driver-domain joins.
+  if (!o.adopted) child.once('message', () => keepNetns(o.confinement, component, child.pid));
   child.on('error', () => undefined); // a failed spawn also exits
   o.logger.debug(`${o.adopted ? 'adopted' : 'started'} ${o.component}${o.env.TSVMM_STANDBY === '1' || o.env.TSVMM_STANDBY_FOR ? ' standby' : ''} (pid ${child.pid})`,
     { event: 'spawn', target: o.component, targetPid: child.pid });

@@ -112,9 +112,28 @@ describe('confinement: least privilege, proved by attack', function () {
     });
   });
 
-  // Outside every path a component may write (not /tmp: any uid may write there, and only a mount
-  // namespace would take it away, which tsvmm does not set up yet).
+  it('the vmm and the driver-domain have a network namespace of their own; the driver-domain and the priv-domain a read-only mount namespace', async () => {
+    await runScenario(async () => {
+      const ns = (pid: number | 'self', kind: string) => fs.statSync(`/proc/${pid}/ns/${kind}`).ino;
+      const pids = { vmm: await pidOf(vm, 'vmm'), dd: await pidOf(vm, 'driver-domain'), priv: await pidOf(vm, 'priv-domain') };
+      assert.notEqual(ns(pids.vmm, 'net'), ns('self', 'net'), 'the vmm is in the host\'s network namespace');
+      assert.notEqual(ns(pids.dd, 'net'), ns('self', 'net'), 'the driver-domain is in the host\'s network namespace');
+      assert.equal(ns(pids.priv, 'net'), ns('self', 'net'), 'the priv-domain serves metrics on the host\'s network');
+      for (const [who, pid] of [['driver-domain', pids.dd], ['priv-domain', pids.priv]] as const) {
+        assert.notEqual(ns(pid, 'mnt'), ns('self', 'mnt'), `the ${who} shares the host's mount namespace`);
+        const root = fs.readFileSync(`/proc/${pid}/mountinfo`, 'utf8').split('\n').find((l) => l.split(' ')[4] === '/');
+        assert.match(root ?? '', /^\S+ \S+ \S+ \S+ \/ ro[, ]/, `the ${who}'s / is not read-only: ${root}`);
+      }
+      const devs = fs.readFileSync(`/proc/${pids.dd}/net/dev`, 'utf8').split('\n').slice(2).filter(Boolean).map((l) => l.split(':')[0].trim());
+      assert.deepEqual(devs, ['lo'], 'the driver-domain sees network devices');
+      return vm;
+    });
+  });
+
+  // Outside every path a component may write; and a world-writable place (not $TMPDIR, where the
+  // test hooks read their inject file).
   const outside = () => `/etc/tsvmm-attack-${process.pid}`;
+  const vartmp = () => `/var/tmp/tsvmm-attack-${process.pid}`;
   const refused = /^refused \((EACCES|EPERM|the shell was killed by SIGSYS)\)$|^killed by seccomp$/;
   const cases: [Component, string, RegExp][] = [
     ['vmm', 'open-shadow', /^refused \(EACCES\)$/],
@@ -126,12 +145,14 @@ describe('confinement: least privilege, proved by attack', function () {
     ['driver-domain', 'open-kvm', /^refused \(EACCES\)$/],
     ['driver-domain', 'socket', /^killed by seccomp$/],
     ['driver-domain', 'ptrace:vmm', /^refused \(EACCES\)$/],
-    ['driver-domain', 'write:disk', /^refused \(EACCES\)$/],
+    ['driver-domain', 'write:disk', /^refused \((EACCES|EROFS)\)$/],
+    ['driver-domain', 'write:vartmp', /^refused \(EROFS\)$/],
     ['driver-domain', 'exec', refused],
     ['priv-domain', 'open-shadow', /^refused \(EACCES\)$/],
     ['priv-domain', 'open-kvm', /^refused \(EACCES\)$/],
     ['priv-domain', 'ptrace:vmm', /^refused \(EACCES\)$/],
-    ['priv-domain', 'write:outside', /^refused \(EACCES\)$/],
+    ['priv-domain', 'write:outside', /^refused \((EACCES|EROFS)\)$/],
+    ['priv-domain', 'write:vartmp', /^refused \(EROFS\)$/],
     ['priv-domain', 'exec', refused],
   ];
   for (const [component, attack, expect] of cases) {
@@ -143,10 +164,12 @@ describe('confinement: least privilege, proved by attack', function () {
         let arg = attack;
         if (attack.startsWith('ptrace:')) arg = `ptrace:${await pidOf(vm, attack.slice(7))}`;
         if (attack === 'write:outside') arg = `write:${outside()}`;
+        if (attack === 'write:vartmp') arg = `write:${vartmp()}`;
         if (attack === 'write:disk') arg = `write:${path.join(vm.dir, `${vm.name}.img`)}`;
         const outcome = await attempt(vm, component, arg);
         assert.match(outcome, expect, `${component}: attack ${arg}: ${outcome}`);
         if (attack === 'write:outside') assert.ok(!fs.existsSync(outside()), 'the file was created');
+        if (attack === 'write:vartmp') assert.ok(!fs.existsSync(vartmp()), 'the file was created');
         await guestKeepsGoing(vm, `${component}'s attack ${attack}`);
       } catch (e) {
         (e as Error).message += `\n--- tsvmm stderr ---\n${vm.err()}`;
