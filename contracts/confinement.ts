@@ -85,7 +85,10 @@ const EXTRA: Record<ConfinedComponent, string[]> = {
     // snapshot into the directory the supervisor made for it (contracts/snapshot-dir.ts).
     'recvmsg', 'write', 'pread64', 'pwrite64', 'lseek', 'fsync', 'fdatasync',
     // tsvmm_snap_save_live (native/kvm/keeper.c) times the save with raw clock_gettime, as the keeper does.
-    'clock_gettime'],
+    'clock_gettime',
+    // A restore or takeover (native/kvm/restore.c) waits 50 us between KVM_IRQFD tries while the dead
+    // VM still holds an eventfd (EBUSY): seen killing a confined vmm once confinement was the default.
+    'nanosleep', 'clock_nanosleep'],
   // A standby's wait for its primary (pidfd_open + poll). A disk on the libuv thread pool (io=threads,
   // or no io_uring here): its threads, started before confinement (driver-domain/served-device.ts),
   // read, write and flush the image. fstat/statx: the disk watch (a disk image cut short under the

@@ -33,6 +33,8 @@ describe('tsvmm update from the previous commit', function () {
   before(requireKvm);
   let prev: { dir: string; commit: string };
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvmm-update-previous-'));
+  // The components run confined, as uid 65534: the installation must be readable by it, as any is.
+  fs.chmodSync(tmp, 0o755);
   after(() => fs.rmSync(tmp, { recursive: true, force: true }));
   before(function () {
     const why = noPreviousCommit();
