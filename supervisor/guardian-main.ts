@@ -21,13 +21,16 @@ import { describeExit, NativePidfd } from '../contracts/pidfd';
 import { readRunRecord } from '../contracts/run-record';
 import { readSupervisorPid, vmPaths } from '../contracts/paths';
 import { quietStdio } from './quiet-stdio';
+import { Logger, logSettings } from '../contracts/log';
 
 const pidfd = native as unknown as NativePidfd & { pidfdOpen(pid: number): number };
 const ADOPT_ENTRY = path.resolve(__dirname, 'adopt-main.js');
 /** A supervisor that could not even be started is retried after this. */
 const RETRY_MS = 200;
 
-const log = quietStdio('tsvmm guardian: ');
+// The level and format `tsvmm run` chose come with the environment the supervisor passed on.
+const logger = quietStdio(new Logger({ component: 'guardian', ...logSettings() }));
+const log = (line: string) => logger.warn(line);
 const [name, pidArg] = process.argv.slice(2);
 if (!name || !/^\d+$/.test(pidArg ?? '')) {
   log('this process is started by `tsvmm run`, not by hand');

@@ -16,7 +16,7 @@ import { componentEnv } from './component-env';
 import { componentExecArgv } from './v8-flags';
 
 const pidfd = native as unknown as NativePidfd & { pidfdOpen(pid: number): number; pollIn(fd: number, timeoutMs: number): number };
-const GUARDIAN_ENTRY = path.resolve(__dirname, 'guardian-main.js');
+const GUARDIAN_ENTRY = path.resolve(__dirname, '..', 'supervisor', 'guardian-main.js'); // from dist/supervisor or the CLI's bundle in dist/cli
 /** A guardian that died is replaced after this (one that dies at once is not restarted in a tight loop). */
 const RESTART_MS = 100;
 /** How often a guardian that is our parent (not a child: no 'exit' event) is checked. */
