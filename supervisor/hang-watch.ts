@@ -8,7 +8,9 @@
  * run-queue wait; /proc/PID/task/PID/stat: state), and the verdict is:
  *   - stopped (state T/t): hung;
  *   - it ran busyMs() of CPU or more without beating: hung (a busy loop; a
- *     healthy loop that gets a CPU beats within a few ms, its timer is overdue);
+ *     healthy loop that gets a CPU beats once its current task ends, and on a
+ *     loaded host one task (a restarted priv-domain's first requests in
+ *     --lite-mode, a GC) was seen to take 54 ms of CPU: half the threshold);
  *   - runnable (R) but it got little CPU: not hung, the host is loaded (the
  *     kernel adds a wait to schedstat only once the thread runs, so a thread
  *     still queued shows neither run nor wait: its state says it);
@@ -34,8 +36,8 @@ import type { Logger } from '../contracts/log';
 export const DEFAULT_HANG_TIMEOUT_MS = 250;
 /** A sleeping (S) main thread past the threshold must be seen asleep this many checks in a row. */
 export const CONSECUTIVE_MISSES = 3;
-/** CPU time (ms) a main thread may use without beating before it counts as a busy loop: a fifth of the threshold, at least 50 ms. */
-const busyMs = (timeoutMs: number) => Math.max(50, timeoutMs / 5);
+/** CPU time (ms) a main thread may use without beating before it counts as a busy loop: half the threshold, at least 50 ms. */
+const busyMs = (timeoutMs: number) => Math.max(50, timeoutMs / 2);
 /** A thread blocked in the kernel (D) or asleep (S) gets this many thresholds. */
 const BLOCKED_FACTOR = 4;
 /** x86-64 system calls a Node main thread sleeps in, for the evidence. */
