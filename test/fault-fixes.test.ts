@@ -116,6 +116,22 @@ describe('fault-injection fixes: what the campaign lost or missed is detected an
     await vmmRecovers('the keeper flip');
   });
 
+  // Without the per-device failure (driver-domain/main.ts checkPage): the restarted driver-domain
+  // refuses the whole page, "queue 0: inflight flag of head 249 is 16384", and the VM is lost
+  // (campaign 3, runs 4/245 -> 4/247). After the cases that need the guest's disk: it stays failed.
+  it("a flipped bit in a queue's in-flight table: the next driver-domain fails only that device, the VM goes on", async () => {
+    const errAt = vm.err.length;
+    const r = await inject('driver-domain', 'queue-progress', await pids(), { seed: 19 });
+    assert.match(r.target, /device 0 queue 0 progress/);
+    const before = vm.recoveries.length;
+    process.kill(vm.pid['driver-domain'], 'SIGKILL');
+    await vm.waitFor(() => vm.recoveries.slice(before).some((x) => x.component === 'driver-domain'), 20_000, 'the driver-domain recovered');
+    await vm.waitFor(() => /device 0's queue record is corrupt \(queue 0: inflight flag of head 249 is 16384\): the device needs a reset/.test(vm.err.slice(errAt)), 10_000, 'the device failed alone');
+    await sleep(1000);
+    assert.strictEqual(vm.exit, undefined, 'the VM goes on');
+    await pids(); // the API answers
+  });
+
   // Without the disk watch (driver-domain/served-device.ts watchDisk): nothing on the host says the
   // image was cut, and the guest's read errors or zeros are silent (campaign 1 run 1/62, campaign 2 run 2/170).
   it('the disk image cut short under the VM: the driver-domain reports it', async () => {
