@@ -19,6 +19,18 @@ import * as path from 'path';
 
 /** Where a VM serves Prometheus metrics unless told otherwise (--metrics-addr): any free port, so VMs coexist. */
 export const DEFAULT_METRICS_ADDR = '127.0.0.1:0';
+/**
+ * The metrics address ("host:port") the last priv-domain of this VM listened on, which the
+ * supervisor passes to the next one so scrapers keep their target across priv-domain recoveries.
+ */
+export const METRICS_PREVIOUS_ENV = 'TSVMM_METRICS_PREVIOUS';
+
+/** The port of a "host:port" address ("[::1]:9100" too), if it has a valid one. */
+export function portOf(addr: string | undefined): number | undefined {
+  if (!addr) return undefined;
+  const port = Number(addr.slice(addr.lastIndexOf(':') + 1));
+  return Number.isInteger(port) && port > 0 && port < 65536 ? port : undefined;
+}
 
 export const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 

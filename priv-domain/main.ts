@@ -26,7 +26,7 @@ import { FD } from '../contracts/fds';
 import { ControlPage } from '../contracts/control-page';
 import { Component, HEARTBEAT_MS, mapDevicePage, StatePage } from '../contracts/state-page';
 import { deviceList } from '../contracts/device-list';
-import { DEFAULT_METRICS_ADDR, mkdirPrivate, vmPaths } from '../contracts/paths';
+import { DEFAULT_METRICS_ADDR, METRICS_PREVIOUS_ENV, portOf, vmPaths } from '../contracts/paths';
 import { confineSelf } from '../contracts/confinement';
 import { native } from '../native/kvm';
 import { PlatformPage, PLATFORM_PAGE_SIZE } from '../contracts/platform-page';
@@ -314,7 +314,7 @@ function main(): void {
       log.debug(`serving the API on ${paths.socket}, metrics on ${metricsAddr}`, { metricsAddr });
       send({ ready: { component: 'priv-domain', pid: process.pid, metricsAddr } });
     };
-    if (!target) { try { fs.rmSync(paths.promTargets, { force: true }); } catch { /* not ours to remove */ } ready(); return; }
+    if (!target) { ready(); return; }
     const ms = http.createServer((req, res) => {
       const p = (req.url ?? '/').split('?')[0];
       if (req.method !== 'GET' || (p !== '/metrics' && p !== '/')) {
@@ -326,52 +326,23 @@ function main(): void {
         (e: Error) => { res.writeHead(500); res.end(`${e.message}\n`); });
     });
     // Port 0 ("any free port", the default): a restarted priv-domain first tries the port the
-    // last one had, so scrapers keep their target across priv-domain recoveries.
-    const previous = target.port === 0 ? previousPort(paths.promTargets) : undefined;
+    // last one had (the supervisor passes it), so scrapers keep their target across recoveries.
+    const previous = target.port === 0 ? portOf(process.env[METRICS_PREVIOUS_ENV]) : undefined;
     let port = previous ?? target.port;
     ms.on('error', (e) => {
       if (port !== target!.port) { port = target!.port; ms.listen(port, target!.host); return; }
       // A fixed port another process holds, say: the API's GET /metrics still serves them.
       log.warn(`metrics endpoint ${target!.host}:${target!.port} unavailable (${(e as NodeJS.ErrnoException).code ?? e.message}); \`tsvmm metrics\` still works`);
       metricsAddr = 'none';
-      try { fs.rmSync(paths.promTargets, { force: true }); } catch { /* not ours to remove */ }
       ready();
     });
     ms.on('listening', () => {
       const a = ms.address() as net.AddressInfo;
       metricsAddr = a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
-      writeTargets(paths.promTargets, metricsAddr, cfg.name);
       ready();
     });
     ms.listen(port, target.host);
   };
-}
-
-/** The port in a Prometheus file_sd target file a previous priv-domain wrote, if any. */
-function previousPort(file: string): number | undefined {
-  try {
-    const t = (JSON.parse(fs.readFileSync(file, 'utf8')) as { targets: string[] }[])[0].targets[0];
-    const port = Number(t.slice(t.lastIndexOf(':') + 1));
-    return Number.isInteger(port) && port > 0 && port < 65536 ? port : undefined;
-  } catch { return undefined; }
-}
-
-/**
- * <runtime>/prometheus/<name>.json: this VM as a Prometheus file_sd target, so one scrape job
- * (file_sd_configs: files: [<runtime>/prometheus/*.json]) finds every VM on the host. Written
- * atomically (rename); the supervisor removes it when the VM stops.
- */
-function writeTargets(file: string, addr: string, name: string): void {
-  const tmp = `${file}.${process.pid}.tmp`;
-  try {
-    mkdirPrivate(path.dirname(file));
-    fs.writeFileSync(tmp, JSON.stringify([{ targets: [addr], labels: { tsvmm_vm: name } }], null, 1) + '\n', { mode: 0o644 });
-    fs.renameSync(tmp, file);
-  } catch (e) {
-    // Confined (contracts/confinement.ts), this process runs as another uid than the runtime
-    // directory's owner and cannot write there: the endpoint works, only the file_sd target is missing.
-    processLogger().warn(`cannot write ${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): Prometheus file_sd discovery of this VM is off`);
-  }
 }
 
 try {

@@ -8,7 +8,8 @@
 import * as path from 'path';
 import { ChildProcess } from 'child_process';
 import { Component } from '../contracts/state-page';
-import { vmPaths } from '../contracts/paths';
+import { METRICS_PREVIOUS_ENV, vmPaths } from '../contracts/paths';
+import { readPromTarget, writePromTarget } from './prom-target';
 import { ControlRequest, SupervisorMessage } from '../proto';
 import { LifecycleHost, recoveryFields, RunResult } from './lifecycle';
 import { RESTART_LIMITS, RestartPolicy } from './restart-policy';
@@ -64,11 +65,13 @@ export class PrivDomainLifecycle {
   private spawn(): void {
     if (this.stopped || this.host.finished) return;
     const h = this.host;
+    // The port the last priv-domain had (this supervisor's, or an adopted VM's file_sd target).
+    const previous = this.metricsAddr || readPromTarget(vmPaths(h.cfg.name).promTargets);
     const child = spawnProcess({
       component: 'priv-domain',
       script: SCRIPT,
       stdio: privStdio(h.held.stateFd, h.held.configFd, h.held.apiFd, h.held.logFd),
-      env: { ...this.env },
+      env: { ...this.env, ...(previous && previous !== 'none' ? { [METRICS_PREVIOUS_ENV]: previous } : {}) },
       confinement: h.held.confinement,
       name: 'priv-domain', logger: h.logger,
       // Its store and console log are relative to its state directory (supervisor/control.ts).
@@ -113,6 +116,9 @@ export class PrivDomainLifecycle {
     } else if (metricsAddr !== this.metricsAddr) {
       h.log(`metrics moved to ${metrics}`);
     }
+    // Each ready priv-domain: the file_sd target says where it listens now (or goes, without an endpoint).
+    const failed = writePromTarget(vmPaths(name).promTargets, metricsAddr, name);
+    if (failed) h.logger.warn(`cannot write ${vmPaths(name).promTargets} (${failed}): Prometheus file_sd discovery of this VM is off`);
     this.metricsAddr = metricsAddr;
     h.hangWatch.watchHeartbeat(child, 'priv-domain', child.pid, Component.PrivDomain, () => killHung(child));
     const p = this.pending;
