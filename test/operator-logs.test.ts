@@ -128,7 +128,10 @@ describe('logs, events and metrics of a running VM', function () {
     assert.ok(reads1 + writes1 > 0, 'the latency histogram counts the guest\'s requests');
     const inf = metric(m1, 'tsvmm_virtio_request_duration_seconds_bucket', { device: 'blk0', operation: 'write', le: '+Inf' });
     assert.equal(inf, writes1, '+Inf bucket = count');
-    assert.equal(metric(m1, 'tsvmm_virtio_requests_total', { device: 'blk0', operation: 'write' }), writes1, 'one observation per completed request');
+    // One observation per completed request: the counter and the histogram are read from the
+    // control page a moment apart while the guest writes, so they may differ by what completed meanwhile (a queue's worth).
+    const total = metric(m1, 'tsvmm_virtio_requests_total', { device: 'blk0', operation: 'write' }) ?? 0;
+    assert.ok(Math.abs(total - writes1) <= 256, `one observation per completed request (${writes1} observed, ${total} completed)`);
     assert.ok((metric(m1, 'tsvmm_virtio_request_duration_seconds_sum', { device: 'blk0', operation: 'write' }) ?? 0) > 0);
     assert.equal(metric(m1, 'tsvmm_guest_state', { state: 'running' }), 1);
     assert.equal(metric(m1, 'tsvmm_guest_state'), 1, 'one state at a time');
@@ -162,16 +165,19 @@ describe('logs, events and metrics of a running VM', function () {
     const writes2 = metric(m2, 'tsvmm_virtio_request_duration_seconds_count', { device: 'blk0', operation: 'write' }) ?? 0;
     assert.ok(reads2 + writes2 > reads1 + writes1, `the latency count grows with the guest's disk I/O (${reads1 + writes1} -> ${reads2 + writes2})`);
 
-    // stderr: JSON lines only; the file: the same records, from every component, debug included.
+    // stderr: JSON lines only. A full stderr pipe drops records rather than stall a component (the
+    // test's synchronous CLI calls leave it undrained for a while at --log-level debug), so the
+    // records are checked in the file, which has every one, from every component, debug included.
     const err = records(v.err(), 'stderr');
-    assert.ok(err.some((r) => r.event === 'hang-kill' && r.level === 'warn' && r.target === 'vmm' && /state T/.test(String(r.evidence))), 'the hang kill, with its evidence');
-    assert.ok(err.some((r) => r.event === 'recovery' && r.target === 'vmm' && r.cause === 'hang' && r.warm === false && Number(r.ms) > 0));
+    assert.ok(err.some((r) => r.component === 'supervisor' && r.event === 'up'), 'the supervisor\'s records on stderr');
     const file = logFile(v);
     for (const c of ['supervisor', 'vmm', 'driver-domain', 'priv-domain']) {
       assert.ok(file.some((r) => r.component === c), `the log file has ${c}'s records`);
       assert.ok(file.some((r) => r.component === c && r.level === 'debug'), `--log-level debug: ${c}'s debug records`);
     }
-    assert.ok(file.some((r) => r.event === 'hang-kill'));
+    assert.ok(file.some((r) => r.event === 'hang-kill' && r.level === 'warn' && r.target === 'vmm' && /state T/.test(String(r.evidence))), 'the hang kill, with its evidence');
+    assert.ok(file.some((r) => r.event === 'recovery' && r.target === 'vmm' && r.cause === 'hang' && r.warm === false && Number(r.ms) > 0),
+      JSON.stringify(file.filter((r) => r.event === 'recovery')));
     const pids = new Set(file.filter((r) => r.component === 'vmm').map((r) => r.pid));
     assert.ok(pids.size >= 2, 'the vmm that hung and the one that replaced it both wrote the file');
 
