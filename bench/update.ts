@@ -194,6 +194,8 @@ async function main(): Promise<void> {
   const { values } = parseArgs({ options: { rounds: { type: 'string' }, json: { type: 'boolean' }, qemu: { type: 'string' } } });
   const rounds = Number(values.rounds ?? 10);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvmm-bench-update-'));
+  // The confined vmm (uid 65534 by default) writes the snapshots below it: it must pass through.
+  fs.chmodSync(dir, 0o711);
   const r: Results = { snapshotPause: [], snapshotTotal: [], restore: [], update: [], qemuRestore: [], qemuSave: [] };
   const t0 = Date.now();
   try {
