@@ -160,7 +160,7 @@ export class Control {
       if ((mode & 0o111) !== 0o111) fs.chmodSync(up, mode | 0o111);
     }
     const blocked = unreachableBy(dir, uid, gid, true);
-    if (blocked && blocked !== dir) throw new Error(`the priv-domain runs as uid ${uid} (--user) and cannot reach it: ${blocked} is not searchable by that uid`);
+    if (blocked && blocked !== dir) throw new Error(`the priv-domain runs confined as uid ${uid} (--user picks another, --no-confine none) and cannot reach it: ${blocked} is not searchable by that uid`);
     fs.chownSync(dir, uid, gid);
     fs.chmodSync(dir, 0o700);
     for (const f of fs.readdirSync(dir)) fs.lchownSync(path.join(dir, f), uid, gid);

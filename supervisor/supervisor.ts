@@ -119,7 +119,7 @@ export class Supervisor implements LifecycleHost, ControlTarget {
     if (uid !== undefined && gid !== undefined) {
       for (const script of [componentEntry('vmm'), componentEntry('driver-domain')]) {
         const blocked = unreachableBy(script, uid, gid);
-        if (blocked) throw new Error(`the components run as uid ${uid} (--user), which cannot read ${script} (stopped at ${blocked}): install tsvmm where that uid can read it, or choose another --user`);
+        if (blocked) throw new Error(`the components run confined as uid ${uid} (--user picks another, --no-confine none), which cannot read ${script} (stopped at ${blocked}): install tsvmm where that uid can read it, or choose another --user`);
       }
     }
     // What the vmm may not open itself once it runs as that uid: opened here, passed as fds. (A
@@ -450,7 +450,7 @@ export class Supervisor implements LifecycleHost, ControlTarget {
     const { uid, gid } = this.held.confinement;
     if (uid !== undefined && gid !== undefined) {
       const blocked = unreachableBy(path.dirname(path.resolve(dir)), uid, gid, true);
-      if (blocked) throw new Error(`the vmm runs as uid ${uid} (--user) and cannot reach ${dir}: ${blocked} is not searchable by that uid`);
+      if (blocked) throw new Error(`the vmm runs confined as uid ${uid} (--user picks another, --no-confine none) and cannot write to ${dir}: ${blocked} is not searchable by that uid (make it so, e.g. chmod o+x, or choose another directory)`);
       fs.chownSync(dir, uid, gid);
     }
     const dd = this.driverDomain?.pid;
