@@ -30,6 +30,7 @@ import { TSVMM_EXIT } from '../contracts/exit-codes';
 import { badName, DEFAULT_METRICS_ADDR, readSupervisorPid } from '../contracts/paths';
 import { DEFAULT_LOG_LEVEL, isLogFormat, isLogLevel, LOG_FORMATS, LOG_LEVELS, LogFormat, Logger, LogLevel } from '../contracts/log';
 import { isatty } from 'tty';
+import { startNode, startPhase } from '../contracts/start-trace';
 
 export const DEFAULT_GUEST = path.resolve(__dirname, '..', '..', 'guest', 'out', 'guest.elf');
 export const DEFAULT_DEMO_CMDLINE = 'workload=counter n=15000000000 report=500000000';
@@ -507,6 +508,7 @@ function probeMetricsAddr(addr: string): Promise<void> {
 }
 
 async function run(argv: string[]): Promise<number> {
+  const tRun = performance.timeOrigin + performance.now();
   const { cfg, restore } = parseRunOptions(argv);
   const logOpts = parseLogOptions(argv);
   await probeMetricsAddr(cfg.metricsAddr ?? '');
@@ -514,6 +516,9 @@ async function run(argv: string[]): Promise<number> {
   process.env.TSVMM_LOG_FORMAT = logOpts.format;
   const logger = quietStdio(new Logger({ component: 'supervisor', ...logOpts }));
   const log = (line: string) => logger.info(line);
+  startNode('supervisor');
+  startPhase('supervisor', 'cli modules loaded, run() entered', { at: tRun });
+  startPhase('supervisor', 'options checked');
   let sup: Supervisor;
   try {
     sup = new Supervisor(cfg, { logger, restore, ...parseRecoveryOptions(argv) });
@@ -521,10 +526,12 @@ async function run(argv: string[]): Promise<number> {
     if (e instanceof SnapshotError) throw new UsageError(e.message, 1);
     throw e;
   }
+  startPhase('supervisor', 'constructed (memfds, devices, /dev/kvm)');
   process.on('SIGTERM', () => sup.stop('stopped by SIGTERM'));
   process.on('SIGINT', () => sup.stop('stopped by SIGINT', TSVMM_EXIT.interrupted));
   try {
     sup.start();
+    startPhase('supervisor', 'start() returned (components spawned)');
   } catch (e) {
     if (e instanceof SnapshotError) throw new UsageError(e.message, 1);
     throw e;

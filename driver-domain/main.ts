@@ -25,6 +25,7 @@ import { confineSelf } from '../contracts/confinement';
 import { warmUpBlk } from './warm-up';
 import { ServedDevice, serveBlk, serveNet, SLOT_COMPLETION, TAG_SLOTS, tagOf } from './served-device';
 import { componentLogger } from '../contracts/log';
+import { startNode, startPhase } from '../contracts/start-trace';
 
 /** This process's log (contracts/log.ts): stderr and the VM's log file. */
 const log = componentLogger('driver-domain');
@@ -114,6 +115,7 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
   };
   // Warm the block path's JIT up while no guest I/O can be waiting for it: at boot (no device live
   // yet) or in a standby, never in a cold restart under a running guest (that would delay recovery).
+  // At boot the guest does not wait for it: see below.
   const warmUp = () => {
     const n = Number(process.env.TSVMM_BLK_WARMUP ?? 4096); // requests; 0 turns the warm-up off
     if (!(n > 0)) return;
@@ -123,8 +125,19 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
     }
   };
   if (standbyFor === undefined) {
-    if (!devices.some((dev) => dev.running())) warmUp();
+    startPhase('driver-domain', 'devices built');
+    if (!devices.some((dev) => dev.running())) {
+      // A boot: the vmm starts the guest at our first beat (vmm/main.ts whenDriverDomainReady). The
+      // devices are built and the page checked, so it beats now, before the warm-up (~100-300 ms of
+      // CPU, the longest part of a boot): the guest boots meanwhile, and a kick it sends first waits
+      // in its eventfd until activate() below attaches the queues, as in a cold restart. The warm-up
+      // runs on this process's private virtqueue and never touches a queue the guest drives.
+      page.beat(Component.DriverDomain);
+      warmUp();
+      startPhase('driver-domain', 'warm-up done');
+    }
     activate(false);
+    startPhase('driver-domain', 'serving (first beat)', { cpu: false });
     return;
   }
   warmUp();
@@ -160,6 +173,7 @@ function main(): void {
     process.exit(2);
   }
   const standbyFor = process.env.TSVMM_STANDBY_FOR;
+  if (!standbyFor) { startNode('driver-domain'); startPhase('driver-domain', 'modules loaded (main)'); }
   log.debug(`started${standbyFor ? ` as the standby of pid ${standbyFor}` : ''}, ${cfg.disks.length + cfg.nets.length} device(s)`, { standby: standbyFor !== undefined });
   // Our supervisor dying is not the guest's end: a new one adopts us (recovery/orphan.ts).
   watchSupervisor({

@@ -35,6 +35,7 @@ import { Metrics, HEARTBEAT_COMPONENTS } from './metrics';
 import { ApiError, CommandArgs, createApiHandler } from './api';
 import { componentConfig } from '../contracts/component-config';
 import { componentLogger, processLogger } from '../contracts/log';
+import { startNode, startPhase } from '../contracts/start-trace';
 
 const CONSOLE_POLL_MS = 50;
 const COMMAND_TIMEOUT_MS = 5000;
@@ -67,6 +68,8 @@ function main(): void {
     process.exit(2);
   }
   const log = componentLogger('priv-domain');
+  startNode('priv-domain');
+  startPhase('priv-domain', 'modules loaded (main)');
   const runId = process.env.TSVMM_RUN_ID ?? `${process.ppid}`;
   const startedAt = Date.now() / 1000;
   const paths = vmPaths(cfg.name);
@@ -299,6 +302,7 @@ function main(): void {
     if (sock.writable) sock.end('HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{"error": "malformed HTTP request"}\n');
   });
   // From here on it serves clients: nothing but its allowlist (contracts/confinement.ts).
+  startPhase('priv-domain', 'store open, API and metrics set up');
   confineSelf('priv-domain');
   server.listen({ fd: FD.API_LISTEN }, () => startMetrics());
   installTestHooksIfAsked('priv-domain');
@@ -311,6 +315,7 @@ function main(): void {
       log.error((e as Error).message);
     }
     const ready = () => {
+      startPhase('priv-domain', 'ready', { cpu: false });
       log.debug(`serving the API on ${paths.socket}, metrics on ${metricsAddr}`, { metricsAddr });
       send({ ready: { component: 'priv-domain', pid: process.pid, metricsAddr } });
     };

@@ -21,7 +21,8 @@ import { describeExit, NativePidfd } from '../contracts/pidfd';
 import { readRunRecord } from '../contracts/run-record';
 import { readSupervisorPid, vmPaths } from '../contracts/paths';
 import { quietStdio } from './quiet-stdio';
-import { Logger, logSettings } from '../contracts/log';
+import { Logger, logSettings, setProcessLogger } from '../contracts/log';
+import { startNode, startPhase } from '../contracts/start-trace';
 
 const pidfd = native as unknown as NativePidfd & { pidfdOpen(pid: number): number };
 const ADOPT_ENTRY = path.resolve(__dirname, 'adopt-main.js');
@@ -29,7 +30,7 @@ const ADOPT_ENTRY = path.resolve(__dirname, 'adopt-main.js');
 const RETRY_MS = 200;
 
 // The level and format `tsvmm run` chose come with the environment the supervisor passed on.
-const logger = quietStdio(new Logger({ component: 'guardian', ...logSettings() }));
+const logger = setProcessLogger(quietStdio(new Logger({ component: 'guardian', ...logSettings() })));
 const log = (line: string) => logger.warn(line);
 const [name, pidArg] = process.argv.slice(2);
 if (!name || !/^\d+$/.test(pidArg ?? '')) {
@@ -72,6 +73,8 @@ async function guard(first: number): Promise<void> {
   }
 }
 
+startNode('guardian');
+startPhase('guardian', 'watching the supervisor');
 guard(Number(pidArg)).then(() => process.exit(0), (e: Error) => {
   log(`error: ${e.message}`);
   process.exit(1);

@@ -14,6 +14,7 @@ import { native } from '../native/kvm';
 import { describeExit, NativePidfd } from '../contracts/pidfd';
 import { componentEnv } from './component-env';
 import { componentExecArgv } from './v8-flags';
+import { startPhase } from '../contracts/start-trace';
 
 const pidfd = native as unknown as NativePidfd & { pidfdOpen(pid: number): number; pollIn(fd: number, timeoutMs: number): number };
 const GUARDIAN_ENTRY = path.resolve(__dirname, '..', 'supervisor', 'guardian-main.js'); // from dist/supervisor or the CLI's bundle in dist/cli
@@ -47,6 +48,7 @@ export class Guardian {
       child.on('error', (e) => this.log(`cannot start the VM's guardian: ${e.message}; if this supervisor dies, the VM ends`));
       child.unref();
       const pid = child.pid;
+      startPhase('supervisor', `spawned the guardian (pid ${pid})`);
       if (!pid) return;
       // Its pidfd: how signalling it reaches exactly it (stop); its death comes as our child's exit.
       const fd = pidfd.pidfdOpen(pid);

@@ -13,6 +13,7 @@ import { FD } from '../contracts/fds';
 import { deviceStdio, HeldDevice } from './held-devices';
 import { Confinement, ConfinedComponent, keepNetns, seccompKilled, spawnConfinement } from '../contracts/confinement';
 import type { Logger } from '../contracts/log';
+import { startPhase } from '../contracts/start-trace';
 
 /** What the supervisor holds for the VM's whole life and hands every component at spawn. */
 export interface HeldFds {
@@ -111,6 +112,8 @@ export function spawnProcess(o: SpawnOptions): ChildProcess {
   // Its network namespace, once it runs, is the one the next vmm or driver-domain joins.
   if (!o.adopted) child.once('message', () => keepNetns(o.confinement, component, child.pid));
   child.on('error', () => undefined); // a failed spawn also exits
+  const role = `${o.component}${o.env.TSVMM_STANDBY === '1' || o.env.TSVMM_STANDBY_FOR ? ' standby' : ''}`;
+  if (!o.adopted) startPhase('supervisor', `spawned ${role} (pid ${child.pid})`);
   o.logger.debug(`${o.adopted ? 'adopted' : 'started'} ${o.component}${o.env.TSVMM_STANDBY === '1' || o.env.TSVMM_STANDBY_FOR ? ' standby' : ''} (pid ${child.pid})`,
     { event: 'spawn', target: o.component, targetPid: child.pid });
   child.on('exit', (code, signal) => {
@@ -133,6 +136,7 @@ export function spawnProcess(o: SpawnOptions): ChildProcess {
     if (typeof m?.pb !== 'string') { bad('not a {pb} envelope'); return; }
     let msg: ComponentMessage;
     try { msg = ComponentMessageCodec.decode(Buffer.from(m.pb, 'base64')); } catch (e) { bad(`undecodable: ${(e as Error).message}`); return; }
+    if ('ready' in msg && msg.ready) startPhase('supervisor', `${role} ready received (pid ${child.pid})`);
     o.onMessage(msg);
   });
   return child;

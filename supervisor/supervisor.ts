@@ -80,7 +80,7 @@ export interface SupervisorOptions {
  */
 const RESTORE_LOAD_WAIT_MS = 10 * 60_000;
 
-/** tsvmm run --restore: the priv-domain starts once the guest runs, or after this long anyway. */
+/** The priv-domain starts once the guest runs, or after this long anyway (a boot, a restore). */
 const PRIV_DEFER_MAX_MS = 3000;
 
 /** What `snapshot()` did. */
@@ -204,11 +204,12 @@ export class Supervisor implements LifecycleHost, ControlTarget {
       user: this.opts.user ?? '', unconfined: this.opts.confine === false,
     });
     this.guardian.start();
-    // A restore starts the priv-domain (the heaviest Node start of all) once the guest runs, or
-    // after PRIV_DEFER_MAX_MS: on a small host it would compete for the CPUs with the vmm's start,
-    // which is the way to the guest's first instruction. The API socket is bound meanwhile; the
-    // CLI retries until it is served.
-    if (this.opts.restore && !this.opts.adopted) {
+    // A new VM (a boot or a restore) starts the priv-domain (the heaviest Node start of all, ~180
+    // ms of CPU) once the guest runs, or after PRIV_DEFER_MAX_MS: on a small host it would compete
+    // for the CPUs with the vmm's and driver-domain's starts, which are the way to the guest's
+    // first instruction, and nothing the guest needs goes through it. The API socket is bound
+    // meanwhile; the CLI retries until it is served.
+    if (!this.opts.adopted) {
       this.privDeferred = setTimeout(() => this.vmmRunning(), PRIV_DEFER_MAX_MS);
     } else this.priv.start();
     const a = this.opts.adopted;

@@ -37,6 +37,7 @@ import { CoalescedRing, coalescedPioSupported, RingWatch } from './coalesced';
 import { RUN } from '../kvm/run';
 import { confineSelf, keeperSeccomp } from '../contracts/confinement';
 import { componentLogger } from '../contracts/log';
+import { START_DEBUG, startNode, startPhase } from '../contracts/start-trace';
 
 /** This process's log (contracts/log.ts): stderr and the VM's log file. */
 const log = componentLogger('vmm');
@@ -194,6 +195,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
       if (m.kind === 'parked') { if (++parked === cfg.cpus) onAllParked?.(); }
       else if (m.kind === 'started') {
         pauseCtl.started(m.id, m.tid);
+        if (START_DEBUG && m.id === 0 && mode !== 'standby') startPhase('vmm', 'vCPU 0 entering KVM_RUN', { at: performance.timeOrigin + Number(m.ns) / 1e6 + performance.now() - Number(process.hrtime.bigint()) / 1e6 });
         if (log.enabled('debug')) log.debug(`vCPU ${m.id} running at ${performance.now().toFixed(1)} ms since process start (monotonic ${m.ns} ns)`);
         if (m.id === 0) ringWatch?.started(m.tid);
       } else if (m.kind === 'exit') finish({ guestExit: { code: m.code, reason: m.reason } }, 0);
@@ -204,6 +206,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
   releaseUnusedVcpuThreads();
 
   const tBuilt = performance.now();
+  if (mode !== 'standby') startPhase('vmm', 'VM built (vCPU threads parked)');
 
   let orphanWatch: NodeJS.Timeout | undefined;
   /** The ACPI GED's interrupt (vmm/ged.ts): raised once the guest runs here. */
@@ -268,6 +271,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
       for (const q of irqfds) vm.irqfd(q.fd, q.gsi);
     }
     const start = () => {
+      startPhase('vmm', mode === 'restore' ? 'snapshot restored: starting the guest' : devices.length ? 'devices served (the driver-domain beat): starting the guest' : 'starting the guest');
       // The keeper is armed before any vCPU runs, so it never saves a half-built or half-restored VM.
       if (recovery) keeperPid = keeper.keeperStart(keeperConfig(false));
       // Every fd is open and every thread started: from here the guest runs, and the vmm makes only
@@ -450,6 +454,7 @@ function main(): void {
     process.stderr.write('tsvmm vmm: this process is started by `tsvmm run`, not by hand\n');
     process.exit(2);
   }
+  if (mode !== 'standby') { startNode('vmm'); startPhase('vmm', 'modules loaded (main)'); }
   log.debug(`started (${mode}), ${cfg.cpus} vCPU${cfg.cpus === 1 ? '' : 's'}`, { mode });
   // Our supervisor dying is not the guest's end: a new one adopts us (recovery/orphan.ts). A standby
   // that has not taken over is not needed by anyone then.

@@ -86,6 +86,9 @@ export class SerialLineJournal {
   private readonly exitReasonOffset: number;
 
   /** `dropped(n, err)`: the serial sink refused a line (a full disk, /dev/full, a closed pipe): the guest runs on. */
+  /** Called once, after the first line went out (TSVMM_START_DEBUG's `first serial line`). */
+  firstWrite?: () => void;
+
   constructor(private readonly journal: Journal, private readonly outFd: number, private readonly dropped: (n: number, err: Error) => void = () => undefined) {
     this.len = journal.lineLength;
     this.ring = journal.ringTag << SNAP.RING_SHIFT;
@@ -101,6 +104,7 @@ export class SerialLineJournal {
     if (this.len) {
       try {
         fs.writeSync(this.outFd, this.journal.line, 0, this.len);
+        if (this.firstWrite) { const f = this.firstWrite; this.firstWrite = undefined; f(); }
       } catch (e) {
         this.dropped(this.len, e as Error);
       }

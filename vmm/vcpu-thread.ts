@@ -24,6 +24,7 @@ import { replayPendingWrite, SerialLineJournal } from './restore';
 import { ControlPage } from '../contracts/control-page';
 import { parkIfPaused } from './pause';
 import { componentLogger } from '../contracts/log';
+import { START_DEBUG, startPhase } from '../contracts/start-trace';
 import { CoalescedRing, coalescePorts, RING_MAX } from './coalesced';
 
 export interface VcpuThreadData {
@@ -147,6 +148,8 @@ function main(d: VcpuThreadData): void {
   const fast = process.env.TSVMM_NO_FASTEXIT !== '1';
 
   const journalViews = snap.journal(d.id); // read only after the go: until then it is the dead vmm's
+  // TSVMM_START_DEBUG: this thread's logger made now, before the vmm confines itself (it fstats FD.LOG).
+  const traceFirstLine = START_DEBUG && d.id === 0 && !d.restored && componentLogger('vmm') !== undefined;
   if (fast) {
     native.fastExitInit({
       run: native.address(bytes), commit: journaling ? native.address(journalViews.commit) : undefined,
@@ -187,6 +190,7 @@ function main(d: VcpuThreadData): void {
     componentLogger('vmm').warn(`vCPU ${d.id}: the serial output failed (${(e as NodeJS.ErrnoException).code ?? e.message}); dropping guest serial output ` +
       '(counted in tsvmm_serial_dropped_bytes_total; `tsvmm console` still has it)', { vcpu: d.id });
   });
+  if (traceFirstLine) journal.firstWrite = () => startPhase('vmm', 'first serial line written (vCPU 0)', { cpu: false });
   /** The guest powered off or asked for a reset (a port write): report it. */
   const stopped = (): boolean => {
     if (!stop) return false;
