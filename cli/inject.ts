@@ -15,9 +15,11 @@ import * as fs from 'fs';
 import * as net from 'net';
 import { native } from '../native/kvm';
 import type { NativePidfd } from '../contracts/pidfd';
-import { CONTROL_OFFSET, CONTROL_SIZE, DEVICE_FD_BASE, DEVICE_PAGE_OFFSET, FD } from '../contracts/fds';
+import { CONTROL_OFFSET, CONTROL_SIZE, DEVICE_FD_BASE, DEVICE_PAGE_OFFSET, deviceFds, FD } from '../contracts/fds';
 import { StatePage } from '../contracts/state-page';
 import { snapshotSize, SNAP, SnapshotView } from '../contracts/snapshot';
+import { ramRegions } from '../contracts/layout';
+import { availRingSize, descTableSize, usedRingSize, Status, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_SIZE } from '../contracts/virtio-mmio-layout';
 
 /** Components a fault can go into. vmm-main / vmm-vcpu narrow the vmm's threads for register flips. */
 export const INJECT_COMPONENTS = ['vmm', 'vmm-main', 'vmm-vcpu', 'keeper', 'driver-domain', 'priv-domain', 'supervisor'] as const;
@@ -37,11 +39,14 @@ export type InjectComponent = (typeof INJECT_COMPONENTS)[number];
  *   disk-truncate   the driver-domain's disk image cut to a random shorter length under it
  *   disk-full       the file system under the disk image filled (ENOSPC) for a while, then freed
  *                   (only a small dedicated one: a tmpfs of at most 1 GiB, never the host's)
+ *   ring            what a malicious guest writes into its own rings (guest RAM, through the
+ *                   supervisor's RAM memfd): avail idx jumped past the queue size, an avail head out
+ *                   of range, a descriptor outside guest RAM, a descriptor loop, a huge length
  *   SIGKILL SIGSEGV SIGABRT SIGSTOP   the fail-stop baseline
  */
 export const INJECT_KINDS = [
   'reg', 'mem', 'code-addon', 'code-node', 'state-page', 'queue-progress', 'control-page', 'snapshot', 'message', 'disk-truncate',
-  'disk-full', 'SIGKILL', 'SIGSEGV', 'SIGABRT', 'SIGSTOP',
+  'disk-full', 'ring', 'SIGKILL', 'SIGSEGV', 'SIGABRT', 'SIGSTOP',
 ] as const;
 export type InjectKind = (typeof INJECT_KINDS)[number];
 
@@ -55,7 +60,7 @@ export function kindsFor(c: InjectComponent): InjectKind[] {
     case 'vmm-main': case 'vmm-vcpu': return ['reg'];
     // The keeper shares the vmm's address space (CLONE_VM): its memory is the vmm's; it blocks every signal.
     case 'keeper': return ['reg', 'snapshot', 'SIGKILL'];
-    case 'driver-domain': return [...proc, 'queue-progress', 'state-page', 'message', 'disk-truncate', 'disk-full'];
+    case 'driver-domain': return [...proc, 'queue-progress', 'state-page', 'message', 'disk-truncate', 'disk-full', 'ring'];
     case 'priv-domain': return ['reg', 'mem', 'code-node', 'control-page', 'message', 'SIGKILL', 'SIGSEGV', 'SIGABRT', 'SIGSTOP'];
     case 'supervisor': return ['SIGSTOP'];
   }
@@ -299,6 +304,176 @@ async function flipSnapshot(p: ComponentPids, ncpus: number, rng: Rng): Promise<
   return { target: `snapshot ${inHeader ? 'header' : 'saved records'} +${hex(off)} (vmm ${p.vmm} killed; generation ${view.generation})`, address: hex(off), bit: (off & 3) * 8 + bit, before: hex(before), after: hex(after) };
 }
 
+// ---- a malicious guest's rings (guest RAM, through the supervisor's RAM memfd) ----
+
+/** What a malicious guest can write into its own split virtqueue (`ring`). */
+export const RING_ATTACKS = ['avail-jump', 'avail-head', 'desc-oob', 'desc-loop', 'desc-huge'] as const;
+export type RingAttack = (typeof RING_ATTACKS)[number];
+
+/** Guest RAM as the file the supervisor's RAM memfd is (slot after slot, contracts/guest-ram.ts): read and write by guest-physical address. */
+class GuestRamFile {
+  private readonly regions: { gpa: number; size: number; off: number }[] = [];
+  readonly bytes: number;
+  constructor(readonly fd: number) {
+    this.bytes = fs.fstatSync(fd).size;
+    let off = 0;
+    for (const r of ramRegions(this.bytes)) { this.regions.push({ ...r, off }); off += r.size; }
+  }
+  private at(gpa: number, len: number): number {
+    const r = this.regions.find((x) => gpa >= x.gpa && gpa + len <= x.gpa + x.size);
+    if (!r) throw new InjectError(`guest address 0x${gpa.toString(16)}+${len} is not RAM`);
+    return r.off + gpa - r.gpa;
+  }
+  read(gpa: number, len: number): Buffer { const b = Buffer.alloc(len); fs.readSync(this.fd, b, 0, len, this.at(gpa, len)); return b; }
+  write(gpa: number, b: Buffer): void { fs.writeSync(this.fd, b, 0, b.length, this.at(gpa, b.length)); }
+  u16(gpa: number): number { return this.read(gpa, 2).readUInt16LE(0); }
+  setU16(gpa: number, v: number): void { const b = Buffer.alloc(2); b.writeUInt16LE(v & 0xffff); this.write(gpa, b); }
+  /** The end of guest RAM (the first address above every region). */
+  get end(): number { return Math.max(...this.regions.map((r) => r.gpa + r.size)); }
+}
+
+/** The device page of the state memfd, read afresh (a copy: the devices' live state at this moment). */
+function readStatePage(stateFile: string): StatePage {
+  const fd = fs.openSync(stateFile, 'r');
+  try {
+    const bytes = new Uint8Array(new ArrayBuffer(StatePage.layoutSize()));
+    fs.readSync(fd, bytes, 0, bytes.length, DEVICE_PAGE_OFFSET);
+    return StatePage.attach(bytes);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function descriptor(addr: bigint, len: number, flags: number, next: number): Buffer {
+  const b = Buffer.alloc(VIRTQ_DESC_SIZE);
+  b.writeBigUInt64LE(addr & 0xffffffffffffffffn, 0);
+  b.writeUInt32LE(len >>> 0, 8);
+  b.writeUInt16LE(flags, 12);
+  b.writeUInt16LE(next, 14);
+  return b;
+}
+
+/**
+ * Writes into a live queue of one of the driver-domain's devices what a malicious guest could
+ * (`attack`, or one chosen by `rng`), the real guest's driver still running beside it:
+ *   avail-jump  avail->idx set more than the queue size past the device's last_avail_idx
+ *   avail-head  a new avail entry naming a head >= the queue size
+ *   desc-oob    a new avail entry whose descriptor points outside guest RAM
+ *   desc-loop   a new avail entry whose two descriptors chain to each other (NEXT) forever
+ *   desc-huge   a new avail entry whose descriptors add up to far more than any request (4 GiB each)
+ * A new entry goes at the guest's current avail->idx, with a head the guest's driver does not use (the
+ * upper half of the table, not in flight), and avail->idx one past it. The guest's driver owns the
+ * same ring and may overwrite it before the device looks: the write is repeated (up to `ms`) until
+ * the device answered it, which is read back from the state page and the used ring: the device
+ * went DEVICE_NEEDS_RESET (its queue broken), or it completed the bad head (a rejected request).
+ * Each write is followed by a kick of the queue's notify eventfd, as the guest would kick. The guest's
+ * own driver does not know of the entry: the request it puts in that avail slot next is not seen by
+ * the device (its idx lands where the device already is), so one of its requests on that queue is lost,
+ * as a guest that corrupts its own ring loses it; the used element for the bad head is one its driver
+ * never made available (the guest's blk driver reports it and skips it).
+ */
+async function ringAttack(p: ComponentPids, rng: Rng, attack: RingAttack | undefined, ms: number): Promise<Omit<InjectResult, 'component' | 'kind' | 'pid'>> {
+  const stateFile = supervisorMemfd(p.supervisor, 'state');
+  const page0 = readStatePage(stateFile);
+  const live: { dev: number; q: number }[] = [];
+  for (let i = 0; i < page0.numDevices; i++) {
+    const d = page0.device(i);
+    if (!(d.status & Status.DRIVER_OK) || d.needsReset) continue;
+    for (let q = 0; q < d.numQueues; q++) {
+      const c = d.queueConfig(q);
+      if (c?.ready && c.num >= 4 && d.progress(q).queueSize === c.num) live.push({ dev: i, q });
+    }
+  }
+  if (!live.length) throw new InjectError('no live queue: the guest has not started a device (DRIVER_OK) or every one needs a reset');
+  const { dev, q } = rng.pick(live);
+  const a: RingAttack = attack ?? rng.pick(RING_ATTACKS);
+  const cfg = page0.device(dev).queueConfig(q)!;
+  const num = cfg.num;
+  const ramFd = fs.openSync(supervisorMemfd(p.supervisor, 'ram'), 'r+');
+  try {
+    const ram = new GuestRamFile(ramFd);
+    if (cfg.desc + descTableSize(num) > ram.end || cfg.driver + availRingSize(num) > ram.end || cfg.device + usedRingSize(num) > ram.end) {
+      throw new InjectError(`device ${dev} queue ${q}'s rings are not in guest RAM`);
+    }
+    const availIdxAt = cfg.driver + 2;
+    const usedIdxAt = cfg.device + 2;
+    const inflight = (h: number) => readStatePage(stateFile).device(dev).progress(q).isInflight(h);
+    // Heads the guest's driver does not use (it fills the table from 0): the upper half, not in flight.
+    let head = num / 2 + rng.int(num / 2 - 1);
+    for (let k = 0; k < num / 2 && inflight(head); k++) head = num / 2 + ((head + 1 - num / 2) % (num / 2 - 1));
+    const other = head + 1 < num ? head + 1 : num / 2;
+    let what = '';
+    if (a === 'desc-oob') {
+      const addr = BigInt(ram.end) + BigInt(rng.int(1 << 20)) * 4096n + (rng.int(2) ? 0n : 0xfff0000000000000n);
+      ram.write(cfg.desc + head * VIRTQ_DESC_SIZE, descriptor(addr, 512, VIRTQ_DESC_F_WRITE, 0));
+      what = `descriptor ${head}: 0x${addr.toString(16)}+512, outside guest RAM (it ends at 0x${ram.end.toString(16)})`;
+    } else if (a === 'desc-loop') {
+      ram.write(cfg.desc + head * VIRTQ_DESC_SIZE, descriptor(BigInt(cfg.desc), 16, VIRTQ_DESC_F_NEXT, other));
+      ram.write(cfg.desc + other * VIRTQ_DESC_SIZE, descriptor(BigInt(cfg.desc), 16, VIRTQ_DESC_F_NEXT, head));
+      what = `descriptors ${head} -> ${other} -> ${head} ... (NEXT forever)`;
+    } else if (a === 'desc-huge') {
+      ram.write(cfg.desc + head * VIRTQ_DESC_SIZE, descriptor(BigInt(cfg.desc), 0xfffff000, VIRTQ_DESC_F_NEXT, other));
+      ram.write(cfg.desc + other * VIRTQ_DESC_SIZE, descriptor(BigInt(cfg.desc), 0xfffff000, VIRTQ_DESC_F_WRITE, 0));
+      what = `descriptors ${head} -> ${other}, 0xfffff000 bytes each`;
+    }
+    // The guest's QueueNotify (a KVM ioeventfd the driver-domain waits on), as the guest would kick
+    // after adding a buffer: the device looks even while the guest's own driver is quiet.
+    const kick = () => {
+      const pfd = pidfdOf.pidfdOpen(p['driver-domain']);
+      if (pfd < 0) return;
+      let fd = -1;
+      try {
+        fd = pidfdOf.pidfdGetfd(pfd, deviceFds(dev, page0.device(dev).numQueues).kick[q]);
+        fs.writeSync(fd, Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]));
+      } catch { /* the driver-domain is restarting: the next round kicks again */ } finally {
+        if (fd >= 0) fs.closeSync(fd);
+        native.close(pfd);
+      }
+    };
+    const t0 = Date.now();
+    let writes = 0;
+    let before = '';
+    for (;;) {
+      const page = readStatePage(stateFile);
+      const slot = page.device(dev);
+      const prog = slot.progress(q);
+      if (slot.needsReset) {
+        return { target: `device ${dev} queue ${q} (size ${num}): ${a}${what ? `: ${what}` : ''} (${writes} writes)`, before, after: `DEVICE_NEEDS_RESET (status 0x${slot.status.toString(16)}, queue ${(prog.flags & 1) ? 'broken' : 'not broken'})` };
+      }
+      if (writes && a !== 'avail-jump' && a !== 'avail-head') {
+        // The bad head completed: look for it in the used ring since the device's used idx.
+        const used = ram.u16(usedIdxAt);
+        for (let k = 1; k <= num && k <= ((used - 0) & 0xffff); k++) {
+          const e = cfg.device + 4 + 8 * ((used - k + 0x10000) % num);
+          const id = ram.read(e, 8);
+          if (id.readUInt32LE(0) === head && !inflight(head)) {
+            return { target: `device ${dev} queue ${q} (size ${num}): ${a}: ${what} (${writes} writes)`, before, after: `head ${head} completed by the device, used len ${id.readUInt32LE(4)} (the request rejected)` };
+          }
+          if (k >= 32) break;
+        }
+      }
+      if (Date.now() - t0 > ms) throw new InjectError(`device ${dev} queue ${q}: ${a} not answered by the device within ${ms} ms (${writes} writes; the guest's driver overwrote them or the device did not look)`);
+      const last = prog.lastAvailIdx;
+      const avail = ram.u16(availIdxAt);
+      if (!before) before = `avail idx ${avail}, device last_avail ${last}, used idx ${ram.u16(usedIdxAt)}`;
+      if (a === 'avail-jump') {
+        ram.setU16(availIdxAt, (last + num + 1 + rng.int(0x10000 - 2 * num - 2)) & 0xffff);
+      } else if (writes === 0 || Date.now() - t0 > 100 * writes) {
+        // A new entry at the guest's avail idx (as its next request would be), then the idx past it.
+        const bad = a === 'avail-head' ? num + rng.int(0x10000 - num) : head;
+        ram.setU16(cfg.driver + 4 + 2 * (avail % num), bad);
+        ram.setU16(availIdxAt, (avail + 1) & 0xffff);
+        if (a === 'avail-head') what = `avail entry ${avail} names head ${bad} (queue size ${num})`;
+      } else { await sleep(1); continue; }
+      writes++;
+      kick();
+      await sleep(1);
+    }
+  } finally {
+    fs.closeSync(ramFd);
+  }
+}
+
 // ---- messages ----
 
 /** A garbled or truncated message, as bytes a broken sender might put on a Node IPC channel. */
@@ -418,6 +593,9 @@ export interface InjectOptions {
   socket?: string;
   /** disk-full: how long the file system stays full (ms; default 2000). */
   holdMs?: number;
+  /** ring: this attack instead of a random one; how long to keep writing until the device answers (ms, default 3000). */
+  ringAttack?: RingAttack;
+  ringMs?: number;
   /** Tests: a fixed register / bit instead of a random one. */
   reg?: string;
   bit?: number;
@@ -461,6 +639,8 @@ export async function inject(component: InjectComponent, kind: InjectKind, p: Co
       return { ...base, ...truncateDisk(pid, rng) };
     case 'disk-full':
       return { ...base, ...(await fillDisk(pid, o.holdMs ?? 2000)) };
+    case 'ring':
+      return { ...base, ...(await ringAttack(p, rng, o.ringAttack, o.ringMs ?? 3000)) };
   }
 }
 

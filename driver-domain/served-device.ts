@@ -110,6 +110,33 @@ function watchDisk(index: number, fd: number, size: number, blk: VirtioBlk): voi
   }, DISK_WATCH_MS).unref();
 }
 
+/** How often a device's guest-facing faults (a broken ring, rejected requests) are looked for. */
+const DEVICE_WATCH_MS = 100;
+
+/**
+ * What the guest did wrong on a device's rings is logged, so a malicious or broken guest driver is
+ * detected, not silent: a ring fault that broke a queue (the device set DEVICE_NEEDS_RESET, virtio
+ * 1.2 2.1.2; it serves nothing until the guest resets it) once per reset, and malformed requests
+ * the device rejected (a descriptor outside guest RAM, a chain loop, a huge length: completed with
+ * an error) at most once a second with a count. Only this device is affected; the VM goes on.
+ */
+function watchDevice(index: number, what: string, slot: DeviceSlot, dev: { stats: { badChains: number }; lastError?: string }): void {
+  let reported = false;
+  let chains = dev.stats.badChains;
+  setInterval(() => {
+    const broken = slot.needsReset;
+    if (broken && !reported) {
+      processLogger().warn(`${what} ${index}: the guest's ring is malformed (${dev.lastError ?? 'unknown'}): the device needs a reset (DEVICE_NEEDS_RESET) and serves nothing until the guest resets it; the VM goes on`, { event: 'device-needs-reset', device: index });
+    }
+    reported = broken;
+    const n = dev.stats.badChains;
+    if (n > chains) {
+      processLogger().warn(`${what} ${index}: rejected ${n - chains} malformed request${n - chains > 1 ? 's' : ''} from the guest (${dev.lastError ?? 'unknown'}): completed with an error; the device goes on`, { event: 'device-bad-request', device: index, count: n - chains });
+    }
+    chains = n;
+  }, DEVICE_WATCH_MS).unref();
+}
+
 export function serveBlk(ctx: DeviceContext, d: DeviceEntry): ServedDevice {
   const { fds, notify, running, kicks } = common(ctx, d);
   const disk = ctx.cfg.disks[d.index];
@@ -129,6 +156,7 @@ export function serveBlk(ctx: DeviceContext, d: DeviceEntry): ServedDevice {
   blk.limiter = RateLimiter.from(disk.rateLimit);
   if (blk.limiter) processLogger().info(`disk ${d.index} rate limit: ${describeRateLimit(disk.rateLimit)}`);
   watchDisk(d.index, fds.backend, io.backend.size, blk);
+  watchDevice(d.index, 'disk', ctx.slot, blk);
   const polled = [...kicks];
   let reap: (() => number) | undefined;
   let uringDisk: ServedDevice['uringDisk'];
@@ -160,6 +188,7 @@ export function serveNet(ctx: DeviceContext, d: DeviceEntry): ServedDevice {
   const tap = new TapBackend(fds.backend);
   processLogger().info(`net ${d.index} TX: ${tap.txMode}`);
   const net = new VirtioNet(ctx.memory, ctx.slot, tap, notify);
+  watchDevice(d.index, 'net', ctx.slot, net);
   if (ctx.counters) net.counters = ctx.counters;
   // Each direction has its own buckets with the configured limit (applied again by a restarted driver-domain).
   const limit = ctx.cfg.nets[d.index - ctx.cfg.disks.length].rateLimit;
