@@ -69,7 +69,7 @@ export class PrivDomainLifecycle {
     const previous = this.metricsAddr || readPromTarget(vmPaths(h.cfg.name).promTargets);
     const child = spawnProcess({
       component: 'priv-domain',
-      script: SCRIPT,
+      script: [SCRIPT],
       stdio: privStdio(h.held.stateFd, h.held.configFd, h.held.apiFd, h.held.logFd),
       env: { ...this.env, ...(previous && previous !== 'none' ? { [METRICS_PREVIOUS_ENV]: previous } : {}) },
       confinement: h.held.confinement,

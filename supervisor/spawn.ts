@@ -76,8 +76,8 @@ export function sendTo(child: ChildProcess, msg: SupervisorMessage): void {
 export interface SpawnOptions {
   /** Which component: its V8 flags (supervisor/v8-flags.ts) go before the script. */
   component: SpawnedComponent;
-  /** The script to run with this Node. */
-  script: string;
+  /** The script to run with this Node, and its arguments (supervisor/component-entry.ts). */
+  script: string[];
   stdio: StdioOptions;
   env: Record<string, string>;
   onMessage: (m: ComponentMessage) => void;
@@ -103,7 +103,7 @@ export function spawnProcess(o: SpawnOptions): ChildProcess {
   if (jail.netnsFd !== undefined && Array.isArray(stdio)) stdio = [...stdio, jail.netnsFd];
   let child: ChildProcess;
   try {
-    child = o.adopted ?? spawn(jail.file, [...jail.args, ...componentExecArgv(o.component), o.script], {
+    child = o.adopted ?? spawn(jail.file, [...jail.args, ...componentExecArgv(o.component), ...o.script], {
       stdio, env: componentEnv({ ...jail.env, ...o.env }), uid: jail.uid, gid: jail.gid, cwd: o.cwd,
     });
   } finally {

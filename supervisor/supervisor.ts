@@ -117,7 +117,7 @@ export class Supervisor implements LifecycleHost, ControlTarget {
     const confinement = confinementFor(opts.user, opts.confine !== false);
     const { uid, gid } = confinement;
     if (uid !== undefined && gid !== undefined) {
-      for (const script of [componentEntry('vmm'), componentEntry('driver-domain')]) {
+      for (const script of [...componentEntry('vmm'), ...componentEntry('driver-domain')]) {
         const blocked = unreachableBy(script, uid, gid);
         if (blocked) throw new Error(`the components run confined as uid ${uid} (--user picks another, --no-confine none), which cannot read ${script} (stopped at ${blocked}): install tsvmm where that uid can read it, or choose another --user`);
       }
@@ -203,15 +203,18 @@ export class Supervisor implements LifecycleHost, ControlTarget {
       supervisors: (this.opts.adopted?.supervisors ?? 0) + 1, startedAt: this.opts.adopted?.startedAt ?? Date.now() / 1000,
       user: this.opts.user ?? '', unconfined: this.opts.confine === false,
     });
-    this.guardian.start();
     // A new VM (a boot or a restore) starts the priv-domain (the heaviest Node start of all, ~180
-    // ms of CPU) once the guest runs, or after PRIV_DEFER_MAX_MS: on a small host it would compete
-    // for the CPUs with the vmm's and driver-domain's starts, which are the way to the guest's
-    // first instruction, and nothing the guest needs goes through it. The API socket is bound
-    // meanwhile; the CLI retries until it is served.
+    // ms of CPU) and the guardian (~60 ms) once the guest runs, or after PRIV_DEFER_MAX_MS: on a
+    // small host they would compete for the CPUs with the vmm's and driver-domain's starts, which
+    // are the way to the guest's first instruction, and nothing the guest needs goes through them.
+    // The API socket is bound meanwhile; the CLI retries until it is served. (A supervisor that
+    // dies before the guest ran leaves no guardian: the VM, which has run nothing, ends.)
     if (!this.opts.adopted) {
       this.privDeferred = setTimeout(() => this.vmmRunning(), PRIV_DEFER_MAX_MS);
-    } else this.priv.start();
+    } else {
+      this.guardian.start();
+      this.priv.start();
+    }
     const a = this.opts.adopted;
     if (a) {
       this.driverDomain?.adopt(a.driverDomain, a.driverDomainServing);
@@ -222,9 +225,11 @@ export class Supervisor implements LifecycleHost, ControlTarget {
         a.vmm && `vmm ${a.vmm.pid}`, a.driverDomain && `driver-domain ${a.driverDomain.pid}`, ...a.keepers.map((k) => `keeper ${k}`),
       ].filter((s) => s).join(', ')} (supervisor ${a.supervisors + 1} of this VM, pid ${process.pid})`, recoveryFields({ component: 'supervisor', cause: a.cause, ms }));
     } else {
-      this.driverDomain?.start();
-      // (A restored guest's vmm is already starting: a cold restore from the snapshot memfd.)
+      // The vmm first: its start (modules, then the VM and its vCPUs) is the longer of the two the
+      // guest waits for. (A restored guest's vmm is already starting: a cold restore from the
+      // snapshot memfd.)
       if (!this.opts.restore) this.vmm.start(false);
+      this.driverDomain?.start();
     }
     this.hangWatch.start();
     this.scrubTimer = setInterval(() => this.scrubStatePage(), SCRUB_MS);
@@ -307,7 +312,9 @@ export class Supervisor implements LifecycleHost, ControlTarget {
     if (!this.privDeferred) return;
     clearTimeout(this.privDeferred);
     this.privDeferred = undefined;
-    if (!this.result) this.priv.start();
+    if (this.result) return;
+    this.guardian.start();
+    this.priv.start();
   }
   private privDeferred?: NodeJS.Timeout;
   recovered(r: Recovery): void { this.recoveries.push(r); }
