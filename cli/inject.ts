@@ -13,9 +13,10 @@
  */
 import * as fs from 'fs';
 import * as net from 'net';
+import { execFileSync } from 'child_process';
 import { native } from '../native/kvm';
 import type { NativePidfd } from '../contracts/pidfd';
-import { CONTROL_OFFSET, CONTROL_SIZE, DEVICE_FD_BASE, DEVICE_PAGE_OFFSET, deviceFds, FD } from '../contracts/fds';
+import { CONTROL_OFFSET, CONTROL_SIZE, DEVICE_FD_BASE, DEVICE_FD_STRIDE, DEVICE_PAGE_OFFSET, deviceFds, FD } from '../contracts/fds';
 import { StatePage } from '../contracts/state-page';
 import { snapshotSize, SNAP, SnapshotView } from '../contracts/snapshot';
 import { ramRegions } from '../contracts/layout';
@@ -42,11 +43,14 @@ export type InjectComponent = (typeof INJECT_COMPONENTS)[number];
  *   ring            what a malicious guest writes into its own rings (guest RAM, through the
  *                   supervisor's RAM memfd): avail idx jumped past the queue size, an avail head out
  *                   of range, a descriptor outside guest RAM, a descriptor loop, a huge length
+ *   eio             one disk request completes with EIO (its io_uring completion rewritten while the
+ *                   driver-domain is stopped): the host's disk failing that read or write
+ *   tap-vanish      the TAP a net device is attached to deleted (ip link del) under the driver-domain
  *   SIGKILL SIGSEGV SIGABRT SIGSTOP   the fail-stop baseline
  */
 export const INJECT_KINDS = [
   'reg', 'mem', 'code-addon', 'code-node', 'state-page', 'queue-progress', 'control-page', 'snapshot', 'message', 'disk-truncate',
-  'disk-full', 'ring', 'SIGKILL', 'SIGSEGV', 'SIGABRT', 'SIGSTOP',
+  'disk-full', 'ring', 'eio', 'tap-vanish', 'SIGKILL', 'SIGSEGV', 'SIGABRT', 'SIGSTOP',
 ] as const;
 export type InjectKind = (typeof INJECT_KINDS)[number];
 
@@ -60,7 +64,7 @@ export function kindsFor(c: InjectComponent): InjectKind[] {
     case 'vmm-main': case 'vmm-vcpu': return ['reg'];
     // The keeper shares the vmm's address space (CLONE_VM): its memory is the vmm's; it blocks every signal.
     case 'keeper': return ['reg', 'snapshot', 'SIGKILL'];
-    case 'driver-domain': return [...proc, 'queue-progress', 'state-page', 'message', 'disk-truncate', 'disk-full', 'ring'];
+    case 'driver-domain': return [...proc, 'queue-progress', 'state-page', 'message', 'disk-truncate', 'disk-full', 'ring', 'eio', 'tap-vanish'];
     case 'priv-domain': return ['reg', 'mem', 'code-node', 'control-page', 'message', 'SIGKILL', 'SIGSEGV', 'SIGABRT', 'SIGSTOP'];
     case 'supervisor': return ['SIGSTOP'];
   }
@@ -583,6 +587,133 @@ async function fillDisk(dd: number, holdMs: number): Promise<Omit<InjectResult, 
   }
 }
 
+// ---- the disk answering EIO (the driver-domain's io_uring completion) ----
+
+const IORING_OFF_CQ_RING = 0x8000000;
+const IORING_OFF_SQES = 0x10000000;
+const EIO = 5;
+
+/**
+ * The driver-domain's io_uring for disk `disk`, mapped into this process (shared: the same rings):
+ * the one of its io_uring fds whose SQEs name the disk's backend fd (a TAP's TX ring names the TAP's).
+ */
+function diskRing(dd: number, disk: number): { cq: ArrayBuffer; head: number; tail: number; mask: number; cqes: number; ringFd: number } {
+  const k = native.uringConstants;
+  // This kernel's ring offsets: from a ring of our own of the same size (the layout is the kernel's).
+  const probe = native.uringSetup(256, 0);
+  native.close(probe.fd);
+  const backend = DEVICE_FD_BASE + disk * DEVICE_FD_STRIDE;
+  const pfd = pidfdOf.pidfdOpen(dd);
+  if (pfd < 0) throw new InjectError(`pidfd_open(${dd}): errno ${-pfd}`);
+  try {
+    for (const f of fs.readdirSync(`/proc/${dd}/fd`)) {
+      let link = '';
+      try { link = fs.readlinkSync(`/proc/${dd}/fd/${f}`); } catch { continue; }
+      if (link !== 'anon_inode:[io_uring]') continue;
+      const fd = pidfdOf.pidfdGetfd(pfd, Number(f));
+      try {
+        const info = fs.readFileSync(`/proc/${dd}/fdinfo/${f}`, 'latin1');
+        const sqEntries = Number(/SqMask:\s*(0x[0-9a-f]+)/.exec(info)?.[1] ?? 0) + 1;
+        const cqEntries = Number(/CqMask:\s*(0x[0-9a-f]+)/.exec(info)?.[1] ?? 0) + 1;
+        const sqes = new DataView(native.mmap(fd, sqEntries * k.SQE_SIZE, IORING_OFF_SQES, false));
+        let mine = false;
+        for (let i = 0; i < sqEntries && !mine; i++) mine = sqes.getInt32(i * k.SQE_SIZE + k.SQE_FD, true) === backend;
+        if (!mine) continue;
+        const cq = native.mmap(fd, probe.cqOff.cqes + cqEntries * k.CQE_SIZE, IORING_OFF_CQ_RING, true);
+        return { cq, head: probe.cqOff.head, tail: probe.cqOff.tail, mask: cqEntries - 1, cqes: probe.cqOff.cqes, ringFd: Number(f) };
+      } finally {
+        native.close(fd);
+      }
+    }
+  } finally {
+    native.close(pfd);
+  }
+  throw new InjectError(`the driver-domain (pid ${dd}) has no io_uring for disk ${disk} (io=threads, or no disk)`);
+}
+
+/**
+ * The disk answers one request with EIO: the driver-domain's threads are stopped (ptrace), and a
+ * completion the kernel posted in the disk's io_uring CQ that the driver-domain has not reaped yet
+ * gets res = -EIO; then they go on. To the driver-domain this is the host's disk failing that one
+ * read or write (the error a bad sector or a failing device-mapper target returns): it completes the
+ * guest's request with VIRTIO_BLK_S_IOERR. Simulated: the data really was transferred (a write
+ * reached the file, a read filled the buffer), only the result is an error. Retried (stop, look,
+ * go on) until a completion was there to change, up to `ms`.
+ */
+async function diskEio(dd: number, ms: number): Promise<Omit<InjectResult, 'component' | 'kind' | 'pid'>> {
+  const r = diskRing(dd, 0);
+  const cq = new Uint32Array(r.cq);
+  const cqi = new Int32Array(r.cq);
+  const k = native.uringConstants;
+  const t0 = Date.now();
+  let tries = 0;
+  for (;;) {
+    tries++;
+    const stopped: number[] = [];
+    try {
+      for (const tid of threadsOf(dd)) {
+        try {
+          native.ptraceSeize(tid);
+        } catch { continue; } // an io_uring worker: not traceable
+        stopped.push(tid);
+        native.ptraceInterrupt(tid);
+      }
+      for (const tid of stopped) native.ptraceWait(tid);
+      const head = Atomics.load(cq, r.head / 4);
+      const tail = Atomics.load(cq, r.tail / 4);
+      if (tail !== head) {
+        // The newest unreaped completion (the least likely to be half-read by a reaper stopped mid-batch).
+        const e = r.cqes + ((tail - 1) & r.mask) * k.CQE_SIZE;
+        const res = cqi[(e + k.CQE_RES) / 4];
+        if (res >= 0) {
+          const ud = BigInt(cq[(e + k.CQE_USER_DATA) / 4]) | (BigInt(cq[(e + k.CQE_USER_DATA) / 4 + 1]) << 32n);
+          cqi[(e + k.CQE_RES) / 4] = -EIO;
+          const after = cqi[(e + k.CQE_RES) / 4];
+          return { target: `disk 0 io_uring (fd ${r.ringFd}) CQE ${(tail - 1) >>> 0} (user_data ${hex(ud)}; ${(tail - head) >>> 0} unreaped; try ${tries})`, address: hex(e), before: String(res), after: String(after) };
+        }
+      }
+    } finally {
+      for (const tid of stopped) { try { native.ptraceDetach(tid); } catch { /* gone */ } }
+    }
+    if (Date.now() - t0 > ms) throw new InjectError(`no unreaped disk completion seen in ${tries} stops over ${ms} ms (the disk idle?)`);
+    await sleep(2 + (tries % 5));
+  }
+}
+
+// ---- the TAP vanishing ----
+
+/**
+ * Deletes the TAP device a net device of the driver-domain is attached to (`ip link del`), in the
+ * network namespace it is in (the host's, or one under /run/netns), as an administrator or a
+ * crashed network manager would, while the driver-domain keeps its fd. Read back: the device is
+ * gone from that namespace.
+ */
+function tapVanish(dd: number, rng: Rng): Omit<InjectResult, 'component' | 'kind' | 'pid'> {
+  const taps: { fd: number; name: string }[] = [];
+  for (const f of fs.readdirSync(`/proc/${dd}/fd`)) {
+    const fd = Number(f);
+    if (fd < DEVICE_FD_BASE || (fd - DEVICE_FD_BASE) % DEVICE_FD_STRIDE !== 0) continue;
+    let info = '';
+    try { info = fs.readFileSync(`/proc/${dd}/fdinfo/${f}`, 'latin1'); } catch { continue; }
+    const m = /^iff:\s*(\S+)/m.exec(info);
+    if (m) taps.push({ fd, name: m[1] });
+  }
+  if (!taps.length) throw new InjectError(`the driver-domain (pid ${dd}) has no TAP (the VM has no --net tap=...)`);
+  const t = rng.pick(taps);
+  const namespaces = [undefined, ...(fs.existsSync('/run/netns') ? fs.readdirSync('/run/netns') : [])];
+  for (const ns of namespaces) {
+    const ip = (args: string[]) => execFileSync('ip', [...(ns ? ['-n', ns] : []), ...args], { stdio: ['ignore', 'pipe', 'pipe'], timeout: 5000 }).toString();
+    let shown = '';
+    try { shown = ip(['-o', 'link', 'show', 'dev', t.name]); } catch { continue; }
+    ip(['link', 'del', 'dev', t.name]);
+    let gone = false;
+    try { ip(['-o', 'link', 'show', 'dev', t.name]); } catch { gone = true; }
+    if (!gone) throw new InjectError(`TAP ${t.name} is still there after ip link del`);
+    return { target: `TAP ${t.name} (driver-domain fd ${t.fd}${ns ? `, network namespace ${ns}` : ''})`, before: shown.trim().split(/\s+/).slice(0, 3).join(' '), after: 'deleted' };
+  }
+  throw new InjectError(`TAP ${t.name} is in no network namespace this host names (the host's, /run/netns)`);
+}
+
 // ---- one injection ----
 
 export interface InjectOptions {
@@ -593,9 +724,9 @@ export interface InjectOptions {
   socket?: string;
   /** disk-full: how long the file system stays full (ms; default 2000). */
   holdMs?: number;
-  /** ring: this attack instead of a random one; how long to keep writing until the device answers (ms, default 3000). */
+  /** ring: this attack instead of a random one. ring, eio: how long to keep trying until the fault landed (ms, default 3000). */
   ringAttack?: RingAttack;
-  ringMs?: number;
+  waitMs?: number;
   /** Tests: a fixed register / bit instead of a random one. */
   reg?: string;
   bit?: number;
@@ -640,7 +771,11 @@ export async function inject(component: InjectComponent, kind: InjectKind, p: Co
     case 'disk-full':
       return { ...base, ...(await fillDisk(pid, o.holdMs ?? 2000)) };
     case 'ring':
-      return { ...base, ...(await ringAttack(p, rng, o.ringAttack, o.ringMs ?? 3000)) };
+      return { ...base, ...(await ringAttack(p, rng, o.ringAttack, o.waitMs ?? 3000)) };
+    case 'tap-vanish':
+      return { ...base, ...tapVanish(pid, rng) };
+    case 'eio':
+      return { ...base, ...(await diskEio(pid, o.waitMs ?? 3000)) };
   }
 }
 

@@ -8,9 +8,11 @@
  */
 import * as assert from 'assert';
 import * as fs from 'fs';
+import * as path from 'path';
+import { execFileSync, spawn, spawnSync } from 'child_process';
 import { inject, pidsFrom, ComponentPids, RingAttack } from '../cli/inject';
 import { blkLoopVm, RunningVm } from './helpers/fault-harness';
-import { requireKvm } from './helpers/tsvmm';
+import { GUEST, requireKvm, requireTool, skipBecause } from './helpers/tsvmm';
 import { request } from '../cli/verbs';
 import { vmPaths } from '../contracts/paths';
 
@@ -68,5 +70,84 @@ describe('tsvmm inject: faults from outside the components', function () {
       vm.cleanup();
       fs.rmSync(imgDir, { recursive: true, force: true });
     }
+  });
+
+  it('eio: one disk request completes with EIO (its io_uring completion rewritten); the guest gets S_IOERR for it, and the disk goes on', async () => {
+    const name = `fi-eio-${process.pid}`;
+    const vm = blkLoopVm(['--name', name, '--metrics-addr', 'none', '--cpus', '2'], { TSVMM_TEST_HOOKS: '0' }, { n: 200000, cmdline: 'ap_counter=1 n=0 report=20000000 blk_timeout=30' });
+    const imgDir = (vm as unknown as { imgDir: string }).imgDir;
+    try {
+      await vm.waitFor(() => vm.count('@blk-progress') >= 2 && vm.pid.vmm > 0, 60_000, 'the first progress lines');
+      const rec0 = vm.recoveries.length;
+      const t = performance.now();
+      const r = await inject('driver-domain', 'eio', await pidsOf(vm, name), { seed: 1 });
+      // Read back: the completion's result, a byte count (or 0 for a flush), is now -EIO.
+      assert.ok(Number(r.before) >= 0 && Number(r.after) === -5, JSON.stringify(r));
+      await vm.waitFor(() => /disk 0 I\/O error: .*errno 5; the guest got S_IOERR/.test(vm.err), 10_000, 'the driver-domain logging the I/O error');
+      await vm.waitFor(() => /^@blk-error op=(read|write|flush) .*what=status status=1/m.test(vm.out), 10_000, 'the guest seeing S_IOERR');
+      assert.strictEqual(vm.out.split('\n').filter((l) => l.startsWith('@blk-error')).length, 1, 'exactly one request failed');
+      await vm.waitFor(() => vm.count('@blk-progress', t) >= 2, 20_000, 'blk progress after the EIO');
+      await carriedOn(vm, name, t, rec0);
+    } finally {
+      await vm.stop();
+      vm.cleanup();
+      fs.rmSync(imgDir, { recursive: true, force: true });
+    }
+  });
+
+  describe('with a TAP', function () {
+    before(function () {
+      if (process.getuid?.() !== 0) skipBecause(this, 'TAP devices and network namespaces need root');
+      requireTool(this, 'ip', 'iproute2');
+    });
+
+    it('tap-vanish: the TAP deleted under a UDP echo stream; the driver-domain logs it, the NIC carries nothing, the guest and the driver-domain go on; a TAP made again with the name is not reattached', async () => {
+      const ns = `fi-tapns-${process.pid}`;
+      const tap = `fit${process.pid % 100000}`;
+      const name = `fi-tap-${process.pid}`;
+      const img = path.join(fs.mkdtempSync('/tmp/fi-tap-'), 'disk.img');
+      fs.writeFileSync(img, '');
+      fs.truncateSync(img, 16 << 20);
+      spawnSync('ip', ['netns', 'del', ns]);
+      execFileSync('ip', ['netns', 'add', ns]);
+      const vm = new RunningVm(['--name', name, '--kernel', GUEST, '--cpus', '2', '--metrics-addr', 'none', '--disk', img, '--net', `tap=${tap}`,
+        '--cmdline', 'workload=net ip=10.99.0.2 virtio_irq=1 net_report_s=1 ap_counter=1 n=0 report=20000000'], { TSVMM_TEST_HOOKS: '0' });
+      const udp = (count: number) => spawn('ip', ['netns', 'exec', ns, process.execPath, path.join(__dirname, 'helpers', 'udp-client.js'), '10.99.0.2', '7', String(count), '2'], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const result = (c: ReturnType<typeof udp>) => new Promise<{ received: number; corrupt: number }>((resolve) => { let o = ''; c.stdout!.on('data', (d) => { o += d; }); c.on('exit', () => resolve(JSON.parse(o))); });
+      try {
+        await vm.waitFor(() => /@net mac=/.test(vm.out) && vm.pid['driver-domain'] > 0, 60_000, 'the guest NIC');
+        for (const a of [['link', 'set', tap, 'netns', ns], ['-n', ns, 'addr', 'add', '10.99.0.1/24', 'dev', tap], ['-n', ns, 'link', 'set', tap, 'up'], ['-n', ns, 'link', 'set', 'lo', 'up']]) execFileSync('ip', a);
+        const rec0 = vm.recoveries.length;
+        const stream = udp(2500);
+        const echoed = result(stream);
+        await vm.waitFor(() => /@net-progress .* udp=[1-9]/.test(vm.out), 20_000, 'echoes before the fault');
+        const dd = vm.pid['driver-domain'];
+        const cpu0 = fs.readFileSync(`/proc/${dd}/stat`, 'latin1').split(') ')[1].split(' ');
+        const t = performance.now();
+        const r = await inject('driver-domain', 'tap-vanish', await pidsOf(vm, name), { seed: 1 });
+        assert.strictEqual(r.after, 'deleted');
+        assert.match(r.target, new RegExp(`TAP ${tap} .*network namespace ${ns}`));
+        assert.notStrictEqual(spawnSync('ip', ['-n', ns, 'link', 'show', tap]).status, 0, 'the TAP is gone');
+        await vm.waitFor(() => new RegExp(`net 1: its TAP ${tap} vanished`).test(vm.err), 10_000, 'the driver-domain logging the vanished TAP');
+        const got = await echoed;
+        assert.ok(got.received > 0 && got.received < 2500 && got.corrupt === 0, `echoes stopped at the fault, none corrupt: ${JSON.stringify(got)}`);
+        await carriedOn(vm, name, t, rec0);
+        // Not spinning on the detached fd: the driver-domain used well under the wall time since.
+        const wall = (performance.now() - t) / 1000;
+        const cpu1 = fs.readFileSync(`/proc/${dd}/stat`, 'latin1').split(') ')[1].split(' ');
+        const used = (Number(cpu1[11]) + Number(cpu1[12]) - Number(cpu0[11]) - Number(cpu0[12])) / 100;
+        assert.ok(used < wall / 2, `the driver-domain used ${used} s of CPU in ${wall.toFixed(1)} s`);
+        // The TAP made again: another device; the VM's NIC stays detached (documented), the VM goes on.
+        for (const a of [['-n', ns, 'tuntap', 'add', tap, 'mode', 'tap'], ['-n', ns, 'addr', 'add', '10.99.0.1/24', 'dev', tap], ['-n', ns, 'link', 'set', tap, 'up']]) execFileSync('ip', a);
+        const again = await result(udp(100));
+        assert.strictEqual(again.received, 0, 'a new TAP of that name is not the VM\'s');
+        await carriedOn(vm, name, performance.now(), rec0);
+      } finally {
+        await vm.stop();
+        vm.cleanup();
+        spawnSync('ip', ['netns', 'del', ns]);
+        fs.rmSync(path.dirname(img), { recursive: true, force: true });
+      }
+    });
   });
 });
