@@ -66,7 +66,9 @@ export function kindsFor(c: InjectComponent): InjectKind[] {
     case 'keeper': return ['reg', 'snapshot', 'SIGKILL'];
     case 'driver-domain': return [...proc, 'queue-progress', 'state-page', 'message', 'disk-truncate', 'disk-full', 'ring', 'eio', 'tap-vanish'];
     case 'priv-domain': return ['reg', 'mem', 'code-node', 'control-page', 'message', 'SIGKILL', 'SIGSEGV', 'SIGABRT', 'SIGSTOP'];
-    case 'supervisor': return ['SIGSTOP'];
+    // A supervisor that dies is replaced by its guardian, which adopts the running components
+    // (supervisor/guardian-main.ts); a stopped one is not watched by anyone (the VM runs on without it).
+    case 'supervisor': return ['reg', 'SIGKILL', 'SIGSEGV', 'SIGABRT', 'SIGSTOP'];
   }
 }
 
