@@ -18,7 +18,10 @@
  *     so the per-VM figure falls as N grows.
  *
  *   npx tsc -p . && node dist/bench/footprint.js [--vms 1,4,16] [--rounds R (1)] [--settle MS (3000)]
- *        [--configs tsvmm,standby,qemu] [--hang-timeout MS (0)] [--kernel FILE] [--qemu BIN] [--json]
+ *        [--configs tsvmm,standby,qemu] [--hang-timeout MS (0)] [--kernel FILE] [--qemu BIN] [--base BIN] [--json]
+ *
+ * --base BIN adds a configuration `base`: tsvmm (no standby) from another tree's bin/tsvmm.js (a
+ * checkout of an older commit, built), in the same rounds, for before/after start times.
  *
  * tsvmm runs with --hang-timeout 0 by default: on a loaded machine a component that misses its
  * heartbeats for 250 ms is killed and recovered, and a sample taken mid-recovery measures the wrong
@@ -30,17 +33,17 @@ import * as path from 'path';
 import { spawn, ChildProcess } from 'child_process';
 import { ROOT, ensureGuest, ensureQemu, machine, median, table } from './lib';
 
-type Config = 'tsvmm' | 'standby' | 'qemu';
+type Config = 'tsvmm' | 'standby' | 'qemu' | 'base';
 const CONFIGS: Config[] = ['tsvmm', 'standby', 'qemu'];
 const BIN = path.join(ROOT, 'bin', 'tsvmm.js');
 const CMDLINE = 'workload=counter n=0 report=500000000';
 const MEM_MIB = 256;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-interface Options { hangTimeoutMs: number; vms: number[]; rounds: number; settleMs: number; configs: Config[]; kernel: string; qemu: string; json: boolean }
+interface Options { base?: string; hangTimeoutMs: number; vms: number[]; rounds: number; settleMs: number; configs: Config[]; kernel: string; qemu: string; json: boolean }
 
 function usage(): never {
-  process.stderr.write('usage: node dist/bench/footprint.js [--vms 1,4,16] [--rounds R] [--settle MS] [--configs tsvmm,standby,qemu] [--hang-timeout MS (0)] [--kernel FILE] [--qemu BIN] [--json]\n');
+  process.stderr.write('usage: node dist/bench/footprint.js [--vms 1,4,16] [--rounds R] [--settle MS] [--configs tsvmm,standby,qemu] [--hang-timeout MS (0)] [--kernel FILE] [--qemu BIN] [--base BIN] [--json]\n');
   process.exit(2);
 }
 
@@ -57,9 +60,12 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--hang-timeout') { o.hangTimeoutMs = Number(val()); if (!Number.isInteger(o.hangTimeoutMs) || o.hangTimeoutMs < 0) usage(); }
     else if (a === '--kernel') o.kernel = val();
     else if (a === '--qemu') o.qemu = val();
+    else if (a === '--base') o.base = path.resolve(val());
     else if (a === '--json') o.json = true;
     else usage();
   }
+  if (o.base && !o.configs.includes('base')) o.configs = [...o.configs, 'base'];
+  if (o.configs.includes('base') && !o.base) usage();
   return o;
 }
 
@@ -111,7 +117,7 @@ function startVm(o: Options, config: Config, name: string, dir: string): Vm {
       '-nographic', '-serial', 'stdio', '-device', 'isa-debug-exit,iobase=0xf4,iosize=4', '-global', 'virtio-mmio.force-legacy=false',
       '-drive', `id=d0,file=${disk},format=raw,if=none`, '-device', 'virtio-blk-device,drive=d0',
       '-kernel', o.kernel, '-append', CMDLINE]]
-    : [process.execPath, [BIN, 'run', '--name', name, '--metrics-addr', 'none', '--kernel', o.kernel, '--mem', `${MEM_MIB}M`,
+    : [process.execPath, [config === 'base' ? o.base! : BIN, 'run', '--name', name, '--metrics-addr', 'none', '--kernel', o.kernel, '--mem', `${MEM_MIB}M`,
       '--disk', disk, '--cmdline', CMDLINE, '--hang-timeout', String(o.hangTimeoutMs), ...(config === 'standby' ? ['--standby'] : [])]];
   const t0 = performance.now();
   const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -233,7 +239,7 @@ async function main(): Promise<number> {
             }
           }
           samples.push(s);
-          log(`  round ${round} n=${String(n).padStart(2)} ${config.padEnd(7)} start median ${median(s.startMs).toFixed(0)} ms (max ${Math.max(...s.startMs).toFixed(0)})`
+          log(`  round ${round} n=${String(n).padStart(2)} ${config.padEnd(7)} load ${os.loadavg()[0].toFixed(2)} start median ${median(s.startMs).toFixed(0)} ms (max ${Math.max(...s.startMs).toFixed(0)})`
             + `  PSS/VM ${(s.infraPerVm / 1024).toFixed(1)} MiB (guest RAM ${(s.ramPerVm / 1024).toFixed(1)} MiB excluded): `
             + Object.entries(s.parts).map(([k, v]) => `${k} ${(v / 1024).toFixed(1)}`).join(', '));
         }
@@ -265,7 +271,7 @@ async function main(): Promise<number> {
     for (const c of o.configs) {
       const a = agg(c, n);
       if (!a) continue;
-      rows.push([String(n), c === 'standby' ? 'tsvmm --standby' : c === 'qemu' ? 'QEMU microvm' : 'tsvmm', a.start.toFixed(0), a.startMax.toFixed(0),
+      rows.push([String(n), c === 'standby' ? 'tsvmm --standby' : c === 'qemu' ? 'QEMU microvm' : c === 'base' ? 'tsvmm (--base)' : 'tsvmm', a.start.toFixed(0), a.startMax.toFixed(0),
         q && c !== 'qemu' ? (a.start / q.start).toFixed(2) : '', mib(a.pss), q && c !== 'qemu' ? (a.pss / q.pss).toFixed(2) : '',
         Object.entries(a.parts).map(([k, v]) => `${k} ${mib(v)}`).join(', ')]);
     }

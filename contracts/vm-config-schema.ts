@@ -6,8 +6,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import * as yaml from 'js-yaml';
-import Ajv, { ErrorObject } from 'ajv';
+import type { ErrorObject } from 'ajv';
 import { VmConfig } from '../proto';
 
 export const SPEC_FILE = path.resolve(__dirname, '..', '..', 'priv-domain', 'openapi.yaml');
@@ -17,6 +16,9 @@ type Json = Record<string, unknown>;
 let validate: ((o: unknown) => boolean) & { errors?: ErrorObject[] | null } | undefined;
 
 function compile() {
+  // Loaded here, not at the top: `tsvmm run` without --config (every start) never initialises them.
+  const yaml = require('js-yaml') as typeof import('js-yaml');
+  const Ajv = (require('ajv') as typeof import('ajv')).default;
   const doc = yaml.load(fs.readFileSync(SPEC_FILE, 'utf8')) as { components: Json };
   // strict off: OpenAPI keywords (description, example; nullable is ajv's own) around the schemas.
   const ajv = new Ajv({ strict: false, allErrors: false, validateSchema: false });

@@ -14,10 +14,13 @@ const dist = path.join(__dirname, '..', 'dist');
 // The CLI too (bin/tsvmm.js, the same freshness rule): `tsvmm run` is the supervisor, and on a
 // `run --restore` its module load is on the way to the guest's first instruction (~40% of the
 // supervisor's start on a loaded host). better-sqlite3 is a native module: it stays a require.
-for (const component of ['vmm', 'driver-domain', 'cli']) {
+// And the vmm's vCPU thread (vmm/early-vcpu-threads.ts): a worker loads it on the way to a cold
+// restart's first KVM_RUN.
+const entries = [['vmm', 'main'], ['driver-domain', 'main'], ['cli', 'main'], ['vmm', 'vcpu-thread']];
+for (const [component, entry] of entries) {
   esbuild.buildSync({
-    entryPoints: [path.join(dist, component, 'main.js')],
-    outfile: path.join(dist, component, 'main.bundle.js'),
+    entryPoints: [path.join(dist, component, `${entry}.js`)],
+    outfile: path.join(dist, component, `${entry}.bundle.js`),
     bundle: true,
     platform: 'node',
     target: 'node20',
@@ -35,8 +38,10 @@ const loader = path.join(dist, 'contracts', 'bundle-loader.js');
 const env = { ...process.env, TSVMM_CODE_CACHE_WRITE: '1' };
 delete env.NODE_OPTIONS;
 delete env.NODE_EXTRA_CA_CERTS;
-for (const [component, args] of [['vmm', []], ['driver-domain', []], ['cli', ['--version']]]) {
-  const bundle = path.join(dist, component, 'main.bundle.js');
+// (The vCPU thread's bundle, loaded outside a worker, throws at its last line, its modules loaded:
+// the cache is written on that exit too.)
+for (const [component, entry, args] of [['vmm', 'main', []], ['driver-domain', 'main', []], ['cli', 'main', ['--version']], ['vmm', 'vcpu-thread', []]]) {
+  const bundle = path.join(dist, component, `${entry}.bundle.js`);
   const argv = component === 'cli' ? [path.join(__dirname, '..', 'bin', 'tsvmm.js'), ...args] : [loader, bundle, ...args];
   spawnSync(process.execPath, argv, { env, stdio: 'ignore', timeout: 30_000 });
   const cache = bundle.replace(/\.js$/, '.cache');

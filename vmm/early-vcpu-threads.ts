@@ -9,19 +9,36 @@
  * waits for its VcpuThreadData (vmm/vcpu-thread.ts) in a message. vmm/main.ts
  * imports this module first, so it runs before any heavier import.
  */
+import * as fs from 'fs';
 import * as path from 'path';
 import { MAX_VCPUS } from '../contracts/layout';
-import { Worker } from 'worker_threads';
+import { Worker, WorkerOptions } from 'worker_threads';
+
+/**
+ * The thread's script: its esbuild bundle (scripts/bundle.js) through contracts/bundle-loader.ts
+ * (V8's code cache: ~15 ms less CPU per thread, which on a cold restart the guest waits for)
+ * while that bundle is at least as new as vcpu-thread.js, else vcpu-thread.js itself. (In the
+ * vmm's bundle __dirname is dist/vmm, as for its tsc output.)
+ */
+function threadScript(): [string, WorkerOptions] {
+  const plain = path.join(__dirname, 'vcpu-thread.js');
+  const bundle = path.join(__dirname, 'vcpu-thread.bundle.js');
+  try {
+    if (fs.statSync(bundle).mtimeMs >= fs.statSync(plain).mtimeMs) return [path.join(__dirname, '..', 'contracts', 'bundle-loader.js'), { argv: [bundle] }];
+  } catch { /* no bundle */ }
+  return [plain, {}];
+}
+const [script, scriptOpts] = threadScript();
 
 const expected = Number(process.env.TSVMM_VCPUS);
 const early: Worker[] = Number.isInteger(expected) && expected > 0 && expected <= MAX_VCPUS
-  ? Array.from({ length: expected }, () => new Worker(path.join(__dirname, 'vcpu-thread.js')))
+  ? Array.from({ length: expected }, () => new Worker(script, scriptOpts))
   : [];
 
 /** An early thread waiting for its vCPU, or a new one (started with `data`) if there is none left. */
 export function vcpuThread(data: object): Worker {
   const w = early.shift();
-  if (!w) return new Worker(path.join(__dirname, 'vcpu-thread.js'), { workerData: data });
+  if (!w) return new Worker(script, { ...scriptOpts, workerData: data });
   w.postMessage(data);
   return w;
 }

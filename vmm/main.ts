@@ -281,8 +281,13 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
     };
     // A fresh guest starts once its devices are served (as QEMU and Firecracker start vCPUs after
     // their backends): otherwise its first I/O waits on a driver-domain still starting up.
-    if (mode === 'boot' && devices.length) whenDriverDomainReady(devPage, start);
-    else start();
+    // And once every vCPU thread has started, loaded its code and parked (vmm/vcpu-thread.ts): the
+    // vmm confines itself in start(), and a thread still starting then makes calls its allowlist
+    // does not have (seen: sched_getaffinity, SIGSYS, on a loaded host). The vCPU could not run
+    // before its thread is parked anyway.
+    const whenParked = () => { if (parked === cfg.cpus) start(); else onAllParked = start; };
+    if (mode === 'boot' && devices.length) whenDriverDomainReady(devPage, whenParked);
+    else whenParked();
   }
 
   process.on('message', (m: { pb?: string }) => {
