@@ -42,7 +42,8 @@ export function runBundle(bundle: string): unknown {
   const write = process.env.TSVMM_CODE_CACHE_WRITE === '1';
   const cachedData = write ? undefined : freshCache(bundle);
   const M = Module as ModuleInternals;
-  const script = new vm.Script(M.wrap(fs.readFileSync(bundle, 'utf8')), { filename: bundle, cachedData });
+  // latin1: scripts/bundle.js makes the bundles ASCII, which V8 then holds as a one-byte string.
+  const script = new vm.Script(M.wrap(fs.readFileSync(bundle, 'latin1')), { filename: bundle, cachedData });
   if (cachedData && script.cachedDataRejected && process.env.TSVMM_START_DEBUG === '1') {
     process.stderr.write(`tsvmm: the code cache of ${bundle} was rejected (another Node or other flags than scripts/bundle.js used): compiled from source\n`);
   }

@@ -7,6 +7,7 @@
 // only while it is at least as new as its entry's tsc output, so a tree
 // rebuilt with plain `tsc` runs the fresh unbundled code.
 const path = require('path');
+const fs = require('fs');
 const { spawnSync } = require('child_process');
 const esbuild = require('esbuild');
 
@@ -27,6 +28,12 @@ for (const [component, entry] of entries) {
     external: ['better-sqlite3'],
     logLevel: 'warning',
   });
+  // ASCII only: esbuild escapes every non-ASCII character in code (its default charset), but not in
+  // the comments it keeps (js-yaml's); V8 then holds the ~1 MB source as a two-byte string, twice
+  // the memory, in every process that loads it. Comments are all that can change here.
+  const out = path.join(dist, component, `${entry}.bundle.js`);
+  const text = fs.readFileSync(out, 'utf8');
+  if (/[^\x00-\x7f]/.test(text)) fs.writeFileSync(out, text.replace(/[^\x00-\x7f]/g, '?'));
 }
 
 // V8 code caches of the bundles (contracts/bundle-loader.ts): each bundle is loaded once with
@@ -46,6 +53,6 @@ for (const [component, entry, args] of [['vmm', 'main', []], ['driver-domain', '
   spawnSync(process.execPath, argv, { env, stdio: 'ignore', timeout: 30_000 });
   const cache = bundle.replace(/\.js$/, '.cache');
   let ok = false;
-  try { ok = require('fs').statSync(cache).mtimeMs >= require('fs').statSync(bundle).mtimeMs; } catch { /* none */ }
+  try { ok = fs.statSync(cache).mtimeMs >= fs.statSync(bundle).mtimeMs; } catch { /* none */ }
   if (!ok) process.stderr.write(`bundle.js: no code cache for ${path.relative(dist, bundle)} (it still runs, compiled at each start)\n`);
 }

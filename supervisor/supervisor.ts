@@ -216,6 +216,19 @@ export class Supervisor implements LifecycleHost, ControlTarget {
       this.priv.start();
     }
     const a = this.opts.adopted;
+    this.spawning = true;
+    try {
+      this.startComponents(a);
+    } finally {
+      this.spawning = false;
+    }
+    this.hangWatch.start();
+    this.scrubTimer = setInterval(() => this.scrubStatePage(), SCRUB_MS);
+    this.processesChanged();
+  }
+
+  /** start(): the vmm and the driver-domain, new or adopted. */
+  private startComponents(a: Adoption | undefined): void {
     if (a) {
       this.driverDomain?.adopt(a.driverDomain, a.driverDomainServing);
       this.vmm.adopt(a.vmm, a.vmmRunning, a.keepers, a.cause);
@@ -231,9 +244,6 @@ export class Supervisor implements LifecycleHost, ControlTarget {
       if (!this.opts.restore) this.vmm.start(false);
       this.driverDomain?.start();
     }
-    this.hangWatch.start();
-    this.scrubTimer = setInterval(() => this.scrubStatePage(), SCRUB_MS);
-    this.processesChanged();
   }
 
   /**
@@ -295,13 +305,15 @@ export class Supervisor implements LifecycleHost, ControlTarget {
   get adoption(): Adoption | undefined { return this.opts.adopted; }
 
   private record?: RunRecordWriter;
+  /** start() is spawning: the run record is written once, when it is done (not between the spawns). */
+  private spawning = false;
   /** The process that starts a new supervisor if this one dies (supervisor/guardian.ts). */
   private readonly guardian: Guardian;
   /** Its pid, while one runs. */
   get guardianPid(): number | undefined { return this.guardian.pid; }
   /** Rewrites run.pb when a pid changed: what a supervisor that adopts this VM reads. */
   processesChanged(): void {
-    if (this.result || !this.record) return;
+    if (this.result || !this.record || this.spawning) return;
     this.record.update([['vmm', this.vmm.pid], ['driver-domain', this.driverDomain?.pid], ['keeper', this.vmm.keeperPid]]);
   }
 
