@@ -48,6 +48,7 @@ extern u8 image_end[];
 
 /* serial.c */
 void serial_putc(char c);
+void serial_puts_raw(const char *s);                /* text that ends no line (a prompt), under the lock */
 void out_line(const char *fmt, ...);          /* formats a whole line, prints it under the lock */
 NORETURN void poweroff(u32 status);
 NORETURN void fail(const char *what, const char *fmt, ...);

@@ -31,6 +31,17 @@ static void put_line(const char *s)
     unlock();
 }
 
+/* Text that ends no line (a prompt), under the line lock; then the UART's interrupt identification
+ * is read, as a driver looks at the UART once it has sent what it had. */
+void serial_puts_raw(const char *s)
+{
+    lock();
+    while (*s)
+        serial_putc(*s++);
+    (void)inb(COM1 + 2);
+    unlock();
+}
+
 void out_line(const char *fmt, ...)
 {
     char buf[1024];

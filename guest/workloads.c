@@ -166,9 +166,10 @@ void workload_run(u32 cpu)
 }
 
 /* console: prints spam=BYTES of numbered @spam lines (to exercise the console's output path),
- * then "@console-ready", then echoes serial input (the UART's receive side): each line typed
- * comes back as "@echo line=<text>"; the line "poweroff" powers off with status 0. Input is
- * polled about every millisecond (no IRQ: the guest runs at CPL3 without an IDT for it). */
+ * then "@console-ready", then a prompt ("console> ", ending no line, as a shell's does) and echoes
+ * serial input (the UART's receive side): each line typed comes back as "@echo line=<text>",
+ * followed by the prompt again; the line "poweroff" powers off with status 0. Input is polled
+ * about every millisecond (no IRQ: the guest runs at CPL3 without an IDT for it). */
 NORETURN void console_workload(void)
 {
     u64 spam = cmdline_u64("spam", 0), done = 0;
@@ -179,6 +180,7 @@ NORETURN void console_workload(void)
         done += (u64)n + 1;
     }
     out_line("@console-ready");
+    serial_puts_raw("console> ");
     char line[200];
     u32 n = 0;
     for (;;) {
@@ -197,6 +199,7 @@ NORETURN void console_workload(void)
                 poweroff(0);
             }
             n = 0;
+            serial_puts_raw("console> ");
         } else if (n < sizeof line - 1 && c >= 0x20 && c < 0x7f) {
             line[n++] = c;
         }

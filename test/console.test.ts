@@ -45,6 +45,15 @@ describe('tsvmm console', function () {
     }
     await until('@console-ready', () => vm.out().includes('@console-ready'), 60_000);
   });
+
+  it('output that ends no line (the guest\'s prompt) reaches `tsvmm run` and the console without waiting for a newline', async () => {
+    // The guest prints "console> ", reads the UART's IIR as a driver does once it has sent what it
+    // had, and waits for input (before, the prompt sat in the vmm's line buffer until a newline).
+    await until('the prompt on tsvmm run\'s output', () => /@console-ready\r?\nconsole> $/.test(vm.out()), 20_000);
+    const r = consoleProc(vm, ['--read-only', '--no-follow']);
+    await r.exited;
+    assert.match(r.out(), /console> $/);
+  });
   after(async () => {
     await vm?.stop();
     if (vm) fs.rmSync(vm.dir, { recursive: true, force: true });

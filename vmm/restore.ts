@@ -81,6 +81,8 @@ export function replayPendingWrite(platform: Platform, s: PendingWrite): string 
  */
 export class SerialLineJournal {
   private len: number;
+  /** The exit being handled wrote a byte (exitStart() to settle()). */
+  private grew = false;
   /** The coalesced ring tag (contracts/snapshot.ts Journal.ringTag), shifted into place. */
   private ring: number;
   private readonly exitReasonOffset: number;
@@ -97,19 +99,44 @@ export class SerialLineJournal {
 
   push(b: number): void {
     this.journal.line[this.len++] = b;
+    this.grew = true;
     if (b === 10 || this.len >= SNAP.LINE_MAX) this.flush();
   }
 
+  /**
+   * The end of an exit: a part line goes out when this exit wrote nothing (the guest's burst of
+   * output is over: a shell's prompt ends no line), or at once when `always` (several vCPUs drive
+   * the UART by interrupt: a part line one of them held would come out after the bytes the next
+   * one wrote). Otherwise lines go out whole, so a vmm killed between a write and its commit
+   * repeats a whole line, never a part of one. The `always` case, a write per byte, is committed
+   * (as handled, nothing held) before it is written: a vmm killed in between loses that byte rather
+   * than repeating it, and that window (before the write starts) is far shorter than the write.
+   */
+  /** An exit's handling starts (after the coalesced writes before it were replayed). */
+  exitStart(): void { this.grew = false; }
+
+  settle(always: boolean): void {
+    if (this.len && always) {
+      const n = this.len;
+      this.len = 0;
+      this.handled();
+      this.write(n);
+    } else if (this.len && !this.grew) this.flush();
+    this.grew = false;
+  }
+
   flush(): void {
-    if (this.len) {
-      try {
-        fs.writeSync(this.outFd, this.journal.line, 0, this.len);
-        if (this.firstWrite) { const f = this.firstWrite; this.firstWrite = undefined; f(); }
-      } catch (e) {
-        this.dropped(this.len, e as Error);
-      }
-    }
+    if (this.len) this.write(this.len);
     this.len = 0;
+  }
+
+  private write(n: number): void {
+    try {
+      fs.writeSync(this.outFd, this.journal.line, 0, n);
+      if (this.firstWrite) { const f = this.firstWrite; this.firstWrite = undefined; f(); }
+    } catch (e) {
+      this.dropped(n, e as Error);
+    }
   }
 
   beforeRun(run: DataView): void {

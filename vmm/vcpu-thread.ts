@@ -221,6 +221,7 @@ function main(d: VcpuThreadData): void {
     }
     // THR writes KVM coalesced come before this exit: the UART sees them first.
     if (ring) drain();
+    journal.exitStart(); // (what the ring held was written before this exit)
     if (r < 0) {
       if (-r === EINTR || -r === EAGAIN) { run.setUint8(RUN.immediateExit, 0); parkIfPaused(d.pause); continue; }
       flush();
@@ -296,6 +297,11 @@ function main(d: VcpuThreadData): void {
         post({ kind: 'fatal', message: `vCPU ${d.id}: unexpected KVM exit ${EXIT_NAME[reason] ?? reason}; ${describeVcpu(vcpu)}` });
         return;
     }
+    // Part lines go out once the guest's burst of output is over (a shell's prompt ends no line),
+    // and after every exit where several vCPUs drive the UART by its THR-empty interrupt: Linux's
+    // 8250 driver sends from whichever CPU takes the interrupt, and a part line one vCPU held would
+    // come out after what another wrote next.
+    journal.settle(d.cpus > 1 && serial.txInterruptEnabled());
     if (journaling) journal.handled();
     if (stopped()) return;
   }
