@@ -31,14 +31,12 @@ static void put_line(const char *s)
     unlock();
 }
 
-/* Text that ends no line (a prompt), under the line lock; then the UART's interrupt identification
- * is read, as a driver looks at the UART once it has sent what it had. */
+/* Text that ends no line (a prompt), under the line lock. */
 void serial_puts_raw(const char *s)
 {
     lock();
     while (*s)
         serial_putc(*s++);
-    (void)inb(COM1 + 2);
     unlock();
 }
 

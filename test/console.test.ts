@@ -47,8 +47,8 @@ describe('tsvmm console', function () {
   });
 
   it('output that ends no line (the guest\'s prompt) reaches `tsvmm run` and the console without waiting for a newline', async () => {
-    // The guest prints "console> ", reads the UART's IIR as a driver does once it has sent what it
-    // had, and waits for input (before, the prompt sat in the vmm's line buffer until a newline).
+    // The guest prints "console> " and then only polls the UART for input, exits the native loop
+    // answers (before, the prompt sat in the vmm's line buffer until a newline).
     await until('the prompt on tsvmm run\'s output', () => /@console-ready\r?\nconsole> $/.test(vm.out()), 20_000);
     const r = consoleProc(vm, ['--read-only', '--no-follow']);
     await r.exited;

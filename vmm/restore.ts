@@ -111,18 +111,21 @@ export class SerialLineJournal {
    * repeats a whole line, never a part of one. The `always` case, a write per byte, is committed
    * (as handled, nothing held) before it is written: a vmm killed in between loses that byte rather
    * than repeating it, and that window (before the write starts) is far shorter than the write.
+   * True when it wrote.
    */
   /** An exit's handling starts (after the coalesced writes before it were replayed). */
   exitStart(): void { this.grew = false; }
 
-  settle(always: boolean): void {
-    if (this.len && always) {
+  settle(always: boolean): boolean {
+    const wrote = this.len > 0 && (always || !this.grew);
+    if (wrote && always) {
       const n = this.len;
       this.len = 0;
       this.handled();
       this.write(n);
-    } else if (this.len && !this.grew) this.flush();
+    } else if (wrote) this.flush();
     this.grew = false;
+    return wrote;
   }
 
   flush(): void {

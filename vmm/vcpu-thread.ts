@@ -223,7 +223,13 @@ function main(d: VcpuThreadData): void {
     if (ring) drain();
     journal.exitStart(); // (what the ring held was written before this exit)
     if (r < 0) {
-      if (-r === EINTR || -r === EAGAIN) { run.setUint8(RUN.immediateExit, 0); parkIfPaused(d.pause); continue; }
+      if (-r === EINTR || -r === EAGAIN) {
+        run.setUint8(RUN.immediateExit, 0);
+        // A kick (the main thread's, when coalesced bytes waited with no exit): the burst is over.
+        if (journal.settle(false)) journal.commitLine();
+        parkIfPaused(d.pause);
+        continue;
+      }
       flush();
       post({ kind: 'fatal', message: `vCPU ${d.id}: KVM_RUN failed with errno ${-r}` });
       return;
