@@ -15,7 +15,7 @@ import { poller } from '../native/kvm';
 import { ComponentMessage, VmConfig } from '../proto';
 import { componentConfig } from '../contracts/component-config';
 import { toSupervisor, watchSupervisor } from '../contracts/orphan';
-import { Component, HEARTBEAT_MS, mapDevicePage } from '../contracts/state-page';
+import { Component, HEARTBEAT_MS, mapDevicePage, StatePage } from '../contracts/state-page';
 import { mapGuestRam } from '../contracts/guest-ram';
 import { deviceList } from '../contracts/device-list';
 import { FD } from '../contracts/fds';
@@ -112,6 +112,7 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
     page.beat(Component.DriverDomain);
     serving = true;
     send({ ready: { component: 'driver-domain', pid: process.pid, warm, diedNs: Number(diedNs), resumedNs: Number(resumedNs) } });
+    if (!warm) startPhase('driver-domain', 'serving', { cpu: false });
   };
   // Warm the block path's JIT up while no guest I/O can be waiting for it: at boot (no device live
   // yet) or in a standby, never in a cold restart under a running guest (that would delay recovery).
@@ -131,13 +132,24 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
       // devices are built and the page checked, so it beats now, before the warm-up (~100-300 ms of
       // CPU, the longest part of a boot): the guest boots meanwhile, and a kick it sends first waits
       // in its eventfd until activate() below attaches the queues, as in a cold restart. The warm-up
-      // runs on this process's private virtqueue and never touches a queue the guest drives.
+      // runs on this process's private virtqueue and never touches a queue the guest drives. It
+      // starts once the vmm beats (the guest runs): on a small host it would otherwise take the CPU
+      // the vmm's own start needs.
       page.beat(Component.DriverDomain);
-      warmUp();
-      startPhase('driver-domain', 'warm-up done');
+      afterVmmBeat(page, () => {
+        try {
+          startPhase('driver-domain', 'the vmm runs the guest: warm-up');
+          warmUp();
+          startPhase('driver-domain', 'warm-up done');
+          activate(false);
+        } catch (e) {
+          send({ fatal: { message: `driver-domain: ${(e as Error).message}` } });
+          setTimeout(() => process.exit(1), 20);
+        }
+      });
+      return;
     }
     activate(false);
-    startPhase('driver-domain', 'serving (first beat)', { cpu: false });
     return;
   }
   warmUp();
@@ -145,6 +157,19 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
   confineSelf('driver-domain');
   send({ ready: { component: 'driver-domain', pid: process.pid, standby: true } });
   setImmediate(() => activate(true, waitForDeath(standbyFor)));
+}
+
+/** How long a booting driver-domain waits for the vmm's first beat before it warms up anyway. */
+const VMM_BEAT_WAIT_MS = 3000;
+
+/** Calls `then` once the vmm beats (the guest runs), polling every millisecond; after VMM_BEAT_WAIT_MS anyway. */
+function afterVmmBeat(page: StatePage, then: () => void): void {
+  const t0 = performance.now();
+  const check = () => {
+    if (page.heartbeat(Component.Vmm) !== 0 || performance.now() - t0 >= VMM_BEAT_WAIT_MS) then();
+    else setTimeout(check, 1);
+  };
+  check();
 }
 
 /**

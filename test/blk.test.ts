@@ -71,22 +71,31 @@ describe('virtio-blk through the driver-domain', function () {
     });
   }
 
-  it('a fresh guest starts only once the driver-domain serves its disk', async () => {
-    // A driver-domain slow to start (a long JIT warm-up: ~1 s or more here): the guest's first
-    // line must not come before the driver-domain reports ready (a 100 ms margin for the two pipes).
+  it('a fresh guest boots during the driver-domain\'s JIT warm-up; its first disk request is served once the driver-domain is ready', async () => {
+    // A driver-domain slow to start (a long JIT warm-up: ~1 s or more here). The guest does not wait
+    // for it (issue 19, start time): its first line comes before the driver-domain reports ready.
+    // Its first disk request (GET_ID, before `@blk-dev`) waits in the kick eventfd and is served by
+    // the live queue once the warm-up is done (a 100 ms margin for the two pipes); every request
+    // then completes (exit 0).
     const img = image('gate.img', 16);
     const t0 = Date.now();
     const proc = tsvmmAsync(['run', '--kernel', GUEST, '--disk', img, '--cmdline', 'workload=blk blk_n=8'], { TSVMM_BLK_WARMUP: '20000' });
     let out = '';
     let err = '';
     let bootAt = 0;
+    let devAt = 0;
     let readyAt = 0;
-    proc.stdout.on('data', (d) => { out += d; if (!bootAt && /^@boot /m.test(out)) bootAt = Date.now() - t0; });
+    proc.stdout.on('data', (d) => {
+      out += d;
+      if (!bootAt && /^@boot /m.test(out)) bootAt = Date.now() - t0;
+      if (!devAt && /^@blk-dev /m.test(out)) devAt = Date.now() - t0;
+    });
     proc.stderr.on('data', (d) => { err += d; if (!readyAt && /driver-domain ready/.test(err)) readyAt = Date.now() - t0; });
     const code = await new Promise<number | null>((r) => proc.on('exit', r));
     assert.equal(code, 0, out + err);
-    assert.ok(readyAt > 0 && bootAt > 0, `ready at ${readyAt} ms, @boot at ${bootAt} ms\n${err}`);
-    assert.ok(bootAt >= readyAt - 100, `the guest booted at ${bootAt} ms, before the driver-domain was ready at ${readyAt} ms`);
+    assert.ok(readyAt > 0 && bootAt > 0 && devAt > 0, `ready at ${readyAt} ms, @boot at ${bootAt} ms, @blk-dev at ${devAt} ms\n${err}`);
+    assert.ok(bootAt < readyAt, `the guest booted at ${bootAt} ms, only after the driver-domain was ready at ${readyAt} ms: it waited for the warm-up`);
+    assert.ok(devAt >= readyAt - 100, `the guest's first disk request was answered at ${devAt} ms, before the driver-domain was ready at ${readyAt} ms`);
   });
 
   it('a read-only disk refuses writes and still serves reads', () => {
