@@ -294,11 +294,15 @@ async function startSession(name: string, workload: Workload, cpus: number): Pro
 /** Stops the VM; the host's check of its image (unless cut on purpose): symptoms, [] if clean. */
 async function endSession(s: Session): Promise<string[]> {
   await s.vm.stop();
-  if (s.adopted) {
-    // Its `tsvmm run` is gone; the adopting supervisor stops it through the API.
+  // Its `tsvmm run` is gone but the VM may run on: adopted after a supervisor fault, or adopted
+  // after the SIGKILL stop() gives a supervisor that ignored SIGTERM (a register flip can leave it
+  // looping). Stopped through the API, as an operator would; a VM left running would load the host.
+  const alive = () => { try { return !/^\d+ \(.*\) [ZX] /.test(fs.readFileSync(`/proc/${s.vm.pid.vmm}/stat`, 'latin1')); } catch { return false; } };
+  for (let k = 0; k < 10 && s.vm.pid.vmm > 0 && alive(); k++) {
     spawnSync(process.execPath, [BIN, 'stop', '--name', s.name], { stdio: 'ignore', timeout: 20_000 });
-    for (let k = 0; k < 100 && fs.existsSync(s.socket); k++) await sleep(100);
+    for (let w = 0; w < 20 && alive(); w++) await sleep(100);
   }
+  if (s.vm.pid.vmm > 0 && alive()) process.stderr.write(`campaign: VM ${s.name} (vmm ${s.vm.pid.vmm}) still runs after tsvmm stop\n`);
   const out: string[] = [];
   try {
     if (s.workload === 'blk-loop' && !s.truncated) {
