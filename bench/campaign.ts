@@ -19,7 +19,11 @@
  * Workloads: blk-loop verify=1 on vCPU 0 (every block read back and checked by the guest; the
  * image checked by the host when the VM ends) and, on a 2-vCPU VM, the counter hash chain on
  * vCPU 1 (checked by the guest each step and by the host on every line). --fresh also picks the
- * counter chain on every vCPU for a third of the runs that need no disk.
+ * counter chain on every vCPU for a third of the runs that need no disk. tap-vanish runs get a net
+ * VM: the guest's UDP echo behind a TAP in a namespace of its own, a numbered UDP stream checked by
+ * bench/echo-probe, and the counter chain on vCPU 1. Faults from outside the components (ring,
+ * eio, tap-vanish) have an expected effect on their device (EXPECTED): seen and detected, it is
+ * "contained", not a symptom.
  *
  * Reproducible: run i of seed S uses the random stream (S, i) for its fault, moment and the
  * injector's choices, and a VM started at run i takes its vCPU count from its own stream. Resumable:
@@ -28,7 +32,7 @@
  *
  *   npx tsc -p . && nice node dist/bench/campaign.js [--seed S] [--runs N] [--minutes M] [--out FILE]
  *       [--components vmm,driver-domain,...] [--kinds reg,mem,...] [--window MS] [--no-probe]
- *       [--per-vm N | --fresh]
+ *       [--per-vm N | --fresh] [--delay-spread MS]
  *   node dist/bench/campaign.js --report [--out FILE] [--md docs/fault-injection.md] [--json docs/fault-injection.json] [--section NAME]
  * (--section: which marked part of the markdown to rewrite, <!-- NAME:begin --> ... <!-- NAME:end -->; default campaign)
  */
