@@ -85,11 +85,11 @@ function watchDisk(index: number, fd: number, size: number, blk: VirtioBlk): voi
   let errors = 0;
   let logged = 0;
   let lastLogAt = 0;
-  blk.onIoError = (sector, write, e) => {
+  blk.onIoError = (sector, op, e) => {
     errors++;
     const now = performance.now();
     if (logged && now - lastLogAt < IO_ERROR_LOG_MS) return;
-    processLogger().warn(`disk ${index} I/O error: ${write ? 'write' : 'read'} at sector ${sector}: ${e.message}` +
+    processLogger().warn(`disk ${index} I/O error: ${op === 'flush' ? 'flush' : `${op} at sector ${sector}`}: ${e.message}` +
       `${errors - logged > 1 ? ` (${errors - logged - 1} more since the last report)` : ''}; the guest got S_IOERR`, { event: 'disk-io-error', disk: index, errors });
     logged = errors;
     lastLogAt = now;

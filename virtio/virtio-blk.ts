@@ -511,11 +511,11 @@ export class VirtioBlk {
   }
 
   /** Called on every request the backend failed (the driver-domain logs them, rate-limited). */
-  onIoError?: (sector: number, write: boolean, e: Error) => void;
+  onIoError?: (sector: number, op: 'read' | 'write' | 'flush', e: Error) => void;
 
   private failed(head: number, req: Extract<BlkRequest, { ok: true }>, e: Error, t0: number): void {
     this.lastError = `I/O error: ${e.message}`;
-    this.onIoError?.(req.sector, req.type === VIRTIO_BLK_T_OUT, e);
+    this.onIoError?.(req.sector, req.type === VIRTIO_BLK_T_OUT ? 'write' : req.type === VIRTIO_BLK_T_FLUSH ? 'flush' : 'read', e);
     this.counters?.request(req.type, req.dataLength, false, this.latency(t0));
     this.finish(head, req.status, VIRTIO_BLK_S_IOERR, 1);
   }
