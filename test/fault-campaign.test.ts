@@ -6,7 +6,7 @@
  * bit flips, is a benchmark: docs/fault-injection.md.)
  */
 import * as assert from 'assert';
-import { classify, plan, runOne, RunRecord, wilson } from '../bench/campaign';
+import { classify, expectedEffect, plan, runOne, RunRecord, wilson } from '../bench/campaign';
 import { InjectComponent, InjectKind } from '../cli/inject';
 import { kvmUnavailable, skipBecause } from './helpers/tsvmm';
 
@@ -21,6 +21,33 @@ describe('fault-injection campaign sample: fail-stop faults are detected and rec
     assert.strictEqual(classify(false, ['@blk-error ...']), 'silent');
     const [lo, hi] = wilson(99, 100);
     assert.ok(lo > 0.94 && lo < 0.96 && hi > 0.99 && hi <= 1, `${lo} ${hi}`);
+  });
+
+  it('counts a fault\'s expected effect on its device as contained only once its detector fired (EXPECTED)', () => {
+    const ioerr = ['@blk-error op=write sector=8 what=status status=1 gen=2', '@blk-progress pass=1 done=300 errors=1'];
+    const eioLog = ['tsvmm driver-domain: disk 0 I/O error: write at sector 8: write: errno 5; the guest got S_IOERR'];
+    // Detected: the one failed request is the fault's effect.
+    let e = expectedEffect('eio', eioLog, ioerr);
+    assert.deepStrictEqual([e.expected.length, e.rest, e.contained], [2, [], true]);
+    assert.strictEqual(classify(true, e.rest, e.contained), 'contained');
+    // No log named it: the same error is silent.
+    e = expectedEffect('eio', [], ioerr);
+    assert.strictEqual(classify(false, e.rest, e.contained), 'silent');
+    // A second failed request, or a bad block, is not the effect of one EIO.
+    e = expectedEffect('eio', eioLog, [...ioerr, '@blk-error op=read sector=16 what=status status=1 gen=2', '@blk-error op=read sector=24 what=crc status=0 gen=2']);
+    assert.strictEqual(e.rest.length, 2);
+    assert.strictEqual(classify(true, e.rest, e.contained), 'not-recovered');
+    // A vanished TAP: the echo stream stopping is expected; the rest of the guest stalling is not.
+    const tapLog = ['tsvmm driver-domain: net 1: its TAP t0 vanished under the VM (deleted on the host; ...)'];
+    e = expectedEffect('tap-vanish', tapLog, ['echo stopped: @echo sent=9 got=9 -> @echo sent=99 got=20', "no guest progress in the 3000 ms window's last 1.5 s and 8 s after"]);
+    assert.deepStrictEqual(e.rest, ["no guest progress in the 3000 ms window's last 1.5 s and 8 s after"]);
+    // A broken ring: the attacked disk's errors are expected; a VM lost is not.
+    const ringLog = ["tsvmm driver-domain: disk 0: the guest's ring is malformed (avail idx moved from 1 to 900, more than queue size 256): ..."];
+    e = expectedEffect('ring', ringLog, ['@blk-error op=reap what=bad_used_id id=140 len=0', '@error what=blk detail=timeout inflight=1 waited_s=10', 'VM lost: tsvmm exited {"code":3}']);
+    assert.deepStrictEqual(e.rest, ['VM lost: tsvmm exited {"code":3}']);
+    // Kinds without an expected effect are unchanged.
+    e = expectedEffect('SIGKILL', eioLog, ioerr);
+    assert.deepStrictEqual([e.rest, e.contained], [ioerr, false]);
   });
 
   const sample: [InjectComponent, InjectKind][] = [
