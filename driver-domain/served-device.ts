@@ -19,6 +19,7 @@ import { Status } from '../contracts/virtio-mmio-layout';
 import { VirtioBlk } from '../virtio/virtio-blk';
 import { VirtioNet } from '../virtio/virtio-net';
 import { TapBackend } from '../virtio/tap-backend';
+import { tapAttachedName } from '../virtio/tap';
 import { UringBlockBackend, describeLargeTransfers, dioAlignment, isBatched, largeTransferPolicy, openBlockBackend } from '../virtio/block-backend';
 import { BusyPoll } from './busy-poll';
 import { RateLimiter, describeRateLimit } from '../virtio/rate-limiter';
@@ -186,33 +187,24 @@ export function serveBlk(ctx: DeviceContext, d: DeviceEntry): ServedDevice {
 /** How often the driver-domain checks that a net device's TAP still exists. */
 const TAP_WATCH_MS = 1000;
 
-/** The name of the TAP `fd` is attached to ('' once the device was deleted: the fd is detached), or undefined if unknown. */
-function tapNameOf(fd: number): string | undefined {
-  try {
-    const m = /^iff:\t?(.*)$/m.exec(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'latin1'));
-    return m ? m[1].trim() : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 /**
  * A TAP deleted on the host under the VM (ip link del, a network manager) leaves the driver-domain's
  * fd detached: reads and writes fail with EBADFD and no frame arrives. Logged once, so it is
  * detected, not silent; the NIC carries nothing from then on (its frames are dropped), the other
- * devices and the guest go on. A TAP made again with the same name is another device: this fd does
- * not reattach to it (the VM must be restarted to use it).
+ * devices and the guest go on. A TAP made again with the same name in the supervisor's network
+ * namespace is reattached by the supervisor (supervisor/tap-reattach.ts: a new driver-domain takes
+ * over with it); elsewhere this fd stays detached.
  */
 function watchTap(index: number, fd: number, tap: TapBackend): void {
-  const name = tapNameOf(fd);
+  const name = tapAttachedName(fd);
   if (name === undefined) return;
   let gone = false;
   setInterval(() => {
-    const now = tapNameOf(fd);
+    const now = tapAttachedName(fd);
     if (now === '' && !gone) {
       gone = true;
       processLogger().warn(`net ${index}: its TAP ${name} vanished under the VM (deleted on the host; the fd is detached, EBADFD): ` +
-        `the NIC carries no traffic (${tap.dropped} frames dropped so far); the disk and the guest go on; a new TAP named ${name} is another device: restart the VM to use it`, { event: 'tap-vanished', device: index, tap: name });
+        `the NIC carries no traffic (${tap.dropped} frames dropped so far); the disk and the guest go on; a TAP made again with that name on the host is reattached`, { event: 'tap-vanished', device: index, tap: name });
     }
   }, TAP_WATCH_MS).unref();
 }

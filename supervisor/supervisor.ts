@@ -23,6 +23,7 @@ import { configMemfd } from '../contracts/component-config';
 import { RunRecordWriter } from '../contracts/run-record';
 import type { Adoption } from './adopt';
 import { HeldDevice, openDevices } from './held-devices';
+import { watchTaps } from './tap-reattach';
 import { PLATFORM_PAGE_SIZE, PlatformPage } from '../contracts/platform-page';
 import { ACPI_GED_POWER_BUTTON } from '../contracts/layout';
 import { Control, ControlledComponent, ControlTarget } from './control';
@@ -92,6 +93,8 @@ export class Supervisor implements LifecycleHost, ControlTarget {
   /** The state page's static part as sealed: the page is scrubbed against it (scrubStatePage). */
   private readonly staticImage: Uint8Array[];
   private scrubTimer?: NodeJS.Timeout;
+  /** supervisor/tap-reattach.ts: a vanished TAP made again is reattached. */
+  private tapTimer?: NodeJS.Timeout;
   readonly hangWatch: HangWatch;
   readonly standby: boolean;
   /** Every recovery, with cause and time (ms). */
@@ -224,6 +227,9 @@ export class Supervisor implements LifecycleHost, ControlTarget {
     }
     this.hangWatch.start();
     this.scrubTimer = setInterval(() => this.scrubStatePage(), SCRUB_MS);
+    const dd = this.driverDomain;
+    const isFinished = () => this.finished;
+    if (dd) this.tapTimer = watchTaps({ cfg: this.cfg, logger: this.logger, devices: this.held.devices, get finished() { return isFinished(); }, replaceDriverDomain: () => dd.update() });
     this.processesChanged();
   }
 
@@ -354,6 +360,7 @@ export class Supervisor implements LifecycleHost, ControlTarget {
     clearTimeout(this.privDeferred);
     this.hangWatch.stop();
     clearInterval(this.scrubTimer);
+    clearInterval(this.tapTimer);
     clearInterval(this.logTimer);
     this.vmm.stop();
     this.driverDomain?.stop();

@@ -4,6 +4,7 @@
  * writes frames on it. Frames carry no packet-info header (IFF_NO_PI) and
  * no virtio-net header (the device adds/strips it).
  */
+import * as fs from 'fs';
 import { abi, errnoCode, native } from '../native/kvm';
 
 const O_RDWR = 2;
@@ -44,4 +45,23 @@ export function openTap(name: string): number {
     throw new TapError(`cannot attach TAP "${name}": ${(e as Error).message}`);
   }
   return fd;
+}
+
+/**
+ * The name of the TAP that this process's `fd` is attached to: '' once the device was deleted under
+ * it (the fd is detached: reads and writes fail with EBADFD), undefined if unknown (not a TAP, no
+ * /proc). From /proc/self/fdinfo (`iff:`).
+ */
+export function tapAttachedName(fd: number): string | undefined {
+  try {
+    const m = /^iff:\t?(.*)$/m.exec(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'latin1'));
+    return m ? m[1].trim() : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether a TAP (or TUN) device named `name` exists in this process's network namespace. */
+export function tapExists(name: string): boolean {
+  return /^[A-Za-z0-9_.-]{1,15}$/.test(name) && fs.existsSync(`/sys/class/net/${name}/tun_flags`);
 }
