@@ -80,6 +80,12 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
       return false;
     }
     if (!active[i]) { dev.activate(); active[i] = true; }
+    else if (dev.resetSinceActivate()) {
+      // Reset and set up again between two of our events (a driver's reset path does not kick):
+      // bind to the rings it set up now.
+      dev.deactivate();
+      dev.activate();
+    }
     return true;
   };
   const attach = () => {

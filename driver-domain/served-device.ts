@@ -38,6 +38,11 @@ export interface ServedDevice {
   /** Attach to the queues (re-attach: reconcile, resubmit in-flight requests, signal once). */
   activate(): void;
   deactivate(): void;
+  /**
+   * The guest's driver reset the device since activate() (the vmm cleared its queue records) and
+   * set it up again before any event reached us: the queues are bound to rings it no longer uses.
+   */
+  resetSinceActivate(): boolean;
   /** Poller event on `slot`; `live`: the device is active (events on queues of a dead device are dropped). */
   onEvent(slot: number, live: boolean): void;
   /** An io_uring disk and its reaper, for the JIT warm-up (driver-domain/warm-up.ts). */
@@ -120,13 +125,19 @@ const DEVICE_WATCH_MS = 100;
  * 1.2 2.1.2; it serves nothing until the guest resets it) once per reset, and malformed requests
  * the device rejected (a descriptor outside guest RAM, a chain loop, a huge length: completed with
  * an error) at most once a second with a count. Only this device is affected; the VM goes on.
+ * A device that went DEVICE_NEEDS_RESET also interrupts the guest once (a configuration change),
+ * so its driver can reset it (the guest's blk driver does, and resubmits what was in flight).
  */
-function watchDevice(index: number, what: string, slot: DeviceSlot, dev: { stats: { badChains: number }; lastError?: string }): void {
+function watchDevice(index: number, what: string, slot: DeviceSlot, dev: { stats: { badChains: number }; lastError?: string }, notify: (q: number) => void): void {
   let reported = false;
   let chains = dev.stats.badChains;
   setInterval(() => {
     const broken = slot.needsReset;
     if (broken && !reported) {
+      // setNeedsReset raised the configuration-change bit in InterruptStatus; the interrupt itself
+      // tells the guest's driver (virtio 1.2 2.1.2: the device SHOULD send a configuration change
+      // notification), which answers with a reset.
+      notify(0);
       processLogger().warn(`${what} ${index}: the guest's ring is malformed (${dev.lastError ?? 'unknown'}): the device needs a reset (DEVICE_NEEDS_RESET) and serves nothing until the guest resets it; the VM goes on`, { event: 'device-needs-reset', device: index });
     }
     reported = broken;
@@ -157,7 +168,7 @@ export function serveBlk(ctx: DeviceContext, d: DeviceEntry): ServedDevice {
   blk.limiter = RateLimiter.from(disk.rateLimit);
   if (blk.limiter) processLogger().info(`disk ${d.index} rate limit: ${describeRateLimit(disk.rateLimit)}`);
   watchDisk(d.index, fds.backend, io.backend.size, blk);
-  watchDevice(d.index, 'disk', ctx.slot, blk);
+  watchDevice(d.index, 'disk', ctx.slot, blk, notify);
   const polled = [...kicks];
   let reap: (() => number) | undefined;
   let uringDisk: ServedDevice['uringDisk'];
@@ -175,6 +186,7 @@ export function serveBlk(ctx: DeviceContext, d: DeviceEntry): ServedDevice {
     polled, running, uringDisk,
     activate: () => blk.activate(),
     deactivate: () => blk.vq.deactivate(),
+    resetSinceActivate: () => blk.vq.isActive && blk.vq.progress.queueSize === 0,
     onEvent: (slot, live) => {
       // I/O completions: reap the whole batch, whatever the device state.
       if (slot === SLOT_COMPLETION) reap?.();
@@ -214,7 +226,7 @@ export function serveNet(ctx: DeviceContext, d: DeviceEntry): ServedDevice {
   const tap = new TapBackend(fds.backend);
   processLogger().info(`net ${d.index} TX: ${tap.txMode}`);
   const net = new VirtioNet(ctx.memory, ctx.slot, tap, notify);
-  watchDevice(d.index, 'net', ctx.slot, net);
+  watchDevice(d.index, 'net', ctx.slot, net, notify);
   if (ctx.counters) net.counters = ctx.counters;
   // Each direction has its own buckets with the configured limit (applied again by a restarted driver-domain).
   const limit = ctx.cfg.nets[d.index - ctx.cfg.disks.length].rateLimit;
@@ -240,6 +252,7 @@ export function serveNet(ctx: DeviceContext, d: DeviceEntry): ServedDevice {
     running,
     activate: () => net.activate(),
     deactivate: () => { net.rx.deactivate(); net.tx.deactivate(); },
+    resetSinceActivate: () => [net.rx, net.tx].some((q) => q.isActive && q.progress.queueSize === 0),
     onEvent: (slot, live) => {
       if (slot === SLOT_TAP) {
         // A TAP is edge-triggered: always drain it (the device drops what it cannot deliver).

@@ -23,7 +23,8 @@ struct slot {
     struct vq_desc ind[3];          /* indirect table (16-byte aligned) */
     u8 *buf;
     u64 block;
-    u32 type;
+    u32 type, len;
+    u8 inflight;                    /* submitted, not yet reaped (resubmitted after a device reset) */
 } __attribute__((aligned(128)));
 
 static struct vdev dev;
@@ -45,6 +46,8 @@ static void submit(u32 s, u32 type, u64 sector, void *data, u32 len)
     sl->hdr.sector = sector;
     sl->status = 0xff;
     sl->type = type;
+    sl->len = len;
+    sl->inflight = 1;
     struct vq_desc *d = dev.indirect ? sl->ind : &vq->desc[3 * s];
     u16 base = dev.indirect ? 0 : (u16)(3 * s), n = 0;
     d[n] = (struct vq_desc){ (u64)&sl->hdr, sizeof sl->hdr, VIRTQ_DESC_F_NEXT, base + 1 };
@@ -64,6 +67,34 @@ static void submit(u32 s, u32 type, u64 sector, void *data, u32 len)
     }
 }
 
+static void setup_queue(void);
+static u64 resets;
+
+/* The device set DEVICE_NEEDS_RESET (virtio 1.2 2.1.2: it hit an error it cannot recover from, e.g.
+ * a malformed ring) and said so with a configuration-change interrupt, or the queue stalled: reset
+ * it, set it up again and resubmit every request that was in flight (a write carries the same
+ * data again; a read is read again), as a Linux driver's reset path does. */
+static int reset_if_needed(int stalled)
+{
+    if (!dev.config_changed && !stalled)
+        return 0;
+    dev.config_changed = 0;
+    if (!(virtio_status(&dev) & 0x40))
+        return 0;
+    u32 n = 0;
+    for (u32 s = 0; s < qd; s++)
+        n += slots[s].inflight;
+    out_line("@blk-reset reason=needs_reset inflight=%u resets=%lu", n, ++resets);
+    setup_queue();
+    for (u32 s = 0; s < qd; s++) {
+        struct slot *sl = &slots[s];
+        if (sl->inflight)
+            submit(s, sl->type, sl->hdr.sector, sl->len ? sl->buf : 0, sl->len);
+    }
+    virtq_kick(vq);
+    return 1;
+}
+
 /* Waits for completions, printing @blk-stall every 10 s without one; fails after timeout_s. */
 static void wait_some(void)
 {
@@ -71,10 +102,13 @@ static void wait_some(void)
     while (!virtio_wait(&dev, seconds_to_cycles(10))) {
         waited += 10;
         out_line("@blk-stall inflight=%u waited_s=%lu", qd - nfree, waited);
+        if (reset_if_needed(1))
+            return;
         if (timeout_s && waited >= timeout_s)
             fail("blk", "detail=timeout inflight=%u waited_s=%lu errors=%lu", qd - nfree, waited,
                  errors_total);
     }
+    reset_if_needed(0);
 }
 
 /* Takes one completion: returns its slot, or -1 if none. A used element naming no request of ours
@@ -88,8 +122,10 @@ static int reap(void)
         if (!virtq_pop(vq, &id, &len))
             return -1;
         u32 s = dev.indirect ? id : id / 3;
-        if (s < qd && (dev.indirect || id % 3 == 0))
+        if (s < qd && (dev.indirect || id % 3 == 0) && slots[s].inflight) {
+            slots[s].inflight = 0;
             return (int)s;
+        }
         errors_total++;
         if (++err_lines <= MAX_ERR_LINES)
             out_line("@blk-error op=reap what=bad_used_id id=%u len=%u", id, len);
@@ -197,12 +233,19 @@ static void flush(void)
         blk_error("flush", 0, "status", st, 0);
 }
 
+/* Reset, negotiate, one queue, DRIVER_OK (at start, and after the device asked for a reset). */
+static void setup_queue(void)
+{
+    virtio_negotiate(&dev, (1ul << F_RO) | (1ul << F_FLUSH), "blk");
+    vq = virtio_queue(&dev, 0, (u16)cmdline_u64("blk_qsize", 256), "blk");
+    virtio_ready(&dev);
+}
+
 static void setup(void)
 {
     if (!virtio_find(VIRTIO_ID_BLK, (int)cmdline_u64("blk_dev", 0), &dev))
         fail("blk", "detail=no_device");
-    virtio_negotiate(&dev, (1ul << F_RO) | (1ul << F_FLUSH), "blk");
-    vq = virtio_queue(&dev, 0, (u16)cmdline_u64("blk_qsize", 256), "blk");
+    setup_queue();
     u32 max_qd = dev.indirect ? vq->num : vq->num / 3;
     qd = (u32)cmdline_u64("qd", 1);
     qd = qd < 1 ? 1 : qd > max_qd ? max_qd : qd;
@@ -224,7 +267,6 @@ static void setup(void)
     nfree = qd;
     verify = (int)cmdline_u64("verify", 1);
     report_every = cmdline_u64("blk_report", 0);
-    virtio_ready(&dev);
     char id[21] = "";
     if (sync_req(T_GET_ID, 0, slots[0].buf, 20) == S_OK) {
         memcpy(id, slots[0].buf, 20);

@@ -39,6 +39,8 @@
 static u32 rd(struct vdev *d, u32 off) { return *(volatile u32 *)(d->base + off); }
 static void wr(struct vdev *d, u32 off, u32 v) { *(volatile u32 *)(d->base + off) = v; }
 
+u32 virtio_status(struct vdev *d) { return rd(d, R_STATUS); }
+
 u32 virtio_cfg8(struct vdev *d, u32 off) { return *(volatile u8 *)(d->base + R_CONFIG + off); }
 u32 virtio_cfg32(struct vdev *d, u32 off) { return rd(d, R_CONFIG + off); }
 u64 virtio_cfg64(struct vdev *d, u32 off)
@@ -137,6 +139,7 @@ struct virtq *virtio_queue(struct vdev *d, u16 index, u16 max, const char *what)
     q->dev = d;
     q->index = index;
     q->num = (u16)num;
+    q->avail_idx = q->kicked_idx = q->last_used = 0;   /* a queue set up again after a device reset */
     q->desc = (struct vq_desc *)mem;
     q->avail = (volatile struct vq_avail *)(mem + avail_off);
     q->used = (volatile struct vq_used *)(mem + used_off);
@@ -286,6 +289,8 @@ int virtio_wait(struct vdev *d, u64 timeout)
             u32 isr = rd(d, R_INT_STATUS);  /* ACK before scanning, so no completion is missed */
             if (isr)
                 wr(d, R_INT_ACK, isr);
+            if (isr & 2)
+                d->config_changed = 1;
             return 1;
         }
         u64 now = rdtsc();
@@ -296,6 +301,8 @@ int virtio_wait(struct vdev *d, u64 timeout)
                 u32 isr = rd(d, R_INT_STATUS);
                 if (isr)
                     wr(d, R_INT_ACK, isr);
+                if (isr & 2)
+                    d->config_changed = 1;
                 return 1;
             }
         }

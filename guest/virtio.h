@@ -47,6 +47,7 @@ struct vdev {
     u64 irqs, lost_irqs;        /* interrupts taken; completions found without one */
     struct virtq q[2];
     int nq;
+    int config_changed;         /* the device raised a configuration change (ISR bit 1): e.g. NEEDS_RESET */
 };
 
 /* Finds the nth (0-based) device of this id among the cmdline entries; 1 if found. */
@@ -56,6 +57,8 @@ int virtio_find(u32 device_id, int nth, struct vdev *d);
 void virtio_negotiate(struct vdev *d, u64 want, const char *what);
 /* Allocates and registers queue `index` with at most `max` entries (power of two). */
 struct virtq *virtio_queue(struct vdev *d, u16 index, u16 max, const char *what);
+/* The device status register (DEVICE_NEEDS_RESET is bit 6). */
+u32 virtio_status(struct vdev *d);
 /* DRIVER_OK; programs the IOAPIC when d->irq. */
 void virtio_ready(struct vdev *d);
 u32 virtio_cfg8(struct vdev *d, u32 off);

@@ -49,7 +49,7 @@ describe('tsvmm inject: faults from outside the components', function () {
   this.timeout(180_000);
   before(requireKvm);
 
-  it('ring: a rejected malformed request (descriptor outside RAM, a chain loop, a huge length) leaves the disk serving; avail idx jumped past the queue: only that device needs a reset', async () => {
+  it('ring: a rejected malformed request (descriptor outside RAM, a chain loop, a huge length) leaves the disk serving; avail idx jumped past the queue: only that device needs a reset, and serves again once the guest reset it', async () => {
     const name = `fi-ring-${process.pid}`;
     const vm = blkLoopVm(['--name', name, '--metrics-addr', 'none', '--cpus', '2'], { TSVMM_TEST_HOOKS: '0' }, { n: 200000, cmdline: 'ap_counter=1 n=0 report=20000000 blk_timeout=30' });
     const imgDir = (vm as unknown as { imgDir: string }).imgDir;
@@ -72,6 +72,11 @@ describe('tsvmm inject: faults from outside the components', function () {
       const r = await inject('driver-domain', 'ring', await pidsOf(vm, name), { seed: 9, ringAttack: 'avail-jump' });
       assert.match(r.after!, /DEVICE_NEEDS_RESET.*queue broken/, JSON.stringify(r));
       await vm.waitFor(() => /disk 0: the guest's ring is malformed \(avail idx moved/.test(vm.err), 10_000, 'the driver-domain logging the broken ring');
+      // The device interrupts the guest (a configuration change); its driver resets the device, sets
+      // it up again and resubmits what was in flight; the driver-domain binds to the new rings.
+      await vm.waitFor(() => vm.count('@blk-reset reason=needs_reset', t) === 1, 20_000, 'the guest resetting the device');
+      const tReset = vm.lines.find((l) => l.at > t && l.line.startsWith('@blk-reset'))!.at;
+      await vm.waitFor(() => vm.count('@blk-progress', tReset) >= 3, 20_000, 'blk progress after the reset');
       await carriedOn(vm, name, t, rec0);
     } finally {
       await vm.stop();
