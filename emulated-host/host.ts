@@ -10,7 +10,7 @@
  * busybox-static, the kvm, kvm-amd, irqbypass and tun modules (Debian's
  * linux-image-*-cloud-amd64 .deb, fetched with `apt-get download`, nothing
  * installed into the host), this machine's node with the libraries `ldd`
- * lists, the built tree (dist, build/Release, guest/out, proto, bin,
+ * lists, the built tree (dist, build/Release, guest/out, proto, bin, the API schema,
  * package.json, the runtime node_modules) under /opt/tsvmm, and the Linux
  * guest image of `tsvmm image linux` under /opt/linux. It is cached under
  * cacheDir() and rebuilt only when the hash of its inputs changes.
@@ -31,8 +31,13 @@ import { CpioEntry, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, writeCpio } from '../cli
 
 export const QEMU = 'qemu-system-x86_64';
 export const QEMU_PACKAGE = 'qemu-system-x86';
-/** The machine: see docs/emulated-host.md. */
-export const L1_CPUS = 2;
+/**
+ * The machine: see docs/emulated-host.md. One emulated CPU (TSVMM_EMULATED_HOST_SMP overrides): with
+ * two, QEMU's TCG (7.2 and 10.0 alike) delivered a reschedule IPI to L1 right after a VMRUN returned,
+ * before kvm-amd reloaded the host's GS base (the interrupt handler ran on the guest's per-CPU base
+ * and L1 panicked: stack guard page, recursive page faults), in 3 of 3 runs on 2026-12-06.
+ */
+export const L1_CPUS = 1;
 export const L1_MEM_MB = 3072;
 /** Modules L1 loads, dependencies first (resolved from the package). */
 export const L1_MODULES = ['kvm_amd', 'tun'];
@@ -188,7 +193,7 @@ export function buildL1Image(opts: { extra?: { src: string; dest: string }[]; ta
     try { return fs.statSync(path.join(dist, r)).mtimeMs < fs.statSync(path.join(dist, m[1], 'main.js')).mtimeMs; } catch { return true; }
   };
   tree('dist', (r) => /\.map$/.test(r) || staleBundle(r));
-  for (const rel of ['guest/out', 'bench/out', 'proto', 'bin', 'package.json']) tree(rel, (r) => /\.map$/.test(r));
+  for (const rel of ['guest/out', 'bench/out', 'proto', 'bin', 'package.json', 'priv-domain/openapi.yaml']) tree(rel, (r) => /\.map$/.test(r));
   for (const f of files(path.join(ROOT, 'build', 'Release'), (r) => !/\.node$/.test(r) && r.includes('.'))) add(path.join(ROOT, 'build', 'Release', f), `${L1_TREE}/build/Release/${f}`);
   tree('node_modules', (r) => SKIP_NODE_MODULES.test(r));
   add(path.join(linuxDir, IMAGE_FILES.kernel), `${L1_LINUX_IMAGE}/${IMAGE_FILES.kernel}`);
@@ -323,10 +328,26 @@ function tcgThreads(): 'single' | 'multi' {
   return process.env.TSVMM_EMULATED_HOST_TCG === 'single' ? 'single' : 'multi';
 }
 
+/** L1's CPU count: TSVMM_EMULATED_HOST_SMP, else L1_CPUS. */
+function l1Cpus(): number {
+  const n = Number(process.env.TSVMM_EMULATED_HOST_SMP);
+  return Number.isInteger(n) && n >= 1 && n <= 8 ? n : L1_CPUS;
+}
+
 /** qemu's niceness: TSVMM_EMULATED_HOST_NICE (0 included), else 10. */
 function defaultNice(): number {
   const v = process.env.TSVMM_EMULATED_HOST_NICE;
   return v !== undefined && /^-?\d+$/.test(v.trim()) ? Number(v) : 10;
+}
+
+/**
+ * The qemu that emulates L1: TSVMM_EMULATED_HOST_QEMU (a binary) with TSVMM_EMULATED_HOST_QEMU_DATA
+ * (its firmware directory, qemu's -L) where set, else the installed one.
+ */
+function l1Qemu(): { bin: string; dataArgs: string[]; cpu: string } {
+  const bin = process.env.TSVMM_EMULATED_HOST_QEMU || QEMU;
+  const data = process.env.TSVMM_EMULATED_HOST_QEMU_DATA;
+  return { bin, dataArgs: data ? ['-L', data] : [], cpu: process.env.TSVMM_EMULATED_HOST_CPU || 'max' };
 }
 
 /** Boot L1, run `command` (sh -c, in /opt/tsvmm), return its status and output. */
@@ -334,8 +355,9 @@ export function runInEmulatedHost(command: string, opts: RunOptions): Promise<Ru
   const enc = Buffer.from(command).toString('base64');
   const append = `console=ttyS0 panic=-1 quiet loglevel=4 ${tscArgs()}tsvmm.cmd=${enc}`;
   if (append.length > 2000) throw new Error(`the command is too long for the kernel command line (${command.length} bytes; keep it under ~1400)`);
+  const qemu = l1Qemu();
   const args = [
-    '-n', String(opts.nice ?? defaultNice()), QEMU, '-M', 'q35', '-accel', `tcg,thread=${tcgThreads()}`, '-cpu', 'max', '-smp', String(L1_CPUS), '-m', String(L1_MEM_MB),
+    '-n', String(opts.nice ?? defaultNice()), qemu.bin, ...qemu.dataArgs, '-M', 'q35', '-accel', `tcg,thread=${tcgThreads()}`, '-cpu', qemu.cpu, '-smp', String(l1Cpus()), '-m', String(L1_MEM_MB),
     '-kernel', opts.image.kernel, '-initrd', opts.image.initrd, '-append', append, '-nographic', '-no-reboot', '-nodefaults', '-serial', 'stdio',
   ];
   const t0 = Date.now();
