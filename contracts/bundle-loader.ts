@@ -55,8 +55,8 @@ export function runBundle(bundle: string): unknown {
   m.filename = bundle;
   m.paths = M._nodeModulePaths(path.dirname(bundle));
   const fn = script.runInThisContext() as (exports: unknown, require: NodeJS.Require, module: Module, filename: string, dirname: string) => void;
-  const req = ((id: string) => m.require(id)) as NodeJS.Require;
-  req.resolve = ((id: string) => (Module as unknown as { _resolveFilename(id: string, parent: Module): string })._resolveFilename(id, m)) as NodeJS.RequireResolve;
+  // Node's own require for a file there (resolve, cache and main included).
+  const req = Module.createRequire(bundle);
   fn.call(m.exports, m.exports, req, m, bundle, path.dirname(bundle));
   m.loaded = true;
   return m.exports;
