@@ -99,22 +99,32 @@ export class Serial {
   inputArrived(): void { this.update(); }
 
   private standingPolls = 0;
+  private lastThrePending = -1;
 
   /**
-   * Called every poll by the vmm's main thread: an enabled interrupt condition (THRE, or received
-   * data) still standing after `polls` calls in a row is one whose edge the guest did not take, so
-   * it is raised again, as a 16550's interrupt line stays raised while its condition stands. Seen on
-   * the emulated host: Linux's 8250 driver left the shell's prompt in its transmit buffer, waiting
-   * for a THRE interrupt, until typed input (an RDA interrupt) ran its handler, which sends too.
-   * A repeat the guest did not need costs it one interrupt that finds nothing to do.
+   * Called every poll by the vmm's main thread. An enabled interrupt condition that stands `polls`
+   * calls in a row is raised again, as a 16550's interrupt line stays raised while its condition
+   * stands: received data not read, or the THR-empty interrupt enabled with the UART idle (the
+   * pending bit unchanged) that long. A driver keeps THRE enabled only while it has more to send
+   * (Linux's 8250 driver turns it off when its buffer is empty), so THRE enabled on an idle UART is
+   * a driver waiting for an interrupt it did not get: its edge was lost, or the IIR read that took
+   * it was answered by a vmm that died before the guest saw the answer (the next vmm replays the
+   * read, and the acknowledged THRE reads as "no interrupt"). Both were seen on the emulated host:
+   * the shell's prompt left in the driver's buffer, and all console output stopped after a vmm
+   * takeover under a 2-vCPU Linux guest. A repeat the guest did not need costs it one interrupt
+   * that finds nothing to do.
    */
   repeatStanding(polls: number): void {
     const p = this.page;
     const ier = p.reg(Uart.IER);
-    const standing = (ier & IER_RDA && p.rxReady()) || (ier & IER_THRE && p.reg(Uart.THRE_PENDING));
+    const pending = p.reg(Uart.THRE_PENDING);
+    const idle = pending === this.lastThrePending || this.lastThrePending < 0;
+    this.lastThrePending = pending;
+    const standing = (ier & IER_RDA && p.rxReady()) || (ier & IER_THRE && idle);
     if (!standing) { this.standingPolls = 0; return; }
     if (++this.standingPolls < polls) return;
     this.standingPolls = 0;
+    if (ier & IER_THRE) p.reg(Uart.THRE_PENDING, 1);
     this.irq();
   }
 
