@@ -69,7 +69,7 @@ export const CAMPAIGN_COMPONENTS: InjectComponent[] = ['vmm', 'vmm-vcpu', 'keepe
  */
 export const EXPECTED: Partial<Record<InjectKind, { detector: RegExp; symptom: RegExp; progress?: string[] }>> = {
   ring: {
-    detector: /the guest's ring is malformed|rejected \d+ malformed request/,
+    detector: /needs a reset \(DEVICE_NEEDS_RESET: the guest's ring is malformed|rejected \d+ malformed request/,
     symptom: /^@blk-error|^@error what=blk|^@blk-progress .*errors=|^@blk-stall/,
     progress: ['@counter'],
   },

@@ -138,7 +138,8 @@ function watchDevice(index: number, what: string, slot: DeviceSlot, dev: { stats
       // tells the guest's driver (virtio 1.2 2.1.2: the device SHOULD send a configuration change
       // notification), which answers with a reset.
       notify(0);
-      processLogger().warn(`${what} ${index}: the guest's ring is malformed (${dev.lastError ?? 'unknown'}): the device needs a reset (DEVICE_NEEDS_RESET) and serves nothing until the guest resets it; the VM goes on`, { event: 'device-needs-reset', device: index });
+      // lastError: the ring fault that broke a queue; none: set at start, for a queue record refused.
+      processLogger().warn(`${what} ${index} needs a reset (DEVICE_NEEDS_RESET: ${dev.lastError ? `the guest's ring is malformed: ${dev.lastError}` : 'its queue state was refused'}): it serves nothing until the guest resets it; the VM goes on`, { event: 'device-needs-reset', device: index });
     }
     reported = broken;
     const n = dev.stats.badChains;

@@ -42,7 +42,7 @@ describe('fault-injection campaign sample: fail-stop faults are detected and rec
     e = expectedEffect('tap-vanish', tapLog, ['echo stopped: @echo sent=9 got=9 -> @echo sent=99 got=20', "no guest progress in the 3000 ms window's last 1.5 s and 8 s after"]);
     assert.deepStrictEqual(e.rest, ["no guest progress in the 3000 ms window's last 1.5 s and 8 s after"]);
     // A broken ring: the attacked disk's errors are expected; a VM lost is not.
-    const ringLog = ["tsvmm driver-domain: disk 0: the guest's ring is malformed (avail idx moved from 1 to 900, more than queue size 256): ..."];
+    const ringLog = ["tsvmm driver-domain: disk 0 needs a reset (DEVICE_NEEDS_RESET: the guest's ring is malformed: avail idx moved from 1 to 900, more than queue size 256): ..."];
     e = expectedEffect('ring', ringLog, ['@blk-error op=reap what=bad_used_id id=140 len=0', '@error what=blk detail=timeout inflight=1 waited_s=10', 'VM lost: tsvmm exited {"code":3}']);
     assert.deepStrictEqual(e.rest, ['VM lost: tsvmm exited {"code":3}']);
     // Kinds without an expected effect are unchanged.

@@ -71,7 +71,7 @@ describe('tsvmm inject: faults from outside the components', function () {
       const t = performance.now();
       const r = await inject('driver-domain', 'ring', await pidsOf(vm, name), { seed: 9, ringAttack: 'avail-jump' });
       assert.match(r.after!, /DEVICE_NEEDS_RESET.*queue broken/, JSON.stringify(r));
-      await vm.waitFor(() => /disk 0: the guest's ring is malformed \(avail idx moved/.test(vm.err), 10_000, 'the driver-domain logging the broken ring');
+      await vm.waitFor(() => /disk 0 needs a reset \(DEVICE_NEEDS_RESET: the guest's ring is malformed: avail idx moved/.test(vm.err), 10_000, 'the driver-domain logging the broken ring');
       // The device interrupts the guest (a configuration change); its driver resets the device, sets
       // it up again and resubmits what was in flight; the driver-domain binds to the new rings.
       await vm.waitFor(() => vm.count('@blk-reset reason=needs_reset', t) === 1, 20_000, 'the guest resetting the device');
