@@ -187,10 +187,10 @@ export function buildL1Image(opts: { extra?: { src: string; dest: string }[]; ta
   // The initramfs has no mtimes (all 0), so supervisor/component-entry.ts cannot tell a stale
   // esbuild bundle from a fresh one there: a bundle older than its tsc output stays out.
   const staleBundle = (r: string): boolean => {
-    const m = /^(.*)\/main\.bundle\.js$/.exec(r);
+    const m = /^(.*)\.bundle\.js$/.exec(r);
     if (!m) return false;
     const dist = path.join(ROOT, 'dist');
-    try { return fs.statSync(path.join(dist, r)).mtimeMs < fs.statSync(path.join(dist, m[1], 'main.js')).mtimeMs; } catch { return true; }
+    try { return fs.statSync(path.join(dist, r)).mtimeMs < fs.statSync(path.join(dist, `${m[1]}.js`)).mtimeMs; } catch { return true; }
   };
   tree('dist', (r) => /\.map$/.test(r) || staleBundle(r));
   for (const rel of ['guest/out', 'bench/out', 'proto', 'bin', 'package.json', 'priv-domain/openapi.yaml']) tree(rel, (r) => /\.map$/.test(r));

@@ -140,7 +140,7 @@ class Vm {
       // busybox's line editor asks the terminal where its cursor is (ESC [6n) before it reads a
       // line, and takes what arrives until the answer as that answer: answer as a terminal does,
       // or the next typed command is eaten.
-      if (t.includes('\x1b[6n')) this.child.stdin!.write('\x1b[1;1R');
+      if (t.includes('\x1b[6n') && !this.exit) this.child.stdin!.write('\x1b[1;1R');
       this.out += t;
       ob += t;
       let i;
@@ -163,6 +163,8 @@ class Vm {
       }
     });
     this.child.on('exit', (code, signal) => { this.exit = { code, signal }; });
+    // Once tsvmm has ended, its stdin is a closed pipe: a late write (the cursor answer) is dropped.
+    this.child.stdin!.on('error', () => undefined);
   }
 
   async waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
