@@ -290,7 +290,9 @@ async function startSession(name: string, workload: Workload, cpus: number): Pro
     await vm.waitFor(() => progress.every((p) => vm.count(p) >= 2) && vm.pid.vmm > 0, 60_000, 'the first progress lines');
   } catch (e) {
     await endSession(sess);
-    throw e;
+    // What the guest said before it ended (a VM that did not start is kept as a run: say why).
+    const said = vm.out.split('\n').filter((l) => /^@(error|blk-error|boot)/.test(l)).slice(-3).join('; ');
+    throw new Error(`${(e as Error).message.split('\n')[0]}${said ? ` guest: ${said}` : ''}`);
   }
   return sess;
 }
