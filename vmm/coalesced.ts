@@ -104,14 +104,20 @@ export class CoalescedRing {
 /**
  * The vmm main thread's side: every POLL_MS, if the ring holds entries no exit drained (the guest
  * wrote its line's last bytes and went quiet), kick vCPU 0 out of KVM_RUN; its thread drains the
- * ring on the way back in.
+ * ring on the way back in. Likewise, once, when vCPU 0's journal has held the same part line for a
+ * whole poll with the ring empty (a prompt, then the guest only polls for input): on that kick the
+ * thread finds nothing new and writes the part line out (vmm/restore.ts SerialLineJournal.settle).
  */
 export class RingWatch {
   static readonly POLL_MS = 20;
   private tid = 0;
   private timer?: NodeJS.Timeout;
+  private lastCommit = 0;
+  private kickedFor = 0;
 
-  constructor(private readonly ring: CoalescedRing, private readonly run: DataView, private readonly immediateExitOffset: number) {}
+  constructor(private readonly ring: CoalescedRing, private readonly run: DataView, private readonly immediateExitOffset: number,
+    /** vCPU 0's journal commit word (contracts/snapshot.ts Journal.commit). */
+    private readonly commit?: Int32Array) {}
 
   started(tid: number): void {
     this.tid = tid;
@@ -120,7 +126,15 @@ export class RingWatch {
   }
 
   private poll(): void {
-    if (!this.tid || !this.ring.pending()) return;
+    if (!this.tid) return;
+    let kick = this.ring.pending();
+    if (!kick && this.commit) {
+      const word = Atomics.load(this.commit, 0) & ~SNAP.HANDLED;
+      kick = (word & SNAP.LEN_MASK) !== 0 && word === this.lastCommit && word !== this.kickedFor;
+      this.lastCommit = word;
+      if (kick) this.kickedFor = word;
+    }
+    if (!kick) return;
     this.run.setUint8(this.immediateExitOffset, 1);
     try { native.kick(this.tid); } catch { this.tid = 0; /* the vCPU thread is gone */ }
   }

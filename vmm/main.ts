@@ -162,7 +162,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
     if (coalescedPioSupported(vm.fd)) ring = CoalescedRing.map(vcpus[0].fd);
     else if (mode === 'boot') process.stderr.write('tsvmm vmm: KVM lacks KVM_CAP_COALESCED_PIO: every UART byte exits to the vmm\n');
   }
-  const ringWatch = ring && new RingWatch(ring, vcpus[0].run, RUN.immediateExit);
+  const ringWatch = ring && new RingWatch(ring, vcpus[0].run, RUN.immediateExit, snapView.journal(0).commit);
   const keeperConfig = (dormant: boolean) => ({
     vmFd: vm.fd, snapFd: FD.SNAPSHOT, msrs, vcpus: vcpus.map((v) => ({ fd: v.fd, run: native.address(v.runBytes) })), irqfds, dormant,
     seccomp: keeperSeccomp(), ...(ring ? { coalescedRing: native.address(ring.buffer as ArrayBuffer) } : {}),

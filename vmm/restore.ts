@@ -81,7 +81,7 @@ export function replayPendingWrite(platform: Platform, s: PendingWrite): string 
  */
 export class SerialLineJournal {
   private len: number;
-  /** The exit being handled wrote a byte (exitStart() to settle()). */
+  /** A byte was pushed since the last settle() (by the exit, or drained from the coalesced ring before it). */
   private grew = false;
   /** The coalesced ring tag (contracts/snapshot.ts Journal.ringTag), shifted into place. */
   private ring: number;
@@ -104,26 +104,23 @@ export class SerialLineJournal {
   }
 
   /**
-   * The end of an exit: a part line goes out when this exit wrote nothing (the guest's burst of
-   * output is over: a shell's prompt ends no line), or at once when `always` (several vCPUs drive
-   * the UART by interrupt: a part line one of them held would come out after the bytes the next
-   * one wrote). Otherwise lines go out whole, so a vmm killed between a write and its commit
-   * repeats a whole line, never a part of one. The `always` case, a write per byte, is committed
-   * (as handled, nothing held) before it is written: a vmm killed in between loses that byte rather
-   * than repeating it, and that window (before the write starts) is far shorter than the write.
-   * True when it wrote.
+   * The end of an exit (or a kick): a part line goes out when this exit wrote nothing (the guest's
+   * burst of output is over: a shell's prompt ends no line), or at once when `always` (several
+   * vCPUs drive the UART by interrupt: a part line one of them held would come out after the bytes
+   * the next one wrote). Whole lines go out as they end (push), written before they are committed,
+   * so a vmm killed in between repeats a whole line. A part line is committed first (`commit`:
+   * handled() at the end of an exit, commitLine() on a kick) and written after, so a vmm killed in
+   * between loses it rather than repeating a piece of a line: that window, before the write starts,
+   * is a few instructions, the other one the whole write. True when it wrote.
    */
-  /** An exit's handling starts (after the coalesced writes before it were replayed). */
-  exitStart(): void { this.grew = false; }
-
-  settle(always: boolean): boolean {
+  settle(always: boolean, commit: () => void): boolean {
     const wrote = this.len > 0 && (always || !this.grew);
-    if (wrote && always) {
+    if (wrote) {
       const n = this.len;
       this.len = 0;
-      this.handled();
+      commit();
       this.write(n);
-    } else if (wrote) this.flush();
+    }
     this.grew = false;
     return wrote;
   }

@@ -221,12 +221,12 @@ function main(d: VcpuThreadData): void {
     }
     // THR writes KVM coalesced come before this exit: the UART sees them first.
     if (ring) drain();
-    journal.exitStart(); // (what the ring held was written before this exit)
     if (r < 0) {
       if (-r === EINTR || -r === EAGAIN) {
         run.setUint8(RUN.immediateExit, 0);
-        // A kick (the main thread's, when coalesced bytes waited with no exit): the burst is over.
-        if (journal.settle(false)) journal.commitLine();
+        // A kick: the main thread's (vmm/coalesced.ts RingWatch) when coalesced bytes waited with no
+        // exit, or when a part line stood a whole poll: with nothing new since, the burst is over.
+        journal.settle(false, () => journal.commitLine());
         parkIfPaused(d.pause);
         continue;
       }
@@ -307,7 +307,7 @@ function main(d: VcpuThreadData): void {
     // and after every exit where several vCPUs drive the UART by its THR-empty interrupt: Linux's
     // 8250 driver sends from whichever CPU takes the interrupt, and a part line one vCPU held would
     // come out after what another wrote next.
-    journal.settle(d.cpus > 1 && serial.txInterruptEnabled());
+    journal.settle(d.cpus > 1 && serial.txInterruptEnabled(), () => journal.handled());
     if (journaling) journal.handled();
     if (stopped()) return;
   }
