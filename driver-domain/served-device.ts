@@ -17,6 +17,7 @@ import { GuestMemory } from '../contracts/memory';
 import { DeviceSlot } from '../contracts/state-page';
 import { Status } from '../contracts/virtio-mmio-layout';
 import { VirtioBlk } from '../virtio/virtio-blk';
+import { Virtqueue } from '../virtio/virtqueue';
 import { VirtioNet } from '../virtio/virtio-net';
 import { TapBackend } from '../virtio/tap-backend';
 import { tapAttachedName } from '../virtio/tap';
@@ -128,11 +129,16 @@ const DEVICE_WATCH_MS = 100;
  * A device that went DEVICE_NEEDS_RESET also interrupts the guest once (a configuration change),
  * so its driver can reset it (the guest's blk driver does, and resubmits what was in flight).
  */
-function watchDevice(index: number, what: string, slot: DeviceSlot, dev: { stats: { badChains: number }; lastError?: string }, notify: (q: number) => void): void {
+function watchDevice(index: number, what: string, slot: DeviceSlot, dev: { stats: { badChains: number }; lastError?: string }, queues: Virtqueue[], notify: (q: number) => void): void {
   let reported = false;
   let chains = dev.stats.badChains;
+  const breaks = () => queues.reduce((n, q) => n + q.breaks, 0);
+  let broke = breaks();
   setInterval(() => {
-    const broken = slot.needsReset;
+    // A queue that broke since the last look counts even if the guest already reset the device.
+    const b = breaks();
+    const broken = slot.needsReset || b > broke;
+    broke = b;
     if (broken && !reported) {
       // setNeedsReset raised the configuration-change bit in InterruptStatus; the interrupt itself
       // tells the guest's driver (virtio 1.2 2.1.2: the device SHOULD send a configuration change
@@ -141,7 +147,7 @@ function watchDevice(index: number, what: string, slot: DeviceSlot, dev: { stats
       // lastError: the ring fault that broke a queue; none: set at start, for a queue record refused.
       processLogger().warn(`${what} ${index} needs a reset (DEVICE_NEEDS_RESET: ${dev.lastError ? `the guest's ring is malformed: ${dev.lastError}` : 'its queue state was refused'}): it serves nothing until the guest resets it; the VM goes on`, { event: 'device-needs-reset', device: index });
     }
-    reported = broken;
+    reported = slot.needsReset;
     const n = dev.stats.badChains;
     if (n > chains) {
       processLogger().warn(`${what} ${index}: rejected ${n - chains} malformed request${n - chains > 1 ? 's' : ''} from the guest (${dev.lastError ?? 'unknown'}): completed with an error; the device goes on`, { event: 'device-bad-request', device: index, count: n - chains });
@@ -169,7 +175,7 @@ export function serveBlk(ctx: DeviceContext, d: DeviceEntry): ServedDevice {
   blk.limiter = RateLimiter.from(disk.rateLimit);
   if (blk.limiter) processLogger().info(`disk ${d.index} rate limit: ${describeRateLimit(disk.rateLimit)}`);
   watchDisk(d.index, fds.backend, io.backend.size, blk);
-  watchDevice(d.index, 'disk', ctx.slot, blk, notify);
+  watchDevice(d.index, 'disk', ctx.slot, blk, [blk.vq], notify);
   const polled = [...kicks];
   let reap: (() => number) | undefined;
   let uringDisk: ServedDevice['uringDisk'];
@@ -227,7 +233,7 @@ export function serveNet(ctx: DeviceContext, d: DeviceEntry): ServedDevice {
   const tap = new TapBackend(fds.backend);
   processLogger().info(`net ${d.index} TX: ${tap.txMode}`);
   const net = new VirtioNet(ctx.memory, ctx.slot, tap, notify);
-  watchDevice(d.index, 'net', ctx.slot, net, notify);
+  watchDevice(d.index, 'net', ctx.slot, net, [net.rx, net.tx], notify);
   if (ctx.counters) net.counters = ctx.counters;
   // Each direction has its own buckets with the configured limit (applied again by a restarted driver-domain).
   const limit = ctx.cfg.nets[d.index - ctx.cfg.disks.length].rateLimit;

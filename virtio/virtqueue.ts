@@ -535,8 +535,12 @@ export class Virtqueue {
     return { ok: false, error, broken: true };
   }
 
+  /** Ring faults that broke this queue in this process (the driver-domain logs each, even one the guest reset at once). */
+  breaks = 0;
+
   /** Mark the queue broken (NEEDS_RESET); returns `error`. */
   private breakQueue(error: string): string {
+    this.breaks++;
     this.progress.flags = this.progress.flags | QUEUE_BROKEN;
     this.slot.setNeedsReset();
     return error;
