@@ -38,7 +38,7 @@ export const QEMU_PACKAGE = 'qemu-system-x86';
  * and L1 panicked: stack guard page, recursive page faults), in 3 of 3 runs on 2026-12-06.
  */
 export const L1_CPUS = 1;
-export const L1_MEM_MB = 3072;
+export const L1_MEM_MB = 5120;
 /** Modules L1 loads, dependencies first (resolved from the package). */
 export const L1_MODULES = ['kvm_amd', 'tun'];
 /** Where things are inside L1. */

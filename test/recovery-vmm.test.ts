@@ -63,7 +63,7 @@ describe('vmm recovery refuses a bad snapshot', function () {
       child.stderr!.on('data', (d) => { err += d; });
       child.stdout!.on('data', (d) => { out += d; });
       const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-      const until = async (cond: () => boolean) => { const t = Date.now(); while (!cond()) { if (Date.now() - t > 20_000) throw new Error(`timeout; stderr: ${err}`); await new Promise((r) => setTimeout(r, 10)); } };
+      const until = async (cond: () => boolean) => { const t = Date.now(); while (!cond()) { if (Date.now() - t > 90_000) throw new Error(`timeout; stderr: ${err}`); await new Promise((r) => setTimeout(r, 10)); } };
       await until(() => /vmm ready \(pid \d+/.test(err) && out.includes('@counter') && (!standby || /vmm standby ready/.test(err)));
       const vmm = Number(/vmm ready \(pid (\d+)/.exec(err)![1]);
       // The keeper's pid is in the snapshot header (other processes may hold the memfd too).
