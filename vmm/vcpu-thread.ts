@@ -206,6 +206,10 @@ function main(d: VcpuThreadData): void {
   syncZone();
   post({ kind: 'started', id: d.id, tid: native.gettid(), ns: enteredNs ?? process.hrtime.bigint() });
 
+  // How settle() commits a part line before writing it: on a kick, or at the end of an exit.
+  const commitLine = () => journal.commitLine();
+  const commitHandled = () => journal.handled();
+  const multiVcpu = d.cpus > 1;
   for (;;) {
     let r: number;
     if (firstExit === undefined) {
@@ -226,7 +230,7 @@ function main(d: VcpuThreadData): void {
         run.setUint8(RUN.immediateExit, 0);
         // A kick: the main thread's (vmm/coalesced.ts RingWatch) when coalesced bytes waited with no
         // exit, or when a part line stood a whole poll: with nothing new since, the burst is over.
-        journal.settle(false, () => journal.commitLine());
+        journal.settle(false, commitLine);
         parkIfPaused(d.pause);
         continue;
       }
@@ -307,7 +311,7 @@ function main(d: VcpuThreadData): void {
     // and after every exit where several vCPUs drive the UART by its THR-empty interrupt: Linux's
     // 8250 driver sends from whichever CPU takes the interrupt, and a part line one vCPU held would
     // come out after what another wrote next.
-    journal.settle(d.cpus > 1 && serial.txInterruptEnabled(), () => journal.handled());
+    journal.settle(multiVcpu && serial.txInterruptEnabled(), commitHandled);
     if (journaling) journal.handled();
     if (stopped()) return;
   }
