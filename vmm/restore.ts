@@ -87,10 +87,10 @@ export class SerialLineJournal {
   private ring: number;
   private readonly exitReasonOffset: number;
 
-  /** `dropped(n, err)`: the serial sink refused a line (a full disk, /dev/full, a closed pipe): the guest runs on. */
   /** Called once, after the first line went out (TSVMM_START_DEBUG's `first serial line`). */
   firstWrite?: () => void;
 
+  /** `dropped(n, err)`: the serial sink refused a line (a full disk, /dev/full, a closed pipe): the guest runs on. */
   constructor(private readonly journal: Journal, private readonly outFd: number, private readonly dropped: (n: number, err: Error) => void = () => undefined) {
     this.len = journal.lineLength;
     this.ring = journal.ringTag << SNAP.RING_SHIFT;
@@ -111,18 +111,16 @@ export class SerialLineJournal {
    * so a vmm killed in between repeats a whole line. A part line is committed first (`commit`:
    * handled() at the end of an exit, commitLine() on a kick) and written after, so a vmm killed in
    * between loses it rather than repeating a piece of a line: that window, before the write starts,
-   * is a few instructions, the other one the whole write. True when it wrote.
+   * is a few instructions, the other one the whole write.
    */
-  settle(always: boolean, commit: () => void): boolean {
-    const wrote = this.len > 0 && (always || !this.grew);
-    if (wrote) {
+  settle(always: boolean, commit: () => void): void {
+    if (this.len > 0 && (always || !this.grew)) {
       const n = this.len;
       this.len = 0;
       commit();
       this.write(n);
     }
     this.grew = false;
-    return wrote;
   }
 
   flush(): void {
