@@ -19,6 +19,7 @@
  */
 import * as fs from 'fs';
 import { UringBlockBackend } from '../virtio/block-backend';
+import { native } from '../native/kvm';
 import { BusyPoll } from './busy-poll';
 import { GuestMemory, hostRegion } from '../contracts/memory';
 import { ControlPage, DeviceCounters } from '../contracts/control-page';
@@ -83,15 +84,21 @@ export function warmUpBlk(be: UringBlockBackend, reap: () => number, requests = 
   const span = Math.min(size, 4 << 20) - (Math.min(size, 4 << 20) % LARGE);
   if (span < LARGE) return -1;
   const sink = be.sink; // the live device: the private VirtioBlk takes its place meanwhile
+  const ramBytes = QD * (LARGE + 4096) + (1 << 20);
+  let ramFd = -1;
+  let keepRam = false;
   try {
     // Page-cache the span: warm-up reads complete inside io_uring_enter (large ones on a worker
     // where the host has CPUs to spare, as the live disk's do).
     const chunk = Buffer.allocUnsafe(LARGE);
     for (let off = 0; off < span; off += LARGE) fs.readSync(fd, chunk, 0, LARGE, off);
 
-    // A private bed like virtio/testbed's, but over plain ArrayBuffers, as the real guest RAM and
-    // state page are (mmap'd, not shared): the optimized code then sees the same kinds of arrays.
-    const ram = new ArrayBuffer(QD * (LARGE + 4096) + (1 << 20));
+    // A private bed like virtio/testbed's, over a mapping as the real guest RAM is (a memfd the
+    // addon maps, not a SharedArrayBuffer): the optimized code then sees the same kinds of arrays.
+    // Its ~9 MiB are given back when the warm-up ends (below): an ArrayBuffer of its own would keep
+    // them resident until a major GC, which an idle driver-domain may never run (issue 19, memory).
+    ramFd = native.memfdCreate('tsvmm-dd-warm-up', ramBytes);
+    const ram = native.mmap(ramFd, ramBytes, 0, true);
     const mem = new GuestMemory([hostRegion(0, ram)]);
     const g = { maxDevices: 1, maxQueues: 1, maxQueueSize: 64 };
     const page = StatePage.format(new Uint8Array(new ArrayBuffer(StatePage.layoutSize(g))), g);
@@ -140,6 +147,7 @@ export function warmUpBlk(be: UringBlockBackend, reap: () => number, requests = 
       for (const until = performance.now() + INFLIGHT_WAIT_MS; blk.inflightCount > 0 && performance.now() < until;) be.reap();
       if (blk.inflightCount > 0) {
         abandoned.push(ram);
+        keepRam = true; // with its pages: a read may still land there
         return -1;
       }
       // What the safety timer does once the disk is idle: stop it (the next request starts it again).
@@ -153,5 +161,14 @@ export function warmUpBlk(be: UringBlockBackend, reap: () => number, requests = 
     return -1;
   } finally {
     be.sink = sink;
+    // The bed's pages go now (no read is in flight into them): truncated to nothing, then to its
+    // size again, so that what still reads the private ring later (the backend's safety timer)
+    // finds zeroes, not a SIGBUS. The mapping goes with the buffer when that is collected.
+    if (ramFd >= 0) {
+      if (!keepRam) {
+        try { fs.ftruncateSync(ramFd, 0); fs.ftruncateSync(ramFd, ramBytes); } catch { /* kept */ }
+      }
+      fs.closeSync(ramFd);
+    }
   }
 }
