@@ -31,6 +31,8 @@ import { badName, DEFAULT_METRICS_ADDR, readSupervisorPid } from '../contracts/p
 import { DEFAULT_LOG_LEVEL, isLogFormat, isLogLevel, LOG_FORMATS, LOG_LEVELS, LogFormat, Logger, LogLevel } from '../contracts/log';
 import { isatty } from 'tty';
 import { startNode, startPhase } from '../contracts/start-trace';
+import { supervisorRuntimeFlags, v8FlagsError } from '../contracts/v8-flags';
+import { setFlagsFromString } from 'v8';
 
 export const DEFAULT_GUEST = path.resolve(__dirname, '..', '..', 'guest', 'out', 'guest.elf');
 export const DEFAULT_DEMO_CMDLINE = 'workload=counter n=15000000000 report=500000000';
@@ -509,6 +511,10 @@ function probeMetricsAddr(addr: string): Promise<void> {
 
 async function run(argv: string[]): Promise<number> {
   const tRun = performance.timeOrigin + performance.now();
+  // This process is the supervisor: its V8 flags first (contracts/v8-flags.ts), before its heap grows.
+  const flagsError = v8FlagsError();
+  if (flagsError) throw new UsageError(flagsError);
+  for (const f of supervisorRuntimeFlags()) setFlagsFromString(f);
   const { cfg, restore } = parseRunOptions(argv);
   const logOpts = parseLogOptions(argv);
   await probeMetricsAddr(cfg.metricsAddr ?? '');

@@ -39,9 +39,11 @@ for (const [component, entry] of entries) {
 // V8 code caches of the bundles (contracts/bundle-loader.ts): each bundle is loaded once with
 // TSVMM_CODE_CACHE_WRITE=1 and writes <bundle>.cache when it exits, its module initialisation
 // compiled (a component without its supervisor exits at once; the CLI prints its version). Node's
-// flags as the supervisor starts the components (none) and the environment a component gets
+// flags as the supervisor starts the components (contracts/v8-flags.ts: the vCPU threads run under
+// the vmm's; the CLI under none, as a user starts it) and the environment a component gets
 // (supervisor/component-env.ts): V8 rejects a cache made with other flags.
 const loader = path.join(dist, 'contracts', 'bundle-loader.js');
+const { componentExecArgv } = require(path.join(dist, 'contracts', 'v8-flags.js'));
 const env = { ...process.env, TSVMM_CODE_CACHE_WRITE: '1' };
 delete env.NODE_OPTIONS;
 delete env.NODE_EXTRA_CA_CERTS;
@@ -49,7 +51,7 @@ delete env.NODE_EXTRA_CA_CERTS;
 // the cache is written on that exit too.)
 for (const [component, entry, args] of [['vmm', 'main', []], ['driver-domain', 'main', []], ['cli', 'main', ['--version']], ['vmm', 'vcpu-thread', []]]) {
   const bundle = path.join(dist, component, `${entry}.bundle.js`);
-  const argv = component === 'cli' ? [path.join(__dirname, '..', 'bin', 'tsvmm.js'), ...args] : [loader, bundle, ...args];
+  const argv = component === 'cli' ? [path.join(__dirname, '..', 'bin', 'tsvmm.js'), ...args] : [...componentExecArgv(component, env), loader, bundle, ...args];
   spawnSync(process.execPath, argv, { env, stdio: 'ignore', timeout: 30_000 });
   const cache = bundle.replace(/\.js$/, '.cache');
   let ok = false;

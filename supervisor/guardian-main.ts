@@ -23,6 +23,7 @@ import { readSupervisorPid, vmPaths } from '../contracts/paths';
 import { quietStdio } from './quiet-stdio';
 import { Logger, logSettings, setProcessLogger } from '../contracts/log';
 import { startNode, startPhase } from '../contracts/start-trace';
+import { componentExecArgv } from '../contracts/v8-flags';
 
 const pidfd = native as unknown as NativePidfd & { pidfdOpen(pid: number): number };
 const ADOPT_ENTRY = path.resolve(__dirname, 'adopt-main.js');
@@ -62,7 +63,7 @@ async function guard(first: number): Promise<void> {
     if (!readRunRecord(paths)) return;
     const live = readSupervisorPid(name);
     if (live !== undefined && live !== process.pid) { died = diedHow(live); continue; } // another took over
-    const child = spawn(process.execPath, [ADOPT_ENTRY, name], {
+    const child = spawn(process.execPath, [...componentExecArgv('supervisor'), ADOPT_ENTRY, name], {
       stdio: ['ignore', 'inherit', 'inherit'], cwd: path.dirname(ADOPT_ENTRY),
       env: { ...process.env, TSVMM_ADOPT_CAUSE: cause, TSVMM_ADOPT_T0: String(t0), TSVMM_ADOPT_BY: `guardian ${process.pid}`, TSVMM_GUARDIAN_PID: String(process.pid) },
     });

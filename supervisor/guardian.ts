@@ -13,7 +13,7 @@ import { spawn } from 'child_process';
 import { native } from '../native/kvm';
 import { describeExit, NativePidfd } from '../contracts/pidfd';
 import { componentEnv } from './component-env';
-import { componentExecArgv } from './v8-flags';
+import { componentExecArgv } from '../contracts/v8-flags';
 import { startPhase } from '../contracts/start-trace';
 
 const pidfd = native as unknown as NativePidfd & { pidfdOpen(pid: number): number; pollIn(fd: number, timeoutMs: number): number };

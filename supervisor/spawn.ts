@@ -7,7 +7,7 @@ import { ChildProcess, spawn, StdioOptions } from 'child_process';
 import { componentEnv } from './component-env';
 import * as fs from 'fs';
 import { native } from '../native/kvm';
-import { componentExecArgv, SpawnedComponent } from './v8-flags';
+import { componentExecArgv, SpawnedComponent } from '../contracts/v8-flags';
 import { ComponentMessage, ComponentMessageCodec, SupervisorMessage, SupervisorMessageCodec, guardChannel } from '../proto';
 import { FD } from '../contracts/fds';
 import { deviceStdio, HeldDevice } from './held-devices';
@@ -74,7 +74,7 @@ export function sendTo(child: ChildProcess, msg: SupervisorMessage): void {
 }
 
 export interface SpawnOptions {
-  /** Which component: its V8 flags (supervisor/v8-flags.ts) go before the script. */
+  /** Which component: its V8 flags (contracts/v8-flags.ts) go before the script. */
   component: SpawnedComponent;
   /** The script to run with this Node, and its arguments (supervisor/component-entry.ts). */
   script: string[];

@@ -10,7 +10,7 @@ import * as path from 'path';
 import { spawnSync } from 'child_process';
 import { BIN, requireKvm, skipBecause, tsvmm } from './helpers/tsvmm';
 import { sleep, startVm, TestVm } from './helpers/control-plane';
-import { COMPONENT_V8_FLAGS, SpawnedComponent } from '../supervisor/v8-flags';
+import { COMPONENT_V8_FLAGS, SpawnedComponent } from '../contracts/v8-flags';
 
 /** The driver-domain's write counter from `tsvmm metrics`. */
 function writes(vm: TestVm): number {
@@ -56,7 +56,7 @@ describe('tsvmm control-plane verbs', function () {
     assert.match(table.stdout, /^COMPONENT\s+PID\s+STATE\s+UPTIME\s+RESTARTS\s+UID\s+CAPS\s+SECCOMP\s+LAST RECOVERY/);
   });
 
-  it('each component runs with its own V8 flags (supervisor/v8-flags.ts), the priv-domain with some', () => {
+  it('each component runs with its own V8 flags (contracts/v8-flags.ts), the priv-domain with some', () => {
     assert.ok(COMPONENT_V8_FLAGS['priv-domain'].length > 0);
     const comps = JSON.parse(vm.cli(['ps', '--json']).stdout) as { name: string; pid: number }[];
     for (const name of ['vmm', 'driver-domain', 'priv-domain'] as SpawnedComponent[]) {

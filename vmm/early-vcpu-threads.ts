@@ -13,6 +13,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { MAX_VCPUS } from '../contracts/layout';
 import { Worker, WorkerOptions } from 'worker_threads';
+import { VCPU_THREAD_LIMITS } from '../contracts/v8-flags';
 
 /**
  * The thread's script: its esbuild bundle (scripts/bundle.js) through contracts/bundle-loader.ts
@@ -28,7 +29,9 @@ function threadScript(): [string, WorkerOptions] {
   } catch { /* no bundle */ }
   return [plain, {}];
 }
-const [script, scriptOpts] = threadScript();
+const [script, pathOpts] = threadScript();
+// Each thread's V8 heap limits (contracts/v8-flags.ts).
+const scriptOpts: WorkerOptions = { ...pathOpts, resourceLimits: { ...VCPU_THREAD_LIMITS } };
 
 const expected = Number(process.env.TSVMM_VCPUS);
 const early: Worker[] = Number.isInteger(expected) && expected > 0 && expected <= MAX_VCPUS
