@@ -56,12 +56,20 @@ describe('tsvmm control-plane verbs', function () {
     assert.match(table.stdout, /^COMPONENT\s+PID\s+STATE\s+UPTIME\s+RESTARTS\s+UID\s+CAPS\s+SECCOMP\s+LAST RECOVERY/);
   });
 
-  it('each component runs with its own V8 flags (contracts/v8-flags.ts), the priv-domain with some', () => {
+  it('each component runs with its own V8 flags (contracts/v8-flags.ts), the priv-domain and the guardian with some', () => {
     assert.ok(COMPONENT_V8_FLAGS['priv-domain'].length > 0);
+    assert.ok(COMPONENT_V8_FLAGS.guardian.length > 0);
     const comps = JSON.parse(vm.cli(['ps', '--json']).stdout) as { name: string; pid: number }[];
-    for (const name of ['vmm', 'driver-domain', 'priv-domain'] as SpawnedComponent[]) {
-      const pid = comps.find((c) => c.name === name)!.pid;
-      const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+    const argvOf = (pid: number) => fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+    const pids: [SpawnedComponent, number][] = (['vmm', 'driver-domain', 'priv-domain'] as SpawnedComponent[]).map((name) => [name, comps.find((c) => c.name === name)!.pid]);
+    // The guardian: the supervisor's child that runs guardian-main.js.
+    const sup = comps.find((c) => c.name === 'supervisor')!.pid;
+    const children = fs.readdirSync(`/proc/${sup}/task`).flatMap((t) => fs.readFileSync(`/proc/${sup}/task/${t}/children`, 'utf8').split(' ').filter(Boolean).map(Number));
+    const guardian = children.find((pid) => { try { return argvOf(pid).some((a) => a.endsWith('guardian-main.js')); } catch { return false; } });
+    assert.ok(guardian, `no guardian among the supervisor's children ${children}`);
+    pids.push(['guardian', guardian]);
+    for (const [name, pid] of pids) {
+      const argv = argvOf(pid);
       const script = argv.findIndex((a) => a.endsWith('.js'));
       assert.deepEqual(argv.slice(1, script), COMPONENT_V8_FLAGS[name], `${name}: ${argv.join(' ')}`);
     }

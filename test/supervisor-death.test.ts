@@ -12,6 +12,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { requireKvm, tsvmm, tsvmmAsync } from './helpers/tsvmm';
 import { readSupervisorPid } from '../contracts/paths';
+import { COMPONENT_V8_FLAGS } from '../contracts/v8-flags';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** Running (a zombie waiting for init to reap it is not). */
@@ -72,6 +73,9 @@ describe('the supervisor killed', function () {
         await sleep(50);
       }
       assert.ok(sup && sup !== vm.pid, `no new supervisor:\n${err}`);
+      // It runs with the adopting supervisor's V8 flags (contracts/v8-flags.ts).
+      const argv = fs.readFileSync(`/proc/${sup}/cmdline`, 'latin1').split('\0').filter(Boolean);
+      assert.deepEqual(argv.slice(1, argv.findIndex((a) => a.endsWith('adopt-main.js'))), COMPONENT_V8_FLAGS.supervisor, argv.join(' '));
       assert.ok(alive(pids.vmm) && alive(pids['driver-domain']), `the vmm and driver-domain were not adopted:\n${err}`);
       const stop = tsvmm(['stop', '--name', name]);
       assert.equal(stop.status, 0, stop.stderr);
