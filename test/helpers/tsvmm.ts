@@ -69,8 +69,10 @@ export function tsvmmAsync(args: string[], env?: NodeJS.ProcessEnv) {
 /** The guest's machine-readable lines: `@word k=v ...` -> {word, fields}. */
 export interface GuestLine { word: string; fields: Record<string, string> }
 export function guestLines(out: string): GuestLine[] {
-  return out.split('\n').filter((l) => l.startsWith('@')).map((l) => {
-    const m = /^@(\S+)\s*(.*)$/.exec(l.trim())!;
+  // (A bare "@" is the start of a line the guest is still writing, which the vmm sends once the
+  // guest's output is idle: read while the rest is not there yet, it is no line; seen in
+  // test/recovery-supervisor.test.ts as a TypeError here.)
+  return out.split('\n').filter((l) => l.startsWith('@')).map((l) => /^@(\S+)\s*(.*)$/.exec(l.trim())).filter((m): m is RegExpExecArray => m !== null).map((m) => {
     const fields: Record<string, string> = {};
     for (const kv of m[2].matchAll(/([\w.-]+)(?:=("[^"]*"|\S*))?/g)) {
       fields[kv[1]] = (kv[2] ?? '').replace(/^"(.*)"$/, '$1');
