@@ -69,6 +69,13 @@ export interface VmPaths {
   log: string;
 }
 
+/**
+ * <runtime>/<name>/run.pb: the run record (contracts/run-record.ts). Here, not there, so that the
+ * guardian can look for it without loading the protobuf schemas (~2.4 MiB of its heap for the VM's
+ * whole life: issue 19).
+ */
+export const runRecordPath = (p: VmPaths): string => path.join(p.runDir, 'run.pb');
+
 export function vmPaths(name: string): VmPaths {
   const runDir = path.join(runtimeRoot(), name);
   const stateDir = path.join(stateRoot(), 'vms', name);

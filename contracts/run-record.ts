@@ -9,10 +9,10 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { ProcessRef, RunRecord, RunRecordCodec } from '../proto';
-import { startTicks, VmPaths } from './paths';
+import { runRecordPath, startTicks, VmPaths } from './paths';
 import { processLogger } from './log';
 
-export const runRecordPath = (p: VmPaths): string => path.join(p.runDir, 'run.pb');
+export { runRecordPath };
 
 /** Replaces the record atomically (write, then rename). */
 export function writeRunRecord(p: VmPaths, rec: RunRecord): void {

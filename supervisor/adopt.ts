@@ -247,6 +247,9 @@ function abandon(name: string, paths: VmPaths, reason: string): RunResult {
     if (fd !== undefined) { pidfd.pidfdSignal(fd, os.constants.signals.SIGKILL); fs.closeSync(fd); }
   }
   fs.rmSync(paths.runDir, { recursive: true, force: true });
+  // Without a record there are no pids to end: the vmm and driver-domain end by themselves once
+  // no one has adopted them (contracts/orphan.ts).
+  if (!rec) return { code: 1, reason: `${reason}; the VM ${name} ends: its vmm and driver-domain once their orphan timeout (TSVMM_ORPHAN_TIMEOUT_MS) passes` };
   return { code: 1, reason: `${reason}; the VM ${name} was ended (nothing of it is left running)` };
 }
 

@@ -18,8 +18,7 @@ import * as path from 'path';
 import { spawn } from 'child_process';
 import { native } from '../native/kvm';
 import { describeExit, NativePidfd } from '../contracts/pidfd';
-import { readRunRecord } from '../contracts/run-record';
-import { readSupervisorPid, vmPaths } from '../contracts/paths';
+import { readSupervisorPid, runRecordPath, vmPaths } from '../contracts/paths';
 import { quietStdio } from './quiet-stdio';
 import { Logger, logSettings, setProcessLogger } from '../contracts/log';
 import { startNode, startPhase } from '../contracts/start-trace';
@@ -59,8 +58,12 @@ async function guard(first: number): Promise<void> {
     const cause = await died;
     const t0 = process.hrtime.bigint();
     // The VM ended with its supervisor (or the supervisor could not write the record: then there is
-    // nothing to adopt from, and the components end by themselves when no one adopts them).
-    if (!readRunRecord(paths)) return;
+    // nothing to adopt from, and the components end by themselves when no one adopts them). Only
+    // whether the record is there: the adopter reads it, and one it cannot read ends the VM and
+    // removes the runtime dir with it (supervisor/adopt.ts abandon), which the next look here sees.
+    // (Decoding it here would load the protobuf schemas: ~2.4 MiB of this process's memory for the
+    // VM's whole life, or 50-100 ms on the supervisor's recovery if loaded only then.)
+    if (!fs.existsSync(runRecordPath(paths))) return;
     const live = readSupervisorPid(name);
     if (live !== undefined && live !== process.pid) { died = diedHow(live); continue; } // another took over
     const child = spawn(process.execPath, [...componentExecArgv('supervisor'), ADOPT_ENTRY, name], {
@@ -69,7 +72,13 @@ async function guard(first: number): Promise<void> {
     });
     died = new Promise((resolve) => {
       child.on('error', (e) => { log(`cannot start a supervisor for VM ${name}: ${e.message}`); void sleep(RETRY_MS).then(() => resolve('not started')); });
-      child.on('exit', (code, sig) => resolve(sig ? `signal ${sig}` : `exit code ${code}`));
+      // An adopter that failed by itself (an exit status, not a signal: one killed is replaced at
+      // once) is not followed by another at once: the next look waits a moment.
+      child.on('exit', (code, sig) => {
+        const how = sig ? `signal ${sig}` : `exit code ${code}`;
+        if (code === null || code === 0) resolve(how);
+        else void sleep(RETRY_MS).then(() => resolve(how));
+      });
     });
   }
 }

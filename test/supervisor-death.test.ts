@@ -11,7 +11,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { requireKvm, tsvmm, tsvmmAsync } from './helpers/tsvmm';
-import { readSupervisorPid } from '../contracts/paths';
+import { readSupervisorPid, runRecordPath, vmPaths } from '../contracts/paths';
 import { COMPONENT_V8_FLAGS } from '../contracts/v8-flags';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -84,6 +84,44 @@ describe('the supervisor killed', function () {
       const left = Object.entries({ ...pids, supervisor: sup!, guardian: g2! }).filter(([, p]) => alive(p));
       assert.deepEqual(left, [], `still running after stop: ${JSON.stringify(left)}`);
       assert.doesNotMatch(err, /^\s+at /m, `a stack trace:\n${err}`);
+    } finally {
+      for (const p of Object.values(pids)) if (alive(p)) process.kill(p, 'SIGKILL');
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('with a run record no one can read, one adopter fails and says so, the guardian exits, the orphans end', async () => {
+    // The guardian only looks whether the record is there (supervisor/guardian-main.ts): reading
+    // it is the adopter's part. One that cannot removes the runtime dir and fails; the guardian must
+    // then exit, not start adopter after adopter; the vmm and driver-domain, whose pids were in the
+    // record, end by themselves once no one adopted them (their orphan timeout: 2 s here).
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvmm-supdeath-'));
+    const img = path.join(dir, 'disk.img');
+    fs.writeFileSync(img, '');
+    fs.truncateSync(img, 8 << 20);
+    const name = `supdeath2-${process.pid}`;
+    const vm = tsvmmAsync(['run', '--name', name, '--metrics-addr', 'none', '--disk', img, '--cmdline', 'workload=counter n=0 report=50000000'], { TSVMM_ORPHAN_TIMEOUT_MS: '2000' });
+    let err = '';
+    vm.stderr.on('data', (d) => { err += d; });
+    vm.stdout.resume();
+    const pids: Record<string, number> = {};
+    try {
+      for (const t0 = Date.now(); Object.keys(pids).length < 3 && Date.now() - t0 < 30_000; await sleep(50)) {
+        for (const m of err.matchAll(/(vmm|driver-domain|priv-domain) ready \(pid (\d+)\)/g)) pids[m[1]] = Number(m[2]);
+      }
+      assert.deepEqual(Object.keys(pids).sort(), ['driver-domain', 'priv-domain', 'vmm'], err);
+      let guardian: number | undefined;
+      for (const t0 = Date.now(); !guardian && Date.now() - t0 < 10_000; await sleep(50)) guardian = guardianOf(name);
+      assert.ok(guardian, `no guardian for VM ${name}`);
+      const paths = vmPaths(name);
+      fs.writeFileSync(runRecordPath(paths), Buffer.from([0xff, 0xff, 0xff, 0xff, 0x0f]));
+      vm.kill('SIGKILL');
+      const all = { ...pids, guardian };
+      for (const t0 = Date.now(); (Object.values(all).some(alive) || fs.existsSync(paths.runDir)) && Date.now() - t0 < 10_000;) await sleep(50);
+      assert.deepEqual(Object.entries(all).filter(([, p]) => alive(p)), [], `still running:\n${err}`);
+      assert.equal(fs.existsSync(paths.runDir), false, 'stale runtime dir');
+      assert.match(err, /could not adopt VM .*: no run record.*its vmm and driver-domain once their orphan timeout/, err);
+      assert.equal(err.split('\n').filter((l) => /could not adopt/.test(l)).length, 1, err);
     } finally {
       for (const p of Object.values(pids)) if (alive(p)) process.kill(p, 'SIGKILL');
       fs.rmSync(dir, { recursive: true, force: true });
