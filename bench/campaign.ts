@@ -33,7 +33,7 @@
  *   npx tsc -p . && nice node dist/bench/campaign.js [--seed S] [--runs N] [--minutes M] [--out FILE]
  *       [--components vmm,driver-domain,...] [--kinds reg,mem,...] [--window MS] [--no-probe]
  *       [--per-vm N | --fresh] [--delay-spread MS]
- *   node dist/bench/campaign.js --report [--out FILE] [--md docs/fault-injection.md] [--json docs/fault-injection.json] [--section NAME]
+ *   node dist/bench/campaign.js --report [--out FILE[,FILE...]] [--md docs/fault-injection.md] [--json docs/fault-injection.json] [--section NAME]
  * (--section: which marked part of the markdown to rewrite, <!-- NAME:begin --> ... <!-- NAME:end -->; default campaign)
  */
 import * as fs from 'fs';
@@ -99,11 +99,13 @@ export interface RunRecord {
   load?: number;
   /** Net sessions: the UDP echo stream before and after the fault (@echo lines of bench/echo-probe). */
   echo?: { before: string; after: string };
+  /** Linux-service runs (bench/linux-service): when every service answered correctly again after the fault, the longest any went unanswered (ms), the client's counts so far. */
+  service?: { restoredMs?: number; gapMs: number; counts: Record<string, number> };
 }
 
 /** Lines on the supervisor's stderr that mean a detector fired (other than a recovery or a hang). */
-const DETECTOR = /died|hung|shrank|vanished|is full|uncaught exception|fatal|invalid|corrupt|checksum|mismatch|validat|malformed|bad |refus|restore failed|cannot|gave up|recovery failed|exited unexpectedly|error/i;
-const BENIGN = /the guest survives its VMM|ready \(pid|standby ready|not a hang yet|disk \d+ I\/O:|net \d+ TX:/;
+export const DETECTOR = /died|hung|shrank|vanished|is full|uncaught exception|fatal|invalid|corrupt|checksum|mismatch|validat|malformed|bad |refus|restore failed|cannot|gave up|recovery failed|exited unexpectedly|error/i;
+export const BENIGN = /the guest survives its VMM|ready \(pid|standby ready|not a hang yet|disk \d+ I\/O:|net \d+ TX:/;
 const COUNTER = /^@counter cpu=(\d+) n=(\d+) hash=([0-9a-f]{16}) tsc=\d+ ok$/;
 
 /** The guest's own checks plus the host's check of the counter lines: each line a symptom. */
@@ -691,7 +693,9 @@ async function main(): Promise<void> {
   const out = values.out ?? path.join(ROOT, 'bench', 'out', 'campaign.jsonl');
   const md = values.md ?? path.join(ROOT, 'docs', 'fault-injection.md');
   const json = values.json ?? path.join(ROOT, 'docs', 'fault-injection.json');
-  if (values.report) { writeReport(readRecords(out), md, json, values.section); return; }
+  // --report may combine campaigns: --out a.jsonl,b.jsonl,... (one table over all their runs).
+  if (values.report) { writeReport(out.split(',').flatMap(readRecords), md, json, values.section); return; }
+  if (out.includes(',')) throw new Error(`--out ${out}: one file for a campaign run (several only with --report)`);
   fs.mkdirSync(path.dirname(out), { recursive: true });
   const seed = Number(values.seed ?? 1);
   if (values['delay-spread'] !== undefined) DELAY_SPREAD_MS = Number(values['delay-spread']);

@@ -32,14 +32,14 @@ const ROOT = path.resolve(__dirname, '..', '..', '..');
 const BIN = path.join(ROOT, 'bin', 'tsvmm.js');
 const IMAGE = process.env.TSVMM_LINUX_IMAGE ?? '/opt/linux';
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const HOST_IP = '10.0.2.1';
-const GUEST_IP = '10.0.2.15';
+export const HOST_IP = '10.0.2.1';
+export const GUEST_IP = '10.0.2.15';
 /** One TAP name for both VMs (they run one after the other). */
-const TAP = 'le0';
+export const TAP = 'le0';
 const KILLS = Number(process.env.LINUX_CHECK_KILLS ?? 10);
 /** Generous: everything runs under TCG, tens of times slower than hardware, and slower again on a busy machine. */
 const BOOT_MS = 900_000;
-const STEP_MS = 300_000;
+export const STEP_MS = 300_000;
 /**
  * The components' heartbeat deadline (--hang-timeout, 250 ms by default): under TCG on a shared
  * machine a healthy component can miss 250 ms, and a false hang kill would be a fault this test
@@ -52,7 +52,7 @@ const HANG_TIMEOUT_MS = 20_000;
  * hardware can hold a CPU for tens of seconds: the soft-lockup and RCU-stall detectors get their
  * longest thresholds (120 s and 300 s). A vCPU that really stops still trips them within the run.
  */
-const GUEST_CMDLINE = 'console=ttyS0 root=/dev/vda rw panic=-1 quiet watchdog_thresh=60 rcupdate.rcu_cpu_stall_timeout=300';
+export const GUEST_CMDLINE = 'console=ttyS0 root=/dev/vda rw panic=-1 quiet watchdog_thresh=60 rcupdate.rcu_cpu_stall_timeout=300';
 
 const T0 = Date.now();
 let stepFrom = Date.now();
@@ -117,7 +117,7 @@ const READY = /tsvmm: (vmm|driver-domain|priv-domain)( standby)? ready \(pid (\d
 const RECOVERED = /recovered (vmm|driver-domain|priv-domain) \(cause: ([^)]*)\) in ([\d.]+) ms(.*warm standby)?/;
 
 /** `tsvmm run` with its console on a pipe: we type into it as a person would. */
-class Vm {
+export class Vm {
   readonly child: ChildProcess;
   out = '';
   err = '';
@@ -241,19 +241,19 @@ class Vm {
   }
 }
 
-function judge(log: string): { problems: string[]; exempted: number } {
+export function judge(log: string): { problems: string[]; exempted: number } {
   const lines = log.split('\n');
   const taint = Number(/taint=(\d+)/.exec(log)?.[1] ?? NaN);
   return judgeKernelLog(lines.filter((l) => !l.startsWith('taint=')), Number.isNaN(taint) ? -1 : taint, true);
 }
 
-function freshDisk(tag: string): string {
+export function freshDisk(tag: string): string {
   const f = `/tmp/${tag}-rootfs.img`;
   fs.copyFileSync(path.join(IMAGE, 'rootfs.img'), f);
   return f;
 }
 
-function setupTap(tap: string): void {
+export function setupTap(tap: string): void {
   for (const args of [['addr', 'add', `${HOST_IP}/24`, 'dev', tap], ['link', 'set', tap, 'up']]) {
     const r = spawnSync('ip', args, { encoding: 'utf8' });
     if (r.status !== 0 && !/File exists/.test(r.stderr)) throw new Error(`ip ${args.join(' ')}: ${r.stderr.trim()}`);
@@ -284,7 +284,7 @@ function workLines(out: string): { n: number; disk: string; udp: string }[] {
   return [...out.matchAll(WORK)].map((m) => ({ n: Number(m[1]), disk: m[2], udp: m[3] }));
 }
 
-function alive(pid: number | undefined): boolean {
+export function alive(pid: number | undefined): boolean {
   if (!pid) return false;
   try { process.kill(pid, 0); return true; } catch { return false; }
 }
@@ -439,4 +439,5 @@ async function main(): Promise<void> {
   for (const line of l1.split('\n').filter((l) => /tsc|clocksource|kvm/i.test(l)).slice(-20)) process.stdout.write(`@diag L1 ${line}\n`);
 }
 
-main().then(() => process.exit(0), (e) => { report('driver', false, { error: (e as Error).message }); process.exit(1); });
+// bench/emulated/linux-service.ts reuses the Vm above (its own driver of the same guest).
+if (require.main === module) main().then(() => process.exit(0), (e) => { report('driver', false, { error: (e as Error).message }); process.exit(1); });
