@@ -58,6 +58,7 @@ async function main(): Promise<number> {
   const log = fs.openSync(logFile, 'a', 0o600);
   const t0 = Date.now();
   let n = 0;
+  const seen = new Set<number>();
   const args = [`--seed ${seed}`, `--first ${first}`, `--minutes ${minutes}`, `--tag lsv${seed}`,
     ...(values.components ? [`--components ${values.components}`] : []), ...(values.kinds ? [`--kinds ${values.kinds}`] : []),
     ...(values['window-s'] ? [`--window-s ${values['window-s']}`] : [])];
@@ -69,12 +70,14 @@ async function main(): Promise<number> {
     onLine: (l) => {
       fs.writeSync(log, `${((Date.now() - t0) / 1000).toFixed(1).padStart(7)} ${l}\n`);
       const m = /@svc-run (\{.*\})\s*$/.exec(l);
-      if (m) {
-        const rec = JSON.parse(m[1]) as RunRecord;
+      let rec: RunRecord | undefined;
+      try { rec = m ? (JSON.parse(m[1]) as RunRecord) : undefined; } catch { process.stderr.write(`linux-service: a record line was cut (its copy follows): ${l.slice(0, 120)}\n`); }
+      if (rec && !seen.has(rec.run)) {
+        seen.add(rec.run);
         fs.appendFileSync(out, JSON.stringify(rec) + '\n');
         n++;
         process.stderr.write(`run ${seed}/${rec.run}: ${rec.component} ${rec.kind}: ${rec.outcome}${rec.recoveryMs !== undefined ? ` (recovered in ${rec.recoveryMs.toFixed(0)} ms` : ' ('}service back after ${rec.service?.restoredMs ?? '-'} ms, longest gap ${rec.service?.gapMs ?? '-'} ms)${rec.symptoms.length ? ` [${rec.symptoms[0].slice(0, 160)}]` : ''}${rec.injectError ? ` (not injected: ${rec.injectError.slice(0, 100)})` : ''}\n`);
-      } else if (/@svc-(note|end)/.test(l)) process.stderr.write(`${l.replace(/^.*?@svc-/, '')}\n`);
+      } else if (!m && /@svc-(note|end)/.test(l)) process.stderr.write(`${l.replace(/^.*?@svc-/, '')}\n`);
     },
   });
   fs.closeSync(log);

@@ -283,9 +283,11 @@ async function startGuest(name: string, c: Client): Promise<Vm> {
   const bootMs = await vm.booted();
   setupTap(TAP);
   await vm.sh(`ip addr add ${GUEST_IP}/24 dev eth0; ip link set eth0 up; ip link set lo up`);
-  const get = (url: string, to: string) => `wget -q -O ${to} http://${HOST_IP}:${SETUP_PORT}${url}`;
-  const files = Array.from({ length: FILES }, (_, k) => get(`/f/${k}`, `/mnt/www/f/${k}`)).join(' && ');
-  const setup = await vm.sh(`mkdir -p /mnt/www/f /mnt/www/u /mnt/www/cgi-bin && ${files} && ${get('/udpecho', '/mnt/udpecho')} && ${get('/put', '/mnt/www/cgi-bin/put')} && chmod +x /mnt/udpecho /mnt/www/cgi-bin/put && sync && md5sum /mnt/www/f/*`);
+  // Short typed lines (busybox's line editor takes ~1 KiB).
+  const url = `http://${HOST_IP}:${SETUP_PORT}`;
+  await vm.sh(`mkdir -p /mnt/www/f /mnt/www/u /mnt/www/cgi-bin; for k in $(seq 0 ${FILES - 1}); do wget -q -O /mnt/www/f/$k ${url}/f/$k; done`);
+  await vm.sh(`wget -q -O /mnt/udpecho ${url}/udpecho; wget -q -O /mnt/www/cgi-bin/put ${url}/put; chmod +x /mnt/udpecho /mnt/www/cgi-bin/put`);
+  const setup = await vm.sh('sync; echo 3 >/proc/sys/vm/drop_caches; md5sum /mnt/www/f/*');
   const want = c.files.map((f, k) => `${md5(f)}  /mnt/www/f/${k}`).join('\n');
   if (setup.status !== 0 || setup.out.trim() !== want) throw new Error(`the guest's setup failed (status ${setup.status}): ${setup.out.slice(0, 300)}`);
   await vm.sh(`httpd -p ${HTTP_PORT} -h /mnt/www; (nc -ll -p ${ECHO_PORT} -e cat </dev/null >/dev/null 2>&1 &); (/mnt/udpecho ${ECHO_PORT} </dev/null >/dev/null 2>&1 &); (while :; do echo 3 >/proc/sys/vm/drop_caches; sleep 2; done </dev/null >/dev/null 2>&1 &); sleep 1; ps | grep -cE 'httpd|udpecho|nc -ll'`);
@@ -393,7 +395,10 @@ async function main(): Promise<void> {
       rec.service = { restoredMs: restored ? tRestored - tInject : undefined, gapMs: c.gapMs(tInject, tRestored), counts: { ...c.counts } };
       rec.wallMs = Date.now() - t0;
       rec.phases = phases;
-      process.stdout.write(`@svc-run ${JSON.stringify(rec)}\n`);
+      // Twice: L1's own kernel messages share the console and can cut into a line (the reader dedupes by run).
+      const line = `@svc-run ${JSON.stringify({ ...rec, detectors: rec.detectors.slice(0, 6).map((d) => d.slice(0, 200)) })}\n`;
+      process.stdout.write(line);
+      process.stdout.write(line);
       run++;
       end.injections = (end.injections as number) + 1;
     }
