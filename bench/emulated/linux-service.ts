@@ -236,6 +236,9 @@ export class Client {
     const t2 = setInterval(() => (this.stopped ? clearInterval(t2) : this.udpTick()), 100);
   }
 
+  /** A new guest (a fresh disk): the uploads acknowledged by the last one are not on it. */
+  newGuest(): void { this.acked.clear(); }
+
   stop(): void { this.stopped = true; this.tcp?.destroy(); this.udp.close(); }
 
   /** The longest time any service went without a correct answer, over the answers around [from, to]. */
@@ -317,6 +320,7 @@ async function main(): Promise<void> {
       if (!vm || vm.exit) {
         // A lost VM is replaced while there is time for a boot (minutes under TCG) and some runs.
         if (vm) { vm.kill(); if (deadline - Date.now() < 10 * 60_000) break; }
+        c.newGuest();
         vm = await startGuest(`${values.tag ?? 'lsv'}-${vms++}`, c);
         end.boots = vms;
         if (vms === 1) c.start();
