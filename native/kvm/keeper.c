@@ -246,6 +246,31 @@ KEEPER_FN static int save_vcpu(const struct tsvmm_keeper_config* cfg, uint8_t* s
   return 0;
 }
 
+/* Each vCPU's saved IA32_TSC becomes its guest TSC at the instant of the KVM_GET_CLOCK just made
+ * (host_tsc + the vCPU's TSC offset), not at its own earlier KVM_GET_MSRS: the vCPUs are saved one
+ * after another and the clock last, and a keeper preempted in between (a loaded host, an emulated
+ * CPU) would otherwise restore a TSC that lags kvm-clock by that gap, which the guest's clocksource
+ * watchdog reads as a skew ("Marking clocksource 'tsc' as unstable"). Needs the clock's host_tsc
+ * (KVM_CLOCK_HOST_TSC: KVM's master clock) and KVM_VCPU_TSC_OFFSET (Linux 5.16); without them the
+ * MSR values stay as read. tsvmm never scales the guest TSC, so guest TSC = host TSC + offset. */
+KEEPER_FN static void tsc_at_clock(const struct tsvmm_keeper_config* cfg, uint8_t* snap, const struct kvm_clock_data* clock) {
+  const struct tsvmm_snap_header* h = (const struct tsvmm_snap_header*)snap;
+  if (!(clock->flags & KVM_CLOCK_HOST_TSC)) return;
+  for (int i = 0; i < cfg->ncpus; i++) {
+    struct tsvmm_snap_vcpu* v = (struct tsvmm_snap_vcpu*)(snap + h->vcpu_offset + (uint64_t)i * h->vcpu_size);
+    uint64_t offset = 0;
+    struct kvm_device_attr a;
+    kzero(&a, sizeof a);
+    a.group = KVM_VCPU_TSC_CTRL;
+    a.attr = KVM_VCPU_TSC_OFFSET;
+    a.addr = (uint64_t)(uintptr_t)&offset;
+    if (k_ioctl(cfg->vcpu_fd[i], KVM_GET_DEVICE_ATTR, &a) < 0) return;
+    for (uint32_t k = 0; k < v->nmsrs_saved && k < TSVMM_MAX_MSRS; k++) {
+      if (v->msrs.entries[k].index == TSVMM_MSR_IA32_TSC) v->msrs.entries[k].data = clock->host_tsc + offset;
+    }
+  }
+}
+
 /* Saves every vCPU and the VM into `snap` (a snapshot laid out by tsvmm_snap_format, whose journals
  * are the ones the vCPUs wrote) and seals it: checksum, generation + 1, saved_ns. The caller then
  * publishes state SAVED. 0, or -1 with the failure in the header. */
@@ -256,6 +281,7 @@ KEEPER_FN static int save_all(const struct tsvmm_keeper_config* cfg, uint8_t* sn
   int i = -1; /* for GET's error report: the VM, not a vCPU */
   GET(TSVMM_STEP_PIT2, cfg->vm_fd, KVM_GET_PIT2, &vm->pit2);
   GET(TSVMM_STEP_CLOCK, cfg->vm_fd, KVM_GET_CLOCK, &vm->clock);
+  tsc_at_clock(cfg, snap, &vm->clock);
   for (int c = 0; c < 3; c++) {
     kzero(&vm->irqchip[c], sizeof vm->irqchip[c]);
     vm->irqchip[c].chip_id = (uint32_t)c;
@@ -290,6 +316,7 @@ static const int keeper_syscalls[] = {
 static const uint64_t keeper_ioctls[] = {
     KVM_RUN, KVM_GET_REGS, KVM_GET_MP_STATE, KVM_GET_SREGS, KVM_GET_XSAVE, KVM_GET_XCRS, KVM_GET_DEBUGREGS,
     KVM_GET_LAPIC, KVM_GET_MSRS, KVM_GET_VCPU_EVENTS, KVM_GET_PIT2, KVM_GET_CLOCK, KVM_GET_IRQCHIP, KVM_IRQFD,
+    KVM_GET_DEVICE_ATTR,
 };
 
 static int keeper_filter_build(uint32_t mode) {

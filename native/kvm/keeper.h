@@ -31,6 +31,8 @@ extern "C" {
 
 #define TSVMM_SNAP_MAGIC 0x50414e53u /* 'SNAP' */
 #define TSVMM_SNAP_VERSION 3u /* 2: tsvmm_snap_vm holds the coalesced ring; 3: the body kept twice (mirror_offset, checksum_b), keeper_beat */
+/* The one MSR the keeper and restore treat apart (keeper.c tsc_at_clock, restore.c tsc_follow_clock). */
+#define TSVMM_MSR_IA32_TSC 0x10u
 #define TSVMM_MAX_VCPUS 256
 #define TSVMM_MAX_MSRS 256
 #define TSVMM_MAX_IRQFDS 64

@@ -111,6 +111,36 @@ int tsvmm_snap_verify(uint8_t* snap, uint32_t ncpus, uint32_t* repaired, struct 
   return 0;
 }
 
+/* After KVM_SET_CLOCK: moves each vCPU's guest TSC to where the restored kvm-clock stands (its saved
+ * TSC, which the keeper took at the instant of the saved clock, plus the clock time since the saved
+ * value), through KVM_VCPU_TSC_OFFSET. The MSRs were set a while before the clock (every vCPU's
+ * state in turn); without this the TSC would lag kvm-clock by that while, and a guest reads a TSC
+ * that steps against kvm-clock as a skew ("Marking clocksource 'tsc' as unstable"). Needs what the
+ * keeper needed (KVM_CLOCK_HOST_TSC, KVM_VCPU_TSC_OFFSET); otherwise the TSC stays as the MSRs set it.
+ * tsvmm never scales the guest TSC: guest TSC = host TSC + offset. */
+static void tsc_follow_clock(const struct tsvmm_restore_config* cfg, const struct tsvmm_snap_header* h, const struct kvm_clock_data* saved) {
+  if (!(saved->flags & KVM_CLOCK_HOST_TSC)) return;
+  struct kvm_clock_data now;
+  memset(&now, 0, sizeof now);
+  if (ioctl(cfg->vm_fd, KVM_GET_CLOCK, &now) < 0 || !(now.flags & KVM_CLOCK_HOST_TSC) || now.clock < saved->clock) return;
+  for (int i = 0; i < cfg->ncpus; i++) {
+    const struct tsvmm_snap_vcpu* v = (const struct tsvmm_snap_vcpu*)(cfg->snap + h->vcpu_offset + (uint64_t)i * h->vcpu_size);
+    int khz = ioctl(cfg->vcpu_fd[i], KVM_GET_TSC_KHZ, 0);
+    if (khz <= 0) return;
+    for (uint32_t k = 0; k < v->nmsrs_saved && k < TSVMM_MAX_MSRS; k++) {
+      if (v->msrs.entries[k].index != TSVMM_MSR_IA32_TSC) continue;
+      uint64_t tsc = v->msrs.entries[k].data + (now.clock - saved->clock) * (uint64_t)khz / 1000000u;
+      uint64_t offset = tsc - now.host_tsc;
+      struct kvm_device_attr a;
+      memset(&a, 0, sizeof a);
+      a.group = KVM_VCPU_TSC_CTRL;
+      a.attr = KVM_VCPU_TSC_OFFSET;
+      a.addr = (uint64_t)(uintptr_t)&offset;
+      if (ioctl(cfg->vcpu_fd[i], KVM_SET_DEVICE_ATTR, &a) < 0) return;
+    }
+  }
+}
+
 int tsvmm_restore(const struct tsvmm_restore_config* cfg, struct tsvmm_restore_result* res) {
   const struct tsvmm_snap_header* h = (const struct tsvmm_snap_header*)cfg->snap;
   int i = -1;
@@ -135,6 +165,7 @@ int tsvmm_restore(const struct tsvmm_restore_config* cfg, struct tsvmm_restore_r
   struct kvm_clock_data clock = vm->clock;
   clock.flags = 0;
   SET(TSVMM_STEP_CLOCK, cfg->vm_fd, KVM_SET_CLOCK, &clock);
+  tsc_follow_clock(cfg, h, &vm->clock);
   for (int c = 0; c < 3; c++) SET(TSVMM_STEP_IRQCHIP, cfg->vm_fd, KVM_SET_IRQCHIP, &vm->irqchip[c]);
 
   /* An eventfd backs one irqfd at a time: the dead vmm's VM lets go of it as its keeper deassigns
