@@ -29,10 +29,11 @@ export const COMPONENT_V8_FLAGS: Readonly<Record<SpawnedComponent, readonly stri
   //                            more frequent, tiny scavenges of a process that allocates little
   //   --no-expose-wasm         lite mode has no WebAssembly; said up front, V8 does not print
   //                            "disabling flag --expose_wasm" on every start
-  //   --single-threaded        no V8 worker threads (GC and compiles on the main thread, which
-  //                            is idle): USS 13.3 -> 12.5 MiB (issue 19, 2 runs each)
-  // (--jitless instead of --lite-mode: no better, 13.0-13.9 MiB; --v8-pool-size=1: no change.)
-  'priv-domain': ['--lite-mode', '--no-expose-wasm', '--max-semi-space-size=1', '--single-threaded'],
+  // Not taken: --single-threaded (no V8 worker threads: GC and compiles on the main thread) saved
+  // 0.8 MiB USS (13.3 -> 12.5) but its first API request took 152 ms p50 against 136 (6 starts
+  // each, noisy): the API's latency is worth more; --jitless instead of --lite-mode: no better
+  // (13.0-13.9 MiB); --v8-pool-size=1: no change.
+  'priv-domain': ['--lite-mode', '--no-expose-wasm', '--max-semi-space-size=1'],
   // supervisor/guardian-main.ts: waits on a pidfd for the VM's whole life. (Its ~9 MiB USS are
   // Node's own ~6 and the modules it loads; --single-threaded or --v8-pool-size=1: no change.)
   guardian: ['--lite-mode', '--no-expose-wasm', '--max-semi-space-size=1'],
