@@ -32,7 +32,15 @@ const HUNG = /tsvmm: (vmm|driver-domain) hung: no heartbeat for (\d+) ms/;
 
 export class RunningVm {
   readonly child: ChildProcess;
-  out = '';
+  private stdout = '';
+  /**
+   * The guest's serial output so far, whole lines only while tsvmm runs: the vmm sends the start of
+   * a line once the guest's output is idle (a shell prompt ends no line), and a regex read mid-line
+   * would take `done=1` of a `done=100` still being written. After tsvmm exited: all of it.
+   */
+  get out(): string {
+    return this.exit ? this.stdout : this.stdout.slice(0, this.stdout.lastIndexOf('\n') + 1);
+  }
   err = '';
   readonly recoveries: RecoveryLine[] = [];
   readonly hangs: HangLine[] = [];
@@ -54,7 +62,7 @@ export class RunningVm {
     this.exited = new Promise((resolve) => this.child.on('exit', (code, signal) => { this.exit = { code, signal }; resolve(); }));
     let ob = '';
     this.child.stdout!.on('data', (d: Buffer) => {
-      this.out += d.toString('latin1');
+      this.stdout += d.toString('latin1');
       ob += d.toString('latin1');
       let i;
       while ((i = ob.indexOf('\n')) >= 0) { this.lines.push({ at: performance.now(), line: ob.slice(0, i) }); ob = ob.slice(i + 1); }
