@@ -26,6 +26,7 @@ import { warmUpBlk } from './warm-up';
 import { ServedDevice, serveBlk, serveNet, SLOT_COMPLETION, TAG_SLOTS, tagOf } from './served-device';
 import { componentLogger } from '../contracts/log';
 import { startNode, startPhase } from '../contracts/start-trace';
+import { trimMallocOnceSettled } from '../contracts/malloc-trim';
 
 /** This process's log (contracts/log.ts): stderr and the VM's log file. */
 const log = componentLogger('driver-domain');
@@ -118,6 +119,7 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
     page.beat(Component.DriverDomain);
     serving = true;
     send({ ready: { component: 'driver-domain', pid: process.pid, warm, diedNs: Number(diedNs), resumedNs: Number(resumedNs) } });
+    trimMallocOnceSettled();
     if (!warm) startPhase('driver-domain', 'serving', { cpu: false });
   };
   // Warm the block path's JIT up while no guest I/O can be waiting for it: at boot (no device live
@@ -162,6 +164,7 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
   page.validate(); // once now, so the takeover's check runs compiled code
   confineSelf('driver-domain');
   send({ ready: { component: 'driver-domain', pid: process.pid, standby: true } });
+  trimMallocOnceSettled();
   setImmediate(() => activate(true, waitForDeath(standbyFor)));
 }
 

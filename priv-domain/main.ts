@@ -36,6 +36,7 @@ import { ApiError, CommandArgs, createApiHandler } from './api';
 import { componentConfig } from '../contracts/component-config';
 import { componentLogger, processLogger } from '../contracts/log';
 import { startNode, startPhase } from '../contracts/start-trace';
+import { trimMallocOnceSettled } from '../contracts/malloc-trim';
 
 const CONSOLE_POLL_MS = 50;
 const COMMAND_TIMEOUT_MS = 5000;
@@ -318,6 +319,7 @@ function main(): void {
       startPhase('priv-domain', 'ready', { cpu: false });
       log.debug(`serving the API on ${paths.socket}, metrics on ${metricsAddr}`, { metricsAddr });
       send({ ready: { component: 'priv-domain', pid: process.pid, metricsAddr } });
+      trimMallocOnceSettled();
     };
     if (!target) { ready(); return; }
     const ms = http.createServer((req, res) => {

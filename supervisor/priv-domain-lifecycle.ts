@@ -15,6 +15,7 @@ import { LifecycleHost, recoveryFields, RunResult } from './lifecycle';
 import { RESTART_LIMITS, RestartPolicy } from './restart-policy';
 import { hasExited, killHung, sendTo, spawnProcess, whenExited } from './spawn';
 import { FD } from '../contracts/fds';
+import { trimMallocOnceSettled } from '../contracts/malloc-trim';
 
 const SCRIPT = path.resolve(__dirname, '..', 'priv-domain', 'main.js');
 
@@ -113,6 +114,8 @@ export class PrivDomainLifecycle {
       h.log(`  console     tsvmm console --name ${name}   (Ctrl-] detaches)`);
       h.log(`  stop        tsvmm stop --name ${name}, or Ctrl-C here`);
       h.log(`  log         ${vmPaths(name).log}`);
+      // The supervisor has started everything (or adopted it): what that freed goes back.
+      trimMallocOnceSettled();
     } else if (metricsAddr !== this.metricsAddr) {
       h.log(`metrics moved to ${metrics}`);
     }

@@ -77,3 +77,12 @@ describe('V8 flags per process (contracts/v8-flags.ts)', function () {
     assert.match(r.stderr, /^tsvmm: error: TSVMM_V8_FLAGS_VMM: '--require=\/tmp\/evil.js' is not a V8 tuning flag/);
   });
 });
+
+describe('malloc_trim once a component has settled (contracts/malloc-trim.ts)', () => {
+  it('the addon has it (an addon built before it would make every component skip the trim silently)', () => {
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    const { native } = require('../native/kvm') as typeof import('../native/kvm');
+    assert.equal(typeof native.mallocTrim, 'function');
+    assert.ok([0, 1].includes(native.mallocTrim!()));
+  });
+});

@@ -38,6 +38,7 @@ import { RUN } from '../kvm/run';
 import { confineSelf, keeperSeccomp } from '../contracts/confinement';
 import { componentLogger } from '../contracts/log';
 import { START_DEBUG, startNode, startPhase } from '../contracts/start-trace';
+import { trimMallocOnceSettled } from '../contracts/malloc-trim';
 
 /** This process's log (contracts/log.ts): stderr and the VM's log file. */
 const log = componentLogger('vmm');
@@ -232,6 +233,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
         warm, resumedNs: Number(resumedNs),
       },
     });
+    trimMallocOnceSettled();
     irqRoutes.start();
     ged = new GedInterrupt(page, (gsi) => { vm.irqLine(gsi, 1); vm.irqLine(gsi, 0); });
     ged.start();
@@ -254,6 +256,7 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
       // Before the takeover can run the guest (vCPU 0, in the native takeover, is covered: TSYNC).
       confineSelf('vmm');
       send({ ready: { component: 'vmm', pid: process.pid, standby: true, keeperPid } });
+      trimMallocOnceSettled();
       // vCPU 0 is in the native takeover (vmm/vcpu-thread.ts); exit if the supervisor goes away first.
       const ppid = process.ppid;
       orphanWatch = setInterval(() => { if (process.ppid !== ppid) process.exit(EXIT_NOT_NEEDED); }, 1000);

@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -166,6 +167,14 @@ Napi::Value MadvisePopulate(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), r < 0 ? -errno : 0);
 }
 
+// mallocTrim() -> 1 if glibc gave memory back, else 0: malloc_trim(0), which returns the free
+// pages of every malloc arena to the kernel (madvise(MADV_DONTNEED); brk for the top of the main
+// heap). What a process's start compiled and parsed is freed to malloc but kept by it: a few MiB
+// per component (issue 19, contracts/malloc-trim.ts).
+Napi::Value MallocTrim(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), malloc_trim(0));
+}
+
 // mmapAnon(length) -> ArrayBuffer over private anonymous memory (unmapped when collected).
 Napi::Value MmapAnon(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -257,6 +266,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("madviseHugepage", Napi::Function::New(env, MadviseHugepage));
   exports.Set("madvisePopulate", Napi::Function::New(env, MadvisePopulate));
   exports.Set("mmapAnon", Napi::Function::New(env, MmapAnon));
+  exports.Set("mallocTrim", Napi::Function::New(env, MallocTrim));
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate));
   exports.Set("eventfd", Napi::Function::New(env, Eventfd));
   exports.Set("fdSize", Napi::Function::New(env, FdSize));

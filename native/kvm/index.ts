@@ -24,6 +24,8 @@ export interface NativeKvm {
   madvisePopulate(view: ArrayBufferView, write: boolean): number;
   /** Private anonymous memory (mmap), unmapped when the buffer is collected. */
   mmapAnon(length: number): ArrayBuffer;
+  /** malloc_trim(0): 1 if free malloc memory went back to the kernel, else 0. (Absent from an addon built before it.) */
+  mallocTrim?(): number;
   memfdCreate(name: string, size: number): number;
   eventfd(initval: number, nonblock?: boolean): number;
   fdSize(fd: number): number;
