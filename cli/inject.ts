@@ -126,6 +126,25 @@ export function threadsOf(pid: number): number[] {
   return out;
 }
 
+/**
+ * Runs `f` with every thread of the vmm `pid` stopped (SIGSTOP, until each thread shows state T in
+ * /proc, at most 200 ms; then SIGCONT): the guest's vCPUs stand still for a few milliseconds, well
+ * under the hang threshold, as if the host had preempted them.
+ */
+async function withVcpusStopped(pid: number, f: () => void): Promise<void> {
+  const stopped = () => threadsOf(pid).every((t) => {
+    try { return / T /.test(fs.readFileSync(`/proc/${pid}/task/${t}/stat`, 'latin1').replace(/^.*\)/, ')')); } catch { return true; }
+  });
+  process.kill(pid, 'SIGSTOP');
+  try {
+    const t0 = Date.now();
+    while (!stopped() && Date.now() - t0 < 200) await sleep(0);
+    f();
+  } finally {
+    process.kill(pid, 'SIGCONT');
+  }
+}
+
 /** The vmm's vCPU threads: in KVM_RUN (ioctl 0xae80) or running guest code, not the main thread. */
 export function vcpuThreadsOf(pid: number): number[] {
   const seen = new Set<number>();
@@ -465,11 +484,17 @@ async function ringAttack(p: ComponentPids, rng: Rng, attack: RingAttack | undef
       if (a === 'avail-jump') {
         ram.setU16(availIdxAt, (last + num + 1 + rng.int(0x10000 - 2 * num - 2)) & 0xffff);
       } else if (writes === 0 || Date.now() - t0 > 100 * writes) {
-        // A new entry at the guest's avail idx (as its next request would be), then the idx past it.
+        // A new entry at the guest's avail idx (as its next request would be), then the idx past it,
+        // with the guest's vCPUs stopped: a guest writes its ring from its vCPUs, and an idx its own
+        // driver moved between the read and the write would go backwards (the queue broken by the
+        // injector, not by the request it injects).
         const bad = a === 'avail-head' ? num + rng.int(0x10000 - num) : head;
-        ram.setU16(cfg.driver + 4 + 2 * (avail % num), bad);
-        ram.setU16(availIdxAt, (avail + 1) & 0xffff);
-        if (a === 'avail-head') what = `avail entry ${avail} names head ${bad} (queue size ${num})`;
+        await withVcpusStopped(p.vmm, () => {
+          const at = ram.u16(availIdxAt);
+          ram.setU16(cfg.driver + 4 + 2 * (at % num), bad);
+          ram.setU16(availIdxAt, (at + 1) & 0xffff);
+          if (a === 'avail-head') what = `avail entry ${at} names head ${bad} (queue size ${num})`;
+        });
       } else { await sleep(1); continue; }
       writes++;
       kick();
