@@ -100,7 +100,7 @@ export interface RunRecord {
   /** Net sessions: the UDP echo stream before and after the fault (@echo lines of bench/echo-probe). */
   echo?: { before: string; after: string };
   /** Linux-service runs (bench/linux-service): when every service answered correctly again after the fault, the longest any went unanswered (ms), the client's counts so far. */
-  service?: { restoredMs?: number; gapMs: number; counts: Record<string, number> };
+  service?: { restoredMs?: number; gapMs: number; gaps?: Record<string, number>; counts: Record<string, number> };
 }
 
 /** Lines on the supervisor's stderr that mean a detector fired (other than a recovery or a hang). */
@@ -622,7 +622,7 @@ export function summarize(recs: RunRecord[]): ReportRow[] {
   return rows;
 }
 
-export function reportMarkdown(recs: RunRecord[], rows: ReportRow[], wallS: number): string {
+export function reportMarkdown(recs: RunRecord[], rows: ReportRow[], wallS: number, where = machine()): string {
   const pct = (x: number) => (Number.isFinite(x) ? `${(x * 100).toFixed(1)}%` : '-');
   const ms = (x: number) => (Number.isFinite(x) ? x.toFixed(x < 10 ? 2 : 0) : '-');
   const lines = [
@@ -649,7 +649,7 @@ export function reportMarkdown(recs: RunRecord[], rows: ReportRow[], wallS: numb
   const ph = phaseSummary(recs);
   const contained = recs.filter((r) => r.outcome === 'contained');
   const cont = contained.length ? `\n\nContained runs (detected; only the fault's expected effect on its device, EXPECTED): ${[...new Set(contained.map((r) => `${r.component} ${r.kind}`))].map((k) => `${k} ${contained.filter((r) => `${r.component} ${r.kind}` === k).length}`).join(', ')}; e.g. run ${contained[0].seed}/${contained[0].run}: ${contained[0].injected?.after ?? ''}; expected effect: ${(contained[0].expected ?? []).slice(0, 2).join('; ') || '-'}.` : '';
-  return `${lines.join('\n')}\n\n${recs.length} injections (seeds ${seeds}), ${(wallS / 3600).toFixed(2)} h of runs, on ${machine()}.${load}${ph ? ` Mean time per run (ms): ${ph}.` : ''}${cont}\n\n` +
+  return `${lines.join('\n')}\n\n${recs.length} injections (seeds ${seeds}), ${(wallS / 3600).toFixed(2)} h of runs, on ${where}.${load}${ph ? ` Mean time per run (ms): ${ph}.` : ''}${cont}\n\n` +
     `Unrecovered and silent runs, by class (every run is in the JSON lines file):\n\n${cls.join('\n') || '- none'}\n`;
 }
 
@@ -663,12 +663,12 @@ export function phaseSummary(recs: RunRecord[]): string {
 }
 
 /** Rewrites the generated part of docs/fault-injection.md (between the section's markers) and the JSON. */
-export function writeReport(recs: RunRecord[], md: string, json: string, section = 'campaign'): void {
+export function writeReport(recs: RunRecord[], md: string, json: string, section = 'campaign', where?: string): void {
   const BEGIN = `<!-- ${section}:begin -->`;
   const END = `<!-- ${section}:end -->`;
   const rows = summarize(recs);
   const wallS = recs.reduce((s, r) => s + r.wallMs, 0) / 1000;
-  const body = reportMarkdown(recs, rows, wallS);
+  const body = reportMarkdown(recs, rows, wallS, where);
   let doc = fs.existsSync(md) ? fs.readFileSync(md, 'utf8') : `# Fault injection\n\n${BEGIN}\n${END}\n`;
   if (!doc.includes(BEGIN)) doc += `\n${BEGIN}\n${END}\n`;
   doc = doc.slice(0, doc.indexOf(BEGIN) + BEGIN.length) + '\n' + body + doc.slice(doc.indexOf(END));

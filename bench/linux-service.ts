@@ -22,8 +22,10 @@ import { execFileSync } from 'child_process';
 import { parseArgs } from 'util';
 import { buildL1Image, emulatedHostUnavailable, runInEmulatedHost } from '../emulated-host/host';
 import { readRecords, RunRecord, writeReport } from './campaign';
-import { mtime, ROOT } from './lib';
+import { machine, mtime, ROOT } from './lib';
 
+/** Where these runs happen (the report's line; the load averages in it are L1's). */
+const WHERE = `the emulated AMD-V host (QEMU TCG, one emulated CPU, kvm-amd) on ${machine()}; load averages are L1's`;
 const UDPECHO_SRC = path.join(ROOT, 'bench', 'linux-service', 'udpecho.c');
 const UDPECHO = path.join(ROOT, 'bench', 'out', 'udpecho');
 
@@ -42,7 +44,7 @@ async function main(): Promise<number> {
   const out = values.out ?? path.join(ROOT, 'bench', 'out', 'linux-service.jsonl');
   const md = values.md ?? path.join(ROOT, 'docs', 'fault-injection.md');
   const json = values.json ?? path.join(ROOT, 'docs', 'fault-injection-linux.json');
-  if (values.report) { writeReport(readRecords(out), md, json, 'linux-service'); return 0; }
+  if (values.report) { writeReport(readRecords(out), md, json, 'linux-service', WHERE); return 0; }
   for (const [k, v] of Object.entries({ seed: values.seed, minutes: values.minutes, 'window-s': values['window-s'] })) {
     if (v !== undefined && !/^\d+$/.test(v)) throw new Error(`invalid --${k} "${v}": expected a whole number`);
   }
@@ -82,7 +84,7 @@ async function main(): Promise<number> {
   });
   fs.closeSync(log);
   process.stderr.write(`linux-service: ${n} injections in ${((Date.now() - t0) / 60_000).toFixed(1)} min (L1 booted in ${((r.bootMs ?? 0) / 1000).toFixed(0)} s)${r.error ? `; the run failed: ${r.error}` : ''}\n`);
-  writeReport(readRecords(out), md, json, 'linux-service');
+  writeReport(readRecords(out), md, json, 'linux-service', WHERE);
   return r.error || r.status !== 0 ? 1 : 0;
 }
 

@@ -241,15 +241,15 @@ export class Client {
 
   stop(): void { this.stopped = true; this.tcp?.destroy(); this.udp.close(); }
 
-  /** The longest time any service went without a correct answer, over the answers around [from, to]. */
-  gapMs(from: number, to: number): number {
-    let worst = 0;
+  /** Per service, the longest it went without a correct answer, over its answers around [from, to]. */
+  gaps(from: number, to: number): Record<Svc, number> {
+    const g = { http: 0, tcp: 0, udp: 0 };
     for (const s of SVCS) {
       const a = this.ok[s];
       let prev = a.filter((t) => t <= from).pop() ?? from;
-      for (const t of a.filter((x) => x > from && x <= to)) { worst = Math.max(worst, t - prev); prev = t; }
+      for (const t of a.filter((x) => x > from && x <= to)) { g[s] = Math.max(g[s], t - prev); prev = t; }
     }
-    return worst;
+    return g;
   }
 }
 
@@ -278,13 +278,16 @@ async function until(cond: () => boolean | Promise<boolean>, ms: number, step = 
   return true;
 }
 
-const RECOVERY_LINE = /recovered (vmm|driver-domain|priv-domain|keeper|supervisor) \(cause: ([^)]*)\) in ([\d.]+) ms/;
+// The cause may hold parentheses of its own ("self-check failed (corrupt while idle)").
+const RECOVERY_LINE = /recovered (vmm|driver-domain|priv-domain|keeper|supervisor) \(cause: (.*?)\) in ([\d.]+) ms/;
 
 /** Boots the guest, puts the services on its disk and starts them; the client checks they answer. */
-async function startGuest(name: string, c: Client): Promise<Vm> {
+async function startGuest(name: string, c: Client, srv: { server?: http.Server }): Promise<Vm> {
   const vm = new Vm(name, ['--cpus', '2', '--mem', '384M', '--standby', '--disk', freshDisk(name), '--net', `tap=${TAP}`, '--cmdline', GUEST_CMDLINE]);
   const bootMs = await vm.booted();
   setupTap(TAP);
+  // The setup server listens on L1's side of the TAP, which exists once the VM does.
+  srv.server ??= await setupServer(c);
   await vm.sh(`ip addr add ${GUEST_IP}/24 dev eth0; ip link set eth0 up; ip link set lo up`);
   // Short typed lines (busybox's line editor takes ~1 KiB).
   const url = `http://${HOST_IP}:${SETUP_PORT}`;
@@ -311,7 +314,7 @@ async function main(): Promise<void> {
   if (!comps.length) throw new Error('no (component, kind) pair left to inject');
   const windowMs = Number(values['window-s'] ?? 120) * 1000;
   const c = new Client(seed);
-  const srv = await setupServer(c);
+  const srv: { server?: http.Server } = {};
   let vm: Vm | undefined;
   let vms = 0;
   const end: Record<string, unknown> = { boots: 0, injections: 0 };
@@ -321,7 +324,7 @@ async function main(): Promise<void> {
         // A lost VM is replaced while there is time for a boot (minutes under TCG) and some runs.
         if (vm) { vm.kill(); if (deadline - Date.now() < 10 * 60_000) break; }
         c.newGuest();
-        vm = await startGuest(`${values.tag ?? 'lsv'}-${vms++}`, c);
+        vm = await startGuest(`${values.tag ?? 'lsv'}-${vms++}`, c, srv);
         end.boots = vms;
         if (vms === 1) c.start();
         if (!(await until(() => c.answering(), STEP_MS))) throw new Error(`the services did not answer after the boot: last ok http ${c.lastOk('http')} tcp ${c.lastOk('tcp')} udp ${c.lastOk('udp')} (${JSON.stringify(c.counts)})`);
@@ -369,9 +372,13 @@ async function main(): Promise<void> {
       phase('window');
       const symptoms: string[] = [];
       if (!v.exit && !restored) symptoms.push(`the services did not all answer correctly within ${windowMs / 1000} s: last correct answer ${SVCS.map((s) => `${s} ${c.lastOk(s) ? ((Date.now() - c.lastOk(s)) / 1000).toFixed(1) : '-'} s ago`).join(', ')}`);
-      if (!v.exit && !(await until(async () => !!(await components(socket)), 60_000, 500))) symptoms.push('the API did not answer for 60 s');
+      // The API: a priv-domain restart is a node start under TCG, 40-160 s on a loaded machine (run 1/2 of
+      // the first campaign was judged at 60 s, before its recovery line came at 157 s).
+      if (!v.exit && !(await until(async () => !!(await components(socket)), STEP_MS, 500))) symptoms.push(`the API did not answer for ${STEP_MS / 1000} s`);
       phase('api');
       if (kind === 'SIGSTOP' && rec.injected) { try { process.kill(rec.injected.pid, 'SIGCONT'); } catch { /* gone */ } }
+      // What the fault set off ends here: the probe's own recovery of the vmm is no detection of it.
+      const errEnd = v.err.length;
       // A keeper fault shows only at the vmm's next failure: the probe is that failure.
       if (component === 'keeper' && !v.exit) {
         const cs = await components(socket);
@@ -385,7 +392,7 @@ async function main(): Promise<void> {
       } else rec.probe = 'skipped';
       if (v.exit) symptoms.push(`VM lost: tsvmm exited ${JSON.stringify(v.exit)}: ${v.err.trim().split('\n').slice(-1)[0]}`);
       symptoms.push(...c.wrong.slice(wrongAt).map((w) => w.what).slice(0, 10), ...c.broken.slice(brokenAt).map((w) => w.what));
-      const errSince = v.err.slice(errAt);
+      const errSince = v.err.slice(errAt, errEnd);
       for (const l of errSince.split('\n')) {
         const m = RECOVERY_LINE.exec(l);
         if (m) {
@@ -396,7 +403,8 @@ async function main(): Promise<void> {
       rec.detected = rec.detectors.length > 0;
       rec.symptoms = symptoms;
       rec.outcome = classify(rec.detected, symptoms);
-      rec.service = { restoredMs: restored ? tRestored - tInject : undefined, gapMs: c.gapMs(tInject, tRestored), counts: { ...c.counts } };
+      const gaps = c.gaps(tInject, tRestored);
+      rec.service = { restoredMs: restored ? tRestored - tInject : undefined, gapMs: Math.max(...Object.values(gaps)), gaps, counts: { ...c.counts } };
       rec.wallMs = Date.now() - t0;
       rec.phases = phases;
       // Twice: L1's own kernel messages share the console and can cut into a line (the reader dedupes by run).
@@ -416,7 +424,7 @@ async function main(): Promise<void> {
     end.error = (e as Error).message;
   } finally {
     c.stop();
-    srv.close();
+    srv.server?.close();
     vm?.kill();
   }
   end.counts = c.counts;
