@@ -258,16 +258,12 @@ KEEPER_FN static void tsc_at_clock(const struct tsvmm_keeper_config* cfg, uint8_
   if (!(clock->flags & KVM_CLOCK_HOST_TSC)) return;
   for (int i = 0; i < cfg->ncpus; i++) {
     struct tsvmm_snap_vcpu* v = (struct tsvmm_snap_vcpu*)(snap + h->vcpu_offset + (uint64_t)i * h->vcpu_size);
+    int k = tsvmm_snap_tsc_index(v);
     uint64_t offset = 0;
     struct kvm_device_attr a;
-    kzero(&a, sizeof a);
-    a.group = KVM_VCPU_TSC_CTRL;
-    a.attr = KVM_VCPU_TSC_OFFSET;
-    a.addr = (uint64_t)(uintptr_t)&offset;
-    if (k_ioctl(cfg->vcpu_fd[i], KVM_GET_DEVICE_ATTR, &a) < 0) return;
-    for (uint32_t k = 0; k < v->nmsrs_saved && k < TSVMM_MAX_MSRS; k++) {
-      if (v->msrs.entries[k].index == TSVMM_MSR_IA32_TSC) v->msrs.entries[k].data = clock->host_tsc + offset;
-    }
+    tsvmm_tsc_offset_attr(&a, &offset);
+    if (k < 0 || k_ioctl(cfg->vcpu_fd[i], KVM_GET_DEVICE_ATTR, &a) < 0) return;
+    v->msrs.entries[k].data = clock->host_tsc + offset;
   }
 }
 

@@ -177,6 +177,22 @@ struct tsvmm_snap_vcpu {
   struct tsvmm_msrs_buf msrs;
 };
 
+/* The index of IA32_TSC in a vCPU record's saved MSR list, or -1. */
+static inline __attribute__((always_inline)) int tsvmm_snap_tsc_index(const struct tsvmm_snap_vcpu* v) {
+  for (uint32_t k = 0; k < v->nmsrs_saved && k < TSVMM_MAX_MSRS; k++) {
+    if (v->msrs.entries[k].index == TSVMM_MSR_IA32_TSC) return (int)k;
+  }
+  return -1;
+}
+
+/* `a` for KVM_GET/SET_DEVICE_ATTR of a vCPU's TSC offset (KVM_VCPU_TSC_OFFSET), read or written at `offset`. */
+static inline __attribute__((always_inline)) void tsvmm_tsc_offset_attr(struct kvm_device_attr* a, uint64_t* offset) {
+  a->flags = 0;
+  a->group = KVM_VCPU_TSC_CTRL;
+  a->attr = KVM_VCPU_TSC_OFFSET;
+  a->addr = (uint64_t)(uintptr_t)offset;
+}
+
 /* The fixed-size per-vCPU state, in the order the keeper saves it and restore.c sets it: MP_STATE
  * first (it can change LAPIC state); then the MSRs (variable size, handled apart) and VCPU_EVENTS
  * last. One table for both directions, so the two can never disagree. */

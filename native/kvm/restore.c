@@ -127,17 +127,13 @@ static void tsc_follow_clock(const struct tsvmm_restore_config* cfg, const struc
     const struct tsvmm_snap_vcpu* v = (const struct tsvmm_snap_vcpu*)(cfg->snap + h->vcpu_offset + (uint64_t)i * h->vcpu_size);
     int khz = ioctl(cfg->vcpu_fd[i], KVM_GET_TSC_KHZ, 0);
     if (khz <= 0) return;
-    for (uint32_t k = 0; k < v->nmsrs_saved && k < TSVMM_MAX_MSRS; k++) {
-      if (v->msrs.entries[k].index != TSVMM_MSR_IA32_TSC) continue;
-      uint64_t tsc = v->msrs.entries[k].data + (now.clock - saved->clock) * (uint64_t)khz / 1000000u;
-      uint64_t offset = tsc - now.host_tsc;
-      struct kvm_device_attr a;
-      memset(&a, 0, sizeof a);
-      a.group = KVM_VCPU_TSC_CTRL;
-      a.attr = KVM_VCPU_TSC_OFFSET;
-      a.addr = (uint64_t)(uintptr_t)&offset;
-      if (ioctl(cfg->vcpu_fd[i], KVM_SET_DEVICE_ATTR, &a) < 0) return;
-    }
+    int k = tsvmm_snap_tsc_index(v);
+    if (k < 0) continue;
+    uint64_t tsc = v->msrs.entries[k].data + (now.clock - saved->clock) * (uint64_t)khz / 1000000u;
+    uint64_t offset = tsc - now.host_tsc;
+    struct kvm_device_attr a;
+    tsvmm_tsc_offset_attr(&a, &offset);
+    if (ioctl(cfg->vcpu_fd[i], KVM_SET_DEVICE_ATTR, &a) < 0) return;
   }
 }
 
