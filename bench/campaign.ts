@@ -93,6 +93,8 @@ export interface RunRecord {
   wallMs: number;
   /** Guest symptoms that are the fault's own expected effect (EXPECTED), once its detector fired. */
   expected?: string[];
+  /** Not recovered or silent: the last lines `tsvmm run` and its successors wrote after the fault. */
+  log?: string[];
   /** Where the run's time went (ms): VM start (first run of a VM), settle, delay, inject, window, progress, api, probe, VM end (last run). */
   phases?: Record<string, number>;
   /** The host's 1-minute load average at the injection (a loaded host can make hang detectors fire on starved components). */
@@ -240,6 +242,11 @@ const HOST_IP = '10.99.0.1';
 const ECHO_PROBE = path.join(__dirname, 'echo-probe.js');
 let netSessions = 0;
 
+/** Whether process `pid` runs (not a zombie). */
+function pidAlive(pid: number): boolean {
+  try { return !/^\d+ \(.*\) [ZX] /.test(fs.readFileSync(`/proc/${pid}/stat`, 'latin1')); } catch { return false; }
+}
+
 /** The VM is gone: its `tsvmm run` exited and no supervisor adopted it. */
 const lost = (s: Session) => !!s.vm.exit && !s.adopted;
 
@@ -305,7 +312,7 @@ async function endSession(s: Session): Promise<string[]> {
   // Its `tsvmm run` is gone but the VM may run on: adopted after a supervisor fault, or adopted
   // after the SIGKILL stop() gives a supervisor that ignored SIGTERM (a register flip can leave it
   // looping). Stopped through the API, as an operator would; a VM left running would load the host.
-  const alive = () => { try { return !/^\d+ \(.*\) [ZX] /.test(fs.readFileSync(`/proc/${s.vm.pid.vmm}/stat`, 'latin1')); } catch { return false; } };
+  const alive = () => pidAlive(s.vm.pid.vmm);
   for (let k = 0; k < 10 && s.vm.pid.vmm > 0 && alive(); k++) {
     spawnSync(process.execPath, [BIN, 'stop', '--name', s.name], { stdio: 'ignore', timeout: 20_000 });
     for (let w = 0; w < 20 && alive(); w++) await sleep(100);
@@ -381,7 +388,9 @@ async function injectAndObserve(s: Session, p: Plan, rec: RunRecord, o: RunOptio
   const supervisorFault = p.component === 'supervisor' && !!rec.injected && ['SIGKILL', 'SIGSEGV', 'SIGABRT', 'reg'].includes(p.kind);
   await sleep(o.windowMs);
   // A supervisor that died: its `tsvmm run` is gone; the guardian's new supervisor adopts the VM.
-  if (supervisorFault && vm.exit) {
+  // Only the supervisor hit decides: after an earlier adoption `tsvmm run` is long gone, and a flip
+  // that left the adopted supervisor running changes nothing.
+  if (supervisorFault && vm.exit && (!s.adopted || !pidAlive(rec.injected!.pid))) {
     await until(() => /recovered supervisor/.test(vm.err.slice(errAt)), 8000);
     s.adopted = /recovered supervisor/.test(vm.err.slice(errAt));
   }
@@ -427,7 +436,12 @@ async function injectAndObserve(s: Session, p: Plan, rec: RunRecord, o: RunOptio
     const before = vm.recoveries.length;
     const errBefore = vm.err.length;
     try { process.kill(vmm, 'SIGKILL'); } catch { /* gone */ }
-    const ok = await until(() => vm.recoveries.slice(before).some((r) => r.component === 'vmm') || lost(s), 8000);
+    // A supervisor that dies during the probe (a fault that waited for the recovery path to run) is
+    // adopted like one that died in the window; its adopter carries the vmm's recovery on.
+    const adoptedSince = () => /recovered supervisor/.test(vm.err.slice(errBefore));
+    let ok = await until(() => vm.recoveries.slice(before).some((r) => r.component === 'vmm') || adoptedSince() || lost(s), 8000);
+    if (lost(s)) { await until(adoptedSince, 8000); s.adopted = adoptedSince(); }
+    ok ||= adoptedSince();
     const tRec = performance.now();
     const resumed = ok && !lost(s) && (await until(() => mustProgress.every((pre) => vm.lines.some((l) => l.at > tRec && l.line.startsWith(pre))), 5000));
     rec.probe = resumed ? 'recovered' : 'failed';
@@ -446,6 +460,8 @@ async function injectAndObserve(s: Session, p: Plan, rec: RunRecord, o: RunOptio
   if (eff.expected.length) rec.expected = eff.expected;
   rec.symptoms = eff.rest;
   rec.outcome = classify(rec.detected, eff.rest, eff.contained);
+  // What the supervisors said since the fault, kept where it went wrong (to diagnose it later).
+  if (rec.outcome === 'not-recovered' || rec.outcome === 'silent') rec.log = vm.err.slice(errAt).trim().split('\n').slice(-20).map((l) => l.slice(0, 400));
 }
 
 /** A record for run `i`, not yet observed. */
