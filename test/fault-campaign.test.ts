@@ -6,8 +6,8 @@
  * bit flips, is a benchmark: docs/fault-injection.md.)
  */
 import * as assert from 'assert';
-import { classify, expectedEffect, plan, runOne, RunRecord, wilson } from '../bench/campaign';
-import { InjectComponent, InjectKind } from '../cli/inject';
+import { classify, expectedEffect, plan, runOne, RunRecord, underTodaysRules, wilson } from '../bench/campaign';
+import { InjectComponent, InjectKind, InjectResult } from '../cli/inject';
 import { kvmUnavailable, skipBecause } from './helpers/tsvmm';
 
 describe('fault-injection campaign sample: fail-stop faults are detected and recovered', function () {
@@ -45,6 +45,20 @@ describe('fault-injection campaign sample: fail-stop faults are detected and rec
     const ringLog = ["tsvmm driver-domain: disk 0 needs a reset (DEVICE_NEEDS_RESET: the guest's ring is malformed: avail idx moved from 1 to 900, more than queue size 256): ..."];
     e = expectedEffect('ring', ringLog, ['@blk-error op=reap what=bad_used_id id=140 len=0', '@error what=blk detail=timeout inflight=1 waited_s=10', 'VM lost: tsvmm exited {"code":3}']);
     assert.deepStrictEqual(e.rest, ['VM lost: tsvmm exited {"code":3}']);
+    // A cut disk (at 0x386000 = sector 7216): reads of blocks reaching past the cut failing is
+    // expected; a failed read below it, or a block read back wrong, is not.
+    const cutLog = ['tsvmm driver-domain: disk 0 image shrank under the VM from 16777216 to 3694592 bytes (truncated outside tsvmm): ...'];
+    const cut: InjectResult = { component: 'driver-domain', kind: 'disk-truncate', pid: 1, target: 'disk image', before: '0x1000000', after: '0x386000' };
+    const past = ['@blk-error op=read sector=7216 what=status status=1 gen=385', '@blk-error op=read sector=7212 what=status status=1 gen=385', '@blk-progress pass=290 done=1500 errors=17'];
+    e = expectedEffect('disk-truncate', cutLog, past, cut);
+    assert.deepStrictEqual([e.rest, e.contained], [[], true]);
+    e = expectedEffect('disk-truncate', cutLog, [...past, '@blk-error op=read sector=7200 what=status status=1 gen=385', '@blk-error op=read sector=7304 what=magic status=0 gen=385'], cut);
+    assert.deepStrictEqual(e.rest, ['@blk-error op=read sector=7200 what=status status=1 gen=385', '@blk-error op=read sector=7304 what=magic status=0 gen=385']);
+    assert.strictEqual(expectedEffect('disk-truncate', cutLog, past).contained, false, 'no cut recorded: nothing can be expected');
+    // A record saved before the rule is classified by it when read (readRecords).
+    const old: RunRecord = { seed: 7, run: 341, at: '', component: 'driver-domain', kind: 'disk-truncate', workload: 'blk-loop', cpus: 1, delayMs: 0, injected: cut, outcome: 'not-recovered', detected: true, detectors: cutLog, symptoms: past, wallMs: 0 };
+    assert.strictEqual(underTodaysRules(old).outcome, 'contained');
+    assert.strictEqual(underTodaysRules({ ...old, symptoms: [...past, 'VM lost: tsvmm exited {"code":3}'] }).outcome, 'not-recovered');
     // Kinds without an expected effect are unchanged.
     e = expectedEffect('SIGKILL', eioLog, ioerr);
     assert.deepStrictEqual([e.rest, e.contained], [ioerr, false]);
