@@ -326,6 +326,25 @@ static int keeper_filter_build(uint32_t mode) {
   return 0;
 }
 
+/* What poll_vmm saw readable. */
+#define POLL_VMM 1  /* the vmm's pidfd: it died */
+#define POLL_STOP 2 /* the stop eventfd */
+
+/* One poll of the vmm's pidfd and the stop eventfd, on a pollfd array built afresh in this call's
+ * own frame (KEEPER_FN: never inlined), so nothing the idle loop keeps in a register across its
+ * sleeps decides what is polled. A flipped register holding the loop's array (campaign 6, run 65/9:
+ * r13) made a keeper poll other stack memory and sleep through its vmm's death while still beating:
+ * "the keeper did not finish saving", the VM lost. Returns POLL_VMM | POLL_STOP, 0 on a timeout (or
+ * a wake-up no fd explains), or a negative errno. */
+KEEPER_FN static long poll_vmm(const struct tsvmm_keeper_config* cfg, int timeout_ms) {
+  struct pollfd p[2];
+  p[0].fd = cfg->vmm_pidfd; p[0].events = POLLIN; p[0].revents = 0;
+  p[1].fd = cfg->stop_efd; p[1].events = POLLIN; p[1].revents = 0;
+  long r = raw3(SYS_poll, p, 2, timeout_ms);
+  if (r <= 0) return r;
+  return (p[0].revents ? POLL_VMM : 0) | (p[1].revents ? POLL_STOP : 0);
+}
+
 /* CRC-32 of what the keeper acts on (keeper.h cfg_crc). */
 KEEPER_FN static uint32_t keeper_cfg_crc(const struct tsvmm_keeper_config* cfg) {
   return tsvmm_crc32((const uint8_t*)cfg, offsetof(struct tsvmm_keeper_config, armed));
@@ -349,32 +368,26 @@ KEEPER_FN static int keeper_main(void* arg) {
 
   /* The supervisor's death is not ours to act on: a new supervisor adopts this keeper with the vmm
    * (recovery/adopt.ts), and if none comes, the vmm stops this keeper before it exits. A keeper
-   * outlives its vmm only by its save and linger, so it is never left behind. */
-  struct pollfd fds[2];
-  fds[0].fd = cfg->vmm_pidfd; fds[0].events = POLLIN; fds[0].revents = 0;
-  fds[1].fd = cfg->stop_efd; fds[1].events = POLLIN; fds[1].revents = 0;
-  /* Idle, the keeper wakes every TSVMM_KEEPER_BEAT_MS, checks itself and beats: a keeper broken
+   * outlives its vmm only by its save and linger, so it is never left behind.
+   * Idle, the keeper wakes every TSVMM_KEEPER_BEAT_MS, checks itself and beats: a keeper broken
    * while it waits (a flipped register or stack, its configuration overwritten) crashes or exits
    * here, or stops beating, and is replaced while its vmm still runs, instead of failing at the
    * vmm's death, when it is needed. */
+  long woke;
   for (;;) {
-    long r = raw3(SYS_poll, fds, 2, TSVMM_KEEPER_BEAT_MS);
-    if (fds[0].fd != cfg->vmm_pidfd || fds[1].fd != cfg->stop_efd || keeper_cfg_crc(cfg) != cfg->cfg_crc) k_exit(TSVMM_KEEPER_EXIT_SELFCHECK);
+    long r = poll_vmm(cfg, TSVMM_KEEPER_BEAT_MS);
+    if (keeper_cfg_crc(cfg) != cfg->cfg_crc) k_exit(TSVMM_KEEPER_EXIT_SELFCHECK);
     if (r > 0) {
       /* A wake-up that no fd explains (a flipped return value) must not save a live VM. */
-      struct pollfd again[2];
-      again[0].fd = cfg->vmm_pidfd; again[0].events = POLLIN; again[0].revents = 0;
-      again[1].fd = cfg->stop_efd; again[1].events = POLLIN; again[1].revents = 0;
-      if (raw3(SYS_poll, again, 2, 0) <= 0) k_exit(TSVMM_KEEPER_EXIT_SELFCHECK);
-      fds[0].revents = again[0].revents;
-      fds[1].revents = again[1].revents;
+      woke = poll_vmm(cfg, 0);
+      if (woke <= 0) k_exit(TSVMM_KEEPER_EXIT_SELFCHECK);
       break;
     }
     if (r < 0 && r != -4 /* EINTR */) k_exit(TSVMM_KEEPER_EXIT_POLL);
     /* Only the armed keeper beats: a warm standby's dormant one shares the header. */
     if (r == 0 && __atomic_load_n(&cfg->armed, __ATOMIC_ACQUIRE)) __atomic_add_fetch(&h->keeper_beat, 1, __ATOMIC_RELEASE);
   }
-  if (fds[1].revents) {
+  if (woke & POLL_STOP) {
     /* A dormant keeper's header is still the previous vmm's snapshot: leave it. */
     if (__atomic_load_n(&cfg->armed, __ATOMIC_ACQUIRE)) __atomic_store_n(&h->state, TSVMM_SNAP_STOPPED, __ATOMIC_RELEASE);
     k_exit(0);
