@@ -41,20 +41,29 @@ export function median(xs: number[]): number {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
+/** Median, min and max of one VMM's measurements in one row. */
+export interface Stat { median: number; min: number; max: number }
+
 /**
  * Per row and completion mode, tsvmm's and QEMU's median (min, max) of `measure` over the rounds,
- * and their ratio: the summary both bench/blk and bench/net print.
+ * and their ratio: the summary both bench/blk and bench/net print. `qemu` is the baseline the
+ * target is judged against; where `second` names another configuration of it (bench/blk: QEMU's
+ * default set-up, 'qemu-default'), its medians and tsvmm's ratio against it come as
+ * `qemuDefault` / `ratioDefault`.
  */
-export function summarize<R extends { vmm: 'tsvmm' | 'qemu'; row: string; irq: number }>(
-  rows: { id: string; label: string; unit: string }[], irqs: number[], results: R[], measure: (r: R) => number,
-) {
+export function summarize<R extends { vmm: string; row: string; irq: number }>(
+  rows: { id: string; label: string; unit: string }[], irqs: number[], results: R[], measure: (r: R) => number, second?: string,
+): { row: string; label: string; unit: string; irq: number; tsvmm: Stat; qemu: Stat; ratio: number; qemuDefault?: Stat; ratioDefault?: number }[] {
   return rows.flatMap((row) => irqs.map((irq) => {
-    const s = (vmm: R['vmm']) => {
+    const s = (vmm: string): Stat => {
       const xs = results.filter((r) => r.vmm === vmm && r.row === row.id && r.irq === irq).map(measure);
       return { median: median(xs), min: Math.min(...xs), max: Math.max(...xs) };
     };
     const ts = s('tsvmm'), q = s('qemu');
-    return { row: row.id, label: row.label, unit: row.unit, irq, tsvmm: ts, qemu: q, ratio: ts.median / q.median };
+    const base = { row: row.id, label: row.label, unit: row.unit, irq, tsvmm: ts, qemu: q, ratio: ts.median / q.median };
+    if (!second) return base;
+    const d = s(second);
+    return { ...base, qemuDefault: d, ratioDefault: ts.median / d.median };
   }));
 }
 
