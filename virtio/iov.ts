@@ -26,7 +26,7 @@ export function iovSlice(segs: readonly Uint8Array[], start: number, length = In
       continue;
     }
     const take = Math.min(s.length - skip, want);
-    if (take > 0) out.push(s.subarray(skip, skip + take));
+    if (take > 0) out.push(skip === 0 && take === s.length ? s : s.subarray(skip, skip + take)); // a whole segment: no new view
     want -= take;
     skip = 0;
   }

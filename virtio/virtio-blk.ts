@@ -109,45 +109,51 @@ export type BlkRequest =
 const hdrWords = new Uint32Array(BLK_OUTHDR_SIZE / 4);
 const hdrBytes = new Uint8Array(hdrWords.buffer);
 
-/** Parse and validate a chain as a virtio-blk request against a disk of `capacity` sectors. */
+/** Why `len` data bytes from `sector` are not a valid transfer on a disk of `capacity` sectors, or undefined. */
+function rangeError(sector: number, len: number, capacity: number): string | undefined {
+  if (len % SECTOR_SIZE !== 0) return `data length ${len} not a multiple of ${SECTOR_SIZE}`;
+  if (!Number.isSafeInteger(sector) || sector + len / SECTOR_SIZE > capacity) return `sectors ${sector}+${len / SECTOR_SIZE} beyond capacity ${capacity}`;
+  return undefined;
+}
+
+function failed(status: number, error: string, statusByte: Uint8Array): BlkRequest {
+  return { ok: false, status, statusByte, error };
+}
+
+/**
+ * Parse and validate a chain as a virtio-blk request against a disk of `capacity` sectors.
+ * (No closures here: two per request were allocated on the hot path.)
+ */
 export function parseBlkRequest(chain: Chain, capacity: number, readOnly: boolean): BlkRequest {
   if (chain.writableLength < 1) return { ok: false, status: VIRTIO_BLK_S_IOERR, error: 'no status byte' };
   const last = chain.writable[chain.writable.length - 1];
-  const statusByte = last.subarray(last.length - 1);
-  const fail = (status: number, error: string): BlkRequest => ({ ok: false, status, statusByte, error });
-  if (chain.readableLength < BLK_OUTHDR_SIZE) return fail(VIRTIO_BLK_S_IOERR, 'request header too short');
+  const statusByte = last.length === 1 ? last : last.subarray(last.length - 1); // a 1-byte status descriptor: its own view
+  if (chain.readableLength < BLK_OUTHDR_SIZE) return failed(VIRTIO_BLK_S_IOERR, 'request header too short', statusByte);
   iovRead(chain.readable, hdrBytes); // copied once (no double fetch), into a scratch buffer reused by every request
   const type = hdrWords[0];
   const sector = hdrWords[2] + hdrWords[3] * 0x1_0000_0000;
-  const inData = iovSlice(chain.writable, 0, chain.writableLength - 1);
-  const outData = iovSlice(chain.readable, BLK_OUTHDR_SIZE);
   const inLen = chain.writableLength - 1;
   const outLen = chain.readableLength - BLK_OUTHDR_SIZE;
-  const range = (len: number): string | undefined => {
-    if (len % SECTOR_SIZE !== 0) return `data length ${len} not a multiple of ${SECTOR_SIZE}`;
-    if (!Number.isSafeInteger(sector) || sector + len / SECTOR_SIZE > capacity) return `sectors ${sector}+${len / SECTOR_SIZE} beyond capacity ${capacity}`;
-    return undefined;
-  };
   switch (type) {
     case VIRTIO_BLK_T_IN: {
-      if (outLen !== 0) return fail(VIRTIO_BLK_S_IOERR, 'IN request with device-readable data');
-      const e = range(inLen);
-      if (e) return fail(VIRTIO_BLK_S_IOERR, e);
-      return { ok: true, type, sector, data: inData, dataLength: inLen, status: statusByte };
+      if (outLen !== 0) return failed(VIRTIO_BLK_S_IOERR, 'IN request with device-readable data', statusByte);
+      const e = rangeError(sector, inLen, capacity);
+      if (e) return failed(VIRTIO_BLK_S_IOERR, e, statusByte);
+      return { ok: true, type, sector, data: iovSlice(chain.writable, 0, inLen), dataLength: inLen, status: statusByte };
     }
     case VIRTIO_BLK_T_OUT: {
-      if (readOnly) return fail(VIRTIO_BLK_S_IOERR, 'write to a read-only disk');
-      if (inLen !== 0) return fail(VIRTIO_BLK_S_IOERR, 'OUT request with device-writable data');
-      const e = range(outLen);
-      if (e) return fail(VIRTIO_BLK_S_IOERR, e);
-      return { ok: true, type, sector, data: outData, dataLength: outLen, status: statusByte };
+      if (readOnly) return failed(VIRTIO_BLK_S_IOERR, 'write to a read-only disk', statusByte);
+      if (inLen !== 0) return failed(VIRTIO_BLK_S_IOERR, 'OUT request with device-writable data', statusByte);
+      const e = rangeError(sector, outLen, capacity);
+      if (e) return failed(VIRTIO_BLK_S_IOERR, e, statusByte);
+      return { ok: true, type, sector, data: iovSlice(chain.readable, BLK_OUTHDR_SIZE), dataLength: outLen, status: statusByte };
     }
     case VIRTIO_BLK_T_FLUSH:
       return { ok: true, type, sector: 0, data: [], dataLength: 0, status: statusByte };
     case VIRTIO_BLK_T_GET_ID:
-      return { ok: true, type, sector: 0, data: inData, dataLength: inLen, status: statusByte };
+      return { ok: true, type, sector: 0, data: iovSlice(chain.writable, 0, inLen), dataLength: inLen, status: statusByte };
     default:
-      return fail(VIRTIO_BLK_S_UNSUPP, `unsupported request type ${type}`);
+      return failed(VIRTIO_BLK_S_UNSUPP, `unsupported request type ${type}`, statusByte);
   }
 }
 

@@ -136,6 +136,12 @@ export class Virtqueue {
   private active = false;
   private num = 0;
   private desc!: DataView;
+  /**
+   * A DataView over each guest RAM region (by index in mem.regions), made on first use: an
+   * indirect table is read through its region's view at an offset, instead of a new view (a
+   * subarray and a DataView, two allocations) per request.
+   */
+  private readonly regionViews: DataView[] = [];
   private avail!: Uint16Array; // [flags, idx, ring[num], used_event]
   private used16!: Uint16Array; // [flags, idx, ..., avail_event at 2 + 4*num]
   private used32!: Uint32Array; // [flags|idx, {id, len}[num], ...]
@@ -375,6 +381,7 @@ export class Virtqueue {
     out.writableLength = 0;
     const mem = this.mem;
     let table = this.desc;
+    let base = 0; // byte offset of the table in `table`
     let tableSize = this.num;
     let maxCount = this.num;
     let inIndirect = false;
@@ -384,7 +391,7 @@ export class Virtqueue {
     for (;;) {
       if (idx >= tableSize) return `descriptor index ${idx} >= table size ${tableSize}`;
       if (++count > maxCount) return `descriptor chain longer than ${maxCount} (loop?)`;
-      const o = idx * VIRTQ_DESC_SIZE;
+      const o = base + idx * VIRTQ_DESC_SIZE;
       const addr = table.getUint32(o, true) + table.getUint32(o + 4, true) * 0x1_0000_0000;
       const len = table.getUint32(o + 8, true);
       const flags = table.getUint16(o + 12, true);
@@ -396,8 +403,10 @@ export class Virtqueue {
         if (len === 0 || len % VIRTQ_DESC_SIZE !== 0 || len / VIRTQ_DESC_SIZE > this.maxIndirect) {
           return `indirect table length ${len} invalid`;
         }
-        if (!mem.contains(addr, len)) return `indirect table 0x${addr.toString(16)}+${len} outside guest RAM`;
-        table = mem.view(addr, len);
+        const r = mem.locate(addr, len);
+        if (r < 0) return `indirect table 0x${addr.toString(16)}+${len} outside guest RAM`;
+        table = this.regionView(r);
+        base = addr - mem.regions[r].gpa;
         tableSize = maxCount = len / VIRTQ_DESC_SIZE;
         inIndirect = true;
         idx = 0;
@@ -427,6 +436,15 @@ export class Virtqueue {
       if (!(flags & VIRTQ_DESC_F_NEXT)) return undefined;
       idx = next;
     }
+  }
+
+  private regionView(r: number): DataView {
+    let v = this.regionViews[r];
+    if (v === undefined) {
+      const b = this.mem.regions[r].bytes;
+      v = this.regionViews[r] = new DataView(b.buffer, b.byteOffset, b.byteLength);
+    }
+    return v;
   }
 
   /**
