@@ -350,9 +350,13 @@ KEEPER_FN static uint32_t keeper_cfg_crc(const struct tsvmm_keeper_config* cfg) 
   return tsvmm_crc32((const uint8_t*)cfg, offsetof(struct tsvmm_keeper_config, armed));
 }
 
+/* The snapshot header, read from the configuration (whose CRC the idle loop checks) where it is
+ * used, not kept in a register across the keeper's sleeps: a flipped one would beat and save into
+ * other memory. */
+#define SNAP_HEADER(cfg) ((struct tsvmm_snap_header*)*(uint8_t* volatile*)&(cfg)->snap)
+
 KEEPER_FN static int keeper_main(void* arg) {
   struct tsvmm_keeper_config* cfg = (struct tsvmm_keeper_config*)arg;
-  struct tsvmm_snap_header* h = (struct tsvmm_snap_header*)cfg->snap;
 
   /* This process only (no TSYNC: the keeper is a process of its own, sharing the vmm's memory). A
    * keeper that cannot confine itself does not run unconfined. */
@@ -385,8 +389,9 @@ KEEPER_FN static int keeper_main(void* arg) {
     }
     if (r < 0 && r != -4 /* EINTR */) k_exit(TSVMM_KEEPER_EXIT_POLL);
     /* Only the armed keeper beats: a warm standby's dormant one shares the header. */
-    if (r == 0 && __atomic_load_n(&cfg->armed, __ATOMIC_ACQUIRE)) __atomic_add_fetch(&h->keeper_beat, 1, __ATOMIC_RELEASE);
+    if (r == 0 && __atomic_load_n(&cfg->armed, __ATOMIC_ACQUIRE)) __atomic_add_fetch(&SNAP_HEADER(cfg)->keeper_beat, 1, __ATOMIC_RELEASE);
   }
+  struct tsvmm_snap_header* h = SNAP_HEADER(cfg);
   if (woke & POLL_STOP) {
     /* A dormant keeper's header is still the previous vmm's snapshot: leave it. */
     if (__atomic_load_n(&cfg->armed, __ATOMIC_ACQUIRE)) __atomic_store_n(&h->state, TSVMM_SNAP_STOPPED, __ATOMIC_RELEASE);
