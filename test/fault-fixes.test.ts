@@ -119,10 +119,11 @@ describe('fault-injection fixes: what the campaign lost or missed is detected an
   // Without poll_vmm and SNAP_HEADER (keeper.c): a flipped r13, where the idle loop kept its pollfd
   // array, made the keeper poll other stack memory and sleep through its vmm's death while it still
   // beat: "the keeper did not finish saving", VM lost (campaign 6, run 65/9: r13 bit 7). Each register
-  // the idle loop keeps across its sleeps, flipped in turn: the keeper still saves at the vmm's death,
+  // the idle loop keeps across its sleeps, and its stack pointer (campaign 6, run 65/246: rsp bit 7,
+  // the keeper hung in its save), flipped in turn: the keeper still saves at the vmm's death,
   // or it finds itself broken and is replaced first.
   it("a flipped callee-saved register in the idle keeper, each in turn: the vmm's next death is recovered", async () => {
-    for (const reg of ['rbx', 'rbp', 'r12', 'r13', 'r14', 'r15']) {
+    for (const reg of ['rbx', 'rbp', 'r12', 'r13', 'r14', 'r15', 'rsp']) {
       const r = await inject('keeper', 'reg', await pids(), { seed: 1, reg, bit: 7 });
       assert.strictEqual(r.target, reg);
       await sleep(300); // a few of the keeper's 200 ms wake-ups, fewer than its hang watch needs
