@@ -20,7 +20,10 @@
  *     72 console ring size
  *     76 serial output dropped (u32, bytes the --serial sink refused: a full disk, /dev/full; mod 2^32)
  *   4096 device stats: [MAX_STAT_DEVICES][MAX_STAT_OPS] x {requests, bytes, errors} float64
- *   8192 exit counters: [VCPU_SLOTS][MAX_EXIT_REASONS] float64
+ *   8192 exit counters: [VCPU_SLOTS][MAX_EXIT_REASONS] float64; per vCPU, slot r < NATIVE_EXIT_SLOT.IO
+ *        counts every exit of KVM exit reason r, and the NATIVE_EXIT_SLOT slots count the IO and MMIO
+ *        exits of those that the native exit loop answered without JavaScript (native/kvm/fastexit.cc;
+ *        added to v1 in slots no KVM exit reason uses: an older vmm leaves them 0)
  * 139264 request latency: [MAX_STAT_DEVICES][MAX_STAT_OPS] x {LATENCY_BUCKETS.length + 1 bucket
  *        counts (not cumulative; the last is +Inf), sum of seconds} float64 (one writer: the
  *        driver-domain). Added to v1 in space v1 left zero: a page an older supervisor formatted
@@ -35,6 +38,8 @@ import { VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_
 export const CONTROL_MAGIC = 0x54435354; // 'TSCT'
 export const CONTROL_VERSION = 1;
 export const MAX_EXIT_REASONS = 64;
+/** The exit-counter slots (past every KVM exit reason) of the IO and MMIO exits the native loop answered. */
+export const NATIVE_EXIT_SLOT = { IO: 62, MMIO: 63 } as const;
 /** vCPU slots of the exit-counter table (at least layout.ts's MAX_VCPUS). */
 export const VCPU_SLOTS = 256;
 if (MAX_VCPUS > VCPU_SLOTS) throw new Error(`the control page has exit counters for ${VCPU_SLOTS} vCPUs, a VM may have ${MAX_VCPUS}`);

@@ -89,6 +89,7 @@ export const SNAP = {
   SENTINEL: c('TSVMM_EXIT_SENTINEL'), HANDLED: c('TSVMM_JOURNAL_HANDLED'), REPLAY_DATA_MAX: c('TSVMM_REPLAY_DATA_MAX'),
   VCPU_SIZE: c('sizeof_vcpu'), VM_SIZE: c('sizeof_vm'),
   LEN_MASK: c('TSVMM_JOURNAL_LEN_MASK'), RING_SHIFT: c('TSVMM_JOURNAL_RING_SHIFT'), RING_SIZE: c('TSVMM_RING_SIZE'),
+  ACK_INTENT: c('TSVMM_JOURNAL_ACK_INTENT'),
 } as const;
 
 export const SnapState = {
@@ -321,11 +322,14 @@ export class SnapshotView {
 export class Journal {
   readonly commit: Int32Array;
   readonly replayedGeneration: Int32Array;
+  /** SNAP.ACK_INTENT | the device's ACK count before this exit's InterruptACK write, or 0 (keeper.h). */
+  readonly ackIntent: Int32Array;
   readonly line: Uint8Array;
 
   constructor(buf: ArrayBuffer, at: number) {
     this.commit = new Int32Array(buf, at + c('off_j_commit'), 1);
     this.replayedGeneration = new Int32Array(buf, at + c('off_j_replayed_generation'), 1);
+    this.ackIntent = new Int32Array(buf, at + c('off_j_ack_intent'), 1);
     this.line = new Uint8Array(buf, at + c('off_j_line'), SNAP.LINE_MAX);
   }
 

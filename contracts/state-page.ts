@@ -28,7 +28,8 @@
  *     register block (at 0x140, 64 + 32 * maxQueues bytes), written by the vmm:
  *       +0  seq (atomic; odd while an update is in progress: a seqlock)
  *       +4  register checksum (CRC-32 of +20..end)
- *       +8  status (atomic)  +12 interrupt status (atomic)  +16 config generation (atomic)
+ *       +8  status (atomic)  +12 isr (atomic, ISR_WORD: bits 0-15 InterruptStatus, 16-31 ACK count)
+ *       +16 config generation (atomic)
  *       +20 device features sel  +24 driver features sel  +28 driver features lo/hi
  *       +36 queue sel            +40..+64 reserved
  *       +64 queue[q] (32 bytes): num, ready, desc lo/hi, driver lo/hi, device lo/hi
@@ -60,6 +61,15 @@ export const MAX_HEARTBEATS = 16;
 /** How often every component bumps its heartbeat (the supervisor's hang threshold is a multiple of it). */
 export const HEARTBEAT_MS = 20;
 export const CONFIG_MAX = 256;
+/**
+ * The isr word: the low half is the virtio InterruptStatus the guest reads; the high half counts
+ * the guest's InterruptACK writes applied (mod 2^16), bumped by the same atomic that clears the
+ * acknowledged bits. The driver-domain only ORs bits into the low half. A vmm killed in the middle of
+ * an ACK records the count it saw in its exit journal (contracts/snapshot.ts Journal.ackIntent), and
+ * the next vmm replays the write only if the count has not moved: exactly once. The native exit loop
+ * (native/kvm/fastexit.cc) applies ACKs by the same rule, with these constants (vmm/platform.ts).
+ */
+export const ISR_WORD = { BITS: 0xffff, ACK_SHIFT: 16, ACK_ONE: 0x10000 } as const;
 
 /** Heartbeat counter slots. */
 export enum Component {
@@ -119,6 +129,11 @@ export class StatePageError extends Error {
   }
 }
 
+
+/** The isr word after an ACK of `bits` (ISR_WORD): those bits cleared, the ACK count one higher. */
+export function ackedIsr(old: number, bits: number): number {
+  return (((old & ~bits & ISR_WORD.BITS) >>> 0) | ((old + ISR_WORD.ACK_ONE) & ~ISR_WORD.BITS)) >>> 0;
+}
 
 function regBlockSize(g: StatePageGeometry): number {
   return 64 + QREG_SIZE * g.maxQueues;
@@ -381,11 +396,25 @@ export class DeviceSlot {
     this.r.or(R.isr, Interrupt.CONFIG);
   }
   get needsReset(): boolean { return (this.status & Status.DEVICE_NEEDS_RESET) !== 0; }
-  get interruptStatus(): number { return this.r.load(R.isr); }
-  /** OR bits into InterruptStatus (driver-domain, before signalling the irqfd). Returns the previous value. */
-  raiseInterrupt(bits: number): number { return this.r.or(R.isr, bits); }
-  /** Clear acknowledged bits (vmm, on a guest write to InterruptACK). */
-  ackInterrupt(bits: number): void { this.r.and(R.isr, ~bits); }
+  get interruptStatus(): number { return this.r.load(R.isr) & ISR_WORD.BITS; }
+  /** OR bits into InterruptStatus (driver-domain, before signalling the irqfd). Returns the previous InterruptStatus. */
+  raiseInterrupt(bits: number): number { return this.r.or(R.isr, bits & ISR_WORD.BITS) & ISR_WORD.BITS; }
+  /**
+   * Clear acknowledged bits and count the ACK (vmm, on a guest write to InterruptACK), in one
+   * compare-and-swap. `intent` (the vCPU's journal word, SNAP.ACK_INTENT) gets `flag | the count
+   * before` ahead of each attempt, so a vmm killed around the swap can tell whether it happened.
+   */
+  ackInterrupt(bits: number, intent?: Int32Array, flag = 0): void {
+    for (;;) {
+      const old = this.r.load(R.isr);
+      if (intent) Atomics.store(intent, 0, flag | (old >>> ISR_WORD.ACK_SHIFT));
+      if (this.r.cas(R.isr, old, ackedIsr(old, bits))) return;
+    }
+  }
+  /** The ACK count (the isr word's high half): what a journal's ack intent is compared with. */
+  get ackCount(): number { return this.r.load(R.isr) >>> ISR_WORD.ACK_SHIFT; }
+  /** The isr word itself, a one-word view of the page (its address goes to the native exit loop: vmm/platform.ts). */
+  get isrWord(): Uint32Array { return this.u32.subarray((this.base + STATIC_SIZE + R.isr) >>> 2, ((this.base + STATIC_SIZE + R.isr) >>> 2) + 1); }
   get configGeneration(): number { return this.r.load(R.configGen); }
   bumpConfigGeneration(): number { return this.r.add(R.configGen, 1) + 1; }
 
@@ -598,7 +627,7 @@ export class DeviceSlot {
       this.bytes.fill(0, from, this.base + STATIC_SIZE + regBlockSize(this.geometry));
     });
     this.r.store(R.status, 0);
-    this.r.store(R.isr, 0);
+    this.r.and(R.isr, ~ISR_WORD.BITS); // the ACK count runs on
     for (let q = 0; q < this.geometry.maxQueues; q++) this.progress(q).reset(0);
   }
 

@@ -7,7 +7,7 @@
 import * as fs from 'fs';
 import * as client from 'prom-client';
 import { versionInfo } from '../contracts/version';
-import { ControlPage, LATENCY_BUCKETS, MAX_EXIT_REASONS, MAX_STAT_DEVICES, MAX_STAT_OPS, STAT_OP_NAMES, StatOp } from '../contracts/control-page';
+import { ControlPage, LATENCY_BUCKETS, NATIVE_EXIT_SLOT, MAX_STAT_DEVICES, MAX_STAT_OPS, STAT_OP_NAMES, StatOp } from '../contracts/control-page';
 import { Component, StatePage } from '../contracts/state-page';
 import { EXIT_NAME } from '../kvm/run';
 import type { ControlStatus, HangKillRecord, RecoveryRecord, StandbyStatus, VmConfig } from '../proto';
@@ -111,8 +111,23 @@ export class Metrics {
         if (!c) return;
         for (let v = 0; v < src.cfg.cpus; v++) {
           const counters = c.exitCounters(v);
-          for (let reason = 0; reason < MAX_EXIT_REASONS; reason++) {
+          for (let reason = 0; reason < NATIVE_EXIT_SLOT.IO; reason++) {
             if (counters[reason] > 0) this.inc({ vcpu: String(v), reason: EXIT_NAME[reason] ?? `exit_${reason}` }, counters[reason]);
+          }
+        }
+      },
+    });
+    new client.Counter({
+      name: 'tsvmm_vcpu_exits_native_total', labelNames: ['vcpu', 'reason'], registers: reg,
+      help: 'Of tsvmm_vcpu_exits_total, the exits the native exit loop answered without entering JavaScript (native/kvm/fastexit.cc).',
+      collect() {
+        this.reset();
+        const c = src.control;
+        if (!c) return;
+        for (let v = 0; v < src.cfg.cpus; v++) {
+          const counters = c.exitCounters(v);
+          for (const [reason, slot] of [['io', NATIVE_EXIT_SLOT.IO], ['mmio', NATIVE_EXIT_SLOT.MMIO]] as const) {
+            if (counters[slot] > 0) this.inc({ vcpu: String(v), reason }, counters[slot]);
           }
         }
       },

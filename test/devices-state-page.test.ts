@@ -71,6 +71,27 @@ describe('contracts/state-page', () => {
     assert.ok(page.validate().ok);
   });
 
+  it('an ACK counts in the isr word (exactly-once replay) and the guest sees only InterruptStatus', () => {
+    const { page } = fresh();
+    const d = page.device(0);
+    const intent = new Int32Array(1);
+    d.raiseInterrupt(3);
+    assert.equal(d.ackCount, 0);
+    d.ackInterrupt(0xffff_fff1, intent, 0x8000_0000 | 0); // high bits written by the guest change nothing but the VRING bit
+    assert.equal(d.interruptStatus, 2);
+    assert.equal(d.ackCount, 1);
+    assert.equal(intent[0] >>> 0, 0x8000_0000, 'the intent names the count before the ACK');
+    d.raiseInterrupt(1);
+    assert.equal(d.interruptStatus, 3, 'a raise leaves the count alone');
+    assert.equal(d.isrWord[0] >>> 16, 1, 'isrWord is the word itself');
+    for (let i = 0; i < 0x1_0000; i++) d.ackInterrupt(0);
+    assert.equal(d.ackCount, 1, 'the count wraps at 2^16 without touching the status bits');
+    assert.equal(d.interruptStatus, 3);
+    d.resetRegisters();
+    assert.equal(d.interruptStatus, 0);
+    assert.equal(d.ackCount, 1, 'a reset clears the status, the count runs on');
+  });
+
   it('the static checksum detects corruption of the header or a static block', () => {
     for (const off of [16, 24, HEADER_SIZE + 0, HEADER_SIZE + 0x40 + 2]) {
       const { bytes, page } = fresh();

@@ -7,7 +7,8 @@
  * QueueNotify never reaches this code in normal operation: it is a KVM
  * ioeventfd that goes straight to the driver-domain.
  */
-import { DeviceSlot } from '../contracts/state-page';
+import { DeviceSlot, ISR_WORD } from '../contracts/state-page';
+import type { MmioRule } from '../native/kvm';
 import { MmioReg, Status, VIRTIO_MMIO_MAGIC, VIRTIO_MMIO_VERSION } from '../contracts/virtio-mmio-layout';
 import { VIRTIO_MMIO_SIZE } from '../contracts/layout';
 
@@ -21,6 +22,11 @@ const QUEUE_REG: Record<number, QueueField> = {
 
 export class VirtioMmioTransport {
   readonly size = VIRTIO_MMIO_SIZE;
+  /**
+   * The vCPU's exit-journal word for InterruptACK writes and the flag that marks it set
+   * (contracts/snapshot.ts Journal.ackIntent, SNAP.ACK_INTENT); unset: ACKs are not journaled.
+   */
+  ackIntent?: { word: Int32Array; flag: number };
 
   constructor(readonly base: number, readonly slot: DeviceSlot, private readonly onReset: () => void = () => undefined) {}
 
@@ -66,7 +72,7 @@ export class VirtioMmioTransport {
         if (!(s.status & Status.FEATURES_OK)) s.setDriverFeaturesWord(s.driverFeaturesSel, value);
         return;
       case MmioReg.QueueSel: s.queueSel = value; return;
-      case MmioReg.InterruptACK: s.ackInterrupt(value); return;
+      case MmioReg.InterruptACK: s.ackInterrupt(value, this.ackIntent?.word, this.ackIntent?.flag); return;
       case MmioReg.Status: this.writeStatus(value); return;
       case MmioReg.QueueNotify: return; // only reached for an invalid queue index (the ioeventfd matches valid ones)
       default: {
@@ -79,6 +85,29 @@ export class VirtioMmioTransport {
         s.setQueueReg(q, f, f === 'ready' ? value & 1 : value);
       }
     }
+  }
+
+  /**
+   * The registers that need no policy, for the native exit loop (native/kvm/fastexit.cc): a 4-byte
+   * InterruptStatus read (the isr word's low half) and InterruptACK write (clear those bits, count
+   * the ACK), on the isr word at `address(slot.isrWord)`. Anything else comes to read/write here.
+   */
+  fixedRegisters(address: (word: Uint32Array) => bigint): MmioRule[] {
+    const word = address(this.slot.isrWord);
+    return [
+      { gpa: this.base + MmioReg.InterruptStatus, write: false, word, mask: ISR_WORD.BITS },
+      { gpa: this.base + MmioReg.InterruptACK, write: true, word, mask: ISR_WORD.BITS, one: ISR_WORD.ACK_ONE },
+    ];
+  }
+
+  /**
+   * Whether a guest write at `offset` that a killed vmm left unhandled was applied already, by the
+   * journal's ack intent (`intent`: flag | the ACK count seen before it; 0: none recorded): only an
+   * InterruptACK whose count has moved since. Anything else is replayed.
+   */
+  writeApplied(offset: number, intent: number): boolean {
+    if (offset !== MmioReg.InterruptACK || !this.ackIntent || !(intent & this.ackIntent.flag)) return false;
+    return ((intent & ~this.ackIntent.flag) >>> 0) !== this.slot.ackCount;
   }
 
   private writeStatus(value: number): void {

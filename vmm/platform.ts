@@ -4,7 +4,7 @@
  * and the i8042 reset line. Virtio-mmio registers are dispatched here too once attached.
  */
 import { COM1_BASE, Serial } from './serial';
-import type { PortRule } from '../native/kvm';
+import type { MmioRule, PortRule } from '../native/kvm';
 
 /** `out` of a 32-bit status here powers the guest off with that exit status (same port as QEMU's isa-debug-exit). */
 export const POWER_PORT = 0xf4;
@@ -36,6 +36,10 @@ export interface MmioDevice {
   size: number;
   read(offset: number, len: number): number;
   write(offset: number, len: number, value: number): void;
+  /** Its registers the native exit loop answers (virtio/virtio-mmio.ts fixedRegisters). */
+  fixedRegisters?(address: (word: Uint32Array) => bigint): MmioRule[];
+  /** Whether an unhandled write a killed vmm left (journal ack intent `intent`) was applied already. */
+  writeApplied?(offset: number, intent: number): boolean;
 }
 
 export class Platform {
@@ -47,8 +51,8 @@ export class Platform {
 
   /**
    * The ports whose exits need no policy, for the native exit loop (native/kvm/fastexit.cc): the test
-   * port's writes, the i8042 status read, the UART's LSR. Every other port, and every MMIO exit,
-   * comes to pioRead/pioWrite/mmioRead/mmioWrite here.
+   * port's writes, the i8042 status read, the UART's LSR. Every other port, and every MMIO exit but
+   * fixedMmio's, comes to pioRead/pioWrite/mmioRead/mmioWrite here.
    */
   fixedPorts(pageAddress: bigint): PortRule[] {
     return [
@@ -56,6 +60,17 @@ export class Platform {
       { port: I8042_PORT, size: 1, write: false, value: 0 },
       this.serial.lsrRule(pageAddress),
     ];
+  }
+
+  /** The MMIO registers whose exits need no policy (every virtio device's InterruptStatus and InterruptACK). */
+  fixedMmio(address: (word: Uint32Array) => bigint): MmioRule[] {
+    return this.mmio.flatMap((d) => d.fixedRegisters?.(address) ?? []);
+  }
+
+  /** Whether the write a killed vmm left unhandled at `addr` was applied already (MmioDevice.writeApplied). */
+  mmioWriteApplied(addr: number, intent: number): boolean {
+    const d = this.find(addr);
+    return d?.writeApplied?.(addr - d.base, intent) ?? false;
   }
 
   pioRead(port: number, size: number): number {

@@ -49,9 +49,12 @@ export function probeMsrs(vcpu: Vcpu, list: number[], max: number): number[] {
 /**
  * Replays the guest write that was in flight when the old vmm died (the
  * keeper completed it in the kernel, so the guest will not repeat it).
- * Returns a description, or undefined if there was nothing to replay.
+ * An InterruptACK the old vmm had already applied (its journal's ack intent,
+ * `ackIntent`, names an ACK count that has moved since: keeper.h
+ * TSVMM_JOURNAL_ACK_INTENT) is not applied again. Returns a description, or
+ * undefined if there was nothing to replay.
  */
-export function replayPendingWrite(platform: Platform, s: PendingWrite): string | undefined {
+export function replayPendingWrite(platform: Platform, s: PendingWrite, ackIntent = 0): string | undefined {
   const r = s.replay;
   if (!r) return undefined;
   const dv = new DataView(r.data.buffer, r.data.byteOffset, r.data.byteLength);
@@ -62,6 +65,7 @@ export function replayPendingWrite(platform: Platform, s: PendingWrite): string 
     return `PIO out port 0x${r.addr.toString(16)} size ${r.size} x${r.count}`;
   }
   if (s.pending === Pending.MMIO_WRITE) {
+    if (platform.mmioWriteApplied(r.addr, ackIntent)) return `MMIO write 0x${r.addr.toString(16)} len ${r.size} (applied before the vmm died: not replayed)`;
     platform.mmioWrite(r.addr, r.size, read(0, Math.min(r.size, 8)));
     return `MMIO write 0x${r.addr.toString(16)} len ${r.size}`;
   }
@@ -139,6 +143,7 @@ export class SerialLineJournal {
 
   beforeRun(run: DataView): void {
     run.setUint32(this.exitReasonOffset, SNAP.SENTINEL, true);
+    if (Atomics.load(this.journal.ackIntent, 0)) Atomics.store(this.journal.ackIntent, 0, 0);
     Atomics.store(this.journal.commit, 0, this.len | this.ring);
   }
 

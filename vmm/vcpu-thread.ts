@@ -17,11 +17,12 @@ import { GedRegister } from './ged';
 import { describeVcpu } from './vcpu-report';
 import { vcpuCpuid } from './cpuid';
 import { DeviceEntry } from '../contracts/device-list';
-import { mapDevicePage } from '../contracts/state-page';
+import { ISR_WORD, mapDevicePage } from '../contracts/state-page';
 import { VirtioMmioTransport } from '../virtio/virtio-mmio';
+import { MmioReg } from '../contracts/virtio-mmio-layout';
 import { Journal, keeper, RestoreConfig, restoreFailure, SNAP, SnapshotView } from '../contracts/snapshot';
 import { replayPendingWrite, SerialLineJournal } from './restore';
-import { ControlPage } from '../contracts/control-page';
+import { ControlPage, NATIVE_EXIT_SLOT } from '../contracts/control-page';
 import { parkIfPaused } from './pause';
 import { componentLogger } from '../contracts/log';
 import { START_DEBUG, startPhase } from '../contracts/start-trace';
@@ -132,9 +133,11 @@ function main(d: VcpuThreadData): void {
 
   let stop: PlatformEvent | undefined;
   const platform = new Platform(serial, (e) => { stop = e; });
+  const transports: VirtioMmioTransport[] = [];
   if (d.devices.length) {
     const devPage = mapDevicePage(d.stateFd);
-    for (const dev of d.devices) platform.mmio.push(new VirtioMmioTransport(dev.base, devPage.device(dev.index)));
+    for (const dev of d.devices) transports.push(new VirtioMmioTransport(dev.base, devPage.device(dev.index)));
+    platform.mmio.push(...transports);
   }
   platform.mmio.push(new GedRegister(page)); // after the virtio windows: they are the hot path
   const counters = control ? control.exitCounters(d.id) : new Float64Array(d.counters);
@@ -148,14 +151,21 @@ function main(d: VcpuThreadData): void {
   const fast = process.env.TSVMM_NO_FASTEXIT !== '1';
 
   const journalViews = snap.journal(d.id); // read only after the go: until then it is the dead vmm's
+  // An InterruptACK records the device's ACK count in the journal before it applies (exactly once
+  // across a vmm killed mid-exit: vmm/restore.ts replayPendingWrite).
+  if (journaling) for (const t of transports) t.ackIntent = { word: journalViews.ackIntent, flag: SNAP.ACK_INTENT };
   // TSVMM_START_DEBUG: this thread's logger made now, before the vmm confines itself (it fstats FD.LOG).
   const traceFirstLine = START_DEBUG && d.id === 0 && !d.restored && componentLogger('vmm') !== undefined;
   if (fast) {
     native.fastExitInit({
       run: native.address(bytes), commit: journaling ? native.address(journalViews.commit) : undefined,
+      ackIntent: journaling ? native.address(journalViews.ackIntent) : undefined, ackFlag: SNAP.ACK_INTENT >>> 0, ackShift: ISR_WORD.ACK_SHIFT,
       // Counted in shared memory only where the counters live in the control page's mapping.
       counters: control ? native.address(counters) : undefined, ncounters: counters.length,
+      nativeIoSlot: NATIVE_EXIT_SLOT.IO, nativeMmioSlot: NATIVE_EXIT_SLOT.MMIO,
       rules: platform.fixedPorts(native.address(page.u32)),
+      mmio: platform.fixedMmio((w) => native.address(w)),
+      dieAtWrite: nativeDieHook(d),
     });
   }
   if (d.restored) {
@@ -365,7 +375,8 @@ function replayPendingWriteOnce(snap: SnapshotView, j: Journal, id: number, plat
   }
   // From here the tag counts in this VM's ring (committed with the line below).
   journal.commitRing(ring ? ring.first : -1);
-  replayPendingWrite(platform, snap.pendingWrite(id));
+  const replayed = replayPendingWrite(platform, snap.pendingWrite(id), Atomics.load(j.ackIntent, 0));
+  if (replayed) { const log = componentLogger('vmm'); if (log.enabled('debug')) log.debug(`vCPU ${id} replayed ${replayed} (snapshot generation ${generation})`); }
   if (midExit) journal.commitLine(); else journal.handled();
   Atomics.store(j.replayedGeneration, 0, generation);
 }
@@ -390,6 +401,13 @@ function installDieHook(platform: Platform, d: VcpuThreadData): void {
     process.kill(process.pid, 'SIGKILL');
     for (;;) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);
   };
+}
+
+/** The test hook's half in the native exit loop: an InterruptACK write is answered there (fastexit.cc). */
+function nativeDieHook(d: VcpuThreadData): { n: number; after: boolean } | undefined {
+  if (!d.dieAtMmio) return undefined;
+  const [off, nText, when] = d.dieAtMmio.split(':');
+  return Number(off) === MmioReg.InterruptACK ? { n: Number(nText ?? 1), after: when !== 'before' } : undefined;
 }
 
 // A thread the vmm started early (vmm/early-vcpu-threads.ts) gets its data in a message.

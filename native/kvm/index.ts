@@ -14,7 +14,7 @@ export interface NativeKvm {
   run(vcpuFd: number): number;
   /** The calling thread's runFast configuration (native/kvm/fastexit.cc): its kvm_run, journal, counters, port rules. */
   fastExitInit(cfg: FastExitConfig): void;
-  /** KVM_RUN until an exit the port rules do not answer: 0 (that exit is in kvm_run) or -errno (a kick: -EINTR). */
+  /** KVM_RUN until an exit the port and MMIO rules do not answer: 0 (that exit is in kvm_run) or -errno (a kick: -EINTR). */
   runFast(vcpuFd: number): number;
   mmap(fd: number, length: number, offset: number, writable?: boolean): ArrayBuffer;
   address(view: ArrayBufferView | ArrayBuffer): bigint;
@@ -80,14 +80,31 @@ export interface NativeKvm {
  */
 export interface PortRule { port: number; size: number; write: boolean; value?: number; flag?: number; a?: bigint; b?: bigint }
 
+/**
+ * A 4-byte MMIO register the native loop answers on an atomic u32 word (`word`, an address):
+ * a read (`write` false) returns the word & `mask`; a write (an ACK) clears the written bits of the
+ * word's low half and adds `one` to it, in one compare-and-swap (contracts/state-page.ts ISR_WORD).
+ */
+export interface MmioRule { gpa: number; write: boolean; word: bigint; mask: number; one?: number }
+
 export interface FastExitConfig {
   run: bigint;
   /** The exit journal's commit word (contracts/snapshot.ts Journal.commit); absent: no journal. */
   commit?: bigint;
+  /** The journal's ack-intent word and its flag (Journal.ackIntent, SNAP.ACK_INTENT), with commit. */
+  ackIntent?: bigint;
+  ackFlag?: number;
+  ackShift?: number;
   /** Exit counters by reason, Float64 slots. */
   counters?: bigint;
   ncounters?: number;
+  /** Counter slots for the exits the loop itself answered (contracts/control-page.ts NATIVE_EXIT_SLOT). */
+  nativeIoSlot?: number;
+  nativeMmioSlot?: number;
   rules: PortRule[];
+  mmio?: MmioRule[];
+  /** Test hook (TSVMM_TEST_HOOKS only): SIGKILL the vmm in the n-th MMIO write rule answered, before or after it applied. */
+  dieAtWrite?: { n: number; after: boolean };
 }
 
 /** What io_uring_setup returns, with the rings already mapped (native/kvm/uring.cc). */

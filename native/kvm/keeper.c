@@ -522,7 +522,7 @@ const struct tsvmm_abi_const tsvmm_snap_constants[] = {
 #define SIZE(type, key) {"snap_sizeof_" key, (double)sizeof(struct type)},
 #define OFF(type, field, key) {"snap_off_" key, (double)offsetof(struct type, field)},
     K(TSVMM_SNAP_MAGIC) K(TSVMM_SNAP_VERSION) K(TSVMM_MAX_VCPUS) K(TSVMM_MAX_MSRS) K(TSVMM_JOURNAL_SIZE)
-    K(TSVMM_JOURNAL_LINE_MAX) K(TSVMM_REPLAY_DATA_MAX) K(TSVMM_EXIT_SENTINEL) K(TSVMM_JOURNAL_HANDLED) K(TSVMM_JOURNAL_LEN_MASK) K(TSVMM_JOURNAL_RING_SHIFT) K(TSVMM_RING_SIZE)
+    K(TSVMM_JOURNAL_LINE_MAX) K(TSVMM_REPLAY_DATA_MAX) K(TSVMM_EXIT_SENTINEL) K(TSVMM_JOURNAL_HANDLED) K(TSVMM_JOURNAL_LEN_MASK) K(TSVMM_JOURNAL_RING_SHIFT) K(TSVMM_JOURNAL_ACK_INTENT) K(TSVMM_RING_SIZE)
     K(TSVMM_SNAP_EMPTY) K(TSVMM_SNAP_ARMED) K(TSVMM_SNAP_SAVING) K(TSVMM_SNAP_SAVED) K(TSVMM_SNAP_FAILED)
     K(TSVMM_SNAP_STOPPED) K(TSVMM_KEEPER_BEAT_MS) K(TSVMM_KEEPER_EXIT_POLL) K(TSVMM_KEEPER_EXIT_SELFCHECK)
     K(TSVMM_REPAIRED_BODY) K(TSVMM_REPAIRED_LAYOUT) K(TSVMM_REPAIRED_MIRROR)
@@ -546,6 +546,7 @@ const struct tsvmm_abi_const tsvmm_snap_constants[] = {
     OFF(tsvmm_snap_header, mirror_offset, "h_mirror_offset") OFF(tsvmm_snap_header, checksum_b, "h_checksum_b")
     OFF(tsvmm_snap_header, keeper_beat, "h_keeper_beat")
     OFF(tsvmm_journal, commit, "j_commit") OFF(tsvmm_journal, replayed_generation, "j_replayed_generation")
+    OFF(tsvmm_journal, ack_intent, "j_ack_intent")
     OFF(tsvmm_journal, line, "j_line")
     OFF(tsvmm_snap_vcpu, id, "v_id") OFF(tsvmm_snap_vcpu, pending, "v_pending")
     OFF(tsvmm_snap_vcpu, exit_reason, "v_exit_reason") OFF(tsvmm_snap_vcpu, journal_commit, "v_journal_commit")

@@ -50,6 +50,12 @@ extern "C" {
 #define TSVMM_JOURNAL_LEN_MASK 0xffffu
 #define TSVMM_JOURNAL_RING_SHIFT 16
 #define TSVMM_JOURNAL_RING_MASK 0xff0000u
+/* Journal ack_intent: TSVMM_JOURNAL_ACK_INTENT | the device's ACK count (the high half of its state-page
+ * isr word, contracts/state-page.ts) before the vCPU applies a guest write to InterruptACK, stored
+ * before the atomic that applies it and cleared before the next KVM_RUN. A vmm killed between the two
+ * leaves it; the next vmm replays the write only if that count is unchanged (vmm/restore.ts), so an
+ * ACK is applied exactly once whether the native exit loop or JavaScript handled it. */
+#define TSVMM_JOURNAL_ACK_INTENT 0x80000000u
 /* The coalesced ring: one page (struct kvm_coalesced_mmio_ring), copied whole into the snapshot. */
 #define TSVMM_RING_SIZE 4096
 
@@ -137,7 +143,8 @@ struct tsvmm_snap_header {
 struct tsvmm_journal {
   uint32_t commit;             /* TSVMM_JOURNAL_HANDLED | committed line length */
   uint32_t replayed_generation;/* the snapshot generation whose pending write this vCPU replayed */
-  uint32_t reserved[30];
+  uint32_t ack_intent;         /* TSVMM_JOURNAL_ACK_INTENT | ACK count before this exit's InterruptACK, or 0 */
+  uint32_t reserved[29];
   uint8_t line[TSVMM_JOURNAL_LINE_MAX]; /* the serial line being assembled (not yet written out) */
 };
 
