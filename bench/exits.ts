@@ -6,8 +6,10 @@
  *
  * Each round runs rawkvm and `tsvmm run` once each (the order alternates between rounds so slow
  * drift of the host hits both sides alike). The guest (`workload=exits n=N`) times N `outb` to
- * port 0x510 and N 32-bit writes to unbacked GPA 0xC0000000 with rdtsc and prints
- * `@exits kind=pio|mmio n=.. cycles=..`. Cycles are converted to ns with one TSC frequency for both
+ * port 0x510, N 32-bit writes to unbacked GPA 0xC0000000 (an exit tsvmm hands to JavaScript) and
+ * N 32-bit reads of the InterruptStatus register of virtio-mmio window 0 (`exits_isr=`; tsvmm runs
+ * with a disk there, whose InterruptStatus its native exit loop answers; rawkvm answers any read with
+ * 0) with rdtsc and prints `@exits kind=pio|mmio|isr n=.. cycles=..`. Cycles are converted to ns with one TSC frequency for both
  * sides: KVM_GET_TSC_KHZ as rawkvm reports it (else the guest's tsc_khz, else /proc/cpuinfo).
  * The table shows the median over the rounds and the ratio tsvmm/raw (target <= 1.15).
  *
@@ -29,11 +31,14 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { buildRawkvm, cpuinfoKhz, ensureGuest, machine, median, RAWKVM, ROOT, table } from './lib';
+import { virtioMmioWindow } from '../contracts/layout';
+import { MmioReg } from '../contracts/virtio-mmio-layout';
 
 const TARGET_RATIO = 1.15;
 /** tsvmm's vCPU thread's user CPU per exit may exceed rawkvm's by this much (issue 19). */
 const USER_TARGET_US = 0.3;
-const KINDS = ['pio', 'mmio', 'serial'] as const;
+/** In the guest's order: its CPU samples bracket each loop in turn. */
+const KINDS = ['pio', 'mmio', 'isr', 'serial'] as const;
 type Kind = (typeof KINDS)[number];
 /**
  * tsvmm-nc (with --ab): tsvmm with TSVMM_NO_COALESCED=1 TSVMM_NO_FASTEXIT=1, the exit path before
@@ -143,11 +148,17 @@ function parseArgs(argv: string[]): Options {
 
 
 
+/** The disk tsvmm's runs get (removed at the end). */
+const DISK = path.join(os.tmpdir(), `tsvmm-bench-exits-${process.pid}.img`);
+
 async function runOnce(vmm: Vmm, round: number, o: Options): Promise<RunResult> {
-  const cmdline = `workload=exits n=${o.n}`;
+  const cmdline = `workload=exits n=${o.n} exits_isr=0x${(virtioMmioWindow(0).base + MmioReg.InterruptStatus).toString(16)}`;
+  // tsvmm gets a disk (virtio-mmio window 0) for the isr loop; the guest never drives it.
+  const disk = DISK;
+  if (vmm !== 'rawkvm' && !fs.existsSync(disk)) { fs.writeFileSync(disk, '', { mode: 0o600 }); fs.truncateSync(disk, 1 << 20); }
   const [cmd, args] = vmm === 'rawkvm'
     ? [RAWKVM, [o.kernel, cmdline]]
-    : [process.execPath, [path.join(ROOT, 'bin', 'tsvmm.js'), 'run', '--kernel', o.kernel, '--cmdline', cmdline]];
+    : [process.execPath, [path.join(ROOT, 'bin', 'tsvmm.js'), 'run', '--kernel', o.kernel, '--disk', disk, '--cmdline', cmdline]];
   const env = vmm === 'tsvmm-nc' ? { ...process.env, TSVMM_NO_COALESCED: '1', TSVMM_NO_FASTEXIT: '1' } : process.env;
   const t0 = process.hrtime.bigint();
   const child = spawn(cmd, args, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -178,8 +189,10 @@ async function runOnce(vmm: Vmm, round: number, o: Options): Promise<RunResult> 
   };
   if (status !== 0) fail(`exit status ${status}${signal ? ` (signal ${signal})` : ''}`);
   if (!/^@done ok\s*$/m.test(stdout)) fail('no "@done ok" line from the guest');
+  const guestError = /^@error.*$/m.exec(stdout);
+  if (guestError) fail(`the guest reported ${guestError[0]}`);
 
-  const res: RunResult = { vmm, round, cycles: { pio: NaN, mmio: NaN, serial: NaN }, n: { pio: NaN, mmio: NaN, serial: NaN }, guestNs: {}, guestTscKhz: 0, wallMs, cpu: {} };
+  const res: RunResult = { vmm, round, cycles: { pio: NaN, mmio: NaN, isr: NaN, serial: NaN }, n: { pio: NaN, mmio: NaN, isr: NaN, serial: NaN }, guestNs: {}, guestTscKhz: 0, wallMs, cpu: {} };
   const boot = /^@boot .*\btsc_khz=(\d+)/m.exec(stdout);
   if (boot) res.guestTscKhz = Number(boot[1]);
   for (const m of stdout.matchAll(/^@exits kind=(\w+) (.*)$/gm)) {
@@ -270,7 +283,7 @@ async function main(): Promise<number> {
   }
   const us = (x: number) => (x / 1000).toFixed(2);
   const cell = (s: { median: number; min: number; max: number }) => `${us(s.median)} (${us(s.min)}-${us(s.max)})`;
-  const label = (k: Kind) => k === 'serial' ? 'SERIAL (per byte)' : k.toUpperCase();
+  const label = (k: Kind) => k === 'serial' ? 'SERIAL (per byte)' : k === 'isr' ? 'ISR (virtio InterruptStatus read)' : k === 'mmio' ? 'MMIO (unbacked: JavaScript)' : k.toUpperCase();
   const rows = [
     ['exit', 'rawkvm µs/exit', ...others.flatMap((v) => [`${v} µs/exit`, `${v}/raw`])],
     ...KINDS.map((k) => [label(k), cell(summary[k].rawkvm), ...others.flatMap((v) => [cell(summary[k][v]), summary[k][v].ratio!.toFixed(3)])]),
@@ -302,4 +315,4 @@ async function main(): Promise<number> {
 main().then((code) => { process.exitCode = code; }, (e) => {
   process.stderr.write(`bench/exits: ${(e as Error).message}\n`);
   process.exitCode = 1;
-});
+}).finally(() => fs.rmSync(DISK, { force: true }));

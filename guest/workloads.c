@@ -107,6 +107,20 @@ static void exits(void)
         *mmio = (u32)i;
     t1 = rdtsc();
     report_time("@exits kind=mmio", n, t1 - t0, "exit");
+    /* exits_isr=GPA (bench/exits: a virtio device's InterruptStatus): n 32-bit reads of it, an exit
+     * tsvmm answers in its native exit loop (rawkvm answers any MMIO read with 0) */
+    u64 isr_gpa = cmdline_u64("exits_isr", 0);
+    if (isr_gpa) {
+        volatile u32 *isr = (volatile u32 *)isr_gpa;
+        u32 seen = 0;
+        t0 = rdtsc();
+        for (u64 i = 0; i < n; i++)
+            seen |= *isr;
+        t1 = rdtsc();
+        report_time("@exits kind=isr", n, t1 - t0, "exit");
+        if (seen & ~3u)
+            out_line("@error exits isr=0x%x detail=bits_beyond_vring_and_config", seen);
+    }
     /* n bytes of serial output (lines of 63 dots): LSR poll + THR write per byte, the UART path */
     t0 = rdtsc();
     for (u64 i = 0; i < n; i++)
