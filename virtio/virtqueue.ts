@@ -359,8 +359,11 @@ export class Virtqueue {
     return this.result(this.segmentsAt(head, this.scratch), this.scratch);
   }
 
-  /** popSegments/segmentsAt's verdict on `s` as a PopResult with views of the chain's buffers. */
-  private result(kind: 'empty' | 'chain' | 'bad-chain' | 'broken', s: ChainSegments): PopResult {
+  /**
+   * popSegments/segmentsAt's verdict on `s` as a PopResult with views of the chain's buffers
+   * (public for a device's fast path that looked at the segments first and wants pop()'s result).
+   */
+  result(kind: 'empty' | 'chain' | 'bad-chain' | 'broken', s: ChainSegments): PopResult {
     if (kind === 'empty') return { kind };
     if (kind === 'broken') return { kind, error: s.error };
     const writable = segmentViews(this.mem, s, s.firstWritable, s.count);
@@ -438,7 +441,8 @@ export class Virtqueue {
     }
   }
 
-  private regionView(r: number): DataView {
+  /** A DataView over guest RAM region `r` (index in mem.regions), made once. */
+  regionView(r: number): DataView {
     let v = this.regionViews[r];
     if (v === undefined) {
       const b = this.mem.regions[r].bytes;
