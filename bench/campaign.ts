@@ -398,7 +398,8 @@ async function injectAndObserve(s: Session, p: Plan, rec: RunRecord, o: RunOptio
   }
   phase('inject');
   if (p.kind === 'disk-truncate') s.truncated = true;
-  const supervisorFault = p.component === 'supervisor' && !!rec.injected && ['SIGKILL', 'SIGSEGV', 'SIGABRT', 'reg'].includes(p.kind);
+  // (SIGSTOP too: its guardian judges a stopped supervisor hung and replaces it.)
+  const supervisorFault = p.component === 'supervisor' && !!rec.injected && ['SIGKILL', 'SIGSEGV', 'SIGABRT', 'SIGSTOP', 'reg'].includes(p.kind);
   await sleep(o.windowMs);
   // A supervisor that died: its `tsvmm run` is gone; the guardian's new supervisor adopts the VM.
   // Only the supervisor hit decides: after an earlier adoption `tsvmm run` is long gone, and a flip

@@ -12,6 +12,11 @@ import '../contracts/process';
  * `adopt-main.js NAME` (supervisor/adopt.ts), which adopts the running components, and watches that
  * one in turn. It exits when the VM has ended, or on SIGTERM (a supervisor that ends the VM sends
  * it). If it dies itself, the supervisor starts another (supervisor/guardian.ts).
+ *
+ * A supervisor that lives but no longer works (hung: stopped, in a busy loop, deadlocked; a flipped
+ * register left one asleep with the VM unprotected, campaign 6 run 66/230) is one that died: the
+ * guardian watches its beat in the state page (fd 3, TSVMM_SUPERVISOR_HANG_MS) with the components'
+ * hang watch and its evidence, kills it, and a new supervisor adopts the VM with cause `hang`.
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -23,6 +28,8 @@ import { quietStdio } from './quiet-stdio';
 import { Logger, logSettings, setProcessLogger } from '../contracts/log';
 import { startNode, startPhase } from '../contracts/start-trace';
 import { componentExecArgv } from '../contracts/v8-flags';
+import { Component, mapDevicePage } from '../contracts/state-page';
+import { HangWatch } from './hang-watch';
 
 const pidfd = native as unknown as NativePidfd & { pidfdOpen(pid: number): number };
 const ADOPT_ENTRY = path.resolve(__dirname, 'adopt-main.js');
@@ -41,6 +48,35 @@ process.on('SIGTERM', () => process.exit(0));
 const paths = vmPaths(name);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** The state memfd the supervisor handed us (supervisor/guardian.ts). */
+const GUARDIAN_STATE_FD = 3;
+/** How often a new supervisor's beat is looked at until it has started beating. */
+const FIRST_BEAT_POLL_MS = 100;
+const hangMs = Number(process.env.TSVMM_SUPERVISOR_HANG_MS ?? 0);
+const page = hangMs > 0 ? mapDevicePage(GUARDIAN_STATE_FD) : undefined;
+const hangWatch = page ? new HangWatch(page, hangMs, logger) : undefined;
+hangWatch?.start();
+/** The supervisor the hang watch killed, if it did. */
+let killedHung: number | undefined;
+
+/**
+ * Watches supervisor `pid`'s beat once it has started beating (a supervisor still starting has not;
+ * its start is the adoption itself): a hung one is killed through its pidfd, and its death handled
+ * as any other. Returns how to stop watching.
+ */
+function watchBeat(pid: number): () => void {
+  if (!page || !hangWatch) return () => {};
+  const fd = pidfd.pidfdOpen(pid);
+  if (fd < 0) return () => {};
+  const from = page.heartbeat(Component.Supervisor);
+  const first = setInterval(() => {
+    if (page.heartbeat(Component.Supervisor) === from) return;
+    clearInterval(first);
+    hangWatch.watchHeartbeat(page, 'supervisor', pid, Component.Supervisor, () => { killedHung = pid; pidfd.pidfdSignal(fd, 9); });
+  }, FIRST_BEAT_POLL_MS);
+  return () => { clearInterval(first); hangWatch.unwatch(page); fs.closeSync(fd); };
+}
+
 /** Resolves with how the supervisor `pid` ended (it is not our child). */
 async function diedHow(pid: number): Promise<string> {
   const fd = pidfd.pidfdOpen(pid);
@@ -53,10 +89,14 @@ async function diedHow(pid: number): Promise<string> {
 }
 
 async function guard(first: number): Promise<void> {
+  let current = first;
+  let unwatch = watchBeat(first);
   let died = diedHow(first);
   for (;;) {
-    const cause = await died;
+    let cause = await died;
     const t0 = process.hrtime.bigint();
+    unwatch();
+    if (killedHung === current) cause = 'hang';
     // The VM ended with its supervisor (or the supervisor could not write the record: then there is
     // nothing to adopt from, and the components end by themselves when no one adopts them). Only
     // whether the record is there: the adopter reads it, and one it cannot read ends the VM and
@@ -65,11 +105,13 @@ async function guard(first: number): Promise<void> {
     // VM's whole life, or 50-100 ms on the supervisor's recovery if loaded only then.)
     if (!fs.existsSync(runRecordPath(paths))) return;
     const live = readSupervisorPid(name);
-    if (live !== undefined && live !== process.pid) { died = diedHow(live); continue; } // another took over
+    if (live !== undefined && live !== process.pid) { current = live; unwatch = watchBeat(live); died = diedHow(live); continue; } // another took over
     const child = spawn(process.execPath, [...componentExecArgv('supervisor'), ADOPT_ENTRY, name], {
       stdio: ['ignore', 'inherit', 'inherit'], cwd: path.dirname(ADOPT_ENTRY),
       env: { ...process.env, TSVMM_ADOPT_CAUSE: cause, TSVMM_ADOPT_T0: String(t0), TSVMM_ADOPT_BY: `guardian ${process.pid}`, TSVMM_GUARDIAN_PID: String(process.pid) },
     });
+    current = child.pid ?? 0;
+    unwatch = current ? watchBeat(current) : () => {};
     died = new Promise((resolve) => {
       child.on('error', (e) => { log(`cannot start a supervisor for VM ${name}: ${e.message}`); void sleep(RETRY_MS).then(() => resolve('not started')); });
       // An adopter that failed by itself (an exit status, not a signal: one killed is replaced at

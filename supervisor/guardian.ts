@@ -22,12 +22,25 @@ const GUARDIAN_ENTRY = path.resolve(__dirname, '..', 'supervisor', 'guardian-mai
 const RESTART_MS = 100;
 /** How often a guardian that is our parent (not a child: no 'exit' event) is checked. */
 const PARENT_POLL_MS = 200;
+/** The guardian's threshold for the supervisor's beat is this many of the VM's hang thresholds, and at least SUPERVISOR_HANG_MIN_MS. */
+const SUPERVISOR_HANG_FACTOR = 8;
+const SUPERVISOR_HANG_MIN_MS = 2000;
+
+/**
+ * How long the supervisor's beat (Component.Supervisor in the state page, bumped with each scrub of
+ * it) may stand still before its guardian judges it hung; 0 (the VM's hang detection off): never.
+ * Longer than a component's: the supervisor's event loop carries a recovery's synchronous work.
+ */
+export function supervisorHangMs(vmHangMs: number): number {
+  return vmHangMs > 0 ? Math.max(SUPERVISOR_HANG_MIN_MS, SUPERVISOR_HANG_FACTOR * vmHangMs) : 0;
+}
 
 export class Guardian {
   private current?: { pid: number; fd: number };
   private stopped = false;
 
-  constructor(private readonly name: string, private readonly log: (line: string) => void) {}
+  /** `stateFd`: the VM's state memfd, whose supervisor beat the guardian watches for `hangMs` (supervisorHangMs). */
+  constructor(private readonly name: string, private readonly log: (line: string) => void, private readonly stateFd: number, private readonly hangMs: number) {}
 
   get pid(): number | undefined { return this.current?.pid; }
 
@@ -39,11 +52,12 @@ export class Guardian {
 
   private spawnOne(): void {
     if (this.stopped) return;
-    const env = componentEnv({});
+    const env = componentEnv({ TSVMM_SUPERVISOR_HANG_MS: String(this.hangMs) });
     delete env.TSVMM_GUARDIAN_PID;
     try {
+      // fd 3: the state memfd (GUARDIAN_STATE_FD), where it watches the supervisors' beat.
       const child = spawn(process.execPath, [...componentExecArgv('guardian'), GUARDIAN_ENTRY, this.name, String(process.pid)], {
-        detached: true, stdio: ['ignore', 'inherit', 'inherit'], env, cwd: path.dirname(GUARDIAN_ENTRY),
+        detached: true, stdio: ['ignore', 'inherit', 'inherit', this.stateFd], env, cwd: path.dirname(GUARDIAN_ENTRY),
       });
       child.on('error', (e) => this.log(`cannot start the VM's guardian: ${e.message}; if this supervisor dies, the VM ends`));
       child.unref();

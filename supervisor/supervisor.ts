@@ -18,7 +18,7 @@ import { native } from '../native/kvm';
 import { VmConfig } from '../proto';
 import { DEVICE_PAGE_OFFSET, DEVICE_PAGE_SIZE, STATE_MEMFD_SIZE } from '../contracts/fds';
 import { keeper, snapshotSize, SnapshotView } from '../contracts/snapshot';
-import { mapDevicePage, RegsCopy, StatePage } from '../contracts/state-page';
+import { Component, mapDevicePage, RegsCopy, StatePage } from '../contracts/state-page';
 import { configMemfd } from '../contracts/component-config';
 import { RunRecordWriter } from '../contracts/run-record';
 import type { Adoption } from './adopt';
@@ -46,7 +46,7 @@ import { confinementFor, unreachableBy } from '../contracts/confinement';
 import { componentEntry } from './component-entry';
 import { Kvm } from '../kvm/system';
 import { LogFile, Logger, logSettings, setProcessLogger } from '../contracts/log';
-import { Guardian } from './guardian';
+import { Guardian, supervisorHangMs } from './guardian';
 
 export type { Recovery, RunResult } from './lifecycle';
 export type { VmmRecovery } from './vmm-lifecycle';
@@ -170,7 +170,7 @@ export class Supervisor implements LifecycleHost, ControlTarget {
       request: (req) => void this.control.execute(req),
     });
     this.done = new Promise((resolve) => { this.resolveDone = resolve; });
-    this.guardian = new Guardian(cfg.name, (l) => this.log(l));
+    this.guardian = new Guardian(cfg.name, (l) => this.log(l), this.held.stateFd, supervisorHangMs(this.hangWatch.timeoutMs));
   }
 
   /** tsvmm run --restore: the saved VM state, checked, until guest RAM is in (startRestore). */
@@ -226,7 +226,9 @@ export class Supervisor implements LifecycleHost, ControlTarget {
       this.spawning = false;
     }
     this.hangWatch.start();
-    this.scrubTimer = setInterval(() => this.scrubStatePage(), SCRUB_MS);
+    // The supervisor's beat, which its guardian watches (supervisor/guardian-main.ts): bumped once
+    // the page is scrubbed, so it says the loop that protects the page and recovers the components runs.
+    this.scrubTimer = setInterval(() => { this.scrubStatePage(); this.page.beat(Component.Supervisor); }, SCRUB_MS);
     const dd = this.driverDomain;
     const isFinished = () => this.finished;
     if (dd) this.tapTimer = watchTaps({ cfg: this.cfg, logger: this.logger, devices: this.held.devices, get finished() { return isFinished(); }, replaceDriverDomain: () => dd.update() });

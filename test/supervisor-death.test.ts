@@ -90,6 +90,46 @@ describe('the supervisor killed', function () {
     }
   });
 
+  // Without the guardian's watch of the supervisor's beat (supervisor/guardian-main.ts watchBeat): a
+  // stopped or hung supervisor was never replaced, and the VM ran on with nobody to recover it.
+  it('stopped, it is judged hung by its guardian, killed and replaced; so is the supervisor that adopted the VM', async () => {
+    const name = `suphang-${process.pid}`;
+    const vm = tsvmmAsync(['run', '--name', name, '--metrics-addr', 'none', '--cmdline', 'workload=counter n=0 report=50000000']);
+    let err = '';
+    vm.stderr.on('data', (d) => { err += d; });
+    vm.stdout.resume();
+    let vmmPid = 0;
+    try {
+      for (const t = Date.now(); !/priv-domain ready/.test(err) && Date.now() - t < 30_000;) await sleep(50);
+      vmmPid = Number(/vmm ready \(pid (\d+)\)/.exec(err)?.[1]);
+      assert.ok(vmmPid > 0 && guardianOf(name), err);
+      let sup = vm.pid!;
+      for (let round = 1; round <= 2; round++) {
+        await sleep(300); // the supervisor has begun to beat, and its guardian to watch it
+        process.kill(sup, 'SIGSTOP');
+        const t = Date.now();
+        let next: number | undefined;
+        while (Date.now() - t < 20_000) {
+          next = readSupervisorPid(name);
+          if (next && next !== sup && err.split('recovered supervisor (cause: hang)').length > round) break;
+          await sleep(50);
+        }
+        assert.ok(next && next !== sup, `round ${round}: the stopped supervisor ${sup} was not replaced:\n${err}`);
+        assert.match(err, new RegExp(`supervisor hung: no heartbeat for \\d+ ms \\(threshold 2000 ms; [^)]*state T\\); killing pid ${sup}`), err);
+        assert.ok(!alive(sup), `the hung supervisor ${sup} still runs`);
+        assert.ok(alive(vmmPid), `round ${round}: the vmm was not adopted:\n${err}`);
+        sup = next;
+      }
+      const stop = tsvmm(['stop', '--name', name]);
+      assert.equal(stop.status, 0, stop.stderr);
+      for (const t = Date.now(); (alive(vmmPid) || alive(sup)) && Date.now() - t < 10_000;) await sleep(50);
+      assert.ok(!alive(vmmPid) && !alive(sup), 'still running after stop');
+      assert.doesNotMatch(err, /^\s+at /m, `a stack trace:\n${err}`);
+    } finally {
+      if (vmmPid && alive(vmmPid)) tsvmm(['stop', '--name', name, '--force']);
+    }
+  });
+
   it('with a run record no one can read, one adopter fails and says so, the guardian exits, the orphans end', async () => {
     // The guardian only looks whether the record is there (supervisor/guardian-main.ts): reading
     // it is the adopter's part. One that cannot removes the runtime dir and fails; the guardian must
