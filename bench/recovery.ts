@@ -45,7 +45,51 @@ const GUEST = path.join(ROOT, 'guest', 'out', 'guest.elf');
 const BIN = path.join(ROOT, 'bin', 'tsvmm.js');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-interface LatencyRow { name: string; progress: number[]; running: number[]; supervisor: number[]; stall: number[]; errors: number; warmCount: number }
+interface LatencyRow {
+  name: string; progress: number[]; running: number[]; supervisor: number[]; stall: number[]; errors: number; warmCount: number;
+  /** Warm rows: each step of the takeover, per kill (ms), from the components' TSVMM_RESTORE_DEBUG stamps. */
+  steps?: Record<string, number[]>;
+}
+
+/**
+ * A warm vmm takeover, step by step, per kill (CLOCK_MONOTONIC stamps, like the kill's): the kernel
+ * ends the vmm's threads until the keeper's pidfd fires (kill -> death seen), the keeper saves, the
+ * standby's vCPU 0 thread wakes and claims, restores and releases, and enters KVM_RUN.
+ */
+function vmmWarmSteps(err: string, kills: bigint[]): Record<string, number[]> {
+  const tl = [...err.matchAll(/died (\d+) resumed (\d+)\]; keeper saw the death -> saved ([\d.]+) ms -> standby claimed ([\d.]+) ms -> vCPUs released ([\d.]+) ms/g)]
+    .map((m) => ({ died: BigInt(m[1]), resumed: BigInt(m[2]), saved: Number(m[3]), claimed: Number(m[4]), released: Number(m[5]) }));
+  const entered = [...err.matchAll(/vCPU 0 running at .*\(monotonic (\d+) ns\)/g)].map((m) => BigInt(m[1]));
+  const steps: Record<string, number[]> = { 'kill → keeper sees the death': [], 'keeper saves': [], 'standby wakes, claims': [], 'restore, keeper armed, release': [], 'release → KVM_RUN': [] };
+  for (const k of kills) {
+    const t = tl.find((x) => x.died > k);
+    if (!t) continue;
+    steps['kill → keeper sees the death'].push(Number(t.died - k) / 1e6);
+    steps['keeper saves'].push(t.saved);
+    steps['standby wakes, claims'].push(t.claimed);
+    steps['restore, keeper armed, release'].push(t.released);
+    const e = entered.find((x) => x >= t.resumed);
+    if (e !== undefined) steps['release → KVM_RUN'].push(Number(e - t.resumed) / 1e6);
+  }
+  return steps;
+}
+
+/** A warm driver-domain takeover, step by step, per kill (the standby's TSVMM_RESTORE_DEBUG line). */
+function ddWarmSteps(err: string, kills: bigint[]): Record<string, number[]> {
+  const tl = [...err.matchAll(/standby took over: death seen -> activate ([\d.]+) ms, page check ([\d.]+) ms, poller \+ fds ([\d.]+) ms, re-attach ([\d.]+) ms \(monotonic death seen (\d+) ns\)/g)]
+    .map((m) => ({ activate: Number(m[1]), check: Number(m[2]), fds: Number(m[3]), attach: Number(m[4]), seen: BigInt(m[5]) }));
+  const steps: Record<string, number[]> = { 'kill → standby sees the death': [], 'death seen → activate': [], 'page check': [], 'poller + fds': [], 're-attach': [] };
+  for (const k of kills) {
+    const t = tl.find((x) => x.seen > k);
+    if (!t) continue;
+    steps['kill → standby sees the death'].push(Number(t.seen - k) / 1e6);
+    steps['death seen → activate'].push(t.activate);
+    steps['page check'].push(t.check);
+    steps['poller + fds'].push(t.fds);
+    steps['re-attach'].push(t.attach);
+  }
+  return steps;
+}
 
 /**
  * Kill -> the new vmm's vCPU 0 about to enter KVM_RUN again, per kill, from
@@ -92,7 +136,7 @@ async function latency(component: ComponentName, warm: boolean, kills: number, c
   const vm = component === 'vmm'
     ? new RunningVm([...extra, '--cpus', String(cpus), '--cmdline', `workload=counter n=0 report=${cpus === 1 ? 2_000_000 : 4_000_000}`],
       { TSVMM_RESTORE_DEBUG: '1' })
-    : blkLoopVm(extra, blkIo ? { TSVMM_BLK_IO: blkIo } : {}, { n: 1000, report: 16 });
+    : blkLoopVm(extra, { TSVMM_RESTORE_DEBUG: '1', ...(blkIo ? { TSVMM_BLK_IO: blkIo } : {}) }, { n: 1000, report: 16 });
   const prefix = component === 'vmm' ? '@counter' : '@blk-progress';
   const row: LatencyRow = { name: `${component}, ${warm ? 'warm (--standby)' : 'cold'}${component === 'vmm' ? `, ${cpus} vCPU${cpus > 1 ? 's' : ''}` : ''}`, progress: [], running: [], supervisor: [], stall: [], errors: 0, warmCount: 0 };
   const killedAt: number[] = [];
@@ -114,6 +158,7 @@ async function latency(component: ComponentName, warm: boolean, kills: number, c
     vm.cleanup();
   }
   row.errors = guestErrors(vm.out).length;
+  if (warm) row.steps = component === 'vmm' ? vmmWarmSteps(vm.err, killedNs) : ddWarmSteps(vm.err, killedNs);
   if (component === 'vmm') {
     row.stall = guestStalls(vm.lines, killedAt, tscKhz());
     // A kill whose restarted vmm never stamped "vCPU 0 running" (e.g. the run ended first) has no sample.
@@ -230,6 +275,7 @@ async function main(): Promise<void> {
   const cpus = Number(values.cpus ?? 1);
   const rounds = Number(values.rounds ?? 10);
   const t0 = Date.now();
+  const load0 = os.loadavg()[0].toFixed(1);
   const out: { latency?: LatencyRow[]; overhead?: OverheadRow[]; perOp?: PerOp[] } = {};
   if (values.skip !== 'latency') {
     out.latency = [];
@@ -255,7 +301,7 @@ async function main(): Promise<void> {
   }
   if (values.json) { process.stdout.write(JSON.stringify(out) + '\n'); return; }
   const f = (x: number) => x.toFixed(x < 10 ? 2 : x < 100 ? 1 : 0);
-  console.log(`bench/recovery on ${machine()}; total ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+  console.log(`bench/recovery on ${machine()}; total ${((Date.now() - t0) / 1000).toFixed(0)} s; load average ${load0} at the start, ${os.loadavg()[0].toFixed(1)} at the end`);
   if (out.latency) {
     console.log(`\nRecovery latency (ms), ${kills} SIGKILLs per row:\n`);
     const rows = [['component, path', 'kill → next progress p50', 'p99', 'max', 'kill → vCPU running p50', 'p99', 'max',
@@ -265,6 +311,18 @@ async function main(): Promise<void> {
       rows.push([r.name, ...stat(r.progress), ...stat(r.running), ...stat(r.supervisor), ...stat(r.stall), `${r.warmCount}/${r.progress.length}`, String(r.errors)]);
     }
     console.log(table(rows));
+    const warmRows = out.latency.filter((r) => r.steps && Object.values(r.steps).some((xs) => xs.length));
+    if (warmRows.length) {
+      // min: the step's own cost when nothing else wanted the CPU (it moves little with the host's load).
+      console.log(`\nWarm takeovers step by step (ms; min is what a step costs when it is not kept waiting for a CPU):\n`);
+      const steps = [['component: step', 'p50', 'p99', 'max', 'min', 'n']];
+      for (const r of warmRows) {
+        for (const [name, xs] of Object.entries(r.steps!)) {
+          steps.push([`${r.name.split(',')[0]}: ${name}`, ...(xs.length ? [f(percentile(xs, 50)), f(percentile(xs, 99)), f(Math.max(...xs)), f(Math.min(...xs))] : ['-', '-', '-', '-']), String(xs.length)]);
+        }
+      }
+      console.log(table(steps));
+    }
   }
   if (out.overhead) {
     console.log(`\nOverhead of the recovery machinery (${rounds} rounds, on and off back to back in each, order alternating; ` +

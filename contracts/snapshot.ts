@@ -54,6 +54,10 @@ export interface NativeKeeper {
   pidfdOpen(pid: number): number;
   /** Blocking poll for POLLIN: 1, 0 on timeout, or -errno. */
   pollIn(fd: number, timeoutMs: number): number;
+  /** The driver-domain's address-space holder (native/kvm/keeper.c): its pid, or -errno. */
+  mmHoldStart(seccompMode: number): number;
+  /** This process exits of its own accord: its holder exits with it. */
+  mmHoldRelease(): void;
   /** CRC-32 (same as contracts/crc32.ts), native. */
   crc32(buf: ArrayBuffer | ArrayBufferView, off: number, len: number): number;
   /** _exit(code), skipping Node's exit path (which joins worker threads). */

@@ -21,7 +21,7 @@ import { deviceList } from '../contracts/device-list';
 import { FD } from '../contracts/fds';
 import { ControlPage, DeviceCounters } from '../contracts/control-page';
 import { keeper } from '../contracts/snapshot';
-import { confineSelf } from '../contracts/confinement';
+import { confineSelf, keeperSeccomp } from '../contracts/confinement';
 import { warmUpBlk } from './warm-up';
 import { ServedDevice, serveBlk, serveNet, SLOT_COMPLETION, TAG_SLOTS, tagOf } from './served-device';
 import { componentLogger } from '../contracts/log';
@@ -43,6 +43,12 @@ function send(msg: ComponentMessage): void {
  * page, registers the kick fds and re-attaches exactly as a cold restart does.
  */
 function serve(cfg: VmConfig, standbyFor?: number): void {
+  // Before any I/O is set up and before confinement (a clone): a process that holds this one's
+  // address space, so this one's death (what a standby and the supervisor wait for) does not wait
+  // for that address space's teardown, milliseconds of CPU (native/kvm/keeper.c).
+  const holder = keeper.mmHoldStart(keeperSeccomp());
+  if (holder > 0) process.on('exit', () => keeper.mmHoldRelease());
+  else log.warn(`no address-space holder (errno ${-holder}): this driver-domain's death waits for its teardown`);
   const ram = mapGuestRam(FD.RAM, cfg.memBytes);
   const page = mapDevicePage(FD.STATE);
   const control = ControlPage.tryMap(FD.STATE); // metrics: request counters per device (contracts/control-page.ts)
@@ -113,7 +119,7 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
     if (warm && log.enabled('debug')) {
       const ms = (a: bigint, b: bigint) => (Number(b - a) / 1e6).toFixed(2);
       log.debug(`standby took over: death seen -> activate ${ms(diedNs, t0)} ms, page check ${ms(t0, t1)} ms, ` +
-        `poller + fds ${ms(t1, t2)} ms, re-attach ${ms(t2, resumedNs)} ms`);
+        `poller + fds ${ms(t1, t2)} ms, re-attach ${ms(t2, resumedNs)} ms (monotonic death seen ${diedNs} ns)`);
     }
     setInterval(() => page.beat(Component.DriverDomain), HEARTBEAT_MS);
     page.beat(Component.DriverDomain);

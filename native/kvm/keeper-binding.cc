@@ -427,6 +427,17 @@ Napi::Value PollIn(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), r < 0 ? -errno : r > 0 ? 1 : 0);
 }
 
+// mmHoldStart(seccompMode) -> pid of the driver-domain's address-space holder | -errno (keeper.c).
+Napi::Value MmHoldStart(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), tsvmm_mm_holder_start(info[0].As<Napi::Number>().Uint32Value()));
+}
+
+// mmHoldRelease(): this process exits of its own accord; its holder need not linger.
+Napi::Value MmHoldRelease(const Napi::CallbackInfo& info) {
+  tsvmm_mm_holder_release();
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void RegisterKeeper(Napi::Env env, Napi::Object exports) {
@@ -450,6 +461,8 @@ void RegisterKeeper(Napi::Env env, Napi::Object exports) {
   exports.Set("exitNow", Napi::Function::New(env, ExitNow));
   exports.Set("pidfdOpen", Napi::Function::New(env, PidfdOpen));
   exports.Set("pollIn", Napi::Function::New(env, PollIn));
+  exports.Set("mmHoldStart", Napi::Function::New(env, MmHoldStart));
+  exports.Set("mmHoldRelease", Napi::Function::New(env, MmHoldRelease));
   Napi::Object c = exports.Get("constants").As<Napi::Object>();
   for (uint64_t i = 0; i < tsvmm_snap_constants_count; i++) {
     c.Set(tsvmm_snap_constants[i].name, Napi::Number::New(env, tsvmm_snap_constants[i].value));

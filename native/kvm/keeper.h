@@ -334,8 +334,9 @@ int tsvmm_snap_verify(uint8_t* snap, uint32_t ncpus, uint32_t* repaired, struct 
  * the irqfds. The caller has claimed the generation. 0, or -1 with the failure in `res`. */
 int tsvmm_restore(const struct tsvmm_restore_config* cfg, struct tsvmm_restore_result* res);
 
-/* Waits up to timeout_ms (FUTEX_WAIT on header.wake_seq, which the keeper bumps when it has SAVED or
- * FAILED) and claims the saved generation (compare-and-swap claim_gen generation-1 -> generation).
+/* Waits up to timeout_ms (FUTEX_WAIT on header.wake_seq, which the keeper bumps when it begins saving
+ * and when it has SAVED or FAILED; woken to a save in progress, it waits for its end on a CPU, up to
+ * 2 ms, yielding) and claims the saved generation (compare-and-swap claim_gen generation-1 -> generation).
  * A cold restore (standby = 0) returns as soon as the keeper is done, whatever the outcome; a standby
  * waits for a SAVED generation nobody claimed. Returns the state found (TSVMM_SNAP_*), *claimed = 1
  * if this caller won it; -1 if the time ran out first. */
@@ -355,6 +356,15 @@ int tsvmm_snap_save_live(const struct tsvmm_keeper_config* cfg, uint8_t* image);
  * 1: resumed; 0: timed out, nothing claimed; -1: claimed but the restore failed (see `res`). */
 int tsvmm_takeover(const struct tsvmm_restore_config* cfg, struct tsvmm_keeper_config* keeper,
                    const struct tsvmm_takeover_opts* opts, int timeout_ms, struct tsvmm_restore_result* res);
+
+/* The driver-domain's address-space holder (keeper.c): a CLONE_VM child that closes every fd it was
+ * cloned with and exits a while after its parent, so the parent's death does not wait for its
+ * address space's teardown. seccomp_mode as the keeper's (0 none, 1 kill, 2 log). Its pid, or
+ * -errno (-EBUSY: already started; -EIO: it failed to set itself up). Call before any I/O is set up
+ * and before the process confines itself (clone). */
+int tsvmm_mm_holder_start(uint32_t seccomp_mode);
+/* The driver-domain exits of its own accord: its holder exits with it, without lingering. */
+void tsvmm_mm_holder_release(void);
 
 struct tsvmm_abi_const {
   const char* name;
