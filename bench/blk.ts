@@ -38,7 +38,7 @@
  *
  * --cpu measures, instead of the table, the host CPU each side spends per 4 KiB random read: one
  * boot per VMM configuration and completion mode of `--cpu-n` (200000) reads, the guest printing
- * `@blk-progress ... tsc=` every tenth; between the first and the last of those lines the bench
+ * `@blk-progress ... tsc=` every tenth; between the first and the ninth of those lines the bench
  * reads every thread's utime/stime from /proc/PID/task/TID/stat (tsvmm: all its processes, named
  * by role; QEMU with `-name debug-threads=on`, so its iothread is `IO io0`) and prints user and
  * system microseconds per request per thread.
@@ -305,7 +305,8 @@ function cpuBoot(vmm: Vmm, o: Options, irq: number, khz: number): Promise<CpuRes
     let out = '', first: { done: number; tsc: number; t: Map<string, ThreadCpu> } | undefined, last = first;
     const onLine = (line: string) => {
       const m = /^@blk-progress done=(\d+) errors=\d+ tsc=(\d+)/.exec(line);
-      if (!m) return;
+      // The last line (done = n) is left out: the VMM may be exiting by the time /proc is read.
+      if (!m || Number(m[1]) >= n) return;
       const smp = { done: Number(m[1]), tsc: Number(m[2]), t: sampleThreads(child.pid!, roles) };
       if (!first) first = smp; else last = smp;
     };
