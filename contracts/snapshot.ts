@@ -221,6 +221,16 @@ export class SnapshotView {
     keeper.futexWake(this.buf, H('wake_seq'));
   }
 
+  /**
+   * The supervisor, when no live vmm can hold a claim (the one it started found `generation` claimed
+   * and no standby runs): the claim word is stale or corrupt; set it back so the next vmm can claim.
+   */
+  resetClaim(generation: number): void {
+    Atomics.store(this.i32, H('claim_gen') >> 2, (generation - 1) | 0);
+    Atomics.add(this.i32, H('wake_seq') >> 2, 1);
+    keeper.futexWake(this.buf, H('wake_seq'));
+  }
+
   /** The keeper's failure as one line. */
   failure(): string {
     const step = this.u32(H('fail_step'));

@@ -234,7 +234,8 @@ export class VmmLifecycle {
         h.hangWatch.unwatch(child);
         if (h.finished) return;
         if (child === this.spare) { this.onSpareExit(cause); return; }
-        if (child !== this.primary || child.exitCode === EXIT_NOT_NEEDED) return;
+        if (child !== this.primary) return;
+        if (child.exitCode === EXIT_NOT_NEEDED) { if (this.pending && !this.spare) this.staleClaim(); return; }
         this.onExit(child, cause);
       },
     });
@@ -302,6 +303,22 @@ export class VmmLifecycle {
       this.spawn('restore');
     };
     if (delayMs) setTimeout(go, delayMs); else go();
+  }
+
+  /**
+   * The cold vmm started to recover the guest found the saved generation claimed and went, as it
+   * does when a standby won it; with no standby running, no live vmm holds that claim (a claim word
+   * left stale or corrupt: fault campaign 6, run 63/690, where the guest then waited for good). The
+   * word is set back and the restore tried again, under the policy's back-off.
+   */
+  private staleClaim(): void {
+    const h = this.host;
+    const gen = this.snap.generation;
+    const d = this.policy.failed('its snapshot was found claimed');
+    if ('giveUp' in d) { h.finish({ code: TSVMM_EXIT.failed, reason: `vmm recovery gave up: ${d.giveUp}` }); return; }
+    h.logger.warn(`vmm: saved generation ${gen} was found claimed (claim word ${this.snap.claimGen}) and no standby runs to hold it: the claim reset, restoring again`);
+    this.snap.resetClaim(gen);
+    this.restoreAfter(d.delayMs);
   }
 
   /** A vmm that claimed the saved snapshot died before resuming it: let the next one claim it. */

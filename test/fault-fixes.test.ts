@@ -7,7 +7,8 @@
 import * as assert from 'assert';
 import * as fs from 'fs';
 import * as path from 'path';
-import { inject, pidsFrom, ComponentPids, InjectResult } from '../cli/inject';
+import { inject, pidsFrom, supervisorMemfd, ComponentPids, InjectResult } from '../cli/inject';
+import { SnapshotView } from '../contracts/snapshot';
 import { execFileSync } from 'child_process';
 import * as os from 'os';
 import { blkLoopVm, guestErrors, RunningVm } from './helpers/fault-harness';
@@ -128,6 +129,22 @@ describe('fault-injection fixes: what the campaign lost or missed is detected an
       assert.strictEqual(r.target, reg);
       await sleep(300); // a few of the keeper's 200 ms wake-ups, fewer than its hang watch needs
       await vmmRecovers(`the keeper's ${reg} flipped`);
+    }
+  });
+
+  // Without VmmLifecycle.staleClaim: the cold vmm found the saved generation claimed, exited as when
+  // a standby won it, and nobody restored the guest, which waited for good (campaign 6, run 63/690).
+  it("a stale claim word in the snapshot header: the cold vmm that finds it claimed is followed by one that restores", async () => {
+    const p = await pids();
+    const fd = fs.openSync(supervisorMemfd(p.supervisor, 'snap'), 'r+');
+    try {
+      const view = SnapshotView.map(fd, 1, true);
+      view.resetClaim(view.generation - 1); // the claim word two behind: no vmm's claim of the next save can succeed
+      const errAt = vm.err.length;
+      await vmmRecovers('a stale claim');
+      assert.match(vm.err.slice(errAt), /was found claimed \(claim word \d+\) and no standby runs to hold it: the claim reset, restoring again/);
+    } finally {
+      fs.closeSync(fd);
     }
   });
 
