@@ -163,8 +163,11 @@ export function vcpuThreadsOf(pid: number): number[] {
 /** Registers a flip may hit: the general registers, RIP, RSP and EFLAGS. */
 export const FLIP_REGS = ['rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rbp', 'rsp', 'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15', 'rip', 'eflags'] as const;
 
-/** Stops thread `tid` (ptrace), flips `bit` of `reg`, reads it back, detaches. Returns [before, after]. */
-export function flipRegister(tid: number, reg: string, bit: number): [bigint, bigint] {
+/**
+ * Stops thread `tid` (ptrace), flips `bit` of `reg`, reads it back, detaches. Returns [before, after].
+ * `onlyIf`: flips only a value it accepts (a test aiming at one state of the thread); else [before, before].
+ */
+export function flipRegister(tid: number, reg: string, bit: number, onlyIf?: (value: bigint) => boolean): [bigint, bigint] {
   const off = native.ptraceRegOffsets[reg];
   if (off === undefined) throw new InjectError(`unknown register "${reg}" (${FLIP_REGS.join(', ')})`);
   native.ptraceSeize(tid);
@@ -174,6 +177,7 @@ export function flipRegister(tid: number, reg: string, bit: number): [bigint, bi
     if ((status & 0xff) !== 0x7f) throw new InjectError(`thread ${tid} did not stop (wait status 0x${status.toString(16)}): it exited`);
     const regs = native.ptraceGetRegs(tid);
     const before = regs.readBigUInt64LE(off);
+    if (onlyIf && !onlyIf(before)) return [before, before];
     regs.writeBigUInt64LE(before ^ (1n << BigInt(bit)), off);
     native.ptraceSetRegs(tid, regs);
     const after = native.ptraceGetRegs(tid).readBigUInt64LE(off);

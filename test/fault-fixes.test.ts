@@ -7,7 +7,7 @@
 import * as assert from 'assert';
 import * as fs from 'fs';
 import * as path from 'path';
-import { inject, pidsFrom, supervisorMemfd, ComponentPids, InjectResult } from '../cli/inject';
+import { flipRegister, inject, pidsFrom, supervisorMemfd, vcpuThreadsOf, ComponentPids, InjectResult } from '../cli/inject';
 import { SnapshotView } from '../contracts/snapshot';
 import { execFileSync } from 'child_process';
 import * as os from 'os';
@@ -130,6 +130,23 @@ describe('fault-injection fixes: what the campaign lost or missed is detected an
       await sleep(300); // a few of the keeper's 200 ms wake-ups, fewer than its hang watch needs
       await vmmRecovers(`the keeper's ${reg} flipped`);
     }
+  });
+
+  // Without the vCPU thread's 'corrupt' (vmm/vcpu-thread.ts kernelErrno): a flipped bit in rax of a
+  // vCPU thread stopped in KVM_RUN turned its -EINTR into -1028, and the vmm ended the VM on a
+  // "KVM_RUN failed" that no kernel returns (campaign 6, run 63/776).
+  it("an errno no kernel returns from KVM_RUN (a vCPU thread's rax flipped): the vmm dies and is recovered, the VM goes on", async () => {
+    const errAt = vm.err.length;
+    const before = vm.recoveries.length;
+    // Caught in KVM_RUN, which the ptrace stop ends with -EINTR (a thread caught handling an exit is left alone).
+    const EINTR = 0xfffffffffffffffcn;
+    const tid = vcpuThreadsOf((await pids()).vmm)[0];
+    let flipped: [bigint, bigint] = [0n, 0n];
+    for (let k = 0; k < 50 && flipped[0] === flipped[1]; k++) flipped = flipRegister(tid, 'rax', 10, (v) => v === EINTR);
+    assert.deepStrictEqual(flipped, [EINTR, EINTR ^ 0x400n], 'KVM_RUN interrupted (-EINTR), then flipped');
+    await vm.waitFor(() => vm.recoveries.slice(before).some((x) => x.component === 'vmm'), 20_000, 'the vmm recovered');
+    assert.match(vm.err.slice(errAt), /KVM_RUN returned -1028, which no kernel returns: this vmm's state is corrupt/);
+    await progressesAfter(vm.recoveries[vm.recoveries.length - 1].at, 'the rax flip');
   });
 
   // Without VmmLifecycle.staleClaim: the cold vmm found the saved generation claimed, exited as when

@@ -201,6 +201,10 @@ export function buildAndRun(cfg: VmConfig, mode: VmmMode = 'boot'): void {
         if (m.id === 0) ringWatch?.started(m.tid);
       } else if (m.kind === 'exit') finish({ guestExit: { code: m.code, reason: m.reason } }, 0);
       else if (m.kind === 'fatal') finish({ fatal: { message: m.message } }, 0);
+      else if (m.kind === 'corrupt') {
+        log.error(`${m.message}: this vmm's state is corrupt; it dies and the guest is restored from its keeper's save`);
+        process.kill(process.pid, 'SIGKILL');
+      }
     });
     w.on('error', (e) => finish({ fatal: { message: `vCPU ${id} thread failed: ${e.message}` } }, 1));
   }

@@ -80,7 +80,12 @@ export type VcpuThreadMessage =
   | { kind: 'started'; id: number; tid: number; ns: bigint }
   | { kind: 'parked'; id: number }
   | { kind: 'exit'; code: number; reason: string }
-  | { kind: 'fatal'; message: string };
+  | { kind: 'fatal'; message: string }
+  /** This vmm's own state is corrupt (the guest's is not): it dies, and the keeper's save of the guest is restored. */
+  | { kind: 'corrupt'; message: string };
+
+/** Whether `errno` is one the kernel returns: 1-133, and its restart codes (512-530), seen under ptrace. */
+const kernelErrno = (errno: number) => (errno >= 1 && errno <= 133) || (errno >= 512 && errno <= 530);
 
 /**
  * A u64 field of kvm_run as a number, without allocating a BigInt: the hot
@@ -245,6 +250,9 @@ function main(d: VcpuThreadData): void {
         continue;
       }
       flush();
+      // A value no kernel returns (a flipped register: fault campaign 6, run 63/776, where -EINTR
+      // became -1028) says this thread is broken, not the guest: recovered like a crash.
+      if (!kernelErrno(-r)) { post({ kind: 'corrupt', message: `vCPU ${d.id}: KVM_RUN returned ${r}, which no kernel returns` }); return; }
       post({ kind: 'fatal', message: `vCPU ${d.id}: KVM_RUN failed with errno ${-r}` });
       return;
     }
