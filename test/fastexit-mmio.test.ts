@@ -8,19 +8,8 @@
 import { strict as assert } from 'assert';
 import * as fs from 'fs';
 import { requireKvm } from './helpers/tsvmm';
-import { sleep, startVm, TestVm } from './helpers/control-plane';
+import { metricValue, sleep, startVm, TestVm } from './helpers/control-plane';
 import { guestErrors } from './helpers/fault-harness';
-
-/** Sum of a family's samples whose labels match `match`. */
-function value(text: string, name: string, match: Record<string, string> = {}): number {
-  let sum = 0;
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(name + '{') && !line.startsWith(name + ' ')) continue;
-    const labels = /\{([^}]*)\}/.exec(line)?.[1] ?? '';
-    if (Object.entries(match).every(([k, v]) => labels.includes(`${k}="${v}"`))) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
-  }
-  return sum;
-}
 
 describe('native exit loop: virtio InterruptStatus / InterruptACK', function () {
   this.timeout(120_000);
@@ -40,9 +29,9 @@ describe('native exit loop: virtio InterruptStatus / InterruptACK', function () 
     const r = vm.cli(['metrics']);
     assert.equal(r.status, 0, r.stderr);
     return {
-      mmio: value(r.stdout, 'tsvmm_vcpu_exits_total', { reason: 'mmio' }),
-      nativeMmio: value(r.stdout, 'tsvmm_vcpu_exits_native_total', { reason: 'mmio' }),
-      nativeIo: value(r.stdout, 'tsvmm_vcpu_exits_native_total', { reason: 'io' }),
+      mmio: metricValue(r.stdout, 'tsvmm_vcpu_exits_total', { reason: 'mmio' }),
+      nativeMmio: metricValue(r.stdout, 'tsvmm_vcpu_exits_native_total', { reason: 'mmio' }),
+      nativeIo: metricValue(r.stdout, 'tsvmm_vcpu_exits_native_total', { reason: 'io' }),
       out: vm.out(),
     };
   }

@@ -9,7 +9,7 @@ import * as net from 'net';
 import * as path from 'path';
 import { spawnSync } from 'child_process';
 import { haveTool, requireKvm, requireTool } from './helpers/tsvmm';
-import { sleep, startVm, TestVm, runScenario } from './helpers/control-plane';
+import { metricValue, sleep, startVm, TestVm, runScenario } from './helpers/control-plane';
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -30,17 +30,6 @@ function scrape(port: number): Promise<string> {
     req.on('error', reject);
     req.on('timeout', () => req.destroy(new Error('timeout')));
   });
-}
-
-/** Sum of a family's samples whose labels match `match`. */
-function value(text: string, name: string, match: Record<string, string> = {}): number {
-  let sum = 0;
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(name + '{') && !line.startsWith(name + ' ')) continue;
-    const labels = /\{([^}]*)\}/.exec(line)?.[1] ?? '';
-    if (Object.entries(match).every(([k, v]) => labels.includes(`${k}="${v}"`))) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
-  }
-  return sum;
 }
 
 function check(text: string): { status: number | null; out: string } {
@@ -73,11 +62,11 @@ describe('Prometheus metrics', function () {
     const c = check(r.stdout);
     assert.equal(c.status, 0, `promtool: ${c.out}\n${r.stdout}`);
     assert.equal(c.out, '', c.out);
-    assert.ok(value(r.stdout, 'tsvmm_vcpu_exits_total') > 0);
-    assert.ok(value(r.stdout, 'tsvmm_virtio_requests_total', { operation: 'write' }) > 0);
-    assert.ok(value(r.stdout, 'tsvmm_virtio_bytes_total', { operation: 'write' }) >= 4096 * value(r.stdout, 'tsvmm_virtio_requests_total', { operation: 'write' }) - 1);
-    assert.equal(value(r.stdout, 'tsvmm_component_recovery_duration_seconds_count', { component: 'driver-domain' }), 1);
-    assert.equal(value(r.stdout, 'tsvmm_guest_memory_bytes'), 256 * 2 ** 20);
+    assert.ok(metricValue(r.stdout, 'tsvmm_vcpu_exits_total') > 0);
+    assert.ok(metricValue(r.stdout, 'tsvmm_virtio_requests_total', { operation: 'write' }) > 0);
+    assert.ok(metricValue(r.stdout, 'tsvmm_virtio_bytes_total', { operation: 'write' }) >= 4096 * metricValue(r.stdout, 'tsvmm_virtio_requests_total', { operation: 'write' }) - 1);
+    assert.equal(metricValue(r.stdout, 'tsvmm_component_recovery_duration_seconds_count', { component: 'driver-domain' }), 1);
+    assert.equal(metricValue(r.stdout, 'tsvmm_guest_memory_bytes'), 256 * 2 ** 20);
   });
 
   it('the endpoint serves monotonic counters while the driver-domain and the priv-domain are killed', async () => {
@@ -137,20 +126,20 @@ describe('Prometheus metrics', function () {
     let prev = { exits: 0, writes: 0, bytes: 0 };
     for (const t of texts) {
       const cur = {
-        exits: value(t, 'tsvmm_vcpu_exits_total'),
-        writes: value(t, 'tsvmm_virtio_requests_total', { operation: 'write' }),
-        bytes: value(t, 'tsvmm_virtio_bytes_total', { operation: 'write' }),
+        exits: metricValue(t, 'tsvmm_vcpu_exits_total'),
+        writes: metricValue(t, 'tsvmm_virtio_requests_total', { operation: 'write' }),
+        bytes: metricValue(t, 'tsvmm_virtio_bytes_total', { operation: 'write' }),
       };
       assert.ok(cur.exits >= prev.exits && cur.writes >= prev.writes && cur.bytes >= prev.bytes, `counter went backwards: ${JSON.stringify(prev)} -> ${JSON.stringify(cur)}`);
       prev = cur;
     }
     const last = texts[texts.length - 1];
-    assert.equal(value(last, 'tsvmm_component_restarts_total', { component: 'driver-domain' }), KILLS);
-    assert.equal(value(last, 'tsvmm_component_restarts_total', { component: 'priv-domain' }), KILLS);
-    assert.equal(value(last, 'tsvmm_component_recovery_duration_seconds_count', { component: 'driver-domain' }), KILLS);
-    assert.equal(value(last, 'tsvmm_component_recovery_duration_seconds_count', { component: 'priv-domain' }), KILLS);
-    assert.equal(value(last, 'tsvmm_component_up', { component: 'driver-domain' }), 1);
-    assert.ok(value(last, 'tsvmm_component_heartbeat_age_seconds', { component: 'driver-domain' }) < 1);
+    assert.equal(metricValue(last, 'tsvmm_component_restarts_total', { component: 'driver-domain' }), KILLS);
+    assert.equal(metricValue(last, 'tsvmm_component_restarts_total', { component: 'priv-domain' }), KILLS);
+    assert.equal(metricValue(last, 'tsvmm_component_recovery_duration_seconds_count', { component: 'driver-domain' }), KILLS);
+    assert.equal(metricValue(last, 'tsvmm_component_recovery_duration_seconds_count', { component: 'priv-domain' }), KILLS);
+    assert.equal(metricValue(last, 'tsvmm_component_up', { component: 'driver-domain' }), 1);
+    assert.ok(metricValue(last, 'tsvmm_component_heartbeat_age_seconds', { component: 'driver-domain' }) < 1);
     // promtool is optional outside CI; where scripts/install-deps.sh ran, check() fails if it is missing.
     if (haveTool('promtool') || process.env.TSVMM_DEPS_INSTALLED === '1') {
       const c = check(last);

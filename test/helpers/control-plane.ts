@@ -111,3 +111,14 @@ export async function waitComponents(vm: TestVm, what: string, cond: (c: Record<
     await sleep(20);
   }
 }
+
+/** Prometheus text: the sum of a family's samples whose labels match `match`. */
+export function metricValue(text: string, name: string, match: Record<string, string> = {}): number {
+  let sum = 0;
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(name + '{') && !line.startsWith(name + ' ')) continue;
+    const labels = /\{([^}]*)\}/.exec(line)?.[1] ?? '';
+    if (Object.entries(match).every(([k, v]) => labels.includes(`${k}="${v}"`))) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return sum;
+}
