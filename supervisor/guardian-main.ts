@@ -54,7 +54,10 @@ const GUARDIAN_STATE_FD = 3;
 const FIRST_BEAT_POLL_MS = 100;
 const hangMs = Number(process.env.TSVMM_SUPERVISOR_HANG_MS ?? 0);
 const page = hangMs > 0 ? mapDevicePage(GUARDIAN_STATE_FD) : undefined;
-const hangWatch = page ? new HangWatch(page, hangMs, logger) : undefined;
+// A supervisor's main thread never waits synchronously: asleep past the threshold (and at three
+// checks in a row) it is hung, not waiting on a lock (campaign 7 run 81/490: asleep in a futex after a
+// flip, judged only after 8.1 s at the components' 4 thresholds, after the campaign's probe gave up).
+const hangWatch = page ? new HangWatch(page, hangMs, logger, 1) : undefined;
 hangWatch?.start();
 /** The supervisor the hang watch killed, if it did. */
 let killedHung: number | undefined;

@@ -117,7 +117,12 @@ export class HangWatch {
   /** A snapshot stops the driver-domain and keeps the vmm's main thread busy on purpose: no verdicts meanwhile. */
   suspended = false;
 
-  constructor(private readonly page: StatePage, readonly timeoutMs: number, private readonly logger?: Logger) {}
+  /**
+   * `asleepFactor`: how many thresholds a main thread asleep (S) may go without beating before it
+   * can be judged (a component's loop was seen waiting on a Node or V8 lock for ~400 ms; the
+   * supervisor never waits synchronously, and its guardian judges it at 1).
+   */
+  constructor(private readonly page: StatePage, readonly timeoutMs: number, private readonly logger?: Logger, private readonly asleepFactor = BLOCKED_FACTOR) {}
 
   get enabled(): boolean { return this.timeoutMs > 0; }
 
@@ -217,7 +222,7 @@ export class HangWatch {
     if (state === 'R') return notYet('its main thread is runnable and waiting for a CPU (host overloaded)');
     if (state === 'D') return still < BLOCKED_FACTOR * timeoutMs ? notYet('its main thread is blocked in the kernel (state D)') : evidence;
     const where = sleepingIn(w.pid);
-    if (still < BLOCKED_FACTOR * timeoutMs) return notYet(`its main thread is asleep (in ${where})`);
+    if (still < this.asleepFactor * timeoutMs) return notYet(`its main thread is asleep (in ${where})`);
     if (++w.misses < CONSECUTIVE_MISSES) return undefined;
     return `${evidence}, asleep in ${where} at ${w.misses} checks in a row`;
   }
