@@ -103,18 +103,20 @@ export class Metrics {
     r.setDefaultLabels({ vm: src.cfg.name });
     const reg = [r];
 
+    /** Every vCPU's exit counters (control page), as `vcpu` label and its counters. */
+    const eachVcpu = (each: (vcpu: string, counters: Float64Array) => void) => {
+      const c = src.control;
+      if (c) for (let v = 0; v < src.cfg.cpus; v++) each(String(v), c.exitCounters(v));
+    };
     new client.Counter({
       name: 'tsvmm_vcpu_exits_total', help: 'KVM exits handled by the vmm, by vCPU and exit reason.', labelNames: ['vcpu', 'reason'], registers: reg,
       collect() {
         this.reset();
-        const c = src.control;
-        if (!c) return;
-        for (let v = 0; v < src.cfg.cpus; v++) {
-          const counters = c.exitCounters(v);
+        eachVcpu((vcpu, counters) => {
           for (let reason = 0; reason < NATIVE_EXIT_SLOT.IO; reason++) {
-            if (counters[reason] > 0) this.inc({ vcpu: String(v), reason: EXIT_NAME[reason] ?? `exit_${reason}` }, counters[reason]);
+            if (counters[reason] > 0) this.inc({ vcpu, reason: EXIT_NAME[reason] ?? `exit_${reason}` }, counters[reason]);
           }
-        }
+        });
       },
     });
     new client.Counter({
@@ -122,14 +124,10 @@ export class Metrics {
       help: 'Of tsvmm_vcpu_exits_total, the exits the native exit loop answered without entering JavaScript (native/kvm/fastexit.cc).',
       collect() {
         this.reset();
-        const c = src.control;
-        if (!c) return;
-        for (let v = 0; v < src.cfg.cpus; v++) {
-          const counters = c.exitCounters(v);
-          for (const [reason, slot] of [['io', NATIVE_EXIT_SLOT.IO], ['mmio', NATIVE_EXIT_SLOT.MMIO]] as const) {
-            if (counters[slot] > 0) this.inc({ vcpu: String(v), reason }, counters[slot]);
-          }
-        }
+        eachVcpu((vcpu, counters) => {
+          if (counters[NATIVE_EXIT_SLOT.IO] > 0) this.inc({ vcpu, reason: 'io' }, counters[NATIVE_EXIT_SLOT.IO]);
+          if (counters[NATIVE_EXIT_SLOT.MMIO] > 0) this.inc({ vcpu, reason: 'mmio' }, counters[NATIVE_EXIT_SLOT.MMIO]);
+        });
       },
     });
 
