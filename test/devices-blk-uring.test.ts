@@ -35,6 +35,15 @@ function tempDisk(fill = 0): { path: string; fd: number } {
   return { path: p, fd: fs.openSync(p, 'r+') };
 }
 
+/** A temporary disk whose every sector is filled with its sector number's low byte. */
+function sectorPatternDisk(): { path: string; fd: number } {
+  const d = tempDisk();
+  const f = Buffer.alloc(DISK);
+  for (let s = 0; s < DISK / 512; s++) f.fill(s & 0xff, s * 512, s * 512 + 512);
+  fs.writeSync(d.fd, f, 0, DISK, 0);
+  return d;
+}
+
 /** A pipe as a "disk": reads block in the kernel until the test writes to the other end. */
 function pipeDisk(): { read: number; write: number } {
   const p = path.join(dir, `fifo-${Math.random().toString(36).slice(2)}`);
@@ -280,10 +289,7 @@ function blkRig(backend: BlockBackend, queueSize = 128) {
 
 describe('virtio-blk on io_uring', () => {
   it('a drained batch of 32 reads is published with one used->idx update and one interrupt', async () => {
-    const d = tempDisk();
-    const f = Buffer.alloc(DISK);
-    for (let s = 0; s < DISK / 512; s++) f.fill(s & 0xff, s * 512, s * 512 + 512);
-    fs.writeSync(d.fd, f, 0, DISK, 0);
+    const d = sectorPatternDisk();
     const be = uring(d.fd);
     const r = blkRig(be);
     const reqs = Array.from({ length: 32 }, (_, i) => r.submit(VIRTIO_BLK_T_IN, i * 9, 4096));
@@ -392,10 +398,7 @@ describe('virtio-blk on io_uring', () => {
     // VirtioBlk.drainFast starts a read or write whose header is one 16-byte segment and whose
     // status is the last, 1-byte, segment straight from the walked segments; every other shape
     // (and every request it would fail) takes pop()'s views and parseBlkRequest.
-    const d = tempDisk();
-    const f = Buffer.alloc(DISK);
-    for (let s = 0; s < DISK / 512; s++) f.fill(s & 0xff, s * 512, s * 512 + 512);
-    fs.writeSync(d.fd, f, 0, DISK, 0);
+    const d = sectorPatternDisk();
     const be = uring(d.fd);
     const r = blkRig(be);
     const ram = r.tb.ram;
