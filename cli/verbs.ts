@@ -10,7 +10,7 @@ import * as http from 'http';
 import * as path from 'path';
 import { parseArgs } from 'util';
 import { DEFAULT_STOP_TIMEOUT_MS } from '../contracts/exit-codes';
-import { badName, listRuntimeNames, listStateNames, readSupervisorPid, vmPaths } from '../contracts/paths';
+import { badName, listRuntimeNames, listStateNames, readSupervisorPid, runRecordPath, vmPaths } from '../contracts/paths';
 import { inject, INJECT_COMPONENTS, INJECT_KINDS, InjectComponent, InjectKind, InjectResult, kindsFor, pidsFrom } from './inject';
 
 export class VerbError extends Error {
@@ -339,9 +339,11 @@ export async function verb(cmd: string, argv: string[]): Promise<number> {
       }
       // Then wait for the end: the guest's own power-off, or the hard stop after the timeout.
       const graceMs = failed || values.force ? 0 : (timeoutSeconds ?? DEFAULT_STOP_TIMEOUT_MS / 1000) * 1000;
+      // A supervisor that died meanwhile leaves run.pb to the one that adopts the VM and finishes the stop.
+      const runs = () => supervisorAlive(name) || fs.existsSync(runRecordPath(vmPaths(name)));
       const until = Date.now() + graceMs + STOP_WAIT_MS;
-      while (supervisorAlive(name) && Date.now() < until) await sleep(50);
-      if (supervisorAlive(name)) throw failed ?? new VerbError(`VM "${name}" was asked to stop but still runs ${((graceMs + STOP_WAIT_MS) / 1000).toFixed(0)} s later`);
+      while (runs() && Date.now() < until) await sleep(50);
+      if (runs()) throw failed ?? new VerbError(`VM "${name}" was asked to stop but still runs ${((graceMs + STOP_WAIT_MS) / 1000).toFixed(0)} s later`);
       out(`VM ${name}: ${exitReason(name) ?? 'stopped'}\n`);
       return 0;
     }

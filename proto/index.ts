@@ -65,8 +65,9 @@ export type SupervisorMessage = { status: ControlStatus } | { reply: ControlRepl
   | { handover: Record<string, never> }
   | { adopted: { supervisorPid: number } };
 export interface ProcessRef { role: string; pid: number; startTicks: number }
+export interface StopRecord { reason: string; code: number; requested: boolean; deadline: number; since: number }
 export interface RunRecord { runId: string; standby: boolean; hangTimeoutMs: number; processes: ProcessRef[]; supervisors: number; startedAt: number;
-  user: string; unconfined: boolean }
+  user: string; unconfined: boolean; stop?: StopRecord | null }
 
 /**
  * `msg` with every enum given by name replaced by its number, for verify() (which takes numbers

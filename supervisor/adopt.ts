@@ -229,6 +229,7 @@ export async function adopt(name: string, logger: Logger): Promise<RunResult> {
     });
     for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => sup.stop(`stopped by ${sig}`));
     sup.start();
+    if (rec.stop) sup.finishStop(rec.stop);
   } catch (e) {
     const why = e instanceof AdoptError ? e.message : (e as Error).stack ?? String(e);
     return abandon(name, paths, `could not adopt VM ${name}: ${why}`);

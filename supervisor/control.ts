@@ -311,9 +311,11 @@ export class Control {
           return;
         }
         case 'stop':
-          // Answered first: a guest that powers off at once, or a hard stop, ends the API.
-          this.reply({ id, ok: true });
+          // Recorded in run.pb before it is answered, so a supervisor that dies after the answer
+          // leaves the stop to the one that adopts the VM. The VM cannot end within this call (a
+          // hard stop waits 50 ms, a guest's power-off comes as an event): the answer gets out.
           this.sup.requestStop('tsvmm stop', { force: req.force === true, timeoutMs: req.timeoutMs || undefined });
+          this.reply({ id, ok: true });
           return;
         case 'power-button':
           this.sup.pressPowerButton();

@@ -41,7 +41,7 @@ import { DriverDomainLifecycle } from './driver-domain-lifecycle';
 import { PrivDomainLifecycle } from './priv-domain-lifecycle';
 import { threadState } from './hang-watch';
 import { loadSnapshotPages, loadSnapshotRam, publishSnapshot, sealSnapshot } from '../contracts/snapshot-dir';
-import type { GuestState, SnapshotManifest, StandbyStatus } from '../proto';
+import type { GuestState, SnapshotManifest, StandbyStatus, StopRecord } from '../proto';
 import { confinementFor, unreachableBy } from '../contracts/confinement';
 import { componentEntry } from './component-entry';
 import { Kvm } from '../kvm/system';
@@ -350,6 +350,9 @@ export class Supervisor implements LifecycleHost, ControlTarget {
 
   finish(r: RunResult): void {
     if (this.result) return;
+    // First in run.pb: a supervisor that adopts the VM if this one dies now finishes the end.
+    const now = Date.now() / 1000;
+    this.record?.stopping({ reason: r.reason, code: r.code, requested: r.requested === true, deadline: now, since: now });
     if (this.stopping) {
       clearTimeout(this.stopping.timer);
       // The guest powered off itself after the power button: the stop that was asked for.
@@ -416,20 +419,48 @@ export class Supervisor implements LifecycleHost, ControlTarget {
   requestStop(via: string, o: { force?: boolean; timeoutMs?: number } = {}): string {
     if (this.result) return 'the VM is already stopping';
     const timeoutMs = o.timeoutMs ?? DEFAULT_STOP_TIMEOUT_MS;
-    const hard = (reason: string) => { setTimeout(() => this.stop(reason), 50); return reason; };
+    const hard = (reason: string) => {
+      const now = Date.now() / 1000;
+      this.record?.stopping({ reason, code: TSVMM_EXIT.stopped, requested: true, deadline: now, since: now });
+      setTimeout(() => this.stop(reason), 50);
+      return reason;
+    };
     if (o.force) return hard(`stopped through the API (${via} --force)`);
     if (timeoutMs <= 0) return hard(`stopped through the API (${via} --timeout 0)`);
     if (this.control.page.pauseRequested) return hard(`stopped through the API (${via}): the VM was paused and could not take the power button; stopped it hard`);
     if (this.stopping) return `the power button was pressed ${((performance.now() - this.stopping.t0) / 1000).toFixed(1)} s ago; waiting for the guest`;
     const s = `${+(timeoutMs / 1000).toFixed(3)} s`;
     const reason = `stopped through the API (${via})`;
-    this.stopping = {
-      t0: performance.now(), reason,
-      timer: setTimeout(() => this.stop(`${reason}: the guest did not power off within ${s} of the power button; stopped it hard`), timeoutMs),
-    };
+    const now = Date.now() / 1000;
+    this.awaitPowerOff({ reason, code: TSVMM_EXIT.stopped, requested: true, deadline: now + timeoutMs / 1000, since: now }, `: the guest did not power off within ${s} of the power button; stopped it hard`);
     this.pressPowerButton();
     this.log(`stop requested: pressed the power button; the guest has ${s} to power off before the VM is stopped hard`);
     return `pressed the power button; the VM stops hard in ${s} unless the guest powers off first`;
+  }
+
+  /** The power button is pressed: the guest has until `stop.deadline` to power off (recorded in run.pb first). */
+  private awaitPowerOff(stop: StopRecord, hardly: string): void {
+    this.record?.stopping(stop);
+    const leftMs = Math.max(0, stop.deadline * 1000 - Date.now());
+    this.stopping = {
+      t0: performance.now() - (Date.now() - stop.since * 1000), reason: stop.reason,
+      timer: setTimeout(() => this.stop(`${stop.reason}${hardly}`, stop.code), leftMs),
+    };
+  }
+
+  /**
+   * An adopted VM whose previous supervisor had begun its end (RunRecord.stop: a stop asked for,
+   * the guest's power-off, a failure): this one finishes it rather than run the VM on; a guest
+   * given time for the power button keeps what was left of it.
+   */
+  finishStop(stop: StopRecord): void {
+    const by = 'finished by the supervisor that adopted the VM';
+    this.log(`the previous supervisor had begun to stop the VM (${stop.reason}): ${by.replace('finished', 'finishing it')}`);
+    if (stop.deadline * 1000 <= Date.now()) this.finish({ code: stop.code, reason: `${stop.reason} (${by})`, requested: stop.requested });
+    else {
+      this.awaitPowerOff(stop, `: the guest did not power off in time after the power button; stopped it hard (${by})`);
+      this.pressPowerButton(); // again: the one that died may have recorded the stop and died before pressing it
+    }
   }
 
   /**

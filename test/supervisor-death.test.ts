@@ -12,6 +12,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { requireKvm, tsvmm, tsvmmAsync } from './helpers/tsvmm';
 import { readSupervisorPid, runRecordPath, vmPaths } from '../contracts/paths';
+import { readRunRecord } from '../contracts/run-record';
 import { COMPONENT_V8_FLAGS } from '../contracts/v8-flags';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -127,6 +128,42 @@ describe('the supervisor killed', function () {
       assert.doesNotMatch(err, /^\s+at /m, `a stack trace:\n${err}`);
     } finally {
       if (vmmPid && alive(vmmPid)) tsvmm(['stop', '--name', name, '--force']);
+    }
+  });
+
+  // Without the stop in the run record (proto StopRecord): the adopter ran the VM on, and the
+  // operator's stop was undone by the crash of the supervisor that took it.
+  it('a stop asked for before the supervisor dies is finished by the one that adopts the VM, not undone', async () => {
+    const name = `supstop-${process.pid}`;
+    const vm = tsvmmAsync(['run', '--name', name, '--metrics-addr', 'none', '--cmdline', 'workload=counter n=0 report=50000000 power_button=ignore']);
+    let err = '';
+    vm.stderr.on('data', (d) => { err += d; });
+    vm.stdout.resume();
+    const pids: Record<string, number> = {};
+    try {
+      for (const t0 = Date.now(); Object.keys(pids).length < 2 && Date.now() - t0 < 30_000; await sleep(50)) {
+        for (const m of err.matchAll(/(vmm|priv-domain) ready \(pid (\d+)\)/g)) pids[m[1]] = Number(m[2]);
+      }
+      let guardian: number | undefined;
+      for (const t0 = Date.now(); !guardian && Date.now() - t0 < 10_000; await sleep(50)) guardian = guardianOf(name);
+      assert.ok(pids.vmm && guardian, err);
+      // The guest ignores the power button: the stop waits its 2 s, then stops the VM hard.
+      const stop = tsvmmAsync(['stop', '--name', name, '--timeout', '2']);
+      let stopOut = '';
+      stop.stdout.on('data', (d) => { stopOut += d; });
+      stop.stderr.on('data', (d) => { stopOut += d; });
+      const stopped = new Promise<number | null>((r) => stop.on('exit', (code) => r(code)));
+      for (const t0 = Date.now(); !/stop requested: pressed the power button/.test(err) && Date.now() - t0 < 10_000;) await sleep(10);
+      const rec = readRunRecord(vmPaths(name));
+      assert.match(rec?.stop?.reason ?? '', /stopped through the API \(tsvmm stop\)/, 'the stop is in run.pb before it is answered');
+      vm.kill('SIGKILL');
+      assert.equal(await stopped, 0, stopOut);
+      assert.match(stopOut, /stopped it hard \(finished by the supervisor that adopted the VM\)/, `${stopOut}\n${err}`);
+      for (const t0 = Date.now(); (alive(pids.vmm) || alive(guardian!) || fs.existsSync(vmPaths(name).runDir)) && Date.now() - t0 < 10_000;) await sleep(50);
+      assert.ok(!alive(pids.vmm) && !alive(guardian!), `the VM runs on after its stop:\n${err}`);
+      assert.equal(fs.existsSync(vmPaths(name).runDir), false, 'stale runtime dir');
+    } finally {
+      if (alive(pids.vmm)) tsvmm(['stop', '--name', name, '--force']);
     }
   });
 
