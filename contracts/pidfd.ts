@@ -15,6 +15,20 @@ export interface NativePidfd {
   pidfdGetfd(pidfd: number, target: number): number;
   /** pidfd_send_signal(2): 0 or -errno. */
   pidfdSignal(pidfd: number, sig: number): number;
+  /** poll(2) for POLLIN: 1 readable (a pidfd: the process exited), 0 timeout, -errno. Blocking. */
+  pollIn(fd: number, timeoutMs: number): number;
+}
+
+/**
+ * Resolves with how the process behind `pidfd` exited, once that pidfd polls readable from this
+ * thread too: a native wait that resolved without it (a fault in its thread) is waited again. Every
+ * "it exited" that leads to starting a replacement goes through here.
+ */
+export async function waitExited(n: NativePidfd, pidfd: number, pid: number): Promise<ExitInfo> {
+  for (;;) {
+    const e = await n.pidfdWait(pidfd, pid);
+    if (n.pollIn(pidfd, 0) === 1) return e;
+  }
 }
 
 export function signalName(n: number): string {

@@ -30,7 +30,7 @@ import { openTap } from '../virtio/tap';
 import { HeldDevice } from './held-devices';
 import { readConfigFd } from '../contracts/component-config';
 import { SnapState, SnapshotView } from '../contracts/snapshot';
-import { describeExit, NativePidfd, signalName } from '../contracts/pidfd';
+import { describeExit, NativePidfd, signalName, waitExited } from '../contracts/pidfd';
 import { readRunRecord } from '../contracts/run-record';
 import { readSupervisorPid, startTicks, vmPaths, VmPaths } from '../contracts/paths';
 import { RunResult, Supervisor } from './supervisor';
@@ -70,7 +70,7 @@ export class AdoptedProcess extends EventEmitter {
   /** `channelFd`: our copy of its FD.ADOPT_PEER (undefined: none, messages to it are dropped). */
   constructor(readonly pid: number, private readonly fd: number, channelFd?: number) {
     super();
-    void pidfd.pidfdWait(fd, pid).then((e) => {
+    void waitExited(pidfd, fd, pid).then((e) => {
       if ('code' in e) this.exitCode = e.code;
       else if ('signal' in e) this.signalCode = signalName(e.signal) as NodeJS.Signals;
       this.socket?.destroy();

@@ -22,7 +22,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { spawn } from 'child_process';
 import { native } from '../native/kvm';
-import { describeExit, NativePidfd } from '../contracts/pidfd';
+import { describeExit, NativePidfd, waitExited } from '../contracts/pidfd';
 import { readSupervisorPid, runRecordPath, vmPaths } from '../contracts/paths';
 import { quietStdio } from './quiet-stdio';
 import { Logger, logSettings, setProcessLogger } from '../contracts/log';
@@ -85,7 +85,7 @@ async function diedHow(pid: number): Promise<string> {
   const fd = pidfd.pidfdOpen(pid);
   if (fd < 0) return 'exited, status unknown'; // gone already
   try {
-    return describeExit(await pidfd.pidfdWait(fd, pid));
+    return describeExit(await waitExited(pidfd, fd, pid));
   } finally {
     fs.closeSync(fd);
   }

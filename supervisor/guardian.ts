@@ -16,7 +16,7 @@ import { componentEnv } from './component-env';
 import { componentExecArgv } from '../contracts/v8-flags';
 import { startPhase } from '../contracts/start-trace';
 
-const pidfd = native as unknown as NativePidfd & { pidfdOpen(pid: number): number; pollIn(fd: number, timeoutMs: number): number };
+const pidfd = native as unknown as NativePidfd & { pidfdOpen(pid: number): number };
 const GUARDIAN_ENTRY = path.resolve(__dirname, '..', 'supervisor', 'guardian-main.js'); // from dist/supervisor or the CLI's bundle in dist/cli
 /** A guardian that died is replaced after this (one that dies at once is not restarted in a tight loop). */
 const RESTART_MS = 100;

@@ -6,7 +6,7 @@
  */
 import * as fs from 'fs';
 import { native } from '../native/kvm';
-import { NativePidfd } from '../contracts/pidfd';
+import { NativePidfd, waitExited } from '../contracts/pidfd';
 
 const pidfd = native as unknown as NativePidfd & { pidfdOpen(pid: number): number };
 
@@ -24,7 +24,7 @@ export function isOurChild(pid: number): boolean {
 export async function waitNotOurChild(pid: number): Promise<{ code?: number; signal?: number; error?: string }> {
   const fd = pidfd.pidfdOpen(pid);
   if (fd < 0) return { error: 'already gone' };
-  const e = await pidfd.pidfdWait(fd, pid);
+  const e = await waitExited(pidfd, fd, pid);
   fs.closeSync(fd);
   return 'code' in e ? { code: e.code } : 'signal' in e ? { signal: e.signal } : { error: 'exit status unknown' };
 }

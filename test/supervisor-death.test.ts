@@ -13,6 +13,7 @@ import * as path from 'path';
 import { requireKvm, tsvmm, tsvmmAsync } from './helpers/tsvmm';
 import { readSupervisorPid, runRecordPath, vmPaths } from '../contracts/paths';
 import { readRunRecord } from '../contracts/run-record';
+import { flipRegister } from '../cli/inject';
 import { COMPONENT_V8_FLAGS } from '../contracts/v8-flags';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -164,6 +165,65 @@ describe('the supervisor killed', function () {
       assert.equal(fs.existsSync(vmPaths(name).runDir), false, 'stale runtime dir');
     } finally {
       if (alive(pids.vmm)) tsvmm(['stop', '--name', name, '--force']);
+    }
+  });
+
+  // Without the confirmed wait (contracts/pidfd.ts waitExited, native/kvm/pidfd.cc): a flipped rax
+  // in the adopter's thread that polled the driver-domain's pidfd ended that poll with a value no
+  // poll returns, the wait took it for an exit "status unknown", and a second driver-domain was
+  // started beside the live one; the two broke the disk's ring ("head 9 made available while still
+  // in flight", fault campaign 6, item 20).
+  it("an adopter's wait on a component, ended by a flipped register, is not taken for the component's death", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvmm-supwait-'));
+    const img = path.join(dir, 'disk.img');
+    fs.writeFileSync(img, '');
+    fs.truncateSync(img, 8 << 20);
+    const name = `supwait-${process.pid}`;
+    const vm = tsvmmAsync(['run', '--name', name, '--metrics-addr', 'none', '--disk', img, '--cmdline', 'workload=blk-loop blk_n=512 qd=8 mode=seq verify=1 blk_report=100']);
+    let err = '';
+    let out = '';
+    vm.stderr.on('data', (d) => { err += d; });
+    vm.stdout.on('data', (d) => { out += d; });
+    const pids: Record<string, number> = {};
+    try {
+      for (const t0 = Date.now(); Object.keys(pids).length < 3 && Date.now() - t0 < 30_000; await sleep(50)) {
+        for (const m of err.matchAll(/(vmm|driver-domain|priv-domain) ready \(pid (\d+)\)/g)) pids[m[1]] = Number(m[2]);
+      }
+      for (const t0 = Date.now(); !guardianOf(name) && Date.now() - t0 < 10_000;) await sleep(50);
+      vm.kill('SIGKILL');
+      let sup: number | undefined;
+      for (const t0 = Date.now(); !(sup && sup !== vm.pid && /recovered supervisor/.test(err)) && Date.now() - t0 < 20_000; await sleep(50)) sup = readSupervisorPid(name);
+      assert.ok(sup && sup !== vm.pid, `no adopter:\n${err}`);
+      // Its threads blocked in poll (the pidfd waits on the vmm, the driver-domain and the keeper),
+      // each caught in the syscall (-ERESTART_RESTARTBLOCK in rax) and flipped. Campaign 6 flipped
+      // bit 35, which made poll return -516 with whatever errno was left; bit 31 makes it return a
+      // count no poll of one fd returns, which ends the wait the same way every time.
+      const RESTART = 0xfffffffffffffdfcn;
+      const polling = fs.readdirSync(`/proc/${sup}/task`).filter((t) => /^(poll_schedule_timeout|do_sys_poll)/.test(fs.readFileSync(`/proc/${sup}/task/${t}/wchan`, 'latin1'))).map(Number);
+      assert.ok(polling.length >= 2, `the adopter's pidfd waits: ${polling.length} threads in poll`);
+      const logFile = /log\s+(\/\S+\.log)/.exec(err)![1];
+      const logAt = fs.statSync(logFile).size;
+      const progressAt = out.split('@blk-progress').length;
+      let flipped = 0;
+      for (const tid of polling) {
+        for (let k = 0; k < 20; k++) {
+          const [b, a] = flipRegister(tid, 'rax', 31, (v) => v === RESTART);
+          if (a !== b) { flipped++; break; }
+        }
+      }
+      assert.ok(flipped >= 2, `flipped ${flipped} of ${polling.length} waits`);
+      await sleep(2000); // a wait taken for an exit resolves 200 ms later, and a restart follows in ~1 s
+      for (const t = Date.now(); out.split('@blk-progress').length < progressAt + 3 && Date.now() - t < 10_000;) await sleep(50);
+      // An adopter logs to the VM's log file only (its stderr is the guardian's).
+      const logged = fs.readFileSync(logFile, 'utf8').slice(logAt);
+      assert.doesNotMatch(logged, /recovered (vmm|driver-domain)|needs a reset/, `a component taken for dead while it ran:\n${logged}`);
+      assert.ok(alive(pids.vmm) && alive(pids['driver-domain']), `the components were replaced:\n${logged}`);
+      assert.ok(out.split('@blk-progress').length >= progressAt + 3, `the guest's disk stopped:\n${logged}`);
+      assert.doesNotMatch(out, /@(blk-)?error/);
+    } finally {
+      if (alive(pids.vmm)) tsvmm(['stop', '--name', name, '--force']);
+      for (const p of Object.values(pids)) if (alive(p)) process.kill(p, 'SIGKILL');
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 

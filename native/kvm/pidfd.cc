@@ -84,8 +84,15 @@ class PidfdWaitWorker : public Napi::AsyncWorker {
       : Napi::AsyncWorker(env), pidfd_(pidfd), pid_(pid), deferred_(Napi::Promise::Deferred::New(env)) {}
   Napi::Promise Promise() { return deferred_.Promise(); }
   void Execute() override {
-    struct pollfd p = {pidfd_, POLLIN, 0};
-    while (poll(&p, 1, -1) < 0 && errno == EINTR) {
+    // Exited only when a pidfd polls readable, and a second poll says so too: a poll that came back
+    // otherwise (interrupted, or with a value no poll of one fd returns, as a flipped register in
+    // this thread made it in fault campaign 6) is repeated, never taken for an exit (that started a
+    // second driver-domain beside the live one). contracts/pidfd.ts waitExited checks it once more.
+    for (;;) {
+      struct pollfd p = {pidfd_, POLLIN, 0};
+      if (poll(&p, 1, -1) != 1 || !(p.revents & POLLIN)) continue;
+      struct pollfd again = {pidfd_, POLLIN, 0};
+      if (poll(&again, 1, 0) == 1) break;
     }
     // Exited. Its status appears once its parent (init, or a subreaper) reaps it: give that 200 ms.
     for (int i = 0; i < 100; i++) {
