@@ -141,7 +141,12 @@ export class Virtqueue {
    * indirect table is read through its region's view at an offset, instead of a new view (a
    * subarray and a DataView, two allocations) per request.
    */
-  private readonly regionViews: DataView[] = [];
+  /**
+   * A DataView over each guest RAM region, made up front: an array filled lazily starts with
+   * another map (no elements), and the code the driver-domain's JIT warm-up optimized on a
+   * filled one deoptimized at the guest's first indirect table.
+   */
+  private readonly regionViews: DataView[];
   private avail!: Uint16Array; // [flags, idx, ring[num], used_event]
   private used16!: Uint16Array; // [flags, idx, ..., avail_event at 2 + 4*num]
   private used32!: Uint32Array; // [flags|idx, {id, len}[num], ...]
@@ -169,6 +174,7 @@ export class Virtqueue {
     this.progress = slot.progress(index);
     this.maxChainBytes = opts.maxChainBytes ?? 64 * 1024 * 1024;
     this.maxIndirect = opts.maxIndirect ?? 1024;
+    this.regionViews = mem.regions.map((r) => new DataView(r.bytes.buffer, r.bytes.byteOffset, r.bytes.byteLength));
   }
 
   /** Queue size negotiated by the driver (0 before activation). */
@@ -441,14 +447,9 @@ export class Virtqueue {
     }
   }
 
-  /** A DataView over guest RAM region `r` (index in mem.regions), made once. */
+  /** A DataView over guest RAM region `r` (index in mem.regions). */
   regionView(r: number): DataView {
-    let v = this.regionViews[r];
-    if (v === undefined) {
-      const b = this.mem.regions[r].bytes;
-      v = this.regionViews[r] = new DataView(b.buffer, b.byteOffset, b.byteLength);
-    }
-    return v;
+    return this.regionViews[r];
   }
 
   /**
