@@ -94,6 +94,11 @@ static void report_time(const char *line, u64 n, u64 cycles, const char *unit)
 static void exits(void)
 {
     u64 n = boot.n_set ? boot.n : 100000;
+    /* exits_settle_ms=N: N ms without an exit first, so that what a VMM does once its guest runs
+     * (tsvmm: the driver-domain's JIT warm-up, the priv-domain's start) is over before the loops */
+    u64 settle = cmdline_u64("exits_settle_ms", 0) * (boot.tsc_khz ? boot.tsc_khz : 3000000);
+    for (u64 s0 = rdtsc(); rdtsc() - s0 < settle;)
+        __asm__ volatile("pause");
     /* bench/exits samples the VMM's per-thread CPU time at this line and at each report line */
     out_line("@exits begin");
     u64 t0 = rdtsc();
