@@ -49,6 +49,12 @@ import { LogFile, Logger, logSettings, setProcessLogger } from '../contracts/log
 import { Guardian, supervisorHangMs } from './guardian';
 
 export type { Recovery, RunResult } from './lifecycle';
+
+/** The VM's end as run.pb keeps it (proto StopRecord): asked for or begun now, hard after `graceMs`. */
+function stopRecord(reason: string, code: number, requested: boolean, graceMs = 0): StopRecord {
+  const now = Date.now() / 1000;
+  return { reason, code, requested, deadline: now + graceMs / 1000, since: now };
+}
 export type { VmmRecovery } from './vmm-lifecycle';
 
 export interface SupervisorOptions {
@@ -351,8 +357,7 @@ export class Supervisor implements LifecycleHost, ControlTarget {
   finish(r: RunResult): void {
     if (this.result) return;
     // First in run.pb: a supervisor that adopts the VM if this one dies now finishes the end.
-    const now = Date.now() / 1000;
-    this.record?.stopping({ reason: r.reason, code: r.code, requested: r.requested === true, deadline: now, since: now });
+    this.record?.stopping(stopRecord(r.reason, r.code, r.requested === true));
     if (this.stopping) {
       clearTimeout(this.stopping.timer);
       // The guest powered off itself after the power button: the stop that was asked for.
@@ -420,8 +425,7 @@ export class Supervisor implements LifecycleHost, ControlTarget {
     if (this.result) return 'the VM is already stopping';
     const timeoutMs = o.timeoutMs ?? DEFAULT_STOP_TIMEOUT_MS;
     const hard = (reason: string) => {
-      const now = Date.now() / 1000;
-      this.record?.stopping({ reason, code: TSVMM_EXIT.stopped, requested: true, deadline: now, since: now });
+      this.record?.stopping(stopRecord(reason, TSVMM_EXIT.stopped, true));
       setTimeout(() => this.stop(reason), 50);
       return reason;
     };
@@ -431,8 +435,7 @@ export class Supervisor implements LifecycleHost, ControlTarget {
     if (this.stopping) return `the power button was pressed ${((performance.now() - this.stopping.t0) / 1000).toFixed(1)} s ago; waiting for the guest`;
     const s = `${+(timeoutMs / 1000).toFixed(3)} s`;
     const reason = `stopped through the API (${via})`;
-    const now = Date.now() / 1000;
-    this.awaitPowerOff({ reason, code: TSVMM_EXIT.stopped, requested: true, deadline: now + timeoutMs / 1000, since: now }, `: the guest did not power off within ${s} of the power button; stopped it hard`);
+    this.awaitPowerOff(stopRecord(reason, TSVMM_EXIT.stopped, true, timeoutMs), `: the guest did not power off within ${s} of the power button; stopped it hard`);
     this.pressPowerButton();
     this.log(`stop requested: pressed the power button; the guest has ${s} to power off before the VM is stopped hard`);
     return `pressed the power button; the VM stops hard in ${s} unless the guest powers off first`;

@@ -43,7 +43,8 @@ describe('warm standby (--standby)', function () {
       }
       console.log(`      supervisor death -> resumed: p50 ${percentile(ms, 50).toFixed(2)} ms, max ${Math.max(...ms).toFixed(2)} ms`);
       const last: number[] = [];
-      for (const l of vm.out.split('\n')) {
+      // Whole lines: the VM stopped at the end may have been in the middle of one.
+      for (const l of vm.out.slice(0, vm.out.lastIndexOf('\n') + 1).split('\n')) {
         if (!l.startsWith('@')) continue;
         assert.ok(!l.startsWith('@error'), l);
         const m = /^@counter cpu=(\d+) n=(\d+) hash=[0-9a-f]{16} tsc=\d+ ok$/.exec(l);
