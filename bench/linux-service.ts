@@ -78,7 +78,7 @@ async function main(): Promise<number> {
         seen.add(rec.run);
         fs.appendFileSync(out, JSON.stringify(rec) + '\n');
         n++;
-        process.stderr.write(`run ${seed}/${rec.run}: ${rec.component} ${rec.kind}: ${rec.outcome}${rec.recoveryMs !== undefined ? ` (recovered in ${rec.recoveryMs.toFixed(0)} ms` : ' ('}service back after ${rec.service?.restoredMs ?? '-'} ms, longest gap ${rec.service?.gapMs ?? '-'} ms)${rec.symptoms.length ? ` [${rec.symptoms[0].slice(0, 160)}]` : ''}${rec.injectError ? ` (not injected: ${rec.injectError.slice(0, 100)})` : ''}\n`);
+        process.stderr.write(`run ${seed}/${rec.run}: ${rec.component} ${rec.kind}: ${rec.outcome}${rec.recoveryMs !== undefined ? ` (recovered in ${rec.recoveryMs.toFixed(0)} ms; ` : ' ('}service back after ${rec.service?.restoredMs ?? '-'} ms, longest gap ${rec.service?.gapMs ?? '-'} ms)${rec.symptoms.length ? ` [${rec.symptoms[0].slice(0, 160)}]` : ''}${rec.injectError ? ` (not injected: ${rec.injectError.slice(0, 100)})` : ''}\n`);
       } else if (!m && /@svc-(note|end)/.test(l)) process.stderr.write(`${l.replace(/^.*?@svc-/, '')}\n`);
     },
   });
