@@ -13,6 +13,7 @@
  * and gets the full component status from the supervisor.
  */
 import { installTestHooksIfAsked } from '../contracts/process'; // first: no debugger, before anything else runs
+import './lower-priority'; // second: below the guest's path in CPU priority before its start's heavy part
 import * as fs from 'fs';
 import * as path from 'path';
 import * as http from 'http';

@@ -11,6 +11,7 @@ import { spawnSync } from 'child_process';
 import { BIN, requireKvm, skipBecause, tsvmm } from './helpers/tsvmm';
 import { sleep, startVm, TestVm } from './helpers/control-plane';
 import { COMPONENT_V8_FLAGS, SpawnedComponent } from '../contracts/v8-flags';
+import { PRIV_DOMAIN_NICE } from '../priv-domain/lower-priority';
 
 /** The driver-domain's write counter from `tsvmm metrics`. */
 function writes(vm: TestVm): number {
@@ -72,6 +73,22 @@ describe('tsvmm control-plane verbs', function () {
       const argv = argvOf(pid);
       const script = argv.findIndex((a) => a.endsWith('.js'));
       assert.deepEqual(argv.slice(1, script), COMPONENT_V8_FLAGS[name], `${name}: ${argv.join(' ')}`);
+    }
+  });
+
+  it('the priv-domain runs below the guest\'s path in CPU priority, every thread of it; the vmm and the driver-domain do not (priv-domain/lower-priority.ts)', () => {
+    const comps = JSON.parse(vm.cli(['ps', '--json']).stdout) as { name: string; pid: number }[];
+    /** Each thread's nice value (/proc/PID/task/TID/stat, field 19). */
+    const niceOf = (pid: number) => fs.readdirSync(`/proc/${pid}/task`).map((t) => {
+      const st = fs.readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
+      return Number(st.slice(st.lastIndexOf(')') + 2).split(' ')[16]);
+    });
+    const pidOf = (name: string) => comps.find((c) => c.name === name)!.pid;
+    const priv = niceOf(pidOf('priv-domain'));
+    assert.ok(priv.length > 1, `threads ${priv}`);
+    assert.deepEqual([...new Set(priv)], [PRIV_DOMAIN_NICE], `priv-domain threads' nice values ${priv}`);
+    for (const name of ['vmm', 'driver-domain', 'supervisor']) {
+      assert.deepEqual([...new Set(niceOf(pidOf(name)))], [0], name);
     }
   });
 
