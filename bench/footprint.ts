@@ -15,7 +15,9 @@
  *     one mm (clone(CLONE_VM)): their rollups are the same pages and are counted once (processes
  *     whose rollups have the same range line - from the lowest mapping to the ASLR'd stack top - are
  *     one mm). PSS splits pages shared between processes (node's text, the QEMU binary) among them,
- *     so the per-VM figure falls as N grows.
+ *     so the per-VM figure falls as N grows. USS (Private_Clean + Private_Dirty, guest RAM excluded
+ *     the same way) counts only the pages no other process maps: it does not move with N or with
+ *     what else runs, and the pages shared with other Node processes are not in it.
  *
  *   npx tsc -p . && node dist/bench/footprint.js [--vms 1,4,16] [--rounds R (1)] [--settle MS (3000)]
  *        [--configs tsvmm,standby,qemu] [--hang-timeout MS (0)] [--kernel FILE] [--qemu BIN] [--base BIN] [--json]
@@ -70,21 +72,26 @@ function parseArgs(argv: string[]): Options {
 }
 
 /**
- * One process's PSS in kB: the rollup's, and the part of it that is guest RAM (mappings whose name
- * contains `ramName`); `key` is the rollup's range line (lowest mapping to the top of the ASLR'd
- * stack), the same for two processes only when they share one mm.
+ * One process's PSS and USS (its private pages: Private_Clean + Private_Dirty) in kB: the rollup's,
+ * and the part of each that is guest RAM (mappings whose name contains `ramName`); `key` is the
+ * rollup's range line (lowest mapping to the top of the ASLR'd stack), the same for two processes
+ * only when they share one mm.
  */
-function pss(pid: number, ramName: string): { key: string; pss: number; ram: number } | undefined {
+function pss(pid: number, ramName: string): { key: string; pss: number; ram: number; uss: number; ramUss: number } | undefined {
+  const kb = (text: string, field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN);
   try {
     const rollup = fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
-    const total = Number(/^Pss:\s+(\d+) kB/m.exec(rollup)?.[1] ?? NaN);
+    const total = kb(rollup, 'Pss');
+    const uss = kb(rollup, 'Private_Clean') + kb(rollup, 'Private_Dirty');
     let ram = 0;
+    let ramUss = 0;
     let inRam = false;
     for (const line of fs.readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
       if (/^[0-9a-f]+-[0-9a-f]+ /.test(line)) inRam = line.includes(ramName);
       else if (inRam && line.startsWith('Pss:')) ram += Number(/(\d+)/.exec(line)![1]);
+      else if (inRam && line.startsWith('Private_')) ramUss += Number(/(\d+)/.exec(line)![1]);
     }
-    return { key: rollup.slice(0, rollup.indexOf('\n')), pss: total, ram };
+    return { key: rollup.slice(0, rollup.indexOf('\n')), pss: total, ram, uss, ramUss };
   } catch { return undefined; }
 }
 
@@ -154,9 +161,10 @@ function up(vm: Vm): boolean {
 }
 
 /** PSS in kB per component of one VM, guest RAM excluded, shared mms counted once; plus the RAM part. */
-function measure(vm: Vm): { parts: Record<string, number>; infra: number; ram: number } {
+function measure(vm: Vm): { parts: Record<string, number>; infra: number; ram: number; uss: number } {
   const parts: Record<string, number> = {};
   let ram = 0;
+  let uss = 0;
   const seen = new Set<string>();
   const root = vm.child.pid!;
   const pids = [root, ...descendants(root)];
@@ -172,8 +180,9 @@ function measure(vm: Vm): { parts: Record<string, number>; infra: number; ram: n
     if (comp === 'vmm') comp = 'vmm+keeper';
     parts[comp] = (parts[comp] ?? 0) + p.pss - p.ram;
     ram += p.ram;
+    uss += p.uss - p.ramUss;
   }
-  return { parts, infra: Object.values(parts).reduce((a, b) => a + b, 0), ram };
+  return { parts, infra: Object.values(parts).reduce((a, b) => a + b, 0), ram, uss };
 }
 
 async function stopVm(vm: Vm): Promise<void> {
@@ -188,7 +197,7 @@ async function stopVm(vm: Vm): Promise<void> {
 
 class Recovered extends Error {}
 
-interface Sample { config: Config; n: number; round: number; startMs: number[]; parts: Record<string, number>; infraPerVm: number; ramPerVm: number }
+interface Sample { config: Config; n: number; round: number; startMs: number[]; parts: Record<string, number>; infraPerVm: number; ramPerVm: number; ussPerVm: number }
 
 async function runGroup(o: Options, config: Config, n: number, round: number, dir: string): Promise<Sample> {
   const vms: Vm[] = [];
@@ -210,6 +219,7 @@ async function runGroup(o: Options, config: Config, n: number, round: number, di
     return {
       config, n, round, startMs: vms.map((v) => v.firstLineMs!), parts,
       infraPerVm: ms.reduce((a, m) => a + m.infra, 0) / n, ramPerVm: ms.reduce((a, m) => a + m.ram, 0) / n,
+      ussPerVm: ms.reduce((a, m) => a + m.uss, 0) / n,
     };
   } finally {
     await Promise.all(vms.map(stopVm));
@@ -240,7 +250,7 @@ async function main(): Promise<number> {
           }
           samples.push(s);
           log(`  round ${round} n=${String(n).padStart(2)} ${config.padEnd(7)} load ${os.loadavg()[0].toFixed(2)} start median ${median(s.startMs).toFixed(0)} ms (max ${Math.max(...s.startMs).toFixed(0)})`
-            + `  PSS/VM ${(s.infraPerVm / 1024).toFixed(1)} MiB (guest RAM ${(s.ramPerVm / 1024).toFixed(1)} MiB excluded): `
+            + `  PSS/VM ${(s.infraPerVm / 1024).toFixed(1)} MiB, USS/VM ${(s.ussPerVm / 1024).toFixed(1)} MiB (guest RAM ${(s.ramPerVm / 1024).toFixed(1)} MiB excluded): `
             + Object.entries(s.parts).map(([k, v]) => `${k} ${(v / 1024).toFixed(1)}`).join(', '));
         }
       }
@@ -260,24 +270,24 @@ async function main(): Promise<number> {
     const comps = [...new Set(ss.flatMap((s) => Object.keys(s.parts)))];
     return {
       start: median(ss.map((s) => median(s.startMs))), startMax: median(ss.map((s) => Math.max(...s.startMs))),
-      pss: median(ss.map((s) => s.infraPerVm)) / 1024, ram: median(ss.map((s) => s.ramPerVm)) / 1024,
+      pss: median(ss.map((s) => s.infraPerVm)) / 1024, uss: median(ss.map((s) => s.ussPerVm)) / 1024, ram: median(ss.map((s) => s.ramPerVm)) / 1024,
       parts: Object.fromEntries(comps.map((c) => [c, median(ss.map((s) => s.parts[c] ?? 0)) / 1024])),
     };
   };
   const mib = (x: number) => x.toFixed(1);
-  const rows: string[][] = [['N', 'config', 'start p50 ms', 'start max ms', 'start /QEMU', 'PSS/VM MiB', 'PSS /QEMU', 'per component (MiB per VM)']];
+  const rows: string[][] = [['N', 'config', 'start p50 ms', 'start max ms', 'start /QEMU', 'PSS/VM MiB', 'PSS /QEMU', 'USS/VM MiB', 'per component (MiB per VM)']];
   for (const n of o.vms) {
     const q = agg('qemu', n);
     for (const c of o.configs) {
       const a = agg(c, n);
       if (!a) continue;
       rows.push([String(n), c === 'standby' ? 'tsvmm --standby' : c === 'qemu' ? 'QEMU microvm' : c === 'base' ? 'tsvmm (--base)' : 'tsvmm', a.start.toFixed(0), a.startMax.toFixed(0),
-        q && c !== 'qemu' ? (a.start / q.start).toFixed(2) : '', mib(a.pss), q && c !== 'qemu' ? (a.pss / q.pss).toFixed(2) : '',
+        q && c !== 'qemu' ? (a.start / q.start).toFixed(2) : '', mib(a.pss), q && c !== 'qemu' ? (a.pss / q.pss).toFixed(2) : '', mib(a.uss),
         Object.entries(a.parts).map(([k, v]) => `${k} ${mib(v)}`).join(', ')]);
     }
   }
   log('');
-  log(`guest RAM (${MEM_MIB} MiB memfd) excluded from PSS; medians of ${o.rounds} round(s); settle ${o.settleMs} ms before measuring`);
+  log(`guest RAM (${MEM_MIB} MiB memfd) excluded from PSS and USS (USS: the private pages, which do not move with what else runs); medians of ${o.rounds} round(s); settle ${o.settleMs} ms before measuring`);
   log(table(rows));
   log(`machine: ${machine()}; load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
   log(`total wall time ${wallS.toFixed(1)} s`);
