@@ -39,6 +39,10 @@ import { BENIGN, classify, DETECTOR, RunRecord } from '../campaign';
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** No run starts with less than this left before the deadline. */
+const MIN_RUN_MS = 60_000;
+/** How long a run waits at most for the VM to settle (every component and standby there, the services answering). */
+const SETTLE_MAX_MS = 240_000;
 
 /** The components and, per component, the kinds (fail-stop first: the baseline), visited round-robin. */
 export const SERVICE_KINDS: Record<string, InjectKind[]> = {
@@ -319,7 +323,11 @@ async function main(): Promise<void> {
   let vms = 0;
   const end: Record<string, unknown> = { boots: 0, injections: 0 };
   try {
-    while (Date.now() < deadline) {
+    // A run takes ~40 s (72 s under load), at most ~8 min (settle, SIGSTOP's wait, the window, the
+    // probe): none starts that cannot end near the deadline, and the settle waits no longer than
+    // that (campaign 2's runner went silent for 11 minutes after a run that ended 2 min before it).
+    const left = () => deadline - Date.now();
+    while (left() > MIN_RUN_MS) {
       if (!vm || vm.exit) {
         // A lost VM is replaced while there is time for a boot (minutes under TCG) and some runs.
         if (vm) { vm.kill(); if (deadline - Date.now() < 10 * 60_000) break; }
@@ -339,13 +347,22 @@ async function main(): Promise<void> {
       const phase = (n: string) => { phases[n] = Date.now() - tp; tp = Date.now(); };
       // Settle: every component there, the standbys ready (the next fault meets a VM like the first did), the services answering.
       let comps0: { name: string; pid: number }[] | undefined;
-      await until(async () => {
+      let missing: string[] = [];
+      const settled = await until(async () => {
         comps0 = await components(socket);
         const p = comps0 ? pidsFrom(comps0) : undefined;
-        const standbys = ['vmm', 'driver-domain'].every((x) => alive(v.standby[x]) && v.standby[x] !== v.pid[x]);
-        return !!v.exit || (!!p && !!p.vmm && !!p.keeper && !!p['driver-domain'] && !!p['priv-domain'] && standbys && c.answering());
-      }, 240_000, 1000);
+        missing = [
+          ...(p ? (['vmm', 'keeper', 'driver-domain', 'priv-domain'] as const).filter((x) => !p[x]) : ['the API']),
+          ...['vmm', 'driver-domain'].filter((x) => !(alive(v.standby[x]) && v.standby[x] !== v.pid[x])).map((x) => `${x} standby`),
+          ...(c.answering() ? [] : ['the services']),
+        ];
+        return !!v.exit || !missing.length;
+      }, Math.min(SETTLE_MAX_MS, Math.max(0, left() - MIN_RUN_MS)), 1000);
       if (v.exit) continue;
+      if (!settled) {
+        process.stdout.write(`@svc-note run ${run} not started: the VM did not settle (missing: ${missing.join(', ')}) within ${((Date.now() - t0) / 1000).toFixed(0)} s\n`);
+        break;
+      }
       phase('settle');
       const delayMs = 500 + rng.int(2500);
       await sleep(delayMs);
