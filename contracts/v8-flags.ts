@@ -65,7 +65,7 @@ export const SUPERVISOR_RUNTIME_V8_FLAGS: readonly string[] = ['--no-opt', '--se
 export const VCPU_THREAD_LIMITS: Readonly<{ maxYoungGenerationSizeMb?: number; maxOldGenerationSizeMb?: number }> = {};
 
 /** The flags an override may carry: V8's memory, GC and compiler tuning, Node's V8 pool size. */
-const OVERRIDABLE = /^--(no-)?(max|min|initial|semi-space|lite-mode|jitless|single-threaded|v8-pool-size|stack-size|opt|turbo|turbofan|sparkplug|maglev|trace-gc|expose-gc|gc-interval|optimize-for-size|lazy|concurrent|parallel|memory-reducer|huge-max-old|expose-wasm|always-)[a-z0-9_-]*(=[A-Za-z0-9._-]+)?$/;
+const OVERRIDABLE = /^--(no-)?(max|min|initial|semi-space|lite-mode|jitless|single-threaded|v8-pool-size|stack-size|opt|turbo|turbofan|sparkplug|maglev|trace-gc|expose-gc|gc-interval|optimize-for-size|lazy|concurrent|parallel|memory-reducer|huge-max-old|expose-wasm|always-|interrupt-budget|invocation-count)[a-z0-9_-]*(=[A-Za-z0-9._-]+)?$/;
 
 function overrideVar(component: SpawnedComponent): string {
   return `TSVMM_V8_FLAGS_${component.toUpperCase().replace(/-/g, '_')}`;

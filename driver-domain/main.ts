@@ -11,7 +11,8 @@
  * signals every queue once (driver-domain recovery).
  */
 import { exitOnUncaughtException, installTestHooksIfAsked } from '../contracts/process'; // first: no debugger, before anything else runs
-import { poller } from '../native/kvm';
+import { native, poller } from '../native/kvm';
+import type { NativePidfd } from '../contracts/pidfd';
 import { ComponentMessage, VmConfig } from '../proto';
 import { componentConfig } from '../contracts/component-config';
 import { toSupervisor, watchSupervisor } from '../contracts/orphan';
@@ -27,6 +28,8 @@ import { ServedDevice, serveBlk, serveNet, SLOT_COMPLETION, TAG_SLOTS, tagOf } f
 import { componentLogger } from '../contracts/log';
 import { startNode, startPhase } from '../contracts/start-trace';
 import { trimMallocOnceSettled } from '../contracts/malloc-trim';
+
+const pollFd = native as unknown as Pick<NativePidfd, 'pollIn'>;
 
 /** This process's log (contracts/log.ts): stderr and the VM's log file. */
 const log = componentLogger('driver-domain');
@@ -131,12 +134,19 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
   // Warm the block path's JIT up while no guest I/O can be waiting for it: at boot (no device live
   // yet) or in a standby, never in a cold restart under a running guest (that would delay recovery).
   // At boot the guest does not wait for it: see below.
-  const warmUp = () => {
+  // At boot it ends once the guest kicks any queue (a request waits in its eventfd: the guest's
+  // first I/O would otherwise wait the whole warm-up, ~100-250 ms of CPU); the guest's own
+  // requests finish warming the code. A standby's kick eventfds are the live driver-domain's: it
+  // warms up whole.
+  const warmUp = (boot: boolean) => {
     const n = Number(process.env.TSVMM_BLK_WARMUP ?? 4096); // requests; 0 turns the warm-up off
     if (!(n > 0)) return;
+    const kicks = devices.flatMap((dev) => dev.polled.filter((p) => p.slot < SLOT_COMPLETION).map((p) => p.fd));
+    const guestWaiting = boot ? () => kicks.some((fd) => pollFd.pollIn(fd, 0) === 1) : undefined;
     for (const { be, reap } of devices.flatMap((dev) => dev.uringDisk ?? [])) {
-      const ms = warmUpBlk(be, reap, n);
-      log.debug(`block path warm-up ${ms < 0 ? 'skipped' : `${ms.toFixed(1)} ms`}`);
+      const r = warmUpBlk(be, reap, n, guestWaiting);
+      log.debug(`block path warm-up ${!r ? 'skipped' : `${r.ms.toFixed(1)} ms, ${r.requests} requests${r.cut ? ' (ended early: the guest kicked)' : ''}`}`);
+      if (r?.cut) break;
     }
   };
   if (standbyFor === undefined) {
@@ -153,7 +163,7 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
       afterVmmBeat(page, () => {
         try {
           startPhase('driver-domain', 'the vmm runs the guest: warm-up');
-          warmUp();
+          warmUp(true);
           startPhase('driver-domain', 'warm-up done');
           activate(false);
         } catch (e) {
@@ -166,7 +176,7 @@ function serve(cfg: VmConfig, standbyFor?: number): void {
     activate(false);
     return;
   }
-  warmUp();
+  warmUp(false);
   page.validate(); // once now, so the takeover's check runs compiled code
   confineSelf('driver-domain');
   send({ ready: { component: 'driver-domain', pid: process.pid, standby: true } });

@@ -48,7 +48,7 @@ const SETTLE_MAX_MS = 300;
  * otherwise be compiled after the guest started, on the one CPU its vCPU leaves free. CPU time
  * per thread from /proc/self/task/N/schedstat (ns).
  */
-function settleCompiler(): void {
+function settleCompiler(guestWaiting?: () => boolean): void {
   const busyNs = (): number => {
     let sum = 0;
     for (const t of fs.readdirSync('/proc/self/task')) {
@@ -60,7 +60,7 @@ function settleCompiler(): void {
   const nap = new Int32Array(new SharedArrayBuffer(4));
   const until = performance.now() + SETTLE_MAX_MS;
   let last = busyNs();
-  while (performance.now() < until) {
+  while (performance.now() < until && !guestWaiting?.()) {
     Atomics.wait(nap, 0, 0, 5);
     const now = busyNs();
     if (now - last < 500_000) return; // under 0.5 ms of work in 5 ms: idle
@@ -72,17 +72,20 @@ function settleCompiler(): void {
  * Run about `requests` reads (batches of 1 to 32: mostly 4 KiB, every 8th batch 256 KiB)
  * through a private VirtioBlk on `be`, the idle backend of a disk no guest uses yet; `reap` is
  * the very function the live disk's busy poll runs as side work (another closure there would
- * not match the optimized poll: a deopt at the guest's first poll). Returns the milliseconds it
- * took, or -1 when it was skipped (tiny disk) or failed. Never throws.
+ * not match the optimized poll: a deopt at the guest's first poll). `guestWaiting`, looked at
+ * before each batch, ends the warm-up early when it says a guest request waits (at boot: a kick in
+ * one of the disk's eventfds), so the guest's first I/O waits one batch, not the whole warm-up;
+ * the guest's own requests then finish warming the code. Returns the milliseconds it took and
+ * how many requests it ran, or undefined when it was skipped (tiny disk) or failed. Never throws.
  */
-export function warmUpBlk(be: UringBlockBackend, reap: () => number, requests = 4096): number {
+export function warmUpBlk(be: UringBlockBackend, reap: () => number, requests = 4096, guestWaiting?: () => boolean): { ms: number; requests: number; cut: boolean } | undefined {
   const t0 = performance.now();
   const { fd, size } = be;
   const QD = 32;
   const SMALL = 4096;
   const LARGE = 256 * 1024;
   const span = Math.min(size, 4 << 20) - (Math.min(size, 4 << 20) % LARGE);
-  if (span < LARGE) return -1;
+  if (span < LARGE) return undefined;
   const sink = be.sink; // the live device: the private VirtioBlk takes its place meanwhile
   const ramBytes = QD * (LARGE + 4096) + (1 << 20);
   let ramFd = -1;
@@ -114,13 +117,15 @@ export function warmUpBlk(be: UringBlockBackend, reap: () => number, requests = 
     const blk = new VirtioBlk(mem, slot, be, () => {});
     // Counting into a private control page, as every served disk counts into the real one.
     blk.counters = new DeviceCounters(new ControlPage(new ArrayBuffer(CONTROL_SIZE)), 0);
-    if (!blk.activate().ok) return -1;
+    if (!blk.activate().ok) return undefined;
     const kept = new BusyPoll(POLL_WINDOW_US);
     // Per slot: an indirect table (3 entries), the 16-byte header, the status byte, then the data buffer.
     const slotBytes = LARGE + 4096;
     const sectors = span / 512;
     let seed = 0x2545f491;
-    for (let done = 0, batch = 0; done < requests; batch++) {
+    let done = 0;
+    for (let batch = 0; done < requests; batch++) {
+      if (guestWaiting?.()) return { ms: performance.now() - t0, requests: done, cut: true };
       // Batches of 1, 4, 12 and 32 requests, so the per-kick code runs often too; every 8th of 256 KiB.
       const len = batch % 8 === 7 ? LARGE : SMALL;
       const n = [1, 4, 12, QD][batch % 4];
@@ -149,17 +154,17 @@ export function warmUpBlk(be: UringBlockBackend, reap: () => number, requests = 
       if (blk.inflightCount > 0) {
         abandoned.push(ram);
         keepRam = true; // with its pages: a read may still land there
-        return -1;
+        return undefined;
       }
       // What the safety timer does once the disk is idle: stop it (the next request starts it again).
       be.tick();
       d.takeUsed();
       done += n;
     }
-    settleCompiler();
-    return performance.now() - t0;
+    settleCompiler(guestWaiting);
+    return { ms: performance.now() - t0, requests: done, cut: false };
   } catch {
-    return -1;
+    return undefined;
   } finally {
     // The private device stops running: a kick its last round left for setImmediate (past
     // KICK_BUDGET_MS), or a busy poll's next turn, then returns at kick()'s first check instead of

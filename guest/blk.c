@@ -308,15 +308,18 @@ NORETURN void blk_workload(int loop)
     if (!seq && !rnd)
         fail("blk", "detail=bad_mode");
     if (!loop) {
+        /* blk_repeat=R: each phase R times in a row, each timed (bench/blk: the first run of a fresh
+         * VMM's data path, then the same requests again). */
+        u64 repeat = cmdline_u64("blk_repeat", 1);
         for (int r = 0; r < 2; r++) {
             if (!(r ? rnd : seq))
                 continue;
             err_lines = 0;
-            if (do_write) {
+            for (u64 k = 0; do_write && k < repeat; k++) {
                 phase(1, r, n, gen);
                 flush();
             }
-            if (do_read)
+            for (u64 k = 0; do_read && k < repeat; k++)
                 phase(0, r, n, gen);
         }
         if (errors_total)
