@@ -86,6 +86,7 @@ export function warmUpBlk(be: UringBlockBackend, reap: () => number, requests = 
   const LARGE = 256 * 1024;
   const span = Math.min(size, 4 << 20) - (Math.min(size, 4 << 20) % LARGE);
   if (span < LARGE) return undefined;
+  if (guestWaiting?.()) return { ms: 0, requests: 0, cut: true }; // before the bed is even made
   const sink = be.sink; // the live device: the private VirtioBlk takes its place meanwhile
   const ramBytes = QD * (LARGE + 4096) + (1 << 20);
   let ramFd = -1;
