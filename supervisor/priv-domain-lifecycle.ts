@@ -32,6 +32,8 @@ export class PrivDomainLifecycle {
   private readonly policy = new RestartPolicy('priv-domain', RESTART_LIMITS.privDomain);
   private stopped = false;
   private metricsAddr = '';
+  /** finish() waiting for the first priv-domain's ready. */
+  private readonly readyWaiters: (() => void)[] = [];
 
   constructor(private readonly host: LifecycleHost, private readonly env: Record<string, string>, private readonly events: PrivDomainEvents) {}
 
@@ -48,6 +50,14 @@ export class PrivDomainLifecycle {
   async finish(r: RunResult, timeoutMs: number): Promise<'recorded' | 'timeout' | 'not running'> {
     this.stopped = true;
     const child = this.child;
+    // A VM that ends while its first priv-domain is still starting (a short-lived guest: the
+    // priv-domain starts once the guest runs, at nice 10) waits for it, within the same budget,
+    // so that the store has the VM and its exit too.
+    if (child && !hasExited(child) && child.connected && !this.readyOnce && !this.pending) {
+      const t0 = performance.now();
+      await this.firstReady(child, timeoutMs);
+      timeoutMs = Math.max(1, timeoutMs - (performance.now() - t0));
+    }
     if (!child || hasExited(child) || !child.connected || !this.readyOnce || this.pending) {
       try { child?.kill('SIGKILL'); } catch { /* gone */ }
       return 'not running';
@@ -99,8 +109,20 @@ export class PrivDomainLifecycle {
     this.child = child;
   }
 
+  /** Resolves once the first priv-domain has reported ready or exited, or after `ms`. */
+  private firstReady(child: ChildProcess, ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => { clearTimeout(timer); resolve(); };
+      const timer = setTimeout(done, ms);
+      this.readyWaiters.push(done);
+      void whenExited(child).then(done);
+    });
+  }
+
   private onReady(child: ChildProcess, pid: number, metricsAddr: string): void {
     const h = this.host;
+    for (const w of this.readyWaiters.splice(0)) w();
+    if (this.stopped) { this.readyOnce = true; return; } // the VM has ended: finish() records it now
     this.policy.succeeded();
     const name = h.cfg.name;
     const metrics = metricsAddr && metricsAddr !== 'none' ? `http://${metricsAddr}/metrics` : 'none (tsvmm metrics still works)';

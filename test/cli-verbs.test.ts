@@ -6,9 +6,10 @@
 import { strict as assert } from 'assert';
 import * as fs from 'fs';
 import * as http from 'http';
+import * as os from 'os';
 import * as path from 'path';
 import { spawnSync } from 'child_process';
-import { BIN, requireKvm, skipBecause, tsvmm } from './helpers/tsvmm';
+import { BIN, GUEST, requireKvm, skipBecause, tsvmm } from './helpers/tsvmm';
 import { sleep, startVm, TestVm } from './helpers/control-plane';
 import { COMPONENT_V8_FLAGS, SpawnedComponent } from '../contracts/v8-flags';
 import { PRIV_DOMAIN_NICE } from '../priv-domain/lower-priority';
@@ -89,6 +90,26 @@ describe('tsvmm control-plane verbs', function () {
     assert.deepEqual([...new Set(priv)], [PRIV_DOMAIN_NICE], `priv-domain threads' nice values ${priv}`);
     for (const name of ['vmm', 'driver-domain', 'supervisor']) {
       assert.deepEqual([...new Set(niceOf(pidOf(name)))], [0], name);
+    }
+  });
+
+  it('a VM that ends before its priv-domain is ready still has its start and its exit in the store', () => {
+    // A guest done in a few milliseconds: its priv-domain (started once the guest runs, at nice 10)
+    // is still starting when the VM ends, and the supervisor waits for it to record the exit.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsvmm-short-'));
+    fs.chmodSync(dir, 0o711);
+    const env = { TSVMM_RUNTIME_DIR: path.join(dir, 'run'), TSVMM_STATE_DIR: path.join(dir, 'state') };
+    try {
+      const name = `short-${process.pid}`;
+      const r = tsvmm(['run', '--name', name, '--metrics-addr', 'none', '--kernel', GUEST, '--cmdline', 'workload=counter n=1000 report=500'], { env });
+      assert.equal(r.status, 0, r.stderr);
+      assert.doesNotMatch(r.stderr, /not in its store|did not record/, r.stderr);
+      const ev = tsvmm(['events', '--name', name, '--json'], { env });
+      assert.equal(ev.status, 0, ev.stderr);
+      const kinds = (JSON.parse(ev.stdout) as { kind: string }[]).map((e) => e.kind);
+      assert.ok(kinds.includes('started') && kinds.includes('exited'), `events ${ev.stdout}`);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 
