@@ -370,14 +370,21 @@ describe('virtio-blk on io_uring', () => {
     fs.closeSync(ro.fd);
   });
 
-  it('the JIT warm-up runs on the live disk\'s backend, writes nothing, and leaves it serving the live device', async () => {
+  /**
+   * A disk whose sector s holds bytes (s * mul) & 0xff, its io_uring backend and the live device on
+   * it, as in the driver-domain: completions by eventfd, the live device built before the warm-up.
+   */
+  function warmUpRig(mul: number) {
     const d = tempDisk();
     const f = Buffer.alloc(DISK);
-    for (let s = 0; s < DISK / 512; s++) f.fill((s * 7) & 0xff, s * 512, s * 512 + 512);
+    for (let s = 0; s < DISK / 512; s++) f.fill((s * mul) & 0xff, s * 512, s * 512 + 512);
     fs.writeSync(d.fd, f, 0, DISK, 0);
-    // As in the driver-domain: completions by eventfd, the live device built before the warm-up.
-    const be = new UringBlockBackend(d.fd, DISK, false, 'warm-test', { completions: 'eventfd' });
-    const r = blkRig(be);
+    const be = new UringBlockBackend(d.fd, DISK, false, `warm-${mul}`, { completions: 'eventfd' });
+    return { d, f, be, r: blkRig(be) };
+  }
+
+  it('the JIT warm-up runs on the live disk\'s backend, writes nothing, and leaves it serving the live device', async () => {
+    const { d, f, be, r } = warmUpRig(7);
     assert.equal(be.sink, r.blk);
     const w = warmUpBlk(be, () => be.reap(), 512);
     assert.ok(w && !w.cut && w.requests >= 512, `warm-up ran: ${JSON.stringify(w)}`);
@@ -396,19 +403,14 @@ describe('virtio-blk on io_uring', () => {
   });
 
   it('the warm-up ends at its next batch once a guest request waits, and the live device serves it', async () => {
-    const d = tempDisk();
-    const f = Buffer.alloc(DISK);
-    for (let s = 0; s < DISK / 512; s++) f.fill((s * 3) & 0xff, s * 512, s * 512 + 512);
-    fs.writeSync(d.fd, f, 0, DISK, 0);
-    const be = new UringBlockBackend(d.fd, DISK, false, 'warm-cut', { completions: 'eventfd' });
-    const r = blkRig(be);
+    const { d, f, be, r } = warmUpRig(3);
     // The guest's request is in its ring before the warm-up looks: the driver-domain's predicate
     // is a kick in an eventfd; here, whether the live ring holds a request.
     const q = r.submit(VIRTIO_BLK_T_IN, 40, 4096);
     let looks = 0;
     const w = warmUpBlk(be, () => be.reap(), 4096, () => ++looks > 3 && r.blk.vq.hasAvailable());
     assert.ok(w?.cut, `cut short: ${JSON.stringify(w)}`);
-    assert.equal(looks, 4, 'it looked once per batch and stopped at the first look that saw the request');
+    assert.equal(looks, 4, 'it looked before its bed and before each batch, and stopped at the first look that saw the request');
     assert.ok(w.requests > 0 && w.requests < 4096, `${w.requests} warm-up requests ran`);
     assert.equal(be.pending, 0);
     assert.equal(be.sink, r.blk, 'completion batches go to the live device again');
