@@ -64,6 +64,16 @@ function startVm(name: string, cmdline: string, o: { disk?: boolean; env?: NodeJ
   return vm;
 }
 
+/** `tsvmm stop` succeeds, every one of `pids` is gone within 10 s, and the VM's stderr has no stack trace. */
+async function stopAndAssertGone(name: string, err: () => string, pids: Record<string, number>): Promise<void> {
+  const stop = tsvmm(['stop', '--name', name]);
+  assert.equal(stop.status, 0, stop.stderr);
+  for (const t = Date.now(); Object.values(pids).some(alive) && Date.now() - t < 10_000;) await sleep(50);
+  const left = Object.entries(pids).filter(([, p]) => alive(p));
+  assert.deepEqual(left, [], `still running after stop: ${JSON.stringify(left)}`);
+  assert.doesNotMatch(err(), /^\s+at /m, `a stack trace:\n${err()}`);
+}
+
 /** VM `name`'s guardian once it runs (10 s at most). */
 async function guardianReady(name: string): Promise<number | undefined> {
   for (const t0 = Date.now(); Date.now() - t0 < 10_000; await sleep(50)) {
@@ -109,13 +119,7 @@ describe('the supervisor killed', function () {
       const argv = fs.readFileSync(`/proc/${sup}/cmdline`, 'latin1').split('\0').filter(Boolean);
       assert.deepEqual(argv.slice(1, argv.findIndex((a) => a.endsWith('adopt-main.js'))), COMPONENT_V8_FLAGS.supervisor, argv.join(' '));
       assert.ok(alive(pids.vmm) && alive(pids['driver-domain']), `the vmm and driver-domain were not adopted:\n${vm.err}`);
-      const stop = tsvmm(['stop', '--name', name]);
-      assert.equal(stop.status, 0, stop.stderr);
-      const t2 = Date.now();
-      while ((Object.values(pids).some(alive) || alive(sup) || alive(g2)) && Date.now() - t2 < 10_000) await sleep(50);
-      const left = Object.entries({ ...pids, supervisor: sup, guardian: g2 }).filter(([, p]) => alive(p));
-      assert.deepEqual(left, [], `still running after stop: ${JSON.stringify(left)}`);
-      assert.doesNotMatch(vm.err, /^\s+at /m, `a stack trace:\n${vm.err}`);
+      await stopAndAssertGone(name, () => vm.err, { ...pids, supervisor: sup, guardian: g2 });
     } finally {
       vm.cleanup();
     }
@@ -147,11 +151,7 @@ describe('the supervisor killed', function () {
         assert.ok(alive(vmmPid), `round ${round}: the vmm was not adopted:\n${vm.err}`);
         sup = next;
       }
-      const stop = tsvmm(['stop', '--name', name]);
-      assert.equal(stop.status, 0, stop.stderr);
-      for (const t = Date.now(); (alive(vmmPid) || alive(sup)) && Date.now() - t < 10_000;) await sleep(50);
-      assert.ok(!alive(vmmPid) && !alive(sup), 'still running after stop');
-      assert.doesNotMatch(vm.err, /^\s+at /m, `a stack trace:\n${vm.err}`);
+      await stopAndAssertGone(name, () => vm.err, { vmm: vmmPid, supervisor: sup });
     } finally {
       vm.cleanup();
     }
