@@ -6,7 +6,7 @@
  * (~170 ms of CPU: Node, sqlite, the API, metrics) lands on the guest's first instants. On a
  * small host it took one of the CPUs the vCPU and the driver-domain were using: a 1 MiB
  * sequential read right after boot ran at half speed until the priv-domain was ready
- * (docs/benchmarks.md, "The management plane's priority"). At nice 10 it gets ~10% of a CPU
+ * (docs/benchmarks.md, "Issue 19, seventh session"). At nice 10 it gets ~10% of a CPU
  * that a guest keeps busy and all of an idle one. The vmm, driver-domain, keeper, supervisor and
  * guardian keep nice 0: each is on the guest's path or on a recovery's.
  *
