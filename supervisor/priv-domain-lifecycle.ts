@@ -25,6 +25,9 @@ export interface PrivDomainEvents {
   request(req: ControlRequest): void;
 }
 
+/** How long a VM that ends waits at most for its first priv-domain, still starting, to be ready and record it. */
+const FIRST_READY_WAIT_MS = 5000;
+
 export class PrivDomainLifecycle {
   private child?: ChildProcess;
   private readyOnce = false;
@@ -51,13 +54,9 @@ export class PrivDomainLifecycle {
     this.stopped = true;
     const child = this.child;
     // A VM that ends while its first priv-domain is still starting (a short-lived guest: the
-    // priv-domain starts once the guest runs, at nice 10) waits for it, within the same budget,
-    // so that the store has the VM and its exit too.
-    if (child && !hasExited(child) && child.connected && !this.readyOnce && !this.pending) {
-      const t0 = performance.now();
-      await this.firstReady(child, timeoutMs);
-      timeoutMs = Math.max(1, timeoutMs - (performance.now() - t0));
-    }
+    // priv-domain starts once the guest runs, at nice 10) waits for it (FIRST_READY_WAIT_MS at
+    // most: a Node start on a loaded host), so that the store has the VM and its exit too.
+    if (child && !hasExited(child) && child.connected && !this.readyOnce && !this.pending) await this.firstReady(child, FIRST_READY_WAIT_MS);
     if (!child || hasExited(child) || !child.connected || !this.readyOnce || this.pending) {
       try { child?.kill('SIGKILL'); } catch { /* gone */ }
       return 'not running';
