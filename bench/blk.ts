@@ -55,7 +55,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { checkImage, makeBlock } from '../test/helpers/blk-image';
 import { describeLargeTransfers, largeTransferPolicy } from '../virtio/block-backend';
-import { buildRawkvm, cpuinfoKhz, ensureGuest, ensureQemu, machine, RAWKVM, ROOT, summarize, table } from './lib';
+import { buildRawkvm, cpuinfoKhz, ensureGuest, ensureQemu, machine, qemuMicrovmArgs, RAWKVM, ROOT, summarize, table } from './lib';
 
 const TARGET_RATIO = 1.0;
 const MiB = 1 << 20;
@@ -182,14 +182,7 @@ function qemuDiskArgs(o: Options, best: boolean): string[] {
 }
 
 function qemuArgs(o: Options, cmdline: string, best: boolean): string[] {
-  return [
-    '-M', 'microvm,x-option-roms=off,rtc=off,acpi=off', '-enable-kvm', '-cpu', 'host,-arch-capabilities',
-    '-m', '256', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio',
-    '-device', 'isa-debug-exit,iobase=0xf4,iosize=4', '-global', 'virtio-mmio.force-legacy=false',
-    ...(o.cpu ? ['-name', 'bench-blk,debug-threads=on'] : []),
-    ...qemuDiskArgs(o, best),
-    '-kernel', o.kernel, '-append', cmdline,
-  ];
+  return qemuMicrovmArgs(o.kernel, cmdline, qemuDiskArgs(o, best), { name: o.cpu ? 'bench-blk' : undefined });
 }
 
 /**

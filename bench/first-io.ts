@@ -16,21 +16,14 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { parseArgs } from 'util';
-import { ensureGuest, ensureQemu, machine, median, ROOT, table } from './lib';
+import { ensureGuest, ensureQemu, machine, median, qemuMicrovmArgs, ROOT, table } from './lib';
 
 const CMDLINE = 'workload=blk bs=4096 qd=1 mode=rand blk_op=read blk_n=16 gen=1 verify=0 virtio_irq=1';
 type Vmm = 'tsvmm' | 'qemu';
 interface Boot { vmm: Vmm; firstLineMs: number; firstIoMs: number }
 
-function qemuArgs(kernel: string, image: string): string[] {
-  return ['-M', 'microvm,x-option-roms=off,rtc=off,acpi=off', '-enable-kvm', '-cpu', 'host,-arch-capabilities', '-m', '256', '-smp', '1',
-    '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-device', 'isa-debug-exit,iobase=0xf4,iosize=4',
-    '-global', 'virtio-mmio.force-legacy=false', '-drive', `id=d0,file=${image},format=raw,if=none`, '-device', 'virtio-blk-device,drive=d0',
-    '-kernel', kernel, '-append', CMDLINE];
-}
-
 function boot(vmm: Vmm, o: { kernel: string; qemu: string; tsvmm: string }, image: string): Promise<Boot> {
-  const [cmd, args] = vmm === 'qemu' ? [o.qemu, qemuArgs(o.kernel, image)]
+  const [cmd, args] = vmm === 'qemu' ? [o.qemu, qemuMicrovmArgs(o.kernel, CMDLINE, ['-drive', `id=d0,file=${image},format=raw,if=none`, '-device', 'virtio-blk-device,drive=d0'])]
     : [process.execPath, [o.tsvmm, 'run', '--kernel', o.kernel, '--disk', image, '--cmdline', CMDLINE]];
   return new Promise((resolve, reject) => {
     const t0 = performance.now();

@@ -33,7 +33,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { spawn, ChildProcess } from 'child_process';
-import { ROOT, ensureGuest, ensureQemu, machine, median, table } from './lib';
+import { ROOT, ensureGuest, ensureQemu, machine, median, qemuMicrovmArgs, table } from './lib';
 
 type Config = 'tsvmm' | 'standby' | 'qemu' | 'base';
 const CONFIGS: Config[] = ['tsvmm', 'standby', 'qemu'];
@@ -118,12 +118,8 @@ function startVm(o: Options, config: Config, name: string, dir: string): Vm {
   fs.writeFileSync(disk, '');
   fs.truncateSync(disk, 16 << 20);
   const [cmd, args] = config === 'qemu'
-    ? [o.qemu, [
-      '-M', 'microvm,x-option-roms=off,rtc=off,acpi=off,memory-backend=ram0', '-object', `memory-backend-memfd,id=ram0,size=${MEM_MIB}M`,
-      '-enable-kvm', '-cpu', 'host,-arch-capabilities', '-m', String(MEM_MIB), '-smp', '1', '-nodefaults', '-no-user-config',
-      '-nographic', '-serial', 'stdio', '-device', 'isa-debug-exit,iobase=0xf4,iosize=4', '-global', 'virtio-mmio.force-legacy=false',
-      '-drive', `id=d0,file=${disk},format=raw,if=none`, '-device', 'virtio-blk-device,drive=d0',
-      '-kernel', o.kernel, '-append', CMDLINE]]
+    ? [o.qemu, qemuMicrovmArgs(o.kernel, CMDLINE, ['-drive', `id=d0,file=${disk},format=raw,if=none`, '-device', 'virtio-blk-device,drive=d0'],
+      { memMiB: MEM_MIB, memfd: true })]
     : [process.execPath, [config === 'base' ? o.base! : BIN, 'run', '--name', name, '--metrics-addr', 'none', '--kernel', o.kernel, '--mem', `${MEM_MIB}M`,
       '--disk', disk, '--cmdline', CMDLINE, '--hang-timeout', String(o.hangTimeoutMs), ...(config === 'standby' ? ['--standby'] : [])]];
   const t0 = performance.now();

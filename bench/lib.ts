@@ -67,6 +67,24 @@ export function summarize<R extends { vmm: string; row: string; irq: number }>(
   }));
 }
 
+/**
+ * QEMU microvm running the test guest the way every bench compares tsvmm with it: one vCPU,
+ * `memMiB` of RAM (a named memfd with `memfd`, so its pages can be told apart in smaps), modern
+ * virtio-mmio, the serial port on stdio, the guest's power-off port (isa-debug-exit: status 0 ->
+ * exit 1); `devices` adds the disk or NIC, `name` a thread-naming -name.
+ */
+export function qemuMicrovmArgs(kernel: string, cmdline: string, devices: string[], opts: { memMiB?: number; memfd?: boolean; name?: string } = {}): string[] {
+  const mem = opts.memMiB ?? 256;
+  return [
+    '-M', `microvm,x-option-roms=off,rtc=off,acpi=off${opts.memfd ? ',memory-backend=ram0' : ''}`,
+    ...(opts.memfd ? ['-object', `memory-backend-memfd,id=ram0,size=${mem}M`] : []),
+    '-enable-kvm', '-cpu', 'host,-arch-capabilities', '-m', String(mem), '-smp', '1', '-nodefaults', '-no-user-config',
+    '-nographic', '-serial', 'stdio', '-device', 'isa-debug-exit,iobase=0xf4,iosize=4', '-global', 'virtio-mmio.force-legacy=false',
+    ...(opts.name ? ['-name', `${opts.name},debug-threads=on`] : []),
+    ...devices, '-kernel', kernel, '-append', cmdline,
+  ];
+}
+
 export function machine(): string {
   let model = 'unknown CPU';
   try { model = /^model name\s*:\s*(.*)$/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? model; } catch { /* */ }

@@ -34,7 +34,7 @@ import { ChildProcess, execFileSync, spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { ensureGuest, ensureQemu, machine, mtime, ROOT, summarize, table } from './lib';
+import { ensureGuest, ensureQemu, machine, mtime, qemuMicrovmArgs, ROOT, summarize, table } from './lib';
 
 const TARGET_RATIO = 1.0;
 const GUEST_IP = '10.0.2.15';
@@ -105,13 +105,8 @@ function ip(...args: string[]): void {
 function vmArgs(vmm: Vmm, o: Options, tap: string, irq: number): [string, string[]] {
   const cmdline = `workload=net ip=${GUEST_IP} virtio_irq=${irq} net_report_s=3600`;
   if (vmm === 'tsvmm') return [process.execPath, [o.tsvmm, 'run', '--kernel', o.kernel, '--net', `tap=${tap}`, '--cmdline', cmdline]];
-  return [o.qemu, [
-    '-M', 'microvm,x-option-roms=off,rtc=off,acpi=off', '-enable-kvm', '-cpu', 'host,-arch-capabilities',
-    '-m', '256', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio',
-    '-device', 'isa-debug-exit,iobase=0xf4,iosize=4', '-global', 'virtio-mmio.force-legacy=false',
-    '-netdev', `tap,id=n0,ifname=${tap},script=no,downscript=no${o.vhost ? ',vhost=on' : ''}`, '-device', 'virtio-net-device,netdev=n0',
-    '-kernel', o.kernel, '-append', cmdline,
-  ]];
+  return [o.qemu, qemuMicrovmArgs(o.kernel, cmdline,
+    ['-netdev', `tap,id=n0,ifname=${tap},script=no,downscript=no${o.vhost ? ',vhost=on' : ''}`, '-device', 'virtio-net-device,netdev=n0'])];
 }
 
 function client(ns: string, args: string[]): Client {
