@@ -35,8 +35,8 @@ export class PrivDomainLifecycle {
   private readonly policy = new RestartPolicy('priv-domain', RESTART_LIMITS.privDomain);
   private stopped = false;
   private metricsAddr = '';
-  /** finish() waiting for the first priv-domain's ready. */
-  private readonly readyWaiters: (() => void)[] = [];
+  /** finish() (it runs once) waiting for the first priv-domain's ready. */
+  private onFirstReady?: () => void;
 
   constructor(private readonly host: LifecycleHost, private readonly env: Record<string, string>, private readonly events: PrivDomainEvents) {}
 
@@ -113,14 +113,14 @@ export class PrivDomainLifecycle {
     return new Promise((resolve) => {
       const done = () => { clearTimeout(timer); resolve(); };
       const timer = setTimeout(done, ms);
-      this.readyWaiters.push(done);
+      this.onFirstReady = done;
       void whenExited(child).then(done);
     });
   }
 
   private onReady(child: ChildProcess, pid: number, metricsAddr: string): void {
     const h = this.host;
-    for (const w of this.readyWaiters.splice(0)) w();
+    this.onFirstReady?.();
     if (this.stopped) { this.readyOnce = true; return; } // the VM has ended: finish() records it now
     this.policy.succeeded();
     const name = h.cfg.name;

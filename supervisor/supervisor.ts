@@ -49,13 +49,13 @@ import { LogFile, Logger, logSettings, setProcessLogger } from '../contracts/log
 import { Guardian, supervisorHangMs } from './guardian';
 
 export type { Recovery, RunResult } from './lifecycle';
+export type { VmmRecovery } from './vmm-lifecycle';
 
 /** The VM's end as run.pb keeps it (proto StopRecord): asked for or begun now, hard after `graceMs`. */
 function stopRecord(reason: string, code: number, requested: boolean, graceMs = 0): StopRecord {
   const now = Date.now() / 1000;
   return { reason, code, requested, deadline: now + graceMs / 1000, since: now };
 }
-export type { VmmRecovery } from './vmm-lifecycle';
 
 export interface SupervisorOptions {
   /** Where status, recoveries and warnings go (contracts/log.ts); default: stderr, with the settings in the environment. */

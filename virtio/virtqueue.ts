@@ -137,14 +137,11 @@ export class Virtqueue {
   private num = 0;
   private desc!: DataView;
   /**
-   * A DataView over each guest RAM region (by index in mem.regions), made on first use: an
-   * indirect table is read through its region's view at an offset, instead of a new view (a
-   * subarray and a DataView, two allocations) per request.
-   */
-  /**
-   * A DataView over each guest RAM region, made up front: an array filled lazily starts with
-   * another map (no elements), and the code the driver-domain's JIT warm-up optimized on a
-   * filled one deoptimized at the guest's first indirect table.
+   * A DataView over each guest RAM region (by index in mem.regions): an indirect table is read
+   * through its region's view at an offset, instead of a new view (a subarray and a DataView, two
+   * allocations) per request. Made up front: an array filled lazily starts with another map (no
+   * elements), and the code the driver-domain's JIT warm-up optimized on a filled one deoptimized
+   * at the guest's first indirect table.
    */
   private readonly regionViews: DataView[];
   private avail!: Uint16Array; // [flags, idx, ring[num], used_event]
